@@ -1,0 +1,547 @@
+"""The graph cache: crystal graphs of a data source, built once, memory-mapped for training.
+
+Layout of a cache directory (all arrays ``.npy``, opened with ``mmap_mode="r"``)::
+
+    manifest.json          version, source fingerprint, graph settings, featurizer, counts
+    skipped.csv            entries that could not be used: id, source, reason
+    ids.npy                (N,) str
+    labels.npy             (N, L) float64, NaN where missing; column names in the manifest
+    meta_<column>.npy      (N,) str, one per non-numeric column (formula, split, ...)
+    atom_offsets.npy       (N + 1,) int64: crystal k's atoms are rows atom_offsets[k]:atom_offsets[k+1]
+    atomic_numbers.npy     (A,) uint8
+    positions.npy          (A, 3) float64, Å
+    lattices.npy           (N, 3, 3) float64, Å
+    edge_offsets.npy       (N + 1,) int64
+    edge_src.npy, edge_dst.npy   (E,) int32, atom indices local to the crystal
+    edge_image.npy         (E, 3) int8
+    edge_distance.npy      (E,) float32, Å
+    cand_offsets.npy, cand_src.npy, cand_dst.npy, cand_image.npy   candidate edges (see
+                           :func:`crystaltwins.graph.neighbors.find_neighbors`)
+
+A build writes chunks of 256 crystals to ``<cache>.partial/`` (each chunk atomically), then
+assembles the arrays in a temporary directory and renames it into place: an interrupted build
+leaves no corrupt cache, and a rerun reuses the finished chunks.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import json
+import multiprocessing as mp
+import os
+import shutil
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crystaltwins.graph.crystal_graph import CrystalGraph, build_crystal_graph
+from crystaltwins.graph.neighbors import NeighborList
+from crystaltwins.graph.settings import GraphSettings
+from crystaltwins.io.records import BadRecord, CrystalInputError
+
+CACHE_VERSION = 1
+CHUNK_SIZE = 256
+
+_ATOM_ARRAYS = ("atomic_numbers", "positions")
+_EDGE_ARRAYS = ("edge_src", "edge_dst", "edge_image", "edge_distance")
+_CAND_ARRAYS = ("cand_src", "cand_dst", "cand_image")
+
+
+def source_fingerprint(source: str | os.PathLike) -> str:
+    """A cheap fingerprint of a file or folder: paths, sizes and modification times."""
+    path = Path(source).resolve()
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for p in files:
+        stat = p.stat()
+        digest.update(f"{p}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+@dataclass
+class CacheSummary:
+    """What a build made."""
+
+    cache_dir: Path
+    crystals: int
+    skipped: list[BadRecord]
+    atoms: int
+    edges: int
+    candidates: int
+    bytes_on_disk: int
+    seconds: float
+    reused: bool = False
+
+    def lines(self) -> list[str]:
+        out = [
+            f"cache: {self.cache_dir}" + (" (reused, up to date)" if self.reused else ""),
+            f"crystals built: {self.crystals}",
+            f"skipped: {len(self.skipped)}",
+        ]
+        reasons: dict[str, int] = {}
+        for bad in self.skipped:
+            key = bad.reason.split(":")[0][:80]
+            reasons[key] = reasons.get(key, 0) + 1
+        out += [f"  {n} x {reason}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])]
+        if self.skipped:
+            out.append(f"  list: {self.cache_dir / 'skipped.csv'}")
+        out += [
+            f"atoms: {self.atoms}",
+            f"edges: {self.edges} (+ {self.candidates} candidate edges for exact perturbation)",
+            f"bytes on disk: {self.bytes_on_disk} ({self.bytes_on_disk / 2**20:.1f} MiB)",
+            f"time: {self.seconds:.1f} s",
+        ]
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Building
+
+
+def _graph_from_entry(
+    entry: Any, settings: GraphSettings, supported: frozenset[int]
+) -> CrystalGraph:
+    from crystaltwins.io.readers import parse_entry
+
+    record = parse_entry(entry)
+    return build_crystal_graph(
+        record.structure,
+        settings,
+        id=record.id,
+        labels=record.labels,
+        supports_element=supported.__contains__,
+        source=record.source,
+    )
+
+
+def _build_chunk(job: tuple[list[Any], GraphSettings, frozenset[int]]) -> dict[str, Any]:
+    """Worker: parse and build the graphs of one chunk of raw entries."""
+    entries, settings, supported = job
+    graphs: list[CrystalGraph] = []
+    metadata: list[dict[str, str]] = []
+    bad: list[list[str]] = []
+    for entry in entries:
+        try:
+            graph = _graph_from_entry(entry, settings, supported)
+        except CrystalInputError as error:
+            bad.append([entry.id, entry.source, error.reason])
+            continue
+        except Exception as error:  # one bad crystal never stops a run
+            bad.append([entry.id, entry.source, f"{type(error).__name__}: {error}"])
+            continue
+        graphs.append(graph)
+        metadata.append(dict(entry.metadata))
+    return _pack_chunk(graphs, metadata, bad)
+
+
+def _pack_chunk(
+    graphs: list[CrystalGraph], metadata: list[dict[str, str]], bad: list[list[str]]
+) -> dict[str, Any]:
+    label_names = sorted({name for g in graphs for name in g.labels})
+    labels = np.full((len(graphs), len(label_names)), np.nan)
+    for row, graph in enumerate(graphs):
+        for col, name in enumerate(label_names):
+            labels[row, col] = graph.labels.get(name, np.nan)
+
+    def cat(arrays: list[np.ndarray], dtype: Any, shape: tuple[int, ...] = ()) -> np.ndarray:
+        return np.concatenate(arrays).astype(dtype) if arrays else np.zeros((0, *shape), dtype)
+
+    return {
+        "arrays": {
+            "atom_counts": np.array([g.num_atoms for g in graphs], dtype=np.int64),
+            "edge_counts": np.array([len(g.edges) for g in graphs], dtype=np.int64),
+            "cand_counts": np.array([len(g.candidates) for g in graphs], dtype=np.int64),
+            "atomic_numbers": cat([g.atomic_numbers for g in graphs], np.uint8),
+            "positions": cat([g.positions for g in graphs], np.float64, (3,)),
+            "lattices": cat([g.lattice[None] for g in graphs], np.float64, (3, 3)),
+            "edge_src": cat([g.edges.src for g in graphs], np.int32),
+            "edge_dst": cat([g.edges.dst for g in graphs], np.int32),
+            "edge_image": cat([g.edges.image for g in graphs], np.int8, (3,)),
+            "edge_distance": cat([g.edges.distance for g in graphs], np.float32),
+            "cand_src": cat([g.candidates.src for g in graphs], np.int32),
+            "cand_dst": cat([g.candidates.dst for g in graphs], np.int32),
+            "cand_image": cat([g.candidates.image for g in graphs], np.int8, (3,)),
+            "labels": labels,
+        },
+        "info": {
+            "ids": [g.id for g in graphs],
+            "label_names": label_names,
+            "metadata": metadata,
+            "bad": bad,
+        },
+    }
+
+
+def _write_chunk(partial: Path, index: int, chunk: dict[str, Any]) -> None:
+    stem = partial / f"chunk_{index:06d}"
+    tmp = stem.with_suffix(".npz.tmp")
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **chunk["arrays"])
+    os.replace(tmp, stem.with_suffix(".npz"))
+    tmp_json = stem.with_suffix(".json.tmp")
+    tmp_json.write_text(json.dumps(chunk["info"]))
+    os.replace(tmp_json, stem.with_suffix(".json"))  # written last: marks the chunk done
+
+
+def _chunks(iterable: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(iterable)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+def _manifest_key(
+    source: Path,
+    settings: GraphSettings,
+    featurizer_name: str,
+    featurizer_fp: str,
+    targets: Sequence[str],
+) -> dict[str, Any]:
+    return {
+        "version": CACHE_VERSION,
+        "source": str(source),
+        "source_fingerprint": source_fingerprint(source),
+        "graph_settings": settings.cache_key(),
+        "featurizer": {"name": featurizer_name, "fingerprint": featurizer_fp},
+        "targets": list(targets),
+    }
+
+
+def _supported_elements(featurizer: Any) -> tuple[frozenset[int], str, str]:
+    if featurizer is None:
+        return frozenset(range(1, 119)), "none", ""
+    table = featurizer.table
+    supported = frozenset(z for z in range(1, table.shape[0]) if featurizer.supports(z))
+    return supported, featurizer.name, featurizer.fingerprint()
+
+
+def build_graph_cache(
+    source: str | os.PathLike,
+    cache_dir: str | os.PathLike,
+    settings: GraphSettings | None = None,
+    featurizer: Any = None,
+    targets: Sequence[str] | None = None,
+    workers: int = 1,
+    chunk_size: int = CHUNK_SIZE,
+    progress: bool = True,
+    force: bool = False,
+) -> CacheSummary:
+    """Build (or reuse) the graph cache of ``source``.
+
+    :param source: any data source :func:`crystaltwins.io.readers.iter_entries` reads.
+    :param cache_dir: where the cache lives; reused when its manifest matches the source
+        fingerprint, the graph settings and the featurizer, rebuilt otherwise.
+    :param featurizer: an :class:`~crystaltwins.graph.atom_features.AtomFeaturizer`; crystals
+        with an element it has no features for are skipped.
+    :param targets: label columns that must be present and numeric (others are kept when present).
+    :param workers: processes building graphs in parallel.
+    """
+    from crystaltwins.io.readers import iter_entries
+
+    start = time.perf_counter()
+    settings = settings or GraphSettings()
+    source = Path(source).resolve()
+    cache_dir = Path(cache_dir)
+    supported, feat_name, feat_fp = _supported_elements(featurizer)
+    key = _manifest_key(source, settings, feat_name, feat_fp, targets or [])
+    if not force and (cache_dir / "manifest.json").exists():
+        manifest = json.loads((cache_dir / "manifest.json").read_text())
+        if manifest.get("key") == key:
+            return _summary(cache_dir, manifest, time.perf_counter() - start, reused=True)
+
+    partial = cache_dir.with_name(cache_dir.name + ".partial")
+    key_file = partial / "key.json"
+    if partial.exists() and (not key_file.exists() or json.loads(key_file.read_text()) != key):
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(json.dumps(key))
+
+    done = {int(p.stem.split("_")[1]) for p in partial.glob("chunk_*.json")}
+    jobs = (
+        (index, (chunk, settings, supported))
+        for index, chunk in enumerate(_chunks(iter_entries(source, targets=targets), chunk_size))
+    )
+    pending = ((i, job) for i, job in jobs if i not in done)
+
+    bar = _progress_bar(progress, f"featurize {source.name}")
+    if bar is not None:
+        bar.update(len(done) * chunk_size)
+    if workers > 1:
+        context = mp.get_context("fork" if os.name == "posix" else "spawn")
+        with context.Pool(workers) as pool:
+            index_queue: list[int] = []
+
+            def job_stream() -> Iterator[Any]:
+                for i, job in pending:
+                    index_queue.append(i)
+                    yield job
+
+            for chunk in pool.imap(_build_chunk, job_stream()):
+                i = index_queue.pop(0)
+                _write_chunk(partial, i, chunk)
+                if bar is not None:
+                    bar.update(len(chunk["info"]["ids"]) + len(chunk["info"]["bad"]))
+    else:
+        for i, job in pending:
+            chunk = _build_chunk(job)
+            _write_chunk(partial, i, chunk)
+            if bar is not None:
+                bar.update(len(chunk["info"]["ids"]) + len(chunk["info"]["bad"]))
+    if bar is not None:
+        bar.close()
+
+    manifest = _assemble(partial, cache_dir, key, settings)
+    manifest["build_seconds"] = time.perf_counter() - start
+    _write_json_atomic(cache_dir / "manifest.json", manifest)
+    shutil.rmtree(partial)
+    return _summary(cache_dir, manifest, manifest["build_seconds"], reused=False)
+
+
+def _progress_bar(enabled: bool, description: str) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(desc=description, unit="crystal", dynamic_ncols=True)
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def _assemble(
+    partial: Path, cache_dir: Path, key: dict[str, Any], settings: GraphSettings
+) -> dict[str, Any]:
+    """Concatenate the chunks into the cache's arrays, streaming, then rename into place."""
+    chunk_files = sorted(partial.glob("chunk_*.npz"))
+    infos = [json.loads(p.with_suffix(".json").read_text()) for p in chunk_files]
+    label_names = sorted({n for info in infos for n in info["label_names"]})
+    meta_names = sorted({k for info in infos for m in info["metadata"] for k in m})
+    counts = {name: [] for name in ("atom_counts", "edge_counts", "cand_counts")}
+    for path in chunk_files:
+        with np.load(path) as data:
+            for name in counts:
+                counts[name].append(data[name])
+    atom_counts = np.concatenate(counts["atom_counts"]) if chunk_files else np.zeros(0, np.int64)
+    edge_counts = np.concatenate(counts["edge_counts"]) if chunk_files else np.zeros(0, np.int64)
+    cand_counts = np.concatenate(counts["cand_counts"]) if chunk_files else np.zeros(0, np.int64)
+    n, n_atoms, n_edges, n_cands = (
+        len(atom_counts),
+        int(atom_counts.sum()),
+        int(edge_counts.sum()),
+        int(cand_counts.sum()),
+    )
+
+    tmp = cache_dir.with_name(f"{cache_dir.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+
+    def offsets(c: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(c) + 1, dtype=np.int64)
+        np.cumsum(c, out=out[1:])
+        return out
+
+    np.save(tmp / "atom_offsets.npy", offsets(atom_counts))
+    np.save(tmp / "edge_offsets.npy", offsets(edge_counts))
+    np.save(tmp / "cand_offsets.npy", offsets(cand_counts))
+    shapes: dict[str, tuple[tuple[int, ...], Any]] = {
+        "atomic_numbers": ((n_atoms,), np.uint8),
+        "positions": ((n_atoms, 3), np.float64),
+        "lattices": ((n, 3, 3), np.float64),
+        "edge_src": ((n_edges,), np.int32),
+        "edge_dst": ((n_edges,), np.int32),
+        "edge_image": ((n_edges, 3), np.int8),
+        "edge_distance": ((n_edges,), np.float32),
+        "cand_src": ((n_cands,), np.int32),
+        "cand_dst": ((n_cands,), np.int32),
+        "cand_image": ((n_cands, 3), np.int8),
+        "labels": ((n, len(label_names)), np.float64),
+    }
+    outputs = {
+        name: np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+        for name, (shape, dtype) in shapes.items()
+    }
+    position = dict.fromkeys(shapes, 0)
+    for path, info in zip(chunk_files, infos, strict=True):
+        with np.load(path) as data:
+            for name, out in outputs.items():
+                block = data[name]
+                if name == "labels":
+                    cols = [label_names.index(c) for c in info["label_names"]]
+                    full = np.full((block.shape[0], len(label_names)), np.nan)
+                    full[:, cols] = block
+                    block = full
+                out[position[name] : position[name] + len(block)] = block
+                position[name] += len(block)
+    for out in outputs.values():
+        out.flush()
+    del outputs
+
+    ids = [i for info in infos for i in info["ids"]]
+    np.save(tmp / "ids.npy", np.array(ids, dtype=str) if ids else np.zeros(0, dtype="<U1"))
+    for name in meta_names:
+        values = [m.get(name, "") for info in infos for m in info["metadata"]]
+        np.save(tmp / f"meta_{name}.npy", np.array(values, dtype=str))
+    bad = [b for info in infos for b in info["bad"]]
+    with open(tmp / "skipped.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "source", "reason"])
+        writer.writerows(bad)
+
+    manifest = {
+        "key": key,
+        "version": CACHE_VERSION,
+        "graph_settings": settings.to_dict(),
+        "crystals": n,
+        "atoms": n_atoms,
+        "edges": n_edges,
+        "candidates": n_cands,
+        "skipped": len(bad),
+        "label_names": label_names,
+        "metadata_names": meta_names,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    _write_json_atomic(tmp / "manifest.json", manifest)
+    old = cache_dir.with_name(f"{cache_dir.name}.old-{os.getpid()}")
+    if cache_dir.exists():
+        os.replace(cache_dir, old)
+    os.replace(tmp, cache_dir)
+    if old.exists():
+        shutil.rmtree(old)
+    return manifest
+
+
+def _summary(
+    cache_dir: Path, manifest: dict[str, Any], seconds: float, reused: bool
+) -> CacheSummary:
+    skipped = []
+    skipped_file = cache_dir / "skipped.csv"
+    if skipped_file.exists():
+        with open(skipped_file, newline="") as handle:
+            skipped = [BadRecord(r["id"], r["source"], r["reason"]) for r in csv.DictReader(handle)]
+    size = sum(p.stat().st_size for p in cache_dir.iterdir() if p.is_file())
+    return CacheSummary(
+        cache_dir=cache_dir,
+        crystals=manifest["crystals"],
+        skipped=skipped,
+        atoms=manifest["atoms"],
+        edges=manifest["edges"],
+        candidates=manifest["candidates"],
+        bytes_on_disk=size,
+        seconds=seconds,
+        reused=reused,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+@dataclass
+class GraphCache:
+    """Read access to a built cache: arrays memory-mapped lazily, per process.
+
+    Opening is constant-time whatever the size; nothing per crystal is held in memory. Safe to
+    pass to data-loader workers (the memory maps are reopened after pickling).
+    """
+
+    cache_dir: Path
+    manifest: dict[str, Any] = field(init=False)
+    _arrays: dict[str, np.ndarray] = field(init=False, default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.cache_dir = Path(self.cache_dir)
+        manifest_path = self.cache_dir / "manifest.json"
+        if not manifest_path.exists():
+            raise FileNotFoundError(f"{self.cache_dir}: not a graph cache (no manifest.json)")
+        self.manifest = json.loads(manifest_path.read_text())
+        if self.manifest.get("version") != CACHE_VERSION:
+            raise ValueError(
+                f"{self.cache_dir}: cache version {self.manifest.get('version')} != {CACHE_VERSION}; rebuild it"
+            )
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"cache_dir": self.cache_dir, "manifest": self.manifest}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.cache_dir = state["cache_dir"]
+        self.manifest = state["manifest"]
+        self._arrays = {}
+
+    def array(self, name: str) -> np.ndarray:
+        """The memory-mapped array ``name`` (see the module docstring)."""
+        arr = self._arrays.get(name)
+        if arr is None:
+            arr = np.load(self.cache_dir / f"{name}.npy", mmap_mode="r")
+            if name.endswith("offsets") or name in ("ids",):
+                arr = np.asarray(arr)  # small: (N + 1,) read once
+            self._arrays[name] = arr
+        return arr
+
+    def __len__(self) -> int:
+        return int(self.manifest["crystals"])
+
+    @property
+    def settings(self) -> GraphSettings:
+        return GraphSettings.from_dict(self.manifest["graph_settings"])
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.manifest["label_names"])
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.array("ids")
+
+    def labels(self, names: Sequence[str] | None = None) -> np.ndarray:
+        """``(N, len(names))`` float64 labels (NaN where missing)."""
+        table = self.array("labels")
+        if names is None:
+            return np.asarray(table)
+        missing = [n for n in names if n not in self.label_names]
+        if missing:
+            raise KeyError(
+                f"{self.cache_dir}: no label column {missing}; available: {self.label_names}"
+            )
+        return np.asarray(table[:, [self.label_names.index(n) for n in names]])
+
+    def metadata(self, name: str) -> np.ndarray:
+        if name not in self.manifest["metadata_names"]:
+            raise KeyError(
+                f"{self.cache_dir}: no column {name!r}; available: {self.manifest['metadata_names']}"
+            )
+        return self.array(f"meta_{name}")
+
+    def graph(self, index: int) -> CrystalGraph:
+        """Crystal ``index`` as a :class:`CrystalGraph` (views into the memory maps)."""
+        a0, a1 = self.array("atom_offsets")[index : index + 2]
+        e0, e1 = self.array("edge_offsets")[index : index + 2]
+        c0, c1 = self.array("cand_offsets")[index : index + 2]
+        labels = dict(zip(self.label_names, self.array("labels")[index].tolist(), strict=True))
+        return CrystalGraph(
+            id=str(self.ids[index]),
+            atomic_numbers=self.array("atomic_numbers")[a0:a1],
+            positions=self.array("positions")[a0:a1],
+            lattice=self.array("lattices")[index],
+            edges=NeighborList(
+                self.array("edge_src")[e0:e1],
+                self.array("edge_dst")[e0:e1],
+                self.array("edge_image")[e0:e1],
+                self.array("edge_distance")[e0:e1],
+            ),
+            candidates=NeighborList(
+                self.array("cand_src")[c0:c1],
+                self.array("cand_dst")[c0:c1],
+                self.array("cand_image")[c0:c1],
+                np.zeros(c1 - c0),
+            ),
+            labels=labels,
+        )

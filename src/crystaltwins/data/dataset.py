@@ -1,0 +1,133 @@
+"""Datasets over a graph cache, and collation of crystal graphs into batches."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from crystaltwins.data.batch import CrystalGraphBatch
+from crystaltwins.data.cache import GraphCache
+from crystaltwins.graph.crystal_graph import CrystalGraph
+from crystaltwins.transforms.base import GraphTransform
+
+
+class CrystalGraphDataset(Dataset):
+    """Crystal graphs from a cache, optionally restricted to ``indices``.
+
+    :param cache: a :class:`GraphCache` or its directory.
+    :param indices: rows of the cache to use (a split); all when ``None``.
+    :param targets: label columns that :class:`GraphCollator` puts into ``batch.targets``.
+    """
+
+    def __init__(
+        self,
+        cache: GraphCache | str | os.PathLike,
+        indices: Sequence[int] | np.ndarray | None = None,
+        targets: Sequence[str] | None = None,
+    ) -> None:
+        self.cache = cache if isinstance(cache, GraphCache) else GraphCache(cache)
+        self.indices = (
+            np.arange(len(self.cache)) if indices is None else np.asarray(indices, dtype=np.int64)
+        )
+        self.targets = list(targets or [])
+        missing = [t for t in self.targets if t not in self.cache.label_names]
+        if missing:
+            raise KeyError(
+                f"{self.cache.cache_dir}: no label column {missing}; available: {self.cache.label_names}"
+            )
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    def __getitem__(self, i: int) -> CrystalGraph:
+        return self.cache.graph(int(self.indices[i]))
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> CrystalGraphDataset:
+        """The dataset restricted to positions ``indices`` of this one."""
+        return CrystalGraphDataset(
+            self.cache, self.indices[np.asarray(indices, dtype=np.int64)], self.targets
+        )
+
+
+class TwoViewDataset(Dataset):
+    """Two independently augmented views of every crystal (for self-supervised pre-training).
+
+    Views are reproducible: crystal ``i`` in epoch ``e`` draws from
+    ``np.random.default_rng([seed, e, index])``, whatever the worker; call :meth:`set_epoch`
+    at the start of each epoch.
+    """
+
+    def __init__(
+        self, dataset: CrystalGraphDataset, transform: GraphTransform, seed: int = 0
+    ) -> None:
+        self.dataset = dataset
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[CrystalGraph, CrystalGraph]:
+        graph = self.dataset[i]
+        rng = np.random.default_rng([self.seed, self.epoch, int(self.dataset.indices[i])])
+        return self.transform(graph, rng), self.transform(graph, rng)
+
+
+def collate_graphs(
+    graphs: Sequence[CrystalGraph], targets: Sequence[str] = ()
+) -> CrystalGraphBatch:
+    """Stack crystal graphs into one :class:`CrystalGraphBatch` (indices made global)."""
+    atom_counts = np.fromiter((g.atomic_numbers.shape[0] for g in graphs), np.int64, len(graphs))
+    edge_counts = np.fromiter((g.edges.src.shape[0] for g in graphs), np.int64, len(graphs))
+    atom_offsets = np.zeros(len(graphs), dtype=np.int64)
+    np.cumsum(atom_counts[:-1], out=atom_offsets[1:])
+    shift = np.repeat(atom_offsets, edge_counts)
+    src = np.concatenate([g.edges.src for g in graphs]).astype(np.int64) + shift
+    dst = np.concatenate([g.edges.dst for g in graphs]).astype(np.int64) + shift
+    batch_targets = None
+    if targets:
+        values = np.array(
+            [[g.labels.get(t, np.nan) for t in targets] for g in graphs], dtype=np.float32
+        )
+        batch_targets = torch.from_numpy(values)
+    return CrystalGraphBatch(
+        atomic_numbers=torch.from_numpy(
+            np.concatenate([g.atomic_numbers for g in graphs]).astype(np.int64)
+        ),
+        edge_index=torch.from_numpy(np.stack([src, dst])),
+        edge_distance=torch.from_numpy(
+            np.concatenate([g.edges.distance for g in graphs]).astype(np.float32)
+        ),
+        crystal_index=torch.from_numpy(
+            np.repeat(np.arange(len(graphs), dtype=np.int64), atom_counts)
+        ),
+        num_crystals=len(graphs),
+        targets=batch_targets,
+        ids=[g.id for g in graphs],
+    )
+
+
+class GraphCollator:
+    """``collate_fn`` for a :class:`CrystalGraphDataset` (picklable for worker processes)."""
+
+    def __init__(self, targets: Sequence[str] = ()) -> None:
+        self.targets = list(targets)
+
+    def __call__(self, graphs: Sequence[CrystalGraph]) -> CrystalGraphBatch:
+        return collate_graphs(graphs, self.targets)
+
+
+class ViewPairCollator:
+    """``collate_fn`` for a :class:`TwoViewDataset`: returns ``(batch_a, batch_b)``."""
+
+    def __call__(self, pairs: Sequence[tuple[CrystalGraph, CrystalGraph]]) -> tuple[Any, Any]:
+        return collate_graphs([a for a, _ in pairs]), collate_graphs([b for _, b in pairs])

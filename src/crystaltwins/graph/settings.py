@@ -1,0 +1,52 @@
+"""Settings of the crystal graph (Crystal Twins / CGCNN defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class GraphSettings:
+    """How a crystal becomes a graph.
+
+    :param radius: neighbour cutoff in Å (CGCNN/CT: 8).
+    :param max_neighbors: neighbours kept per atom, the nearest first (CGCNN/CT: 12).
+    :param perturbation_margin: largest atom displacement in Å for which the cache keeps enough
+        candidate neighbours beyond the ``max_neighbors``-th to re-select the nearest ones exactly
+        after every atom moves (CT's random perturbation: 0.05). ``0`` keeps no candidates.
+    :param gaussian_dmin: first Gaussian centre in Å.
+    :param gaussian_dmax: last Gaussian centre in Å.
+    :param gaussian_step: spacing of the Gaussian centres in Å.
+    :param gaussian_width: Gaussian width ``var`` in Å (CGCNN uses the step).
+    """
+
+    radius: float = 8.0
+    max_neighbors: int = 12
+    perturbation_margin: float = 0.05
+    gaussian_dmin: float = 0.0
+    gaussian_dmax: float = 8.0
+    gaussian_step: float = 0.2
+    gaussian_width: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.radius <= 0:
+            raise ValueError(f"radius must be positive, got {self.radius}")
+        if self.max_neighbors < 1:
+            raise ValueError(f"max_neighbors must be at least 1, got {self.max_neighbors}")
+        if self.perturbation_margin < 0:
+            raise ValueError(f"perturbation_margin must be >= 0, got {self.perturbation_margin}")
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, state: dict) -> GraphSettings:
+        return cls(**{k: state[k] for k in cls.__dataclass_fields__ if k in state})
+
+    def cache_key(self) -> dict[str, float | int]:
+        """The settings that change what a graph cache holds (the Gaussian grid does not)."""
+        return {
+            "radius": self.radius,
+            "max_neighbors": self.max_neighbors,
+            "perturbation_margin": self.perturbation_margin,
+        }

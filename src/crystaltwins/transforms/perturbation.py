@@ -1,0 +1,79 @@
+"""Random perturbation (RP): every atom moved, then the nearest neighbours re-selected exactly."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from crystaltwins.graph.crystal_graph import CrystalGraph
+from crystaltwins.graph.neighbors import NeighborList, reselect_neighbors
+from crystaltwins.graph.settings import GraphSettings
+
+
+def random_displacements(
+    num_atoms: int, distance: float, min_distance: float | None, rng: np.random.Generator
+) -> np.ndarray:
+    """``(num_atoms, 3)`` random vectors in Å, as pymatgen ``Structure.perturb``: a uniformly
+    random direction, length ``distance`` (or uniform in ``[min_distance, distance]``)."""
+    directions = rng.normal(size=(num_atoms, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    if min_distance is None:
+        lengths = np.full((num_atoms, 1), distance)
+    else:
+        lengths = rng.uniform(min_distance, distance, size=(num_atoms, 1))
+    return directions * lengths
+
+
+class RandomPerturbation:
+    """Move every atom by a random vector and rebuild the edges exactly.
+
+    As in Crystal Twins (pymatgen ``Structure.perturb(0.05)``), each atom moves by ``distance`` Å
+    in a random direction; with ``min_distance`` set, the length is uniform in
+    ``[min_distance, distance]``. The nearest ``max_neighbors`` within ``radius`` are then
+    re-selected from the cached candidate edges, which gives the same graph as rebuilding it from
+    the perturbed structure, as long as ``distance`` does not exceed the cache's
+    ``perturbation_margin``.
+    """
+
+    def __init__(
+        self,
+        distance: float = 0.05,
+        min_distance: float | None = None,
+        settings: GraphSettings | None = None,
+    ) -> None:
+        if distance < 0 or (min_distance is not None and not 0 <= min_distance <= distance):
+            raise ValueError(f"need 0 <= min_distance <= distance, got {min_distance}, {distance}")
+        self.distance = distance
+        self.min_distance = min_distance
+        self.settings = settings or GraphSettings()
+        if distance > self.settings.perturbation_margin + 1e-12:
+            raise ValueError(
+                f"perturbation of {distance} Å exceeds the graph cache's perturbation_margin "
+                f"({self.settings.perturbation_margin} Å): rebuild the cache with a larger margin"
+            )
+
+    def __call__(self, graph: CrystalGraph, rng: np.random.Generator) -> CrystalGraph:
+        positions = graph.positions + random_displacements(
+            graph.num_atoms, self.distance, self.min_distance, rng
+        )
+        edges = graph.edges
+        candidates = graph.candidates
+        union = NeighborList(
+            np.concatenate([edges.src, candidates.src]),
+            np.concatenate([edges.dst, candidates.dst]),
+            np.concatenate([edges.image, candidates.image]),
+            np.zeros(len(edges) + len(candidates)),
+        )
+        new_edges = reselect_neighbors(
+            positions,
+            graph.lattice,
+            union,
+            graph.num_atoms,
+            self.settings.radius,
+            self.settings.max_neighbors,
+        )
+        return replace(graph, positions=positions, edges=new_edges)
+
+    def __repr__(self) -> str:
+        return f"RandomPerturbation(distance={self.distance}, min_distance={self.min_distance})"

@@ -1,0 +1,37 @@
+"""Fixtures: the shared real datasets and the published Crystal Twins checkpoints.
+
+``CRYSTALTWINS_DATA`` (default ``<repo>/../shared/data``) and ``CRYSTALTWINS_REFERENCE``
+(default ``<repo>/../shared/reference/crystal_twins``) point at them; tests that need them skip,
+with the reason, when they are missing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _folder(variable: str, default: Path) -> Path:
+    return Path(os.environ.get(variable, default))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = _folder("CRYSTALTWINS_DATA", REPO.parent / "shared" / "data")
+    if not (path / "perovskites.csv.gz").exists():
+        pytest.skip(f"shared crystal data not found at {path} (set CRYSTALTWINS_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    path = _folder("CRYSTALTWINS_REFERENCE", REPO.parent / "shared" / "reference" / "crystal_twins")
+    if not (path / "atom_init.json").exists():
+        pytest.skip(
+            f"published Crystal Twins files not found at {path} (set CRYSTALTWINS_REFERENCE)"
+        )
+    return path

@@ -1,0 +1,27 @@
+"""Shared helpers for tests: reading a few real crystals from ../shared/data."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import itertools
+from pathlib import Path
+
+from pymatgen.core import Structure
+
+csv.field_size_limit(2**31 - 1)
+
+
+def read_cifs(path: Path, count: int, start: int = 0) -> list[tuple[str, str]]:
+    """The first ``count`` (id, CIF text) rows of a CSV.gz from the shared data, from row ``start``."""
+    with gzip.open(path, "rt", newline="") as handle:
+        rows = itertools.islice(csv.DictReader(handle), start, start + count)
+        return [(row["id"], row["cif"]) for row in rows]
+
+
+def read_structures(path: Path, count: int, start: int = 0) -> list[tuple[str, Structure]]:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return [(i, Structure.from_str(cif, fmt="cif")) for i, cif in read_cifs(path, count, start)]

@@ -1,0 +1,126 @@
+"""Augmentations on cached graphs: RP equals a rebuild from the perturbed structure; AM, EM."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from crystaltwins.graph.crystal_graph import build_crystal_graph
+from crystaltwins.graph.settings import GraphSettings
+from crystaltwins.transforms import (
+    AtomMasking,
+    EdgeMasking,
+    RandomPerturbation,
+    build_augmentation,
+)
+from crystaltwins.transforms.perturbation import random_displacements
+from tests.helpers import read_structures
+
+
+@pytest.fixture(scope="module")
+def graphs(data_dir):
+    structures = read_structures(data_dir / "perovskites.csv.gz", 30)
+    structures += read_structures(data_dir / "mp36k.csv.gz", 30)
+    structures += read_structures(data_dir / "hoip.csv.gz", 5)
+    return [(s, build_crystal_graph(s, id=i)) for i, s in structures]
+
+
+def _edge_multiset(graph):
+    """Per centre: the sorted (distance rounded to 1e-6 Å) list; ties may pick other images."""
+    out = {}
+    for i in range(graph.num_atoms):
+        out[i] = np.round(np.sort(graph.edges.distance[graph.edges.src == i]), 6)
+    return out
+
+
+def test_perturbation_equals_rebuild_from_perturbed_structure(graphs):
+    transform = RandomPerturbation(0.05)
+    for k, (structure, graph) in enumerate(graphs):
+        view = transform(graph, np.random.default_rng(k))
+        # The same displacement applied to the structure, then the graph rebuilt from scratch.
+        shift = random_displacements(graph.num_atoms, 0.05, None, np.random.default_rng(k))
+        moved = structure.copy()
+        for i, vector in enumerate(shift):
+            moved.translate_sites([i], vector, frac_coords=False, to_unit_cell=False)
+        rebuilt = build_crystal_graph(moved)
+        np.testing.assert_allclose(view.positions, rebuilt.positions, atol=1e-9)
+        ours, theirs = _edge_multiset(view), _edge_multiset(rebuilt)
+        for i in ours:
+            np.testing.assert_allclose(ours[i], theirs[i], atol=2e-6)
+        same = {
+            (a, b, tuple(n))
+            for a, b, n in zip(
+                view.edges.src, view.edges.dst, view.edges.image.tolist(), strict=True
+            )
+        }
+        same_rebuilt = {
+            (a, b, tuple(n))
+            for a, b, n in zip(
+                rebuilt.edges.src, rebuilt.edges.dst, rebuilt.edges.image.tolist(), strict=True
+            )
+        }
+        # Random displacements break the ties: the edges are the very same ones.
+        assert same == same_rebuilt
+        # Every atom moved by exactly 0.05 Å (pymatgen Structure.perturb semantics).
+        np.testing.assert_allclose(np.linalg.norm(view.positions - graph.positions, axis=1), 0.05)
+
+
+def test_perturbation_needs_enough_cache_margin():
+    with pytest.raises(ValueError, match="perturbation_margin"):
+        RandomPerturbation(0.2, settings=GraphSettings(perturbation_margin=0.05))
+
+
+def test_atom_masking_zeroes_ten_percent_at_least_one(graphs):
+    for _, graph in graphs:
+        view = AtomMasking(0.1)(graph, np.random.default_rng(1))
+        masked = int((view.atomic_numbers == 0).sum())
+        assert masked == max(1, int(np.floor(0.1 * graph.num_atoms)))
+        assert (graph.atomic_numbers > 0).all()  # the cached graph is untouched
+        assert len(view.edges) == len(graph.edges)
+
+
+def test_edge_masking_removes_edges_without_padding(graphs):
+    for _, graph in graphs:
+        view = EdgeMasking(0.1)(graph, np.random.default_rng(2))
+        removed = len(graph.edges) - len(view.edges)
+        assert removed == max(1, int(np.floor(0.1 * len(graph.edges))))
+        kept = {
+            (a, b, tuple(n))
+            for a, b, n in zip(
+                view.edges.src, view.edges.dst, view.edges.image.tolist(), strict=True
+            )
+        }
+        original = {
+            (a, b, tuple(n))
+            for a, b, n in zip(
+                graph.edges.src, graph.edges.dst, graph.edges.image.tolist(), strict=True
+            )
+        }
+        assert kept < original
+
+
+def test_views_are_seeded_and_independent(graphs):
+    augment = build_augmentation("rp,am,em")
+    _, graph = graphs[40]
+    a1 = augment(graph, np.random.default_rng(7))
+    a2 = augment(graph, np.random.default_rng(7))
+    np.testing.assert_array_equal(a1.positions, a2.positions)
+    np.testing.assert_array_equal(a1.atomic_numbers, a2.atomic_numbers)
+    np.testing.assert_array_equal(a1.edges.dst, a2.edges.dst)
+    rng = np.random.default_rng(7)
+    v1, v2 = augment(graph, rng), augment(graph, rng)
+    assert not np.allclose(v1.positions, v2.positions)
+
+
+def test_build_augmentation_parses_names():
+    assert [type(t).__name__ for t in build_augmentation("rp,am,em").transforms] == [
+        "RandomPerturbation",
+        "AtomMasking",
+        "EdgeMasking",
+    ]
+    assert [type(t).__name__ for t in build_augmentation("am, em").transforms] == [
+        "AtomMasking",
+        "EdgeMasking",
+    ]
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        build_augmentation("rp,xx")
