@@ -57,28 +57,23 @@ class CrystalGraphDataset(Dataset):
 class TwoViewDataset(Dataset):
     """Two independently augmented views of every crystal (for self-supervised pre-training).
 
-    Views are reproducible: crystal ``i`` in epoch ``e`` draws from
-    ``np.random.default_rng([seed, e, index])``, whatever the worker; call :meth:`set_epoch`
-    at the start of each epoch.
+    Views are reproducible whatever the worker or a resume: item ``(i, epoch)`` draws from
+    ``np.random.default_rng([seed, epoch, i])`` (a plain ``i`` means epoch 0). Use it with
+    :class:`~crystaltwins.training.sampling.EpochSampler`, which yields such keys.
     """
 
-    def __init__(
-        self, dataset: CrystalGraphDataset, transform: GraphTransform, seed: int = 0
-    ) -> None:
+    def __init__(self, dataset: Dataset, transform: GraphTransform, seed: int = 0) -> None:
         self.dataset = dataset
         self.transform = transform
         self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, i: int) -> tuple[CrystalGraph, CrystalGraph]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[CrystalGraph, CrystalGraph]:
+        i, epoch = (key, 0) if isinstance(key, (int, np.integer)) else key
         graph = self.dataset[i]
-        rng = np.random.default_rng([self.seed, self.epoch, int(self.dataset.indices[i])])
+        rng = np.random.default_rng([self.seed, epoch, int(i)])
         return self.transform(graph, rng), self.transform(graph, rng)
 
 

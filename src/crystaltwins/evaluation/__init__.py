@@ -1,0 +1,1 @@
+"""Results: metrics, predictions, embeddings and plots."""

@@ -1,0 +1,390 @@
+"""``crystaltwins`` command line: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from crystaltwins import __version__
+
+
+def _add_graph_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--radius", type=float, default=8.0, help="neighbour cutoff in Å (default 8)")
+    p.add_argument("--max-neighbors", type=int, default=12, help="neighbours per atom (default 12)")
+
+
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config", help="YAML file of settings (keys: these flags' names); flags given override it"
+    )
+    p.add_argument("--seed", type=int, help="random seed (splits, initialisation, augmentations)")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--atom-init", help="CGCNN atom_init.json defining the element features")
+    p.add_argument(
+        "--cache-root",
+        help="where graph caches live (default $CRYSTALTWINS_CACHE or ~/.cache/crystaltwins)",
+    )
+    p.add_argument("--featurize-workers", type=int, help="processes building graph caches")
+    p.add_argument("--loader-workers", type=int, help="data-loader worker processes")
+    p.add_argument("--accelerator", help="cpu, gpu or auto")
+    p.add_argument("--devices", help="number of devices (several GPUs: data-parallel)")
+    p.add_argument(
+        "--precision", help="e.g. 32-true, 16-mixed, bf16-mixed (default: 16-mixed on GPU)"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        default=None,
+        help="continue from RUN_DIR/checkpoints/last.ckpt",
+    )
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crystaltwins",
+        description="Self-supervised learning on crystal structures (Crystal Twins).",
+    )
+    parser.add_argument("--version", action="version", version=f"crystaltwins {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("featurize", help="build the graph cache of a dataset")
+    p.add_argument(
+        "data", help="CSV(.gz) with a CIF column, CGCNN folder, structure file or folder"
+    )
+    p.add_argument("--out", required=True, help="cache directory")
+    _add_graph_options(p)
+    p.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)"
+    )
+    p.add_argument(
+        "--atom-init", help="atom_init.json (default: the one in a CGCNN folder, else built-in)"
+    )
+    p.add_argument(
+        "--target", action="append", help="label column that must be present (repeatable)"
+    )
+    p.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+
+    p = sub.add_parser("graph", help="print one crystal's graph, one row per edge")
+    p.add_argument("structure", help="a structure file (CIF, POSCAR, extxyz, ...)")
+    p.add_argument("--format", choices=["csv", "json"], default="csv")
+    _add_graph_options(p)
+
+    p = sub.add_parser("pretrain", help="self-supervised pre-training (Barlow Twins / SimSiam)")
+    p.add_argument("data", nargs="+", help="one or more data sources (labels are ignored)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--objective", choices=["barlow_twins", "simsiam"])
+    p.add_argument("--augment", help="comma-separated subset of rp,am,em (default all three)")
+    p.add_argument("--perturbation", type=float, help="RP displacement in Å (default 0.05)")
+    p.add_argument("--barlow-lambda", type=float, help="off-diagonal weight λ (default 0.0051)")
+    p.add_argument("--val-fraction", type=float, help="validation fraction (default 0.05)")
+    p.add_argument("--max-crystals", type=int, help="use a random subset of this many crystals")
+    p.add_argument("--init-from", help="start from a model file or published .pth")
+    _add_training_options(p)
+
+    p = sub.add_parser(
+        "finetune", help="fine-tune on a labelled dataset (or train CGCNN from scratch)"
+    )
+    p.add_argument("data")
+    p.add_argument("--target", required=True, help="label column")
+    p.add_argument("--out", required=True, help="run directory")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument(
+        "--pretrained", help="our model.pt, a published Crystal Twins .pth, or 'default'"
+    )
+    group.add_argument(
+        "--from-scratch", action="store_true", default=None, help="supervised CGCNN baseline"
+    )
+    p.add_argument("--task", choices=["regression", "classification"])
+    p.add_argument("--target-transform", choices=["none", "log10"])
+    p.add_argument(
+        "--encoder-lr-factor", type=float, help="lr factor of the pre-trained encoder (default 0.2)"
+    )
+    p.add_argument(
+        "--split",
+        type=float,
+        nargs=3,
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="fractions (default 0.6 0.2 0.2)",
+    )
+    p.add_argument("--split-column", help="column holding train/val/test")
+    p.add_argument("--split-files", nargs=3, metavar=("TRAIN", "VAL", "TEST"), help="files of ids")
+    p.add_argument("--max-train", type=int, help="cap on training crystals")
+    p.add_argument("--early-stopping", type=int, help="patience in epochs on validation MAE")
+    _add_training_options(p)
+
+    for name, text in (
+        ("predict", "predict a property for new crystals"),
+        ("embed", "export crystal embeddings"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("model", help="model.pt (or a published .pth for embed)")
+        p.add_argument("data")
+        p.add_argument(
+            "--out",
+            required=True,
+            help="predictions.csv" if name == "predict" else "embeddings.npz",
+        )
+        p.add_argument("--batch-size", type=int, default=256)
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--cache-root")
+
+    p = sub.add_parser("plot", help="2-D map of embeddings coloured by a property (paper Fig. 3)")
+    p.add_argument("source", help="embeddings.npz, or a model file (then give --data)")
+    p.add_argument("--data", help="crystals to embed when SOURCE is a model")
+    p.add_argument("--out", required=True, help="map.png (coordinates go to map.csv)")
+    p.add_argument("--method", choices=["tsne", "umap", "pca"], default="tsne")
+    p.add_argument("--color", help="label column to colour by (default: the first one)")
+    p.add_argument("--seed", type=int, default=0)
+
+    from crystaltwins.evaluation.bench import add_bench_arguments
+
+    p = sub.add_parser("bench", help="reproduce the paper's comparison (Table 2, ablation, t-SNE)")
+    add_bench_arguments(p)
+    return parser
+
+
+def _config_from_args(config_cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
+    """Dataclass config: file settings, then flags given on the command line, then ``fixed``."""
+    from crystaltwins.training.common import load_config_file
+
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values.update(load_config_file(args.config))
+    names = {f.name for f in fields(config_cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise SystemExit(f"{args.config}: unknown settings {unknown}")
+    values.update({k: v for k, v in vars(args).items() if k in names and v is not None})
+    values.update({k: v for k, v in fixed.items() if v is not None})
+    return config_cls(**values)
+
+
+def _cmd_featurize(args: argparse.Namespace) -> int:
+    from crystaltwins.data.cache import build_graph_cache
+    from crystaltwins.graph.atom_features import AtomFeaturizer, default_featurizer
+    from crystaltwins.graph.settings import GraphSettings
+
+    source = Path(args.data)
+    featurizer = (
+        AtomFeaturizer.from_json(args.atom_init)
+        if args.atom_init
+        else default_featurizer(source if source.is_dir() else None)
+    )
+    summary = build_graph_cache(
+        source,
+        args.out,
+        GraphSettings(radius=args.radius, max_neighbors=args.max_neighbors),
+        featurizer=featurizer,
+        targets=args.target,
+        workers=args.workers,
+        progress=args.progress,
+        force=args.force,
+    )
+    print(f"element features: {featurizer.name}")
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def _cmd_graph(args: argparse.Namespace) -> int:
+    from crystaltwins.graph.crystal_graph import build_crystal_graph
+    from crystaltwins.graph.settings import GraphSettings
+    from crystaltwins.io.readers import iter_entries, parse_entry
+
+    entries = list(iter_entries(args.structure))
+    if not entries:
+        raise SystemExit(f"{args.structure}: no structure found")
+    record = parse_entry(entries[0])
+    graph = build_crystal_graph(
+        record.structure,
+        GraphSettings(radius=args.radius, max_neighbors=args.max_neighbors),
+        id=record.id,
+        source=record.source,
+    )
+    columns = ["atom", "neighbor", "distance_A", "image_a", "image_b", "image_c"]
+    rows = graph.edge_table()
+    if args.format == "json":
+        species = [str(s.specie) for s in record.structure]
+        print(
+            json.dumps(
+                {
+                    "id": record.id,
+                    "species": species,
+                    "edges": [dict(zip(columns, r, strict=True)) for r in rows],
+                },
+                indent=1,
+            )
+        )
+    else:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows((i, j, f"{d:.6f}", a, b, c) for i, j, d, a, b, c in rows)
+    return 0
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from crystaltwins.training.pretrain import PretrainConfig, pretrain
+
+    config = _config_from_args(PretrainConfig, args, data=list(args.data), out=args.out)
+    path = pretrain(config)
+    print(f"pre-trained model: {path}")
+    return 0
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from crystaltwins.training.finetune import FinetuneConfig, finetune
+
+    pretrained = args.pretrained
+    if pretrained == "default":
+        from crystaltwins.models.pretrained import default_pretrained_path
+
+        pretrained = str(default_pretrained_path())
+    fixed: dict[str, Any] = {
+        "data": args.data,
+        "target": args.target,
+        "out": args.out,
+        "pretrained": pretrained,
+    }
+    if args.split:
+        fixed["split"] = tuple(args.split)
+    if args.split_files:
+        fixed["split_files"] = tuple(args.split_files)
+    config = _config_from_args(FinetuneConfig, args, **fixed)
+    metrics = finetune(config)
+    if metrics:
+        test = metrics["test"]
+        key = "mae" if "mae" in test else "accuracy"
+        print(
+            f"test {key} {test[key]:.4f} on {test['count']} crystals ({metrics['target']}); run: {args.out}"
+        )
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from crystaltwins.evaluation.inference import predict, write_predictions_csv
+
+    result = predict(
+        args.model,
+        args.data,
+        batch_size=args.batch_size,
+        device=args.device,
+        cache_root=args.cache_root,
+    )
+    write_predictions_csv(result, args.out)
+    _report(result, args.out)
+    return 0
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from crystaltwins.evaluation.inference import embed, write_embeddings_npz
+
+    result = embed(
+        args.model,
+        args.data,
+        batch_size=args.batch_size,
+        device=args.device,
+        cache_root=args.cache_root,
+    )
+    write_embeddings_npz(result, args.out)
+    _report(result, args.out)
+    return 0
+
+
+def _report(result: Any, out: str) -> None:
+    print(f"{len(result.ids)} crystals -> {out}")
+    if result.skipped:
+        print(f"{len(result.skipped)} crystals could not be used:")
+        for bad in result.skipped[:20]:
+            print(f"  {bad}")
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from crystaltwins.evaluation.plots import embedding_map, reduce_2d
+
+    source = Path(args.source)
+    if source.suffix == ".npz":
+        with np.load(source) as data:
+            ids, vectors = data["ids"], data["embeddings"]
+            labels = {k[len("label_") :]: data[k] for k in data.files if k.startswith("label_")}
+    else:
+        if not args.data:
+            raise SystemExit("plot: give --data DATA when SOURCE is a model")
+        from crystaltwins.evaluation.inference import embed
+
+        result = embed(source, args.data)
+        ids, vectors, labels = result.ids, result.values, result.labels
+    color_name = args.color or (next(iter(labels)) if labels else None)
+    if color_name is not None and color_name not in labels:
+        raise SystemExit(f"plot: no label {color_name!r}; available: {sorted(labels)}")
+    color = labels[color_name] if color_name else None
+    started = time.time()
+    coordinates = reduce_2d(vectors, args.method, args.seed)
+    out = Path(args.out)
+    embedding_map(
+        coordinates,
+        color,
+        out,
+        color_name or "",
+        f"{args.method.upper()} of {len(ids)} crystal embeddings",
+    )
+    with open(out.with_suffix(".csv"), "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "x", "y", *([color_name] if color_name else [])])
+        for k in range(len(ids)):
+            writer.writerow(
+                [
+                    ids[k],
+                    coordinates[k, 0],
+                    coordinates[k, 1],
+                    *([color[k]] if color is not None else []),
+                ]
+            )
+    print(f"{out} and {out.with_suffix('.csv')} ({time.time() - started:.1f} s)")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from crystaltwins.evaluation.bench import run_bench_from_args
+
+    return run_bench_from_args(args)
+
+
+COMMANDS = {
+    "featurize": _cmd_featurize,
+    "graph": _cmd_graph,
+    "pretrain": _cmd_pretrain,
+    "finetune": _cmd_finetune,
+    "predict": _cmd_predict,
+    "embed": _cmd_embed,
+    "plot": _cmd_plot,
+    "bench": _cmd_bench,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from crystaltwins.io.records import CrystalInputError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (CrystalInputError, FileNotFoundError, KeyError, ValueError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"crystaltwins {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Train / validation / test splits: seeded random, from a column of the data, or from id files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class Split:
+    """Positions (into a dataset) of the train, validation and test crystals."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+
+def random_split(n: int, fractions: Sequence[float] = (0.6, 0.2, 0.2), seed: int = 0) -> Split:
+    """A seeded random split of ``n`` crystals into train/val/test by ``fractions``.
+
+    Fractions are normalised; sizes are ``floor(f · n)`` for validation and test, the rest train
+    (so a 95/5 pre-training split is ``(0.95, 0.05, 0)``).
+    """
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
+        raise ValueError(f"fractions must be three non-negative numbers, got {fractions}")
+    total = float(sum(fractions))
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = int(np.floor(fractions[1] / total * n))
+    n_test = int(np.floor(fractions[2] / total * n))
+    n_train = n - n_val - n_test
+    return Split(
+        np.sort(order[:n_train]),
+        np.sort(order[n_train : n_train + n_val]),
+        np.sort(order[n_train + n_val :]),
+    )
+
+
+_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+
+
+def split_from_labels(values: Sequence[str] | np.ndarray, source: str = "split column") -> Split:
+    """A split from per-crystal names such as ``train``/``val``/``test`` (qmof's ``split`` column)."""
+    names = np.array([_ALIASES.get(str(v).strip().lower(), "?") for v in values])
+    unknown = sorted({str(v) for v, n in zip(values, names, strict=True) if n == "?"})
+    if unknown:
+        raise ValueError(f"{source}: unknown split names {unknown[:5]} (use train, val, test)")
+    return Split(*(np.flatnonzero(names == part) for part in ("train", "val", "test")))
+
+
+def split_from_files(
+    ids: Sequence[str] | np.ndarray,
+    train: str | os.PathLike,
+    val: str | os.PathLike,
+    test: str | os.PathLike,
+) -> Split:
+    """A split from three text files of crystal ids (one per line; ``#`` comments allowed)."""
+    position = {str(i): k for k, i in enumerate(ids)}
+    parts = []
+    for path in (train, val, test):
+        wanted = [
+            line.split(",")[0].strip()
+            for line in Path(path).read_text().splitlines()
+            if line.strip() and not line.startswith("#")
+        ]
+        missing = [w for w in wanted if w not in position]
+        if missing:
+            raise ValueError(f"{path}: {len(missing)} ids not in the data, e.g. {missing[:3]}")
+        parts.append(np.sort(np.array([position[w] for w in wanted], dtype=np.int64)))
+    return Split(*parts)

@@ -1,0 +1,502 @@
+"""``crystaltwins bench``: pre-train once, then fine-tune CT and train CGCNN from scratch on every
+task and seed; write ``results.json`` / ``results.md``; optionally the augmentation ablation
+(paper Fig. 2) and the t-SNE maps (paper Fig. 3). Finished (task, seed, method) runs are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crystaltwins.evaluation.tasks import PAPER_TASKS, TASKS, BenchmarkTask
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What a benchmark run does; ``paper`` is the paper's protocol, ``cpu`` fits ~2 h on 2 cores."""
+
+    name: str
+    pretrain_epochs: int = 15
+    pretrain_lr: float = 1e-5
+    pretrain_batch: int = 64
+    pretrain_max_crystals: int | None = None
+    finetune_epochs: int = 200
+    finetune_lr: float = 1e-3
+    finetune_batch: int = 128
+    max_train: int | None = None
+    max_eval: int | None = None
+    description: str = ""
+
+
+PRESETS = {
+    "paper": Preset(
+        "paper",
+        description="the paper's protocol: 15 pre-training epochs (Adam 1e-5, batch 64), "
+        "200 fine-tuning epochs (Adam 1e-3, batch 128), 60/20/20 splits, all crystals",
+    ),
+    "cpu": Preset(
+        "cpu",
+        pretrain_epochs=4,
+        pretrain_lr=1e-4,
+        pretrain_max_crystals=12_000,
+        finetune_epochs=40,
+        max_train=1_000,
+        max_eval=1_000,
+        description="2-core CPU budget: pre-training on a random 12,000-crystal subset of the corpus for 4 epochs "
+        "at lr 1e-4 (10x the paper's, to move the weights in so few steps); fine-tuning 40 epochs on at most "
+        "1,000 training crystals per task, validation and test capped at 1,000 each; CT and scratch get exactly "
+        "the same splits, epochs, head, optimiser and data",
+    ),
+    "smoke": Preset(
+        "smoke",
+        pretrain_epochs=1,
+        pretrain_lr=1e-4,
+        pretrain_max_crystals=300,
+        finetune_epochs=2,
+        max_train=150,
+        max_eval=100,
+        description="a few minutes: checks the pipeline end to end",
+    ),
+}
+
+ABLATION = {"RP": "rp", "AM+EM": "am,em", "RP+AM+EM": "rp,am,em"}
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-root",
+        default=os.environ.get("CRYSTALTWINS_DATA"),
+        help="folder of the benchmark files (default $CRYSTALTWINS_DATA)",
+    )
+    p.add_argument("--out", required=True, help="results directory")
+    p.add_argument(
+        "--tasks",
+        nargs="+",
+        default=PAPER_TASKS,
+        help=f"tasks (default: {' '.join(PAPER_TASKS)}); known: {' '.join(TASKS)}",
+    )
+    p.add_argument("--seeds", type=int, default=3, help="seeds per task and method (default 3)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    p.add_argument("--pretrained", help="use this pre-trained model instead of pre-training")
+    p.add_argument(
+        "--corpus", nargs="+", help="pre-training files (default: every *.csv.gz in the data root)"
+    )
+    p.add_argument(
+        "--exclude-test",
+        action="store_true",
+        help="remove every task's test crystals from pre-training",
+    )
+    p.add_argument(
+        "--ablation",
+        action="store_true",
+        help="also pre-train with RP / AM+EM / RP+AM+EM and fine-tune each",
+    )
+    p.add_argument(
+        "--tsne",
+        action="store_true",
+        help="also draw the t-SNE maps of perovskites test embeddings",
+    )
+    p.add_argument(
+        "--atom-init", help="atom_init.json for the element features (default: built-in)"
+    )
+    p.add_argument("--featurize-workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--devices", default="auto")
+    p.add_argument("--cache-root")
+
+
+@dataclass
+class BenchContext:
+    data_root: Path
+    out: Path
+    preset: Preset
+    tasks: list[BenchmarkTask]
+    seeds: int
+    atom_init: str | None
+    featurize_workers: int
+    accelerator: str
+    devices: str
+    cache_root: str | None
+    started: float = field(default_factory=time.time)
+    runs_total: int = 0
+    runs_done: int = 0
+
+    def progress(self, text: str) -> None:
+        elapsed = time.time() - self.started
+        eta = ""
+        if self.runs_done:
+            eta = f", ETA {elapsed / self.runs_done * (self.runs_total - self.runs_done) / 60:.0f} min"
+        print(
+            f"[bench {self.runs_done}/{self.runs_total} runs, {elapsed / 60:.1f} min{eta}] {text}",
+            flush=True,
+        )
+
+
+def _split_ids(task: BenchmarkTask, seed: int, ctx: BenchContext) -> list[str]:
+    """Ids of a task's test crystals for a seed (the same split fine-tuning uses)."""
+    from crystaltwins.data.sources import prepare_caches
+    from crystaltwins.data.splits import random_split
+    from crystaltwins.graph.atom_features import AtomFeaturizer
+    from crystaltwins.graph.settings import GraphSettings
+    from crystaltwins.training.finetune import TRANSFORMS
+
+    featurizer = (
+        AtomFeaturizer.from_json(ctx.atom_init) if ctx.atom_init else AtomFeaturizer.builtin()
+    )
+    (cache,) = prepare_caches(
+        [ctx.data_root / task.file],
+        GraphSettings(),
+        featurizer,
+        ctx.cache_root,
+        workers=ctx.featurize_workers,
+        log=None,
+    )  # type: ignore[operator]
+    raw = cache.labels([task.target])[:, 0]
+    keep = np.flatnonzero(TRANSFORMS[task.transform][2](raw))
+    split = random_split(len(keep), (0.6, 0.2, 0.2), seed)
+    test = split.test
+    if ctx.preset.max_eval is not None and len(test) > ctx.preset.max_eval:
+        test = np.sort(np.random.default_rng(seed).choice(test, ctx.preset.max_eval, replace=False))
+    return [str(i) for i in cache.ids[keep[test]]]
+
+
+def pretrain_for_bench(
+    ctx: BenchContext, corpus: list[Path], augment: str, name: str, exclude_test: bool
+) -> Path:
+    from crystaltwins.training.pretrain import PretrainConfig, pretrain
+
+    out = ctx.out / "pretrain" / name
+    model = out / "model.pt"
+    if model.exists():
+        ctx.progress(f"pre-training {name}: reusing {model}")
+        return model
+    exclude_file = None
+    if exclude_test:
+        pairs = sorted(
+            {
+                (str((ctx.data_root / t.file).resolve()), i)
+                for t in ctx.tasks
+                for s in range(ctx.seeds)
+                for i in _split_ids(t, s, ctx)
+            }
+        )  # type: ignore[operator]
+        exclude_file = out / "excluded_test_ids.json"
+        out.mkdir(parents=True, exist_ok=True)
+        exclude_file.write_text(json.dumps(pairs))
+    ctx.progress(f"pre-training {name} ({augment}) on {len(corpus)} files")
+    config = PretrainConfig(
+        data=[str(c) for c in corpus],
+        out=str(out),
+        augment=augment,
+        lr=ctx.preset.pretrain_lr,
+        batch_size=ctx.preset.pretrain_batch,
+        epochs=ctx.preset.pretrain_epochs,
+        max_crystals=ctx.preset.pretrain_max_crystals,
+        atom_init=ctx.atom_init,
+        cache_root=ctx.cache_root,
+        featurize_workers=ctx.featurize_workers,
+        accelerator=ctx.accelerator,
+        devices=ctx.devices,
+        exclude_ids_file=str(exclude_file) if exclude_file else None,
+        resume=True,
+        progress=False,
+    )
+    return pretrain(config)
+
+
+def finetune_for_bench(
+    ctx: BenchContext, task: BenchmarkTask, seed: int, method: str, pretrained: Path | None
+) -> dict[str, Any]:
+    from crystaltwins.training.finetune import FinetuneConfig, finetune
+
+    out = ctx.out / "runs" / task.name / f"seed{seed}" / method
+    metrics_file = out / "metrics.json"
+    if metrics_file.exists():
+        ctx.runs_done += 1
+        return json.loads(metrics_file.read_text())
+    ctx.progress(f"{task.name} seed {seed} {method}: {ctx.preset.finetune_epochs} epochs")
+    config = FinetuneConfig(
+        data=str(ctx.data_root / task.file),  # type: ignore[operator]
+        target=task.target,
+        out=str(out),
+        pretrained=str(pretrained) if pretrained else None,
+        from_scratch=pretrained is None,
+        target_transform=task.transform,
+        lr=ctx.preset.finetune_lr,
+        batch_size=ctx.preset.finetune_batch,
+        epochs=ctx.preset.finetune_epochs,
+        seed=seed,
+        max_train=ctx.preset.max_train,
+        max_eval=ctx.preset.max_eval,
+        atom_init=ctx.atom_init,
+        cache_root=ctx.cache_root,
+        featurize_workers=ctx.featurize_workers,
+        accelerator=ctx.accelerator,
+        devices=ctx.devices,
+        resume=True,
+        progress=False,
+        plots=True,
+    )
+    metrics = finetune(config)
+    ctx.runs_done += 1
+    return metrics
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    arr = np.array(values, dtype=float)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def summarize(results: dict[str, Any]) -> str:
+    """``results.md``: the table of test MAEs, ours beside the paper's."""
+    lines = [
+        f"# Crystal Twins benchmark ({results['preset']['name']} preset)",
+        "",
+        f"Command: `{results['command']}`  ",
+        f"Date: {results['date']}; machine: {results['machine']}; wall time {results['wall_minutes']:.0f} min  ",
+        f"Pre-training corpus: {results['corpus_description']}  ",
+        f"Preset: {results['preset']['description']}",
+        "",
+        "Test MAE, mean ± std over seeds (our CGCNN from scratch vs our CT fine-tuned; paper's numbers beside).",
+        "",
+        "| task | unit | n train/val/test | CGCNN (ours) | CT (ours) | CT vs CGCNN | paper CGCNN | paper CT | paper gain | data |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in results["tasks"]:
+        if row.get("skipped"):
+            lines.append(
+                f"| {row['task']} | {row['unit']} | – | – | – | – | {row['paper_cgcnn']} | {row['paper_ct']} | | {row['note']} |"
+            )
+            continue
+        s, c = row["scratch"], row["ct"]
+        gain = row["improvement_percent"]
+        pg = row.get("paper_improvement_percent")
+        lines.append(
+            f"| {row['task']} | {row['unit']} | {row['sizes']} | {s['mean']:.4f} ± {s['std']:.4f} | {c['mean']:.4f} ± {c['std']:.4f} | "
+            f"{gain:+.1f}% | {row['paper_cgcnn'] or '–'} | {row['paper_ct'] or '–'} | {f'{pg:+.1f}%' if pg is not None else '–'} | {row['note']} |"
+        )
+    if results.get("average_improvement_percent") is not None:
+        lines += [
+            "",
+            f"Average improvement of CT over CGCNN on the paper's tasks run here: {results['average_improvement_percent']:+.1f}% (paper: +15.6% over 7 tasks). Positive = CT has the lower MAE.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def run_bench(
+    data_root: str | os.PathLike,
+    out: str | os.PathLike,
+    tasks: list[str] | None = None,
+    seeds: int = 3,
+    preset: str = "cpu",
+    pretrained: str | None = None,
+    corpus: list[str] | None = None,
+    exclude_test: bool = False,
+    ablation: bool = False,
+    tsne: bool = False,
+    atom_init: str | None = None,
+    featurize_workers: int = 1,
+    accelerator: str = "auto",
+    devices: str = "auto",
+    cache_root: str | None = None,
+    command: str = "",
+) -> dict[str, Any]:
+    """Run the benchmark; see the module docstring. Returns what goes to ``results.json``."""
+    data_root = Path(data_root)
+    if not data_root.is_dir():
+        raise FileNotFoundError(
+            f"{data_root}: data root not found (pass --data-root or set CRYSTALTWINS_DATA)"
+        )
+    names = tasks or PAPER_TASKS
+    unknown = [t for t in names if t not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown tasks {unknown}; known: {sorted(TASKS)}")
+    chosen = [TASKS[t] for t in names]
+    runnable = [t for t in chosen if t.available]
+    ctx = BenchContext(
+        data_root,
+        Path(out),
+        PRESETS[preset],
+        runnable,
+        seeds,
+        atom_init,
+        featurize_workers,
+        accelerator,
+        devices,
+        cache_root,
+    )
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    corpus_paths = [Path(c) for c in corpus] if corpus else sorted(data_root.glob("*.csv.gz"))
+    variants = ABLATION if ablation else {"RP+AM+EM": "rp,am,em"}
+    ctx.runs_total = len(runnable) * seeds * (1 + len(variants))
+
+    models: dict[str, Path] = {}
+    if pretrained:
+        models["RP+AM+EM"] = Path(pretrained)
+    for label, augment in variants.items():
+        if label not in models:
+            models[label] = pretrain_for_bench(
+                ctx, corpus_paths, augment, label.replace("+", "_").lower(), exclude_test
+            )
+
+    rows: list[dict[str, Any]] = []
+    ablation_rows: dict[str, dict[str, list[float]]] = {label: {} for label in variants}
+    improvements = []
+    for task in chosen:
+        base = {
+            "task": task.name,
+            "unit": task.unit,
+            "paper_cgcnn": task.paper_cgcnn,
+            "paper_ct": task.paper_ct,
+            "note": task.note,
+        }
+        if not task.available:
+            rows.append({**base, "skipped": True})
+            continue
+        scratch, ct = [], []
+        sizes = ""
+        for seed in range(seeds):
+            m = finetune_for_bench(ctx, task, seed, "scratch", None)
+            scratch.append(m["test"]["mae"])
+            sizes = f"{m['crystals']['train']}/{m['crystals']['val']}/{m['crystals']['test']}"
+            for label, model in models.items():
+                method = "ct" if label == "RP+AM+EM" else f"ct_{label.replace('+', '_').lower()}"
+                m = finetune_for_bench(ctx, task, seed, method, model)
+                ablation_rows[label].setdefault(task.name, []).append(m["test"]["mae"])
+                if label == "RP+AM+EM":
+                    ct.append(m["test"]["mae"])
+        s_mean, s_std = _mean_std(scratch)
+        c_mean, c_std = _mean_std(ct)
+        gain = 100 * (s_mean - c_mean) / s_mean
+        row = {
+            **base,
+            "sizes": sizes,
+            "scratch": {"mean": s_mean, "std": s_std, "values": scratch},
+            "ct": {"mean": c_mean, "std": c_std, "values": ct},
+            "improvement_percent": gain,
+        }
+        if task.paper_cgcnn and task.paper_ct:
+            row["paper_improvement_percent"] = (
+                100 * (task.paper_cgcnn - task.paper_ct) / task.paper_cgcnn
+            )
+            improvements.append(gain)
+        rows.append(row)
+
+    corpus_sizes = _corpus_description(models.get("RP+AM+EM"))
+    results = {
+        "command": command,
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} ({_device_name()})",
+        "wall_minutes": (time.time() - ctx.started) / 60,
+        "preset": {
+            "name": ctx.preset.name,
+            "description": ctx.preset.description,
+            **{k: v for k, v in vars(ctx.preset).items() if k not in ("name", "description")},
+        },
+        "seeds": seeds,
+        "exclude_test": exclude_test,
+        "corpus_description": corpus_sizes
+        + (
+            " (benchmark test crystals excluded)"
+            if exclude_test
+            else " (test crystals not excluded, as in the paper)"
+        ),
+        "pretrained_models": {k: str(v) for k, v in models.items()},
+        "tasks": rows,
+        "average_improvement_percent": float(np.mean(improvements)) if improvements else None,
+    }
+    if ablation:
+        results["ablation"] = {
+            label: {t: _mean_std(v) for t, v in per_task.items()}
+            for label, per_task in ablation_rows.items()
+        }
+        from crystaltwins.evaluation.figures import ablation_chart
+
+        ablation_chart(results["ablation"], ctx.out / "ablation.png")
+    if tsne and "perovskites" in [t.name for t in runnable]:
+        from crystaltwins.evaluation.figures import perovskite_tsne
+
+        perovskite_tsne(ctx, ctx.out / "tsne_perovskites.png")
+        results["tsne"] = str(ctx.out / "tsne_perovskites.png")
+    (ctx.out / "results.json").write_text(json.dumps(results, indent=1))
+    (ctx.out / "results.md").write_text(
+        summarize(results) + (_ablation_md(results["ablation"]) if ablation else "")
+    )
+    ctx.progress(f"done: {ctx.out / 'results.md'}")
+    return results
+
+
+def _ablation_md(ablation: dict[str, dict[str, tuple[float, float]]]) -> str:
+    tasks = sorted({t for per in ablation.values() for t in per})
+    lines = [
+        "",
+        "## Augmentation ablation (paper Fig. 2): test MAE, mean ± std",
+        "",
+        "| task | " + " | ".join(ablation) + " |",
+        "|---|" + "---|" * len(ablation),
+    ]
+    for t in tasks:
+        lines.append(
+            f"| {t} | "
+            + " | ".join(f"{ablation[a][t][0]:.4f} ± {ablation[a][t][1]:.4f}" for a in ablation)
+            + " |"
+        )
+    return "\n".join(lines) + "\n\n![ablation](ablation.png)\n"
+
+
+def _corpus_description(model: Path | None) -> str:
+    if model is None or not model.exists():
+        return "unknown"
+    from crystaltwins.models.checkpoint import load_model
+
+    info = load_model(model).info
+    if info.get("published"):
+        return f"published Crystal Twins weights ({model.name})"
+    sources = ", ".join(Path(s).name for s in info.get("data_sources", []))
+    n = info.get("crystals", {})
+    return f"{sources}: {n.get('train', '?')} training + {n.get('val', '?')} validation crystals, {info.get('epochs')} epochs"
+
+
+def _device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
+
+
+def run_bench_from_args(args: argparse.Namespace) -> int:
+    import sys
+
+    if not args.data_root:
+        raise SystemExit(
+            "bench: pass --data-root DIR (or set CRYSTALTWINS_DATA) to the folder of the benchmark files"
+        )
+    run_bench(
+        args.data_root,
+        args.out,
+        tasks=args.tasks,
+        seeds=args.seeds,
+        preset=args.preset,
+        pretrained=args.pretrained,
+        corpus=args.corpus,
+        exclude_test=args.exclude_test,
+        ablation=args.ablation,
+        tsne=args.tsne,
+        atom_init=args.atom_init,
+        featurize_workers=args.featurize_workers,
+        accelerator=args.accelerator,
+        devices=args.devices,
+        cache_root=args.cache_root,
+        command="crystaltwins " + " ".join(sys.argv[1:]),
+    )
+    return 0
+
+
+__all__ = ["PRESETS", "Preset", "add_bench_arguments", "replace", "run_bench"]

@@ -1,0 +1,70 @@
+"""The paper's figures from benchmark runs: the ablation bar chart (Fig. 2), t-SNE maps (Fig. 3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crystaltwins.evaluation.plots import _save, reduce_2d, side_by_side_maps
+
+
+def ablation_chart(ablation: dict[str, dict[str, tuple[float, float]]], path: Path) -> Path:
+    """Grouped bars: per task, test MAE relative to the mean over variants, with error bars."""
+    import matplotlib.pyplot as plt
+
+    variants = list(ablation)
+    tasks = sorted({t for per in ablation.values() for t in per})
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(tasks)), 4))
+    width = 0.8 / max(1, len(variants))
+    for k, variant in enumerate(variants):
+        means = np.array([ablation[variant][t][0] for t in tasks])
+        stds = np.array([ablation[variant][t][1] for t in tasks])
+        scale = np.array([np.mean([ablation[v][t][0] for v in variants]) for t in tasks])
+        ax.bar(
+            np.arange(len(tasks)) + k * width,
+            means / scale,
+            width,
+            yerr=stds / scale,
+            capsize=3,
+            label=variant,
+        )
+    ax.set_xticks(np.arange(len(tasks)) + width * (len(variants) - 1) / 2)
+    ax.set_xticklabels(tasks, rotation=20, ha="right")
+    ax.set_ylabel("test MAE / mean over augmentations")
+    ax.set_title("Augmentation ablation (lower is better)")
+    ax.legend()
+    return _save(fig, path)
+
+
+def perovskite_tsne(ctx: Any, path: Path, seed: int = 0) -> Path:
+    """t-SNE of the perovskites test crystals' embeddings: supervised CGCNN vs CT fine-tuned."""
+    from crystaltwins.data.dataset import CrystalGraphDataset
+    from crystaltwins.models.checkpoint import load_model
+    from crystaltwins.training.finetune import predict_embeddings
+
+    panels = []
+    color = None
+    for method, title in (("scratch", "CGCNN (supervised)"), ("ct", "Crystal Twins (fine-tuned)")):
+        run = ctx.out / "runs" / "perovskites" / f"seed{seed}" / method
+        bundle = load_model(run / "model.pt")
+        ids = [
+            line.split(",")[0]
+            for line in (run / "test_predictions.csv").read_text().splitlines()[1:]
+        ]
+        from crystaltwins.data.sources import prepare_caches
+
+        (cache,) = prepare_caches(
+            [ctx.data_root / "perovskites.csv.gz"],
+            bundle.graph_settings,
+            bundle.featurizer,
+            ctx.cache_root,
+            log=None,
+        )
+        position = {str(i): k for k, i in enumerate(cache.ids.tolist())}
+        dataset = CrystalGraphDataset(cache, [position[i] for i in ids])
+        vectors = predict_embeddings(bundle.encoder, dataset)
+        color = cache.labels(["e_form"])[dataset.indices, 0]
+        panels.append((title, reduce_2d(vectors, "tsne", seed)))
+    return side_by_side_maps(panels, color, path, "formation energy (eV/cell)")

@@ -1,0 +1,142 @@
+"""Predictions and embeddings of a trained model for any supported crystal input."""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from crystaltwins.data.cache import GraphCache
+from crystaltwins.data.dataset import CrystalGraphDataset, GraphCollator
+from crystaltwins.data.sources import prepare_caches
+from crystaltwins.io.records import BadRecord
+from crystaltwins.models.checkpoint import ModelBundle, load_model
+
+
+@dataclass
+class InferenceResult:
+    """Per-crystal outputs of a model, with the crystals that could not be read."""
+
+    ids: np.ndarray
+    values: np.ndarray
+    labels: dict[str, np.ndarray]
+    skipped: list[BadRecord]
+
+
+def _open(
+    model: str | os.PathLike | ModelBundle, data: str | os.PathLike, cache_root: Any, workers: int
+) -> tuple[ModelBundle, GraphCache]:
+    bundle = model if isinstance(model, ModelBundle) else load_model(model)
+    (cache,) = prepare_caches(
+        [data],
+        bundle.graph_settings,
+        bundle.featurizer,
+        cache_root,
+        workers=workers,
+        progress=False,
+        log=None,
+    )
+    return bundle, cache
+
+
+def _skipped(cache: GraphCache) -> list[BadRecord]:
+    path = cache.cache_dir / "skipped.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="") as handle:
+        return [BadRecord(r["id"], r["source"], r["reason"]) for r in csv.DictReader(handle)]
+
+
+@torch.no_grad()
+def _run(
+    bundle: ModelBundle, cache: GraphCache, fn: Any, batch_size: int, device: str
+) -> np.ndarray:
+    bundle.encoder.eval().to(device)
+    if bundle.head is not None:
+        bundle.head.eval().to(device)
+    dataset = CrystalGraphDataset(cache)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, collate_fn=GraphCollator()
+    )
+    parts = [fn(batch.to(device)).float().cpu() for batch in loader]
+    return torch.cat(parts).numpy() if parts else np.zeros((0, 1), dtype=np.float32)
+
+
+def embed(
+    model: str | os.PathLike | ModelBundle,
+    data: str | os.PathLike,
+    batch_size: int = 256,
+    device: str = "cpu",
+    cache_root: str | os.PathLike | None = None,
+    workers: int = 1,
+) -> InferenceResult:
+    """Crystal embeddings ``(N, H)`` (the encoder's output, before any head)."""
+    bundle, cache = _open(model, data, cache_root, workers)
+    vectors = _run(bundle, cache, bundle.encoder, batch_size, device)
+    labels = {name: cache.labels([name])[:, 0] for name in cache.label_names}
+    return InferenceResult(cache.ids, vectors, labels, _skipped(cache))
+
+
+def predict(
+    model: str | os.PathLike | ModelBundle,
+    data: str | os.PathLike,
+    batch_size: int = 256,
+    device: str = "cpu",
+    cache_root: str | os.PathLike | None = None,
+    workers: int = 1,
+) -> InferenceResult:
+    """Property predictions of a fine-tuned model, in the target's units (the inverse of any
+    target transform applied), or P(class 1) for a classifier."""
+    bundle, cache = _open(model, data, cache_root, workers)
+    if bundle.kind != "finetuned" or bundle.head is None:
+        raise ValueError(
+            f"{model}: a pre-trained encoder has no property head; fine-tune it first (crystaltwins finetune)"
+        )
+    info = bundle.info
+    head = bundle.head
+
+    def fn(batch: Any) -> torch.Tensor:
+        return head(bundle.encoder(batch))
+
+    raw = _run(bundle, cache, fn, batch_size, device)
+    if info.get("task") == "classification":
+        values = torch.from_numpy(raw).softmax(-1)[:, 1].numpy()
+    else:
+        values = raw[:, 0] * info["target_std"] + info["target_mean"]
+        if info.get("target_transform") == "log10":
+            values = 10.0**values
+    labels = {name: cache.labels([name])[:, 0] for name in cache.label_names}
+    return InferenceResult(cache.ids, values, labels, _skipped(cache))
+
+
+def write_predictions_csv(
+    result: InferenceResult, path: str | os.PathLike, column: str = "prediction"
+) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", column])
+        writer.writerows(
+            zip(result.ids.tolist(), np.asarray(result.values).ravel().tolist(), strict=True)
+        )
+    tmp.replace(path)
+    return path
+
+
+def write_embeddings_npz(result: InferenceResult, path: str | os.PathLike) -> Path:
+    """``ids`` (N,), ``embeddings`` (N, H), and ``label_<name>`` (N,) for each label present."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    arrays = {"ids": result.ids.astype(str), "embeddings": result.values}
+    arrays.update({f"label_{k}": v for k, v in result.labels.items()})
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,166 @@
+"""Self-describing, safe model files (``model.pt``).
+
+A model file is a ``torch.save``-d dict holding only tensors, numbers, strings, lists and dicts,
+so it loads with ``torch.load(..., weights_only=True)`` (no arbitrary unpickling). Beside the
+weights it stores everything needed to rebuild the model and its featurization: the encoder's
+init args, the head's shape, the element-feature table, the graph settings, and for a fine-tuned
+model the targets and their standardisation.
+
+Published Crystal Twins ``.pth`` state dicts load too (:func:`load_model` detects them).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from crystaltwins.graph.atom_features import AtomFeaturizer
+from crystaltwins.graph.settings import GraphSettings
+from crystaltwins.models.cgcnn import CGCNNEncoder
+from crystaltwins.models.heads import ProjectionHead, PropertyHead
+
+MODEL_FORMAT = "crystaltwins-model"
+MODEL_FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelBundle:
+    """An encoder, its head and what they need to see a crystal the way they were trained.
+
+    :param kind: ``"pretrained"`` (head = projector, may be ``None``) or ``"finetuned"``
+        (head = property head).
+    :param info: provenance and task description: objective, augmentations, data sources,
+        targets, ``target_mean``/``target_std`` (standardisation), ``target_transform``, task.
+    """
+
+    encoder: CGCNNEncoder
+    head: nn.Module | None
+    kind: str
+    featurizer: AtomFeaturizer
+    graph_settings: GraphSettings
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _head_spec(head: nn.Module | None) -> dict[str, Any] | None:
+    if head is None:
+        return None
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    if len(linears) != 2:
+        raise ValueError(f"cannot describe head {type(head).__name__}: expected 2 linear layers")
+    return {
+        "type": type(head).__name__,
+        "in_dim": linears[0].in_features,
+        "hidden_dim": linears[0].out_features,
+        "out_dim": linears[1].out_features,
+    }
+
+
+def build_head(spec: dict[str, Any] | None) -> nn.Module | None:
+    """The head described by a model file's ``head`` entry."""
+    if spec is None:
+        return None
+    kinds: dict[str, type[nn.Module]] = {
+        "ProjectionHead": ProjectionHead,
+        "PropertyHead": PropertyHead,
+    }
+    if spec["type"] not in kinds:
+        raise ValueError(f"unknown head type {spec['type']!r}")
+    return kinds[spec["type"]](spec["in_dim"], spec["hidden_dim"], spec["out_dim"])
+
+
+def save_model(path: str | os.PathLike, bundle: ModelBundle) -> Path:
+    """Write ``bundle`` to ``path`` atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": MODEL_FORMAT,
+        "format_version": MODEL_FORMAT_VERSION,
+        "kind": bundle.kind,
+        "encoder_config": bundle.encoder.config,
+        "encoder_state": {k: v.detach().cpu() for k, v in bundle.encoder.state_dict().items()},
+        "head": _head_spec(bundle.head),
+        "head_state": None
+        if bundle.head is None
+        else {k: v.detach().cpu() for k, v in bundle.head.state_dict().items()},
+        "featurizer": bundle.featurizer.state(),
+        "graph_settings": bundle.graph_settings.to_dict(),
+        "info": bundle.info,
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _is_published_state_dict(payload: Any) -> bool:
+    return isinstance(payload, dict) and "embedding.weight" in payload and "format" not in payload
+
+
+def load_model(path: str | os.PathLike, atom_init: str | os.PathLike | None = None) -> ModelBundle:
+    """Load a model file written by :func:`save_model`, or a published Crystal Twins ``.pth``.
+
+    :param atom_init: for a published ``.pth``: the ``atom_init.json`` it was trained with; by
+        default the one in the same folder.
+    :raises ValueError: a file that is neither, naming the file and the problem.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such model file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # corrupt file, or one holding arbitrary objects
+        raise ValueError(
+            f"{path}: not a loadable model file ({type(error).__name__}: {error})"
+        ) from None
+    if _is_published_state_dict(payload):
+        return _load_published(path, atom_init)
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path}: not a crystaltwins model file nor a Crystal Twins state dict")
+    if payload["format_version"] > MODEL_FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: model format {payload['format_version']} is newer than this crystaltwins"
+        )
+    featurizer = AtomFeaturizer.from_state(payload["featurizer"])
+    encoder = CGCNNEncoder.from_config(
+        payload["encoder_config"], torch.tensor(featurizer.table), payload["encoder_state"]
+    )
+    head = build_head(payload["head"])
+    if head is not None:
+        head.load_state_dict(payload["head_state"], strict=True)
+    return ModelBundle(
+        encoder=encoder,
+        head=head,
+        kind=payload["kind"],
+        featurizer=featurizer,
+        graph_settings=GraphSettings.from_dict(payload["graph_settings"]),
+        info=payload["info"],
+    )
+
+
+def _load_published(path: Path, atom_init: str | os.PathLike | None) -> ModelBundle:
+    from crystaltwins.models.published import load_published_crystal_twins
+
+    atom_init = Path(atom_init) if atom_init else path.parent / "atom_init.json"
+    if not atom_init.exists():
+        raise ValueError(
+            f"{path}: a published Crystal Twins state dict needs the atom_init.json it was trained "
+            f"with; none at {atom_init} (pass atom_init=...)"
+        )
+    featurizer = AtomFeaturizer.from_json(atom_init)
+    encoder, head = load_published_crystal_twins(
+        path, torch.tensor(featurizer.table), atom_init_path=atom_init
+    )
+    objective = "simsiam" if "simsiam" in path.name.lower() else "barlow_twins"
+    return ModelBundle(
+        encoder=encoder,
+        head=head if objective == "barlow_twins" else None,
+        kind="pretrained",
+        featurizer=featurizer,
+        graph_settings=GraphSettings(),
+        info={"source": str(path), "objective": objective, "published": True},
+    )

@@ -1,0 +1,133 @@
+"""What pre-training and fine-tuning share: the Lightning trainer, safe checkpoints, configs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+
+def quiet_lightning() -> None:
+    """Hide Lightning's banners and known-harmless warnings; errors and progress stay."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    for message in (
+        r".*isinstance\(treespec, LeafSpec\)",
+        r"The number of training batches .* is smaller than the logging interval",
+        r"Sparse CSR tensor support is in beta state",
+        r"The given NumPy array is not writable",
+        r".*does not have many workers which may be a bottleneck",
+    ):
+        warnings.filterwarnings("ignore", message=message)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints written atomically and loaded without arbitrary unpickling."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
+    ) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+def resolve_precision(accelerator: str, precision: str | None) -> str:
+    """Mixed precision on GPU unless told otherwise; full precision on CPU."""
+    if precision:
+        return precision
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return "16-mixed" if on_gpu else "32-true"
+
+
+def make_trainer(
+    out: Path,
+    *,
+    epochs: int,
+    monitor: str,
+    mode: str = "min",
+    accelerator: str = "auto",
+    devices: str | int = "auto",
+    precision: str | None = None,
+    progress: bool = True,
+    callbacks: list[Any] | None = None,
+    log_every_n_steps: int = 20,
+) -> L.Trainer:
+    """A trainer writing CSV and TensorBoard logs, ``checkpoints/last.ckpt`` every epoch and
+    ``checkpoints/best.ckpt`` for the best ``monitor``."""
+    quiet_lightning()
+    checkpoint = ModelCheckpoint(
+        dirpath=out / "checkpoints",
+        filename="best",
+        monitor=monitor,
+        mode=mode,
+        save_top_k=1,
+        save_last=True,
+        every_n_epochs=1,
+        enable_version_counter=False,
+    )
+    strategy: Any = "auto"
+    if devices not in ("auto", 1, "1") and accelerator != "cpu":
+        strategy = "ddp"
+    return L.Trainer(
+        default_root_dir=out,
+        max_epochs=epochs,
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        precision=resolve_precision(accelerator, precision),  # type: ignore[arg-type]
+        logger=[
+            CSVLogger(out, name="logs", version=""),
+            TensorBoardLogger(out, name="tensorboard", version=""),
+        ],
+        callbacks=[checkpoint, *(callbacks or [])],
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=progress,
+        log_every_n_steps=log_every_n_steps,
+        use_distributed_sampler=False,  # EpochSampler shards by rank itself
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=True if not torch.cuda.is_available() else "warn",
+    )
+
+
+def resume_path(out: Path, resume: bool) -> Path | None:
+    """``checkpoints/last.ckpt`` when resuming and it exists."""
+    last = out / "checkpoints" / "last.ckpt"
+    return last if resume and last.exists() else None
+
+
+def write_config(out: Path, config: Any) -> Path:
+    """The resolved config as ``config.yaml`` in the run directory."""
+    out.mkdir(parents=True, exist_ok=True)
+    data = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    path = out / "config.yaml"
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(yaml.safe_dump(json.loads(json.dumps(data, default=str)), sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Settings from a YAML file (keys are the flag names, with ``_`` or ``-``)."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of settings")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}

@@ -1,0 +1,265 @@
+"""Crystal Twins pre-training: two augmented views, an encoder, a projector, an SSL objective."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import ConcatDataset, DataLoader, Subset
+
+from crystaltwins.data.dataset import CrystalGraphDataset, TwoViewDataset, ViewPairCollator
+from crystaltwins.data.sources import prepare_caches
+from crystaltwins.data.splits import random_split
+from crystaltwins.graph.atom_features import AtomFeaturizer, default_featurizer
+from crystaltwins.graph.settings import GraphSettings
+from crystaltwins.losses import build_objective
+from crystaltwins.models.cgcnn import CGCNNEncoder
+from crystaltwins.models.checkpoint import ModelBundle, load_model, save_model
+from crystaltwins.models.heads import ProjectionHead
+from crystaltwins.training.common import make_trainer, resume_path, write_config
+from crystaltwins.training.sampling import EpochSampler
+from crystaltwins.transforms import build_augmentation
+
+
+@dataclass
+class PretrainConfig:
+    """Settings of a pre-training run; the defaults are the paper's (Barlow Twins, Adam 1e-5,
+    batch 64, 15 epochs, 95/5 split) and the published checkpoint's dimensions."""
+
+    data: list[str]
+    out: str
+    objective: str = "barlow_twins"
+    barlow_lambda: float = 0.0051
+    augment: str = "rp,am,em"
+    perturbation: float = 0.05
+    atom_mask_fraction: float = 0.1
+    edge_mask_fraction: float = 0.1
+    lr: float = 1e-5
+    weight_decay: float = 1e-6
+    batch_size: int = 64
+    epochs: int = 15
+    val_fraction: float = 0.05
+    seed: int = 0
+    atom_fea_len: int = 64
+    n_conv: int = 3
+    h_fea_len: int = 128
+    projection_hidden: int = 128
+    projection_dim: int = 256
+    radius: float = 8.0
+    max_neighbors: int = 12
+    atom_init: str | None = None
+    init_from: str | None = None
+    max_crystals: int | None = None
+    exclude_ids_file: str | None = None
+    cache_root: str | None = None
+    featurize_workers: int = 1
+    loader_workers: int = 0
+    accelerator: str = "auto"
+    devices: str = "auto"
+    precision: str | None = None
+    resume: bool = False
+    progress: bool = True
+    data_sources_note: list[str] = field(default_factory=list)
+
+
+class PretrainModule(L.LightningModule):
+    """Encoder + projector trained with a self-supervised objective on pairs of views."""
+
+    def __init__(
+        self,
+        encoder: CGCNNEncoder,
+        projector: nn.Module,
+        objective: nn.Module,
+        lr: float = 1e-5,
+        weight_decay: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.projector = projector
+        self.objective = objective
+        self.lr = lr
+        self.weight_decay = weight_decay
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self.projector(self.encoder(batch))
+
+    def _loss(self, pair: Any) -> torch.Tensor:
+        view_a, view_b = pair
+        return self.objective(self(view_a), self(view_b))
+
+    def training_step(self, pair: Any, batch_idx: int) -> torch.Tensor:
+        loss = self._loss(pair)
+        self.log(
+            "train_loss",
+            loss,
+            prog_bar=True,
+            on_step=True,
+            on_epoch=True,
+            batch_size=pair[0].num_crystals,
+        )
+        return loss
+
+    def validation_step(self, pair: Any, batch_idx: int) -> None:
+        loss = self._loss(pair)
+        self.log(
+            "val_loss",
+            loss,
+            prog_bar=True,
+            on_epoch=True,
+            batch_size=pair[0].num_crystals,
+            sync_dist=True,
+        )
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+def _featurizer(config: PretrainConfig) -> AtomFeaturizer:
+    if config.atom_init:
+        return AtomFeaturizer.from_json(config.atom_init)
+    if config.init_from:
+        return load_model(config.init_from).featurizer
+    first = Path(config.data[0])
+    return default_featurizer(first if first.is_dir() else None)
+
+
+def _loader(dataset: TwoViewDataset, config: PretrainConfig, shuffle: bool) -> DataLoader:
+    size = len(dataset)
+    return DataLoader(
+        dataset,
+        batch_size=min(config.batch_size, size),
+        sampler=EpochSampler(
+            size, shuffle=shuffle, seed=config.seed, fixed_epoch=None if shuffle else 0
+        ),
+        collate_fn=ViewPairCollator(),
+        num_workers=config.loader_workers,
+        drop_last=shuffle and size > config.batch_size,  # a batch of one has no batch statistics
+        persistent_workers=False,
+    )
+
+
+def _without_excluded(caches: list[Any], exclude_ids_file: str) -> np.ndarray:
+    """Positions in the concatenated caches whose (source file, id) is not in the JSON list."""
+    import json
+
+    excluded = {(s, i) for s, i in json.loads(Path(exclude_ids_file).read_text())}
+    keep, offset = [], 0
+    for cache in caches:
+        source = cache.manifest["key"]["source"]
+        ids = cache.ids
+        mask = np.array([(source, str(i)) not in excluded for i in ids.tolist()], dtype=bool)
+        keep.append(np.flatnonzero(mask) + offset)
+        offset += len(ids)
+    return np.concatenate(keep) if keep else np.zeros(0, dtype=np.int64)
+
+
+def pretrain(config: PretrainConfig) -> Path:
+    """Run pre-training; returns the path of the best model file (``RUN_DIR/model.pt``)."""
+    out = Path(config.out)
+    write_config(out, config)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    settings = GraphSettings(
+        radius=config.radius,
+        max_neighbors=config.max_neighbors,
+        perturbation_margin=max(0.05, config.perturbation),
+    )
+    featurizer = _featurizer(config)
+    caches = prepare_caches(
+        config.data,
+        settings,
+        featurizer,
+        config.cache_root,
+        workers=config.featurize_workers,
+        progress=config.progress,
+    )
+    full = ConcatDataset([CrystalGraphDataset(c) for c in caches])
+    positions = np.arange(len(full))
+    if config.exclude_ids_file:
+        positions = _without_excluded(caches, config.exclude_ids_file)
+    if config.max_crystals is not None and config.max_crystals < len(positions):
+        positions = np.sort(
+            np.random.default_rng(config.seed).choice(positions, config.max_crystals, replace=False)
+        )
+    split = random_split(
+        len(positions), (1 - config.val_fraction, config.val_fraction, 0.0), config.seed
+    )
+    augmentation = build_augmentation(
+        config.augment,
+        settings,
+        config.perturbation,
+        config.atom_mask_fraction,
+        config.edge_mask_fraction,
+    )
+    train = TwoViewDataset(Subset(full, positions[split.train].tolist()), augmentation, config.seed)
+    val = TwoViewDataset(Subset(full, positions[split.val].tolist()), augmentation, config.seed + 1)
+
+    if config.init_from:
+        start = load_model(config.init_from)
+        encoder = start.encoder
+        projector = start.head or ProjectionHead(
+            encoder.out_dim, config.projection_hidden, config.projection_dim
+        )
+    else:
+        encoder = CGCNNEncoder(
+            torch.tensor(featurizer.table),
+            atom_fea_len=config.atom_fea_len,
+            n_conv=config.n_conv,
+            h_fea_len=config.h_fea_len,
+            gaussian={
+                "dmin": settings.gaussian_dmin,
+                "dmax": settings.gaussian_dmax,
+                "step": settings.gaussian_step,
+                "var": settings.gaussian_width,
+            },
+        )
+        projector = ProjectionHead(encoder.out_dim, config.projection_hidden, config.projection_dim)
+    objective_kw: dict[str, Any] = {}
+    if config.objective.replace("-", "_") == "barlow_twins":
+        objective_kw["lambda_"] = config.barlow_lambda
+    elif config.objective == "simsiam":
+        objective_kw["dim"] = config.projection_dim
+    objective = build_objective(config.objective, **objective_kw)
+    module = PretrainModule(encoder, projector, objective, config.lr, config.weight_decay)
+
+    trainer = make_trainer(
+        out,
+        epochs=config.epochs,
+        monitor="val_loss",
+        accelerator=config.accelerator,
+        devices=config.devices,
+        precision=config.precision,
+        progress=config.progress,
+    )
+    started = time.time()
+    trainer.fit(
+        module,
+        _loader(train, config, shuffle=True),
+        _loader(val, config, shuffle=False),
+        ckpt_path=resume_path(out, config.resume),
+        weights_only=True,
+    )
+    best = out / "checkpoints" / "best.ckpt"
+    if best.exists():
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+    info = {
+        "objective": config.objective,
+        "augmentations": config.augment,
+        "data_sources": [str(Path(d).resolve()) for d in config.data],
+        "crystals": {"train": len(train), "val": len(val)},
+        "epochs": config.epochs,
+        "best_val_loss": float(trainer.checkpoint_callback.best_model_score or float("nan")),  # type: ignore[union-attr]
+        "seconds": time.time() - started,
+    }
+    if trainer.is_global_zero:
+        save_model(
+            out / "model.pt",
+            ModelBundle(module.encoder, module.projector, "pretrained", featurizer, settings, info),
+        )
+    return out / "model.pt"

@@ -1,0 +1,57 @@
+"""Epoch-seeded sampling: the same order in an epoch, whether a run was resumed or not."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+class EpochSampler(Sampler):
+    """Yields ``(index, epoch)`` keys for a :class:`~crystaltwins.data.dataset.TwoViewDataset`
+    (or plain indices with ``with_epoch=False``), shuffled by ``(seed, epoch)``.
+
+    Under ``torch.distributed`` each rank takes every ``world_size``-th element of the (padded)
+    order, as ``DistributedSampler`` does. Lightning calls :meth:`set_epoch` every epoch.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        with_epoch: bool = True,
+        fixed_epoch: int | None = None,
+    ) -> None:
+        self.size = size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.with_epoch = with_epoch
+        self.fixed_epoch = fixed_epoch
+        self.epoch = 0
+        distributed = dist.is_available() and dist.is_initialized()
+        self.world_size = dist.get_world_size() if distributed else 1
+        self.rank = dist.get_rank() if distributed else 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self) -> np.ndarray:
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+        else:
+            order = np.arange(self.size)
+        if self.world_size > 1:
+            per_rank = -(-self.size // self.world_size)
+            order = np.resize(order, per_rank * self.world_size)[self.rank :: self.world_size]
+        return order
+
+    def __iter__(self) -> Iterator:
+        epoch = self.epoch if self.fixed_epoch is None else self.fixed_epoch
+        for index in self._order().tolist():
+            yield (index, epoch) if self.with_epoch else index
+
+    def __len__(self) -> int:
+        return -(-self.size // self.world_size) if self.world_size > 1 else self.size
