@@ -24,6 +24,13 @@ atomic volume          82–91    10 bins of ln(V / cm³ mol⁻¹) over 1.5–4.
 
 Bins are right-closed (a value on an edge falls into the lower bin) and values outside the range
 fall into the first or last bin. A property with no data leaves its block all zeros.
+
+Data: pymatgen's ``Element`` (group, row, block, Pauling ``X``, first ionization energy,
+electron affinity, electronic structure for the valence count, molar mass over the density of
+the solid or else the molar volume) and Pyykkö's covalent radii, which pymatgen lacks. The
+builtin vectors equal the published ``atom_init.json`` for 54 of its 100 elements; the others
+differ where pymatgen's electronegativity, electron affinity or volume data differ from CGCNN's
+sources (see ``tests/graph/test_atom_features.py``).
 """
 
 from __future__ import annotations
@@ -306,8 +313,11 @@ class AtomFeaturizer:
             rows[z] = values
         assert width is not None
         table = np.zeros((max(rows) + 1, width), dtype=np.float32)
-        for z, values in rows.items():
-            table[z] = np.asarray(values, dtype=np.float32)
+        with np.errstate(over="ignore"):
+            for z, values in rows.items():
+                table[z] = np.asarray(values, dtype=np.float32)
+        if not np.isfinite(table).all():
+            raise CrystalInputError(source, "values beyond the float32 range")
         featurizer = cls(table, name="")
         featurizer.name = f"{path.name}:{featurizer.fingerprint()[:12]}"
         return featurizer
