@@ -35,3 +35,27 @@ def reference_dir() -> Path:
             f"published Crystal Twins files not found at {path} (set CRYSTALTWINS_REFERENCE)"
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def perovskite_subset(data_dir, tmp_path_factory) -> Path:
+    """The first 1,500 real perovskites (id, cif, e_form, ...) as a CSV.gz: small, fast runs."""
+    import csv
+    import gzip
+    import itertools
+
+    csv.field_size_limit(2**31 - 1)
+    path = tmp_path_factory.mktemp("data") / "perovskites_1500.csv.gz"
+    with (
+        gzip.open(data_dir / "perovskites.csv.gz", "rt", newline="") as src,
+        gzip.open(path, "wt", newline="") as dst,
+    ):
+        reader = csv.reader(src)
+        csv.writer(dst).writerows(itertools.islice(reader, 1501))
+    return path
+
+
+@pytest.fixture(scope="session")
+def cache_root(tmp_path_factory) -> Path:
+    """One graph-cache folder shared by the tests of a session."""
+    return tmp_path_factory.mktemp("caches")

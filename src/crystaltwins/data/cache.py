@@ -33,6 +33,7 @@ import multiprocessing as mp
 import os
 import shutil
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,27 +272,29 @@ def build_graph_cache(
     bar = _progress_bar(progress, f"featurize {source.name}")
     if bar is not None:
         bar.update(len(done) * chunk_size)
+
+    def finish(index: int, chunk: dict[str, Any]) -> None:
+        _write_chunk(partial, index, chunk)
+        if bar is not None:
+            bar.update(len(chunk["info"]["ids"]) + len(chunk["info"]["bad"]))
+
     if workers > 1:
+        # Entries are read in this thread (so a reading error surfaces here), at most
+        # 2 x workers chunks in flight, written in source order.
         context = mp.get_context("fork" if os.name == "posix" else "spawn")
         with context.Pool(workers) as pool:
-            index_queue: list[int] = []
-
-            def job_stream() -> Iterator[Any]:
-                for i, job in pending:
-                    index_queue.append(i)
-                    yield job
-
-            for chunk in pool.imap(_build_chunk, job_stream()):
-                i = index_queue.pop(0)
-                _write_chunk(partial, i, chunk)
-                if bar is not None:
-                    bar.update(len(chunk["info"]["ids"]) + len(chunk["info"]["bad"]))
+            window: deque[tuple[int, Any]] = deque()
+            for i, job in pending:
+                window.append((i, pool.apply_async(_build_chunk, (job,))))
+                while len(window) >= 2 * workers:
+                    index, result = window.popleft()
+                    finish(index, result.get())
+            while window:
+                index, result = window.popleft()
+                finish(index, result.get())
     else:
         for i, job in pending:
-            chunk = _build_chunk(job)
-            _write_chunk(partial, i, chunk)
-            if bar is not None:
-                bar.update(len(chunk["info"]["ids"]) + len(chunk["info"]["bad"]))
+            finish(i, _build_chunk(job))
     if bar is not None:
         bar.close()
 

@@ -44,7 +44,7 @@ def parity_plot(
 
 
 def learning_curves(metrics_csv: str | os.PathLike, path: str | os.PathLike) -> Path | None:
-    """Train and validation loss / MAE per epoch from Lightning's CSV log."""
+    """Train and validation loss / MAE per epoch from a run's ``history.csv``."""
     metrics_csv = Path(metrics_csv)
     if not metrics_csv.exists():
         return None

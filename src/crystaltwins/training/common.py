@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import logging
@@ -13,8 +14,8 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
@@ -27,8 +28,44 @@ def quiet_lightning() -> None:
         r"Sparse CSR tensor support is in beta state",
         r"The given NumPy array is not writable",
         r".*does not have many workers which may be a bottleneck",
+        r"Checkpoint directory .* exists and is not empty",
     ):
         warnings.filterwarnings("ignore", message=message)
+
+
+class EpochHistory(Callback):
+    """``history.csv`` in the run directory: one row per epoch with the epoch-level metrics.
+
+    Written atomically at the end of every epoch (after its validation); a resumed run keeps the rows of the epochs it
+    does not redo (Lightning's own CSV logger starts a new file on resume).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def _rows(self) -> list[dict[str, str]]:
+        if not self.path.exists():
+            return []
+        with open(self.path, newline="") as handle:
+            return list(csv.DictReader(handle))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        epoch = trainer.current_epoch
+        row = {"epoch": str(epoch)}
+        for name, value in sorted(trainer.callback_metrics.items()):
+            if name.endswith("_step"):
+                continue
+            row[name.removesuffix("_epoch")] = f"{float(value):.8g}"
+        rows = [r for r in self._rows() if int(r["epoch"]) < epoch] + [row]
+        columns = ["epoch", *sorted({k for r in rows for k in r} - {"epoch"})]
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.path)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -70,8 +107,8 @@ def make_trainer(
     callbacks: list[Any] | None = None,
     log_every_n_steps: int = 20,
 ) -> L.Trainer:
-    """A trainer writing CSV and TensorBoard logs, ``checkpoints/last.ckpt`` every epoch and
-    ``checkpoints/best.ckpt`` for the best ``monitor``."""
+    """A trainer writing ``history.csv`` (per-epoch metrics) and TensorBoard logs,
+    ``checkpoints/last.ckpt`` every epoch and ``checkpoints/best.ckpt`` for the best ``monitor``."""
     quiet_lightning()
     checkpoint = ModelCheckpoint(
         dirpath=out / "checkpoints",
@@ -93,11 +130,8 @@ def make_trainer(
         devices=devices,
         strategy=strategy,
         precision=resolve_precision(accelerator, precision),  # type: ignore[arg-type]
-        logger=[
-            CSVLogger(out, name="logs", version=""),
-            TensorBoardLogger(out, name="tensorboard", version=""),
-        ],
-        callbacks=[checkpoint, *(callbacks or [])],
+        logger=TensorBoardLogger(out, name="tensorboard", version=""),
+        callbacks=[checkpoint, EpochHistory(out / "history.csv"), *(callbacks or [])],
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=progress,
         log_every_n_steps=log_every_n_steps,

@@ -418,7 +418,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
 
         if config.task == "regression":
             parity_plot(values[test.indices], predictions["test"], out / "parity.png", target_name)
-        learning_curves(out / "logs" / "metrics.csv", out / "learning_curves.png")
+        learning_curves(out / "history.csv", out / "learning_curves.png")
     return metrics
 
 
@@ -437,7 +437,7 @@ class _TargetDataset(CrystalGraphDataset):
 
 
 def _best_epoch(out: Path) -> int | None:
-    path = out / "logs" / "metrics.csv"
+    path = out / "history.csv"
     if not path.exists():
         return None
     rows = [r for r in csv.DictReader(path.open()) if r.get("val_mae")]

@@ -1,0 +1,976 @@
+"""Readers: any supported structure source → :class:`RawEntry` → :class:`CrystalRecord`.
+
+Reading happens in two steps so that the expensive one can run in worker processes:
+
+1. :func:`iter_entries` walks a data source and yields one cheap, picklable :class:`RawEntry`
+   per crystal (the CIF text of a CSV row, or the path of a structure file, plus its labels);
+   it reads label tables but does not parse structures (except to count the frames of a
+   single multi-frame file).
+2. :func:`parse_entry` turns one entry into a :class:`~crystaltwins.io.records.CrystalRecord`
+   (a pymatgen ``Structure``), or raises :class:`~crystaltwins.io.records.CrystalInputError`
+   naming the file (and row) and the problem.
+
+:func:`read_records` chains both and reports bad entries as
+:class:`~crystaltwins.io.records.BadRecord`; :func:`records_from_structures` wraps pymatgen
+``Structure`` and ASE ``Atoms`` objects built in Python.
+
+Supported sources (detected from the path):
+
+* a CSV file (``.csv``, optionally ``.gz``/``.bz2``/``.xz`` compressed) with a header and a CIF
+  column (named ``cif`` or ``structure``, or given with ``cif_column``); an ``id`` column
+  (``id``, ``material_id``, ``mp_id``, ``mpid``, ``jid``, ``name``) gives the ids, other columns
+  are labels (numeric) or metadata (text). Rows are numbered from 1 (the first row after the
+  header is ``row 1``).
+* a folder of structure files (CIF, POSCAR/CONTCAR/``*.vasp``, extxyz/xyz, ASE JSON, ...) with an
+  optional label table ``id_prop.csv``, ``targets.csv`` or ``labels.csv``: its first column is
+  the file name or stem, the other columns labels; it has no header when the second field of its
+  first row is a number, and its label columns are then named ``target`` (one) or ``target_0``,
+  ``target_1``, ... (several). The CGCNN layout (``id_prop.csv`` + ``<id>.cif`` +
+  ``atom_init.json``) is one case of it. Each file of a folder is one crystal (the first data
+  block of a CIF file).
+* a single structure file: CIF (one entry per data block), POSCAR, extxyz and any other format
+  ``ase.io.read`` reads (one entry per frame), an ASE database (``.db``, or ASE's ``.json``; one
+  entry per row, labels from the row's ``key_value_pairs``). Entries of a file with several
+  frames get the ids ``"<stem>:<K>"`` (``K`` = frame index from 0, or the row id of a database).
+
+Lengths are in Å throughout (pymatgen's and ASE's unit); label values keep the units of the
+source file.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import gzip
+import itertools
+import json
+import lzma
+import math
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from pymatgen.core import IStructure, Molecule, Structure
+
+from crystaltwins.io.cif import CifParseError, parse_cif_fast, parse_cif_p1, split_cif_blocks
+from crystaltwins.io.records import BadRecord, CrystalInputError, CrystalRecord
+
+__all__ = [
+    "LABEL_TABLE_NAMES",
+    "RawEntry",
+    "find_atom_init",
+    "iter_entries",
+    "parse_entry",
+    "read_records",
+    "records_from_structures",
+]
+
+#: Label tables recognised in a folder of structure files, in order of preference.
+LABEL_TABLE_NAMES: tuple[str, ...] = ("id_prop.csv", "targets.csv", "labels.csv")
+#: Column names (case-insensitive) holding the structure text in a CSV file.
+CIF_COLUMN_NAMES: tuple[str, ...] = ("cif", "structure")
+#: Column names (case-insensitive) holding the crystal id in a CSV file.
+ID_COLUMN_NAMES: tuple[str, ...] = ("id", "material_id", "mp_id", "mpid", "jid", "name")
+
+_COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+_CIF_SUFFIXES = frozenset({".cif", ".mcif"})
+_POSCAR_SUFFIXES = frozenset({".vasp", ".poscar"})
+_POSCAR_PREFIXES = ("POSCAR", "CONTCAR")
+_DB_SUFFIXES = frozenset({".db"})
+#: File suffixes taken as structure files when scanning a folder (others are ignored).
+_FOLDER_SUFFIXES = frozenset(
+    {".cif", ".mcif", ".vasp", ".poscar", ".json", ".xyz", ".extxyz", ".traj", ".xsf", ".res"}
+)
+_NON_STRUCTURE_FILES = frozenset({"atom_init.json", *LABEL_TABLE_NAMES})
+_PEEK_ROWS = 200
+_MAX_REASON = 300
+
+
+@dataclass(frozen=True)
+class RawEntry:
+    """One crystal of a data source, not parsed yet: cheap and picklable.
+
+    :param id: identifier, unique within the source (CSV id, file stem, ``stem:K``).
+    :param source: where it is, for error reports: ``"/path/mp36k.csv.gz:row 17"``,
+        ``"/path/POSCAR-JVASP-1.vasp"``, ``"/path/traj.xyz:frame 3"``.
+    :param payload: the structure text for CSV sources; a file path for file-based sources.
+    :param fmt: how to read ``payload``: ``"cif-text"``, ``"poscar-text"``, ``"pymatgen-json"``
+        (text formats) or ``"cif-file"``, ``"poscar-file"``, ``"ase-file"`` (any file
+        ``ase.io.read`` reads, ASE/pymatgen JSON included), ``"ase-db"`` (file formats).
+    :param labels: numeric labels by column name (units of the source); NaN where empty.
+    :param metadata: non-numeric column values (formula, split, ...), as text.
+    :param error: set when the entry is already known to be unusable (a target label missing,
+        no structure file for a label row, ...); :func:`parse_entry` then raises with it.
+    :param frame: which frame / data block / database row id of a multi-frame file; ``None``
+        for the only (or, for a CIF file, the first) one.
+    """
+
+    id: str
+    source: str
+    payload: str
+    fmt: str
+    labels: dict[str, float] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+    frame: int | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# iter_entries
+
+
+def iter_entries(
+    source: str | os.PathLike,
+    targets: Sequence[str] | None = None,
+    *,
+    cif_column: str | None = None,
+) -> Iterator[RawEntry]:
+    """Yield one :class:`RawEntry` per crystal of ``source`` (layout detected from the path).
+
+    Entries come in source order (CSV rows; label-table rows then unlisted files of a folder;
+    frames of a file). Ids are unique within a source: a repeated id makes the later entries
+    bad ("duplicate id ...").
+
+    :param source: a CSV file with a CIF column, a folder of structure files (CGCNN layout
+        included) or a single structure file; see the module docstring.
+    :param targets: label columns the caller needs. Entries whose target label is missing or not
+        a number get :attr:`RawEntry.error` set (they are still yielded, in order).
+    :param cif_column: name of the structure column of a CSV file (default: ``cif`` or
+        ``structure``).
+    :raises CrystalInputError: (when iteration starts) for a missing path, an unknown file format,
+        an empty CSV file, a CSV file without CIF column, a folder without structure files, or a
+        target that is not a column of the source; the message names the path and lists the
+        available columns where that helps.
+    """
+    path = Path(source)
+    targets = list(targets or [])
+    if not path.exists():
+        raise CrystalInputError(str(path), "no such file or folder")
+    if path.is_dir():
+        entries = _iter_folder(path, targets)
+    elif _is_csv(path):
+        entries = _iter_csv(path, targets, cif_column)
+    else:
+        entries = _iter_structure_file(path, targets)
+    first_seen: dict[str, str] = {}
+    for entry in entries:
+        where = first_seen.setdefault(entry.id, entry.source)
+        if where != entry.source and entry.error is None:
+            entry = replace(entry, error=f"duplicate id {entry.id!r} (also at {where})")
+        yield entry
+
+
+def _is_csv(path: Path) -> bool:
+    return _strip_compression(path.name.lower()).endswith((".csv", ".tsv"))
+
+
+def _strip_compression(name: str) -> str:
+    for suffix in _COMPRESSED:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _open_text(path: Path) -> IO[str]:
+    opener = _COMPRESSED.get(path.suffix.lower())
+    if opener is not None:
+        return opener(path, "rt", encoding="utf-8-sig", newline="")  # type: ignore[operator]
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def _read_text(path: Path) -> str:
+    with _open_text(path) as handle:
+        return handle.read()
+
+
+def _allow_long_fields() -> None:
+    """CIF texts of large cells exceed the csv module's default field limit (128 kB)."""
+    if csv.field_size_limit() < 2**31 - 1:
+        csv.field_size_limit(2**31 - 1)
+
+
+def _parse_label(value: str) -> float | None:
+    """The number in a label field (NaN for an empty field); ``None`` if it is not a number."""
+    text = value.strip()
+    if not text:
+        return math.nan
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _numeric_columns(rows: Iterable[Sequence[str]], columns: Sequence[int]) -> set[int]:
+    """Column indices holding numbers: most of their non-empty values (in ``rows``) are numbers.
+
+    A column with no value at all counts as numeric (all NaN). Values of a numeric column that
+    are not numbers become NaN (or an error when the column is a requested target).
+    """
+    numbers = dict.fromkeys(columns, 0)
+    texts = dict.fromkeys(columns, 0)
+    for row in rows:
+        for k in columns:
+            if k < len(row) and row[k].strip():
+                if _parse_label(row[k]) is None:
+                    texts[k] += 1
+                else:
+                    numbers[k] += 1
+    return {k for k in columns if numbers[k] >= texts[k]}
+
+
+def _target_error(name: str, value: str | None) -> str | None:
+    """Why a target label value is unusable (``None`` when it is a finite number)."""
+    if value is None or not value.strip():
+        return f"label '{name}' is missing"
+    number = _parse_label(value)
+    if number is None:
+        return f"label '{name}' is not a number: {value.strip()!r}"
+    if math.isnan(number):
+        return f"label '{name}' is missing"
+    if math.isinf(number):
+        return f"label '{name}' is not a finite number: {value.strip()!r}"
+    return None
+
+
+def _split_labels(
+    row: Sequence[str],
+    names: Sequence[str],
+    indices: Sequence[int],
+    numeric: set[int],
+    targets: Sequence[str],
+) -> tuple[dict[str, float], dict[str, str], str | None]:
+    """Labels, metadata and the first target problem of one table row."""
+    labels: dict[str, float] = {}
+    metadata: dict[str, str] = {}
+    for name, k in zip(names, indices, strict=True):
+        value = row[k] if k < len(row) else ""
+        if k in numeric:
+            number = _parse_label(value)
+            labels[name] = math.nan if number is None else number
+        else:
+            metadata[name] = value
+    error = None
+    for name in targets:
+        k = indices[names.index(name)]
+        error = _target_error(name, row[k] if k < len(row) else None)
+        if error is not None:
+            break
+    return labels, metadata, error
+
+
+def _check_targets(where: Path, targets: Sequence[str], available: Sequence[str]) -> None:
+    unknown = [t for t in targets if t not in available]
+    if unknown:
+        listed = ", ".join(repr(c) for c in available) if available else "none"
+        raise CrystalInputError(
+            str(where),
+            f"unknown target column(s) {', '.join(repr(t) for t in unknown)}; "
+            f"available columns: {listed}",
+        )
+
+
+def _text_format(text: str) -> str:
+    head = text.lstrip()[:1]
+    if head == "{":
+        return "pymatgen-json"
+    if "data_" in text or "_cell_length_a" in text:
+        return "cif-text"
+    return "poscar-text"
+
+
+# ---- CSV with a structure column ------------------------------------------------------------
+
+
+def _iter_csv(path: Path, targets: list[str], cif_column: str | None) -> Iterator[RawEntry]:
+    _allow_long_fields()
+    with _open_text(path) as handle:
+        delimiter = "\t" if _strip_compression(path.name.lower()).endswith(".tsv") else ","
+        reader = csv.reader(handle, delimiter=delimiter)
+        try:
+            header = next(reader, None)
+        except (csv.Error, UnicodeDecodeError, OSError, EOFError) as exc:
+            raise CrystalInputError(str(path), f"unreadable CSV file: {exc}") from exc
+        if header is None or not any(h.strip() for h in header):
+            raise CrystalInputError(str(path), "empty CSV file (no header row)")
+        header = [h.strip() for h in header]
+        lower = [h.lower() for h in header]
+        columns = ", ".join(repr(h) for h in header)
+
+        if cif_column is not None:
+            if cif_column not in header:
+                raise CrystalInputError(
+                    str(path), f"no column {cif_column!r} (the CIF column); columns: {columns}"
+                )
+            cif_index = header.index(cif_column)
+        else:
+            found = [lower.index(n) for n in CIF_COLUMN_NAMES if n in lower]
+            if not found:
+                if path.name.lower() in LABEL_TABLE_NAMES and _folder_structure_files(path.parent):
+                    # A label table of a folder of structure files: read the folder.
+                    yield from _iter_folder(path.parent, targets, table=path)
+                    return
+                raise CrystalInputError(
+                    str(path),
+                    "no CIF column (expected a column named 'cif' or 'structure', or pass "
+                    f"cif_column=...); columns: {columns}",
+                )
+            cif_index = found[0]
+        id_matches = [lower.index(n) for n in ID_COLUMN_NAMES if n in lower]
+        id_index = id_matches[0] if id_matches else None
+        label_indices = [k for k in range(len(header)) if k not in (cif_index, id_index)]
+        label_names = [header[k] for k in label_indices]
+        _check_targets(path, targets, label_names)
+
+        numbered = enumerate(reader, start=1)
+        try:
+            peek = list(itertools.islice(numbered, _PEEK_ROWS))
+        except (csv.Error, UnicodeDecodeError, OSError, EOFError) as exc:
+            raise CrystalInputError(str(path), f"unreadable CSV file: {exc}") from exc
+        if not peek:
+            raise CrystalInputError(str(path), "empty CSV file (a header but no rows)")
+        numeric = _numeric_columns((row for _, row in peek), label_indices)
+        numeric |= {label_indices[label_names.index(t)] for t in targets}
+
+        n_columns = len(header)
+        row_number = 0
+        rows = itertools.chain(peek, numbered)
+        while True:
+            try:
+                row_number, row = next(rows)
+            except StopIteration:
+                break
+            except (csv.Error, UnicodeDecodeError, OSError, EOFError) as exc:
+                raise CrystalInputError(
+                    f"{path}:row {row_number + 1}", f"unreadable CSV row: {exc}"
+                ) from exc
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            where = f"{path}:row {row_number}"
+            entry_id = row[id_index].strip() if id_index is not None and id_index < len(row) else ""
+            entry_id = entry_id or str(row_number)
+            labels, metadata, error = _split_labels(
+                row, label_names, label_indices, numeric, targets
+            )
+            text = row[cif_index] if cif_index < len(row) else ""
+            if len(row) != n_columns:
+                error = f"has {len(row)} fields, the header has {n_columns}"
+            elif not text.strip():
+                error = f"empty structure field {header[cif_index]!r}"
+            yield RawEntry(
+                id=entry_id,
+                source=where,
+                payload=text,
+                fmt=_text_format(text) if text.strip() else "cif-text",
+                labels=labels,
+                metadata=metadata,
+                error=error,
+            )
+
+
+# ---- folder of structure files --------------------------------------------------------------
+
+
+def _is_structure_file_name(name: str) -> bool:
+    if name.startswith(".") or name in _NON_STRUCTURE_FILES:
+        return False
+    if name.upper().startswith(_POSCAR_PREFIXES):
+        return True
+    base = _strip_compression(name.lower())
+    return Path(base).suffix in _FOLDER_SUFFIXES
+
+
+def _folder_structure_files(folder: Path) -> list[Path]:
+    try:
+        children = sorted(folder.iterdir())
+    except OSError:
+        return []
+    return [p for p in children if p.is_file() and _is_structure_file_name(p.name)]
+
+
+def _file_id(path: Path) -> str:
+    """The id of a structure file: its name without the format (and compression) suffix."""
+    name = _strip_compression(path.name)
+    if name.upper().startswith(_POSCAR_PREFIXES) and Path(name).suffix.lower() not in (
+        _POSCAR_SUFFIXES | _CIF_SUFFIXES
+    ):
+        return name  # POSCAR, CONTCAR_relaxed, POSCAR.1 ...
+    stem = Path(name).stem
+    return stem or name
+
+
+def _file_format(path: Path) -> str:
+    name = _strip_compression(path.name)
+    suffix = Path(name).suffix.lower()
+    if suffix in _CIF_SUFFIXES:
+        return "cif-file"
+    if suffix in _POSCAR_SUFFIXES or name.upper().startswith(_POSCAR_PREFIXES):
+        return "poscar-file"
+    if suffix in _DB_SUFFIXES:
+        return "ase-db"
+    return "ase-file"
+
+
+def _read_label_table(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Column names and numbered data rows of a label table (header detected).
+
+    :returns: ``(names, rows)``; ``names[0]`` names the id column; rows are numbered from 1.
+    """
+    try:
+        text = _read_text(path)
+    except (OSError, UnicodeDecodeError, EOFError) as exc:
+        raise CrystalInputError(str(path), f"unreadable label table: {exc}") from exc
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        return [], []
+    if "," in lines[0]:
+        raw = [[field.strip() for field in row] for row in csv.reader(lines)]
+    else:  # whitespace- or tab-separated
+        raw = [line.split() for line in lines]
+    first = raw[0]
+    has_header = not (len(first) >= 2 and _parse_label(first[1]) is not None and first[1].strip())
+    if len(first) == 1:
+        has_header = first[0].lower() in ID_COLUMN_NAMES
+    if has_header:
+        names, data = first, raw[1:]
+    else:
+        n_labels = max(len(r) for r in raw) - 1
+        names = ["id"] + (["target"] if n_labels == 1 else [f"target_{k}" for k in range(n_labels)])
+        data = raw
+    return names, list(enumerate(data, start=1))
+
+
+def _iter_folder(folder: Path, targets: list[str], table: Path | None = None) -> Iterator[RawEntry]:
+    files = _folder_structure_files(folder)
+    if table is None:
+        table = next(
+            (folder / n for n in LABEL_TABLE_NAMES if (folder / n).is_file()),
+            None,
+        )
+    if not files:
+        raise CrystalInputError(
+            str(folder),
+            "no structure files found (expected CIF, POSCAR/*.vasp, extxyz, ASE JSON, ... files"
+            + (f", as listed in {table.name})" if table is not None else ")"),
+        )
+    by_name: dict[str, Path] = {}
+    for p in files:
+        by_name.setdefault(p.name, p)
+    for p in files:
+        by_name.setdefault(_file_id(p), p)
+
+    if table is None:
+        if targets:
+            raise CrystalInputError(
+                str(folder),
+                f"no label table ({', '.join(LABEL_TABLE_NAMES)}) in the folder, so no target "
+                f"column {', '.join(repr(t) for t in targets)}; available columns: none",
+            )
+        for p in files:
+            yield RawEntry(id=_file_id(p), source=str(p), payload=str(p), fmt=_file_format(p))
+        return
+
+    names, rows = _read_label_table(table)
+    label_names = names[1:]
+    label_indices = list(range(1, len(names)))
+    _check_targets(table, targets, label_names)
+    numeric = _numeric_columns((row for _, row in rows), label_indices)
+    numeric |= {label_indices[label_names.index(t)] for t in targets}
+
+    seen: dict[Path, int] = {}
+    for number, row in rows:
+        key = row[0].strip() if row else ""
+        where = f"{table}:row {number}"
+        labels, metadata, error = _split_labels(row, label_names, label_indices, numeric, targets)
+        path = (by_name.get(key) or by_name.get(_file_id(Path(key)))) if key else None
+        if path is None:
+            yield RawEntry(
+                id=key or str(number),
+                source=where,
+                payload="",
+                fmt="",
+                labels=labels,
+                metadata=metadata,
+                error=f"no structure file for id {key!r} in {folder}",
+            )
+            continue
+        if path in seen:
+            yield RawEntry(
+                id=key,
+                source=where,
+                payload=str(path),
+                fmt=_file_format(path),
+                labels=labels,
+                metadata=metadata,
+                error=f"{path.name} is listed twice in {table.name} (rows {seen[path]} and {number})",
+            )
+            continue
+        seen[path] = number
+        if error is not None:
+            error = f"{error} ({table.name} row {number})"
+        yield RawEntry(
+            id=_file_id(path),
+            source=str(path),
+            payload=str(path),
+            fmt=_file_format(path),
+            labels=labels,
+            metadata=metadata,
+            error=error,
+        )
+    for p in files:
+        if p in seen:
+            continue
+        error = None
+        if targets:
+            error = f"label '{targets[0]}' is missing (the file is not listed in {table.name})"
+        yield RawEntry(
+            id=_file_id(p), source=str(p), payload=str(p), fmt=_file_format(p), error=error
+        )
+
+
+# ---- single structure file ------------------------------------------------------------------
+
+
+def _json_kind(path: Path) -> str | None:
+    """``"ase-db"`` for an ASE JSON database, ``"pymatgen"`` for a pymatgen dict, else ``None``."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    if isinstance(data, dict) and "ids" in data and "nextid" in data:
+        return "ase-db"
+    if isinstance(data, dict) and ("@class" in data or "sites" in data):
+        return "pymatgen"
+    return None
+
+
+def _info_labels(info: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
+    """Numeric scalars of an ``Atoms.info`` / database ``key_value_pairs`` dict, and the rest."""
+    labels: dict[str, float] = {}
+    metadata: dict[str, str] = {}
+    for key, value in info.items():
+        if isinstance(value, bool | int | float):
+            labels[key] = float(value)
+        elif isinstance(value, str):
+            metadata[key] = value
+        elif hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy scalar
+            try:
+                labels[key] = float(value)
+            except (TypeError, ValueError):
+                metadata[key] = str(value)
+    return labels, metadata
+
+
+def _atoms_labels(atoms: Any) -> tuple[dict[str, float], dict[str, str]]:
+    """Labels of one ASE frame: numeric scalars of ``atoms.info`` and of the calculator results.
+
+    extxyz files put ``energy``, ``free_energy``, ... of the comment line into a calculator
+    (eV); they become labels too (``atoms.info`` wins on a name clash).
+    """
+    labels, metadata = _info_labels(atoms.info)
+    calc = getattr(atoms, "calc", None)
+    results = getattr(calc, "results", None) or {}
+    for key, value in _info_labels(results)[0].items():
+        labels.setdefault(key, value)
+    return labels, metadata
+
+
+def _frame_entries(
+    path: Path,
+    fmt: str,
+    frames: Sequence[tuple[int, dict[str, float], dict[str, str]]],
+    targets: list[str],
+    kind: str,
+) -> Iterator[RawEntry]:
+    """Entries of the frames of one file: ``(frame, labels, metadata)`` each."""
+    available = sorted({k for _, labels, _ in frames for k in labels})
+    _check_targets(path, targets, available)
+    single = len(frames) == 1
+    stem = _file_id(path)
+    for frame, labels, metadata in frames:
+        error = None
+        for t in targets:
+            if t not in labels or math.isnan(labels[t]):
+                error = f"label '{t}' is missing"
+                break
+            if math.isinf(labels[t]):
+                error = f"label '{t}' is not a finite number: {labels[t]!r}"
+                break
+        yield RawEntry(
+            id=stem if single else f"{stem}:{frame}",
+            source=str(path) if single else f"{path}:{kind} {frame}",
+            payload=str(path),
+            fmt=fmt,
+            labels=labels,
+            metadata=metadata,
+            error=error,
+            frame=None if single and fmt != "ase-db" else frame,
+        )
+
+
+def _iter_structure_file(path: Path, targets: list[str]) -> Iterator[RawEntry]:
+    fmt = _file_format(path)
+    if fmt == "ase-file" and path.suffix.lower() == ".json":
+        kind = _json_kind(path)
+        if kind is None:
+            raise CrystalInputError(
+                str(path),
+                "unknown structure file format: a JSON file that is neither an ASE database "
+                "nor a pymatgen Structure",
+            )
+        if kind == "pymatgen":
+            yield from _frame_entries(path, fmt, [(0, {}, {})], targets, "frame")
+            return
+        fmt = "ase-db"
+    if fmt == "cif-file":
+        try:
+            blocks = split_cif_blocks(_read_text(path))
+        except (OSError, UnicodeDecodeError, EOFError) as exc:
+            raise CrystalInputError(str(path), f"unreadable file: {exc}") from exc
+        frames = [(k, {}, {}) for k in range(max(len(blocks), 1))]
+        yield from _frame_entries(path, fmt, frames, targets, "data block")
+        return
+    if fmt == "poscar-file":
+        yield from _frame_entries(path, fmt, [(0, {}, {})], targets, "frame")
+        return
+    if fmt == "ase-db":
+        import ase.db
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                rows = [
+                    (row.id, *_info_labels(row.key_value_pairs))
+                    for row in ase.db.connect(str(path)).select()
+                ]
+        except Exception as exc:
+            raise CrystalInputError(str(path), f"unreadable ASE database: {_short(exc)}") from exc
+        if not rows:
+            raise CrystalInputError(str(path), "empty ASE database (no rows)")
+        yield from _frame_entries(path, fmt, rows, targets, "row")
+        return
+
+    import ase.io
+    from ase.io.formats import UnknownFileTypeError, filetype, ioformats
+
+    unknown = (
+        "unknown structure file format (supported: CSV with a CIF column, CIF, POSCAR/*.vasp, "
+        "extxyz, ASE JSON/db and the formats ase.io.read reads)"
+    )
+    try:
+        ase_format = filetype(str(path), read=True, guess=True)
+    except Exception as exc:
+        raise CrystalInputError(str(path), f"{unknown}: {_short(exc)}") from exc
+    if ase_format not in ioformats:
+        raise CrystalInputError(str(path), unknown)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            images = ase.io.read(str(path), index=":")
+    except UnknownFileTypeError as exc:
+        raise CrystalInputError(str(path), f"{unknown}: {_short(exc)}") from exc
+    except Exception as exc:
+        raise CrystalInputError(str(path), f"unreadable structure file: {_short(exc)}") from exc
+    if not isinstance(images, list):
+        images = [images]
+    if not images:
+        raise CrystalInputError(str(path), "no structure in the file")
+    frames = [(k, *_atoms_labels(atoms)) for k, atoms in enumerate(images)]
+    yield from _frame_entries(path, fmt, frames, targets, "frame")
+
+
+# --------------------------------------------------------------------------------------------
+# parse_entry
+
+
+def parse_entry(entry: RawEntry) -> CrystalRecord:
+    """Parse one entry into a :class:`CrystalRecord` (pymatgen ``Structure``, Å).
+
+    CIF text and CIF files go through :func:`crystaltwins.io.cif.parse_cif_fast` (same result as
+    pymatgen's parser, about 10-30x faster on pymatgen-written P1 CIFs).
+
+    :raises CrystalInputError: ``(entry.source, reason)`` when the entry is unusable: its
+        :attr:`RawEntry.error` is set, the text/file cannot be parsed, it has no atoms, partial
+        occupancies (disordered structures are not supported), a degenerate cell or non-finite
+        coordinates. pymatgen / ASE exceptions never escape; their message is shortened into
+        the reason.
+    """
+    if entry.error is not None:
+        raise CrystalInputError(entry.source, entry.error)
+    if entry.fmt == "cif-text":
+        # Fast path: a structure from parse_cif_p1 is ordered, non-empty, with a proper cell.
+        try:
+            structure = parse_cif_p1(entry.payload)
+        except Exception:  # never trust the fast path with an error: pymatgen decides below
+            structure = None
+        if structure is not None:
+            return CrystalRecord(
+                id=entry.id,
+                structure=structure,
+                labels=dict(entry.labels),
+                source=entry.source,
+                metadata=dict(entry.metadata),
+            )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            structure = _load_structure(entry)
+    except CrystalInputError:
+        raise
+    except CifParseError as exc:
+        raise CrystalInputError(entry.source, f"unparsable CIF: {_short(exc)}") from exc
+    except Exception as exc:
+        raise CrystalInputError(entry.source, f"{_what(entry.fmt)}: {_short(exc)}") from exc
+    _check_structure(structure, entry.source)
+    return CrystalRecord(
+        id=entry.id,
+        structure=structure,
+        labels=dict(entry.labels),
+        source=entry.source,
+        metadata=dict(entry.metadata),
+    )
+
+
+def _what(fmt: str) -> str:
+    return {
+        "cif-text": "unparsable CIF",
+        "cif-file": "unparsable CIF",
+        "poscar-text": "unparsable POSCAR",
+        "poscar-file": "unparsable POSCAR",
+        "pymatgen-json": "unparsable pymatgen JSON",
+        "ase-db": "unreadable ASE database row",
+    }.get(fmt, "unreadable structure file")
+
+
+def _short(exc: BaseException | str) -> str:
+    text = str(exc) if str(exc) else type(exc).__name__
+    if isinstance(exc, BaseException) and not isinstance(exc, CifParseError | CrystalInputError):
+        text = f"{type(exc).__name__}: {text}"
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
+
+
+def _load_structure(entry: RawEntry) -> Structure:
+    fmt = entry.fmt
+    if fmt == "cif-text":
+        return parse_cif_fast(entry.payload)
+    if fmt == "poscar-text":
+        from pymatgen.io.vasp import Poscar
+
+        return Poscar.from_str(entry.payload, read_velocities=False).structure
+    if fmt == "pymatgen-json":
+        return _structure_from_dict(json.loads(entry.payload), entry.source)
+
+    path = Path(entry.payload)
+    if not path.is_file():
+        raise CrystalInputError(entry.source, f"no such file: {path}")
+    if fmt == "cif-file":
+        text = _read_text(path)
+        if entry.frame is not None:
+            blocks = split_cif_blocks(text)
+            if entry.frame >= len(blocks):
+                raise CrystalInputError(entry.source, f"no data block {entry.frame} in {path}")
+            text = blocks[entry.frame]
+        return parse_cif_fast(text)
+    if fmt == "poscar-file":
+        from pymatgen.io.vasp import Poscar
+
+        return Poscar.from_str(_read_text(path), read_velocities=False).structure
+    if fmt == "ase-db":
+        import ase.db
+
+        database = ase.db.connect(str(path))
+        if entry.frame is None:
+            rows = list(database.select(limit=2))
+            if len(rows) != 1:
+                raise CrystalInputError(
+                    entry.source,
+                    "an ASE database with several rows in a folder: read the file on its own "
+                    "to get one entry per row",
+                )
+            atoms = rows[0].toatoms()
+        else:
+            atoms = database.get(id=entry.frame).toatoms()
+        return _atoms_to_structure(atoms, entry.source)
+    if fmt == "ase-file":
+        if path.suffix.lower() == ".json":
+            data = json.loads(_read_text(path))
+            if isinstance(data, dict) and ("@class" in data or "sites" in data):
+                return _structure_from_dict(data, entry.source)
+        import ase.io
+
+        if entry.frame is not None:
+            return _atoms_to_structure(ase.io.read(str(path), index=entry.frame), entry.source)
+        images = ase.io.read(str(path), index=":")
+        images = images if isinstance(images, list) else [images]
+        if len(images) != 1:
+            raise CrystalInputError(
+                entry.source,
+                f"{len(images)} frames in one file of a folder: read the file on its own to get "
+                "one entry per frame",
+            )
+        return _atoms_to_structure(images[0], entry.source)
+    raise CrystalInputError(entry.source, f"unknown entry format {fmt!r}")
+
+
+def _structure_from_dict(data: Any, source: str) -> Structure:
+    if not isinstance(data, dict):
+        raise CrystalInputError(source, "the JSON text is not a pymatgen Structure dict")
+    if data.get("@class") == "Molecule" or ("sites" in data and "lattice" not in data):
+        raise CrystalInputError(source, "a pymatgen Molecule has no periodic cell")
+    return Structure.from_dict(data)
+
+
+def _atoms_to_structure(atoms: Any, source: str) -> Structure:
+    """An ASE ``Atoms`` as a periodic pymatgen ``Structure`` (via ``AseAtomsAdaptor``).
+
+    Atoms with a full cell (three non-coplanar lattice vectors) are taken as periodic in all
+    three directions, whatever their ``pbc`` flags (e.g. a cluster in a 20 Å box).
+    """
+    from ase import Atoms
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    if not isinstance(atoms, Atoms):
+        raise CrystalInputError(source, f"expected ASE Atoms, got {type(atoms).__name__}")
+    if len(atoms) == 0:
+        raise CrystalInputError(source, "no atoms")
+    volume = abs(float(atoms.cell.volume)) if atoms.cell.rank == 3 else 0.0
+    if not volume > 1e-8:
+        raise CrystalInputError(
+            source,
+            f"no periodic cell (cell {atoms.cell.cellpar().round(4).tolist()}, pbc "
+            f"{atoms.pbc.tolist()}): a crystal needs three lattice vectors",
+        )
+    atoms = atoms.copy()  # drops the calculator; keeps arrays (tags, magmoms, ...)
+    atoms.pbc = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        structure = AseAtomsAdaptor.get_structure(atoms)
+    return structure
+
+
+def _check_structure(structure: Structure, source: str) -> None:
+    """Raise :class:`CrystalInputError` for structures the graph builder cannot use."""
+    if len(structure) == 0:
+        raise CrystalInputError(source, "no atoms")
+    if not structure.is_ordered:
+        for index, site in enumerate(structure):
+            if not site.is_ordered:
+                raise CrystalInputError(
+                    source,
+                    f"partial occupancy on site {index} ({site.species.formula}): disordered "
+                    "structures are not supported",
+                )
+    volume = float(structure.lattice.volume)
+    if not (math.isfinite(volume) and volume > 1e-6):
+        raise CrystalInputError(source, f"degenerate cell (volume {volume:.3g} Å^3)")
+    if not np.isfinite(structure.frac_coords).all():
+        raise CrystalInputError(source, "non-finite atomic coordinates")
+
+
+# --------------------------------------------------------------------------------------------
+# read_records, records_from_structures, find_atom_init
+
+
+def read_records(
+    source: str | os.PathLike,
+    targets: Sequence[str] | None = None,
+    *,
+    cif_column: str | None = None,
+) -> Iterator[CrystalRecord | BadRecord]:
+    """Read every crystal of ``source``: :func:`iter_entries` then :func:`parse_entry`.
+
+    :param source: see :func:`iter_entries`.
+    :param targets: label columns that must be present and numeric.
+    :param cif_column: structure column of a CSV file (default ``cif`` / ``structure``).
+    :returns: records in source order; unusable entries as :class:`BadRecord` (id, where, why).
+    :raises CrystalInputError: for an unreadable source (see :func:`iter_entries`).
+    """
+    for entry in iter_entries(source, targets, cif_column=cif_column):
+        try:
+            yield parse_entry(entry)
+        except CrystalInputError as exc:
+            yield BadRecord(id=entry.id, source=exc.source, reason=exc.reason)
+
+
+def records_from_structures(
+    structures: Iterable[Structure | Any],
+    ids: Sequence[str] | None = None,
+    labels: Mapping[str, Sequence[float]] | None = None,
+) -> list[CrystalRecord]:
+    """Records from pymatgen ``Structure`` or ASE ``Atoms`` objects built in Python.
+
+    :param structures: pymatgen ``Structure`` / ``IStructure`` (copied) or ASE ``Atoms``
+        (converted with ``AseAtomsAdaptor``; a full cell is required and taken as periodic).
+    :param ids: one id per structure (default ``"0"``, ``"1"``, ...).
+    :param labels: label name → one value per structure (units are the caller's).
+    :returns: one record per structure, sources ``"structures[K]"``.
+    :raises CrystalInputError: for an object that is not a periodic crystal (ASE Atoms without
+        cell, a Molecule, ...), partial occupancies, no atoms, or ids/labels of the wrong length.
+    """
+    items = list(structures)
+    n = len(items)
+    if ids is None:
+        id_list = [str(k) for k in range(n)]
+    else:
+        id_list = [str(i) for i in ids]
+        if len(id_list) != n:
+            raise CrystalInputError("ids", f"{len(id_list)} ids for {n} structures")
+    columns: dict[str, list[float]] = {}
+    for name, values in (labels or {}).items():
+        values = list(values)
+        if len(values) != n:
+            raise CrystalInputError(f"labels[{name!r}]", f"{len(values)} values for {n} structures")
+        try:
+            columns[name] = [float(v) for v in values]
+        except (TypeError, ValueError) as exc:
+            raise CrystalInputError(f"labels[{name!r}]", f"not a number: {_short(exc)}") from exc
+
+    records = []
+    for k, item in enumerate(items):
+        source = f"structures[{k}]"
+        structure = _to_structure(item, source)
+        _check_structure(structure, source)
+        records.append(
+            CrystalRecord(
+                id=id_list[k],
+                structure=structure,
+                labels={name: values[k] for name, values in columns.items()},
+                source=source,
+            )
+        )
+    return records
+
+
+def _to_structure(item: Any, source: str) -> Structure:
+    if isinstance(item, Structure):
+        return item.copy()
+    if isinstance(item, IStructure):
+        return Structure.from_sites(item.sites, properties=item.properties)
+    if isinstance(item, Molecule):
+        raise CrystalInputError(source, "a pymatgen Molecule has no periodic cell")
+    try:
+        from ase import Atoms
+    except ImportError:  # pragma: no cover - ase is a dependency
+        Atoms = ()  # type: ignore[assignment,misc]  # noqa: N806
+    if isinstance(item, Atoms):
+        return _atoms_to_structure(item, source)
+    raise CrystalInputError(
+        source, f"expected a pymatgen Structure or an ASE Atoms, got {type(item).__name__}"
+    )
+
+
+def find_atom_init(source: str | os.PathLike) -> Path | None:
+    """The ``atom_init.json`` (CGCNN element features) that comes with a data source.
+
+    :param source: a CGCNN folder, or a file in it (``id_prop.csv``, a CIF, a CSV file).
+    :returns: ``<folder>/atom_init.json`` when it exists, else ``None``.
+    """
+    path = Path(source)
+    folder = path if path.is_dir() else path.parent
+    candidate = folder / "atom_init.json"
+    return candidate if candidate.is_file() else None

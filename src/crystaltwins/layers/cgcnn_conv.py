@@ -1,0 +1,431 @@
+"""CGCNN's gated graph convolution on an edge list.
+
+The convolution computes exactly CGCNN's function (``fc_full`` on ``v_i ⊕ v_j ⊕ u_ij``,
+BatchNorm over edges, sigmoid gate × softplus core summed over each centre's edges, BatchNorm
+over atoms, residual softplus) without materialising the ``(E, 2A + K)`` concatenation, and
+with few and small per-edge temporaries:
+
+* ``fc_full`` is applied split, ``W = [W_i | W_j | W_u]``: ``W_i v`` and ``W_j v`` once per
+  atom, gathered to the edges, plus ``W_u u_ij`` per edge. When the edge features come as a
+  band of non-negligible Gaussians (:meth:`GaussianExpansion.banded
+  <crystaltwins.layers.GaussianExpansion.banded>`), the gather and ``W_u u_ij`` are a single
+  weighted ``embedding_bag``.
+* The edge BatchNorm (``bn1``) normalises that ``(E, 2A)`` result in place, and its backward is
+  pushed through the (linear) edge map analytically: the per-channel reductions it needs are
+  computed on ``(N, 2A)`` / ``(K, 2A)`` tensors, so no ``(E, 2A)`` gradient is formed twice.
+  In evaluation mode the running statistics are folded into the per-atom tables and ``W_u``.
+* The filter and core halves are separate contiguous ``(E, A)`` tensors throughout, and the
+  gate ``sigmoid(f) * softplus(c)`` with the sum over each centre's edges is one autograd node
+  that computes its gradients in place.
+
+Per-edge tensor allocations dominate CPU training time (each new large tensor costs page
+faults), so these nodes keep them to the minimum.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+
+def _bags(index: Tensor, num_bags: int) -> tuple[Tensor, Tensor]:
+    """``embedding_bag`` ``(input, offsets)`` grouping the positions of ``index`` by value."""
+    counts = torch.bincount(index, minlength=num_bags)
+    offsets = torch.zeros(num_bags, dtype=torch.long, device=index.device)
+    torch.cumsum(counts[:-1], dim=0, out=offsets[1:])
+    if index.numel() < 2 or bool((index[1:] >= index[:-1]).all()):
+        order = torch.arange(index.numel(), device=index.device)
+    else:
+        order = torch.argsort(index, stable=True)
+    return order, offsets
+
+
+def _segment_sum(x: Tensor, bags: tuple[Tensor, Tensor]) -> Tensor:
+    """Rows of ``x`` ``(E, C)`` summed per bag, ``(num_bags, C)`` (empty bags give zeros).
+
+    Much faster than ``index_add_`` on CPU (parallel over bags). Not for autograd.
+    """
+    order, offsets = bags
+    return F.embedding_bag(order, x, offsets, mode="sum")
+
+
+class EdgeGraph:
+    """Edge-list quantities shared by all the convolutions of one forward pass.
+
+    :param edge_fea: ``(E, K)`` edge features.
+    :param edge_index: ``(2, E)`` int64, row 0 centre *i*, row 1 neighbour *j*.
+    :param num_atoms: ``N``.
+    :param edge_band: optional ``(index, value)``, each ``(E, W)``: the non-zero features of
+        every edge (``edge_fea[e, index[e]] == value[e]``, ``edge_fea`` zero elsewhere), as
+        given by :meth:`GaussianExpansion.banded`. Speeds the convolutions up; it must describe
+        ``edge_fea`` exactly.
+    """
+
+    def __init__(
+        self,
+        edge_fea: Tensor,
+        edge_index: Tensor,
+        num_atoms: int,
+        edge_band: tuple[Tensor, Tensor] | None = None,
+    ) -> None:
+        if edge_index.ndim != 2 or edge_index.shape[0] != 2:
+            raise ValueError(f"edge_index must be (2, E), got {tuple(edge_index.shape)}")
+        if edge_fea.ndim != 2 or edge_fea.shape[0] != edge_index.shape[1]:
+            raise ValueError(
+                f"edge_fea {tuple(edge_fea.shape)} does not match edge_index "
+                f"{tuple(edge_index.shape)}"
+            )
+        if edge_band is not None and (
+            edge_band[0].shape != edge_band[1].shape or edge_band[0].shape[0] != edge_fea.shape[0]
+        ):
+            raise ValueError("edge_band index and value must both be (E, W)")
+        self.edge_fea = edge_fea
+        self.edge_band = edge_band
+        self.centre = edge_index[0]
+        self.neighbour = edge_index[1]
+        self.num_atoms = int(num_atoms)
+        self.num_edges = int(edge_index.shape[1])
+
+    @cached_property
+    def centre_bags(self) -> tuple[Tensor, Tensor]:
+        """Edges grouped by centre atom, for :func:`_segment_sum`."""
+        return _bags(self.centre, self.num_atoms)
+
+    @cached_property
+    def neighbour_bags(self) -> tuple[Tensor, Tensor]:
+        """Edges grouped by neighbour atom, for :func:`_segment_sum`."""
+        return _bags(self.neighbour, self.num_atoms)
+
+    @cached_property
+    def band_bags(self) -> tuple[Tensor, Tensor, Tensor] | None:
+        """``(edges, offsets, weights)`` to compute ``uᵀ g`` from the band, or ``None``.
+
+        Bag ``k`` lists the edges whose band contains centre ``k``, weighted by ``u_ek``.
+        """
+        if self.edge_band is None:
+            return None
+        band_index, band_value = self.edge_band
+        width = band_index.shape[1]
+        flat = band_index.reshape(-1)
+        order, offsets = _bags(flat, self.edge_fea.shape[1])
+        return order // width, offsets, band_value.detach().reshape(-1)[order]
+
+    @cached_property
+    def bag(self) -> tuple[Tensor, Tensor | None]:
+        """``embedding_bag`` input for the edges, rows of ``cat(table_i, table_j[, w_uᵀ])``.
+
+        ``(index, per_sample_weights)``: ``(E, 2)`` and ``None`` without a band, else
+        ``(E, 2 + W)`` and ``(E, 2 + W)``.
+        """
+        n = self.num_atoms
+        pair = torch.stack((self.centre, self.neighbour + n), dim=1)
+        if self.edge_band is None:
+            return pair, None
+        band_index, band_value = self.edge_band
+        index = torch.cat((pair, band_index + 2 * n), dim=1)
+        ones = band_value.new_ones(band_value.shape[0], 2)
+        return index, torch.cat((ones, band_value.detach()), dim=1)
+
+    @cached_property
+    def moments(self) -> dict[str, Tensor]:
+        """Graph moments used by the edge BatchNorm backward.
+
+        ``centre_count``/``neighbour_count`` ``(N,)`` edges per atom as centre/neighbour;
+        ``fea_mean`` ``(K,)`` mean edge feature ``ū``; ``centre_fea``/``neighbour_fea``
+        ``(N, K)`` ``Σ_{e ∋ atom} (u_e - ū)``; ``fea_scatter`` ``(K, K)``
+        ``Σ_e (u_e - ū)(u_e - ū)ᵀ``.
+        """
+        n, e = self.num_atoms, self.num_edges
+        u = self.edge_fea.detach()
+        centre_count = torch.bincount(self.centre, minlength=n).to(u.dtype)
+        neighbour_count = torch.bincount(self.neighbour, minlength=n).to(u.dtype)
+        fea_mean = u.sum(dim=0) / e
+        centre_fea = _segment_sum(u, self.centre_bags) - torch.outer(centre_count, fea_mean)
+        neighbour_fea = _segment_sum(u, self.neighbour_bags)
+        neighbour_fea -= torch.outer(neighbour_count, fea_mean)
+        fea_scatter = u.t() @ u - e * torch.outer(fea_mean, fea_mean)
+        return {
+            "centre_count": centre_count,
+            "neighbour_count": neighbour_count,
+            "fea_mean": fea_mean,
+            "centre_fea": centre_fea,
+            "neighbour_fea": neighbour_fea,
+            "fea_scatter": fea_scatter,
+        }
+
+
+def _edge_linear(table_i: Tensor, table_j: Tensor, w_u: Tensor, graph: EdgeGraph) -> Tensor:
+    """``table_i[centre_e] + table_j[neighbour_e] + w_u @ u_e`` for every edge, ``(E, C)``."""
+    index, band_weights = graph.bag
+    if band_weights is None:
+        out = F.embedding_bag(index, torch.cat((table_i, table_j)), mode="sum")
+        return out.addmm_(graph.edge_fea, w_u.t())
+    table = torch.cat((table_i, table_j, w_u.t()))
+    return F.embedding_bag(index, table, mode="sum", per_sample_weights=band_weights)
+
+
+def _edge_linear_transpose(grad: Tensor, graph: EdgeGraph) -> tuple[Tensor, Tensor, Tensor]:
+    """Adjoint of :func:`_edge_linear`: ``(Σ_{centre} grad, Σ_{neighbour} grad, uᵀ grad)``."""
+    g_i = _segment_sum(grad, graph.centre_bags)
+    g_j = _segment_sum(grad, graph.neighbour_bags)
+    band_bags = graph.band_bags
+    if band_bags is None:
+        g_u = graph.edge_fea.t() @ grad  # (K, C)
+    else:
+        edges, offsets, weights = band_bags
+        g_u = F.embedding_bag(edges, grad, offsets, mode="sum", per_sample_weights=weights)
+    return g_i, g_j, g_u
+
+
+class _EdgeLinear(torch.autograd.Function):
+    """:func:`_edge_linear` as an autograd node (used with fixed normalisation)."""
+
+    @staticmethod
+    def forward(ctx, table_i: Tensor, table_j: Tensor, w_u: Tensor, graph: EdgeGraph) -> Tensor:
+        ctx.graph = graph
+        return _edge_linear(table_i, table_j, w_u, graph)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        g_i, g_j, g_u = _edge_linear_transpose(grad.contiguous(), ctx.graph)
+        return g_i, g_j, g_u.t(), None
+
+
+def _column_stats(z: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and biased variance of every column of ``z`` ``(E, C)``.
+
+    On CPU ``var_mean(dim=0)`` of a row-major matrix is very slow; the statistics kernel of
+    ``BatchNorm1d`` itself (what CGCNN's ``bn1`` computes them with) is used instead.
+    """
+    if z.device.type == "cpu":
+        mean, var = torch.batch_norm_update_stats(z, None, None, 0.0)
+        return mean, var
+    var, mean = torch.var_mean(z, dim=0, correction=0)
+    return mean, var
+
+
+class _EdgeLinearBatchNorm(torch.autograd.Function):
+    """``BatchNorm1d`` (batch statistics) of :func:`_edge_linear`, differentiated analytically.
+
+    The ``2C`` output channels are produced as two contiguous ``(E, C)`` halves (CGCNN's filter
+    and core). Returns ``(first_half, second_half, mean, var)``, the last two ``(2C,)`` batch
+    statistics (biased variance).
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        h_i: Tensor,
+        h_j: Tensor,
+        w_u: Tensor,
+        gamma: Tensor,
+        beta: Tensor,
+        graph: EdgeGraph,
+        eps: float,
+    ):
+        c = h_i.shape[1] // 2
+        halves, means, variances = [], [], []
+        for sl in (slice(0, c), slice(c, 2 * c)):
+            z = _edge_linear(h_i[:, sl], h_j[:, sl], w_u[sl], graph)  # (E, C), in place below
+            mean, var = _column_stats(z)
+            scale = gamma[sl] * torch.rsqrt(var + eps)
+            z.mul_(scale).add_(beta[sl] - mean * scale)
+            halves.append(z)
+            means.append(mean)
+            variances.append(var)
+        mean, var = torch.cat(means), torch.cat(variances)
+        ctx.graph = graph
+        ctx.save_for_backward(*halves, h_i, h_j, w_u, gamma, beta, mean, torch.rsqrt(var + eps))
+        ctx.mark_non_differentiable(mean, var)
+        return halves[0], halves[1], mean, var
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_first: Tensor, grad_second: Tensor, _grad_mean, _grad_var):
+        z_first, z_second, h_i, h_j, w_u, gamma, beta, mean, inv_std = ctx.saved_tensors
+        graph: EdgeGraph = ctx.graph
+        m = graph.moments
+        e = graph.num_edges
+        # With x = (z_raw - mean) * inv_std and scale = gamma * inv_std, BatchNorm's backward
+        #   dz_raw = scale * (g - mean_e(g) - x * mean_e(g * x))
+        # is pushed through the adjoint Sᵀ of the linear edge map z_raw = S [h_i; h_j; w_uᵀ]:
+        #   Sᵀ dz_raw = scale * Sᵀg - scale * mean_e(g) Sᵀ1 - mean_e(g * x) * scale * Sᵀx,
+        # every term of which is an (N, 2A) or (K, 2A) tensor.
+        halves = (z_first, z_second)
+        grads = [
+            torch.zeros_like(z) if g is None else g.contiguous()
+            for g, z in zip((grad_first, grad_second), halves, strict=True)
+        ]
+        parts = [_edge_linear_transpose(g, graph) for g in grads]
+        g_i, g_j, g_u = (torch.cat(blocks, dim=1) for blocks in zip(*parts, strict=True))
+        sum_g = g_i.sum(dim=0)
+        # Σ_e g (z_raw - mean), from centred per-atom terms (z_raw's mean is
+        # mean_i + mean_j + w_u ū): no cancellation in float32
+        mean_i = (m["centre_count"] @ h_i) / e
+        mean_j = (m["neighbour_count"] @ h_j) / e
+        g_u_centred = g_u - torch.outer(m["fea_mean"], sum_g)
+        sum_gx = (
+            (g_i * (h_i - mean_i)).sum(dim=0)
+            + (g_j * (h_j - mean_j)).sum(dim=0)
+            + (g_u_centred * w_u.t()).sum(dim=0)
+        ) * inv_std
+        grad_gamma = sum_gx if ctx.needs_input_grad[3] else None
+        grad_beta = sum_g if ctx.needs_input_grad[4] else None
+        if not any(ctx.needs_input_grad[:3]):
+            return None, None, None, grad_gamma, grad_beta, None, None
+
+        scale = gamma * inv_std
+        scaled_mean_g = scale * (sum_g / e)
+        mean_gx = sum_gx / e
+        # scale * Sᵀx for the atom blocks, from the normalised output z = gamma * x + beta:
+        # inv_std * Σ (z - beta) over each atom's edges (exact, also where gamma = 0) ...
+        zs_i = torch.cat([_segment_sum(z, graph.centre_bags) for z in halves], dim=1)
+        zs_j = torch.cat([_segment_sum(z, graph.neighbour_bags) for z in halves], dim=1)
+        sx_i = (zs_i - torch.outer(m["centre_count"], beta)) * inv_std
+        sx_j = (zs_j - torch.outer(m["neighbour_count"], beta)) * inv_std
+        # ... and for the u block scale * inv_std * Σ_e (u_e - ū)(z_raw_e - mean), from per-atom
+        # sums of centred features
+        raw_u = (
+            m["centre_fea"].t() @ (h_i - mean_i)
+            + m["neighbour_fea"].t() @ (h_j - mean_j)
+            + m["fea_scatter"] @ w_u.t()
+        )
+        sx_u = raw_u * (scale * inv_std)
+        grad_h_i = scale * g_i - torch.outer(m["centre_count"], scaled_mean_g) - sx_i * mean_gx
+        grad_h_j = scale * g_j - torch.outer(m["neighbour_count"], scaled_mean_g) - sx_j * mean_gx
+        grad_w_u = scale * g_u_centred - sx_u * mean_gx
+        return grad_h_i, grad_h_j, grad_w_u.t(), grad_gamma, grad_beta, None, None
+
+
+class _GatedSum(torch.autograd.Function):
+    """``Σ_{e: centre_e = i} sigmoid(f_e) * softplus(c_e)``, ``(N, C)``."""
+
+    @staticmethod
+    def forward(ctx, nbr_filter: Tensor, nbr_core: Tensor, graph: EdgeGraph) -> Tensor:
+        gate = torch.sigmoid(nbr_filter)
+        core = F.softplus(nbr_core)
+        message = gate * core
+        ctx.save_for_backward(nbr_core, graph.centre, gate, core)
+        return _segment_sum(message, graph.centre_bags)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        nbr_core, centre, gate, core = ctx.saved_tensors
+        grad_msg = grad.index_select(0, centre)  # (E, C)
+        # d/dc: g * sigmoid(f) * sigmoid(c)
+        grad_core = torch.sigmoid(nbr_core).mul_(gate).mul_(grad_msg)
+        # d/df: g * softplus(c) * sigmoid(f) * (1 - sigmoid(f)), in grad_msg's buffer
+        grad_filter = grad_msg.mul_(core).mul_(gate)
+        grad_filter.addcmul_(grad_filter, gate, value=-1.0)
+        return grad_filter, grad_core, None
+
+
+class CGConv(nn.Module):
+    r"""The gated convolution of CGCNN (Xie & Grossman, PRL 2018, eq. 5), on an edge list.
+
+    For every edge :math:`(i, j)` with Gaussian features :math:`u_{ij}`:
+
+    .. math::
+
+        z_{ij} &= W [v_i \oplus v_j \oplus u_{ij}] + b \\
+        f_{ij}, c_{ij} &= \mathrm{chunk}(\mathrm{BN}_1(z_{ij})) \\
+        v_i' &= \mathrm{softplus}\Big(v_i + \mathrm{BN}_2\big(
+            \textstyle\sum_j \sigma(f_{ij}) \odot \mathrm{softplus}(c_{ij})\big)\Big)
+
+    ``BN_1`` normalises over edges, ``BN_2`` over atoms. Atoms without edges get a zero sum.
+
+    The parameters are those of the original code (``fc_full``, ``bn1``, ``bn2``) so that
+    published weights load unchanged; ``fc_full`` is applied split (see the module docstring).
+    ``bn1`` keeps its ``BatchNorm1d`` semantics: batch statistics with the biased variance in
+    training, running statistics updated with ``momentum`` and the unbiased variance, running
+    statistics in evaluation unless ``track_running_stats`` is off.
+
+    :param atom_fea_len: ``A``, width of the atom features.
+    :param nbr_fea_len: ``K``, width of the edge (Gaussian) features.
+    """
+
+    def __init__(self, atom_fea_len: int, nbr_fea_len: int) -> None:
+        super().__init__()
+        self.atom_fea_len = int(atom_fea_len)
+        self.nbr_fea_len = int(nbr_fea_len)
+        self.fc_full = nn.Linear(2 * self.atom_fea_len + self.nbr_fea_len, 2 * self.atom_fea_len)
+        self.bn1 = nn.BatchNorm1d(2 * self.atom_fea_len)
+        self.bn2 = nn.BatchNorm1d(self.atom_fea_len)
+
+    def _normalised_edges(self, atom_fea: Tensor, graph: EdgeGraph) -> tuple[Tensor, Tensor]:
+        """``bn1(fc_full(v_i ⊕ v_j ⊕ u_ij)).chunk(2, 1)`` for every edge, 2 × ``(E, A)``."""
+        a = self.atom_fea_len
+        weight = self.fc_full.weight  # (2A, 2A + K) = [W_i | W_j | W_u]
+        h_i = F.linear(atom_fea, weight[:, :a], self.fc_full.bias)  # (N, 2A)
+        h_j = F.linear(atom_fea, weight[:, a : 2 * a])  # (N, 2A)
+        w_u = weight[:, 2 * a :]  # (2A, K)
+        bn = self.bn1
+        gamma = bn.weight if bn.weight is not None else h_i.new_ones(2 * a)
+        beta = bn.bias if bn.bias is not None else h_i.new_zeros(2 * a)
+        use_batch_stats = self.training or not bn.track_running_stats or bn.running_mean is None
+        if not use_batch_stats:  # fixed affine map: fold it into the tables
+            scale = gamma * torch.rsqrt(bn.running_var + bn.eps)
+            shift = beta - bn.running_mean * scale
+            table_i = torch.addcmul(shift, h_i, scale)
+            table_j = h_j * scale
+            w_u = w_u * scale.unsqueeze(1)
+            return tuple(
+                _EdgeLinear.apply(table_i[:, sl], table_j[:, sl], w_u[sl], graph)
+                for sl in (slice(0, a), slice(a, 2 * a))
+            )
+        if graph.num_edges < 2:
+            raise ValueError(
+                f"the edge BatchNorm needs more than 1 edge in training, got {graph.num_edges}"
+            )
+        nbr_filter, nbr_core, mean, var = _EdgeLinearBatchNorm.apply(
+            h_i, h_j, w_u, gamma, beta, graph, bn.eps
+        )
+        if self.training and bn.track_running_stats and bn.running_mean is not None:
+            self._update_running_stats(mean, var, graph.num_edges)
+        return nbr_filter, nbr_core
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: Tensor, var: Tensor, n: int) -> None:
+        bn = self.bn1
+        bn.num_batches_tracked.add_(1)
+        momentum = (
+            1.0 / float(bn.num_batches_tracked) if bn.momentum is None else float(bn.momentum)
+        )
+        unbiased = var * (n / (n - 1))
+        bn.running_mean.mul_(1.0 - momentum).add_(mean.to(bn.running_mean.dtype), alpha=momentum)
+        bn.running_var.mul_(1.0 - momentum).add_(unbiased.to(bn.running_var.dtype), alpha=momentum)
+
+    def forward(
+        self,
+        atom_fea: Tensor,
+        edge_fea: Tensor,
+        edge_index: Tensor,
+        graph: EdgeGraph | None = None,
+    ) -> Tensor:
+        """Convolve.
+
+        :param atom_fea: ``(N, A)`` atom features.
+        :param edge_fea: ``(E, K)`` edge features (Gaussian-expanded distances).
+        :param edge_index: ``(2, E)`` int64, row 0 the centre atom *i*, row 1 the neighbour *j*.
+        :param graph: :class:`EdgeGraph` of ``(edge_fea, edge_index)``, to share per-graph
+            work between convolutions; built here when ``None``.
+        :returns: ``(N, A)`` updated atom features.
+        """
+        n = atom_fea.shape[0]
+        if graph is None or graph.edge_fea is not edge_fea:
+            graph = EdgeGraph(edge_fea, edge_index, n)
+        if graph.num_edges == 0:
+            summed = atom_fea.new_zeros(n, self.atom_fea_len)
+        else:
+            nbr_filter, nbr_core = self._normalised_edges(atom_fea, graph)  # (E, A) each
+            summed = _GatedSum.apply(nbr_filter, nbr_core, graph)  # (N, A)
+        return F.softplus(atom_fea + self.bn2(summed))
+
+    def extra_repr(self) -> str:
+        return f"atom_fea_len={self.atom_fea_len}, nbr_fea_len={self.nbr_fea_len}"

@@ -1,0 +1,120 @@
+"""Barlow Twins objective (Zbontar et al. 2021), as used by Crystal Twins."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _distributed_world_size() -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def gather_from_all_ranks(z: Tensor) -> Tensor:
+    """Concatenate ``z`` from every rank, in rank order, keeping autograd.
+
+    Uses :func:`torch.distributed.nn.functional.all_gather`, whose backward sums the gradients
+    of every rank's copy (so each rank receives the full gradient of its own rows). Ranks may
+    hold different numbers of rows: the rows are padded to the largest count for the
+    collective and trimmed after.
+
+    :param z: ``(n_local, D)`` on this rank.
+    :returns: ``(n_global, D)``.
+    """
+    from torch.distributed.nn.functional import all_gather
+
+    world = dist.get_world_size()
+    local_n = torch.tensor([z.shape[0]], device=z.device, dtype=torch.long)
+    sizes = [torch.zeros_like(local_n) for _ in range(world)]
+    dist.all_gather(sizes, local_n)
+    counts = [int(s.item()) for s in sizes]
+    max_n = max(counts)
+    if z.shape[0] < max_n:
+        z = F.pad(z, (0, 0, 0, max_n - z.shape[0]))
+    parts = all_gather(z)
+    if all(c == max_n for c in counts):
+        return torch.cat(parts, dim=0)
+    return torch.cat([part[:c] for part, c in zip(parts, counts, strict=True)], dim=0)
+
+
+def standardize(z: Tensor, eps: float = 1e-5) -> Tensor:
+    """Standardise every column over the batch, ``(z - mean) / sqrt(var + eps)``.
+
+    ``var`` is the *biased* variance (divide by N), which is what the Crystal Twins code's
+    ``BatchNorm1d(affine=False)`` in training mode computes.
+
+    :param z: ``(N, D)``.
+    :returns: ``(N, D)``.
+    """
+    var, mean = torch.var_mean(z, dim=0, correction=0)
+    return (z - mean) * torch.rsqrt(var + eps)
+
+
+class BarlowTwinsLoss(nn.Module):
+    r"""Barlow Twins redundancy-reduction loss.
+
+    .. math::
+
+        C = \tfrac{1}{N} \hat z_a^\top \hat z_b, \qquad
+        \mathcal{L} = \sum_i (1 - C_{ii})^2 + \lambda \sum_{i \ne j} C_{ij}^2
+
+    where :math:`\hat z` is :math:`z` standardised per dimension over the batch with the
+    *biased* standard deviation and ``eps`` inside the square root (exactly
+    ``BatchNorm1d(D, affine=False)`` in training mode, as in the Crystal Twins code), and N the
+    *global* batch size.
+
+    Under ``torch.distributed`` (initialised, world size > 1) and ``gather_distributed=True``
+    both views are gathered from all ranks with the autograd-aware
+    :func:`torch.distributed.nn.functional.all_gather`, so that means, standard deviations and
+    C use the global batch. Every rank then computes the same global loss; the gradient that
+    reaches each rank's parameters is ``world_size`` times its share, so the gradient
+    *averaging* of DDP yields exactly the gradient of the single-process loss on the joint
+    batch. Statistics always come from the current batch (train and eval alike).
+
+    :param lambda_: weight :math:`\lambda` of the off-diagonal (redundancy) term.
+    :param gather_distributed: gather the views across ranks when running distributed.
+    :param eps: added to the variance before the square root.
+    """
+
+    def __init__(
+        self, lambda_: float = 0.0051, gather_distributed: bool = True, eps: float = 1e-5
+    ) -> None:
+        super().__init__()
+        self.lambda_ = float(lambda_)
+        self.gather_distributed = bool(gather_distributed)
+        self.eps = float(eps)
+
+    def cross_correlation(self, z_a: Tensor, z_b: Tensor) -> Tensor:
+        """The ``(D, D)`` matrix C of the (already gathered) views ``(N, D)``."""
+        n = z_a.shape[0]
+        return standardize(z_a, self.eps).t() @ standardize(z_b, self.eps) / n
+
+    def forward(self, z_a: Tensor, z_b: Tensor) -> Tensor:
+        """Loss of two views.
+
+        :param z_a: ``(n_local, D)`` projections of the first view.
+        :param z_b: ``(n_local, D)`` projections of the second view, same crystals, same order.
+        :returns: scalar loss.
+        """
+        if z_a.ndim != 2 or z_a.shape != z_b.shape:
+            raise ValueError(
+                f"expected two (N, D) views of equal shape, got {tuple(z_a.shape)} and "
+                f"{tuple(z_b.shape)}"
+            )
+        if self.gather_distributed and _distributed_world_size() > 1:
+            z_a = gather_from_all_ranks(z_a)
+            z_b = gather_from_all_ranks(z_b)
+        if z_a.shape[0] < 2:
+            raise ValueError("Barlow Twins needs at least 2 samples to standardise over the batch")
+        c = self.cross_correlation(z_a, z_b)
+        diag = torch.diagonal(c)
+        on_diag = (1.0 - diag).square().sum()
+        off_diag = c.square().sum() - diag.square().sum()
+        return on_diag + self.lambda_ * off_diag
+
+    def extra_repr(self) -> str:
+        return f"lambda_={self.lambda_}, gather_distributed={self.gather_distributed}"

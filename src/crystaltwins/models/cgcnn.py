@@ -1,0 +1,210 @@
+"""The CGCNN encoder used by Crystal Twins, on :class:`~crystaltwins.data.batch.CrystalGraphBatch`."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from crystaltwins.data.batch import CrystalGraphBatch
+from crystaltwins.layers.cgcnn_conv import CGConv, EdgeGraph
+from crystaltwins.layers.gaussian import GaussianExpansion
+
+DEFAULT_GAUSSIAN: dict[str, float | None] = {"dmin": 0.0, "dmax": 8.0, "step": 0.2, "var": None}
+
+
+def _as_feature_table(atom_features: Tensor | Any) -> Tensor:
+    table = torch.as_tensor(atom_features, dtype=torch.float32).detach().clone()
+    if table.ndim != 2 or table.shape[0] < 2 or table.shape[1] < 1:
+        raise ValueError(
+            "atom_features must be a (n_z, n_features) table with row Z the features of element "
+            f"Z and row 0 (masked atom) zeros; got shape {tuple(table.shape)}"
+        )
+    if torch.any(table[0] != 0):
+        raise ValueError("row 0 of atom_features (masked atom) must be all zeros")
+    return table
+
+
+class CGCNNEncoder(nn.Module):
+    """CGCNN up to the crystal embedding (the part shared by pre-training and fine-tuning).
+
+    ``atomic_numbers`` → element features (a fixed table lookup; Z = 0, a masked atom, has all-zero
+    features) → ``embedding`` (linear) → ``n_conv`` × :class:`~crystaltwins.layers.CGConv` → mean
+    over each crystal's atoms → softplus → ``conv_to_fc`` → softplus.
+
+    The softplus *before* ``conv_to_fc`` is that of the original CGCNN / Crystal Twins code
+    (``conv_to_fc(conv_to_fc_softplus(crys_fea))`` then ``conv_to_fc_softplus`` again); it is kept
+    so that the published weights compute what they were trained to compute.
+
+    Parameter names match the published checkpoints (``embedding``, ``convs.N.fc_full``,
+    ``convs.N.bn1``, ``convs.N.bn2``, ``conv_to_fc``). The element-feature table and the Gaussian
+    centres are *non-persistent* buffers: ``state_dict()`` holds only learned parameters and
+    BatchNorm statistics, and the model is rebuilt from ``(config, atom_features, state_dict)``
+    with :meth:`from_config`; a checkpoint must store the table next to the state dict.
+
+    :param atom_features: ``(n_z, n_features)`` table, row Z the features of element Z
+        (92 for CGCNN's ``atom_init.json``), row 0 all zeros.
+    :param atom_fea_len: ``A``, width of the atom features in the convolutions.
+    :param n_conv: number of convolutions.
+    :param h_fea_len: ``H``, width of the crystal embedding.
+    :param gaussian: keyword arguments of :class:`~crystaltwins.layers.GaussianExpansion`
+        (``dmin``, ``dmax``, ``step``, ``var``); missing keys take CGCNN's defaults.
+    """
+
+    atom_features: Tensor
+
+    def __init__(
+        self,
+        atom_features: Tensor,
+        atom_fea_len: int = 64,
+        n_conv: int = 3,
+        h_fea_len: int = 128,
+        gaussian: Mapping[str, float | None] | None = None,
+    ) -> None:
+        super().__init__()
+        table = _as_feature_table(atom_features)
+        gaussian_kw = dict(DEFAULT_GAUSSIAN)
+        if gaussian is not None:
+            unknown = set(gaussian) - set(DEFAULT_GAUSSIAN)
+            if unknown:
+                raise ValueError(f"unknown gaussian arguments {sorted(unknown)}")
+            gaussian_kw.update(gaussian)
+        if n_conv < 0:
+            raise ValueError(f"n_conv must be >= 0, got {n_conv}")
+
+        self.config: dict[str, Any] = {
+            "atom_fea_len": int(atom_fea_len),
+            "n_conv": int(n_conv),
+            "h_fea_len": int(h_fea_len),
+            "gaussian": {k: (None if v is None else float(v)) for k, v in gaussian_kw.items()},
+        }
+        self.register_buffer("atom_features", table, persistent=False)
+        self.gaussian = GaussianExpansion(**self.config["gaussian"])
+        nbr_fea_len = self.gaussian.num_features
+        self.embedding = nn.Linear(table.shape[1], atom_fea_len)
+        self.convs = nn.ModuleList(CGConv(atom_fea_len, nbr_fea_len) for _ in range(n_conv))
+        self.conv_to_fc = nn.Linear(atom_fea_len, h_fea_len)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Mapping[str, Any],
+        atom_features: Tensor,
+        state_dict: Mapping[str, Tensor] | None = None,
+    ) -> CGCNNEncoder:
+        """Rebuild an encoder from :attr:`config`, the element table and (optionally) weights.
+
+        :param config: the :attr:`config` of the encoder to rebuild.
+        :param atom_features: ``(n_z, n_features)`` element-feature table.
+        :param state_dict: weights to load strictly, or ``None``.
+        """
+        encoder = cls(atom_features, **copy.deepcopy(dict(config)))
+        if state_dict is not None:
+            encoder.load_state_dict(state_dict, strict=True)
+        return encoder
+
+    @property
+    def num_features(self) -> int:
+        """Width of the element features (92 for CGCNN's ``atom_init.json``)."""
+        return int(self.atom_features.shape[1])
+
+    @property
+    def out_dim(self) -> int:
+        """Width ``H`` of the crystal embedding."""
+        return self.config["h_fea_len"]
+
+    def element_features(self, atomic_numbers: Tensor) -> Tensor:
+        """Look up element features.
+
+        :param atomic_numbers: ``(N,)`` int64 Z, 0 for a masked atom.
+        :returns: ``(N, n_features)``, all zeros for masked atoms.
+        """
+        return self.atom_features.index_select(0, atomic_numbers)
+
+    def atom_embeddings(self, batch: CrystalGraphBatch) -> Tensor:
+        """Atom features after the last convolution.
+
+        :param batch: the crystal graphs.
+        :returns: ``(n_atoms, A)``.
+        """
+        x = self.embedding(self.element_features(batch.atomic_numbers))
+        if len(self.convs) == 0:
+            return x
+        distance = batch.edge_distance.to(x.dtype)
+        band = self.gaussian.banded(distance)  # the non-negligible Gaussians of every edge
+        edge_fea = torch.zeros(
+            distance.shape[0], self.gaussian.num_features, dtype=x.dtype, device=x.device
+        ).scatter_(1, *band)
+        graph = EdgeGraph(edge_fea, batch.edge_index, x.shape[0], edge_band=band)
+        for conv in self.convs:
+            x = conv(x, edge_fea, batch.edge_index, graph)
+        return x
+
+    @staticmethod
+    def pool(atom_fea: Tensor, crystal_index: Tensor, num_crystals: int) -> Tensor:
+        """Mean of each crystal's atom features.
+
+        :param atom_fea: ``(n_atoms, F)``.
+        :param crystal_index: ``(n_atoms,)`` crystal of every atom.
+        :param num_crystals: number of crystals ``B``.
+        :returns: ``(B, F)``; a crystal without atoms gets zeros.
+        """
+        summed = atom_fea.new_zeros(num_crystals, atom_fea.shape[1])
+        summed = summed.index_add_(0, crystal_index, atom_fea)
+        counts = torch.bincount(crystal_index, minlength=num_crystals).clamp_min_(1)
+        return summed / counts.to(atom_fea.dtype).unsqueeze(1)
+
+    def forward(self, batch: CrystalGraphBatch) -> Tensor:
+        """Crystal embeddings.
+
+        :param batch: the crystal graphs.
+        :returns: ``(num_crystals, H)``.
+        """
+        crystal = self.pool(self.atom_embeddings(batch), batch.crystal_index, batch.num_crystals)
+        return F.softplus(self.conv_to_fc(F.softplus(crystal)))
+
+
+class CrystalTwinsModel(nn.Module):
+    """Encoder + projector, the network pre-trained by Crystal Twins.
+
+    For the Barlow Twins variant the projector is a :class:`~crystaltwins.models.ProjectionHead`;
+    for the published SimSiam variant the projector is :class:`torch.nn.Identity` and the
+    ``fc_head`` MLP is the objective's predictor (see :class:`~crystaltwins.losses.SimSiamLoss`).
+
+    :param encoder: crystal encoder, ``batch → (B, H)``.
+    :param projector: ``(B, H) → (B, D)``; ``None`` for the identity.
+    """
+
+    def __init__(self, encoder: CGCNNEncoder, projector: nn.Module | None = None) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.projector = nn.Identity() if projector is None else projector
+
+    def embed(self, batch: CrystalGraphBatch) -> Tensor:
+        """Crystal embeddings ``(B, H)`` (what downstream tasks use)."""
+        return self.encoder(batch)
+
+    def forward(self, batch: CrystalGraphBatch) -> Tensor:
+        """Projections ``(B, D)``."""
+        return self.projector(self.encoder(batch))
+
+
+class PropertyModel(nn.Module):
+    """Encoder + property head, for fine-tuning and supervised training.
+
+    :param encoder: crystal encoder, ``batch → (B, H)`` (pre-trained or fresh).
+    :param head: ``(B, H) → (B, n_targets)``, e.g. :class:`~crystaltwins.models.PropertyHead`.
+    """
+
+    def __init__(self, encoder: CGCNNEncoder, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+    def forward(self, batch: CrystalGraphBatch) -> Tensor:
+        """Predictions ``(B, n_targets)``."""
+        return self.head(self.encoder(batch))

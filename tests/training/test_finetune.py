@@ -1,0 +1,148 @@
+"""Fine-tuning on real data: accuracy against a mean predictor, resume, published weights,
+classification, splits from a column."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from crystaltwins.models.checkpoint import load_model
+from crystaltwins.training.finetune import FinetuneConfig, finetune
+
+
+def _config(source, out, cache_root, **kw):
+    base = dict(
+        data=str(source),
+        target="e_form",
+        out=str(out),
+        from_scratch=True,
+        epochs=12,
+        batch_size=64,
+        cache_root=str(cache_root),
+        progress=False,
+        accelerator="cpu",
+        devices="1",
+    )
+    base.update(kw)
+    return FinetuneConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def scratch_run(perovskite_subset, cache_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("finetune") / "scratch"
+    return out, finetune(_config(perovskite_subset, out, cache_root))
+
+
+def test_finetuning_beats_the_mean_predictor_and_writes_the_run(scratch_run):
+    out, metrics = scratch_run
+    assert metrics["crystals"] == {
+        "train": 900,
+        "val": 300,
+        "test": 300,
+        "dropped_invalid_target": 0,
+    }
+    assert metrics["test"]["mae"] < 0.6 * metrics["mean_predictor_test_mae"]
+    for name in (
+        "config.yaml",
+        "metrics.json",
+        "model.pt",
+        "test_predictions.csv",
+        "parity.png",
+        "learning_curves.png",
+    ):
+        assert (out / name).exists(), name
+    rows = list(csv.DictReader((out / "test_predictions.csv").open()))
+    assert len(rows) == 300 and set(rows[0]) == {"id", "target", "prediction"}
+    mae = np.mean([abs(float(r["target"]) - float(r["prediction"])) for r in rows])
+    assert mae == pytest.approx(metrics["test"]["mae"], rel=1e-5)
+    bundle = load_model(out / "model.pt")
+    assert bundle.kind == "finetuned" and bundle.info["targets"] == ["e_form"]
+
+
+def test_resumed_finetuning_equals_uninterrupted(
+    scratch_run, perovskite_subset, cache_root, tmp_path
+):
+    _, expected = scratch_run
+    out = tmp_path / "resumed"
+    finetune(_config(perovskite_subset, out, cache_root, epochs=5))  # "killed" after 5 epochs
+    got = finetune(_config(perovskite_subset, out, cache_root, resume=True))
+    assert got["test"]["mae"] == pytest.approx(expected["test"]["mae"], rel=1e-5)
+    assert got["val"]["mae"] == pytest.approx(expected["val"]["mae"], rel=1e-5)
+
+
+def test_published_crystal_twins_checkpoint_finetunes(
+    reference_dir, perovskite_subset, cache_root, tmp_path
+):
+    metrics = finetune(
+        _config(
+            perovskite_subset,
+            tmp_path / "ct",
+            cache_root,
+            from_scratch=False,
+            pretrained=str(reference_dir / "CGCNNBarlow_model.pth"),
+            epochs=2,
+            max_train=200,
+        )
+    )
+    assert metrics["crystals"]["train"] == 200 and np.isfinite(metrics["test"]["mae"])
+    bundle = load_model(tmp_path / "ct" / "model.pt")
+    assert bundle.encoder.out_dim == 128  # the published encoder's dimensions
+    assert bundle.featurizer.name.startswith("atom_init.json")
+
+
+def test_classification_and_log10_targets(data_dir, cache_root, tmp_path):
+    metrics = finetune(
+        _config(
+            data_dir / "samples" / "cgcnn_classification",
+            tmp_path / "cls",
+            cache_root,
+            target="target",
+            task="classification",
+            epochs=2,
+            batch_size=4,
+        )
+    )
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    metrics = finetune(
+        _config(
+            data_dir / "mp_elasticity.csv.gz",
+            tmp_path / "gvrh",
+            cache_root,
+            target="G_VRH",
+            target_transform="log10",
+            epochs=1,
+            max_train=200,
+            max_eval=100,
+        )
+    )
+    assert metrics["target"] == "log10(G_VRH)"
+    with gzip.open(data_dir / "mp_elasticity.csv.gz", "rt", newline="") as handle:
+        raw = {r["id"]: float(r["G_VRH"]) for r in csv.DictReader(handle)}
+    rows = list(csv.DictReader((tmp_path / "gvrh" / "test_predictions.csv").open()))
+    assert len(rows) == 100
+    for row in rows:
+        assert float(row["target"]) == pytest.approx(np.log10(raw[row["id"]]))
+
+
+def test_split_from_a_column(perovskite_subset, cache_root, tmp_path):
+    with gzip.open(perovskite_subset, "rt", newline="") as handle:
+        rows = list(csv.DictReader(handle))[:400]
+    source = tmp_path / "with_split.csv.gz"
+    with gzip.open(source, "wt", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*rows[0], "split"])
+        writer.writeheader()
+        for k, row in enumerate(rows):
+            writer.writerow({**row, "split": ["train", "val", "test", "train"][k % 4]})
+    metrics = finetune(
+        _config(source, tmp_path / "col", cache_root, split_column="split", epochs=1)
+    )
+    assert (
+        metrics["crystals"]["train"] == 200
+        and metrics["crystals"]["val"] == 100
+        and metrics["crystals"]["test"] == 100
+    )
+    json.loads((tmp_path / "col" / "metrics.json").read_text())
