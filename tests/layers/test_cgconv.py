@@ -131,6 +131,37 @@ def test_shared_edge_graph_gives_same_result():
     )
 
 
+def test_banded_edge_features_and_unsorted_edges_match_naive():
+    """The band path (weighted embedding_bag) and grouping of unsorted edges are exact."""
+    from crystaltwins.layers import GaussianExpansion
+
+    gaussian = GaussianExpansion()
+    ours, naive = pair()
+    gen = torch.Generator().manual_seed(3)
+    n_atoms, n_edges = 30, 250
+    atom_fea = torch.randn(n_atoms, 16, generator=gen)
+    # unsorted centres; atoms 0, 10 and 29 (first, middle, last) have no edges of their own
+    centre = torch.randint(1, n_atoms - 1, (n_edges,), generator=gen)
+    centre[centre == 10] = 11
+    neighbour = torch.randint(0, n_atoms, (n_edges,), generator=gen)
+    edge_index = torch.stack((centre, neighbour))
+    dist = 0.5 + 8.0 * torch.rand(n_edges, generator=gen)
+    band = gaussian.banded(dist)
+    edge_fea = gaussian(dist)
+    graph = EdgeGraph(edge_fea, edge_index, n_atoms, edge_band=band)
+    x1 = atom_fea.clone().requires_grad_()
+    x2 = atom_fea.clone().requires_grad_()
+    out1 = ours(x1, edge_fea, edge_index, graph)
+    out2 = naive_cgconv(naive, x2, edge_fea, edge_index)
+    torch.testing.assert_close(out1, out2, atol=1e-5, rtol=1e-5)
+    grad = torch.randn_like(out1)
+    out1.backward(grad)
+    out2.backward(grad)
+    torch.testing.assert_close(x1.grad, x2.grad, atol=1e-5, rtol=1e-5)
+    for (name, p1), (_, p2) in zip(ours.named_parameters(), naive.named_parameters(), strict=True):
+        torch.testing.assert_close(p1.grad, p2.grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
 def test_parameter_names_are_cgcnn_ones():
     keys = set(CGConv(64, 41).state_dict())
     assert {"fc_full.weight", "fc_full.bias", "bn1.running_mean", "bn2.weight"} <= keys

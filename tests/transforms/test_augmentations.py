@@ -124,3 +124,55 @@ def test_build_augmentation_parses_names():
     ]
     with pytest.raises(ValueError, match="unknown augmentation"):
         build_augmentation("rp,xx")
+
+
+def test_batch_augmentation_equals_rebuild_and_masks_per_crystal(graphs):
+    """The vectorised batch versions: RP re-selects exactly, AM/EM mask per crystal."""
+    from crystaltwins.data.batch import GraphArrays
+
+    structures = [s for s, _ in graphs]
+    arrays = GraphArrays.from_graphs([g for _, g in graphs])
+    moved = RandomPerturbation(0.05).batch(arrays, np.random.default_rng(3))
+    shift = moved.positions - arrays.positions
+    np.testing.assert_allclose(np.linalg.norm(shift, axis=1), 0.05)
+    start = 0
+    for structure in structures:
+        n = len(structure)
+        rebuilt_structure = structure.copy()
+        for i in range(n):
+            rebuilt_structure.translate_sites(
+                [i], shift[start + i], frac_coords=False, to_unit_cell=False
+            )
+        rebuilt = build_crystal_graph(rebuilt_structure)
+        mine = (moved.edge_src >= start) & (moved.edge_src < start + n)
+        ours = sorted(
+            zip(
+                moved.edge_src[mine] - start,
+                moved.edge_dst[mine] - start,
+                np.round(moved.edge_distance[mine], 6),
+                strict=True,
+            )
+        )
+        theirs = sorted(
+            zip(
+                rebuilt.edges.src,
+                rebuilt.edges.dst,
+                np.round(rebuilt.edges.distance, 6),
+                strict=True,
+            )
+        )
+        assert [(a, b) for a, b, _ in ours] == [(a, b) for a, b, _ in theirs]
+        np.testing.assert_allclose([d for *_, d in ours], [d for *_, d in theirs], atol=2e-6)
+        start += n
+    masked = AtomMasking(0.1).batch(arrays, np.random.default_rng(4))
+    per_crystal = np.bincount(
+        arrays.atom_crystal[masked.atomic_numbers == 0], minlength=arrays.num_crystals
+    )
+    sizes = np.bincount(arrays.atom_crystal)
+    np.testing.assert_array_equal(per_crystal, np.maximum(1, np.floor(0.1 * sizes)))
+    dropped = EdgeMasking(0.1).batch(arrays, np.random.default_rng(5))
+    before = np.bincount(arrays.atom_crystal[arrays.edge_src], minlength=arrays.num_crystals)
+    after = np.bincount(arrays.atom_crystal[dropped.edge_src], minlength=arrays.num_crystals)
+    np.testing.assert_array_equal(before - after, np.maximum(1, np.floor(0.1 * before)))
+    batch = dropped.to_batch()
+    assert batch.num_edges == len(dropped.edge_src) and batch.num_crystals == len(graphs)

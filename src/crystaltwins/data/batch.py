@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -64,4 +67,95 @@ class CrystalGraphBatch:
             edge_distance=self.edge_distance.pin_memory(),
             crystal_index=self.crystal_index.pin_memory(),
             targets=None if self.targets is None else self.targets.pin_memory(),
+        )
+
+
+@dataclass
+class GraphArrays:
+    """Several crystal graphs concatenated as NumPy arrays, before augmentation.
+
+    Augmentations can act on a whole batch at once (:meth:`~crystaltwins.transforms.Compose.batch`),
+    which costs a few vectorised NumPy calls per batch instead of per crystal. Atom indices are
+    global within the batch.
+
+    :param atomic_numbers: ``(A,)`` int64, 0 for a masked atom.
+    :param positions: ``(A, 3)`` Cartesian coordinates, Å.
+    :param atom_crystal: ``(A,)`` int64 crystal of each atom.
+    :param edge_src: ``(E,)`` int64, grouped by centre, nearest first.
+    :param edge_dst: ``(E,)`` int64.
+    :param edge_shift: ``(E, 3)`` float64 Cartesian offset ``image · L`` of the neighbour, Å.
+    :param edge_distance: ``(E,)`` float64, Å.
+    :param cand_src: ``(C,)`` candidate edges (see :func:`~crystaltwins.graph.neighbors.find_neighbors`).
+    :param cand_dst: ``(C,)``.
+    :param cand_shift: ``(C, 3)``.
+    """
+
+    atomic_numbers: Any
+    positions: Any
+    atom_crystal: Any
+    edge_src: Any
+    edge_dst: Any
+    edge_shift: Any
+    edge_distance: Any
+    cand_src: Any
+    cand_dst: Any
+    cand_shift: Any
+    num_crystals: int
+    ids: list[str] = field(default_factory=list)
+    targets: Any = None
+
+    @classmethod
+    def from_graphs(cls, graphs: Sequence[Any], targets: Sequence[str] = ()) -> GraphArrays:
+        """Concatenate :class:`~crystaltwins.graph.crystal_graph.CrystalGraph` objects."""
+        n = len(graphs)
+        atom_counts = np.fromiter((g.atomic_numbers.shape[0] for g in graphs), np.int64, n)
+        edge_counts = np.fromiter((len(g.edges) for g in graphs), np.int64, n)
+        cand_counts = np.fromiter((len(g.candidates) for g in graphs), np.int64, n)
+        offsets = np.zeros(n, dtype=np.int64)
+        np.cumsum(atom_counts[:-1], out=offsets[1:])
+        lattices = np.stack([g.lattice for g in graphs])
+
+        def edges(name: str, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            lists = [getattr(g, name) for g in graphs]
+            shift = np.repeat(offsets, counts)
+            crystal = np.repeat(np.arange(n), counts)
+            src = np.concatenate([e.src for e in lists]).astype(np.int64) + shift
+            dst = np.concatenate([e.dst for e in lists]).astype(np.int64) + shift
+            image = np.concatenate([e.image for e in lists]).astype(np.float64)
+            cart = np.einsum("ei,eij->ej", image, lattices[crystal])
+            return src, dst, cart
+
+        edge_src, edge_dst, edge_shift = edges("edges", edge_counts)
+        cand_src, cand_dst, cand_shift = edges("candidates", cand_counts)
+        values = None
+        if targets:
+            values = np.array(
+                [[g.labels.get(t, np.nan) for t in targets] for g in graphs], dtype=np.float32
+            )
+        return cls(
+            atomic_numbers=np.concatenate([g.atomic_numbers for g in graphs]).astype(np.int64),
+            positions=np.concatenate([g.positions for g in graphs]),
+            atom_crystal=np.repeat(np.arange(n, dtype=np.int64), atom_counts),
+            edge_src=edge_src,
+            edge_dst=edge_dst,
+            edge_shift=edge_shift,
+            edge_distance=np.concatenate([g.edges.distance for g in graphs]).astype(np.float64),
+            cand_src=cand_src,
+            cand_dst=cand_dst,
+            cand_shift=cand_shift,
+            num_crystals=n,
+            ids=[g.id for g in graphs],
+            targets=values,
+        )
+
+    def to_batch(self) -> CrystalGraphBatch:
+        """The tensors the encoder sees."""
+        return CrystalGraphBatch(
+            atomic_numbers=torch.from_numpy(self.atomic_numbers),
+            edge_index=torch.from_numpy(np.stack([self.edge_src, self.edge_dst])),
+            edge_distance=torch.from_numpy(self.edge_distance.astype(np.float32)),
+            crystal_index=torch.from_numpy(self.atom_crystal),
+            num_crystals=self.num_crystals,
+            targets=None if self.targets is None else torch.from_numpy(self.targets),
+            ids=list(self.ids),
         )

@@ -121,6 +121,45 @@ class GraphCollator:
         return collate_graphs(graphs, self.targets)
 
 
+class AugmentedPairCollator:
+    """``collate_fn`` making two augmented views of a whole batch at once (vectorised).
+
+    Takes the plain graphs of a batch (``dataset[i]`` for keys ``(i, epoch)``: use it with a
+    dataset that returns ``(graph, key)``, see :class:`KeyedDataset`) and returns
+    ``(batch_a, batch_b)``. The random generator of a batch is seeded by
+    ``(seed, epoch, first index)``, so runs are reproducible and resumable.
+    """
+
+    def __init__(self, transform: Any, seed: int = 0) -> None:
+        self.transform = transform
+        self.seed = seed
+
+    def __call__(self, items: Sequence[tuple[CrystalGraph, tuple[int, int]]]) -> tuple[Any, Any]:
+        from crystaltwins.data.batch import GraphArrays
+
+        graphs = [g for g, _ in items]
+        first, epoch = items[0][1]
+        rng = np.random.default_rng([self.seed, epoch, first, len(items)])
+        arrays = GraphArrays.from_graphs(graphs)
+        return self.transform.batch(arrays, rng).to_batch(), self.transform.batch(
+            arrays, rng
+        ).to_batch()
+
+
+class KeyedDataset(Dataset):
+    """Returns ``(dataset[i], (i, epoch))`` for keys ``(i, epoch)`` (see :class:`AugmentedPairCollator`)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[CrystalGraph, tuple[int, int]]:
+        i, epoch = (key, 0) if isinstance(key, (int, np.integer)) else key
+        return self.dataset[i], (int(i), int(epoch))
+
+
 class ViewPairCollator:
     """``collate_fn`` for a :class:`TwoViewDataset`: returns ``(batch_a, batch_b)``."""
 

@@ -125,21 +125,34 @@ def find_neighbors(
     centre, neighbor, image, distance = find_points_in_spheres(
         positions, positions, r=search_radius, pbc=_PBC, lattice=lattice, tol=SELF_TOLERANCE
     )
-    keep = distance > SELF_TOLERANCE
-    if not keep.all():
-        overlap = ~keep & (centre != neighbor)
+    close = distance <= SELF_TOLERANCE
+    if close.any():
+        overlap = close & (centre != neighbor)
         if overlap.any():
             k = int(np.flatnonzero(overlap)[0])
             raise ValueError(
                 f"atoms {centre[k]} and {neighbor[k]} overlap (distance {distance[k]:.2e} Å)"
             )
-        centre, neighbor, image, distance = (
-            centre[keep],
-            neighbor[keep],
-            image[keep],
-            distance[keep],
-        )
-    image = image.astype(np.int8)
+        # An atom is not its own neighbour: push it past the search radius (kept finite for
+        # the sort key below).
+        distance = np.where(close, 2.0 * search_radius, distance)
+    # Pass 1, cheap: order by centre then distance to find each centre's k-th distance, and keep
+    # only the edges that can matter (most of the sphere is far beyond the k-th neighbour).
+    order = np.argsort(centre * (2.0 * search_radius + 1.0) + distance)
+    centre, distance = centre[order], distance[order]
+    _, starts = rank_within_centre(centre, num_atoms)
+    counts = np.diff(starts)
+    has_k = counts >= max_neighbors
+    kth = np.full(num_atoms, np.inf)
+    kth[has_k] = distance[(starts[:-1] + max_neighbors - 1)[has_k]]
+    kth[kth > radius] = np.inf
+    # Ties at the k-th place must all be seen by the tie rule, hence the resolution margin.
+    bound = np.minimum(kth + 4.0 * margin + 2.0 * DISTANCE_RESOLUTION, search_radius)
+    keep = distance <= bound[centre]
+    order = order[keep]
+    centre, distance = centre[keep], distance[keep]
+    neighbor, image = neighbor[order], image[order].astype(np.int8)
+    # Pass 2, on the short list: the tie rule, then the nearest within the radius.
     order = order_edges(centre, neighbor, image, distance)
     edges = NeighborList(
         centre[order].astype(np.int32),
@@ -147,21 +160,11 @@ def find_neighbors(
         image[order],
         distance[order],
     )
-    rank, starts = rank_within_centre(edges.src, num_atoms)
+    rank, _ = rank_within_centre(edges.src, num_atoms)
     selected = (rank < max_neighbors) & (edges.distance <= radius)
     if margin <= 0.0:
         return edges.take(selected), edges.take(np.zeros(0, dtype=np.int64))
-    # Per-centre bound: the k-th distance (when the centre has k edges within the radius).
-    counts = np.diff(starts)
-    kth_position = starts[:-1] + max_neighbors - 1
-    has_k = counts >= max_neighbors
-    kth = np.full(num_atoms, np.inf)
-    kth[has_k] = edges.distance[kth_position[has_k]]
-    has_k &= kth <= radius
-    kth[~has_k] = np.inf
-    bound = np.minimum(kth + 4.0 * margin, search_radius)
-    candidate = (~selected) & (edges.distance <= bound[edges.src])
-    return edges.take(selected), edges.take(candidate)
+    return edges.take(selected), edges.take(~selected)
 
 
 def reselect_neighbors(

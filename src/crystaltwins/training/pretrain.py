@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
-from crystaltwins.data.dataset import CrystalGraphDataset, TwoViewDataset, ViewPairCollator
+from crystaltwins.data.dataset import AugmentedPairCollator, CrystalGraphDataset, KeyedDataset
 from crystaltwins.data.sources import prepare_caches
 from crystaltwins.data.splits import random_split
 from crystaltwins.graph.atom_features import AtomFeaturizer, default_featurizer
@@ -129,7 +129,11 @@ def _featurizer(config: PretrainConfig) -> AtomFeaturizer:
     return default_featurizer(first if first.is_dir() else None)
 
 
-def _loader(dataset: TwoViewDataset, config: PretrainConfig, shuffle: bool) -> DataLoader:
+def _loader(
+    dataset: KeyedDataset, augmentation: Any, config: PretrainConfig, shuffle: bool
+) -> DataLoader:
+    """Batches of two views; the views of a whole batch are made at once in the collate step
+    (in the loader workers when ``loader_workers > 0``)."""
     size = len(dataset)
     return DataLoader(
         dataset,
@@ -137,7 +141,7 @@ def _loader(dataset: TwoViewDataset, config: PretrainConfig, shuffle: bool) -> D
         sampler=EpochSampler(
             size, shuffle=shuffle, seed=config.seed, fixed_epoch=None if shuffle else 0
         ),
-        collate_fn=ViewPairCollator(),
+        collate_fn=AugmentedPairCollator(augmentation, config.seed + (0 if shuffle else 1)),
         num_workers=config.loader_workers,
         drop_last=shuffle and size > config.batch_size,  # a batch of one has no batch statistics
         persistent_workers=False,
@@ -196,8 +200,8 @@ def pretrain(config: PretrainConfig) -> Path:
         config.atom_mask_fraction,
         config.edge_mask_fraction,
     )
-    train = TwoViewDataset(Subset(full, positions[split.train].tolist()), augmentation, config.seed)
-    val = TwoViewDataset(Subset(full, positions[split.val].tolist()), augmentation, config.seed + 1)
+    train = KeyedDataset(Subset(full, positions[split.train].tolist()))
+    val = KeyedDataset(Subset(full, positions[split.val].tolist()))
 
     if config.init_from:
         start = load_model(config.init_from)
@@ -239,8 +243,8 @@ def pretrain(config: PretrainConfig) -> Path:
     started = time.time()
     trainer.fit(
         module,
-        _loader(train, config, shuffle=True),
-        _loader(val, config, shuffle=False),
+        _loader(train, augmentation, config, shuffle=True),
+        _loader(val, augmentation, config, shuffle=False),
         ckpt_path=resume_path(out, config.resume),
         weights_only=True,
     )

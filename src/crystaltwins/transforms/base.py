@@ -12,10 +12,14 @@ from typing import Protocol
 
 import numpy as np
 
+from crystaltwins.data.batch import GraphArrays
 from crystaltwins.graph.crystal_graph import CrystalGraph
 
 
 class GraphTransform(Protocol):
+    """A transform of one graph; transforms that can also act on a whole batch at once have
+    a ``batch(arrays: GraphArrays, rng) -> GraphArrays`` method."""
+
     def __call__(self, graph: CrystalGraph, rng: np.random.Generator) -> CrystalGraph: ...
 
 
@@ -29,6 +33,12 @@ class Compose:
         for transform in self.transforms:
             graph = transform(graph, rng)
         return graph
+
+    def batch(self, arrays: GraphArrays, rng: np.random.Generator) -> GraphArrays:
+        """Apply the transforms' batch versions to a whole :class:`GraphArrays` batch."""
+        for transform in self.transforms:
+            arrays = transform.batch(arrays, rng)  # type: ignore[attr-defined]
+        return arrays
 
     def __repr__(self) -> str:
         inner = ", ".join(repr(t) for t in self.transforms)

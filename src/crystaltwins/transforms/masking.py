@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from crystaltwins.data.batch import GraphArrays
 from crystaltwins.graph.crystal_graph import CrystalGraph
 
 
@@ -31,6 +32,13 @@ class AtomMasking:
         atomic_numbers[masked] = 0
         return replace(graph, atomic_numbers=atomic_numbers)
 
+    def batch(self, arrays: GraphArrays, rng: np.random.Generator) -> GraphArrays:
+        """The same on a whole batch at once."""
+        masked = random_subset_per_group(
+            arrays.atom_crystal, arrays.num_crystals, self.fraction, rng
+        )
+        return replace(arrays, atomic_numbers=np.where(masked, 0, arrays.atomic_numbers))
+
     def __repr__(self) -> str:
         return f"AtomMasking(fraction={self.fraction})"
 
@@ -50,5 +58,38 @@ class EdgeMasking:
         keep[removed] = False
         return replace(graph, edges=graph.edges.take(keep))
 
+    def batch(self, arrays: GraphArrays, rng: np.random.Generator) -> GraphArrays:
+        """The same on a whole batch at once."""
+        crystal = arrays.atom_crystal[arrays.edge_src]
+        keep = ~random_subset_per_group(crystal, arrays.num_crystals, self.fraction, rng)
+        return replace(
+            arrays,
+            edge_src=arrays.edge_src[keep],
+            edge_dst=arrays.edge_dst[keep],
+            edge_shift=arrays.edge_shift[keep],
+            edge_distance=arrays.edge_distance[keep],
+        )
+
     def __repr__(self) -> str:
         return f"EdgeMasking(fraction={self.fraction})"
+
+
+def random_subset_per_group(
+    group: np.ndarray, num_groups: int, fraction: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Mask choosing ``floor(fraction · size)`` (at least one) random members of every group.
+
+    :param group: ``(M,)`` int64 group of every member (crystal of an atom or of an edge).
+    """
+    sizes = np.bincount(group, minlength=num_groups)
+    wanted = np.where(
+        sizes > 0, np.minimum(sizes, np.maximum(1, np.floor(fraction * sizes).astype(np.int64))), 0
+    )
+    order = np.argsort(group + rng.random(group.shape[0]))  # grouped, random order within a group
+    starts = np.zeros(num_groups, dtype=np.int64)
+    np.cumsum(sizes[:-1], out=starts[1:])
+    sorted_group = group[order]
+    rank = np.arange(group.shape[0]) - starts[sorted_group]
+    chosen = np.zeros(group.shape[0], dtype=bool)
+    chosen[order[rank < wanted[sorted_group]]] = True
+    return chosen
