@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/demo")
     parser.add_argument("--pretrain-crystals", type=int, default=4000)
     parser.add_argument("--pretrain-epochs", type=int, default=3)
-    parser.add_argument("--finetune-epochs", type=int, default=25)
-    parser.add_argument("--max-train", type=int, default=1500)
+    parser.add_argument("--finetune-epochs", type=int, default=40)
+    parser.add_argument("--max-train", type=int, default=2000)
     args = parser.parse_args(argv)
 
     data = find_data(args.data)

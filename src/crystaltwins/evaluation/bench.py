@@ -128,12 +128,15 @@ class BenchContext:
     started: float = field(default_factory=time.time)
     runs_total: int = 0
     runs_done: int = 0
+    runs_timed: int = 0
+    run_seconds: float = 0.0
 
     def progress(self, text: str) -> None:
         elapsed = time.time() - self.started
         eta = ""
-        if self.runs_done:
-            eta = f", ETA {elapsed / self.runs_done * (self.runs_total - self.runs_done) / 60:.0f} min"
+        if self.runs_timed:
+            left = self.runs_total - self.runs_done
+            eta = f", ETA {self.run_seconds / self.runs_timed * left / 60:.0f} min"
         print(
             f"[bench {self.runs_done}/{self.runs_total} runs, {elapsed / 60:.1f} min{eta}] {text}",
             flush=True,
@@ -245,8 +248,11 @@ def finetune_for_bench(
         progress=False,
         plots=True,
     )
+    started = time.time()
     metrics = finetune(config)
     ctx.runs_done += 1
+    ctx.runs_timed += 1
+    ctx.run_seconds += time.time() - started
     return metrics
 
 

@@ -67,6 +67,11 @@ def _run(
     return torch.cat(parts).numpy() if parts else np.zeros((0, 1), dtype=np.float32)
 
 
+def _result(cache: GraphCache, values: np.ndarray) -> InferenceResult:
+    labels = {name: cache.labels([name])[:, 0] for name in cache.label_names}
+    return InferenceResult(cache.ids, values, labels, _skipped(cache))
+
+
 def embed(
     model: str | os.PathLike | ModelBundle,
     data: str | os.PathLike,
@@ -77,9 +82,7 @@ def embed(
 ) -> InferenceResult:
     """Crystal embeddings ``(N, H)`` (the encoder's output, before any head)."""
     bundle, cache = _open(model, data, cache_root, workers)
-    vectors = _run(bundle, cache, bundle.encoder, batch_size, device)
-    labels = {name: cache.labels([name])[:, 0] for name in cache.label_names}
-    return InferenceResult(cache.ids, vectors, labels, _skipped(cache))
+    return _result(cache, _run(bundle, cache, bundle.encoder, batch_size, device))
 
 
 def predict(
@@ -110,8 +113,7 @@ def predict(
         values = raw[:, 0] * info["target_std"] + info["target_mean"]
         if info.get("target_transform") == "log10":
             values = 10.0**values
-    labels = {name: cache.labels([name])[:, 0] for name in cache.label_names}
-    return InferenceResult(cache.ids, values, labels, _skipped(cache))
+    return _result(cache, values)
 
 
 def write_predictions_csv(

@@ -165,3 +165,23 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of settings")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def new_encoder(
+    featurizer: Any, settings: Any, atom_fea_len: int = 64, n_conv: int = 3, h_fea_len: int = 128
+) -> Any:
+    """A freshly initialised CGCNN encoder for a featurizer and graph settings."""
+    from crystaltwins.models.cgcnn import CGCNNEncoder
+
+    return CGCNNEncoder(
+        torch.tensor(featurizer.table),
+        atom_fea_len=atom_fea_len,
+        n_conv=n_conv,
+        h_fea_len=h_fea_len,
+        gaussian={
+            "dmin": settings.gaussian_dmin,
+            "dmax": settings.gaussian_dmax,
+            "step": settings.gaussian_step,
+            "var": settings.gaussian_width,
+        },
+    )

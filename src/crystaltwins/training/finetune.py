@@ -32,7 +32,7 @@ from crystaltwins.graph.settings import GraphSettings
 from crystaltwins.models.cgcnn import CGCNNEncoder
 from crystaltwins.models.checkpoint import ModelBundle, load_model, save_model
 from crystaltwins.models.heads import PropertyHead
-from crystaltwins.training.common import make_trainer, resume_path, write_config
+from crystaltwins.training.common import make_trainer, new_encoder, resume_path, write_config
 from crystaltwins.training.sampling import EpochSampler
 
 #: Target transforms: name -> (forward, inverse, valid-value test).
@@ -224,17 +224,8 @@ def _featurizer_and_encoder(
     else:
         path = Path(config.data)
         featurizer = default_featurizer(path if path.is_dir() else None)
-    encoder = CGCNNEncoder(
-        torch.tensor(featurizer.table),
-        atom_fea_len=config.atom_fea_len,
-        n_conv=config.n_conv,
-        h_fea_len=config.h_fea_len,
-        gaussian={
-            "dmin": settings.gaussian_dmin,
-            "dmax": settings.gaussian_dmax,
-            "step": settings.gaussian_step,
-            "var": settings.gaussian_width,
-        },
+    encoder = new_encoder(
+        featurizer, settings, config.atom_fea_len, config.n_conv, config.h_fea_len
     )
     return featurizer, encoder, "scratch"
 

@@ -22,7 +22,7 @@ from crystaltwins.losses import build_objective
 from crystaltwins.models.cgcnn import CGCNNEncoder
 from crystaltwins.models.checkpoint import ModelBundle, load_model, save_model
 from crystaltwins.models.heads import ProjectionHead
-from crystaltwins.training.common import make_trainer, resume_path, write_config
+from crystaltwins.training.common import make_trainer, new_encoder, resume_path, write_config
 from crystaltwins.training.sampling import EpochSampler
 from crystaltwins.transforms import build_augmentation
 
@@ -210,17 +210,8 @@ def pretrain(config: PretrainConfig) -> Path:
             encoder.out_dim, config.projection_hidden, config.projection_dim
         )
     else:
-        encoder = CGCNNEncoder(
-            torch.tensor(featurizer.table),
-            atom_fea_len=config.atom_fea_len,
-            n_conv=config.n_conv,
-            h_fea_len=config.h_fea_len,
-            gaussian={
-                "dmin": settings.gaussian_dmin,
-                "dmax": settings.gaussian_dmax,
-                "step": settings.gaussian_step,
-                "var": settings.gaussian_width,
-            },
+        encoder = new_encoder(
+            featurizer, settings, config.atom_fea_len, config.n_conv, config.h_fea_len
         )
         projector = ProjectionHead(encoder.out_dim, config.projection_hidden, config.projection_dim)
     objective_kw: dict[str, Any] = {}
