@@ -12,14 +12,23 @@ backward → Adam step.
   ``(N, M, 2A + K)`` tensor, per-crystal pooling over a list of index tensors, and the loss with
   ``BatchNorm1d(affine=False)``.
 
-Both run on identical inputs with identical initial weights. Run::
+Both run on identical inputs with identical initial weights (the script first checks that
+they compute the same loss), the reference being given the same Gaussian features (no
+denormals). Steps of the two are interleaved and the median time is reported, so that a change
+of machine load affects both alike. Run::
 
-    python benchmarks/bench_model_step.py [--steps 20] [--threads 2]
+    python benchmarks/bench_model_step.py [--steps 20] [--threads 2] [--tune-malloc]
+
+``--tune-malloc`` keeps freed memory in the process (glibc ``mallopt``) instead of returning
+it to the OS: on machines where page faults are expensive (VMs) every step of both models
+otherwise re-faults its large temporaries.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import os
 import statistics
 import time
 
@@ -204,14 +213,30 @@ def run(
     return batch_size / t["ours"], batch_size / t["reference"]
 
 
+def tune_malloc() -> bool:
+    """Ask glibc to keep freed memory (large mmap threshold, no trimming)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    ok = libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)
+    return bool(ok and libc.mallopt(m_trim_threshold, 2**30))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--tune-malloc", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}")
+    malloc = "tuned malloc" if args.tune_malloc and tune_malloc() else "default malloc"
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
+        f"{malloc}, load average {os.getloadavg()[0]:.2f}"
+    )
     print(f"{'case':<28}{'ours (crystals/s)':>20}{'reference':>14}{'ratio':>8}")
     for atoms, label in ((5, "perovskite-like, 5 atoms"), (40, "40 atoms")):
         ours, ref = run(atoms, args.batch_size, args.steps)

@@ -131,7 +131,15 @@ class CGCNNEncoder(nn.Module):
         :param batch: the crystal graphs.
         :returns: ``(n_atoms, A)``.
         """
-        x = self.embedding(self.element_features(batch.atomic_numbers))
+        device_type = batch.atomic_numbers.device.type
+        # The fused convolution kernels run in float32: under mixed precision (autocast) the
+        # message passing stays in full precision and the heads and loss may use half precision.
+        with torch.autocast(device_type=device_type, enabled=False):
+            return self._atom_embeddings_fp32(batch)
+
+    def _atom_embeddings_fp32(self, batch: CrystalGraphBatch) -> Tensor:
+        # embedding(table[Z]) == embedding(table)[Z]: embed the ~100 table rows, not every atom
+        x = self.embedding(self.atom_features.float()).index_select(0, batch.atomic_numbers)
         if len(self.convs) == 0:
             return x
         distance = batch.edge_distance.to(x.dtype)
