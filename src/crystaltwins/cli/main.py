@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--task", choices=["regression", "classification"])
     p.add_argument("--target-transform", choices=["none", "log10"])
+    p.add_argument("--unit", help="unit of the target, recorded in metrics.json (e.g. eV/atom)")
     p.add_argument(
         "--encoder-lr-factor", type=float, help="lr factor of the pre-trained encoder (default 0.2)"
     )

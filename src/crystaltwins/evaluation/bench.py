@@ -237,6 +237,7 @@ def finetune_for_bench(
         pretrained=str(pretrained) if pretrained else None,
         from_scratch=pretrained is None,
         target_transform=task.transform,
+        unit=task.unit,
         lr=ctx.preset.finetune_lr,
         encoder_lr_factor=ctx.preset.encoder_lr_factor,
         batch_size=ctx.preset.finetune_batch,

@@ -53,6 +53,7 @@ class FinetuneConfig:
     pretrained: str | None = None
     from_scratch: bool = False
     task: str = "regression"
+    unit: str = ""
     target_transform: str = "none"
     lr: float = 1e-3
     encoder_lr_factor: float = 0.2
@@ -356,6 +357,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
 
     metrics: dict[str, Any] = {
         "target": target_name,
+        "unit": config.unit,
         "task": config.task,
         "init": init,
         "crystals": {

@@ -1,0 +1,37 @@
+"""Splits: seeded random, from a column, from files of ids."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from crystaltwins.data.splits import random_split, split_from_files, split_from_labels
+
+
+def test_random_split_is_seeded_disjoint_and_complete():
+    a, b = random_split(1000, (0.6, 0.2, 0.2), seed=1), random_split(1000, (0.6, 0.2, 0.2), seed=1)
+    assert a.sizes() == {"train": 600, "val": 200, "test": 200}
+    np.testing.assert_array_equal(a.test, b.test)
+    assert not np.array_equal(a.test, random_split(1000, (0.6, 0.2, 0.2), seed=2).test)
+    everything = np.concatenate([a.train, a.val, a.test])
+    assert sorted(everything.tolist()) == list(range(1000))
+    assert random_split(100, (0.95, 0.05, 0.0)).sizes() == {"train": 95, "val": 5, "test": 0}
+
+
+def test_split_from_labels_and_files(tmp_path):
+    split = split_from_labels(["train", "validation", "test", "Train"])
+    assert (
+        split.train.tolist() == [0, 3] and split.val.tolist() == [1] and split.test.tolist() == [2]
+    )
+    with pytest.raises(ValueError, match="unknown split names"):
+        split_from_labels(["train", "holdout"])
+    ids = ["a", "b", "c", "d"]
+    for name, content in (("tr", "a\nd\n"), ("va", "# validation\nb\n"), ("te", "c\n")):
+        (tmp_path / name).write_text(content)
+    split = split_from_files(ids, tmp_path / "tr", tmp_path / "va", tmp_path / "te")
+    assert (
+        split.train.tolist() == [0, 3] and split.val.tolist() == [1] and split.test.tolist() == [2]
+    )
+    (tmp_path / "te").write_text("zz\n")
+    with pytest.raises(ValueError, match="not in the data"):
+        split_from_files(ids, tmp_path / "tr", tmp_path / "va", tmp_path / "te")
