@@ -88,6 +88,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
         help=f"tasks (default: {' '.join(PAPER_TASKS)}); known: {' '.join(TASKS)}",
     )
     p.add_argument("--seeds", type=int, default=3, help="seeds per task and method (default 3)")
+    p.add_argument(
+        "--first-seed", type=int, default=0, help="seeds are FIRST_SEED .. FIRST_SEED + SEEDS - 1"
+    )
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     p.add_argument("--pretrained", help="use this pre-trained model instead of pre-training")
     p.add_argument(
@@ -273,7 +276,7 @@ def summarize(results: dict[str, Any]) -> str:
         f"# Crystal Twins benchmark ({results['preset']['name']} preset)",
         "",
         f"Command: `{results['command']}`  ",
-        f"Date: {results['date']}; machine: {results['machine']}; wall time {results['wall_minutes']:.0f} min  ",
+        f"Date: {results['date']}; machine: {results['machine']}; training time of all runs {results['wall_minutes']:.0f} min  ",
         f"Pre-training corpus: {results['corpus_description']}  ",
         f"Preset: {results['preset']['description']}",
         "",
@@ -308,6 +311,7 @@ def run_bench(
     out: str | os.PathLike,
     tasks: list[str] | None = None,
     seeds: int = 3,
+    first_seed: int = 0,
     preset: str = "cpu",
     pretrained: str | None = None,
     corpus: list[str] | None = None,
@@ -375,7 +379,7 @@ def run_bench(
             continue
         scratch, ct = [], []
         sizes = ""
-        for seed in range(seeds):
+        for seed in range(first_seed, first_seed + seeds):
             m = finetune_for_bench(ctx, task, seed, "scratch", None)
             scratch.append(m["test"]["mae"])
             sizes = f"{m['crystals']['train']}/{m['crystals']['val']}/{m['crystals']['test']}"
@@ -407,7 +411,7 @@ def run_bench(
         "command": command,
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} ({_device_name()})",
-        "wall_minutes": (time.time() - ctx.started) / 60,
+        "wall_minutes": _compute_minutes(ctx.out),
         "preset": {
             "name": ctx.preset.name,
             "description": ctx.preset.description,
@@ -477,6 +481,19 @@ def _corpus_description(model: Path | None) -> str:
     return f"{sources}: {n.get('train', '?')} training + {n.get('val', '?')} validation crystals, {info.get('epochs')} epochs"
 
 
+def _compute_minutes(out: Path) -> float:
+    """Training time of every run of this results directory (pre-training + fine-tuning), in
+    minutes: what the benchmark costs, also when it was run in several sittings."""
+    seconds = 0.0
+    for path in out.glob("runs/*/seed*/*/metrics.json"):
+        seconds += float(json.loads(path.read_text()).get("seconds", 0.0))
+    for path in out.glob("pretrain/*/model.pt"):
+        from crystaltwins.models.checkpoint import load_model
+
+        seconds += float(load_model(path).info.get("seconds", 0.0))
+    return seconds / 60
+
+
 def _device_name() -> str:
     import torch
 
@@ -495,6 +512,7 @@ def run_bench_from_args(args: argparse.Namespace) -> int:
         args.out,
         tasks=args.tasks,
         seeds=args.seeds,
+        first_seed=args.first_seed,
         preset=args.preset,
         pretrained=args.pretrained,
         corpus=args.corpus,
