@@ -117,7 +117,7 @@ def main() -> None:
     )
     parser.add_argument("--n", type=int, default=300, help="crystals per dataset")
     parser.add_argument(
-        "--scaling-n", type=int, default=2000, help="crystals for the worker-scaling run"
+        "--scaling-n", type=int, default=4000, help="crystals for the worker-scaling run"
     )
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -141,6 +141,13 @@ def _build_chunk(job: tuple[list[Any], GraphSettings, frozenset[int]]) -> dict[s
     return _pack_chunk(graphs, metadata, bad)
 
 
+def _build_and_write_chunk(partial: Path, index: int, job: Any) -> int:
+    """Worker: build chunk ``index`` and write it; returns the number of entries handled."""
+    chunk = _build_chunk(job)
+    _write_chunk(partial, index, chunk)
+    return len(chunk["info"]["ids"]) + len(chunk["info"]["bad"])
+
+
 def _pack_chunk(
     graphs: list[CrystalGraph], metadata: list[dict[str, str]], bad: list[list[str]]
 ) -> dict[str, Any]:
@@ -273,28 +280,28 @@ def build_graph_cache(
     if bar is not None:
         bar.update(len(done) * chunk_size)
 
-    def finish(index: int, chunk: dict[str, Any]) -> None:
-        _write_chunk(partial, index, chunk)
+    def advance(count: int) -> None:
         if bar is not None:
-            bar.update(len(chunk["info"]["ids"]) + len(chunk["info"]["bad"]))
+            bar.update(count)
 
     if workers > 1:
-        # Entries are read in this thread (so a reading error surfaces here), at most
-        # 2 x workers chunks in flight, written in source order.
+        # Entries are read in this thread (so a reading error surfaces here); the workers
+        # build and write their chunks themselves (no arrays sent back); at most
+        # 2 x workers chunks in flight.
         context = mp.get_context("fork" if os.name == "posix" else "spawn")
         with context.Pool(workers) as pool:
-            window: deque[tuple[int, Any]] = deque()
+            window: deque[Any] = deque()
             for i, job in pending:
-                window.append((i, pool.apply_async(_build_chunk, (job,))))
+                window.append(pool.apply_async(_build_and_write_chunk, (partial, i, job)))
                 while len(window) >= 2 * workers:
-                    index, result = window.popleft()
-                    finish(index, result.get())
+                    advance(window.popleft().get())
             while window:
-                index, result = window.popleft()
-                finish(index, result.get())
+                advance(window.popleft().get())
     else:
         for i, job in pending:
-            finish(i, _build_chunk(job))
+            chunk = _build_chunk(job)
+            _write_chunk(partial, i, chunk)
+            advance(len(chunk["info"]["ids"]) + len(chunk["info"]["bad"]))
     if bar is not None:
         bar.close()
 
