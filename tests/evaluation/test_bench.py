@@ -1,0 +1,38 @@
+"""`crystaltwins bench` end to end at smoke size: results, resume, test exclusion, t-SNE."""
+
+from __future__ import annotations
+
+import json
+
+from crystaltwins.evaluation.bench import run_bench
+
+
+def test_bench_smoke_runs_resumes_and_reports(perovskite_subset, cache_root, tmp_path):
+    data_root = tmp_path / "data"
+    data_root.mkdir()
+    (data_root / "perovskites.csv.gz").symlink_to(perovskite_subset)
+    out = tmp_path / "results"
+    kwargs = dict(
+        tasks=["perovskites", "lanthanides"],
+        seeds=1,
+        preset="smoke",
+        exclude_test=True,
+        tsne=True,
+        cache_root=str(cache_root),
+        accelerator="cpu",
+        devices="1",
+    )
+    results = run_bench(data_root, out, **kwargs)
+    rows = {row["task"]: row for row in results["tasks"]}
+    assert rows["lanthanides"].get("skipped")  # listed, never run
+    perovskites = rows["perovskites"]
+    assert perovskites["paper_cgcnn"] == 0.057 and perovskites["paper_ct"] == 0.046
+    assert perovskites["scratch"]["values"] and perovskites["ct"]["values"]
+    assert "excluded" in results["corpus_description"]
+    excluded = json.loads((out / "pretrain" / "rp_am_em" / "excluded_test_ids.json").read_text())
+    assert len(excluded) == 300  # the whole 20% test split of the 1,500 crystals
+    assert (out / "results.md").read_text().count("| perovskites |") == 1
+    assert (out / "tsne_perovskites.png").stat().st_size > 10_000
+    # A second call reuses every finished run: same numbers.
+    again = run_bench(data_root, out, **kwargs)
+    assert again["tasks"][0]["ct"]["values"] == perovskites["ct"]["values"]
