@@ -6,7 +6,7 @@ DATA ?= $(or $(CRYSTALTWINS_DATA),../shared/data)
 REFERENCE ?= $(or $(CRYSTALTWINS_REFERENCE),../shared/reference/crystal_twins)
 DEMO_OUT ?= runs/demo
 
-.PHONY: venv test test-slow demo lint bench-data clean
+.PHONY: venv test demo lint bench-data clean
 
 $(BIN)/crystaltwins: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,6 @@ venv: $(BIN)/crystaltwins
 test: venv
 	CRYSTALTWINS_DATA=$(DATA) CRYSTALTWINS_REFERENCE=$(REFERENCE) $(BIN)/python -m pytest -q
 
-test-slow: venv
-	CRYSTALTWINS_DATA=$(DATA) CRYSTALTWINS_REFERENCE=$(REFERENCE) $(BIN)/python -m pytest -q -m slow
 
 demo: venv
 	CRYSTALTWINS_DATA=$(DATA) $(BIN)/python -m crystaltwins.demo --out $(DEMO_OUT)

@@ -215,20 +215,22 @@ def _split(config: FinetuneConfig, dataset: CrystalGraphDataset, keep: np.ndarra
 
 
 def _featurizer_and_encoder(
-    config: FinetuneConfig, settings: GraphSettings
-) -> tuple[AtomFeaturizer, CGCNNEncoder, str]:
+    config: FinetuneConfig,
+) -> tuple[AtomFeaturizer, CGCNNEncoder, GraphSettings, str]:
+    """The element features, encoder and graph settings to start from, and where they came from."""
     if config.pretrained and not config.from_scratch:
         bundle = load_model(config.pretrained, atom_init=config.atom_init)
-        return bundle.featurizer, bundle.encoder, str(config.pretrained)
+        return bundle.featurizer, bundle.encoder, bundle.graph_settings, str(config.pretrained)
     if config.atom_init:
         featurizer = AtomFeaturizer.from_json(config.atom_init)
     else:
         path = Path(config.data)
         featurizer = default_featurizer(path if path.is_dir() else None)
+    settings = GraphSettings()
     encoder = new_encoder(
         featurizer, settings, config.atom_fea_len, config.n_conv, config.h_fea_len
     )
-    return featurizer, encoder, "scratch"
+    return featurizer, encoder, settings, "scratch"
 
 
 def finetune(config: FinetuneConfig) -> dict[str, Any]:
@@ -242,10 +244,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     out = Path(config.out)
     write_config(out, config)
     L.seed_everything(config.seed, workers=True, verbose=False)
-    settings = GraphSettings()
-    featurizer, encoder, init = _featurizer_and_encoder(config, settings)
-    if init != "scratch":
-        settings = load_model(config.pretrained, atom_init=config.atom_init).graph_settings  # type: ignore[arg-type]
+    featurizer, encoder, settings, init = _featurizer_and_encoder(config)
     (cache,) = prepare_caches(
         [config.data],
         settings,
