@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,25 @@ import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+
+@dataclass(kw_only=True)
+class RunOptions:
+    """Settings shared by pre-training and fine-tuning: encoder size, element features, where
+    caches live, and how the run executes (keyword-only)."""
+
+    atom_fea_len: int = 64
+    n_conv: int = 3
+    h_fea_len: int = 128
+    atom_init: str | None = None
+    cache_root: str | None = None
+    featurize_workers: int = 1
+    loader_workers: int = 0
+    accelerator: str = "auto"
+    devices: str = "auto"
+    precision: str | None = None
+    resume: bool = False
+    progress: bool = True
 
 
 def quiet_lightning() -> None:

@@ -32,7 +32,13 @@ from crystaltwins.graph.settings import GraphSettings
 from crystaltwins.models.cgcnn import CGCNNEncoder
 from crystaltwins.models.checkpoint import ModelBundle, load_model, save_model
 from crystaltwins.models.heads import PropertyHead
-from crystaltwins.training.common import make_trainer, new_encoder, resume_path, write_config
+from crystaltwins.training.common import (
+    RunOptions,
+    make_trainer,
+    new_encoder,
+    resume_path,
+    write_config,
+)
 from crystaltwins.training.sampling import EpochSampler
 
 #: Target transforms: name -> (forward, inverse, valid-value test).
@@ -43,7 +49,7 @@ TRANSFORMS: dict[str, tuple[Any, Any, Any]] = {
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(RunOptions):
     """Settings of a fine-tuning run; defaults follow the paper (Adam 1e-3, batch 128,
     200 epochs, 60/20/20 split, best validation MAE evaluated once on the test split)."""
 
@@ -68,18 +74,6 @@ class FinetuneConfig:
     max_eval: int | None = None
     early_stopping: int | None = None
     head_hidden: int | None = None
-    atom_fea_len: int = 64
-    n_conv: int = 3
-    h_fea_len: int = 128
-    atom_init: str | None = None
-    cache_root: str | None = None
-    featurize_workers: int = 1
-    loader_workers: int = 0
-    accelerator: str = "auto"
-    devices: str = "auto"
-    precision: str | None = None
-    resume: bool = False
-    progress: bool = True
     plots: bool = True
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +22,19 @@ from crystaltwins.losses import build_objective
 from crystaltwins.models.cgcnn import CGCNNEncoder
 from crystaltwins.models.checkpoint import ModelBundle, load_model, save_model
 from crystaltwins.models.heads import ProjectionHead
-from crystaltwins.training.common import make_trainer, new_encoder, resume_path, write_config
+from crystaltwins.training.common import (
+    RunOptions,
+    make_trainer,
+    new_encoder,
+    resume_path,
+    write_config,
+)
 from crystaltwins.training.sampling import EpochSampler
 from crystaltwins.transforms import build_augmentation
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(RunOptions):
     """Settings of a pre-training run; the defaults are the paper's (Barlow Twins, Adam 1e-5,
     batch 64, 15 epochs, 95/5 split) and the published checkpoint's dimensions."""
 
@@ -46,26 +52,13 @@ class PretrainConfig:
     epochs: int = 15
     val_fraction: float = 0.05
     seed: int = 0
-    atom_fea_len: int = 64
-    n_conv: int = 3
-    h_fea_len: int = 128
     projection_hidden: int = 128
     projection_dim: int = 256
     radius: float = 8.0
     max_neighbors: int = 12
-    atom_init: str | None = None
     init_from: str | None = None
     max_crystals: int | None = None
     exclude_ids_file: str | None = None
-    cache_root: str | None = None
-    featurize_workers: int = 1
-    loader_workers: int = 0
-    accelerator: str = "auto"
-    devices: str = "auto"
-    precision: str | None = None
-    resume: bool = False
-    progress: bool = True
-    data_sources_note: list[str] = field(default_factory=list)
 
 
 class PretrainModule(L.LightningModule):
