@@ -19,6 +19,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -95,6 +96,17 @@ def write_subset(rows: list[dict[str, str]], path: Path) -> Path:
     return path
 
 
+def reference_features(reference_dir: str | Path) -> tuple[Any, dict[int, np.ndarray]]:
+    """Our featurizer and the reference's {Z: features} dict, both from the published atom_init.json."""
+    from crystaltwins.graph.atom_features import AtomFeaturizer
+
+    path = Path(reference_dir) / "atom_init.json"
+    table = json.loads(path.read_text())
+    return AtomFeaturizer.from_json(path), {
+        int(k): np.array(v, dtype=float) for k, v in table.items()
+    }
+
+
 def rate(fn, items, repeat: int = 1) -> float:
     """Items per second (best of ``repeat``)."""
     best = float("inf")
@@ -124,16 +136,11 @@ def main() -> None:
 
     from crystaltwins.data.cache import GraphCache, build_graph_cache
     from crystaltwins.data.dataset import CrystalGraphDataset, collate_graphs
-    from crystaltwins.graph.atom_features import AtomFeaturizer
     from crystaltwins.graph.crystal_graph import build_crystal_graph
     from crystaltwins.io.cif import parse_cif_fast
 
     data_root = Path(args.data_root)
-    atom_init_path = Path(args.reference) / "atom_init.json"
-    featurizer = AtomFeaturizer.from_json(atom_init_path)
-    atom_init = {
-        int(k): np.array(v, dtype=float) for k, v in json.loads(atom_init_path.read_text()).items()
-    }
+    featurizer, atom_init = reference_features(args.reference)
     reference = ReferenceCIFData(atom_init)
     print(
         f"# bench_data: {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
@@ -178,7 +185,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     times = []
     for _ in range(200):
-        idx = rng.choice(len(dataset), 64, replace=False)
+        idx = rng.choice(len(dataset), min(64, len(dataset)), replace=False)
         start = time.perf_counter()
         collate_graphs([dataset[int(i)] for i in idx])
         times.append(time.perf_counter() - start)

@@ -14,7 +14,6 @@ data side against the model's own step; the wall time of one epoch over the whol
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -28,7 +27,7 @@ import torch
 
 warnings.filterwarnings("ignore")
 
-from bench_data import ReferenceCIFData, read_rows, write_subset  # noqa: E402
+from bench_data import ReferenceCIFData, read_rows, reference_features, write_subset  # noqa: E402
 
 
 class ReferenceCTViews(ReferenceCIFData):
@@ -79,7 +78,6 @@ def main() -> None:
         ViewPairCollator,
     )
     from crystaltwins.data.sources import prepare_caches
-    from crystaltwins.graph.atom_features import AtomFeaturizer
     from crystaltwins.losses import BarlowTwinsLoss
     from crystaltwins.models import CGCNNEncoder, ProjectionHead
     from crystaltwins.training.sampling import EpochSampler
@@ -87,11 +85,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     data_root = Path(args.data_root)
-    atom_init_path = Path(args.reference) / "atom_init.json"
-    featurizer = AtomFeaturizer.from_json(atom_init_path)
-    atom_init = {
-        int(k): np.array(v, dtype=float) for k, v in json.loads(atom_init_path.read_text()).items()
-    }
+    featurizer, atom_init = reference_features(args.reference)
     reference = ReferenceCTViews(atom_init)
     augment = build_augmentation("rp,am,em")
     tmp = Path(tempfile.mkdtemp(prefix="ct-bench-"))

@@ -53,18 +53,29 @@ def _skipped(cache: GraphCache) -> list[BadRecord]:
 
 
 @torch.no_grad()
-def _run(
-    bundle: ModelBundle, cache: GraphCache, fn: Any, batch_size: int, device: str
+def batched_outputs(
+    fn: Any,
+    modules: list[torch.nn.Module],
+    dataset: Any,
+    batch_size: int = 256,
+    device: str = "cpu",
 ) -> np.ndarray:
-    bundle.encoder.eval().to(device)
-    if bundle.head is not None:
-        bundle.head.eval().to(device)
-    dataset = CrystalGraphDataset(cache)
+    """``fn(batch)`` for every crystal of ``dataset``, in order, with ``modules`` in eval mode on
+    ``device``; returns the rows concatenated, ``(N, ...)``."""
+    for module in modules:
+        module.eval().to(device)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, collate_fn=GraphCollator()
     )
     parts = [fn(batch.to(device)).float().cpu() for batch in loader]
     return torch.cat(parts).numpy() if parts else np.zeros((0, 1), dtype=np.float32)
+
+
+def _run(
+    bundle: ModelBundle, cache: GraphCache, fn: Any, batch_size: int, device: str
+) -> np.ndarray:
+    modules = [bundle.encoder] + ([bundle.head] if bundle.head is not None else [])
+    return batched_outputs(fn, modules, CrystalGraphDataset(cache), batch_size, device)
 
 
 def _result(cache: GraphCache, values: np.ndarray) -> InferenceResult:

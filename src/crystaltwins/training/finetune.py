@@ -26,6 +26,7 @@ from crystaltwins.data.batch import CrystalGraphBatch
 from crystaltwins.data.dataset import CrystalGraphDataset, GraphCollator
 from crystaltwins.data.sources import prepare_caches
 from crystaltwins.data.splits import Split, random_split, split_from_files, split_from_labels
+from crystaltwins.evaluation.inference import batched_outputs
 from crystaltwins.evaluation.metrics import classification_metrics, regression_metrics
 from crystaltwins.graph.atom_features import AtomFeaturizer, default_featurizer
 from crystaltwins.graph.settings import GraphSettings
@@ -169,7 +170,6 @@ class FinetuneModule(L.LightningModule):
         return torch.optim.Adam(groups, lr=self.lr, weight_decay=self.weight_decay)
 
 
-@torch.no_grad()
 def predict_dataset(
     encoder: CGCNNEncoder,
     head: nn.Module,
@@ -178,22 +178,14 @@ def predict_dataset(
     device: str = "cpu",
 ) -> np.ndarray:
     """Raw head outputs ``(N, out_dim)`` for every crystal of ``dataset``, in order (eval mode)."""
-    encoder.eval().to(device)
-    head.eval().to(device)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=GraphCollator())
-    outputs = [head(encoder(batch.to(device))).float().cpu() for batch in loader]
-    return torch.cat(outputs).numpy() if outputs else np.zeros((0, 1))
+    return batched_outputs(lambda b: head(encoder(b)), [encoder, head], dataset, batch_size, device)
 
 
-@torch.no_grad()
 def predict_embeddings(
     encoder: CGCNNEncoder, dataset: CrystalGraphDataset, batch_size: int = 256
 ) -> np.ndarray:
     """Crystal embeddings ``(N, H)`` of ``dataset`` in order (eval mode, CPU)."""
-    encoder.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=GraphCollator())
-    parts = [encoder(batch).float() for batch in loader]
-    return torch.cat(parts).numpy() if parts else np.zeros((0, encoder.out_dim))
+    return batched_outputs(encoder, [encoder], dataset, batch_size)
 
 
 def _split(config: FinetuneConfig, dataset: CrystalGraphDataset, keep: np.ndarray) -> Split:
