@@ -142,6 +142,7 @@ def _worker(rank: int, world: int, init_file: str, splits: list[list[int]], out_
                 grads.append(p.grad / world)
             results.append((loss.detach(), grads))
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # no rank tears the group down while the other still uses it
     finally:
         dist.destroy_process_group()
 
