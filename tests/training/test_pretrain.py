@@ -55,6 +55,12 @@ def test_pretraining_writes_logs_checkpoints_and_a_self_describing_model(uninter
     bundle = load_model(uninterrupted)
     assert bundle.info["objective"] == "barlow_twins" and bundle.info["augmentations"] == "rp,am,em"
     assert bundle.info["crystals"] == {"train": 244, "val": 12}  # seeded 95/5 split of 256
+    assert {k: bundle.info[k] for k in ("epochs", "lr", "batch_size", "seed")} == {
+        "epochs": 3,
+        "lr": 1e-3,
+        "batch_size": 32,
+        "seed": 0,
+    }
     assert bundle.graph_settings.radius == 8.0 and bundle.graph_settings.max_neighbors == 12
     assert bundle.encoder.config["atom_fea_len"] == 64 and bundle.head is not None
 

@@ -247,10 +247,6 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from crystaltwins.training.finetune import FinetuneConfig, finetune
 
     pretrained = args.pretrained
-    if pretrained == "default":
-        from crystaltwins.models.pretrained import default_pretrained_path
-
-        pretrained = str(default_pretrained_path())
     fixed: dict[str, Any] = {
         "data": args.data,
         "target": args.target,

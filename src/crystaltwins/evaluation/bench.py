@@ -92,7 +92,10 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
         "--first-seed", type=int, default=0, help="seeds are FIRST_SEED .. FIRST_SEED + SEEDS - 1"
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    p.add_argument("--pretrained", help="use this pre-trained model instead of pre-training")
+    p.add_argument(
+        "--pretrained",
+        help="use this pre-trained model instead of pre-training ('default': the shipped one)",
+    )
     p.add_argument(
         "--corpus", nargs="+", help="pre-training files (default: every *.csv.gz in the data root)"
     )
@@ -354,7 +357,9 @@ def run_bench(
 
     models: dict[str, Path] = {}
     if pretrained:
-        models["RP+AM+EM"] = Path(pretrained)
+        from crystaltwins.models.checkpoint import resolve_model_path
+
+        models["RP+AM+EM"] = resolve_model_path(pretrained)
     for label, augment in variants.items():
         if label not in models:
             models[label] = pretrain_for_bench(

@@ -44,7 +44,7 @@ def parity_plot(
 
 
 def learning_curves(metrics_csv: str | os.PathLike, path: str | os.PathLike) -> Path | None:
-    """Train and validation loss / MAE per epoch from a run's ``history.csv``."""
+    """Train and validation loss (and MAE, when logged) per epoch from a run's ``history.csv``."""
     metrics_csv = Path(metrics_csv)
     if not metrics_csv.exists():
         return None
@@ -54,7 +54,9 @@ def learning_curves(metrics_csv: str | os.PathLike, path: str | os.PathLike) -> 
         for c in ("train_loss_epoch", "train_loss", "val_loss", "train_mae", "val_mae")
         if rows and c in rows[0]
     ]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    panels = ["loss"] + (["MAE"] if any(c.endswith("mae") for c in columns) else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
+    axes = axes[0]
     for column in columns:
         points = [(int(r["epoch"]), float(r[column])) for r in rows if r.get(column)]
         if not points:
@@ -62,7 +64,7 @@ def learning_curves(metrics_csv: str | os.PathLike, path: str | os.PathLike) -> 
         epochs, values = zip(*sorted(dict(points).items()), strict=True)
         ax = axes[1] if column.endswith("mae") else axes[0]
         ax.plot(epochs, values, marker=".", label=column)
-    for ax, name in zip(axes, ("loss", "MAE"), strict=True):
+    for ax, name in zip(axes, panels, strict=True):
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         if ax.lines:

@@ -101,16 +101,31 @@ def _is_published_state_dict(payload: Any) -> bool:
     return isinstance(payload, dict) and "embedding.weight" in payload and "format" not in payload
 
 
+def resolve_model_path(path: str | os.PathLike) -> Path:
+    """``path`` as a :class:`~pathlib.Path`; ``"default"`` is the shipped pre-trained model.
+
+    :raises FileNotFoundError: naming the file when it does not exist.
+    """
+    if str(path) == "default":
+        from crystaltwins.models.pretrained import default_pretrained_path
+
+        return default_pretrained_path()
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such model file")
+    return path
+
+
 def load_model(path: str | os.PathLike, atom_init: str | os.PathLike | None = None) -> ModelBundle:
     """Load a model file written by :func:`save_model`, or a published Crystal Twins ``.pth``.
 
+    :param path: the file, or ``"default"`` for the pre-trained encoder shipped with the package
+        (see ``docs/model_card.md``).
     :param atom_init: for a published ``.pth``: the ``atom_init.json`` it was trained with; by
         default the one in the same folder.
     :raises ValueError: a file that is neither, naming the file and the problem.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such model file")
+    path = resolve_model_path(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupt file, or one holding arbitrary objects

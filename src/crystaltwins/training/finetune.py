@@ -31,7 +31,7 @@ from crystaltwins.evaluation.metrics import classification_metrics, regression_m
 from crystaltwins.graph.atom_features import AtomFeaturizer, default_featurizer
 from crystaltwins.graph.settings import GraphSettings
 from crystaltwins.models.cgcnn import CGCNNEncoder
-from crystaltwins.models.checkpoint import ModelBundle, load_model, save_model
+from crystaltwins.models.checkpoint import ModelBundle, load_model, resolve_model_path, save_model
 from crystaltwins.models.heads import PropertyHead
 from crystaltwins.training.common import (
     RunOptions,
@@ -52,7 +52,10 @@ TRANSFORMS: dict[str, tuple[Any, Any, Any]] = {
 @dataclass
 class FinetuneConfig(RunOptions):
     """Settings of a fine-tuning run; defaults follow the paper (Adam 1e-3, batch 128,
-    200 epochs, 60/20/20 split, best validation MAE evaluated once on the test split)."""
+    200 epochs, 60/20/20 split, best validation MAE evaluated once on the test split).
+
+    ``pretrained``: a model file from ``pretrain``, a published Crystal Twins ``.pth``, or
+    ``"default"`` for the encoder shipped with the package."""
 
     data: str
     target: str
@@ -205,8 +208,9 @@ def _featurizer_and_encoder(
 ) -> tuple[AtomFeaturizer, CGCNNEncoder, GraphSettings, str]:
     """The element features, encoder and graph settings to start from, and where they came from."""
     if config.pretrained and not config.from_scratch:
-        bundle = load_model(config.pretrained, atom_init=config.atom_init)
-        return bundle.featurizer, bundle.encoder, bundle.graph_settings, str(config.pretrained)
+        path = resolve_model_path(config.pretrained)  # "default": the shipped model
+        bundle = load_model(path, atom_init=config.atom_init)
+        return bundle.featurizer, bundle.encoder, bundle.graph_settings, str(path)
     if config.atom_init:
         featurizer = AtomFeaturizer.from_json(config.atom_init)
     else:

@@ -242,6 +242,10 @@ def pretrain(config: PretrainConfig) -> Path:
         "data_sources": [str(Path(d).resolve()) for d in config.data],
         "crystals": {"train": len(train), "val": len(val)},
         "epochs": config.epochs,
+        "lr": config.lr,
+        "weight_decay": config.weight_decay,
+        "batch_size": config.batch_size,
+        "seed": config.seed,
         "best_val_loss": float(trainer.checkpoint_callback.best_model_score or float("nan")),  # type: ignore[union-attr]
         "seconds": time.time() - started,
     }
