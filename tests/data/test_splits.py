@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from crystaltwins.data.splits import random_split, split_from_files, split_from_labels
+from crystaltwins.data.splits import cap_split, random_split, split_from_files, split_from_labels
 
 
 def test_random_split_is_seeded_disjoint_and_complete():
@@ -35,3 +35,25 @@ def test_split_from_labels_and_files(tmp_path):
     (tmp_path / "te").write_text("zz\n")
     with pytest.raises(ValueError, match="not in the data"):
         split_from_files(ids, tmp_path / "tr", tmp_path / "va", tmp_path / "te")
+
+
+PARTS = ("train", "val", "test")
+
+
+def test_cap_split_takes_seeded_sorted_subsets_within_each_part() -> None:
+    split = random_split(5000, (0.6, 0.2, 0.2), seed=3)
+    capped = cap_split(split, seed=3, max_train=1000, max_eval=200)
+    for part, whole, size in (
+        (capped.train, split.train, 1000),
+        (capped.val, split.val, 200),
+        (capped.test, split.test, 200),
+    ):
+        assert len(part) == size and len(np.unique(part)) == size
+        assert np.all(np.diff(part) > 0) and np.isin(part, whole).all()
+    again = cap_split(split, seed=3, max_train=1000, max_eval=200)
+    assert all(np.array_equal(getattr(again, p), getattr(capped, p)) for p in PARTS)
+    other = cap_split(split, seed=4, max_train=1000, max_eval=200)
+    assert not np.array_equal(capped.train, other.train)
+    # no cap, or a cap above the size: the parts unchanged
+    same = cap_split(split, seed=3, max_train=None, max_eval=10_000)
+    assert all(np.array_equal(getattr(same, p), getattr(split, p)) for p in PARTS)

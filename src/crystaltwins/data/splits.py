@@ -82,3 +82,21 @@ def split_from_files(
             raise ValueError(f"{path}: {len(missing)} ids not in the data, e.g. {missing[:3]}")
         parts.append(np.sort(np.array([position[w] for w in wanted], dtype=np.int64)))
     return Split(*parts)
+
+
+def cap_split(
+    split: Split, seed: int, max_train: int | None = None, max_eval: int | None = None
+) -> Split:
+    """A seeded random subset of each part of ``split``, sorted: at most ``max_train`` training
+    and ``max_eval`` validation and test positions (``None``: no cap). Used by the benchmark
+    presets that train on fewer crystals."""
+    train, val, test = split.train, split.val, split.test
+    if max_train is not None and len(train) > max_train:
+        train = np.sort(np.random.default_rng(seed).choice(train, max_train, replace=False))
+    if max_eval is not None:
+        rng = np.random.default_rng([seed, 1])
+        val, test = (
+            np.sort(rng.choice(p, max_eval, replace=False)) if len(p) > max_eval else p
+            for p in (split.val, split.test)
+        )
+    return Split(train, val, test)

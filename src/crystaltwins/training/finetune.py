@@ -25,7 +25,13 @@ from torch.utils.data import DataLoader
 from crystaltwins.data.batch import CrystalGraphBatch
 from crystaltwins.data.dataset import CrystalGraphDataset, GraphCollator
 from crystaltwins.data.sources import prepare_caches
-from crystaltwins.data.splits import Split, random_split, split_from_files, split_from_labels
+from crystaltwins.data.splits import (
+    Split,
+    cap_split,
+    random_split,
+    split_from_files,
+    split_from_labels,
+)
 from crystaltwins.evaluation.inference import batched_outputs
 from crystaltwins.evaluation.metrics import classification_metrics, regression_metrics
 from crystaltwins.graph.atom_features import AtomFeaturizer, default_featurizer
@@ -253,20 +259,8 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     keep = np.flatnonzero(valid(raw))
     dropped = len(raw) - len(keep)
     split = _split(config, full, keep)
+    split = cap_split(split, config.seed, config.max_train, config.max_eval)
     train_pos = split.train
-    if config.max_train is not None and len(train_pos) > config.max_train:
-        train_pos = np.sort(
-            np.random.default_rng(config.seed).choice(train_pos, config.max_train, replace=False)
-        )
-    if config.max_eval is not None:
-        rng = np.random.default_rng([config.seed, 1])
-        val_pos, test_pos = (
-            np.sort(rng.choice(p, config.max_eval, replace=False))
-            if len(p) > config.max_eval
-            else p
-            for p in (split.val, split.test)
-        )
-        split = Split(split.train, val_pos, test_pos)
     values = forward(raw)
     target_name = (
         config.target
