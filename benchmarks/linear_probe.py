@@ -49,6 +49,19 @@ def ridge_test_mae(x: np.ndarray, y: np.ndarray, train, val, test) -> tuple[floa
     return best
 
 
+def _std(values: list[float]) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def effective_rank(x: np.ndarray) -> float:
+    """exp(entropy) of the normalised singular values of the centred ``(N, H)`` embeddings: how
+    many directions they really use (H when all are used equally, 1 when collapsed to a line)."""
+    s = np.linalg.svd(x - x.mean(axis=0), compute_uv=False)
+    p = s / s.sum()
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", required=True)
@@ -74,6 +87,7 @@ def main() -> None:
 
     tasks = [TASKS[t] for t in args.tasks if TASKS[t].available]
     results: dict[str, dict[str, list[float]]] = {name: {} for name in encoders}
+    ranks: dict[str, dict[str, float]] = {name: {} for name in encoders}
     started = time.time()
     for name, bundle in encoders.items():
         embedded: dict[str, object] = {}
@@ -85,6 +99,7 @@ def main() -> None:
             forward, _, valid = TRANSFORMS[task.transform]
             keep = np.flatnonzero(valid(raw))
             x, y = result.values[keep].astype(np.float64), forward(raw[keep]).astype(np.float64)
+            ranks[name][task.name] = effective_rank(x)
             for seed in range(args.seeds):
                 split = cap_split(
                     random_split(len(keep), (0.6, 0.2, 0.2), seed),
@@ -103,10 +118,15 @@ def main() -> None:
     print("|---|" + "---|" * len(names))
     for task in tasks:
         cells = [
-            f"{np.mean(results[n][task.name]):.4f} ± {np.std(results[n][task.name], ddof=1):.4f}"
+            f"{np.mean(results[n][task.name]):.4f} ± {_std(results[n][task.name]):.4f}"
             for n in names
         ]
         print(f"| {task.name} ({task.unit}) | " + " | ".join(cells) + " |")
+    print("\neffective rank of the embeddings (all crystals of the task's file)")
+    print("\n| task | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for task in tasks:
+        print(f"| {task.name} | " + " | ".join(f"{ranks[n][task.name]:.1f}" for n in names) + " |")
 
 
 if __name__ == "__main__":
