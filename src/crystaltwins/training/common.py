@@ -130,13 +130,21 @@ def make_trainer(
     """A trainer writing ``history.csv`` (per-epoch metrics) and TensorBoard logs,
     ``checkpoints/last.ckpt`` every epoch and ``checkpoints/best.ckpt`` for the best ``monitor``."""
     quiet_lightning()
-    checkpoint = ModelCheckpoint(
+    best = ModelCheckpoint(
         dirpath=out / "checkpoints",
         filename="best",
         monitor=monitor,
         mode=mode,
         save_top_k=1,
-        save_last=True,
+        every_n_epochs=1,
+        enable_version_counter=False,
+    )
+    # A separate unmonitored callback: Lightning's ``save_last`` only rewrites last.ckpt in an
+    # epoch where the monitored metric improved, so a resume could go back several epochs.
+    last = ModelCheckpoint(
+        dirpath=out / "checkpoints",
+        filename="last",
+        save_top_k=1,
         every_n_epochs=1,
         enable_version_counter=False,
     )
@@ -151,7 +159,7 @@ def make_trainer(
         strategy=strategy,
         precision=resolve_precision(accelerator, precision),  # type: ignore[arg-type]
         logger=TensorBoardLogger(out, name="tensorboard", version=""),
-        callbacks=[checkpoint, EpochHistory(out / "history.csv"), *(callbacks or [])],
+        callbacks=[best, last, EpochHistory(out / "history.csv"), *(callbacks or [])],
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=progress,
         log_every_n_steps=log_every_n_steps,

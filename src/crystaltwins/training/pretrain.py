@@ -131,8 +131,11 @@ def _loader(
     return DataLoader(
         dataset,
         batch_size=min(config.batch_size, size),
+        # Validation: one fixed shuffled order, the same every epoch. Batches mixed across the
+        # sources like the training batches (the sources' order would make every batch one
+        # file's crystals, and the Barlow Twins statistics of such batches are not comparable).
         sampler=EpochSampler(
-            size, shuffle=shuffle, seed=config.seed, fixed_epoch=None if shuffle else 0
+            size, shuffle=True, seed=config.seed, fixed_epoch=None if shuffle else 0
         ),
         collate_fn=AugmentedPairCollator(augmentation, config.seed + (0 if shuffle else 1)),
         num_workers=config.loader_workers,

@@ -13,6 +13,9 @@ class EpochSampler(Sampler):
     """Yields ``(index, epoch)`` keys for a :class:`~crystaltwins.data.dataset.TwoViewDataset`
     (or plain indices with ``with_epoch=False``), shuffled by ``(seed, epoch)``.
 
+    With ``fixed_epoch`` every epoch yields the order (and the keys) of that epoch: a fixed
+    validation set, augmented and ordered the same way at every evaluation.
+
     Under ``torch.distributed`` each rank takes every ``world_size``-th element of the (padded)
     order, as ``DistributedSampler`` does. Lightning calls :meth:`set_epoch` every epoch.
     """
@@ -38,9 +41,9 @@ class EpochSampler(Sampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _order(self) -> np.ndarray:
+    def _order(self, epoch: int) -> np.ndarray:
         if self.shuffle:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.size)
         else:
             order = np.arange(self.size)
         if self.world_size > 1:
@@ -50,7 +53,7 @@ class EpochSampler(Sampler):
 
     def __iter__(self) -> Iterator:
         epoch = self.epoch if self.fixed_epoch is None else self.fixed_epoch
-        for index in self._order().tolist():
+        for index in self._order(epoch).tolist():
             yield (index, epoch) if self.with_epoch else index
 
     def __len__(self) -> int:

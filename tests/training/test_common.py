@@ -1,0 +1,69 @@
+"""The trainer every run uses: per-epoch history, best and last checkpoints, resume."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from crystaltwins.training.common import make_trainer, resume_path
+
+
+class _WorseningModel(L.LightningModule):
+    """Trains a linear map; its logged validation loss gets worse every epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+
+    def training_step(self, batch, _index):
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.layer(x), y)
+        self.log("train_loss", loss, on_epoch=True, on_step=False)
+        return loss
+
+    def validation_step(self, batch, _index):
+        self.log("val_loss", float(self.current_epoch + 1), on_epoch=True)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _loader() -> DataLoader:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 4, generator=gen)
+    return DataLoader(TensorDataset(x, x.sum(dim=1, keepdim=True)), batch_size=8)
+
+
+def _fit(out: Path, epochs: int, resume: bool = False) -> None:
+    trainer = make_trainer(
+        out, epochs=epochs, monitor="val_loss", accelerator="cpu", devices=1, progress=False
+    )
+    trainer.fit(
+        _WorseningModel(),
+        _loader(),
+        _loader(),
+        ckpt_path=resume_path(out, resume),
+        weights_only=True,
+    )
+
+
+def _epoch(path: Path) -> int:
+    return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+
+
+def test_last_checkpoint_every_epoch_even_when_validation_gets_worse(tmp_path: Path) -> None:
+    _fit(tmp_path, epochs=3)
+    checkpoints = tmp_path / "checkpoints"
+    assert _epoch(checkpoints / "best.ckpt") == 0  # the best validation loss: epoch 0
+    assert _epoch(checkpoints / "last.ckpt") == 2  # the latest epoch, not the best one
+    rows = list(csv.DictReader((tmp_path / "history.csv").open()))
+    assert [float(r["val_loss"]) for r in rows] == [1.0, 2.0, 3.0]
+    # a resumed run continues after the last epoch, not after the best one
+    _fit(tmp_path, epochs=4, resume=True)
+    assert _epoch(checkpoints / "last.ckpt") == 3 and _epoch(checkpoints / "best.ckpt") == 0
+    rows = list(csv.DictReader((tmp_path / "history.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
