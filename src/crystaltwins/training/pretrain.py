@@ -123,23 +123,24 @@ def _featurizer(config: PretrainConfig) -> AtomFeaturizer:
 
 
 def _loader(
-    dataset: KeyedDataset, augmentation: Any, config: PretrainConfig, shuffle: bool
+    dataset: KeyedDataset, augmentation: Any, config: PretrainConfig, training: bool
 ) -> DataLoader:
     """Batches of two views; the views of a whole batch are made at once in the collate step
-    (in the loader workers when ``loader_workers > 0``)."""
+    (in the loader workers when ``loader_workers > 0``). Training: a new order and new views
+    every epoch. Validation: one fixed shuffled order and fixed views, the same every epoch,
+    batches mixed across the sources like the training batches (in the sources' order every
+    batch would hold one file's crystals, and Barlow Twins statistics of such batches are not
+    comparable to the training loss)."""
     size = len(dataset)
     return DataLoader(
         dataset,
         batch_size=min(config.batch_size, size),
-        # Validation: one fixed shuffled order, the same every epoch. Batches mixed across the
-        # sources like the training batches (the sources' order would make every batch one
-        # file's crystals, and the Barlow Twins statistics of such batches are not comparable).
         sampler=EpochSampler(
-            size, shuffle=True, seed=config.seed, fixed_epoch=None if shuffle else 0
+            size, shuffle=True, seed=config.seed, fixed_epoch=None if training else 0
         ),
-        collate_fn=AugmentedPairCollator(augmentation, config.seed + (0 if shuffle else 1)),
+        collate_fn=AugmentedPairCollator(augmentation, config.seed + (0 if training else 1)),
         num_workers=config.loader_workers,
-        drop_last=shuffle and size > config.batch_size,  # a batch of one has no batch statistics
+        drop_last=training and size > config.batch_size,  # a batch of one has no batch statistics
         persistent_workers=False,
     )
 
@@ -230,8 +231,8 @@ def pretrain(config: PretrainConfig) -> Path:
     started = time.time()
     trainer.fit(
         module,
-        _loader(train, augmentation, config, shuffle=True),
-        _loader(val, augmentation, config, shuffle=False),
+        _loader(train, augmentation, config, training=True),
+        _loader(val, augmentation, config, training=False),
         ckpt_path=resume_path(out, config.resume),
         weights_only=True,
     )
