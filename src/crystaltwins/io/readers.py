@@ -708,13 +708,7 @@ def parse_entry(entry: RawEntry) -> CrystalRecord:
         except Exception:  # never trust the fast path with an error: pymatgen decides below
             structure = None
         if structure is not None:
-            return CrystalRecord(
-                id=entry.id,
-                structure=structure,
-                labels=dict(entry.labels),
-                source=entry.source,
-                metadata=dict(entry.metadata),
-            )
+            return _record(entry, structure)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -726,6 +720,11 @@ def parse_entry(entry: RawEntry) -> CrystalRecord:
     except Exception as exc:
         raise CrystalInputError(entry.source, f"{_what(entry.fmt)}: {_short(exc)}") from exc
     _check_structure(structure, entry.source)
+    return _record(entry, structure)
+
+
+def _record(entry: RawEntry, structure: Structure) -> CrystalRecord:
+    """The record of ``entry`` with its parsed ``structure`` (labels and metadata copied)."""
     return CrystalRecord(
         id=entry.id,
         structure=structure,
