@@ -7,7 +7,7 @@ import json
 from crystaltwins.evaluation.bench import run_bench
 
 
-def test_bench_smoke_runs_resumes_and_reports(perovskite_subset, cache_root, tmp_path):
+def test_bench_smoke_runs_resumes_and_reports(perovskite_subset, cache_root, tmp_path, capsys):
     data_root = tmp_path / "data"
     data_root.mkdir()
     (data_root / "perovskites.csv.gz").symlink_to(perovskite_subset)
@@ -23,6 +23,10 @@ def test_bench_smoke_runs_resumes_and_reports(perovskite_subset, cache_root, tmp
         devices="1",
     )
     results = run_bench(data_root, out, **kwargs)
+    printed = capsys.readouterr().out
+    # progress across the whole run: runs done, ETA, task, seed, method, epoch, validation MAE
+    assert "perovskites seed 0 scratch: epoch 2/2, val MAE" in printed
+    assert "perovskites seed 0 ct: epoch 2/2" in printed and "ETA" in printed
     rows = {row["task"]: row for row in results["tasks"]}
     assert rows["lanthanides"].get("skipped")  # listed, never run
     perovskites = rows["perovskites"]

@@ -141,16 +141,35 @@ class BenchContext:
     runs_timed: int = 0
     run_seconds: float = 0.0
 
-    def progress(self, text: str) -> None:
+    def progress(self, text: str, run_fraction: float = 0.0) -> None:
+        """One progress line: runs done, elapsed time, ETA, ``text``; ``run_fraction`` of the
+        current run done counts towards the ETA."""
         elapsed = time.time() - self.started
         eta = ""
         if self.runs_timed:
-            left = self.runs_total - self.runs_done
+            left = self.runs_total - self.runs_done - run_fraction
             eta = f", ETA {self.run_seconds / self.runs_timed * left / 60:.0f} min"
         print(
             f"[bench {self.runs_done}/{self.runs_total} runs, {elapsed / 60:.1f} min{eta}] {text}",
             flush=True,
         )
+
+
+def epoch_progress(ctx: BenchContext, label: str, every: int = 10) -> Any:
+    """A Lightning callback printing the bench progress (task, seed, epoch, ETA) after every
+    ``every``-th fine-tuning epoch and the last one."""
+    import lightning as L
+
+    class EpochProgress(L.Callback):
+        def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            epoch, total = trainer.current_epoch + 1, trainer.max_epochs or 1
+            if trainer.sanity_checking or (epoch % every and epoch != total):
+                return
+            mae = trainer.callback_metrics.get("val_mae")
+            value = f", val MAE {float(mae):.4g}" if mae is not None else ""
+            ctx.progress(f"{label}: epoch {epoch}/{total}{value}", epoch / total)
+
+    return EpochProgress()
 
 
 def _split_ids(task: BenchmarkTask, seed: int, ctx: BenchContext) -> list[str]:
@@ -259,7 +278,8 @@ def finetune_for_bench(
         plots=True,
     )
     started = time.time()
-    metrics = finetune(config)
+    label = f"{task.name} seed {seed} {method}"
+    metrics = finetune(config, callbacks=[epoch_progress(ctx, label)])
     ctx.runs_done += 1
     ctx.runs_timed += 1
     ctx.run_seconds += time.time() - started

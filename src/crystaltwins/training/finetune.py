@@ -229,8 +229,11 @@ def _featurizer_and_encoder(
     return featurizer, encoder, settings, "scratch"
 
 
-def finetune(config: FinetuneConfig) -> dict[str, Any]:
-    """Run fine-tuning; returns the metrics written to ``RUN_DIR/metrics.json``."""
+def finetune(config: FinetuneConfig, callbacks: list[L.Callback] | None = None) -> dict[str, Any]:
+    """Run fine-tuning; returns the metrics written to ``RUN_DIR/metrics.json``.
+
+    :param callbacks: extra Lightning callbacks (e.g. a progress display).
+    """
     if not config.from_scratch and not config.pretrained:
         raise ValueError("give a pre-trained model (pretrained=...) or from_scratch=True")
     if config.target_transform not in TRANSFORMS:
@@ -289,7 +292,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         config.encoder_lr_factor if init != "scratch" else 1.0,
         config.weight_decay,
     )
-    callbacks = []
+    callbacks = list(callbacks or [])
     if config.early_stopping:
         callbacks.append(
             EarlyStopping(monitor="val_mae", patience=config.early_stopping, mode="min")
