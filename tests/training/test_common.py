@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from crystaltwins.training.common import make_trainer, resume_path
+from crystaltwins.training.common import make_trainer, resume_path, training_seconds
 
 
 class _WorseningModel(L.LightningModule):
@@ -38,7 +38,7 @@ def _loader() -> DataLoader:
     return DataLoader(TensorDataset(x, x.sum(dim=1, keepdim=True)), batch_size=8)
 
 
-def _fit(out: Path, epochs: int, resume: bool = False) -> None:
+def _fit(out: Path, epochs: int, resume: bool = False) -> L.Trainer:
     trainer = make_trainer(
         out, epochs=epochs, monitor="val_loss", accelerator="cpu", devices=1, progress=False
     )
@@ -49,6 +49,7 @@ def _fit(out: Path, epochs: int, resume: bool = False) -> None:
         ckpt_path=resume_path(out, resume),
         weights_only=True,
     )
+    return trainer
 
 
 def _epoch(path: Path) -> int:
@@ -56,14 +57,20 @@ def _epoch(path: Path) -> int:
 
 
 def test_last_checkpoint_every_epoch_even_when_validation_gets_worse(tmp_path: Path) -> None:
-    _fit(tmp_path, epochs=3)
+    first = training_seconds(_fit(tmp_path, epochs=3))
+    assert first > 0
     checkpoints = tmp_path / "checkpoints"
     assert _epoch(checkpoints / "best.ckpt") == 0  # the best validation loss: epoch 0
     assert _epoch(checkpoints / "last.ckpt") == 2  # the latest epoch, not the best one
     rows = list(csv.DictReader((tmp_path / "history.csv").open()))
     assert [float(r["val_loss"]) for r in rows] == [1.0, 2.0, 3.0]
     # a resumed run continues after the last epoch, not after the best one
-    _fit(tmp_path, epochs=4, resume=True)
+    state = torch.load(checkpoints / "last.ckpt", weights_only=True)["callbacks"]["Timer"]
+    saved = state["time_elapsed"]["train"]
+    assert 0 < saved <= first
+    resumed = _fit(tmp_path, epochs=4, resume=True)
+    # the training time adds up over the resume (the Timer's state is in the checkpoint)
+    assert training_seconds(resumed) > saved
     assert _epoch(checkpoints / "last.ckpt") == 3 and _epoch(checkpoints / "best.ckpt") == 0
     rows = list(csv.DictReader((tmp_path / "history.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]

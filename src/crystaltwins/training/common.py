@@ -15,7 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, Timer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -159,7 +159,13 @@ def make_trainer(
         strategy=strategy,
         precision=resolve_precision(accelerator, precision),  # type: ignore[arg-type]
         logger=TensorBoardLogger(out, name="tensorboard", version=""),
-        callbacks=[best, last, EpochHistory(out / "history.csv"), *(callbacks or [])],
+        callbacks=[
+            best,
+            last,
+            Timer(verbose=False),  # its state is checkpointed: resumed runs add up their time
+            EpochHistory(out / "history.csv"),
+            *(callbacks or []),
+        ],
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=progress,
         log_every_n_steps=log_every_n_steps,
@@ -168,6 +174,14 @@ def make_trainer(
         num_sanity_val_steps=0,
         deterministic=True if not torch.cuda.is_available() else "warn",
     )
+
+
+def training_seconds(trainer: L.Trainer) -> float:
+    """Seconds spent in ``fit`` (validation included), summed over every resume of the run."""
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]
+        if isinstance(callback, Timer):
+            return float(callback.time_elapsed("train"))
+    raise ValueError("the trainer has no Timer callback (build it with make_trainer)")
 
 
 def resume_path(out: Path, resume: bool) -> Path | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from crystaltwins.training.common import (
     make_trainer,
     new_encoder,
     resume_path,
+    training_seconds,
     write_config,
 )
 from crystaltwins.training.sampling import EpochSampler
@@ -324,7 +324,6 @@ def finetune(config: FinetuneConfig, callbacks: list[L.Callback] | None = None) 
         collate_fn=collate,
         num_workers=config.loader_workers,
     )
-    started = time.time()
     trainer.fit(
         module,
         train_loader,
@@ -332,7 +331,7 @@ def finetune(config: FinetuneConfig, callbacks: list[L.Callback] | None = None) 
         ckpt_path=resume_path(out, config.resume),
         weights_only=True,
     )
-    seconds = time.time() - started
+    seconds = training_seconds(trainer)
     best = out / "checkpoints" / "best.ckpt"
     if best.exists():
         module.load_state_dict(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from crystaltwins.training.common import (
     make_trainer,
     new_encoder,
     resume_path,
+    training_seconds,
     write_config,
 )
 from crystaltwins.training.sampling import EpochSampler
@@ -228,7 +228,6 @@ def pretrain(config: PretrainConfig) -> Path:
         precision=config.precision,
         progress=config.progress,
     )
-    started = time.time()
     trainer.fit(
         module,
         _loader(train, augmentation, config, training=True),
@@ -251,7 +250,7 @@ def pretrain(config: PretrainConfig) -> Path:
         "batch_size": config.batch_size,
         "seed": config.seed,
         "best_val_loss": float(trainer.checkpoint_callback.best_model_score or float("nan")),  # type: ignore[union-attr]
-        "seconds": time.time() - started,
+        "seconds": training_seconds(trainer),
     }
     if trainer.is_global_zero:
         save_model(
