@@ -118,8 +118,8 @@ def rate(fn, items, repeat: int = 1) -> float:
     return len(items) / best
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--data-root`` and ``--reference`` (defaults: the environment variables, then ../shared)."""
     parser.add_argument(
         "--data-root", default=os.environ.get("CRYSTALTWINS_DATA", "../shared/data")
     )
@@ -127,6 +127,11 @@ def main() -> None:
         "--reference",
         default=os.environ.get("CRYSTALTWINS_REFERENCE", "../shared/reference/crystal_twins"),
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_data_arguments(parser)
     parser.add_argument("--n", type=int, default=300, help="crystals per dataset")
     parser.add_argument(
         "--scaling-n", type=int, default=4000, help="crystals for the worker-scaling run"

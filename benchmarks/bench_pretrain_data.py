@@ -27,7 +27,13 @@ import torch
 
 warnings.filterwarnings("ignore")
 
-from bench_data import ReferenceCIFData, read_rows, reference_features, write_subset  # noqa: E402
+from bench_data import (  # noqa: E402
+    ReferenceCIFData,
+    add_data_arguments,
+    read_rows,
+    reference_features,
+    write_subset,
+)
 
 
 class ReferenceCTViews(ReferenceCIFData):
@@ -52,13 +58,7 @@ class ReferenceCTViews(ReferenceCIFData):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument(
-        "--data-root", default=os.environ.get("CRYSTALTWINS_DATA", "../shared/data")
-    )
-    parser.add_argument(
-        "--reference",
-        default=os.environ.get("CRYSTALTWINS_REFERENCE", "../shared/reference/crystal_twins"),
-    )
+    add_data_arguments(parser)
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument(
         "--corpus-sample",
