@@ -17,7 +17,11 @@ they compute the same loss), the reference being given the same Gaussian feature
 denormals). Steps of the two are interleaved and the median time is reported, so that a change
 of machine load affects both alike. Run::
 
-    python benchmarks/bench_model_step.py [--steps 20] [--threads 2] [--tune-malloc]
+    python benchmarks/bench_model_step.py [--steps 20] [--threads 2] [--tune-malloc] [--scaling]
+
+``--scaling`` also times 5-atom batches of 2, 8, 64 and 128 crystals and fits
+``ms/step = fixed + per_crystal * batch`` for both models, separating the per-step cost
+(operation count, Python) from the per-crystal work.
 
 ``--tune-malloc`` keeps freed memory in the process (glibc ``mallopt``) instead of returning
 it to the OS: on machines where page faults are expensive (VMs) every step of both models
@@ -230,6 +234,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--tune-malloc", action="store_true")
+    parser.add_argument(
+        "--scaling", action="store_true", help="also fit fixed + per-crystal step cost"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     malloc = "tuned malloc" if args.tune_malloc and tune_malloc() else "default malloc"
@@ -241,6 +248,22 @@ def main() -> None:
     for atoms, label in ((5, "perovskite-like, 5 atoms"), (40, "40 atoms")):
         ours, ref = run(atoms, args.batch_size, args.steps)
         print(f"{label:<28}{ours:>20.1f}{ref:>14.1f}{ours / ref:>7.2f}x")
+    if args.scaling:
+        scaling(args.steps)
+
+
+def scaling(n_steps: int, sizes: tuple[int, ...] = (2, 8, 64, 128)) -> None:
+    """Step time against batch size (5-atom crystals), with a least-squares line."""
+    print(f"\n{'5-atom batch':<14}{'ours (ms/step)':>16}{'reference':>12}")
+    rows = []
+    for size in sizes:
+        ours, ref = run(5, size, n_steps)
+        rows.append((size, 1e3 * size / ours, 1e3 * size / ref))
+        print(f"{size:<14}{rows[-1][1]:>16.2f}{rows[-1][2]:>12.2f}")
+    x = np.array([r[0] for r in rows], dtype=float)
+    for name, column in (("ours", 1), ("reference", 2)):
+        per_crystal, fixed = np.polyfit(x, np.array([r[column] for r in rows]), 1)
+        print(f"{name:<10} fixed {fixed:6.2f} ms/step, {1e3 * per_crystal:6.1f} µs per crystal")
 
 
 if __name__ == "__main__":
