@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 DATA ?= $(or $(CRYSTALTWINS_DATA),../shared/data)
 REFERENCE ?= $(or $(CRYSTALTWINS_REFERENCE),../shared/reference/crystal_twins)
 DEMO_OUT ?= runs/demo
+# e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu" where plain PyPI would
+# give the CUDA build
+TORCH_PIP_ARGS ?=
 
 .PHONY: venv test demo lint bench-data clean
 
@@ -12,7 +15,7 @@ $(BIN)/crystaltwins: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# The CPU build of torch first, or pip pulls a CUDA build of several GB.
-	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q torch==2.13.0 $(TORCH_PIP_ARGS)
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 

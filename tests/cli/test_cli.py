@@ -82,3 +82,100 @@ def test_embed_and_plot(reference_dir, data_dir, tmp_path):
     assert code == 0 and (tmp_path / "map.png").stat().st_size > 10_000
     rows = list(csv.DictReader((tmp_path / "map.csv").open()))
     assert len(rows) == 70
+
+
+def _small_csv(perovskite_subset, tmp_path, n: int = 60, bad_labels: dict | None = None):
+    """The first ``n`` real perovskites, with some labels replaced."""
+    import gzip
+
+    csv.field_size_limit(2**31 - 1)
+    with gzip.open(perovskite_subset, "rt", newline="") as handle:
+        rows = list(csv.reader(handle))[: n + 1]
+    column = rows[0].index("e_form")
+    for row_number, value in (bad_labels or {}).items():
+        rows[row_number][column] = value
+    path = tmp_path / "small.csv"
+    with path.open("w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    return path, [rows[k][0] for k in sorted(bad_labels or {})]
+
+
+def test_finetune_settings_from_config_and_invalid_labels(perovskite_subset, cache_root, tmp_path):
+    data, bad_ids = _small_csv(perovskite_subset, tmp_path, bad_labels={3: "abc", 7: ""})
+    out = tmp_path / "run"
+    config = tmp_path / "settings.yaml"
+    config.write_text(
+        f"target: e_form\nout: {out}\nfrom_scratch: true\nepochs: 1\nbatch_size: 16\n"
+        f"cache_root: {cache_root}\nprogress: false\n"
+    )
+    code, printed = run("finetune", str(data), "--config", str(config))
+    assert code == 0
+    assert "2 crystals without a number in 'e_form' are left out" in printed
+    listed = list(csv.DictReader((out / "invalid_targets.csv").open()))
+    assert [r["id"] for r in listed] == bad_ids
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["crystals"]["dropped_invalid_target"] == 2
+
+
+def test_finetune_reports_missing_and_inconsistent_settings(perovskite_subset, tmp_path, capsys):
+    data = str(perovskite_subset)
+    assert main(["finetune", data, "--pretrained", "default"]) == 2
+    assert "give --target, --out" in capsys.readouterr().err
+    args = ["finetune", data, "--target", "e_form", "--out", str(tmp_path / "r")]
+    assert main(args) == 2
+    assert "exactly one of --pretrained MODEL and --from-scratch" in capsys.readouterr().err
+    assert main([*args, "--from-scratch", "--split", "0.8", "0.3", "0.2"]) == 2
+    assert "add up to 1, got 1.3" in capsys.readouterr().err
+    missing = str(tmp_path / "nope.txt")
+    assert main([*args, "--from-scratch", "--split-files", data, data, missing]) == 2
+    assert f"--split-files: no such file {missing!r}" in capsys.readouterr().err
+    assert main([*args, "--from-scratch", "--epochs", "0"]) == 2
+    assert "epochs must be at least 1" in capsys.readouterr().err
+
+
+def test_pretrain_with_too_few_crystals_for_validation(data_dir, cache_root, tmp_path, capsys):
+    folder = data_dir / "samples" / "cgcnn_regression"
+    n = len(list(folder.glob("*.cif")))
+    code = main(
+        ["pretrain", str(folder), "--out", str(tmp_path / "p"), "--epochs", "1"]
+        + ["--cache-root", str(cache_root), "--no-progress"]
+    )
+    assert code == 2
+    assert f"{n} crystals are too few for a validation fraction of 0.05" in capsys.readouterr().err
+
+
+def test_model_and_device_errors_are_one_line(reference_dir, data_dir, tmp_path, capsys):
+    import torch
+
+    samples = str(data_dir / "samples" / "jarvis_poscar")
+    not_a_model = data_dir / "samples" / "cgcnn_regression" / "id_prop.csv"
+    code = main(["predict", str(not_a_model), samples, "--out", str(tmp_path / "p.csv")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "not a crystaltwins model file nor a Crystal Twins state dict" in err
+    assert "weights_only" not in err and "Traceback" not in err
+    if not torch.cuda.is_available():
+        code = main(
+            ["embed", "default", samples, "--out", str(tmp_path / "e.npz")] + ["--device", "cuda"]
+        )
+        assert code == 2 and "no CUDA GPU available" in capsys.readouterr().err
+
+
+def test_embed_a_published_checkpoint_away_from_its_atom_init(
+    reference_dir, data_dir, cache_root, tmp_path, capsys
+):
+    import shutil
+
+    moved = tmp_path / "CGCNNBarlow_model.pth"
+    shutil.copy(reference_dir / "CGCNNBarlow_model.pth", moved)
+    samples = str(data_dir / "samples" / "jarvis_poscar")
+    out = tmp_path / "e.npz"
+    common = [samples, "--out", str(out), "--cache-root", str(cache_root)]
+    assert main(["embed", str(moved), *common]) == 2
+    assert "--atom-init on the command line" in capsys.readouterr().err
+    code = main(
+        ["embed", str(moved), *common, "--atom-init", str(reference_dir / "atom_init.json")]
+    )
+    assert code == 0
+    with np.load(out) as result:
+        assert result["embeddings"].shape[0] == 70

@@ -585,3 +585,16 @@ def test_records_from_structures_errors(real_structure: Structure) -> None:
         records_from_structures([disordered])
     with pytest.raises(CrystalInputError, match=r"structures\[0\]: no atoms"):
         records_from_structures([Structure(Lattice.cubic(4), [], [])])
+
+
+def test_cif_column_is_read_as_cif_and_bad_poscar_is_explained(tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_text("id,cif,y\na,garbage without a block,1.0\n")
+    (entry,) = list(iter_entries(table))
+    with pytest.raises(CrystalInputError, match="row 1: unparsable CIF"):
+        parse_entry(entry)
+    poscar = tmp_path / "POSCAR"
+    poscar.write_text("comment\n1.0\n1 0\n")
+    (entry,) = list(iter_entries(poscar))
+    with pytest.raises(CrystalInputError, match="unparsable POSCAR: expected a comment line"):
+        parse_entry(entry)

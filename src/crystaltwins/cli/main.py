@@ -9,7 +9,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="self-supervised pre-training (Barlow Twins / SimSiam)")
     p.add_argument("data", nargs="+", help="one or more data sources (labels are ignored)")
-    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--out", help="run directory (required here or in --config)")
     p.add_argument("--objective", choices=["barlow_twins", "simsiam"])
     p.add_argument("--augment", help="comma-separated subset of rp,am,em (default all three)")
     p.add_argument("--perturbation", type=float, help="RP displacement in Å (default 0.05)")
@@ -97,9 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
         "finetune", help="fine-tune on a labelled dataset (or train CGCNN from scratch)"
     )
     p.add_argument("data")
-    p.add_argument("--target", required=True, help="label column")
-    p.add_argument("--out", required=True, help="run directory")
-    group = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("--target", help="label column (required here or in --config)")
+    p.add_argument("--out", help="run directory (required here or in --config)")
+    group = p.add_mutually_exclusive_group()
     group.add_argument(
         "--pretrained", help="our model.pt, a published Crystal Twins .pth, or 'default'"
     )
@@ -138,8 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
             help="predictions.csv" if name == "predict" else "embeddings.npz",
         )
         p.add_argument("--batch-size", type=int, default=256)
-        p.add_argument("--device", default="cpu")
+        p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
         p.add_argument("--cache-root")
+        p.add_argument(
+            "--atom-init", help="for a published .pth: its atom_init.json (default: beside it)"
+        )
 
     p = sub.add_parser("plot", help="2-D map of embeddings coloured by a property (paper Fig. 3)")
     p.add_argument("source", help="embeddings.npz, or a model file (then give --data)")
@@ -148,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["tsne", "umap", "pca"], default="tsne")
     p.add_argument("--color", help="label column to colour by (default: the first one)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--atom-init", help="for a published .pth: its atom_init.json (default: beside it)"
+    )
 
     from crystaltwins.evaluation.bench import add_bench_arguments
 
@@ -169,7 +175,45 @@ def _config_from_args(config_cls: type, args: argparse.Namespace, **fixed: Any) 
         raise SystemExit(f"{args.config}: unknown settings {unknown}")
     values.update({k: v for k, v in vars(args).items() if k in names and v is not None})
     values.update({k: v for k, v in fixed.items() if v is not None})
+    required = [
+        f.name
+        for f in fields(config_cls)
+        if f.init and f.default is MISSING and f.default_factory is MISSING
+    ]
+    missing = [name for name in required if values.get(name) is None]
+    if missing:
+        flags = ", ".join("--" + name.replace("_", "-") for name in missing)
+        raise ValueError(f"give {flags} (on the command line or in --config)")
+    _check_accelerator(values.get("accelerator"))
     return config_cls(**values)
+
+
+def _check_accelerator(name: str | None) -> None:
+    """A clear error for a GPU request on a machine without one (before any work)."""
+    if not name:
+        return
+    name = str(name).lower()
+    if name in ("gpu", "cuda") or name.startswith("cuda:"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"no CUDA GPU available (torch {torch.__version__}); use cpu or leave it to auto"
+            )
+    elif name == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            raise ValueError("no Apple MPS device available; use cpu")
+
+
+def _model_argument(args: argparse.Namespace, model: str | Path) -> Any:
+    """The model path, or the loaded model when ``--atom-init`` is given for a published .pth."""
+    if getattr(args, "atom_init", None):
+        from crystaltwins.models.checkpoint import load_model
+
+        return load_model(model, atom_init=args.atom_init)
+    return model
 
 
 def _cmd_featurize(args: argparse.Namespace) -> int:
@@ -258,12 +302,24 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     if args.split_files:
         fixed["split_files"] = tuple(args.split_files)
     config = _config_from_args(FinetuneConfig, args, **fixed)
+    if bool(config.pretrained) == bool(config.from_scratch):
+        raise ValueError(
+            "give exactly one of --pretrained MODEL and --from-scratch "
+            "(on the command line or in --config)"
+        )
+    if config.split is not None and abs(sum(config.split) - 1.0) > 1e-6:
+        raise ValueError(f"--split fractions must add up to 1, got {sum(config.split):g}")
+    for option, paths in (("--split-files", config.split_files or ()),):
+        for name in paths:
+            if not Path(name).is_file():
+                raise ValueError(f"{option}: no such file {name!r}")
     metrics = finetune(config)
     if metrics:
         test = metrics["test"]
         key = "mae" if "mae" in test else "accuracy"
         print(
-            f"test {key} {test[key]:.4f} on {test['count']} crystals ({metrics['target']}); run: {args.out}"
+            f"test {key} {test[key]:.4f} on {test['count']} crystals ({metrics['target']}); "
+            f"run: {config.out}"
         )
     return 0
 
@@ -271,8 +327,9 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from crystaltwins.evaluation.inference import predict, write_predictions_csv
 
+    _check_accelerator(args.device)
     result = predict(
-        args.model,
+        _model_argument(args, args.model),
         args.data,
         batch_size=args.batch_size,
         device=args.device,
@@ -286,8 +343,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_embed(args: argparse.Namespace) -> int:
     from crystaltwins.evaluation.inference import embed, write_embeddings_npz
 
+    _check_accelerator(args.device)
     result = embed(
-        args.model,
+        _model_argument(args, args.model),
         args.data,
         batch_size=args.batch_size,
         device=args.device,
@@ -321,7 +379,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
             raise SystemExit("plot: give --data DATA when SOURCE is a model")
         from crystaltwins.evaluation.inference import embed
 
-        result = embed(source, args.data)
+        result = embed(_model_argument(args, source), args.data)
         ids, vectors, labels = result.ids, result.values, result.labels
     color_name = args.color or (next(iter(labels)) if labels else None)
     if color_name is not None and color_name not in labels:
@@ -377,9 +435,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return COMMANDS[args.command](args)
-    except (CrystalInputError, FileNotFoundError, KeyError, ValueError) as error:
+    except BrokenPipeError:  # e.g. `crystaltwins graph x.cif | head`: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except (CrystalInputError, FileNotFoundError, KeyError, ValueError, ImportError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"crystaltwins {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        if type(error).__name__ != "MisconfigurationException":  # Lightning's settings errors
+            raise
+        print(f"crystaltwins {args.command}: error: {error}", file=sys.stderr)
         return 2
 
 

@@ -514,6 +514,11 @@ class GraphCache:
     def ids(self) -> np.ndarray:
         return self.array("ids")
 
+    @property
+    def source_name(self) -> str:
+        """The data the cache was built from (for messages), else the cache folder."""
+        return str(self.manifest.get("source") or self.cache_dir)
+
     def labels(self, names: Sequence[str] | None = None) -> np.ndarray:
         """``(N, len(names))`` float64 labels (NaN where missing)."""
         table = self.array("labels")
@@ -522,15 +527,14 @@ class GraphCache:
         missing = [n for n in names if n not in self.label_names]
         if missing:
             raise KeyError(
-                f"{self.cache_dir}: no label column {missing}; available: {self.label_names}"
+                f"{self.source_name}: no label column {missing}; available: {self.label_names}"
             )
         return np.asarray(table[:, [self.label_names.index(n) for n in names]])
 
     def metadata(self, name: str) -> np.ndarray:
         if name not in self.manifest["metadata_names"]:
-            raise KeyError(
-                f"{self.cache_dir}: no column {name!r}; available: {self.manifest['metadata_names']}"
-            )
+            available = sorted({*self.manifest["metadata_names"], *self.label_names})
+            raise KeyError(f"{self.source_name}: no column {name!r}; available: {available}")
         return self.array(f"meta_{name}")
 
     def graph(self, index: int) -> CrystalGraph:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from crystaltwins.data.cache import CacheSummary, GraphCache, build_graph_cache
 from crystaltwins.graph.settings import GraphSettings
@@ -41,10 +44,22 @@ def prepare_caches(
     progress: bool = True,
     log: Any = print,
 ) -> list[GraphCache]:
-    """Build (or reuse) the graph cache of every source and open them."""
+    """Build (or reuse) the graph cache of every source and open them.
+
+    A source that is itself a graph cache folder (``crystaltwins featurize DATA --out DIR``) is
+    opened as it is, after checking that it was built with the same graph settings and element
+    features.
+    """
     settings = settings or GraphSettings()
     caches = []
     for source in sources:
+        built = open_built_cache(source, settings, featurizer)
+        if built is not None:
+            if log is not None:
+                skipped = int(built.manifest.get("skipped", 0))
+                log(f"{source}: {len(built)} crystals (graph cache), {skipped} skipped")
+            caches.append(built)
+            continue
         summary: CacheSummary = build_graph_cache(
             source,
             cache_dir_for(source, settings, featurizer, cache_root),
@@ -62,3 +77,35 @@ def prepare_caches(
             )
         caches.append(GraphCache(summary.cache_dir))
     return caches
+
+
+def open_built_cache(
+    source: str | os.PathLike, settings: GraphSettings, featurizer: Any = None
+) -> GraphCache | None:
+    """``source`` opened as a graph cache if it is one (``None`` otherwise).
+
+    :raises ValueError: a cache built with other graph settings, or holding elements that
+        ``featurizer`` has no features for.
+    """
+    path = Path(source)
+    if not (path.is_dir() and (path / "manifest.json").exists()):
+        return None
+    cache = GraphCache(path)
+    key = cache.manifest.get("key", {})
+    wanted = json.loads(json.dumps(settings.cache_key()))
+    if key.get("graph_settings") != wanted:
+        raise ValueError(
+            f"{path}: graph cache built with settings {key.get('graph_settings')}, this run "
+            f"needs {wanted}; rebuild it (crystaltwins featurize) or give the original data"
+        )
+    built_with = key.get("featurizer", {})
+    if featurizer is not None and built_with.get("fingerprint") != featurizer.fingerprint():
+        # The cache holds atomic numbers, not features: any table covering its elements works.
+        elements = np.unique(cache.array("atomic_numbers"))
+        missing = [int(z) for z in elements if z > 0 and not featurizer.supports(int(z))]
+        if missing:
+            raise ValueError(
+                f"{path}: graph cache has elements {missing} (atomic numbers) that the element "
+                f"features {featurizer.name!r} of this run do not cover"
+            )
+    return cache

@@ -273,11 +273,13 @@ def _check_targets(where: Path, targets: Sequence[str], available: Sequence[str]
         )
 
 
-def _text_format(text: str) -> str:
+def _text_format(text: str, cif_column: bool = False) -> str:
+    """How to parse a structure given as text: JSON, CIF, else POSCAR (a column named like
+    ``cif`` holds CIF)."""
     head = text.lstrip()[:1]
     if head == "{":
         return "pymatgen-json"
-    if "data_" in text or "_cell_length_a" in text:
+    if cif_column or "data_" in text or "_cell_length_a" in text:
         return "cif-text"
     return "poscar-text"
 
@@ -319,6 +321,7 @@ def _iter_csv(path: Path, targets: list[str], cif_column: str | None) -> Iterato
                     f"cif_column=...); columns: {columns}",
                 )
             cif_index = found[0]
+        cif_column_named = "cif" in lower[cif_index]
         id_matches = [lower.index(n) for n in ID_COLUMN_NAMES if n in lower]
         id_index = id_matches[0] if id_matches else None
         label_indices = [k for k in range(len(header)) if k not in (cif_index, id_index)]
@@ -364,7 +367,7 @@ def _iter_csv(path: Path, targets: list[str], cif_column: str | None) -> Iterato
                 id=entry_id,
                 source=where,
                 payload=text,
-                fmt=_text_format(text) if text.strip() else "cif-text",
+                fmt=_text_format(text, cif_column_named) if text.strip() else "cif-text",
                 labels=labels,
                 metadata=metadata,
                 error=error,
@@ -747,10 +750,28 @@ def _what(fmt: str) -> str:
 
 def _short(exc: BaseException | str) -> str:
     text = str(exc) if str(exc) else type(exc).__name__
-    if isinstance(exc, BaseException) and not isinstance(exc, CifParseError | CrystalInputError):
+    if isinstance(exc, BaseException) and not isinstance(
+        exc, CifParseError | CrystalInputError | _PoscarError
+    ):
         text = f"{type(exc).__name__}: {text}"
     text = " ".join(text.split())
     return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
+
+
+class _PoscarError(ValueError):
+    """A POSCAR text pymatgen cannot read, explained."""
+
+
+def _poscar_structure(text: str) -> Structure:
+    from pymatgen.io.vasp import Poscar
+
+    try:
+        return Poscar.from_str(text, read_velocities=False).structure
+    except (IndexError, ValueError) as exc:
+        raise _PoscarError(
+            "expected a comment line, a scale, 3 lattice vectors, species and counts, then "
+            f"coordinates ({_short(exc)})"
+        ) from exc
 
 
 def _load_structure(entry: RawEntry) -> Structure:
@@ -758,9 +779,7 @@ def _load_structure(entry: RawEntry) -> Structure:
     if fmt == "cif-text":
         return parse_cif_fast(entry.payload)
     if fmt == "poscar-text":
-        from pymatgen.io.vasp import Poscar
-
-        return Poscar.from_str(entry.payload, read_velocities=False).structure
+        return _poscar_structure(entry.payload)
     if fmt == "pymatgen-json":
         return _structure_from_dict(json.loads(entry.payload), entry.source)
 
@@ -776,9 +795,7 @@ def _load_structure(entry: RawEntry) -> Structure:
             text = blocks[entry.frame]
         return parse_cif_fast(text)
     if fmt == "poscar-file":
-        from pymatgen.io.vasp import Poscar
-
-        return Poscar.from_str(_read_text(path), read_velocities=False).structure
+        return _poscar_structure(_read_text(path))
     if fmt == "ase-db":
         import ase.db
 

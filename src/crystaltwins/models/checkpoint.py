@@ -12,6 +12,7 @@ Published Crystal Twins ``.pth`` state dicts load too (:func:`load_model` detect
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,9 +129,13 @@ def load_model(path: str | os.PathLike, atom_init: str | os.PathLike | None = No
     path = resolve_model_path(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # corrupt file, or one holding arbitrary objects
+    except Exception as error:  # not a torch file, corrupt, or holding arbitrary objects
+        if isinstance(error, pickle.UnpicklingError):
+            reason = "not a PyTorch file of tensors (other files are never unpickled, for safety)"
+        else:
+            reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         raise ValueError(
-            f"{path}: not a loadable model file ({type(error).__name__}: {error})"
+            f"{path}: not a crystaltwins model file nor a Crystal Twins state dict ({reason})"
         ) from None
     if _is_published_state_dict(payload):
         return _load_published(path, atom_init)
@@ -164,7 +169,8 @@ def _load_published(path: Path, atom_init: str | os.PathLike | None) -> ModelBun
     if not atom_init.exists():
         raise ValueError(
             f"{path}: a published Crystal Twins state dict needs the atom_init.json it was trained "
-            f"with; none at {atom_init} (pass atom_init=...)"
+            f"with; none at {atom_init} (give it: --atom-init on the command line, atom_init= in "
+            "Python)"
         )
     featurizer = AtomFeaturizer.from_json(atom_init)
     encoder, head = load_published_crystal_twins(

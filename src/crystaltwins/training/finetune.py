@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from crystaltwins.data.batch import CrystalGraphBatch
+from crystaltwins.data.cache import GraphCache
 from crystaltwins.data.dataset import CrystalGraphDataset, GraphCollator
 from crystaltwins.data.sources import prepare_caches
 from crystaltwins.data.splits import (
@@ -229,6 +230,26 @@ def _featurizer_and_encoder(
     return featurizer, encoder, settings, "scratch"
 
 
+def _report_invalid_targets(
+    cache: GraphCache, raw: np.ndarray, usable: np.ndarray, config: FinetuneConfig, out: Path
+) -> None:
+    """Say which crystals have no usable label; list them in ``RUN_DIR/invalid_targets.csv``."""
+    bad = np.flatnonzero(~usable)
+    ids = cache.ids
+    need = "a finite value > 0 (log10)" if config.target_transform == "log10" else "a number"
+    out.mkdir(parents=True, exist_ok=True)
+    listing = out / "invalid_targets.csv"
+    with open(listing, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", config.target])
+        writer.writerows((ids[k], raw[k]) for k in bad)
+    shown = ", ".join(str(ids[k]) for k in bad[:5]) + (", ..." if len(bad) > 5 else "")
+    print(
+        f"{config.data}: {len(bad)} crystals without {need} in {config.target!r} are left out "
+        f"({shown}); list: {listing}"
+    )
+
+
 def finetune(config: FinetuneConfig, callbacks: list[L.Callback] | None = None) -> dict[str, Any]:
     """Run fine-tuning; returns the metrics written to ``RUN_DIR/metrics.json``.
 
@@ -236,6 +257,8 @@ def finetune(config: FinetuneConfig, callbacks: list[L.Callback] | None = None) 
     """
     if not config.from_scratch and not config.pretrained:
         raise ValueError("give a pre-trained model (pretrained=...) or from_scratch=True")
+    if config.epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {config.epochs}")
     if config.target_transform not in TRANSFORMS:
         raise ValueError(
             f"unknown target transform {config.target_transform!r}; choose from {sorted(TRANSFORMS)}"
@@ -259,12 +282,16 @@ def finetune(config: FinetuneConfig, callbacks: list[L.Callback] | None = None) 
         )
     raw = cache.labels([config.target])[:, 0]
     forward, _, valid = TRANSFORMS[config.target_transform]
-    keep = np.flatnonzero(valid(raw))
+    usable = valid(raw)
+    keep = np.flatnonzero(usable)
     dropped = len(raw) - len(keep)
+    if dropped:
+        _report_invalid_targets(cache, raw, usable, config, out)
     split = _split(config, full, keep)
     split = cap_split(split, config.seed, config.max_train, config.max_eval)
     train_pos = split.train
-    values = forward(raw)
+    values = np.full_like(raw, np.nan)
+    values[keep] = forward(raw[keep])
     target_name = (
         config.target
         if config.target_transform == "none"

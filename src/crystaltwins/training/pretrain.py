@@ -187,9 +187,19 @@ def pretrain(config: PretrainConfig) -> Path:
         positions = np.sort(
             np.random.default_rng(config.seed).choice(positions, config.max_crystals, replace=False)
         )
+    if config.epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {config.epochs}")
+    if not 0.0 < config.val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be between 0 and 1, got {config.val_fraction}")
     split = random_split(
         len(positions), (1 - config.val_fraction, config.val_fraction, 0.0), config.seed
     )
+    if len(split.val) == 0 or len(split.train) < 2:
+        raise ValueError(
+            f"{len(positions)} crystals are too few for a validation fraction of "
+            f"{config.val_fraction:g} (validation {len(split.val)}, training {len(split.train)}: "
+            "both need crystals, training at least 2); use more data or a larger --val-fraction"
+        )
     augmentation = build_augmentation(
         config.augment,
         settings,

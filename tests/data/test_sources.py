@@ -1,0 +1,38 @@
+"""Data sources: a prebuilt graph cache folder used as a source."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from crystaltwins.data.cache import build_graph_cache
+from crystaltwins.data.sources import prepare_caches
+from crystaltwins.graph.atom_features import AtomFeaturizer, default_featurizer
+from crystaltwins.graph.settings import GraphSettings
+
+
+def test_a_featurized_folder_is_used_as_it_is(data_dir, reference_dir, tmp_path):
+    source = data_dir / "samples" / "jarvis_poscar"
+    built = tmp_path / "prebuilt"
+    build_graph_cache(source, built, GraphSettings(), featurizer=default_featurizer(None))
+    logged: list[str] = []
+    published = AtomFeaturizer.from_json(reference_dir / "atom_init.json")
+    (cache,) = prepare_caches(
+        [built], GraphSettings(), published, cache_root=tmp_path / "root", log=logged.append
+    )
+    assert cache.cache_dir == built and len(cache) == 70
+    assert logged == [f"{built}: 70 crystals (graph cache), 0 skipped"]
+    assert not (tmp_path / "root").exists()  # nothing rebuilt
+    (direct,) = prepare_caches([source], GraphSettings(), published, tmp_path / "root", log=None)
+    np.testing.assert_array_equal(cache.array("edge_distance"), direct.array("edge_distance"))
+
+    with pytest.raises(ValueError, match="graph cache built with settings"):
+        prepare_caches([built], GraphSettings(max_neighbors=8), published, log=None)
+
+    class NoOxygen(AtomFeaturizer):
+        def supports(self, z: int) -> bool:
+            return z != 8 and super().supports(z)
+
+    no_oxygen = NoOxygen(published.table, name="no-oxygen")
+    with pytest.raises(ValueError, match=r"elements \[8\] .* 'no-oxygen'"):
+        prepare_caches([built], GraphSettings(), no_oxygen, log=None)
