@@ -74,3 +74,23 @@ def test_last_checkpoint_every_epoch_even_when_validation_gets_worse(tmp_path: P
     assert _epoch(checkpoints / "last.ckpt") == 3 and _epoch(checkpoints / "best.ckpt") == 0
     rows = list(csv.DictReader((tmp_path / "history.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+
+
+def test_resume_path_says_what_happens(tmp_path):
+    from crystaltwins.training.common import resume_path
+
+    said: list[str] = []
+    assert resume_path(tmp_path, True, log=said.append) is None
+    assert said == [
+        f"{tmp_path}: no checkpoint to resume from ({tmp_path / 'checkpoints' / 'last.ckpt'}); "
+        "starting from the first epoch"
+    ]
+    assert resume_path(tmp_path, False, log=said.append) is None and len(said) == 1
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert resume_path(tmp_path, True, log=said.append) == tmp_path / "checkpoints" / "last.ckpt"
+    assert resume_path(tmp_path, False, log=said.append) is None
+    assert (
+        said[-1]
+        == f"{tmp_path}: holds an earlier run, which this one replaces (--resume continues it)"
+    )

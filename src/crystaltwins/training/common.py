@@ -184,10 +184,17 @@ def training_seconds(trainer: L.Trainer) -> float:
     raise ValueError("the trainer has no Timer callback (build it with make_trainer)")
 
 
-def resume_path(out: Path, resume: bool) -> Path | None:
-    """``checkpoints/last.ckpt`` when resuming and it exists."""
+def resume_path(out: Path, resume: bool, log: Any = print) -> Path | None:
+    """``checkpoints/last.ckpt`` when resuming and it exists (saying what happens otherwise)."""
     last = out / "checkpoints" / "last.ckpt"
-    return last if resume and last.exists() else None
+    if resume and last.exists():
+        return last
+    if log is not None:
+        if resume:
+            log(f"{out}: no checkpoint to resume from ({last}); starting from the first epoch")
+        elif last.exists() or (out / "model.pt").exists():
+            log(f"{out}: holds an earlier run, which this one replaces (--resume continues it)")
+    return None
 
 
 def write_config(out: Path, config: Any) -> Path:

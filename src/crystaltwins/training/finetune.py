@@ -217,6 +217,8 @@ def _featurizer_and_encoder(
     if config.pretrained and not config.from_scratch:
         path = resolve_model_path(config.pretrained)  # "default": the shipped model
         bundle = load_model(path, atom_init=config.atom_init)
+        if config.atom_init and not bundle.info.get("published"):
+            print(f"note: --atom-init ignored: {path} carries its own element features")
         return bundle.featurizer, bundle.encoder, bundle.graph_settings, str(path)
     if config.atom_init:
         featurizer = AtomFeaturizer.from_json(config.atom_init)
