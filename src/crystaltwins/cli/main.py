@@ -307,12 +307,11 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             "give exactly one of --pretrained MODEL and --from-scratch "
             "(on the command line or in --config)"
         )
-    if config.split is not None and abs(sum(config.split) - 1.0) > 1e-6:
+    if abs(sum(config.split) - 1.0) > 1e-6:  # the library normalises; on the CLI, a typo
         raise ValueError(f"--split fractions must add up to 1, got {sum(config.split):g}")
-    for option, paths in (("--split-files", config.split_files or ()),):
-        for name in paths:
-            if not Path(name).is_file():
-                raise ValueError(f"{option}: no such file {name!r}")
+    for name in config.split_files or ():
+        if not Path(name).is_file():
+            raise ValueError(f"--split-files: no such file {name!r}")
     metrics = finetune(config)
     if metrics:
         test = metrics["test"]

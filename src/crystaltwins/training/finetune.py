@@ -287,6 +287,7 @@ def finetune(config: FinetuneConfig, callbacks: list[L.Callback] | None = None) 
     usable = valid(raw)
     keep = np.flatnonzero(usable)
     dropped = len(raw) - len(keep)
+    (out / "invalid_targets.csv").unlink(missing_ok=True)  # not a stale list from an earlier run
     if dropped:
         _report_invalid_targets(cache, raw, usable, config, out)
     split = _split(config, full, keep)
