@@ -5,7 +5,11 @@ backward → Adam step.
 
 * ``ours``: :class:`crystaltwins.models.CGCNNEncoder` + :class:`ProjectionHead` +
   :class:`crystaltwins.losses.BarlowTwinsLoss` on a :class:`CrystalGraphBatch` (edge list; the
-  Gaussian expansion of the distances is computed inside the step).
+  Gaussian expansion of the distances is computed inside the step), with the fused CPU kernel of
+  the convolutions (:mod:`crystaltwins.layers.fused_cgconv`, what training on CPU uses when a
+  C++ compiler is available).
+* ``ours, PyTorch ops``: the same model with the kernel switched off
+  (:func:`~crystaltwins.layers.fused_cgconv.disabled`), the fallback without a compiler.
 * ``reference``: CGCNN as in the original CGCNN / Crystal Twins code, written out below: padded
   ``(N, M)`` neighbour indices and precomputed ``(N, M, 41)`` Gaussian features (built by the
   data loader there, so not timed here), ``fc_full`` applied to the concatenated
@@ -31,6 +35,7 @@ otherwise re-faults its large temporaries.
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import os
 import statistics
@@ -41,6 +46,7 @@ import torch
 import torch.nn as nn
 
 from crystaltwins.data.batch import CrystalGraphBatch
+from crystaltwins.layers import fused_cgconv
 from crystaltwins.layers.gaussian import GaussianExpansion
 from crystaltwins.losses import BarlowTwinsLoss
 from crystaltwins.models import CGCNNEncoder, CrystalTwinsModel, ProjectionHead
@@ -169,9 +175,8 @@ def time_interleaved(steps: dict, n_steps: int, n_warmup: int = 3) -> dict[str, 
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def run(
-    atoms_per_crystal: int, batch_size: int, n_steps: int, seed: int = 0
-) -> tuple[float, float]:
+def run(atoms_per_crystal: int, batch_size: int, n_steps: int, seed: int = 0) -> dict[str, float]:
+    """Crystals per second of ``ours``, ``plain`` (ours with PyTorch ops) and ``reference``."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     table = torch.zeros(MAX_Z + 1, N_FEATURES)
@@ -179,6 +184,7 @@ def run(
 
     encoder = CGCNNEncoder(table, atom_fea_len=64, n_conv=3, h_fea_len=128)
     ours = CrystalTwinsModel(encoder, ProjectionHead(128, 128, 256))
+    plain = copy.deepcopy(ours)
     reference = RefCGCNN(N_FEATURES, encoder.gaussian.num_features)
     ref_state = {
         k.replace("encoder.", "").replace("projector.", "fc_head."): v
@@ -198,7 +204,13 @@ def run(
     if not torch.allclose(a, b, rtol=1e-4, atol=1e-4):
         raise AssertionError(f"models disagree: ours {a.item()} vs reference {b.item()}")
 
+    with torch.no_grad(), fused_cgconv.disabled():
+        c = our_loss(plain(ours_views[0]), plain(ours_views[1]))
+    if not torch.allclose(a, c, rtol=1e-4, atol=1e-4):
+        raise AssertionError(f"fused kernel disagrees: {a.item()} vs {c.item()}")
+
     our_opt = torch.optim.Adam(ours.parameters(), lr=1e-5, weight_decay=1e-6)
+    plain_opt = torch.optim.Adam(plain.parameters(), lr=1e-5, weight_decay=1e-6)
     ref_opt = torch.optim.Adam(reference.parameters(), lr=1e-5, weight_decay=1e-6)
 
     def our_step() -> None:
@@ -207,14 +219,24 @@ def run(
         loss.backward()
         our_opt.step()
 
+    def plain_step() -> None:
+        with fused_cgconv.disabled():
+            plain_opt.zero_grad(set_to_none=True)
+            loss = our_loss(plain(ours_views[0]), plain(ours_views[1]))
+            loss.backward()
+            plain_opt.step()
+
     def ref_step() -> None:
         ref_opt.zero_grad(set_to_none=True)
         loss = ref_loss(reference(*ref_views[0]), reference(*ref_views[1]))
         loss.backward()
         ref_opt.step()
 
-    t = time_interleaved({"ours": our_step, "reference": ref_step}, n_steps)
-    return batch_size / t["ours"], batch_size / t["reference"]
+    steps = {"ours": our_step, "plain": plain_step, "reference": ref_step}
+    if not fused_cgconv.available():
+        del steps["plain"]
+    t = time_interleaved(steps, n_steps)
+    return {name: batch_size / seconds for name, seconds in t.items()}
 
 
 def tune_malloc() -> bool:
@@ -244,26 +266,36 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
         f"{malloc}, load average {os.getloadavg()[0]:.2f}"
     )
-    print(f"{'case':<28}{'ours (crystals/s)':>20}{'reference':>14}{'ratio':>8}")
+    if not fused_cgconv.available():
+        print("fused kernels unavailable: 'ours' is the PyTorch implementation")
+    print(
+        f"{'case (crystals/s)':<26}{'ours':>9}{'reference':>11}{'ratio':>8}"
+        f"{'ours, PyTorch ops':>19}{'ratio':>8}"
+    )
     for atoms, label in ((5, "perovskite-like, 5 atoms"), (40, "40 atoms")):
-        ours, ref = run(atoms, args.batch_size, args.steps)
-        print(f"{label:<28}{ours:>20.1f}{ref:>14.1f}{ours / ref:>7.2f}x")
+        r = run(atoms, args.batch_size, args.steps)
+        ours, ref, plain = r["ours"], r["reference"], r.get("plain", float("nan"))
+        print(
+            f"{label:<26}{ours:>9.1f}{ref:>11.1f}{ours / ref:>7.2f}x"
+            f"{plain:>19.1f}{plain / ref:>7.2f}x"
+        )
     if args.scaling:
         scaling(args.steps)
 
 
 def scaling(n_steps: int, sizes: tuple[int, ...] = (2, 8, 64, 128)) -> None:
     """Step time against batch size (5-atom crystals), with a least-squares line."""
-    print(f"\n{'5-atom batch':<14}{'ours (ms/step)':>16}{'reference':>12}")
+    print(f"\n{'5-atom batch':<14}{'ours (ms/step)':>16}{'reference':>12}{'PyTorch ops':>13}")
     rows = []
     for size in sizes:
-        ours, ref = run(5, size, n_steps)
-        rows.append((size, 1e3 * size / ours, 1e3 * size / ref))
-        print(f"{size:<14}{rows[-1][1]:>16.2f}{rows[-1][2]:>12.2f}")
+        r = run(5, size, n_steps)
+        plain = r.get("plain", float("nan"))
+        rows.append((size, 1e3 * size / r["ours"], 1e3 * size / r["reference"], 1e3 * size / plain))
+        print(f"{size:<14}{rows[-1][1]:>16.2f}{rows[-1][2]:>12.2f}{rows[-1][3]:>13.2f}")
     x = np.array([r[0] for r in rows], dtype=float)
-    for name, column in (("ours", 1), ("reference", 2)):
+    for name, column in (("ours", 1), ("reference", 2), ("PyTorch ops", 3)):
         per_crystal, fixed = np.polyfit(x, np.array([r[column] for r in rows]), 1)
-        print(f"{name:<10} fixed {fixed:6.2f} ms/step, {1e3 * per_crystal:6.1f} µs per crystal")
+        print(f"{name:<12} fixed {fixed:6.2f} ms/step, {1e3 * per_crystal:6.1f} µs per crystal")
 
 
 if __name__ == "__main__":

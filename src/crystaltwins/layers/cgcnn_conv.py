@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from crystaltwins.layers import fused_cgconv
+
 
 def _bags(index: Tensor, num_bags: int) -> tuple[Tensor, Tensor]:
     """``embedding_bag`` ``(input, offsets)`` grouping the positions of ``index`` by value."""
@@ -94,6 +96,17 @@ class EdgeGraph:
     def centre_bags(self) -> tuple[Tensor, Tensor]:
         """Edges grouped by centre atom, for :func:`_segment_sum`."""
         return _bags(self.centre, self.num_atoms)
+
+    @cached_property
+    def centre_offsets(self) -> Tensor | None:
+        """``(N + 1,)`` int64 offsets of each centre's edges if they are grouped by centre (the
+        edges of atom ``i`` at ``offsets[i]:offsets[i + 1]``), else ``None``."""
+        c = self.centre
+        if c.numel() > 1 and not bool((c[1:] >= c[:-1]).all()):
+            return None
+        offsets = torch.zeros(self.num_atoms + 1, dtype=torch.long, device=c.device)
+        torch.cumsum(torch.bincount(c, minlength=self.num_atoms), dim=0, out=offsets[1:])
+        return offsets
 
     @cached_property
     def neighbour_bags(self) -> tuple[Tensor, Tensor]:
@@ -390,6 +403,44 @@ class CGConv(nn.Module):
             self._update_running_stats(mean, var, graph.num_edges)
         return nbr_filter, nbr_core
 
+    def _can_fuse(self, atom_fea: Tensor, graph: EdgeGraph) -> bool:
+        """Whether the fused CPU kernel applies: training-mode batch statistics on float32 CPU
+        tensors, banded edge features, edges grouped by centre, and the kernel built."""
+        bn = self.bn1
+        return (
+            self.training
+            and atom_fea.device.type == "cpu"
+            and atom_fea.dtype == torch.float32
+            and graph.edge_band is not None
+            and graph.edge_band[1].dtype == torch.float32
+            and graph.num_edges > 1
+            and bn.weight is not None
+            and fused_cgconv.available()
+            and graph.centre_offsets is not None
+        )
+
+    def _fused_gated_sum(self, atom_fea: Tensor, graph: EdgeGraph) -> Tensor:
+        """Gated neighbour sums ``(N, A)`` with :class:`FusedGatedConvolution`."""
+        a = self.atom_fea_len
+        weight = self.fc_full.weight
+        h_i = F.linear(atom_fea, weight[:, :a], self.fc_full.bias)  # (N, 2A)
+        h_j = F.linear(atom_fea, weight[:, a : 2 * a])  # (N, 2A)
+        bn = self.bn1
+        summed, mean, var = fused_cgconv.FusedGatedConvolution.apply(
+            h_i,
+            h_j,
+            weight[:, 2 * a :],
+            bn.weight,
+            bn.bias,
+            graph.edge_band,
+            graph.neighbour,
+            graph.centre_offsets,
+            bn.eps,
+        )
+        if bn.track_running_stats and bn.running_mean is not None:
+            self._update_running_stats(mean, var, graph.num_edges)
+        return summed
+
     @torch.no_grad()
     def _update_running_stats(self, mean: Tensor, var: Tensor, n: int) -> None:
         bn = self.bn1
@@ -422,6 +473,8 @@ class CGConv(nn.Module):
             graph = EdgeGraph(edge_fea, edge_index, n)
         if graph.num_edges == 0:
             summed = atom_fea.new_zeros(n, self.atom_fea_len)
+        elif self._can_fuse(atom_fea, graph):
+            summed = self._fused_gated_sum(atom_fea, graph)
         else:
             nbr_filter, nbr_core = self._normalised_edges(atom_fea, graph)  # (E, A) each
             summed = _GatedSum.apply(nbr_filter, nbr_core, graph)  # (N, A)

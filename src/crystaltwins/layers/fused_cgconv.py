@@ -1,0 +1,236 @@
+"""Fused CPU kernel for the training-mode edge work of :class:`~crystaltwins.layers.CGConv`.
+
+In training, a convolution's per-edge work (the split ``fc_full`` map, the edge BatchNorm with
+batch statistics, the sigmoid × softplus gate and the sum over each atom's edges, and all their
+gradients) is memory-bound when done as separate PyTorch operations: every operation reads and
+writes ``(E, 2A)`` tensors again. ``csrc/cgconv_fused.cpp`` does it in 3 passes over the edges
+forward and 2 backward, parallel over atoms with OpenMP.
+
+The C++ source ships with the package and is compiled on first use with the system's C++
+compiler (``$CXX``, else ``c++``) into ``$CRYSTALTWINS_CACHE/kernels`` (default
+``~/.cache/crystaltwins/kernels``), for the CPU it runs on; the library is loaded with
+:mod:`ctypes` (no Python headers or PyTorch build needed). Without a compiler with OpenMP, or
+with ``CRYSTALTWINS_FUSED_KERNELS=0``, the convolution uses its PyTorch implementation, which
+computes the same function (to float32 rounding).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+SOURCE = Path(__file__).with_name("csrc") / "cgconv_fused.cpp"
+ABI_VERSION = 1
+ENV_SWITCH = "CRYSTALTWINS_FUSED_KERNELS"
+
+_I64 = ctypes.c_int64
+_PTR = ctypes.c_void_p
+_disabled_depth = 0
+
+
+def kernel_cache_dir() -> Path:
+    """Folder of the compiled kernels: ``$CRYSTALTWINS_CACHE/kernels``."""
+    root = os.environ.get("CRYSTALTWINS_CACHE", Path.home() / ".cache" / "crystaltwins")
+    return Path(root) / "kernels"
+
+
+def _cpu_signature() -> str:
+    """What the compiled code depends on: OS, architecture and instruction-set flags."""
+    parts = [sys.platform, platform.machine()]
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            parts += [line for line in f if line.startswith(("flags", "Features"))][:1]
+    except OSError:
+        parts.append(platform.processor())
+    return "\n".join(parts)
+
+
+def _compile_command(compiler: str, source: Path, output: Path) -> list[str]:
+    flags = ["-O3", "-ffast-math", "-fopenmp", "-fPIC", "-shared", "-std=c++17"]
+    if platform.machine().lower() in {"x86_64", "amd64", "aarch64", "arm64"}:
+        flags.append(
+            "-march=native" if platform.machine().lower() in {"x86_64", "amd64"} else "-mcpu=native"
+        )
+    return [compiler, *flags, str(source), "-o", str(output)]
+
+
+def _build(library: Path, compiler: str) -> None:
+    library.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
+        partial = Path(tmp) / library.name
+        result = subprocess.run(
+            _compile_command(compiler, SOURCE, partial),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{compiler} failed:\n{result.stderr.strip()[-2000:]}")
+        os.replace(partial, library)  # atomic: concurrent processes never load a partial file
+
+
+@functools.lru_cache(maxsize=1)
+def load_library() -> ctypes.CDLL | None:
+    """The compiled kernels, building them on first use; ``None`` where they cannot be had.
+
+    A failure to build is reported once as a :class:`RuntimeWarning`.
+    """
+    if os.environ.get(ENV_SWITCH, "1").strip().lower() in {"0", "false", "no", "off"}:
+        return None
+    compiler = os.environ.get("CXX") or "c++"
+    if shutil.which(compiler) is None:
+        _warn_unavailable(f"no C++ compiler {compiler!r} found (set $CXX)")
+        return None
+    key = hashlib.sha256(
+        SOURCE.read_bytes()
+        + "\0".join(
+            [compiler, *_compile_command(compiler, SOURCE, Path("x")), _cpu_signature()]
+        ).encode()
+    ).hexdigest()[:16]
+    library = kernel_cache_dir() / f"cgconv_fused-{key}.so"
+    try:
+        if not library.exists():
+            _build(library, compiler)
+        lib = ctypes.CDLL(str(library))
+        if lib.ct_cgconv_abi_version() != ABI_VERSION:
+            raise RuntimeError(f"{library} has another ABI version")
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        _warn_unavailable(str(exc))
+        return None
+    lib.ct_cgconv_forward.restype = None
+    lib.ct_cgconv_forward.argtypes = (
+        [_I64] * 4 + [_PTR] * 9 + [ctypes.c_float] + [_PTR] * 7 + [ctypes.c_int]
+    )
+    lib.ct_cgconv_backward.restype = None
+    lib.ct_cgconv_backward.argtypes = [_I64] * 5 + [_PTR] * 17 + [ctypes.c_int]
+    return lib
+
+
+def _warn_unavailable(reason: str) -> None:
+    warnings.warn(
+        f"crystaltwins: fused CGCNN kernels unavailable, training on CPU uses the PyTorch "
+        f"implementation (slower; set {ENV_SWITCH}=0 to silence this): {reason}",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def available() -> bool:
+    """Whether the fused kernels are used in this process (built, and not :func:`disabled`)."""
+    return _disabled_depth == 0 and load_library() is not None
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Use the PyTorch implementation inside the block (for comparisons and tests)."""
+    global _disabled_depth
+    _disabled_depth += 1
+    try:
+        yield
+    finally:
+        _disabled_depth -= 1
+
+
+def _ptr(t: Tensor) -> int:
+    return t.data_ptr()
+
+
+class FusedGatedConvolution(torch.autograd.Function):
+    """Training-mode edge work of a CGCNN convolution, one autograd node.
+
+    Inputs (float32, CPU, contiguous where noted):
+
+    * ``h_i``, ``h_j`` ``(N, 2A)``: ``W_i v + b`` and ``W_j v`` per atom;
+    * ``w_u`` ``(2A, K)``: the edge-feature block of ``fc_full.weight``;
+    * ``gamma``, ``beta`` ``(2A,)``: ``bn1``'s affine parameters;
+    * ``band``: ``(index, value)`` ``(E, W)`` edge features, as :meth:`GaussianExpansion.banded`;
+    * ``neighbour`` ``(E,)`` int64 and ``centre_offsets`` ``(N + 1,)`` int64: edges grouped by
+      centre atom, those of atom ``i`` at ``centre_offsets[i]:centre_offsets[i + 1]``.
+
+    Returns ``(summed, mean, var)``: ``(N, A)`` gated sums over each atom's edges and the
+    ``(2A,)`` batch mean and biased variance of the edge map (for the running statistics).
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        h_i: Tensor,
+        h_j: Tensor,
+        w_u: Tensor,
+        gamma: Tensor,
+        beta: Tensor,
+        band: tuple[Tensor, Tensor],
+        neighbour: Tensor,
+        centre_offsets: Tensor,
+        eps: float,
+    ):
+        lib = load_library()
+        assert lib is not None
+        h_i, h_j = h_i.contiguous(), h_j.contiguous()
+        w_ut = w_u.t().contiguous()  # (K, 2A)
+        gamma, beta = gamma.contiguous(), beta.contiguous()
+        index, value = band
+        index, value = index.contiguous(), value.detach().contiguous()
+        neighbour, centre_offsets = neighbour.contiguous(), centre_offsets.contiguous()
+        n, c2 = h_i.shape
+        c = c2 // 2
+        e, width = index.shape
+        x = h_i.new_empty(e, c2)
+        gate, core, core_slope = (h_i.new_empty(e, c) for _ in range(3))
+        summed = h_i.new_empty(n, c)
+        mean, var = h_i.new_empty(c2), h_i.new_empty(c2)
+        lib.ct_cgconv_forward(
+            n, e, c, width,
+            _ptr(h_i), _ptr(h_j), _ptr(w_ut), _ptr(index), _ptr(value), _ptr(neighbour),
+            _ptr(centre_offsets), _ptr(gamma), _ptr(beta), float(eps),
+            _ptr(x), _ptr(gate), _ptr(core), _ptr(core_slope), _ptr(summed), _ptr(mean), _ptr(var),
+            torch.get_num_threads(),
+        )  # fmt: skip
+        inv_std = torch.rsqrt(var + eps)
+        ctx.save_for_backward(
+            x, gate, core, core_slope, gamma, inv_std, index, value, neighbour, centre_offsets
+        )
+        ctx.num_features = w_ut.shape[0]
+        ctx.mark_non_differentiable(mean, var)
+        return summed, mean, var
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_summed: Tensor, _grad_mean, _grad_var):
+        lib = load_library()
+        x, gate, core, core_slope, gamma, inv_std, index, value, neighbour, offsets = (
+            ctx.saved_tensors
+        )
+        grad = grad_summed.contiguous()
+        n, c = grad.shape
+        e, width = index.shape
+        k = ctx.num_features
+        threads = torch.get_num_threads()
+        grad_h_i, grad_h_j = x.new_empty(n, 2 * c), x.new_empty(n, 2 * c)
+        grad_w_ut = x.new_empty(k, 2 * c)
+        grad_gamma, grad_beta = x.new_empty(2 * c), x.new_empty(2 * c)
+        scratch = x.new_empty(threads * (n + k) * 2 * c)
+        lib.ct_cgconv_backward(
+            n, e, c, k, width,
+            _ptr(grad), _ptr(x), _ptr(gate), _ptr(core), _ptr(core_slope), _ptr(gamma),
+            _ptr(inv_std), _ptr(index), _ptr(value), _ptr(neighbour), _ptr(offsets),
+            _ptr(grad_h_i), _ptr(grad_h_j), _ptr(grad_w_ut), _ptr(grad_gamma), _ptr(grad_beta),
+            _ptr(scratch), threads,
+        )  # fmt: skip
+        return grad_h_i, grad_h_j, grad_w_ut.t(), grad_gamma, grad_beta, None, None, None, None

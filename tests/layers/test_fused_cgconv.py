@@ -1,0 +1,211 @@
+"""The fused CPU kernel of CGConv (training mode) against CGCNN written plainly, and its fallbacks."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from crystaltwins.layers import GaussianExpansion, fused_cgconv
+from crystaltwins.layers.cgcnn_conv import EdgeGraph
+from tests.layers.test_cgconv import naive_cgconv, pair
+
+needs_kernel = pytest.mark.skipif(
+    not fused_cgconv.available(), reason="fused kernels not built here (no C++ compiler/OpenMP)"
+)
+
+
+@pytest.fixture
+def fresh_library(monkeypatch, tmp_path):
+    """A separate kernel cache and a fresh load; the process-wide library is restored after."""
+    monkeypatch.setenv("CRYSTALTWINS_CACHE", str(tmp_path))
+    fused_cgconv.load_library.cache_clear()
+    yield tmp_path
+    monkeypatch.undo()
+    fused_cgconv.load_library.cache_clear()
+
+
+def sorted_banded_graph(n_atoms=30, edges_per_atom=12, seed=3, empty=(0, 10, 29)):
+    """Edges grouped by centre (as the data pipeline makes them), some atoms without edges."""
+    gen = torch.Generator().manual_seed(seed)
+    centres = [i for i in range(n_atoms) if i not in empty]
+    centre = torch.tensor(centres).repeat_interleave(edges_per_atom)
+    neighbour = torch.randint(0, n_atoms, (centre.numel(),), generator=gen)
+    dist = 0.5 + 7.5 * torch.rand(centre.numel(), generator=gen)
+    gaussian = GaussianExpansion()
+    edge_index = torch.stack((centre, neighbour))
+    atom_fea = torch.randn(n_atoms, 16, generator=gen) * 2.0 + 1.0
+    return atom_fea, gaussian(dist), edge_index, gaussian.banded(dist)
+
+
+def count_fused_calls(monkeypatch) -> list[int]:
+    calls = []
+    apply = fused_cgconv.FusedGatedConvolution.apply
+
+    def counting(*args):
+        calls.append(1)
+        return apply(*args)
+
+    monkeypatch.setattr(fused_cgconv.FusedGatedConvolution, "apply", counting)
+    return calls
+
+
+def assert_close_to_max(actual, expected, tol, msg=""):
+    """``|actual - expected| <= tol * max|expected|`` (float32 rounding of sums of many terms)."""
+    error = (actual.double() - expected.double()).abs().max().item()
+    scale = expected.abs().max().item()
+    assert error <= tol * scale, f"{msg}: max error {error:.3g} vs max value {scale:.3g}"
+
+
+@needs_kernel
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("bias_shift", [0.0, 50.0])
+def test_fused_matches_naive_training(monkeypatch, threads, bias_shift):
+    """Outputs, gradients and running statistics as CGCNN's code computes them in float64."""
+    ours, naive = pair()
+    naive = naive.double()
+    with torch.no_grad():
+        ours.fc_full.bias.add_(bias_shift)
+        naive.fc_full.bias.add_(bias_shift)
+    atom_fea, edge_fea, edge_index, band = sorted_banded_graph()
+    calls = count_fused_calls(monkeypatch)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x1 = atom_fea.clone().requires_grad_()
+        x2 = atom_fea.double().requires_grad_()
+        graph = EdgeGraph(edge_fea, edge_index, atom_fea.shape[0], edge_band=band)
+        out1 = ours(x1, edge_fea, edge_index, graph)
+        out2 = naive_cgconv(naive, x2, edge_fea.double(), edge_index)
+        grad = torch.randn_like(out1)
+        out1.backward(grad)
+        out2.backward(grad.double())
+    finally:
+        torch.set_num_threads(previous)
+    assert calls == [1]
+    assert torch.isfinite(out1).all()  # atoms without edges of their own included
+    torch.testing.assert_close(out1, out2.float(), atol=1e-5, rtol=1e-5)
+    assert_close_to_max(x1.grad, x2.grad, 1e-5, "atom features")
+    for (name, p1), (_, p2) in zip(ours.named_parameters(), naive.named_parameters(), strict=True):
+        if name == "fc_full.bias":  # zero in exact arithmetic (BatchNorm removes it): rounding
+            assert p1.grad.abs().max() < 1e-4
+            continue
+        assert_close_to_max(p1.grad, p2.grad, 1e-5, name)
+    for (name, b1), (_, b2) in zip(ours.named_buffers(), naive.named_buffers(), strict=True):
+        torch.testing.assert_close(b1, b2.to(b1.dtype), atol=1e-5, rtol=1e-5, msg=name)
+
+
+@needs_kernel
+def test_fused_path_skipped_where_it_does_not_apply(monkeypatch):
+    conv, _ = pair()
+    atom_fea, edge_fea, edge_index, band = sorted_banded_graph()
+    calls = count_fused_calls(monkeypatch)
+    # unsorted centres
+    order = torch.randperm(edge_index.shape[1], generator=torch.Generator().manual_seed(0))
+    shuffled = EdgeGraph(
+        edge_fea[order], edge_index[:, order], 30, edge_band=(band[0][order], band[1][order])
+    )
+    assert shuffled.centre_offsets is None
+    conv(atom_fea, edge_fea[order], edge_index[:, order], shuffled)
+    # no band, evaluation mode, float64, disabled
+    conv(atom_fea, edge_fea, edge_index)
+    banded = EdgeGraph(edge_fea, edge_index, 30, edge_band=band)
+    with fused_cgconv.disabled():
+        conv(atom_fea, edge_fea, edge_index, banded)
+    conv.eval()
+    conv(atom_fea, edge_fea, edge_index, banded)
+    conv.train()
+    conv64 = copy.deepcopy(conv).double()
+    graph64 = EdgeGraph(edge_fea.double(), edge_index, 30, edge_band=(band[0], band[1].double()))
+    conv64(atom_fea.double(), edge_fea.double(), edge_index, graph64)
+    assert calls == []
+    conv(atom_fea, edge_fea, edge_index, banded)
+    assert calls == [1]
+
+
+@needs_kernel
+def test_real_augmented_batches_take_the_fused_path(monkeypatch, data_dir):
+    """Views made by the pre-training pipeline have edges grouped by centre; the fused and the
+    PyTorch implementations give the same Barlow Twins loss and gradients on them."""
+    from crystaltwins.data.dataset import AugmentedPairCollator
+    from crystaltwins.graph.crystal_graph import build_crystal_graph
+    from crystaltwins.losses import BarlowTwinsLoss
+    from crystaltwins.models import CGCNNEncoder, CrystalTwinsModel, ProjectionHead
+    from crystaltwins.transforms import build_augmentation
+    from tests.helpers import read_structures
+    from tests.models.conftest import random_table
+
+    structures = read_structures(data_dir / "perovskites.csv.gz", 24)
+    structures += read_structures(data_dir / "hoip.csv.gz", 8)
+    graphs = [build_crystal_graph(s, id=i) for i, s in structures]
+    views = AugmentedPairCollator(build_augmentation("rp,am,em"), seed=0)(
+        [(g, (i, 0)) for i, g in enumerate(graphs)]
+    )
+    torch.manual_seed(0)
+    model = CrystalTwinsModel(CGCNNEncoder(random_table()), ProjectionHead(128, 128, 256))
+    reference = copy.deepcopy(model)
+    loss = BarlowTwinsLoss()
+    calls = count_fused_calls(monkeypatch)
+    fused_loss = loss(model(views[0]), model(views[1]))
+    fused_loss.backward()
+    assert len(calls) == 2 * len(model.encoder.convs)
+    with fused_cgconv.disabled():
+        plain_loss = loss(reference(views[0]), reference(views[1]))
+        plain_loss.backward()
+    torch.testing.assert_close(fused_loss, plain_loss, rtol=1e-4, atol=1e-4)
+    for (name, p1), (_, p2) in zip(
+        model.named_parameters(), reference.named_parameters(), strict=True
+    ):
+        scale = p2.grad.abs().max().item()
+        if name.endswith("fc_full.bias") or name == "projector.2.bias":
+            continue  # zero in exact arithmetic (a BatchNorm or standardisation follows)
+        np.testing.assert_allclose(p1.grad, p2.grad, atol=2e-4 * scale, err_msg=name)
+
+
+def test_switched_off_by_environment(monkeypatch, fresh_library):
+    monkeypatch.setenv(fused_cgconv.ENV_SWITCH, "0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fused_cgconv.load_library() is None
+        assert not fused_cgconv.available()
+
+
+def test_missing_compiler_warns_and_training_still_works(monkeypatch, fresh_library):
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler '/nonexistent/c\\+\\+'"):
+        assert fused_cgconv.load_library() is None
+    conv, naive = pair()
+    atom_fea, edge_fea, edge_index, band = sorted_banded_graph()
+    graph = EdgeGraph(edge_fea, edge_index, 30, edge_band=band)
+    torch.testing.assert_close(
+        conv(atom_fea, edge_fea, edge_index, graph),
+        naive_cgconv(naive, atom_fea, edge_fea, edge_index),
+        atol=1e-5,
+        rtol=1e-5,
+    )
+
+
+@needs_kernel
+def test_compile_errors_are_reported_and_fall_back(monkeypatch, fresh_library):
+    broken = fresh_library / "broken.cpp"
+    broken.write_text("this is not C++\n")
+    monkeypatch.setattr(fused_cgconv, "SOURCE", broken)
+    with pytest.warns(RuntimeWarning, match="failed"):
+        assert fused_cgconv.load_library() is None
+    assert not list((fresh_library / "kernels").glob("*.so"))
+
+
+@needs_kernel
+def test_built_once_into_the_cache_folder(fresh_library):
+    lib = fused_cgconv.load_library()
+    assert lib is not None and lib.ct_cgconv_abi_version() == fused_cgconv.ABI_VERSION
+    built = list((fresh_library / "kernels").glob("cgconv_fused-*.so"))
+    assert len(built) == 1
+    mtime = built[0].stat().st_mtime_ns
+    fused_cgconv.load_library.cache_clear()
+    assert fused_cgconv.load_library() is not None
+    assert built[0].stat().st_mtime_ns == mtime  # reused, not rebuilt
+    assert not [p for p in (fresh_library / "kernels").iterdir() if p.is_dir()]  # no leftovers
