@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 
+from crystaltwins.evaluation.inference import predict, write_predictions_csv
 from crystaltwins.models.checkpoint import load_model
 from crystaltwins.training.finetune import FinetuneConfig, finetune
 
@@ -107,6 +108,21 @@ def test_classification_and_log10_targets(data_dir, cache_root, tmp_path):
         )
     )
     assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    # predictions of a classifier: the class and its probability, not a bare "prediction"
+
+    result = predict(
+        tmp_path / "cls" / "model.pt",
+        data_dir / "samples" / "cgcnn_classification",
+        cache_root=cache_root,
+    )
+    assert result.task == "classification"
+    rows = list(csv.DictReader(write_predictions_csv(result, tmp_path / "cls.csv").open()))
+    assert list(rows[0]) == ["id", "predicted_class", "probability_class_1"]
+    assert [r["id"] for r in rows] == result.ids.tolist()
+    for row in rows:
+        probability = float(row["probability_class_1"])
+        assert 0.0 <= probability <= 1.0
+        assert int(row["predicted_class"]) == int(probability > 0.5)
     metrics = finetune(
         _config(
             data_dir / "mp_elasticity.csv.gz",

@@ -26,6 +26,9 @@ class InferenceResult:
     values: np.ndarray
     labels: dict[str, np.ndarray]
     skipped: list[BadRecord]
+    #: ``"regression"`` (values in the target's units), ``"classification"`` (values are
+    #: P(class 1)) or ``"embedding"``
+    task: str = "regression"
 
 
 def _open(
@@ -93,7 +96,9 @@ def embed(
 ) -> InferenceResult:
     """Crystal embeddings ``(N, H)`` (the encoder's output, before any head)."""
     bundle, cache = _open(model, data, cache_root, workers)
-    return _result(cache, _run(bundle, cache, bundle.encoder, batch_size, device))
+    result = _result(cache, _run(bundle, cache, bundle.encoder, batch_size, device))
+    result.task = "embedding"
+    return result
 
 
 def predict(
@@ -119,26 +124,34 @@ def predict(
 
     raw = _run(bundle, cache, fn, batch_size, device)
     if info.get("task") == "classification":
-        values = torch.from_numpy(raw).softmax(-1)[:, 1].numpy()
-    else:
-        values = raw[:, 0] * info["target_std"] + info["target_mean"]
-        if info.get("target_transform") == "log10":
-            values = 10.0**values
+        result = _result(cache, torch.from_numpy(raw).softmax(-1)[:, 1].numpy())
+        result.task = "classification"
+        return result
+    values = raw[:, 0] * info["target_std"] + info["target_mean"]
+    if info.get("target_transform") == "log10":
+        values = 10.0**values
     return _result(cache, values)
 
 
 def write_predictions_csv(
     result: InferenceResult, path: str | os.PathLike, column: str = "prediction"
 ) -> Path:
+    """Write ``id,<column>`` rows, or for a classifier ``id,predicted_class,probability_class_1``
+    (the class is 1 where its probability is above 0.5). Written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
+    values = np.asarray(result.values).ravel()
+    ids = result.ids.tolist()
     with open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["id", column])
-        writer.writerows(
-            zip(result.ids.tolist(), np.asarray(result.values).ravel().tolist(), strict=True)
-        )
+        if result.task == "classification":
+            writer.writerow(["id", "predicted_class", "probability_class_1"])
+            classes = (values > 0.5).astype(int).tolist()
+            writer.writerows(zip(ids, classes, values.tolist(), strict=True))
+        else:
+            writer.writerow(["id", column])
+            writer.writerows(zip(ids, values.tolist(), strict=True))
     tmp.replace(path)
     return path
 

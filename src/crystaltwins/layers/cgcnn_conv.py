@@ -20,6 +20,11 @@ with few and small per-edge temporaries:
 
 Per-edge tensor allocations dominate CPU training time (each new large tensor costs page
 faults), so these nodes keep them to the minimum.
+
+In training on CPU (float32, banded edge features, edges grouped by centre atom) the edge map,
+the edge BatchNorm, the gate and the neighbour sum are instead one call of the fused C++ kernel of
+:mod:`crystaltwins.layers.fused_cgconv` when it could be built; the PyTorch implementation above is
+the fallback and computes the same function.
 """
 
 from __future__ import annotations

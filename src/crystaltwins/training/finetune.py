@@ -404,6 +404,7 @@ def finetune(config: FinetuneConfig, callbacks: list[L.Callback] | None = None) 
         cache.ids[test.indices],
         values[test.indices],
         predictions["test"],
+        config.task,
     )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     info = {
@@ -453,12 +454,21 @@ def _best_epoch(out: Path) -> int | None:
 
 
 def _write_predictions(
-    path: Path, ids: np.ndarray, target: np.ndarray, prediction: np.ndarray
+    path: Path, ids: np.ndarray, target: np.ndarray, prediction: np.ndarray, task: str
 ) -> None:
+    """``id,target,prediction``; for a classifier ``id,target,predicted_class,probability_class_1``
+    (``prediction`` being P(class 1))."""
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["id", "target", "prediction"])
-        for row in zip(ids.tolist(), target.tolist(), prediction.tolist(), strict=True):
-            writer.writerow(row)
+        if task == "classification":
+            writer.writerow(["id", "target", "predicted_class", "probability_class_1"])
+            classes = (prediction > 0.5).astype(int)
+            rows = zip(
+                ids.tolist(), target.tolist(), classes.tolist(), prediction.tolist(), strict=True
+            )
+        else:
+            writer.writerow(["id", "target", "prediction"])
+            rows = zip(ids.tolist(), target.tolist(), prediction.tolist(), strict=True)
+        writer.writerows(rows)
     tmp.replace(path)
