@@ -179,3 +179,25 @@ def test_embed_a_published_checkpoint_away_from_its_atom_init(
     assert code == 0
     with np.load(out) as result:
         assert result["embeddings"].shape[0] == 70
+
+
+def test_two_process_pretrain_on_cpu_says_things_once(data_dir, cache_root, tmp_path):
+    """``--devices 2`` runs the command again for rank 1: its messages must not repeat."""
+    import subprocess
+    import sys
+
+    from crystaltwins.models.checkpoint import load_model
+
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "crystaltwins.cli.main", "pretrain"]
+    command += [str(data_dir / "samples" / "hmof_cif"), "--out", str(out), "--epochs", "1"]
+    command += ["--devices", "2", "--accelerator", "cpu", "--batch-size", "8", "--no-progress"]
+    command += ["--cache-root", str(cache_root)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = (done.stdout + done.stderr).splitlines()
+    assert sum("hmof_cif: 100 crystals" in line for line in lines) == 1, lines
+    assert sum(line.startswith("pre-trained model:") for line in lines) == 1, lines
+    assert not [line for line in lines if "Warning" in line], lines
+    bundle = load_model(out / "model.pt")
+    assert bundle.kind == "pretrained"

@@ -19,6 +19,7 @@ from ase import Atoms
 from pymatgen.core import IStructure, Lattice, Molecule, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
+from crystaltwins.io import readers
 from crystaltwins.io.readers import (
     RawEntry,
     find_atom_init,
@@ -550,13 +551,18 @@ def test_raw_entries_pickle(data_dir: Path, samples: Path) -> None:
 # ---- Python objects -------------------------------------------------------------------------
 
 
-def test_records_from_structures(real_structure: Structure) -> None:
+def test_records_from_structures(real_structure: Structure, monkeypatch) -> None:
     atoms = AseAtomsAdaptor.get_atoms(real_structure)
     cluster = Atoms("Pt2", positions=[[5, 5, 5], [7, 5, 5]], cell=[12, 12, 12], pbc=False)
     objects = [real_structure, IStructure.from_sites(real_structure), atoms, cluster]
-    records = records_from_structures(
-        objects, ids=["s", "i", "a", "c"], labels={"y": [1, 2, 3, 4.5]}
-    )
+    monkeypatch.setattr(readers, "_warned_non_periodic", False)
+    with pytest.warns(UserWarning, match=r"structures\[3\]: ASE Atoms with pbc=\[False"):
+        records = records_from_structures(
+            objects, ids=["s", "i", "a", "c"], labels={"y": [1, 2, 3, 4.5]}
+        )
+    with warnings.catch_warnings():  # once per process, not once per structure
+        warnings.simplefilter("error")
+        records_from_structures([cluster])
     assert [r.id for r in records] == ["s", "i", "a", "c"]
     assert [r.labels for r in records] == [{"y": 1.0}, {"y": 2.0}, {"y": 3.0}, {"y": 4.5}]
     assert [r.source for r in records] == [f"structures[{k}]" for k in range(4)]

@@ -279,15 +279,17 @@ def _cmd_graph(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from crystaltwins.training.common import main_print
     from crystaltwins.training.pretrain import PretrainConfig, pretrain
 
     config = _config_from_args(PretrainConfig, args, data=list(args.data), out=args.out)
     path = pretrain(config)
-    print(f"pre-trained model: {path}")
+    main_print(f"pre-trained model: {path}")
     return 0
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
+    from crystaltwins.training.common import main_print
     from crystaltwins.training.finetune import FinetuneConfig, finetune
 
     pretrained = args.pretrained
@@ -316,7 +318,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     if metrics:
         test = metrics["test"]
         key = "mae" if "mae" in test else "accuracy"
-        print(
+        main_print(
             f"test {key} {test[key]:.4f} on {test['count']} crystals ({metrics['target']}); "
             f"run: {config.out}"
         )

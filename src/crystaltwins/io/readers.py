@@ -841,11 +841,31 @@ def _structure_from_dict(data: Any, source: str) -> Structure:
     return Structure.from_dict(data)
 
 
+_warned_non_periodic = False
+
+
+def _warn_non_periodic_once(source: str, pbc: list[bool]) -> None:
+    """Say once per process that ASE ``pbc`` flags are overridden (datasets of clusters in a box
+    would otherwise warn on every structure)."""
+    global _warned_non_periodic
+    if _warned_non_periodic:
+        return
+    _warned_non_periodic = True
+    warnings.warn(
+        f"{source}: ASE Atoms with pbc={pbc} are treated as periodic in all three directions of "
+        "their cell (crystal graphs use periodic images); this applies to every such structure "
+        "read in this process",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
 def _atoms_to_structure(atoms: Any, source: str) -> Structure:
     """An ASE ``Atoms`` as a periodic pymatgen ``Structure`` (via ``AseAtomsAdaptor``).
 
     Atoms with a full cell (three non-coplanar lattice vectors) are taken as periodic in all
-    three directions, whatever their ``pbc`` flags (e.g. a cluster in a 20 Å box).
+    three directions, whatever their ``pbc`` flags (e.g. a cluster in a 20 Å box); the first
+    such structure of a process gives a :class:`UserWarning`.
     """
     from ase import Atoms
     from pymatgen.io.ase import AseAtomsAdaptor
@@ -861,6 +881,8 @@ def _atoms_to_structure(atoms: Any, source: str) -> Structure:
             f"no periodic cell (cell {atoms.cell.cellpar().round(4).tolist()}, pbc "
             f"{atoms.pbc.tolist()}): a crystal needs three lattice vectors",
         )
+    if not atoms.pbc.all():
+        _warn_non_periodic_once(source, atoms.pbc.tolist())
     atoms = atoms.copy()  # drops the calculator; keeps arrays (tags, magmoms, ...)
     atoms.pbc = True
     with warnings.catch_warnings():

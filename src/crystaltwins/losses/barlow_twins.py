@@ -14,19 +14,33 @@ def _distributed_world_size() -> int:
     return 1
 
 
+class _AllGather(torch.autograd.Function):
+    """``all_gather`` whose backward sums every rank's gradient of each part and returns this
+    rank's part (each rank's loss depends on every rank's rows)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor) -> tuple[Tensor, ...]:
+        parts = [torch.empty_like(z) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, z.contiguous())
+        return tuple(parts)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor) -> Tensor:
+        stacked = torch.stack([g.contiguous() for g in grads])
+        dist.all_reduce(stacked)  # a reduce-scatter, in the collective every backend has
+        return stacked[dist.get_rank()]
+
+
 def gather_from_all_ranks(z: Tensor) -> Tensor:
     """Concatenate ``z`` from every rank, in rank order, keeping autograd.
 
-    Uses :func:`torch.distributed.nn.functional.all_gather`, whose backward sums the gradients
-    of every rank's copy (so each rank receives the full gradient of its own rows). Ranks may
-    hold different numbers of rows: the rows are padded to the largest count for the
-    collective and trimmed after.
+    The backward sums the gradients of every rank's copy, so each rank receives the full
+    gradient of its own rows. Ranks may hold different numbers of rows: the rows are padded to
+    the largest count for the collective and trimmed after.
 
     :param z: ``(n_local, D)`` on this rank.
     :returns: ``(n_global, D)``.
     """
-    from torch.distributed.nn.functional import all_gather
-
     world = dist.get_world_size()
     local_n = torch.tensor([z.shape[0]], device=z.device, dtype=torch.long)
     sizes = [torch.zeros_like(local_n) for _ in range(world)]
@@ -35,7 +49,7 @@ def gather_from_all_ranks(z: Tensor) -> Tensor:
     max_n = max(counts)
     if z.shape[0] < max_n:
         z = F.pad(z, (0, 0, 0, max_n - z.shape[0]))
-    parts = all_gather(z)
+    parts = _AllGather.apply(z)
     if all(c == max_n for c in counts):
         return torch.cat(parts, dim=0)
     return torch.cat([part[:c] for part, c in zip(parts, counts, strict=True)], dim=0)

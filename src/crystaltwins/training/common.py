@@ -39,6 +39,23 @@ class RunOptions:
     progress: bool = True
 
 
+def is_main_process() -> bool:
+    """False in the other processes of a multi-process (data-parallel) run.
+
+    Lightning starts the ranks > 0 of a ``--devices N`` run by running the command again with the
+    rank in the environment; their messages would repeat those of rank 0.
+    """
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def main_print(*args: Any, **kwargs: Any) -> None:
+    """``print`` on the main process only (see :func:`is_main_process`)."""
+    if is_main_process():
+        print(*args, **kwargs)
+
+
 def quiet_lightning() -> None:
     """Hide Lightning's banners and known-harmless warnings; errors and progress stay."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
@@ -184,7 +201,7 @@ def training_seconds(trainer: L.Trainer) -> float:
     raise ValueError("the trainer has no Timer callback (build it with make_trainer)")
 
 
-def resume_path(out: Path, resume: bool, log: Any = print) -> Path | None:
+def resume_path(out: Path, resume: bool, log: Any = main_print) -> Path | None:
     """``checkpoints/last.ckpt`` when resuming and it exists (saying what happens otherwise)."""
     last = out / "checkpoints" / "last.ckpt"
     if resume and last.exists():

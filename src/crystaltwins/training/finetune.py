@@ -41,6 +41,8 @@ from crystaltwins.models.checkpoint import ModelBundle, load_model, resolve_mode
 from crystaltwins.models.heads import PropertyHead
 from crystaltwins.training.common import (
     RunOptions,
+    is_main_process,
+    main_print,
     make_trainer,
     new_encoder,
     resume_path,
@@ -133,7 +135,7 @@ class FinetuneModule(L.LightningModule):
                 on_epoch=True,
                 on_step=False,
                 batch_size=n,
-                sync_dist=stage != "train",
+                sync_dist=True,
             )
             # Checkpoints monitor val_mae: for classification, the error rate.
             self.log(
@@ -142,7 +144,7 @@ class FinetuneModule(L.LightningModule):
                 on_epoch=True,
                 on_step=False,
                 batch_size=n,
-                sync_dist=stage != "train",
+                sync_dist=True,
             )
         else:
             loss = F.mse_loss(out[:, 0], (target - self.target_mean) / self.target_std)
@@ -154,7 +156,7 @@ class FinetuneModule(L.LightningModule):
                 on_epoch=True,
                 on_step=False,
                 batch_size=n,
-                sync_dist=stage != "train",
+                sync_dist=True,
             )
         self.log(
             f"{stage}_loss",
@@ -162,7 +164,7 @@ class FinetuneModule(L.LightningModule):
             on_epoch=True,
             on_step=False,
             batch_size=n,
-            sync_dist=stage != "train",
+            sync_dist=True,
         )
         return loss
 
@@ -218,7 +220,7 @@ def _featurizer_and_encoder(
         path = resolve_model_path(config.pretrained)  # "default": the shipped model
         bundle = load_model(path, atom_init=config.atom_init)
         if config.atom_init and not bundle.info.get("published"):
-            print(f"note: --atom-init ignored: {path} carries its own element features")
+            main_print(f"note: --atom-init ignored: {path} carries its own element features")
         return bundle.featurizer, bundle.encoder, bundle.graph_settings, str(path)
     if config.atom_init:
         featurizer = AtomFeaturizer.from_json(config.atom_init)
@@ -236,6 +238,8 @@ def _report_invalid_targets(
     cache: GraphCache, raw: np.ndarray, usable: np.ndarray, config: FinetuneConfig, out: Path
 ) -> None:
     """Say which crystals have no usable label; list them in ``RUN_DIR/invalid_targets.csv``."""
+    if not is_main_process():
+        return
     bad = np.flatnonzero(~usable)
     ids = cache.ids
     need = "a finite value > 0 (log10)" if config.target_transform == "log10" else "a number"
@@ -246,7 +250,7 @@ def _report_invalid_targets(
         writer.writerow(["id", config.target])
         writer.writerows((ids[k], raw[k]) for k in bad)
     shown = ", ".join(str(ids[k]) for k in bad[:5]) + (", ..." if len(bad) > 5 else "")
-    print(
+    main_print(
         f"{config.data}: {len(bad)} crystals without {need} in {config.target!r} are left out "
         f"({shown}); list: {listing}"
     )
@@ -275,7 +279,8 @@ def finetune(config: FinetuneConfig, callbacks: list[L.Callback] | None = None) 
         featurizer,
         config.cache_root,
         workers=config.featurize_workers,
-        progress=config.progress,
+        progress=config.progress and is_main_process(),
+        log=main_print,
     )
     full = CrystalGraphDataset(cache)
     if config.target not in cache.label_names:

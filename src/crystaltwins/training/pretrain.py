@@ -23,6 +23,8 @@ from crystaltwins.models.checkpoint import ModelBundle, load_model, save_model
 from crystaltwins.models.heads import ProjectionHead
 from crystaltwins.training.common import (
     RunOptions,
+    is_main_process,
+    main_print,
     make_trainer,
     new_encoder,
     resume_path,
@@ -95,6 +97,7 @@ class PretrainModule(L.LightningModule):
             on_step=True,
             on_epoch=True,
             batch_size=pair[0].num_crystals,
+            sync_dist=True,  # SimSiam's loss is per rank; a no-op on one device
         )
         return loss
 
@@ -177,7 +180,8 @@ def pretrain(config: PretrainConfig) -> Path:
         featurizer,
         config.cache_root,
         workers=config.featurize_workers,
-        progress=config.progress,
+        progress=config.progress and is_main_process(),
+        log=main_print,
     )
     full = ConcatDataset([CrystalGraphDataset(c) for c in caches])
     positions = np.arange(len(full))
