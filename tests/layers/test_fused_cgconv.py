@@ -209,3 +209,96 @@ def test_built_once_into_the_cache_folder(fresh_library):
     assert fused_cgconv.load_library() is not None
     assert built[0].stat().st_mtime_ns == mtime  # reused, not rebuilt
     assert not [p for p in (fresh_library / "kernels").iterdir() if p.is_dir()]  # no leftovers
+
+
+@needs_kernel
+def test_loading_the_kernel_keeps_denormals():
+    """The library is linked without -ffast-math's start-up code (flush-to-zero in GCC < 13)."""
+    assert fused_cgconv.load_library() is not None
+    tiny = torch.tensor([1e-39])
+    assert (tiny * 1.0).item() != 0.0
+    assert np.float32(1e-39) * np.float32(1.0) != 0.0
+
+
+@needs_kernel
+@pytest.mark.parametrize("environment", [{"OMP_THREAD_LIMIT": "1"}, {"OMP_DYNAMIC": "true"}])
+def test_fewer_openmp_threads_than_asked(environment, tmp_path):
+    """OpenMP may run a smaller team than torch.get_num_threads(): results stay right."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "team.py"
+    script.write_text(
+        "import torch\n"
+        "torch.set_num_threads(4)\n"
+        "from tests.layers.test_fused_cgconv import sorted_banded_graph\n"
+        "from tests.layers.test_cgconv import naive_cgconv, pair\n"
+        "from crystaltwins.layers import fused_cgconv\n"
+        "from crystaltwins.layers.cgcnn_conv import EdgeGraph\n"
+        "assert fused_cgconv.available()\n"
+        "ours, naive = pair()\n"
+        "a, ef, ei, band = sorted_banded_graph(n_atoms=200)\n"
+        "x1, x2 = a.clone().requires_grad_(), a.clone().requires_grad_()\n"
+        "out1 = ours(x1, ef, ei, EdgeGraph(ef, ei, 200, edge_band=band))\n"
+        "out2 = naive_cgconv(naive, x2, ef, ei)\n"
+        "out1.sum().backward(); out2.sum().backward()\n"
+        "torch.testing.assert_close(out1, out2, atol=1e-4, rtol=1e-4)\n"
+        "torch.testing.assert_close(x1.grad, x2.grad, atol=1e-3, rtol=1e-3)\n"
+        "print('ok')\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, **environment, "PYTHONPATH": str(repo)}
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+@needs_kernel
+def test_inputs_the_kernel_cannot_take_use_the_pytorch_path(monkeypatch):
+    """int32 indices, autocast, out-of-range indices and a graph of other atoms never reach the
+    kernel (which reads raw memory): the PyTorch implementation computes or reports them."""
+    conv, naive = pair()
+    atom_fea, edge_fea, edge_index, band = sorted_banded_graph()
+    calls = count_fused_calls(monkeypatch)
+    expected = naive_cgconv(naive, atom_fea, edge_fea, edge_index)
+
+    int32 = edge_index.int()
+    graph = EdgeGraph(edge_fea, int32, 30, edge_band=band)
+    assert graph.fused_offsets is None
+    graph = EdgeGraph(edge_fea, edge_index, 30, edge_band=(band[0].int(), band[1]))
+    assert graph.fused_offsets is None
+    torch.testing.assert_close(conv(atom_fea, edge_fea, edge_index, graph), expected)
+
+    graph = EdgeGraph(edge_fea, edge_index, 30, edge_band=band)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        conv(atom_fea, edge_fea, edge_index, graph)
+
+    bad = edge_index.clone()
+    bad[1, 5] = 30  # no such atom
+    with pytest.raises(ValueError, match="edge_index holds atom 30, outside 0..29"):
+        EdgeGraph(edge_fea, bad, 30, edge_band=band)
+    with pytest.raises(ValueError, match="edge_index holds atom 30"):
+        conv(atom_fea, edge_fea, bad)  # the graph made inside the layer is checked too
+    bad_band = band[0].clone()
+    bad_band[3, 0] = edge_fea.shape[1]
+    with pytest.raises(ValueError, match="edge_band index 41 outside the 41 edge features"):
+        EdgeGraph(edge_fea, edge_index, 30, edge_band=(bad_band, band[1]))
+
+    fewer_atoms = atom_fea[:29]  # a graph of other atoms than these
+    with pytest.raises(RuntimeError):
+        conv(fewer_atoms, edge_fea, edge_index, EdgeGraph(edge_fea, edge_index, 30, edge_band=band))
+    assert calls == []
+    with pytest.raises(ValueError, match="band index must be torch.int64"):
+        fused_cgconv.FusedGatedConvolution.apply(
+            *(torch.zeros(30, 32) for _ in range(2)),
+            torch.zeros(32, 41),
+            torch.ones(32),
+            torch.zeros(32),
+            (band[0].int(), band[1]),
+            edge_index[1],
+            torch.zeros(31, dtype=torch.long),
+            1e-5,
+        )

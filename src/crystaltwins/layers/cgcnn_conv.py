@@ -90,6 +90,19 @@ class EdgeGraph:
             edge_band[0].shape != edge_band[1].shape or edge_band[0].shape[0] != edge_fea.shape[0]
         ):
             raise ValueError("edge_band index and value must both be (E, W)")
+        if edge_index.shape[1] > 0:
+            low, high = (int(v) for v in torch.aminmax(edge_index))
+            if low < 0 or high >= num_atoms:
+                raise ValueError(
+                    f"edge_index holds atom {low if low < 0 else high}, outside 0..{num_atoms - 1}"
+                )
+            if edge_band is not None:
+                low, high = (int(v) for v in torch.aminmax(edge_band[0]))
+                if low < 0 or high >= edge_fea.shape[1]:
+                    raise ValueError(
+                        f"edge_band index {low if low < 0 else high} outside the "
+                        f"{edge_fea.shape[1]} edge features"
+                    )
         self.edge_fea = edge_fea
         self.edge_band = edge_band
         self.centre = edge_index[0]
@@ -112,6 +125,26 @@ class EdgeGraph:
         offsets = torch.zeros(self.num_atoms + 1, dtype=torch.long, device=c.device)
         torch.cumsum(torch.bincount(c, minlength=self.num_atoms), dim=0, out=offsets[1:])
         return offsets
+
+    @cached_property
+    def fused_offsets(self) -> Tensor | None:
+        """:attr:`centre_offsets` if the graph suits the fused kernel, else ``None``.
+
+        The kernel reads raw memory, so it needs int64 indices (their range is checked when the
+        graph is made), a float32 band, and edges grouped by centre; the PyTorch implementation
+        handles everything else.
+        """
+        band = self.edge_band
+        if band is None or self.num_edges < 2:
+            return None
+        index, value = band
+        if (
+            value.dtype != torch.float32
+            or any(t.dtype != torch.long for t in (index, self.centre, self.neighbour))
+            or any(t.device.type != "cpu" for t in (index, value, self.centre, self.neighbour))
+        ):
+            return None
+        return self.centre_offsets  # indices were checked to be in range on construction
 
     @cached_property
     def neighbour_bags(self) -> tuple[Tensor, Tensor]:
@@ -344,6 +377,13 @@ class _GatedSum(torch.autograd.Function):
         return grad_filter, grad_core, None
 
 
+def _autocast_on_cpu() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
 class CGConv(nn.Module):
     r"""The gated convolution of CGCNN (Xie & Grossman, PRL 2018, eq. 5), on an edge list.
 
@@ -410,18 +450,19 @@ class CGConv(nn.Module):
 
     def _can_fuse(self, atom_fea: Tensor, graph: EdgeGraph) -> bool:
         """Whether the fused CPU kernel applies: training-mode batch statistics on float32 CPU
-        tensors, banded edge features, edges grouped by centre, and the kernel built."""
+        tensors outside autocast, a graph that suits it (:attr:`EdgeGraph.fused_offsets`) and of
+        these atoms, and the kernel built."""
         bn = self.bn1
+        params = (self.fc_full.weight, self.fc_full.bias, bn.weight, bn.bias)
         return (
             self.training
             and atom_fea.device.type == "cpu"
             and atom_fea.dtype == torch.float32
-            and graph.edge_band is not None
-            and graph.edge_band[1].dtype == torch.float32
-            and graph.num_edges > 1
-            and bn.weight is not None
+            and all(p is not None and p.dtype == torch.float32 for p in params)
+            and not _autocast_on_cpu()
+            and graph.num_atoms == atom_fea.shape[0]
             and fused_cgconv.available()
-            and graph.centre_offsets is not None
+            and graph.fused_offsets is not None
         )
 
     def _fused_gated_sum(self, atom_fea: Tensor, graph: EdgeGraph) -> Tensor:
@@ -439,7 +480,7 @@ class CGConv(nn.Module):
             bn.bias,
             graph.edge_band,
             graph.neighbour,
-            graph.centre_offsets,
+            graph.fused_offsets,
             bn.eps,
         )
         if bn.track_running_stats and bn.running_mean is not None:

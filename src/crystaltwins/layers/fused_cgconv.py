@@ -22,6 +22,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -35,7 +36,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 SOURCE = Path(__file__).with_name("csrc") / "cgconv_fused.cpp"
-ABI_VERSION = 1
+ABI_VERSION = 2
 ENV_SWITCH = "CRYSTALTWINS_FUSED_KERNELS"
 
 _I64 = ctypes.c_int64
@@ -50,39 +51,68 @@ def kernel_cache_dir() -> Path:
 
 
 def _cpu_signature() -> str:
-    """What the compiled code depends on: OS, architecture and instruction-set flags."""
-    parts = [sys.platform, platform.machine()]
+    """What the compiled code depends on besides the compiler: OS, C library, architecture and
+    instruction-set flags (``-march=native``), so that a cache folder shared between machines
+    never hands one a library built for another."""
+    parts = [sys.platform, platform.machine(), "-".join(platform.libc_ver())]
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             parts += [line for line in f if line.startswith(("flags", "Features"))][:1]
     except OSError:
         parts.append(platform.processor())
+        if sys.platform == "darwin":
+            for name in ("machdep.cpu.features", "machdep.cpu.leaf7_features", "hw.cpufamily"):
+                parts.append(_output(["sysctl", "-n", name]))
     return "\n".join(parts)
 
 
-def _compile_command(compiler: str, source: Path, output: Path) -> list[str]:
-    flags = ["-O3", "-ffast-math", "-fopenmp", "-fPIC", "-shared", "-std=c++17"]
-    if platform.machine().lower() in {"x86_64", "amd64", "aarch64", "arm64"}:
-        flags.append(
-            "-march=native" if platform.machine().lower() in {"x86_64", "amd64"} else "-mcpu=native"
-        )
-    return [compiler, *flags, str(source), "-o", str(output)]
+def _output(command: list[str]) -> str:
+    """Standard output and error of a short command, ``""`` where it cannot run."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout + done.stderr
 
 
-def _build(library: Path, compiler: str) -> None:
+def _compile_commands(compiler: list[str], source: Path, library: Path) -> list[list[str]]:
+    """Compile to an object with ``-ffast-math`` (vectorised ``exp``/``log1p``), then link
+    without it: linking a shared library with ``-ffast-math`` makes GCC < 13 add start-up code
+    that sets flush-to-zero for the whole process, changing every other computation in it."""
+    machine = platform.machine().lower()
+    native = {"x86_64": "-march=native", "amd64": "-march=native"}.get(machine)
+    if machine in {"aarch64", "arm64"}:
+        native = "-mcpu=native"
+    flags = ["-O3", "-ffast-math", "-fopenmp", "-fPIC", "-std=c++17", *([native] if native else [])]
+    obj = library.with_suffix(".o")
+    return [
+        [*compiler, *flags, "-c", str(source), "-o", str(obj)],
+        [*compiler, "-shared", "-fopenmp", str(obj), "-o", str(library)],
+    ]
+
+
+def _build(library: Path, compiler: list[str]) -> None:
     library.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
         partial = Path(tmp) / library.name
-        result = subprocess.run(
-            _compile_command(compiler, SOURCE, partial),
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"{compiler} failed:\n{result.stderr.strip()[-2000:]}")
+        for command in _compile_commands(compiler, SOURCE, partial):
+            result = subprocess.run(
+                command, capture_output=True, text=True, timeout=300, check=False
+            )
+            if result.returncode != 0:
+                raise RuntimeError(f"{' '.join(compiler)} failed:\n{result.stderr.strip()[-2000:]}")
         os.replace(partial, library)  # atomic: concurrent processes never load a partial file
+
+
+def _open(library: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(library))
+    try:
+        version = lib.ct_cgconv_abi_version()
+    except AttributeError as exc:
+        raise OSError(f"{library} is not a crystaltwins kernel library") from exc
+    if version != ABI_VERSION:
+        raise OSError(f"{library} has ABI version {version}, not {ABI_VERSION}")
+    return lib
 
 
 @functools.lru_cache(maxsize=1)
@@ -93,23 +123,26 @@ def load_library() -> ctypes.CDLL | None:
     """
     if os.environ.get(ENV_SWITCH, "1").strip().lower() in {"0", "false", "no", "off"}:
         return None
-    compiler = os.environ.get("CXX") or "c++"
-    if shutil.which(compiler) is None:
-        _warn_unavailable(f"no C++ compiler {compiler!r} found (set $CXX)")
+    compiler = shlex.split(os.environ.get("CXX") or "c++")  # e.g. CXX="ccache g++"
+    if not compiler or shutil.which(compiler[0]) is None:
+        _warn_unavailable(f"no C++ compiler {' '.join(compiler)!r} found (set $CXX)")
         return None
-    key = hashlib.sha256(
-        SOURCE.read_bytes()
-        + "\0".join(
-            [compiler, *_compile_command(compiler, SOURCE, Path("x")), _cpu_signature()]
-        ).encode()
-    ).hexdigest()[:16]
+    signature = [
+        SOURCE.read_text(encoding="utf-8"),
+        *(" ".join(c) for c in _compile_commands(compiler, Path("k.cpp"), Path("k.so"))),
+        _output([*compiler, "--version"]),
+        _cpu_signature(),
+    ]
+    key = hashlib.sha256("\0".join(signature).encode()).hexdigest()[:16]
     library = kernel_cache_dir() / f"cgconv_fused-{key}.so"
     try:
         if not library.exists():
             _build(library, compiler)
-        lib = ctypes.CDLL(str(library))
-        if lib.ct_cgconv_abi_version() != ABI_VERSION:
-            raise RuntimeError(f"{library} has another ABI version")
+        try:
+            lib = _open(library)
+        except OSError:  # e.g. built against another C++ runtime: build again, once
+            _build(library, compiler)
+            lib = _open(library)
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         _warn_unavailable(str(exc))
         return None
@@ -151,6 +184,52 @@ def _ptr(t: Tensor) -> int:
     return t.data_ptr()
 
 
+def _check_inputs(
+    h_i: Tensor,
+    h_j: Tensor,
+    w_u: Tensor,
+    gamma: Tensor,
+    beta: Tensor,
+    band: tuple[Tensor, Tensor],
+    neighbour: Tensor,
+    centre_offsets: Tensor,
+) -> None:
+    """Dtypes, devices and shapes, since the kernel reads raw memory. Index ranges are the
+    caller's duty (:attr:`EdgeGraph.fused_offsets <crystaltwins.layers.EdgeGraph.fused_offsets>`)."""
+    index, value = band
+    floats = {"h_i": h_i, "h_j": h_j, "w_u": w_u, "gamma": gamma, "beta": beta, "band value": value}
+    longs = {"band index": index, "neighbour": neighbour, "centre_offsets": centre_offsets}
+    for name, t in {**floats, **longs}.items():
+        wanted = torch.float32 if name in floats else torch.long
+        if t.dtype != wanted or t.device.type != "cpu":
+            raise ValueError(
+                f"fused CGConv kernel: {name} must be {wanted} on CPU, got {t.dtype} on {t.device}"
+            )
+    n, c2 = h_i.shape
+    e = neighbour.shape[0]
+    if (
+        c2 % 2
+        or h_j.shape != h_i.shape
+        or w_u.ndim != 2
+        or w_u.shape[0] != c2
+        or gamma.shape != (c2,)
+        or beta.shape != (c2,)
+        or index.ndim != 2
+        or index.shape != value.shape
+        or index.shape[0] != e
+        or neighbour.ndim != 1
+        or centre_offsets.shape != (n + 1,)
+        or int(centre_offsets[-1]) != e
+    ):
+        raise ValueError(
+            "fused CGConv kernel: inconsistent shapes "
+            f"h_i {tuple(h_i.shape)}, h_j {tuple(h_j.shape)}, w_u {tuple(w_u.shape)}, "
+            f"gamma {tuple(gamma.shape)}, beta {tuple(beta.shape)}, band {tuple(index.shape)}/"
+            f"{tuple(value.shape)}, neighbour {tuple(neighbour.shape)}, "
+            f"centre_offsets {tuple(centre_offsets.shape)}"
+        )
+
+
 class FusedGatedConvolution(torch.autograd.Function):
     """Training-mode edge work of a CGCNN convolution, one autograd node.
 
@@ -181,7 +260,9 @@ class FusedGatedConvolution(torch.autograd.Function):
         eps: float,
     ):
         lib = load_library()
-        assert lib is not None
+        if lib is None:
+            raise RuntimeError("the fused CGCNN kernels are not available (see available())")
+        _check_inputs(h_i, h_j, w_u, gamma, beta, band, neighbour, centre_offsets)
         h_i, h_j = h_i.contiguous(), h_j.contiguous()
         w_ut = w_u.t().contiguous()  # (K, 2A)
         gamma, beta = gamma.contiguous(), beta.contiguous()

@@ -9,7 +9,9 @@
 //
 // Edges must be grouped by centre atom (ptr[i] .. ptr[i + 1] are the edges of atom i), so
 // per-atom sums need no atomics. Reductions use per-thread partial sums combined in thread
-// order: results depend on the thread count only through float rounding.
+// order: results depend on the thread count only through float rounding. Work is split by the
+// size of the team OpenMP actually runs, which may be smaller than the one asked for.
+// The caller checks indices and shapes (0 <= neighbour < N, 0 <= band index < K).
 // Plain C ABI (raw pointers), loaded with ctypes; see fused_cgconv.py.
 
 #include <omp.h>
@@ -60,7 +62,7 @@ inline void atom_chunk(int64_t n, const int64_t* ptr, int t, int nt, int64_t* lo
 
 extern "C" {
 
-int ct_cgconv_abi_version() { return 1; }
+int ct_cgconv_abi_version() { return 2; }
 
 // Forward. Writes x (E, 2C), gate = sigmoid(f) (E, C), core = softplus(c) (E, C),
 // core_slope = sigmoid(c) (E, C), out (N, C), mean and var (2C, biased).
@@ -74,13 +76,16 @@ void ct_cgconv_forward(int64_t n, int64_t e, int64_t c, int64_t w, const float* 
   const int nt = std::max(1, nthreads);
   std::vector<double> partial(static_cast<size_t>(nt) * c2, 0.0);
   std::vector<float> mean(c2), inv_std(c2), scale(c2), shift(c2);
+  int team = 1;  // OpenMP may run fewer threads than asked (OMP_DYNAMIC, OMP_THREAD_LIMIT, ...)
 
   // 1. raw edge values into x, and their per-channel sums
 #pragma omp parallel num_threads(nt)
   {
-    const int t = omp_get_thread_num();
+    const int t = omp_get_thread_num(), tn = omp_get_num_threads();
+#pragma omp single
+    team = tn;
     int64_t lo, hi;
-    atom_chunk(n, ptr, t, nt, &lo, &hi);
+    atom_chunk(n, ptr, t, tn, &lo, &hi);
     double* s = partial.data() + t * c2;
     for (int64_t i = lo; i < hi; ++i) {
       for (int64_t ed = ptr[i]; ed < ptr[i + 1]; ++ed) {
@@ -93,7 +98,7 @@ void ct_cgconv_forward(int64_t n, int64_t e, int64_t c, int64_t w, const float* 
   }
   for (int64_t k = 0; k < c2; ++k) {
     double total = 0.0;
-    for (int t = 0; t < nt; ++t) total += partial[t * c2 + k];
+    for (int t = 0; t < team; ++t) total += partial[t * c2 + k];
     mean[k] = static_cast<float>(total / static_cast<double>(e));
   }
 
@@ -101,9 +106,11 @@ void ct_cgconv_forward(int64_t n, int64_t e, int64_t c, int64_t w, const float* 
   std::fill(partial.begin(), partial.end(), 0.0);
 #pragma omp parallel num_threads(nt)
   {
-    const int t = omp_get_thread_num();
+    const int t = omp_get_thread_num(), tn = omp_get_num_threads();
+#pragma omp single
+    team = tn;
     int64_t lo, hi;
-    chunk(e, t, nt, &lo, &hi);
+    chunk(e, t, tn, &lo, &hi);
     double* s = partial.data() + t * c2;
     const float* m = mean.data();
     for (int64_t ed = lo; ed < hi; ++ed) {
@@ -117,7 +124,7 @@ void ct_cgconv_forward(int64_t n, int64_t e, int64_t c, int64_t w, const float* 
   }
   for (int64_t k = 0; k < c2; ++k) {
     double total = 0.0;
-    for (int t = 0; t < nt; ++t) total += partial[t * c2 + k];
+    for (int t = 0; t < team; ++t) total += partial[t * c2 + k];
     const float var = static_cast<float>(total / static_cast<double>(e));
     mean_out[k] = mean[k];
     var_out[k] = var;
@@ -129,9 +136,9 @@ void ct_cgconv_forward(int64_t n, int64_t e, int64_t c, int64_t w, const float* 
   // 3. normalise, gate, and sum over each atom's edges
 #pragma omp parallel num_threads(nt)
   {
-    const int t = omp_get_thread_num();
+    const int t = omp_get_thread_num(), tn = omp_get_num_threads();
     int64_t lo, hi;
-    atom_chunk(n, ptr, t, nt, &lo, &hi);
+    atom_chunk(n, ptr, t, tn, &lo, &hi);
     const float *m = mean.data(), *is = inv_std.data(), *sc = scale.data(), *sh = shift.data();
     for (int64_t i = lo; i < hi; ++i) {
       float* o = out + i * c;
@@ -173,13 +180,16 @@ void ct_cgconv_backward(int64_t n, int64_t e, int64_t c, int64_t k_features, int
   const int64_t c2 = 2 * c;
   const int nt = std::max(1, nthreads);
   std::vector<double> partial(static_cast<size_t>(nt) * 2 * c2, 0.0);
+  int team = 1;
 
   // 1. per-channel sums of g = dL/dy and of g * x
 #pragma omp parallel num_threads(nt)
   {
-    const int t = omp_get_thread_num();
+    const int t = omp_get_thread_num(), tn = omp_get_num_threads();
+#pragma omp single
+    team = tn;
     int64_t lo, hi;
-    atom_chunk(n, ptr, t, nt, &lo, &hi);
+    atom_chunk(n, ptr, t, tn, &lo, &hi);
     double* sg = partial.data() + t * 2 * c2;
     double* sgx = sg + c2;
     for (int64_t i = lo; i < hi; ++i) {
@@ -204,7 +214,7 @@ void ct_cgconv_backward(int64_t n, int64_t e, int64_t c, int64_t k_features, int
   std::vector<float> scale(c2), mean_g(c2), mean_gx(c2);
   for (int64_t k = 0; k < c2; ++k) {
     double total_g = 0.0, total_gx = 0.0;
-    for (int t = 0; t < nt; ++t) {
+    for (int t = 0; t < team; ++t) {
       total_g += partial[t * 2 * c2 + k];
       total_gx += partial[t * 2 * c2 + c2 + k];
     }
@@ -216,16 +226,28 @@ void ct_cgconv_backward(int64_t n, int64_t e, int64_t c, int64_t k_features, int
   }
 
   // 2. dz = scale * (g - mean(g) - x * mean(g x)), scattered to the centre, the neighbour
-  //    and the band features of every edge
+  //    and the band features of every edge. Each thread sums its neighbour rows in its own
+  //    scratch block, zeroing and combining only the rows its edges reach (crystals are
+  //    contiguous, so that is about its own atom range).
   const int64_t rows = n + k_features;
+  std::vector<int64_t> first_row(nt, 0), end_row(nt, 0);
 #pragma omp parallel num_threads(nt)
   {
-    const int t = omp_get_thread_num();
-    float* own = scratch + t * rows * c2;  // (N, 2C) neighbour sums, then (K, 2C) band sums
-    std::memset(own, 0, sizeof(float) * rows * c2);
-    float* own_u = own + n * c2;
+    const int t = omp_get_thread_num(), tn = omp_get_num_threads();
     int64_t lo, hi;
-    atom_chunk(n, ptr, t, nt, &lo, &hi);
+    atom_chunk(n, ptr, t, tn, &lo, &hi);
+    int64_t nb_lo = n, nb_hi = 0;
+    for (int64_t ed = ptr[lo]; ed < ptr[hi]; ++ed) {
+      nb_lo = std::min(nb_lo, neighbour[ed]);
+      nb_hi = std::max(nb_hi, neighbour[ed] + 1);
+    }
+    if (nb_lo >= nb_hi) nb_lo = nb_hi = 0;
+    first_row[t] = nb_lo;
+    end_row[t] = nb_hi;
+    float* own = scratch + t * rows * c2;  // (N, 2C) neighbour sums, then (K, 2C) band sums
+    std::memset(own + nb_lo * c2, 0, sizeof(float) * (nb_hi - nb_lo) * c2);
+    float* own_u = own + n * c2;
+    std::memset(own_u, 0, sizeof(float) * k_features * c2);
     const float *sc = scale.data(), *mg = mean_g.data(), *mgx = mean_gx.data();
     std::vector<float> dz(c2);
     float* d = dz.data();
@@ -262,13 +284,12 @@ void ct_cgconv_backward(int64_t n, int64_t e, int64_t c, int64_t k_features, int
 #pragma omp barrier
     // 3. combine the per-thread sums, rows split between the threads
     int64_t r0, r1;
-    chunk(rows, t, nt, &r0, &r1);
+    chunk(rows, t, tn, &r0, &r1);
     for (int64_t r = r0; r < r1; ++r) {
       float* dst = r < n ? grad_h_j + r * c2 : grad_w_ut + (r - n) * c2;
-      const float* src0 = scratch + r * c2;
-#pragma omp simd
-      for (int64_t k = 0; k < c2; ++k) dst[k] = src0[k];
-      for (int u = 1; u < nt; ++u) {
+      std::memset(dst, 0, sizeof(float) * c2);
+      for (int u = 0; u < tn; ++u) {
+        if (r < n && (r < first_row[u] || r >= end_row[u])) continue;
         const float* src = scratch + (u * rows + r) * c2;
 #pragma omp simd
         for (int64_t k = 0; k < c2; ++k) dst[k] += src[k];
