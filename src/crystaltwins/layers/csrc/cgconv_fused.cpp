@@ -41,6 +41,18 @@ inline void raw_edge(int64_t e, int64_t i, int64_t c2, int64_t w, const float* h
   }
 }
 
+// dL/dy of one edge, y = [f | c] (2C), from dL/dout of its centre atom (C): the gradient of
+// sigmoid(f) * softplus(c) given the saved gate = sigmoid(f), core = softplus(c) and
+// core_slope = sigmoid(c).
+inline void gate_grad(const float* grad_out, const float* gate, const float* core,
+                      const float* core_slope, int64_t c, float* grad_y) {
+#pragma omp simd
+  for (int64_t k = 0; k < c; ++k) {
+    grad_y[k] = grad_out[k] * core[k] * gate[k] * (1.0f - gate[k]);
+    grad_y[c + k] = grad_out[k] * gate[k] * core_slope[k];
+  }
+}
+
 // Static partition of [0, n) for thread t of nt.
 inline void chunk(int64_t n, int t, int nt, int64_t* lo, int64_t* hi) {
   const int64_t q = n / nt, r = n % nt;
@@ -192,21 +204,16 @@ void ct_cgconv_backward(int64_t n, int64_t e, int64_t c, int64_t k_features, int
     atom_chunk(n, ptr, t, tn, &lo, &hi);
     double* sg = partial.data() + t * 2 * c2;
     double* sgx = sg + c2;
+    std::vector<float> grad_y(c2);
+    float* gy = grad_y.data();
     for (int64_t i = lo; i < hi; ++i) {
-      const float* go = grad_out + i * c;
       for (int64_t ed = ptr[i]; ed < ptr[i + 1]; ++ed) {
+        gate_grad(grad_out + i * c, gate + ed * c, core + ed * c, core_slope + ed * c, c, gy);
         const float* xe = x + ed * c2;
-        const float* g = gate + ed * c;
-        const float* co = core + ed * c;
-        const float* cs = core_slope + ed * c;
 #pragma omp simd
-        for (int64_t k = 0; k < c; ++k) {
-          const float gf = go[k] * co[k] * g[k] * (1.0f - g[k]);
-          const float gc = go[k] * g[k] * cs[k];
-          sg[k] += gf;
-          sg[c + k] += gc;
-          sgx[k] += static_cast<double>(gf) * xe[k];
-          sgx[c + k] += static_cast<double>(gc) * xe[c + k];
+        for (int64_t k = 0; k < c2; ++k) {
+          sg[k] += gy[k];
+          sgx[k] += static_cast<double>(gy[k]) * xe[k];
         }
       }
     }
@@ -252,21 +259,13 @@ void ct_cgconv_backward(int64_t n, int64_t e, int64_t c, int64_t k_features, int
     std::vector<float> dz(c2);
     float* d = dz.data();
     for (int64_t i = lo; i < hi; ++i) {
-      const float* go = grad_out + i * c;
       float* gi = grad_h_i + i * c2;
       std::memset(gi, 0, sizeof(float) * c2);
       for (int64_t ed = ptr[i]; ed < ptr[i + 1]; ++ed) {
+        gate_grad(grad_out + i * c, gate + ed * c, core + ed * c, core_slope + ed * c, c, d);
         const float* xe = x + ed * c2;
-        const float* g = gate + ed * c;
-        const float* co = core + ed * c;
-        const float* cs = core_slope + ed * c;
 #pragma omp simd
-        for (int64_t k = 0; k < c; ++k) {
-          const float gf = go[k] * co[k] * g[k] * (1.0f - g[k]);
-          const float gc = go[k] * g[k] * cs[k];
-          d[k] = sc[k] * (gf - mg[k] - xe[k] * mgx[k]);
-          d[c + k] = sc[c + k] * (gc - mg[c + k] - xe[c + k] * mgx[c + k]);
-        }
+        for (int64_t k = 0; k < c2; ++k) d[k] = sc[k] * (d[k] - mg[k] - xe[k] * mgx[k]);
         float* gj = own + neighbour[ed] * c2;
 #pragma omp simd
         for (int64_t k = 0; k < c2; ++k) {
