@@ -94,9 +94,12 @@ def test_selection_is_deterministic_and_sorted(crystals):
         assert (np.diff(edges.src) >= 0).all()
         same_centre = np.diff(edges.src) == 0
         assert (np.diff(edges.distance)[same_centre] >= 0).all()
-    selected = set(zip(first.src.tolist(), first.dst.tolist(), map(tuple, first.image.tolist())))
-    others = zip(candidates.src.tolist(), candidates.dst.tolist(), candidates.image.tolist())
-    assert not selected & {(i, j, tuple(n)) for i, j, n in others}
+
+    def keys(edges):
+        rows = zip(edges.src.tolist(), edges.dst.tolist(), edges.image.tolist(), strict=True)
+        return {(i, j, tuple(n)) for i, j, n in rows}
+
+    assert not keys(first) & keys(candidates)
     # Same crystal with its atoms listed in reverse: every atom keeps its distances.
     n = len(structure)
     reverse, _ = find_neighbors(positions[::-1].copy(), lattice, 8.0, 12)

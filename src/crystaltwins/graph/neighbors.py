@@ -124,7 +124,12 @@ def _kernel_pairs(
                 f"atoms {centre[k]} and {neighbor[k]} overlap (distance {distance[k]:.2e} Å)"
             )
         keep = ~close
-        centre, neighbor, image, distance = centre[keep], neighbor[keep], image[keep], distance[keep]
+        centre, neighbor, image, distance = (
+            centre[keep],
+            neighbor[keep],
+            image[keep],
+            distance[keep],
+        )
     # The kernel's images are whole numbers stored as float64.
     return centre, neighbor, np.rint(image).astype(np.int8), distance
 
