@@ -171,7 +171,7 @@ def find_neighbors(
     centre, distance = centre[order], distance[order]
     rank, starts = rank_within_centre(centre, num_atoms)
     keep = rank < max_neighbors
-    order = order[keep]
+    order_all, order = order, order[keep]
     selected = NeighborList(
         centre[keep].astype(np.int32),
         neighbor[order].astype(np.int32),
@@ -181,30 +181,42 @@ def find_neighbors(
     empty = selected.take(np.zeros(0, dtype=np.int64))
     if margin <= 0.0:
         return selected, empty
-    # Candidates: a wider search (its order does not matter: re-selection sorts again).
+    # Candidates within the radius come from the same call; only centres whose bound reaches
+    # beyond it need a wider search (its order does not matter: re-selection sorts again).
     search_radius = radius + 2.0 * margin
     counts = np.diff(starts)
     kth = np.full(num_atoms, np.inf)
     full = counts >= max_neighbors
     kth[full] = distance[(starts[:-1] + max_neighbors - 1)[full]]
     bound = np.minimum(kth + 4.0 * margin + _BOUND_SLACK, search_radius + _BOUND_SLACK)
-    c_centre, c_neighbor, c_image, c_distance = _kernel_pairs(positions, lattice, search_radius)
-    near = c_distance <= bound[c_centre]
-    c_centre, c_neighbor, c_image, c_distance = (
-        c_centre[near],
-        c_neighbor[near],
-        c_image[near],
-        c_distance[near],
-    )
-    new = ~np.isin(
-        _edge_keys(c_centre, c_neighbor, c_image, num_atoms),
-        _edge_keys(selected.src, selected.dst, selected.image, num_atoms),
-    )
+    inner = ~keep & (distance <= bound[centre])
+    parts = [(centre[inner], neighbor[order_all[inner]], image[order_all[inner]], distance[inner])]
+    wide = np.flatnonzero(bound > radius)
+    if wide.size:
+        w_centre, w_neighbor, w_image, w_distance = find_points_in_spheres(
+            positions,
+            np.ascontiguousarray(positions[wide]),
+            r=search_radius,
+            pbc=_PBC,
+            lattice=lattice,
+            tol=SELF_TOLERANCE,
+        )
+        w_centre = wide[w_centre]
+        # The shell beyond the radius (a band below it too, deduplicated, against rounding).
+        shell = (w_distance > radius - _BOUND_SLACK) & (w_distance <= bound[w_centre])
+        w_centre, w_neighbor, w_distance = w_centre[shell], w_neighbor[shell], w_distance[shell]
+        w_image = np.rint(w_image[shell]).astype(np.int8)
+        known = _edge_keys(centre, neighbor[order_all], image[order_all], num_atoms)
+        new = ~np.isin(
+            _edge_keys(w_centre, w_neighbor, w_image, num_atoms),
+            known[distance > radius - 2.0 * _BOUND_SLACK],
+        )
+        parts.append((w_centre[new], w_neighbor[new], w_image[new], w_distance[new]))
     candidates = NeighborList(
-        c_centre[new].astype(np.int32),
-        c_neighbor[new].astype(np.int32),
-        c_image[new],
-        c_distance[new],
+        np.concatenate([p[0] for p in parts]).astype(np.int32),
+        np.concatenate([p[1] for p in parts]).astype(np.int32),
+        np.concatenate([p[2] for p in parts]),
+        np.concatenate([p[3] for p in parts]),
     )
     return selected, candidates.take(order_edges(candidates.src, candidates.distance))
 
