@@ -6,73 +6,100 @@ import numpy as np
 import pytest
 
 from crystaltwins.graph.crystal_graph import build_crystal_graph
-from crystaltwins.graph.neighbors import DISTANCE_RESOLUTION, edge_distances, find_neighbors
+from crystaltwins.graph.neighbors import edge_distances, find_neighbors
 from crystaltwins.graph.settings import GraphSettings
 from tests.helpers import read_structures
 
-# (file, crystals): >= 1,000 real crystals in all, from the four sources the issue names.
-SAMPLES = [("perovskites", 450), ("mp36k", 450), ("hoip", 80), ("qmof", 25)]
+# (file, crystals, first row): >= 1,000 real crystals in all, from the four sources of the issue.
+SAMPLES = [("perovskites", 450, 0), ("mp36k", 450, 0), ("hoip", 80, 0), ("qmof", 25, 0)]
+# The default run: ~100 crystals, with mp36k rows around mp-10373 (Cr3PdN, row 1251), where
+# another tie rule changed the published Barlow embedding by 13 %.
+FAST_SAMPLES = [("perovskites", 30, 0), ("mp36k", 50, 1230), ("hoip", 15, 0), ("qmof", 5, 0)]
 
 
 def reference_neighbors(structure, radius=8.0, max_neighbors=12):
-    """The CGCNN/CT code: get_all_neighbors(radius) sorted by distance, cut at max_neighbors."""
-    return [
-        sorted(n, key=lambda x: x[1])[:max_neighbors] for n in structure.get_all_neighbors(radius)
+    """The CGCNN/CT code: get_all_neighbors(radius) sorted by distance, cut at max_neighbors.
+
+    :returns: the full sorted lists, and the edges kept as (atom, neighbour, image, distance).
+    """
+    full = [sorted(n, key=lambda x: x[1]) for n in structure.get_all_neighbors(radius)]
+    kept = [
+        (i, n.index, tuple(int(v) for v in n.image), n.nn_distance)
+        for i, nbrs in enumerate(full)
+        for n in nbrs[:max_neighbors]
     ]
+    return full, kept
+
+
+def _read(data_dir, samples):
+    out = []
+    for name, count, start in samples:
+        out += [(name, i, s) for i, s in read_structures(data_dir / f"{name}.csv.gz", count, start)]
+    return out
 
 
 @pytest.fixture(scope="module")
 def crystals(data_dir):
-    out = []
-    for name, count in SAMPLES:
-        out += [(name, s) for _, s in read_structures(data_dir / f"{name}.csv.gz", count)]
-    return out
+    return _read(data_dir, FAST_SAMPLES)
 
 
-def test_neighbors_equal_reference_on_real_crystals(crystals):
-    assert len(crystals) >= 1000
+def assert_reference_graphs(crystals):
+    """Every crystal's edges are the reference's, in its order, with bit-equal distances.
+
+    :returns: (atoms, atoms with a tie at the cut: a further neighbour exactly as far as the
+        last one kept, so that the tie rule decides).
+    """
     atoms = tie_atoms = 0
-    for name, structure in crystals:
+    for name, crystal_id, structure in crystals:
         graph = build_crystal_graph(structure)
-        reference = reference_neighbors(structure)
-        for i, ref in enumerate(reference):
-            atoms += 1
-            mine = graph.edges.src == i
-            ours_d = graph.edges.distance[mine]
-            ref_d = np.array([n.nn_distance for n in ref])
-            # Same number of neighbours (no padding) and the same sorted distances.
-            assert len(ours_d) == len(ref_d), (name, i)
-            np.testing.assert_allclose(ours_d, ref_d, atol=1e-6, rtol=0)
-            ours = {
-                (int(j), tuple(int(v) for v in n))
-                for j, n in zip(graph.edges.dst[mine], graph.edges.image[mine], strict=True)
-            }
-            theirs = {(n.index, tuple(int(v) for v in n.image)) for n in ref}
-            if ours == theirs:
-                continue
-            # Only ties at the last place may differ: every neighbour strictly closer than the
-            # last distance is in both sets.
-            tie_atoms += 1
-            last = ref_d[-1]
-            closer_ref = {
-                (n.index, tuple(int(v) for v in n.image))
-                for n in ref
-                if n.nn_distance < last - 1e-6
-            }
-            assert closer_ref <= ours, (name, i)
-            assert len(ours_d) == len(ref_d)
+        full, reference = reference_neighbors(structure)
+        ours = [
+            (int(i), int(j), tuple(int(v) for v in n), float(d))
+            for i, j, n, d in zip(
+                graph.edges.src, graph.edges.dst, graph.edges.image, graph.edges.distance,
+                strict=True,
+            )
+        ]  # fmt: skip
+        assert ours == reference, (name, crystal_id)
+        atoms += len(full)
+        tie_atoms += sum(len(n) > 12 and n[12][1] == n[11][1] for n in full)
+    return atoms, tie_atoms
+
+
+def test_neighbors_equal_reference_in_order(crystals):
+    assert any(crystal_id == "mp-10373" for _, crystal_id, _ in crystals)
+    atoms, tie_atoms = assert_reference_graphs(crystals)
+    assert atoms > 1_000
+    assert tie_atoms > 50  # ties at the 12th place are common: the rule is exercised
+
+
+@pytest.mark.slow
+def test_neighbors_equal_reference_in_order_on_1000_crystals(data_dir):
+    crystals = _read(data_dir, SAMPLES)
+    assert len(crystals) >= 1000
+    atoms, tie_atoms = assert_reference_graphs(crystals)
     assert atoms > 10_000
-    # Ties at the 12th place do occur (about 1 in 3 perovskite atoms), so the rule matters.
-    assert tie_atoms > 0
+    assert tie_atoms > 1_000
 
 
-def test_tie_rule_is_deterministic_and_documented(crystals):
-    _, structure = crystals[0]  # a cubic perovskite: many ties
+def test_selection_is_deterministic_and_sorted(crystals):
+    _, _, structure = crystals[0]  # a cubic perovskite: many ties
     positions, lattice = structure.cart_coords, structure.lattice.matrix
-    first, _ = find_neighbors(positions, lattice, 8.0, 12)
-    again, _ = find_neighbors(positions, lattice, 8.0, 12)
+    first, candidates = find_neighbors(positions, lattice, 8.0, 12, 0.05)
+    again, _ = find_neighbors(positions, lattice, 8.0, 12, 0.05)
     for name in ("src", "dst", "image", "distance"):
         np.testing.assert_array_equal(getattr(first, name), getattr(again, name))
+    # Grouped by centre, nearest first; candidates never repeat a selected edge.
+    for edges in (first, candidates):
+        assert (np.diff(edges.src) >= 0).all()
+        same_centre = np.diff(edges.src) == 0
+        assert (np.diff(edges.distance)[same_centre] >= 0).all()
+
+    def keys(edges):
+        rows = zip(edges.src.tolist(), edges.dst.tolist(), edges.image.tolist(), strict=True)
+        return {(i, j, tuple(n)) for i, j, n in rows}
+
+    assert not keys(first) & keys(candidates)
     # Same crystal with its atoms listed in reverse: every atom keeps its distances.
     n = len(structure)
     reverse, _ = find_neighbors(positions[::-1].copy(), lattice, 8.0, 12)
@@ -80,29 +107,17 @@ def test_tie_rule_is_deterministic_and_documented(crystals):
         np.testing.assert_allclose(
             first.distance[first.src == i], reverse.distance[reverse.src == n - 1 - i], atol=1e-9
         )
-    # Within one centre: distance (rounded), then neighbour index, then image.
-    for i in range(len(structure)):
-        m = first.src == i
-        key = list(
-            zip(
-                np.rint(first.distance[m] / DISTANCE_RESOLUTION).astype(int),
-                first.dst[m],
-                *first.image[m].T,
-                strict=True,
-            )
-        )
-        assert key == sorted(key)
 
 
 def test_edges_and_images_reproduce_distances(crystals):
-    for _, structure in crystals[::50]:
+    for _, _, structure in crystals[::10]:
         g = build_crystal_graph(structure)
         d = edge_distances(g.positions, g.lattice, g.edges.src, g.edges.dst, g.edges.image)
         np.testing.assert_allclose(d, g.edges.distance, atol=1e-9)
 
 
 def test_fewer_neighbours_than_max_are_not_padded(crystals):
-    _, structure = crystals[0]
+    _, _, structure = crystals[0]
     g = build_crystal_graph(structure, GraphSettings(radius=3.0, max_neighbors=12))
     counts = np.bincount(g.edges.src, minlength=len(structure))
     within = [len(n) for n in structure.get_all_neighbors(3.0)]
@@ -115,7 +130,7 @@ def test_candidates_cover_moved_atoms(crystals):
     """After atoms move by <= margin, the new nearest neighbours are among the cached edges."""
     rng = np.random.default_rng(0)
     margin = 0.05
-    for _, structure in crystals[::40]:
+    for _, _, structure in crystals[::8]:
         positions, lattice = structure.cart_coords, structure.lattice.matrix
         selected, candidates = find_neighbors(positions, lattice, 8.0, 12, margin)
         known = {

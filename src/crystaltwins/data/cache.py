@@ -46,7 +46,7 @@ from crystaltwins.graph.neighbors import NeighborList
 from crystaltwins.graph.settings import GraphSettings
 from crystaltwins.io.records import BadRecord, CrystalInputError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: neighbours in the reference (pymatgen kernel) order, ties included
 CHUNK_SIZE = 256
 
 _ATOM_ARRAYS = ("atomic_numbers", "positions")

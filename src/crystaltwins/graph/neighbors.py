@@ -1,16 +1,22 @@
 """Nearest-neighbour search with periodic images, exactly as CGCNN / Crystal Twins select edges.
 
-The reference algorithm is pymatgen ``Structure.get_all_neighbors(radius)`` sorted by distance and
-cut at ``max_neighbors`` per atom. We call the same compiled kernel that pymatgen uses
-(:func:`pymatgen.optimization.neighbors.find_points_in_spheres`) on plain arrays, which skips the
-construction of ``PeriodicNeighbor`` objects, and select the nearest neighbours with vectorised
-NumPy.
+The reference code (CGCNN ``data.py``, used by Crystal Twins) does, per crystal::
 
-**Tie rule.** Neighbours of one atom are ordered by distance rounded to
-:data:`DISTANCE_RESOLUTION` (1e-6 Å), then by neighbour index, then by periodic image (x, then y,
-then z). The reference keeps whatever order the kernel returns for equal distances, so at the
-``max_neighbors``-th place, atoms at equal distance may be chosen differently; the distances of
-the selected neighbours are always the same.
+    all_nbrs = crystal.get_all_neighbors(radius, include_index=True)
+    all_nbrs = [sorted(nbrs, key=lambda x: x[1]) for nbrs in all_nbrs]
+
+and keeps the first ``max_num_nbr`` of each atom. ``get_all_neighbors`` lists, per centre, the
+pairs in the order of pymatgen's compiled kernel
+(:func:`pymatgen.optimization.neighbors.find_points_in_spheres`, called with ``r = radius``), and
+Python's ``sorted`` is stable. We call the same kernel with the same arguments on plain arrays
+(no ``PeriodicNeighbor`` objects) and sort stably by its float64 distances, so the selected edges,
+their order, images and distances are bit for bit the reference's, ties at the
+``max_neighbors``-th place included.
+
+**Tie rule.** Equal float64 distances keep the kernel's order. That order follows its internal
+cell list (cubes of edge ``radius``), which depends on ``radius`` and on every atom's position:
+it cannot be reproduced without running the kernel at ``radius``, so candidate edges for
+perturbation come from a second, wider call.
 """
 
 from __future__ import annotations
@@ -20,17 +26,18 @@ from dataclasses import dataclass
 import numpy as np
 from pymatgen.optimization.neighbors import find_points_in_spheres
 
-#: Distances equal to within this many Å count as ties (see the tie rule above).
-DISTANCE_RESOLUTION = 1e-6
-#: Pairs closer than this (Å) are an atom and itself.
+#: pymatgen's ``numerical_tol``: pairs closer than this (Å) are an atom and itself, and the kernel
+#: keeps pairs with ``d² < r² + SELF_TOLERANCE`` (Å²).
 SELF_TOLERANCE = 1e-8
+#: Extra width (Å) of the candidate shell, so that rounding never drops a needed candidate.
+_BOUND_SLACK = 2e-6
 
 _PBC = np.ones(3, dtype=np.int64)
 
 
 @dataclass
 class NeighborList:
-    """Directed edges of one crystal, grouped by centre atom and ordered by the tie rule.
+    """Directed edges of one crystal, grouped by centre atom, nearest first in each centre.
 
     :param src: ``(E,)`` int32 centre atom index *i*.
     :param dst: ``(E,)`` int32 neighbour atom index *j*.
@@ -68,12 +75,15 @@ def edge_distances(
     return np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
 
 
-def order_edges(
-    src: np.ndarray, dst: np.ndarray, image: np.ndarray, distance: np.ndarray
-) -> np.ndarray:
-    """The permutation that sorts edges by centre, then by the tie rule."""
-    rounded = np.rint(distance / DISTANCE_RESOLUTION).astype(np.int64)
-    return np.lexsort((image[:, 2], image[:, 1], image[:, 0], dst, rounded, src))
+def within_cutoff(distance: np.ndarray, radius: float) -> np.ndarray:
+    """The kernel's cutoff test, ``d² < r² + SELF_TOLERANCE`` (a hair beyond ``radius``)."""
+    return distance * distance < radius * radius + SELF_TOLERANCE
+
+
+def order_edges(src: np.ndarray, distance: np.ndarray) -> np.ndarray:
+    """The permutation that sorts edges by centre, then by distance; stable, so equal distances
+    keep their given order (as the reference's ``sorted``)."""
+    return np.lexsort((distance, src))
 
 
 def rank_within_centre(src_sorted: np.ndarray, num_atoms: int) -> tuple[np.ndarray, np.ndarray]:
@@ -94,7 +104,41 @@ def select_nearest(
     """
     rank, _ = rank_within_centre(edges.src, num_atoms)
     # Edges within the radius come first in each centre's group, so rank among them = rank.
-    return (rank < max_neighbors) & (edges.distance <= radius)
+    return (rank < max_neighbors) & within_cutoff(edges.distance, radius)
+
+
+def _kernel_pairs(
+    positions: np.ndarray, lattice: np.ndarray, radius: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """pymatgen's ``get_neighbor_list(radius)``: the kernel's pairs, in its order, without each
+    atom itself. :raises ValueError: two atoms closer than ``SELF_TOLERANCE``."""
+    centre, neighbor, image, distance = find_points_in_spheres(
+        positions, positions, r=radius, pbc=_PBC, lattice=lattice, tol=SELF_TOLERANCE
+    )
+    close = distance <= SELF_TOLERANCE
+    if close.any():
+        overlap = close & (centre != neighbor)
+        if overlap.any():
+            k = int(np.flatnonzero(overlap)[0])
+            raise ValueError(
+                f"atoms {centre[k]} and {neighbor[k]} overlap (distance {distance[k]:.2e} Å)"
+            )
+        keep = ~close
+        centre, neighbor, image, distance = (
+            centre[keep],
+            neighbor[keep],
+            image[keep],
+            distance[keep],
+        )
+    # The kernel's images are whole numbers stored as float64.
+    return centre, neighbor, np.rint(image).astype(np.int8), distance
+
+
+def _edge_keys(src: np.ndarray, dst: np.ndarray, image: np.ndarray, num_atoms: int) -> np.ndarray:
+    """One int64 per edge ``(i, j, n)``."""
+    shifted = image.astype(np.int64) + 128
+    pair = src.astype(np.int64) * num_atoms + dst
+    return (pair << 24) | (shifted[:, 0] << 16) | (shifted[:, 1] << 8) | shifted[:, 2]
 
 
 def find_neighbors(
@@ -115,56 +159,66 @@ def find_neighbors(
         ``selected`` + ``candidates``. A pair's distance changes by at most ``2·margin``, so the new
         ``max_neighbors``-th distance is at most ``d_k + 2·margin`` and every new neighbour was at
         most ``min(d_k + 4·margin, radius + 2·margin)`` away before.
-    :returns: ``(selected, candidates)``: the edges of the graph (per atom, nearest first) and the
-        other candidate edges (possibly empty), both ordered by the tie rule.
+    :returns: ``(selected, candidates)``: the edges of the graph, exactly the reference's (per
+        atom, nearest first, ties in the kernel's order), and the other candidate edges (possibly
+        empty; per atom, nearest first).
     """
     positions = np.ascontiguousarray(positions, dtype=np.float64)
     lattice = np.ascontiguousarray(lattice, dtype=np.float64)
     num_atoms = positions.shape[0]
-    search_radius = radius + 2.0 * margin
-    centre, neighbor, image, distance = find_points_in_spheres(
-        positions, positions, r=search_radius, pbc=_PBC, lattice=lattice, tol=SELF_TOLERANCE
-    )
-    close = distance <= SELF_TOLERANCE
-    if close.any():
-        overlap = close & (centre != neighbor)
-        if overlap.any():
-            k = int(np.flatnonzero(overlap)[0])
-            raise ValueError(
-                f"atoms {centre[k]} and {neighbor[k]} overlap (distance {distance[k]:.2e} Å)"
-            )
-        # An atom is not its own neighbour: push it past the search radius (kept finite for
-        # the sort key below).
-        distance = np.where(close, 2.0 * search_radius, distance)
-    # Pass 1, cheap: order by centre then distance to find each centre's k-th distance, and keep
-    # only the edges that can matter (most of the sphere is far beyond the k-th neighbour).
-    order = np.argsort(centre * (2.0 * search_radius + 1.0) + distance)
+    centre, neighbor, image, distance = _kernel_pairs(positions, lattice, radius)
+    order = order_edges(centre, distance)
     centre, distance = centre[order], distance[order]
-    _, starts = rank_within_centre(centre, num_atoms)
-    counts = np.diff(starts)
-    has_k = counts >= max_neighbors
-    kth = np.full(num_atoms, np.inf)
-    kth[has_k] = distance[(starts[:-1] + max_neighbors - 1)[has_k]]
-    kth[kth > radius] = np.inf
-    # Ties at the k-th place must all be seen by the tie rule, hence the resolution margin.
-    bound = np.minimum(kth + 4.0 * margin + 2.0 * DISTANCE_RESOLUTION, search_radius)
-    keep = distance <= bound[centre]
-    order = order[keep]
-    centre, distance = centre[keep], distance[keep]
-    neighbor, image = neighbor[order], image[order].astype(np.int8)
-    # Pass 2, on the short list: the tie rule, then the nearest within the radius.
-    order = order_edges(centre, neighbor, image, distance)
-    edges = NeighborList(
-        centre[order].astype(np.int32),
+    rank, starts = rank_within_centre(centre, num_atoms)
+    keep = rank < max_neighbors
+    order_all, order = order, order[keep]
+    selected = NeighborList(
+        centre[keep].astype(np.int32),
         neighbor[order].astype(np.int32),
         image[order],
-        distance[order],
+        distance[keep],
     )
-    rank, _ = rank_within_centre(edges.src, num_atoms)
-    selected = (rank < max_neighbors) & (edges.distance <= radius)
+    empty = selected.take(np.zeros(0, dtype=np.int64))
     if margin <= 0.0:
-        return edges.take(selected), edges.take(np.zeros(0, dtype=np.int64))
-    return edges.take(selected), edges.take(~selected)
+        return selected, empty
+    # Candidates within the radius come from the same call; only centres whose bound reaches
+    # beyond it need a wider search (its order does not matter: re-selection sorts again).
+    search_radius = radius + 2.0 * margin
+    counts = np.diff(starts)
+    kth = np.full(num_atoms, np.inf)
+    full = counts >= max_neighbors
+    kth[full] = distance[(starts[:-1] + max_neighbors - 1)[full]]
+    bound = np.minimum(kth + 4.0 * margin + _BOUND_SLACK, search_radius + _BOUND_SLACK)
+    inner = ~keep & (distance <= bound[centre])
+    parts = [(centre[inner], neighbor[order_all[inner]], image[order_all[inner]], distance[inner])]
+    wide = np.flatnonzero(bound > radius)
+    if wide.size:
+        w_centre, w_neighbor, w_image, w_distance = find_points_in_spheres(
+            positions,
+            np.ascontiguousarray(positions[wide]),
+            r=search_radius,
+            pbc=_PBC,
+            lattice=lattice,
+            tol=SELF_TOLERANCE,
+        )
+        w_centre = wide[w_centre]
+        # The shell beyond the radius (a band below it too, deduplicated, against rounding).
+        shell = (w_distance > radius - _BOUND_SLACK) & (w_distance <= bound[w_centre])
+        w_centre, w_neighbor, w_distance = w_centre[shell], w_neighbor[shell], w_distance[shell]
+        w_image = np.rint(w_image[shell]).astype(np.int8)
+        known = _edge_keys(centre, neighbor[order_all], image[order_all], num_atoms)
+        new = ~np.isin(
+            _edge_keys(w_centre, w_neighbor, w_image, num_atoms),
+            known[distance > radius - 2.0 * _BOUND_SLACK],
+        )
+        parts.append((w_centre[new], w_neighbor[new], w_image[new], w_distance[new]))
+    candidates = NeighborList(
+        np.concatenate([p[0] for p in parts]).astype(np.int32),
+        np.concatenate([p[1] for p in parts]).astype(np.int32),
+        np.concatenate([p[2] for p in parts]),
+        np.concatenate([p[3] for p in parts]),
+    )
+    return selected, candidates.take(order_edges(candidates.src, candidates.distance))
 
 
 def reselect_neighbors(
@@ -176,8 +230,13 @@ def reselect_neighbors(
     max_neighbors: int,
 ) -> NeighborList:
     """Recompute the distances of ``edges`` (selected + candidates) for moved atoms and keep the
-    ``max_neighbors`` nearest within ``radius`` of each atom, by the same tie rule."""
+    ``max_neighbors`` nearest within ``radius`` of each atom.
+
+    Equal distances keep the order of ``edges``. After random displacements the only exact ties
+    left are between images of an atom and itself (``|n·L| = |m·L|``): such edges carry the same
+    atom and the same distance, so whichever is kept, the graph's features are the same.
+    """
     distance = edge_distances(positions, lattice, edges.src, edges.dst, edges.image)
-    order = order_edges(edges.src, edges.dst, edges.image, distance)
+    order = order_edges(edges.src, distance)
     moved = NeighborList(edges.src[order], edges.dst[order], edges.image[order], distance[order])
     return moved.take(select_nearest(moved, num_atoms, radius, max_neighbors))

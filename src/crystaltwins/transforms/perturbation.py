@@ -8,7 +8,7 @@ import numpy as np
 
 from crystaltwins.data.batch import GraphArrays
 from crystaltwins.graph.crystal_graph import CrystalGraph
-from crystaltwins.graph.neighbors import NeighborList, reselect_neighbors
+from crystaltwins.graph.neighbors import NeighborList, reselect_neighbors, within_cutoff
 from crystaltwins.graph.settings import GraphSettings
 
 
@@ -79,8 +79,9 @@ class RandomPerturbation:
     def batch(self, arrays: GraphArrays, rng: np.random.Generator) -> GraphArrays:
         """The same on a whole batch at once: one distance computation and one sort.
 
-        After a random displacement, distances tie with probability zero, so ordering by
-        (centre, distance) gives the tie rule's order.
+        Ordered by (centre, distance), stably, as :func:`reselect_neighbors`. After a random
+        displacement the only exact ties left are images of an atom and itself at equal
+        ``|n·L|``: the same atom at the same distance, so either choice gives the same features.
         """
         settings = self.settings
         positions = arrays.positions + random_displacements(
@@ -92,14 +93,15 @@ class RandomPerturbation:
         vectors = positions[dst] + shift - positions[src]
         distance = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
         order = np.argsort(
-            src * (2.0 * settings.radius + 1.0) + np.minimum(distance, 2.0 * settings.radius)
+            src * (2.0 * settings.radius + 1.0) + np.minimum(distance, 2.0 * settings.radius),
+            kind="stable",
         )
         src, distance = src[order], distance[order]
         counts = np.bincount(src, minlength=positions.shape[0])
         starts = np.zeros(positions.shape[0], dtype=np.int64)
         np.cumsum(counts[:-1], out=starts[1:])
         rank = np.arange(src.shape[0]) - starts[src]
-        keep = (rank < settings.max_neighbors) & (distance <= settings.radius)
+        keep = (rank < settings.max_neighbors) & within_cutoff(distance, settings.radius)
         order = order[keep]
         return replace(
             arrays,
