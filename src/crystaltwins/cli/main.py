@@ -516,17 +516,14 @@ def _os_error_message(error: OSError) -> str:
 
 def _disk_full_message(error: BaseException) -> str | None:
     """The message for a write that failed because the disk is full, as reported by PyTorch's
-    and NumPy's writers (``unexpected pos ...`` from ``torch.save``), else ``None``."""
+    writer (``RuntimeError: ... unexpected pos ...`` from ``torch.save``), else ``None``."""
     import errno
 
-    text = str(error)
-    if isinstance(error, RuntimeError) and (
-        "unexpected pos" in text
-        or "PytorchStreamWriter failed" in text
-        or "file write failed" in text
-    ):
-        return _os_error_message(OSError(errno.ENOSPC, "No space left on device"))
-    return None
+    from crystaltwins.training.common import is_disk_full
+
+    if not is_disk_full(error):
+        return None
+    return _os_error_message(OSError(errno.ENOSPC, "No space left on device"))
 
 
 if __name__ == "__main__":

@@ -196,12 +196,19 @@ def _pack_chunk(
 def _write_chunk(partial: Path, index: int, chunk: dict[str, Any]) -> None:
     stem = partial / f"chunk_{index:06d}"
     tmp = stem.with_suffix(f".npz.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        np.savez(handle, **chunk["arrays"])
-    os.replace(tmp, stem.with_suffix(".npz"))
     tmp_json = stem.with_suffix(f".json.tmp-{os.getpid()}")
-    tmp_json.write_text(json.dumps(chunk["info"]))
-    os.replace(tmp_json, stem.with_suffix(".json"))  # written last: marks the chunk done
+    try:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **chunk["arrays"])
+        os.replace(tmp, stem.with_suffix(".npz"))
+        tmp_json.write_text(json.dumps(chunk["info"]))
+        os.replace(tmp_json, stem.with_suffix(".json"))  # written last: marks the chunk done
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        tmp_json.unlink(missing_ok=True)
+        if error.filename is None:  # e.g. a full disk: say where
+            raise OSError(error.errno, error.strerror, str(partial)) from error
+        raise
 
 
 def _chunks(iterable: Iterable[Any], size: int) -> Iterator[list[Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -118,14 +119,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             torch.save(checkpoint, tmp)
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as error:
             tmp.unlink(missing_ok=True)  # e.g. a full disk: no half-written file left behind
+            if is_disk_full(error):
+                raise OSError(errno.ENOSPC, "No space left on device", str(path)) from error
             raise
 
     def load_checkpoint(
         self, path: Any, map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` is a write that failed for lack of space, including PyTorch's way of
+    saying it (``RuntimeError: ... unexpected pos ...`` / ``file write failed``)."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        marker in text
+        for marker in ("unexpected pos", "PytorchStreamWriter failed", "file write failed")
+    )
 
 
 def resolve_precision(accelerator: str, precision: str | None) -> str:
