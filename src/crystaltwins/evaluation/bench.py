@@ -384,6 +384,11 @@ def run_bench(
     # Held until this function returns (or the process ends): one benchmark per folder.
     lock = claim_run_folder(ctx.out, overwrite=overwrite, known=BENCH_FILES, continues=True)
     corpus_paths = [Path(c) for c in corpus] if corpus else sorted(data_root.glob("*.csv.gz"))
+    if not corpus_paths and not pretrained:
+        lock.release()
+        raise FileNotFoundError(
+            f"{data_root}: no *.csv.gz files to pre-train on (or give --corpus)"
+        )
     variants = ABLATION if ablation else {"RP+AM+EM": "rp,am,em"}
     ctx.runs_total = len(runnable) * seeds * (1 + len(variants))
 

@@ -180,6 +180,11 @@ def check_run_folder(
         _remove(ours)
         return
     if resume or continues:
+        if entries and not ours:
+            raise ValueError(
+                f"{out}: holds files crystaltwins did not write ({_shown(entries)}) and no earlier "
+                "run to continue; nothing was changed; give a new or empty folder"
+            )
         if resume and not continues:
             differences = config_differences(out, config)
             if differences:
@@ -216,10 +221,11 @@ def claim_run_folder(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: exists and is not a folder; give a folder for the run")
-    if out.is_dir():  # refuse a user's folder before creating the lock file in it
-        entries = _unknown_entries(out, known)
-        if entries and not (resume or continues):
-            check_run_folder(out, config, resume=resume, overwrite=overwrite, known=known)
+    if out.is_dir() and _unknown_entries(out, known):
+        # Refuse a user's folder before creating the lock file in it.
+        check_run_folder(
+            out, config, resume=resume, overwrite=overwrite, known=known, continues=continues
+        )
     out.mkdir(parents=True, exist_ok=True)
     lock = FileLock(out / LOCK_NAME, str(out)).acquire(wait=False)
     try:
