@@ -178,11 +178,7 @@ def _is_predictions_csv(path: Path, column: str) -> bool:
             header = next(csv.reader(handle), [])
     except (OSError, UnicodeDecodeError, csv.Error):
         return False
-    return (
-        len(header) >= 2
-        and header[0] == "id"
-        and (header[1:] == ["predicted_class", "probability_class_1"] or len(header) == 2)
-    )
+    return header in (["id", column], ["id", "predicted_class", "probability_class_1"])
 
 
 def _is_embeddings_npz(path: Path) -> bool:
