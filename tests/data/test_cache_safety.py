@@ -225,3 +225,31 @@ def test_ctrl_c_during_featurize_says_how_to_continue(perovskite_subset, tmp_pat
     ]
     rerun = subprocess.run(command, capture_output=True, text=True, env=_env(tmp_path))
     assert rerun.returncode == 0 and "crystals built: 1500" in rerun.stdout
+
+
+@pytest.mark.slow
+def test_kill_9_during_featurize_then_rerun_gives_the_same_cache(perovskite_subset, tmp_path):
+    from crystaltwins.graph.atom_features import default_featurizer
+
+    out = tmp_path / "killed" / "c"
+    out.parent.mkdir()
+    command = [
+        sys.executable, "-m", "crystaltwins.cli.main", "featurize", str(perovskite_subset),
+        "--out", str(out), "--no-progress", "--workers", "2",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, env=_env(tmp_path))
+    while not list(out.parent.glob("c.partial/chunk_*.json")):
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    rerun = subprocess.run(command, capture_output=True, text=True, env=_env(tmp_path))
+    assert rerun.returncode == 0, rerun.stderr
+    assert sorted(p.name for p in out.parent.iterdir()) == ["c", "c.lock"]  # nothing stale
+    expected = tmp_path / "whole"
+    build_graph_cache(
+        perovskite_subset, expected, featurizer=default_featurizer(None), progress=False
+    )
+    for array in sorted(p.name for p in expected.glob("*.npy")):
+        np.testing.assert_array_equal(
+            np.load(out / array), np.load(expected / array), err_msg=array
+        )
