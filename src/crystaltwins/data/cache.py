@@ -21,6 +21,12 @@ Layout of a cache directory (all arrays ``.npy``, opened with ``mmap_mode="r"``)
 A build writes chunks of 256 crystals to ``<cache>.partial/`` (each chunk atomically), then
 assembles the arrays in a temporary directory and renames it into place: an interrupted build
 leaves no corrupt cache, and a rerun reuses the finished chunks.
+
+Safety: only a missing or empty folder, or a graph cache (its manifest and its own files), is
+ever written or replaced (never the input data or a user's folder). One process builds a cache
+at a time, holding an ``flock`` on ``<cache>.lock`` (released by the OS if it dies); others wait,
+then reuse the finished cache. Temporary folders are named ``<cache>.tmp-<pid>-<random>``; those
+of dead processes are removed by the next build.
 """
 
 from __future__ import annotations
