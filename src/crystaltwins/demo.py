@@ -148,5 +148,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _main_with_messages() -> int:
+    """:func:`main`, with a user's error (e.g. ``--out`` holding a run with other settings) as
+    one line, and Ctrl-C as how to continue."""
+    try:
+        return main()
+    except (ValueError, FileNotFoundError) as error:
+        print(f"demo: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("demo: interrupted; run it again to continue where it stopped", file=sys.stderr)
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_main_with_messages())

@@ -45,7 +45,13 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         "--resume",
         action="store_true",
         default=None,
-        help="continue from RUN_DIR/checkpoints/last.ckpt",
+        help="continue the run in RUN_DIR from checkpoints/last.ckpt (same settings only)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        default=None,
+        help="replace the earlier run in RUN_DIR (only crystaltwins' own files are removed)",
     )
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
 
@@ -326,9 +332,10 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from crystaltwins.evaluation.inference import predict, write_predictions_csv
+    from crystaltwins.evaluation.inference import check_output_file, predict, write_predictions_csv
 
     _check_accelerator(args.device)
+    check_output_file(args.out, "predictions")  # before the work, not after
     result = predict(
         _model_argument(args, args.model),
         args.data,
@@ -342,9 +349,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from crystaltwins.evaluation.inference import embed, write_embeddings_npz
+    from crystaltwins.evaluation.inference import check_output_file, embed, write_embeddings_npz
 
     _check_accelerator(args.device)
+    check_output_file(args.out, "embeddings")
     result = embed(
         _model_argument(args, args.model),
         args.data,
@@ -444,11 +452,78 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"crystaltwins {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            f"crystaltwins {args.command}: interrupted; {_RESUME_HINTS[args.command]}",
+            file=sys.stderr,
+        )
+        return 130
+    except OSError as error:
+        print(f"crystaltwins {args.command}: error: {_os_error_message(error)}", file=sys.stderr)
+        return 2
     except Exception as error:
+        disk_full = _disk_full_message(error)
+        if disk_full:
+            print(f"crystaltwins {args.command}: error: {disk_full}", file=sys.stderr)
+            return 2
         if type(error).__name__ != "MisconfigurationException":  # Lightning's settings errors
             raise
         print(f"crystaltwins {args.command}: error: {error}", file=sys.stderr)
         return 2
+
+
+_RUN_HINT = "run the same command again with --resume to continue after the last finished epoch"
+_REBUILD_HINT = (
+    "run the same command again to continue (finished parts of the graph cache are kept)"
+)
+#: What to do after a Ctrl-C, by command.
+_RESUME_HINTS = {
+    "featurize": _REBUILD_HINT,
+    "graph": "nothing was written",
+    "pretrain": _RUN_HINT,
+    "finetune": _RUN_HINT,
+    "predict": _REBUILD_HINT,
+    "embed": _REBUILD_HINT,
+    "plot": "nothing was written; run it again",
+    "bench": "run the same command again to continue (finished runs are reused)",
+}
+
+
+def _os_error_message(error: OSError) -> str:
+    """One line for a failed file operation: what, where, and what to do."""
+    import errno
+
+    where = (
+        " ".join(str(name) for name in (error.filename, error.filename2) if name is not None)
+        or "a file"
+    )
+    if error.errno == errno.ENOSPC or error.errno == errno.EDQUOT:
+        return (
+            f"no space left on the disk (writing {where}); free some space and run the command "
+            "again (finished work is kept)"
+        )
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (
+            f"cannot write {where} (permission denied or read-only); choose a writable folder "
+            "(--out, --cache-root or $CRYSTALTWINS_CACHE)"
+        )
+    if error.errno == errno.ENAMETOOLONG:
+        return f"file name too long: {where}; use a shorter name or folder"
+    if error.errno == errno.EISDIR:
+        return f"{where} is a folder; give a file name"
+    return f"{error.strerror or error} ({where})"
+
+
+def _disk_full_message(error: BaseException) -> str | None:
+    """The message for a write that failed because the disk is full, as reported by PyTorch's
+    writer (``RuntimeError: ... unexpected pos ...`` from ``torch.save``), else ``None``."""
+    import errno
+
+    from crystaltwins.training.common import is_disk_full
+
+    if not is_disk_full(error):
+        return None
+    return _os_error_message(OSError(errno.ENOSPC, "No space left on device"))
 
 
 if __name__ == "__main__":

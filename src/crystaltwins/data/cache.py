@@ -21,6 +21,12 @@ Layout of a cache directory (all arrays ``.npy``, opened with ``mmap_mode="r"``)
 A build writes chunks of 256 crystals to ``<cache>.partial/`` (each chunk atomically), then
 assembles the arrays in a temporary directory and renames it into place: an interrupted build
 leaves no corrupt cache, and a rerun reuses the finished chunks.
+
+Safety: only a missing or empty folder, or a graph cache (its manifest and its own files), is
+ever written or replaced (never the input data or a user's folder). One process builds a cache
+at a time, holding an ``flock`` on ``<cache>.lock`` (released by the OS if it dies); others wait,
+then reuse the finished cache. Temporary folders are named ``<cache>.tmp-<pid>-<random>``; those
+of dead processes are removed by the next build.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -44,6 +51,12 @@ import numpy as np
 from crystaltwins.graph.crystal_graph import CrystalGraph, build_crystal_graph
 from crystaltwins.graph.neighbors import NeighborList
 from crystaltwins.graph.settings import GraphSettings
+from crystaltwins.io.locks import (
+    FileLock,
+    remove_stale_temporaries,
+    sibling,
+    temporary_sibling,
+)
 from crystaltwins.io.records import BadRecord, CrystalInputError
 
 CACHE_VERSION = 2  # 2: neighbours in the reference (pymatgen kernel) order, ties included
@@ -188,13 +201,20 @@ def _pack_chunk(
 
 def _write_chunk(partial: Path, index: int, chunk: dict[str, Any]) -> None:
     stem = partial / f"chunk_{index:06d}"
-    tmp = stem.with_suffix(".npz.tmp")
-    with open(tmp, "wb") as handle:
-        np.savez(handle, **chunk["arrays"])
-    os.replace(tmp, stem.with_suffix(".npz"))
-    tmp_json = stem.with_suffix(".json.tmp")
-    tmp_json.write_text(json.dumps(chunk["info"]))
-    os.replace(tmp_json, stem.with_suffix(".json"))  # written last: marks the chunk done
+    tmp = stem.with_suffix(f".npz.tmp-{os.getpid()}")
+    tmp_json = stem.with_suffix(f".json.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **chunk["arrays"])
+        os.replace(tmp, stem.with_suffix(".npz"))
+        tmp_json.write_text(json.dumps(chunk["info"]))
+        os.replace(tmp_json, stem.with_suffix(".json"))  # written last: marks the chunk done
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        tmp_json.unlink(missing_ok=True)
+        if error.filename is None:  # e.g. a full disk: say where
+            raise OSError(error.errno, error.strerror, str(partial)) from error
+        raise
 
 
 def _chunks(iterable: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -255,19 +275,142 @@ def build_graph_cache(
     settings = settings or GraphSettings()
     source = Path(source).resolve()
     cache_dir = Path(cache_dir)
+    check_cache_target(cache_dir, source)
     supported, feat_name, feat_fp = _supported_elements(featurizer)
     key = _manifest_key(source, settings, feat_name, feat_fp, targets or [])
-    if not force and (cache_dir / "manifest.json").exists():
-        manifest = json.loads((cache_dir / "manifest.json").read_text())
-        if manifest.get("key") == key:
-            return _summary(cache_dir, manifest, time.perf_counter() - start, reused=True)
+    if not force and (reused := _reusable(cache_dir, key, start)) is not None:
+        return reused
+    cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    # One builder per cache at a time: a second process waits here, then reuses the cache.
+    with FileLock(sibling(cache_dir, ".lock"), str(cache_dir)):
+        check_cache_target(cache_dir, source)
+        remove_stale_temporaries(cache_dir)
+        partial = sibling(cache_dir, ".partial")
+        if not force and (reused := _reusable(cache_dir, key, start)) is not None:
+            if (partial / "key.json").exists():
+                shutil.rmtree(partial)  # left by a build killed after its last rename
+            return reused
+        return _build_locked(
+            source,
+            cache_dir,
+            partial,
+            key,
+            settings,
+            supported,
+            targets,
+            workers,
+            chunk_size,
+            progress,
+            start,
+            iter_entries,
+        )
 
-    partial = cache_dir.with_name(cache_dir.name + ".partial")
+
+def _reusable(cache_dir: Path, key: dict[str, Any], start: float) -> CacheSummary | None:
+    """The summary of ``cache_dir`` if it is a finished cache of ``key``."""
+    manifest_path = cache_dir / "manifest.json"
+    if not manifest_path.exists():
+        return None
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("key") != key:
+        return None
+    return _summary(cache_dir, manifest, time.perf_counter() - start, reused=True)
+
+
+#: What a cache folder holds besides its ``.npy`` arrays.
+_CACHE_FILES = frozenset({"manifest.json", "skipped.csv"})
+
+
+def _is_cache_manifest(path: Path) -> bool:
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(manifest, dict)
+        and isinstance(manifest.get("key"), dict)
+        and ("source_fingerprint" in manifest["key"])
+    )
+
+
+def check_cache_target(cache_dir: Path, source: Path | None = None) -> None:
+    """Refuse (``ValueError``, nothing touched) a cache folder that may hold a user's files.
+
+    Only a missing or empty folder, or one holding a crystaltwins graph cache (a cache manifest
+    and the cache's own files only), may be written; never the input data or a folder holding it.
+    """
+    hint = "nothing was changed; give a new or empty folder (or an existing graph cache)"
+    if source is not None:
+        resolved = cache_dir.resolve()
+        if resolved == source or resolved in source.parents:
+            raise ValueError(f"{cache_dir}: is the input data (or holds it); {hint}")
+    if not cache_dir.exists() and not cache_dir.is_symlink():
+        return
+    if not cache_dir.is_dir():
+        raise ValueError(f"{cache_dir}: exists and is not a folder; {hint}")
+    entries = [p.name for p in cache_dir.iterdir()]
+    if not entries:
+        return
+    if not _is_cache_manifest(cache_dir / "manifest.json"):
+        raise ValueError(
+            f"{cache_dir}: folder is not a crystaltwins graph cache (no cache manifest.json); {hint}"
+        )
+    foreign = sorted(
+        n
+        for n in entries
+        if n not in _CACHE_FILES
+        and not n.endswith(".npy")
+        and not n.startswith("manifest.json.tmp")
+    )
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise ValueError(
+            f"{cache_dir}: graph cache folder also holds other files ({shown}); {hint}"
+        )
+
+
+def _check_partial(partial: Path) -> None:
+    """Refuse a ``.partial`` folder that is not a crystaltwins build's."""
+    if not partial.exists():
+        return
+    ours = partial.is_dir() and all(
+        p.name.startswith(("key.json", "chunk_")) for p in partial.iterdir()
+    )
+    if not ours:
+        raise ValueError(
+            f"{partial}: exists and is not an unfinished crystaltwins cache build; "
+            "nothing was changed; move it away or give another --out"
+        )
+
+
+def _ignore_interrupts() -> None:
+    """Pool workers leave Ctrl-C to the main process (which stops them): no tracebacks."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _build_locked(
+    source: Path,
+    cache_dir: Path,
+    partial: Path,
+    key: dict[str, Any],
+    settings: GraphSettings,
+    supported: frozenset[int],
+    targets: Sequence[str] | None,
+    workers: int,
+    chunk_size: int,
+    progress: bool,
+    start: float,
+    iter_entries: Any,
+) -> CacheSummary:
+    """Build the cache while holding its lock (see :func:`build_graph_cache`)."""
+    _check_partial(partial)
     key_file = partial / "key.json"
     if partial.exists() and (not key_file.exists() or json.loads(key_file.read_text()) != key):
         shutil.rmtree(partial)
     partial.mkdir(parents=True, exist_ok=True)
-    key_file.write_text(json.dumps(key))
+    for stale in partial.glob("chunk_*.tmp*"):  # of a killed build (we hold the lock)
+        stale.unlink(missing_ok=True)
+    _write_json_atomic(key_file, key)
 
     done = {int(p.stem.split("_")[1]) for p in partial.glob("chunk_*.json")}
     jobs = (
@@ -289,7 +432,7 @@ def build_graph_cache(
         # build and write their chunks themselves (no arrays sent back); at most
         # 2 x workers chunks in flight.
         context = mp.get_context("fork" if os.name == "posix" else "spawn")
-        with context.Pool(workers) as pool:
+        with context.Pool(workers, initializer=_ignore_interrupts) as pool:
             window: deque[Any] = deque()
             for i, job in pending:
                 window.append(pool.apply_async(_build_and_write_chunk, (partial, i, job)))
@@ -321,7 +464,7 @@ def _progress_bar(enabled: bool, description: str) -> Any:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_suffix(path.suffix + f".tmp-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=1))
     os.replace(tmp, path)
 
@@ -342,17 +485,49 @@ def _assemble(
     atom_counts = np.concatenate(counts["atom_counts"]) if chunk_files else np.zeros(0, np.int64)
     edge_counts = np.concatenate(counts["edge_counts"]) if chunk_files else np.zeros(0, np.int64)
     cand_counts = np.concatenate(counts["cand_counts"]) if chunk_files else np.zeros(0, np.int64)
+    tmp = temporary_sibling(cache_dir, "tmp")
+    tmp.mkdir(parents=True)
+    try:
+        manifest = _write_arrays(
+            tmp,
+            chunk_files,
+            infos,
+            label_names,
+            meta_names,
+            counts_all=(atom_counts, edge_counts, cand_counts),
+            key=key,
+            settings=settings,
+        )
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # ours: never a half-written cache
+        raise
+    old = temporary_sibling(cache_dir, "old")
+    if cache_dir.exists():
+        os.replace(cache_dir, old)
+    os.replace(tmp, cache_dir)
+    if old.exists():
+        shutil.rmtree(old)
+    return manifest
+
+
+def _write_arrays(
+    tmp: Path,
+    chunk_files: list[Path],
+    infos: list[dict[str, Any]],
+    label_names: list[str],
+    meta_names: list[str],
+    counts_all: tuple[np.ndarray, np.ndarray, np.ndarray],
+    key: dict[str, Any],
+    settings: GraphSettings,
+) -> dict[str, Any]:
+    """Write the concatenated arrays and the manifest into ``tmp``; returns the manifest."""
+    atom_counts, edge_counts, cand_counts = counts_all
     n, n_atoms, n_edges, n_cands = (
         len(atom_counts),
         int(atom_counts.sum()),
         int(edge_counts.sum()),
         int(cand_counts.sum()),
     )
-
-    tmp = cache_dir.with_name(f"{cache_dir.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
 
     def offsets(c: np.ndarray) -> np.ndarray:
         out = np.zeros(len(c) + 1, dtype=np.int64)
@@ -420,12 +595,6 @@ def _assemble(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     _write_json_atomic(tmp / "manifest.json", manifest)
-    old = cache_dir.with_name(f"{cache_dir.name}.old-{os.getpid()}")
-    if cache_dir.exists():
-        os.replace(cache_dir, old)
-    os.replace(tmp, cache_dir)
-    if old.exists():
-        shutil.rmtree(old)
     return manifest
 
 

@@ -26,11 +26,12 @@ def cache_dir_for(
     featurizer: Any = None,
     cache_root: str | os.PathLike | None = None,
 ) -> Path:
-    """A cache directory named after the source, one per (source path, settings, featurizer)."""
+    """A cache directory named after the source (its first 64 characters), one per (source path,
+    settings, featurizer)."""
     source = Path(source).resolve()
     key = f"{source}|{sorted(settings.cache_key().items())}|{featurizer.fingerprint() if featurizer else ''}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    stem = source.name.split(".")[0] or "data"
+    stem = source.name.split(".")[0][:64] or "data"  # the digest keeps long names apart
     return Path(cache_root or default_cache_root()) / f"{stem}-{digest}"
 
 

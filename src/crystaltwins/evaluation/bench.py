@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from crystaltwins.evaluation.tasks import PAPER_TASKS, TASKS, BenchmarkTask
+from crystaltwins.training.run_folder import BENCH_FILES, claim_run_folder
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,11 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
         help="folder of the benchmark files (default $CRYSTALTWINS_DATA)",
     )
     p.add_argument("--out", required=True, help="results directory")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="remove an earlier benchmark in --out first (default: continue it)",
+    )
     p.add_argument(
         "--tasks",
         nargs="+",
@@ -345,8 +351,13 @@ def run_bench(
     devices: str = "auto",
     cache_root: str | None = None,
     command: str = "",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Run the benchmark; see the module docstring. Returns what goes to ``results.json``."""
+    """Run the benchmark; see the module docstring. Returns what goes to ``results.json``.
+
+    A results folder that holds an earlier benchmark is continued (finished runs are reused);
+    ``overwrite`` removes that benchmark's files first. A folder holding other files is refused.
+    """
     data_root = Path(data_root)
     if not data_root.is_dir():
         raise FileNotFoundError(
@@ -370,8 +381,14 @@ def run_bench(
         devices,
         cache_root,
     )
-    ctx.out.mkdir(parents=True, exist_ok=True)
+    # Held until this function returns (or the process ends): one benchmark per folder.
+    lock = claim_run_folder(ctx.out, overwrite=overwrite, known=BENCH_FILES, continues=True)
     corpus_paths = [Path(c) for c in corpus] if corpus else sorted(data_root.glob("*.csv.gz"))
+    if not corpus_paths and not pretrained:
+        lock.release()
+        raise FileNotFoundError(
+            f"{data_root}: no *.csv.gz files to pre-train on (or give --corpus)"
+        )
     variants = ABLATION if ablation else {"RP+AM+EM": "rp,am,em"}
     ctx.runs_total = len(runnable) * seeds * (1 + len(variants))
 
@@ -473,6 +490,7 @@ def run_bench(
         summarize(results) + (_ablation_md(results) if ablation else "")
     )
     ctx.progress(f"done: {ctx.out / 'results.md'}")
+    lock.release()
     return results
 
 
@@ -555,6 +573,7 @@ def run_bench_from_args(args: argparse.Namespace) -> int:
         devices=args.devices,
         cache_root=args.cache_root,
         command="crystaltwins " + " ".join(sys.argv[1:]),
+        overwrite=args.overwrite,
     )
     return 0
 

@@ -137,10 +137,12 @@ def write_predictions_csv(
     result: InferenceResult, path: str | os.PathLike, column: str = "prediction"
 ) -> Path:
     """Write ``id,<column>`` rows, or for a classifier ``id,predicted_class,probability_class_1``
-    (the class is 1 where its probability is above 0.5). Written atomically."""
+    (the class is 1 where its probability is above 0.5). Written atomically; an existing file
+    is replaced only if it is an earlier predictions file (see :func:`check_output_file`)."""
     path = Path(path)
+    check_output_file(path, "predictions", column)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     values = np.asarray(result.values).ravel()
     ids = result.ids.tolist()
     with open(tmp, "w", newline="") as handle:
@@ -157,12 +159,52 @@ def write_predictions_csv(
 
 
 def write_embeddings_npz(result: InferenceResult, path: str | os.PathLike) -> Path:
-    """``ids`` (N,), ``embeddings`` (N, H), and ``label_<name>`` (N,) for each label present."""
+    """``ids`` (N,), ``embeddings`` (N, H), and ``label_<name>`` (N,) for each label present.
+    Written atomically; an existing file is replaced only if it is an earlier embeddings file."""
     path = Path(path)
+    check_output_file(path, "embeddings")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
     arrays = {"ids": result.ids.astype(str), "embeddings": result.values}
     arrays.update({f"label_{k}": v for k, v in result.labels.items()})
     np.savez(tmp, **arrays)
     tmp.replace(path)
     return path
+
+
+def _is_predictions_csv(path: Path, column: str) -> bool:
+    try:
+        with open(path, newline="") as handle:
+            header = next(csv.reader(handle), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return header in (["id", column], ["id", "predicted_class", "probability_class_1"])
+
+
+def _is_embeddings_npz(path: Path) -> bool:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {"ids", "embeddings"} <= set(getattr(data, "files", ()))
+    except Exception:
+        return False
+
+
+def check_output_file(path: str | os.PathLike, kind: str, column: str = "prediction") -> None:
+    """Refuse (``ValueError``) an output path that would overwrite something this command did
+    not write: a folder, or an existing file that is not an earlier ``kind`` file
+    (``"predictions"``: a CSV with the header ``id,<column>`` or the classifier's header;
+    ``"embeddings"``: an ``.npz`` holding ``ids`` and ``embeddings``)."""
+    path = Path(path)
+    if path.is_dir():
+        name = "predictions.csv" if kind == "predictions" else "embeddings.npz"
+        raise ValueError(f"{path}: is a folder; give a file name, e.g. {path / name}")
+    if not path.exists():
+        return
+    earlier = (
+        _is_predictions_csv(path, column) if kind == "predictions" else _is_embeddings_npz(path)
+    )
+    if not earlier:
+        raise ValueError(
+            f"{path}: exists and is not an earlier {kind} file of crystaltwins; nothing was "
+            "written; give a new file name (or remove that file yourself)"
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ class RunOptions:
     devices: str = "auto"
     precision: str | None = None
     resume: bool = False
+    overwrite: bool = False
     progress: bool = True
 
 
@@ -114,13 +116,31 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        except BaseException as error:
+            tmp.unlink(missing_ok=True)  # e.g. a full disk: no half-written file left behind
+            if is_disk_full(error):
+                raise OSError(errno.ENOSPC, "No space left on device", str(path)) from error
+            raise
 
     def load_checkpoint(
         self, path: Any, map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` is a write that failed for lack of space, including PyTorch's way of
+    saying it (``RuntimeError: ... unexpected pos ...`` / ``file write failed``)."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        marker in text
+        for marker in ("unexpected pos", "PytorchStreamWriter failed", "file write failed")
+    )
 
 
 def resolve_precision(accelerator: str, precision: str | None) -> str:
@@ -202,9 +222,14 @@ def training_seconds(trainer: L.Trainer) -> float:
 
 
 def resume_path(out: Path, resume: bool, log: Any = main_print) -> Path | None:
-    """``checkpoints/last.ckpt`` when resuming and it exists (saying what happens otherwise)."""
+    """``checkpoints/last.ckpt`` when resuming and it exists (saying which epoch the run
+    continues from, or what happens otherwise)."""
     last = out / "checkpoints" / "last.ckpt"
     if resume and last.exists():
+        if log is not None:
+            epochs = _epochs_done(last)
+            done = f"after epoch {epochs}" if epochs is not None else "from its last checkpoint"
+            log(f"{out}: resuming the run {done} ({last})")
         return last
     if log is not None:
         if resume:
@@ -214,12 +239,51 @@ def resume_path(out: Path, resume: bool, log: Any = main_print) -> Path | None:
     return None
 
 
+def _epochs_done(checkpoint: Path) -> int | None:
+    """How many epochs a Lightning checkpoint has finished (``None`` if unreadable)."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        return int(state["epoch"]) + 1
+    except Exception:
+        return None
+
+
+class _InterruptSeen(Callback):
+    """Remembers that Lightning caught a Ctrl-C (it then calls ``sys.exit(1)``)."""
+
+    interrupted = False
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            self.interrupted = True
+
+
+def fit(trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+    """``trainer.fit``, except that a Ctrl-C raises ``KeyboardInterrupt`` (after Lightning's
+    clean shutdown) instead of a silent ``sys.exit(1)``: the caller can say how to resume."""
+    import signal
+
+    seen = _InterruptSeen()
+    trainer.callbacks.append(seen)  # type: ignore[attr-defined]
+    try:
+        trainer.fit(*args, **kwargs)
+    except SystemExit:
+        if not seen.interrupted:
+            raise
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores it now
+        raise KeyboardInterrupt from None
+    finally:
+        trainer.callbacks.remove(seen)  # type: ignore[attr-defined]
+
+
 def write_config(out: Path, config: Any) -> Path:
     """The resolved config as ``config.yaml`` in the run directory."""
     out.mkdir(parents=True, exist_ok=True)
     data = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
     path = out / "config.yaml"
-    tmp = path.with_suffix(".yaml.tmp")
+    tmp = path.with_suffix(f".yaml.tmp-{os.getpid()}")
     tmp.write_text(yaml.safe_dump(json.loads(json.dumps(data, default=str)), sort_keys=False))
     os.replace(tmp, path)
     return path

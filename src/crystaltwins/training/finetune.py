@@ -41,6 +41,7 @@ from crystaltwins.models.checkpoint import ModelBundle, load_model, resolve_mode
 from crystaltwins.models.heads import PropertyHead
 from crystaltwins.training.common import (
     RunOptions,
+    fit,
     is_main_process,
     main_print,
     make_trainer,
@@ -49,6 +50,7 @@ from crystaltwins.training.common import (
     training_seconds,
     write_config,
 )
+from crystaltwins.training.run_folder import claimed_run_folder
 from crystaltwins.training.sampling import EpochSampler
 
 #: Target transforms: name -> (forward, inverse, valid-value test).
@@ -269,6 +271,20 @@ def finetune(config: FinetuneConfig, callbacks: list[L.Callback] | None = None) 
         raise ValueError(
             f"unknown target transform {config.target_transform!r}; choose from {sorted(TRANSFORMS)}"
         )
+    with claimed_run_folder(
+        config.out,
+        config,
+        resume=config.resume,
+        overwrite=config.overwrite,
+        main_process=is_main_process(),
+    ):
+        return _finetune_in_claimed_folder(config, callbacks)
+
+
+def _finetune_in_claimed_folder(
+    config: FinetuneConfig, callbacks: list[L.Callback] | None
+) -> dict[str, Any]:
+    """:func:`finetune`, once its run folder is locked and checked."""
     out = Path(config.out)
     write_config(out, config)
     L.seed_everything(config.seed, workers=True, verbose=False)
@@ -359,7 +375,8 @@ def finetune(config: FinetuneConfig, callbacks: list[L.Callback] | None = None) 
         collate_fn=collate,
         num_workers=config.loader_workers,
     )
-    trainer.fit(
+    fit(
+        trainer,
         module,
         train_loader,
         val_loader,

@@ -23,6 +23,7 @@ from crystaltwins.models.checkpoint import ModelBundle, load_model, save_model
 from crystaltwins.models.heads import ProjectionHead
 from crystaltwins.training.common import (
     RunOptions,
+    fit,
     is_main_process,
     main_print,
     make_trainer,
@@ -31,6 +32,7 @@ from crystaltwins.training.common import (
     training_seconds,
     write_config,
 )
+from crystaltwins.training.run_folder import claimed_run_folder
 from crystaltwins.training.sampling import EpochSampler
 from crystaltwins.transforms import build_augmentation
 
@@ -165,6 +167,18 @@ def _without_excluded(caches: list[Any], exclude_ids_file: str) -> np.ndarray:
 
 def pretrain(config: PretrainConfig) -> Path:
     """Run pre-training; returns the path of the best model file (``RUN_DIR/model.pt``)."""
+    with claimed_run_folder(
+        config.out,
+        config,
+        resume=config.resume,
+        overwrite=config.overwrite,
+        main_process=is_main_process(),
+    ):
+        return _pretrain_in_claimed_folder(config)
+
+
+def _pretrain_in_claimed_folder(config: PretrainConfig) -> Path:
+    """:func:`pretrain`, once its run folder is locked and checked."""
     out = Path(config.out)
     write_config(out, config)
     L.seed_everything(config.seed, workers=True, verbose=False)
@@ -242,7 +256,8 @@ def pretrain(config: PretrainConfig) -> Path:
         precision=config.precision,
         progress=config.progress,
     )
-    trainer.fit(
+    fit(
+        trainer,
         module,
         _loader(train, augmentation, config, training=True),
         _loader(val, augmentation, config, training=False),

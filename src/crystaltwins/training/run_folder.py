@@ -1,0 +1,266 @@
+"""Run folders: one run at a time, never a user's files removed, resumes only of the same run.
+
+A run folder (``--out`` of ``pretrain`` / ``finetune``, or a ``bench`` results folder) is
+claimed before anything is written:
+
+- it is locked for the whole run (a second run into it stops with a message);
+- a folder that already holds files is refused unless the run resumes (``resume``) or starts
+  clean (``overwrite``);
+- ``overwrite`` removes only the files crystaltwins writes in a run folder, and is refused
+  when the folder holds anything else;
+- ``resume`` is refused when the stored ``config.yaml`` describes another run (other data,
+  target, method or model settings).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from crystaltwins.io.locks import FileLock
+
+#: The lock file of a run folder (kept: an unlocked file is harmless).
+LOCK_NAME = ".crystaltwins.lock"
+
+#: What ``pretrain`` and ``finetune`` write in a run folder.
+RUN_FILES = frozenset(
+    {
+        "config.yaml",
+        "history.csv",
+        "checkpoints",
+        "tensorboard",
+        "lightning_logs",
+        "model.pt",
+        "metrics.json",
+        "test_predictions.csv",
+        "invalid_targets.csv",
+        "parity.png",
+        "learning_curves.png",
+        "excluded_test_ids.json",
+        LOCK_NAME,
+    }
+)
+
+#: What ``bench`` writes in its results folder (the runs themselves are in runs/ and pretrain/).
+BENCH_FILES = frozenset(
+    {
+        "runs",
+        "pretrain",
+        "results.json",
+        "results.md",
+        "ablation.png",
+        "tsne_perovskites.png",
+        LOCK_NAME,
+    }
+)
+
+#: Settings that may change when a run is resumed: how it executes, not what it computes.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "resume",
+        "overwrite",
+        "progress",
+        "epochs",
+        "cache_root",
+        "featurize_workers",
+        "loader_workers",
+        "accelerator",
+        "devices",
+        "plots",
+    }
+)
+
+#: Settings naming files: equal when they name the same file.
+_PATH_SETTINGS = frozenset(
+    {"data", "pretrained", "init_from", "atom_init", "split_files", "exclude_ids_file"}
+)
+
+
+def _is_temporary(name: str) -> bool:
+    """A temporary file of an atomic write (``.x.tmp``, ``x.tmp``, ``.x.tmp-PID``, ...)."""
+    return ".tmp" in name
+
+
+def _unknown_entries(out: Path, known: frozenset[str]) -> list[str]:
+    return sorted(
+        p.name for p in out.iterdir() if p.name not in known and not _is_temporary(p.name)
+    )
+
+
+def _tool_entries(out: Path, known: frozenset[str]) -> list[Path]:
+    return sorted(
+        p
+        for p in out.iterdir()
+        if (p.name in known or _is_temporary(p.name)) and p.name != LOCK_NAME
+    )
+
+
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
+
+
+def _normalised(config: Any) -> dict[str, Any]:
+    data = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    return json.loads(json.dumps(data, default=str))
+
+
+def _same_setting(name: str, stored: Any, wanted: Any) -> bool:
+    if stored == wanted:
+        return True
+    if name not in _PATH_SETTINGS or stored is None or wanted is None:
+        return False
+
+    def resolved(value: Any) -> Any:
+        if isinstance(value, list):
+            return [os.path.realpath(v) for v in value]
+        return os.path.realpath(str(value))
+
+    return resolved(stored) == resolved(wanted)
+
+
+def config_differences(out: Path, config: Any) -> list[str]:
+    """The settings of ``config`` that differ from the run stored in ``out/config.yaml``,
+    as ``name: stored -> new`` (settings in :data:`RESUMABLE_CHANGES` may differ)."""
+    path = out / "config.yaml"
+    if not path.exists():
+        return []
+    stored = yaml.safe_load(path.read_text()) or {}
+    wanted = _normalised(config)
+    differences = []
+    for name in sorted(set(stored) | set(wanted)):
+        if name in RESUMABLE_CHANGES:
+            continue
+        old, new = stored.get(name), wanted.get(name)
+        if not _same_setting(name, old, new):
+            differences.append(f"{name}: {old!r} -> {new!r}")
+    return differences
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def check_run_folder(
+    out: Path,
+    config: Any,
+    *,
+    resume: bool,
+    overwrite: bool,
+    known: frozenset[str] = RUN_FILES,
+    continues: bool = False,
+) -> None:
+    """Apply the rules of the module docstring to ``out`` (call it holding the folder's lock).
+
+    :param continues: the folder's owner always continues what is there (``bench``): no refusal
+        of a non-empty folder, and no config check here.
+    :raises ValueError: the folder cannot be used; nothing was changed.
+    """
+    if resume and overwrite:
+        raise ValueError("give --resume or --overwrite, not both")
+    entries = _unknown_entries(out, known)
+    ours = _tool_entries(out, known)
+    if overwrite:
+        if entries:
+            raise ValueError(
+                f"{out}: --overwrite removes only crystaltwins' own files, and this folder also "
+                f"holds {_shown(entries)}; nothing was changed; give a new or empty folder"
+            )
+        _remove(ours)
+        return
+    if resume or continues:
+        if entries and not ours:
+            raise ValueError(
+                f"{out}: holds files crystaltwins did not write ({_shown(entries)}) and no earlier "
+                "run to continue; nothing was changed; give a new or empty folder"
+            )
+        if resume and not continues:
+            differences = config_differences(out, config)
+            if differences:
+                raise ValueError(
+                    f"{out}: --resume continues only the same run, and this folder holds a run "
+                    f"with other settings ({'; '.join(differences)}); nothing was changed; "
+                    "use another --out, or --overwrite to replace that run"
+                )
+        return
+    if entries or ours:
+        what = "an earlier run" if ours else f"files crystaltwins did not write ({_shown(entries)})"
+        hint = (
+            "--resume continues it, --overwrite replaces it"
+            if ours and not entries
+            else "give a new or empty folder"
+        )
+        raise ValueError(f"{out}: holds {what}; nothing was changed; {hint}")
+
+
+def claim_run_folder(
+    out: str | os.PathLike,
+    config: Any = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    known: frozenset[str] = RUN_FILES,
+    continues: bool = False,
+) -> FileLock:
+    """Check that ``out`` may be used (:func:`check_run_folder`) and lock it; returns the held
+    lock (released by ``release()``, or by the operating system when the process ends).
+
+    :raises ValueError: the folder is in use by another run, or may not be used; nothing changed.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a folder; give a folder for the run")
+    if out.is_dir() and _unknown_entries(out, known):
+        # Refuse a user's folder before creating the lock file in it.
+        check_run_folder(
+            out, config, resume=resume, overwrite=overwrite, known=known, continues=continues
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(out / LOCK_NAME, str(out)).acquire(wait=False)
+    try:
+        check_run_folder(
+            out, config, resume=resume, overwrite=overwrite, known=known, continues=continues
+        )
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+@contextmanager
+def claimed_run_folder(
+    out: str | os.PathLike,
+    config: Any = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    known: frozenset[str] = RUN_FILES,
+    continues: bool = False,
+    main_process: bool = True,
+) -> Iterator[Path]:
+    """:func:`claim_run_folder` for the duration of the ``with`` block.
+
+    :param main_process: ``False`` in the extra processes of a multi-device run, which run
+        inside the folder their main process claimed (nothing is checked or locked there).
+    """
+    if not main_process:
+        yield Path(out)
+        return
+    lock = claim_run_folder(
+        out, config, resume=resume, overwrite=overwrite, known=known, continues=continues
+    )
+    try:
+        yield Path(out)
+    finally:
+        lock.release()

@@ -1,0 +1,84 @@
+"""`predict` / `embed` outputs never replace what they did not write; failures are one line."""
+
+from __future__ import annotations
+
+import errno
+import io
+from contextlib import redirect_stderr, redirect_stdout
+
+import numpy as np
+import pytest
+
+from crystaltwins.cli.main import main
+from crystaltwins.evaluation.inference import (
+    InferenceResult,
+    check_output_file,
+    write_predictions_csv,
+)
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize("command", ["predict", "embed"])
+def test_out_that_is_a_folder_or_a_foreign_file_is_refused_before_any_work(command, tmp_path):
+    data = tmp_path / "data.csv"
+    data.write_text("id,cif,e_form\n")
+    model = tmp_path / "missing-model.pt"  # never opened: the output is checked first
+    code, _, err = cli(command, str(model), str(data), "--out", str(tmp_path))
+    assert code == 2 and err.count("\n") == 1 and "is a folder; give a file name" in err
+    code, _, err = cli(command, str(model), str(data), "--out", str(data))
+    assert code == 2 and "exists and is not an earlier" in err and "nothing was written" in err
+    assert data.read_text() == "id,cif,e_form\n"
+
+
+def test_an_earlier_predictions_file_is_replaced_a_user_table_is_not(tmp_path):
+    result = InferenceResult(np.array(["a", "b"]), np.array([1.0, 2.0]), {}, [])
+    path = write_predictions_csv(result, tmp_path / "p.csv")
+    write_predictions_csv(result, path)  # the command's own earlier output
+    assert path.read_text().splitlines() == ["id,prediction", "a,1.0", "b,2.0"]
+    labels = tmp_path / "id_prop.csv"
+    labels.write_text("id,e_form\na,0.5\n")  # two columns with an id, but the user's labels
+    with pytest.raises(ValueError, match="not an earlier predictions file"):
+        check_output_file(labels, "predictions")
+    embeddings = tmp_path / "e.npz"
+    np.savez(embeddings, weights=np.zeros(3))
+    with pytest.raises(ValueError, match="not an earlier embeddings file"):
+        check_output_file(embeddings, "embeddings")
+
+
+def test_torch_disk_full_error_becomes_one_line(tmp_path, monkeypatch):
+    """``torch.save`` on a full disk raises ``RuntimeError: ... unexpected pos ...``
+    (simulated here by raising it from the checkpoint writer)."""
+    import torch
+
+    from crystaltwins.training.common import AtomicCheckpointIO
+
+    def full(obj, path, *args, **kwargs):
+        with open(path, "wb") as handle:
+            handle.write(b"partial")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:858] . PytorchStreamWriter failed writing "
+            "file data/3: file write failed; unexpected pos 4160 vs 4056"
+        )
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError) as caught:
+        AtomicCheckpointIO().save_checkpoint({}, tmp_path / "checkpoints" / "last.ckpt")
+    assert caught.value.errno == errno.ENOSPC
+    assert list((tmp_path / "checkpoints").iterdir()) == []  # no half-written file left
+    import crystaltwins.training.finetune as finetune_module
+
+    def failing(config, callbacks=None):
+        torch.save({}, tmp_path / "model.pt")
+
+    monkeypatch.setattr(finetune_module, "finetune", failing)
+    code, _, err = cli(
+        "finetune", "d.csv", "--target", "t", "--from-scratch", "--out", str(tmp_path / "run")
+    )
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("crystaltwins finetune: error: no space left on the disk")

@@ -1,0 +1,205 @@
+"""Run folders: never a user's file removed, one run at a time, resumes only of the same run."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import pytest
+
+from crystaltwins.cli.main import main
+from crystaltwins.training.common import write_config
+from crystaltwins.training.finetune import FinetuneConfig, finetune
+from crystaltwins.training.pretrain import PretrainConfig, pretrain
+from crystaltwins.training.run_folder import LOCK_NAME, config_differences
+from tests.io.test_locks import hold_lock
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _config(out: Path, **kw) -> FinetuneConfig:
+    base = dict(
+        data=str(out.parent / "data.csv"),
+        target="e_form",
+        out=str(out),
+        from_scratch=True,
+        epochs=2,
+        progress=False,
+        accelerator="cpu",
+        devices="1",
+    )
+    base.update(kw)
+    return FinetuneConfig(**base)
+
+
+def _earlier_run(out: Path, **kw) -> dict[str, bytes]:
+    """A folder holding a finished run (as ``finetune`` leaves it); returns its files' bytes."""
+    write_config(out, _config(out, **kw))
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "best.ckpt").write_bytes(b"old best")
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"old last")
+    (out / "model.pt").write_bytes(b"old model")
+    (out / "metrics.json").write_text("{}")
+    return _contents(out)
+
+
+def _contents(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != LOCK_NAME
+    }
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_a_new_run_into_an_earlier_run_is_refused_untouched(tmp_path):
+    out = tmp_path / "run"
+    before = _earlier_run(out)
+    with pytest.raises(ValueError, match="holds an earlier run; nothing was changed; --resume"):
+        finetune(_config(out))
+    with pytest.raises(ValueError, match="holds an earlier run"):
+        pretrain(PretrainConfig(data=["x.csv"], out=str(out), progress=False))
+    assert _contents(out) == before
+
+
+def test_a_folder_of_user_files_is_refused_and_gets_no_lock_file(tmp_path):
+    data = tmp_path / "cifs"
+    data.mkdir()
+    (data / "1.cif").write_text("data_1")
+    (data / "id_prop.csv").write_text("1,0.5\n")
+    for flags in ([], ["--overwrite"]):
+        code, _, err = cli(
+            "finetune", str(data), "--target", "t", "--from-scratch", "--out", str(data), *flags
+        )
+        assert code == 2 and err.count("\n") == 1 and "nothing was changed" in err
+        assert "1.cif, id_prop.csv" in err
+    assert sorted(p.name for p in data.iterdir()) == ["1.cif", "id_prop.csv"]
+
+
+def test_overwrite_removes_only_the_tools_files(tmp_path):
+    out = tmp_path / "run"
+    _earlier_run(out)
+    (out / "my_notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="also holds my_notes.txt; nothing was changed"):
+        finetune(_config(out, overwrite=True, data=str(tmp_path / "missing.csv")))
+    assert (out / "model.pt").read_bytes() == b"old model"
+    (out / "my_notes.txt").unlink()
+    # The old run goes before anything else happens (here: the data file is missing).
+    with pytest.raises(ValueError, match="missing.csv: no such file"):
+        finetune(_config(out, overwrite=True, data=str(tmp_path / "missing.csv")))
+    assert not (out / "checkpoints").exists() and not (out / "model.pt").exists()
+    assert not (out / "metrics.json").exists()
+
+
+def test_resume_of_another_run_is_refused_naming_the_differences(tmp_path):
+    out = tmp_path / "run"
+    before = _earlier_run(out, target="gap_gllbsc")
+    with pytest.raises(ValueError, match=r"other settings \(target: 'gap_gllbsc' -> 'e_form'\)"):
+        finetune(_config(out, resume=True))
+    with pytest.raises(
+        ValueError, match=re.escape("from_scratch: True -> False; pretrained: None -> 'x.pt'")
+    ):
+        finetune(
+            _config(out, target="gap_gllbsc", from_scratch=False, pretrained="x.pt", resume=True)
+        )
+    assert _contents(out) == before
+    # Same run: more epochs, other workers, and the data named by another path are fine.
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        same = _config(out, target="gap_gllbsc", epochs=9, loader_workers=2, data="data.csv")
+        assert config_differences(out, same) == []
+    finally:
+        os.chdir(cwd)
+
+
+def test_a_folder_in_use_by_another_run_is_refused(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = hold_lock(out / LOCK_NAME)
+    try:
+        code, _, err = cli(
+            "finetune", str(tmp_path / "d.csv"), "--target", "t", "--from-scratch",
+            "--out", str(out), "--resume",
+        )  # fmt: skip
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert code == 2 and err.count("\n") == 1
+    assert f"in use by another crystaltwins run (process {holder.pid})" in err
+    assert not (out / "config.yaml").exists()
+
+
+def test_bench_continues_its_folder_and_refuses_a_foreign_one(tmp_path):
+    from crystaltwins.evaluation.bench import run_bench
+
+    data_root = tmp_path / "data"
+    data_root.mkdir()
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "thesis.tex").write_text("keep")
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match=r"thesis.tex.*; nothing was changed"):
+            run_bench(data_root, out, tasks=["perovskites"], overwrite=overwrite)
+    assert sorted(p.name for p in out.iterdir()) == ["thesis.tex"]
+    (out / "thesis.tex").unlink()
+    (out / "runs" / "perovskites").mkdir(parents=True)
+    (out / "results.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="no \\*.csv.gz files"):
+        run_bench(data_root, out, tasks=["perovskites"], overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO / "src")}
+
+
+@pytest.mark.slow
+def test_two_runs_into_one_folder_at_once(perovskite_subset, cache_root, tmp_path):
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "crystaltwins.cli.main", "finetune", str(perovskite_subset),
+        "--target", "e_form", "--from-scratch", "--epochs", "3", "--max-train", "200",
+        "--out", str(out), "--cache-root", str(cache_root), "--no-progress", "--accelerator", "cpu",
+    ]  # fmt: skip
+    first = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=_env())
+    while not (out / "config.yaml").exists():
+        time.sleep(0.1)
+    second = subprocess.run(command + ["--resume"], capture_output=True, text=True, env=_env())
+    _, first_err = first.communicate()
+    assert first.returncode == 0, first_err
+    assert second.returncode == 2 and second.stderr.count("\n") == 1
+    assert "in use by another crystaltwins run" in second.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_finetune_says_how_to_resume(perovskite_subset, cache_root, tmp_path):
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "crystaltwins.cli.main", "finetune", str(perovskite_subset),
+        "--target", "e_form", "--from-scratch", "--epochs", "200", "--out", str(out),
+        "--cache-root", str(cache_root), "--no-progress", "--accelerator", "cpu",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=_env())
+    while not (out / "checkpoints" / "last.ckpt").exists():
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert err.strip().splitlines() == [
+        "crystaltwins finetune: interrupted; run the same command again with --resume to "
+        "continue after the last finished epoch"
+    ]
