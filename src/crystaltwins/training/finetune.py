@@ -41,6 +41,7 @@ from crystaltwins.models.checkpoint import ModelBundle, load_model, resolve_mode
 from crystaltwins.models.heads import PropertyHead
 from crystaltwins.training.common import (
     RunOptions,
+    resident_device,
     is_main_process,
     main_print,
     make_trainer,
@@ -88,6 +89,7 @@ class FinetuneConfig(RunOptions):
     early_stopping: int | None = None
     head_hidden: int | None = None
     plots: bool = True
+    data_on_device: str = "auto"
 
 
 class FinetuneModule(L.LightningModule):
@@ -344,12 +346,17 @@ def finetune(config: FinetuneConfig, callbacks: list[L.Callback] | None = None) 
         log_every_n_steps=max(1, min(20, math.ceil(len(train) / config.batch_size))),
     )
     collate = GraphCollator([target_name])
+    device = resident_device(config.accelerator, config.data_on_device, train.store)
+    if device is not None:  # batches gathered on the GPU from arrays copied there once
+        main_print(f"training data resident on {device}")
+        train, val = train.to_device(device), val.to_device(device)
+    workers = 0 if device is not None else config.loader_workers
     train_loader = DataLoader(
         train,
         batch_size=min(config.batch_size, len(train)),
         sampler=EpochSampler(len(train), shuffle=True, seed=config.seed, with_epoch=False),
         collate_fn=collate,
-        num_workers=config.loader_workers,
+        num_workers=workers,
         drop_last=len(train) > config.batch_size,
     )
     val_loader = DataLoader(
@@ -357,7 +364,7 @@ def finetune(config: FinetuneConfig, callbacks: list[L.Callback] | None = None) 
         batch_size=config.batch_size,
         sampler=EpochSampler(len(val), shuffle=False, with_epoch=False),
         collate_fn=collate,
-        num_workers=config.loader_workers,
+        num_workers=workers,
     )
     trainer.fit(
         module,
@@ -448,6 +455,9 @@ class _TargetDataset(CrystalGraphDataset):
         graph = super().__getitem__(i)
         graph.labels = {self.name: float(self.values[self.indices[i]])}
         return graph
+
+    def target_values(self) -> np.ndarray:
+        return self.values
 
 
 def _best_epoch(out: Path) -> int | None:
