@@ -23,6 +23,7 @@ import argparse
 import csv
 import gzip
 import itertools
+import os
 import statistics
 import sys
 import tempfile
@@ -122,12 +123,27 @@ def reference_items(cache: GraphCache, rows: np.ndarray, table: np.ndarray, radi
     return items
 
 
-def reference_epochs(train_items, val_items, n_features: int, epochs: int) -> list[float]:
-    model = RefCrystalGraphConvNet(n_features, train_items[0][0][1].shape[-1])
+def _to(inputs, device: str):
+    """CGCNN's ``main.py`` moves every batch to the GPU like this."""
+    if device == "cpu":
+        return inputs
+    atom_fea, nbr_fea, nbr_fea_idx, crystal_atom_idx = inputs
+    return (
+        atom_fea.to(device, non_blocking=True),
+        nbr_fea.to(device, non_blocking=True),
+        nbr_fea_idx.to(device, non_blocking=True),
+        [i.to(device, non_blocking=True) for i in crystal_atom_idx],
+    )
+
+
+def reference_epochs(
+    train_items, val_items, n_features: int, epochs: int, device: str = "cpu"
+) -> list[float]:
+    model = RefCrystalGraphConvNet(n_features, train_items[0][0][1].shape[-1]).to(device)
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
     criterion = nn.MSELoss()
     targets = torch.cat([t for _, t in train_items])
-    mean, std = targets.mean(), targets.std()
+    mean, std = targets.mean().to(device), targets.std().to(device)
     train_loader = DataLoader(train_items, batch_size=BATCH, shuffle=True, collate_fn=collate_pool)
     val_loader = DataLoader(val_items, batch_size=BATCH, collate_fn=collate_pool)
     times = []
@@ -136,6 +152,7 @@ def reference_epochs(train_items, val_items, n_features: int, epochs: int) -> li
         model.train()
         losses, maes = [], []
         for inputs, target in train_loader:
+            inputs, target = _to(inputs, device), target.to(device, non_blocking=True)
             output = model(*inputs)
             loss = criterion(output, (target - mean) / std)
             maes.append(((output * std + mean) - target).abs().mean().item())
@@ -146,6 +163,7 @@ def reference_epochs(train_items, val_items, n_features: int, epochs: int) -> li
         model.eval()
         with torch.no_grad():
             for inputs, target in val_loader:
+                inputs, target = _to(inputs, device), target.to(device, non_blocking=True)
                 output = model(*inputs)
                 maes.append(((output * std + mean) - target).abs().mean().item())
         times.append(time.perf_counter() - start)
@@ -174,27 +192,50 @@ class EpochTimes(L.Callback):
         return np.diff(self.marks).tolist()
 
 
-def our_epochs(cache, featurizer, train_rows, val_rows, epochs, per_crystal, out) -> list[float]:
+def our_epochs(
+    cache, featurizer, train_rows, val_rows, epochs, per_crystal, out, accelerator="cpu"
+) -> list[float]:
     kind = _PerCrystal if per_crystal else CrystalGraphDataset
     train, val = kind(cache, train_rows, ["y"]), kind(cache, val_rows, ["y"])
+    if accelerator == "gpu" and not per_crystal:  # what fine-tuning does on a GPU
+        train, val = train.to_device("cuda"), val.to_device("cuda")
     torch.manual_seed(0)
     encoder = new_encoder(featurizer, cache.settings)
     y = cache.labels(["y"])[train_rows, 0]
-    module = FinetuneModule(encoder, PropertyHead(encoder.out_dim, encoder.out_dim, 1), y.mean(), y.std())
+    module = FinetuneModule(
+        encoder, PropertyHead(encoder.out_dim, encoder.out_dim, 1), y.mean(), y.std()
+    )
     clock = EpochTimes()
     trainer = make_trainer(
-        Path(out), epochs=epochs, monitor="val_mae", accelerator="cpu", progress=False, callbacks=[clock]
+        Path(out),
+        epochs=epochs,
+        monitor="val_mae",
+        accelerator=accelerator,
+        precision="32-true",
+        progress=False,
+        callbacks=[clock],
     )
     collate = GraphCollator(["y"])
     trainer.fit(
         module,
-        DataLoader(train, batch_size=BATCH, sampler=EpochSampler(len(train), seed=0, with_epoch=False), collate_fn=collate, drop_last=True),
-        DataLoader(val, batch_size=BATCH, sampler=EpochSampler(len(val), shuffle=False, with_epoch=False), collate_fn=collate),
+        DataLoader(
+            train,
+            batch_size=BATCH,
+            sampler=EpochSampler(len(train), seed=0, with_epoch=False),
+            collate_fn=collate,
+            drop_last=True,
+        ),
+        DataLoader(
+            val,
+            batch_size=BATCH,
+            sampler=EpochSampler(len(val), shuffle=False, with_epoch=False),
+            collate_fn=collate,
+        ),
     )
     return clock.times
 
 
-def subset_csv(source: Path, column: str, n: int, out: Path) -> Path:
+def subset_csv(source: Path, column: str, n: int | None, out: Path) -> Path:
     csv.field_size_limit(2**31 - 1)
     with gzip.open(source, "rt", newline="") as src, gzip.open(out, "wt", newline="") as dst:
         writer = csv.writer(dst)
@@ -205,7 +246,9 @@ def subset_csv(source: Path, column: str, n: int, out: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_data_arguments(parser)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
@@ -213,19 +256,32 @@ def main() -> None:
         "--sets",
         nargs="+",
         default=["perovskites:e_form:4000", "mp36k:formation_energy_per_atom:1500"],
-        help="FILE:COLUMN:CRYSTALS, each split 3:1 into training and validation",
+        help="FILE:COLUMN:CRYSTALS (CRYSTALS 'all' for the whole file), each split 3:1 into "
+        "training and validation",
     )
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     featurizer = AtomFeaturizer.from_json(Path(args.reference) / "atom_init.json")
     table = np.asarray(featurizer.table)
-    print(f"torch {torch.__version__}, {args.threads} threads, batch {BATCH}, {args.epochs} epochs")
+    device = torch.cuda.get_device_name() if args.accelerator == "gpu" else "CPU"
+    print(
+        f"torch {torch.__version__}, {device}, {args.threads} threads, batch {BATCH}, "
+        f"{args.epochs} epochs, {time.strftime('%Y-%m-%d')}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.sets:
             name, column, n = spec.split(":")
-            path = subset_csv(Path(args.data_root) / f"{name}.csv.gz", column, int(n), Path(tmp) / f"{name}.csv.gz")
-            build_graph_cache(path, Path(tmp) / f"cache-{name}", progress=False)
+            path = subset_csv(
+                Path(args.data_root) / f"{name}.csv.gz",
+                column,
+                None if n == "all" else int(n),
+                Path(tmp) / f"{name}.csv.gz",
+            )
+            build_graph_cache(
+                path, Path(tmp) / f"cache-{name}", workers=os.cpu_count() or 1, progress=False
+            )
             cache = GraphCache(Path(tmp) / f"cache-{name}")
             rows = np.random.default_rng(0).permutation(len(cache))
             n_train = len(rows) * 3 // 4
@@ -237,18 +293,34 @@ def main() -> None:
                     reference_items(cache, val_rows, table, cache.settings.radius),
                     table.shape[1],
                     args.epochs,
+                    "cuda" if args.accelerator == "gpu" else "cpu",
                 )
                 results["reference CGCNN loop"] = ref
             for label, per_crystal in (("ours, per-crystal collate", True), ("ours", False)):
                 results[label] = our_epochs(
-                    cache, featurizer, train_rows, val_rows, args.epochs, per_crystal, Path(tmp) / f"run-{name}-{per_crystal}"
+                    cache,
+                    featurizer,
+                    train_rows,
+                    val_rows,
+                    args.epochs,
+                    per_crystal,
+                    Path(tmp) / f"run-{name}-{per_crystal}",
+                    args.accelerator,
                 )
-            print(f"\n{name}: {len(cache)} crystals ({len(train_rows)} train + {len(val_rows)} val)")
-            base = statistics.median(results["reference CGCNN loop"][1:]) if not args.skip_reference else None
+            print(
+                f"\n{name}: {len(cache)} crystals ({len(train_rows)} train + {len(val_rows)} val)"
+            )
+            base = (
+                statistics.median(results["reference CGCNN loop"][1:])
+                if not args.skip_reference
+                else None
+            )
             for label, times in results.items():
                 med = statistics.median(times[1:])
                 ratio = f"  {base / med:.2f}x the reference" if base else ""
-                print(f"  {label:28s} {med:.3f} s/epoch (epochs: {', '.join(f'{t:.2f}' for t in times)}){ratio}")
+                print(
+                    f"  {label:28s} {med:.3f} s/epoch (epochs: {', '.join(f'{t:.2f}' for t in times)}){ratio}"
+                )
 
 
 if __name__ == "__main__":

@@ -86,7 +86,9 @@ def test_dataloader_uses_whole_batch_gather(hoip_cache: GraphCache) -> None:
     _assert_same_batch(moved.__getitems__(list(range(32))), batches[0])
 
 
-def test_views_of_several_caches_equal_per_crystal_collation(hoip_cache, data_dir, tmp_path) -> None:
+def test_views_of_several_caches_equal_per_crystal_collation(
+    hoip_cache, data_dir, tmp_path
+) -> None:
     """Pre-training batches mixing two caches give the same views as per-crystal collation."""
     from torch.utils.data import ConcatDataset, Subset
 

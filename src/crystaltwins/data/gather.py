@@ -140,7 +140,9 @@ class GraphStore:
             edge_counts=edge_counts,
         )
 
-    def batch(self, crystals: Sequence[int] | np.ndarray, with_ids: bool = True) -> CrystalGraphBatch:
+    def batch(
+        self, crystals: Sequence[int] | np.ndarray, with_ids: bool = True
+    ) -> CrystalGraphBatch:
         """The :class:`CrystalGraphBatch` of ``crystals`` (cache rows, in batch order).
 
         Equal, tensor for tensor, to :func:`~crystaltwins.data.dataset.collate_graphs` of the
@@ -161,9 +163,7 @@ class GraphStore:
                 ),
                 crystal_index=torch.from_numpy(ix.atom_crystal),
                 num_crystals=len(ix.crystals),
-                targets=None
-                if self.values is None
-                else torch.from_numpy(self.values[ix.crystals]),
+                targets=None if self.values is None else torch.from_numpy(self.values[ix.crystals]),
             )
         else:
             t = self._tensors

@@ -10,6 +10,7 @@ import csv
 import json
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +42,16 @@ from crystaltwins.models.checkpoint import ModelBundle, load_model, resolve_mode
 from crystaltwins.models.heads import PropertyHead
 from crystaltwins.training.common import (
     RunOptions,
-    resident_device,
     is_main_process,
     main_print,
     make_trainer,
     new_encoder,
+    resident_device,
     resume_path,
     training_seconds,
     write_config,
 )
+from crystaltwins.training.epoch_metrics import EpochMeans
 from crystaltwins.training.sampling import EpochSampler
 
 #: Target transforms: name -> (forward, inverse, valid-value test).
@@ -127,54 +129,34 @@ class FinetuneModule(L.LightningModule):
     def _step(self, batch: CrystalGraphBatch, stage: str) -> torch.Tensor:
         target = batch.targets[:, 0]
         out = self.head(self.encoder(batch))
-        n = batch.num_crystals
         if self.task == "classification":
             loss = F.cross_entropy(out, target.long())
-            accuracy = (out.argmax(-1) == target.long()).float().mean()
-            self.log(
-                f"{stage}_accuracy",
-                accuracy,
-                on_epoch=True,
-                on_step=False,
-                batch_size=n,
-                sync_dist=True,
-            )
+            error_rate = (out.argmax(-1) != target.long()).float().mean()
             # Checkpoints monitor val_mae: for classification, the error rate.
-            self.log(
-                f"{stage}_mae",
-                1 - accuracy,
-                on_epoch=True,
-                on_step=False,
-                batch_size=n,
-                sync_dist=True,
-            )
+            values = (loss, error_rate, 1 - error_rate)
         else:
             loss = F.mse_loss(out[:, 0], (target - self.target_mean) / self.target_std)
             mae = (out[:, 0] * self.target_std + self.target_mean - target).abs().mean()
-            self.log(
-                f"{stage}_mae",
-                mae,
-                prog_bar=True,
-                on_epoch=True,
-                on_step=False,
-                batch_size=n,
-                sync_dist=True,
-            )
-        self.log(
-            f"{stage}_loss",
-            loss,
-            on_epoch=True,
-            on_step=False,
-            batch_size=n,
-            sync_dist=True,
-        )
+            values = (loss, mae)
+        self.epoch_metrics.add(stage, batch.num_crystals, values)
         return loss
 
+    @cached_property
+    def epoch_metrics(self) -> EpochMeans:
+        names = ["loss", "mae"] + (["accuracy"] if self.task == "classification" else [])
+        return EpochMeans(names, progress="mae")
+
     def training_step(self, batch: CrystalGraphBatch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        loss = self._step(batch, "train")
+        if batch_idx + 1 == self.trainer.num_training_batches:
+            self.epoch_metrics.log(self, "train")
+        return loss
 
     def validation_step(self, batch: CrystalGraphBatch, batch_idx: int) -> None:
         self._step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self.epoch_metrics.log(self, "val")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         groups = [
