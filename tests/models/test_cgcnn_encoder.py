@@ -131,3 +131,42 @@ def test_training_step_reduces_nothing_to_nan(table, crystals_factory, collate_f
     out.square().mean().backward()
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and g.isfinite().all() for g in grads)
+
+
+def test_plain_accelerator_path_equals_cpu_path(monkeypatch, data_dir, tmp_path):
+    """The encoder's accelerator path (dense features, plain convolutions) gives the CPU path's
+    outputs and gradients on real crystals, in training and evaluation mode."""
+    import numpy as np
+
+    from crystaltwins.data.cache import GraphCache, build_graph_cache
+    from crystaltwins.data.gather import GraphStore
+    from crystaltwins.graph.atom_features import AtomFeaturizer
+    from crystaltwins.layers import cgcnn_conv
+    from crystaltwins.training.common import new_encoder
+
+    build_graph_cache(data_dir / "samples" / "cgcnn_regression", tmp_path / "c", progress=False)
+    cache = GraphCache(tmp_path / "c")
+    batch = GraphStore(cache).batch(np.arange(len(cache)))
+    torch.manual_seed(0)
+    encoder = new_encoder(AtomFeaturizer.builtin(), cache.settings)
+    for training in (True, False):
+        encoder.train(training)
+        results = []
+        for plain in (False, True):
+            monkeypatch.setattr(cgcnn_conv, "plain_path", lambda x, plain=plain: plain)
+            encoder.zero_grad()
+            state = {k: v.clone() for k, v in encoder.state_dict().items()}
+            out = encoder(batch)
+            out.square().sum().backward()
+            grads = [p.grad.clone() for p in encoder.parameters()]
+            results.append((out.detach(), grads, encoder.state_dict()))
+            encoder.load_state_dict(state)  # same running statistics for both paths
+        (out_a, grads_a, buf_a), (out_b, grads_b, buf_b) = results
+        torch.testing.assert_close(out_a, out_b, atol=1e-5, rtol=1e-5)
+        # float32, relative to the largest gradient (fc_full's bias has an exactly zero gradient
+        # in training, before the edge BatchNorm: rounding noise on both sides)
+        scale = max(float(g.abs().max()) for g in grads_a)
+        for ga, gb in zip(grads_a, grads_b, strict=True):
+            torch.testing.assert_close(ga, gb, atol=2e-5 * scale, rtol=1e-3)
+        for name in buf_a:
+            torch.testing.assert_close(buf_a[name], buf_b[name], atol=1e-5, rtol=1e-5, msg=name)

@@ -129,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-files", nargs=3, metavar=("TRAIN", "VAL", "TEST"), help="files of ids")
     p.add_argument("--max-train", type=int, help="cap on training crystals")
     p.add_argument("--early-stopping", type=int, help="patience in epochs on validation MAE")
+    p.add_argument(
+        "--data-on-device",
+        choices=("auto", "never"),
+        help="GPU runs: keep the training data on the GPU when it takes at most half its free "
+        "memory (auto, the default), or stream batches from the cache (never)",
+    )
     _add_training_options(p)
 
     for name, text in (

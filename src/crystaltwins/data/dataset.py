@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -10,8 +11,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from crystaltwins.data.batch import CrystalGraphBatch
+from crystaltwins.data.batch import CrystalGraphBatch, GraphArrays
 from crystaltwins.data.cache import GraphCache
+from crystaltwins.data.gather import GraphStore
 from crystaltwins.graph.crystal_graph import CrystalGraph
 from crystaltwins.transforms.base import GraphTransform
 
@@ -47,11 +49,36 @@ class CrystalGraphDataset(Dataset):
     def __getitem__(self, i: int) -> CrystalGraph:
         return self.cache.graph(int(self.indices[i]))
 
+    def target_values(self) -> np.ndarray | None:
+        """``(N_cache, T)`` values of :attr:`targets` by cache row (``None`` without targets)."""
+        return self.cache.labels(self.targets) if self.targets else None
+
+    @property
+    def store(self) -> GraphStore:
+        """The :class:`GraphStore` batches are gathered from (host, memory-mapped, by default;
+        see :meth:`to_device`)."""
+        store = self.__dict__.get("_store")
+        if store is None:
+            store = self._store = GraphStore(self.cache, self.target_values())
+        return store
+
+    def to_device(self, device: torch.device | str) -> CrystalGraphDataset:
+        """The same dataset with its batches gathered on ``device`` from arrays copied there
+        once (see :func:`~crystaltwins.data.gather.resident_fits` for when that pays)."""
+        moved = copy.copy(self)
+        moved._store = self.store.to(device)
+        return moved
+
+    def __getitems__(self, positions: Sequence[int]) -> CrystalGraphBatch:
+        """A whole batch at once, by array arithmetic (what ``DataLoader`` calls; pass the
+        result through :class:`GraphCollator`)."""
+        return self.store.batch(self.indices[np.asarray(positions, dtype=np.int64)])
+
     def subset(self, indices: Sequence[int] | np.ndarray) -> CrystalGraphDataset:
         """The dataset restricted to positions ``indices`` of this one."""
-        return CrystalGraphDataset(
-            self.cache, self.indices[np.asarray(indices, dtype=np.int64)], self.targets
-        )
+        subset = copy.copy(self)
+        subset.indices = self.indices[np.asarray(indices, dtype=np.int64)]
+        return subset
 
 
 class TwoViewDataset(Dataset):
@@ -117,7 +144,9 @@ class GraphCollator:
     def __init__(self, targets: Sequence[str] = ()) -> None:
         self.targets = list(targets)
 
-    def __call__(self, graphs: Sequence[CrystalGraph]) -> CrystalGraphBatch:
+    def __call__(self, graphs: Sequence[CrystalGraph] | CrystalGraphBatch) -> CrystalGraphBatch:
+        if isinstance(graphs, CrystalGraphBatch):  # made whole by ``__getitems__``
+            return graphs
         return collate_graphs(graphs, self.targets)
 
 
@@ -134,13 +163,16 @@ class AugmentedPairCollator:
         self.transform = transform
         self.seed = seed
 
-    def __call__(self, items: Sequence[tuple[CrystalGraph, tuple[int, int]]]) -> tuple[Any, Any]:
-        from crystaltwins.data.batch import GraphArrays
-
-        graphs = [g for g, _ in items]
-        first, epoch = items[0][1]
-        rng = np.random.default_rng([self.seed, epoch, first, len(items)])
-        arrays = GraphArrays.from_graphs(graphs)
+    def __call__(
+        self,
+        items: Sequence[tuple[CrystalGraph, tuple[int, int]]] | tuple[GraphArrays, tuple[int, int]],
+    ) -> tuple[Any, Any]:
+        if isinstance(items, tuple) and isinstance(items[0], GraphArrays):
+            arrays, (first, epoch) = items  # gathered whole (ConcatGraphViews.__getitems__)
+        else:
+            first, epoch = items[0][1]
+            arrays = GraphArrays.from_graphs([g for g, _ in items])
+        rng = np.random.default_rng([self.seed, epoch, first, arrays.num_crystals])
         return self.transform.batch(arrays, rng).to_batch(), self.transform.batch(
             arrays, rng
         ).to_batch()

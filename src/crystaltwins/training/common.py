@@ -213,6 +213,25 @@ def make_trainer(
     )
 
 
+def resident_device(accelerator: str, mode: str, store: Any) -> torch.device | None:
+    """The CUDA device to keep a run's training data on, or ``None`` to stream it from the
+    memory-mapped cache.
+
+    :param mode: ``"auto"``: on a CUDA run, when the arrays batches are made of take at most
+        half the device's free memory (:func:`~crystaltwins.data.gather.resident_fits`);
+        ``"never"``: always stream. CPU runs always read the cache in place.
+    """
+    from crystaltwins.data.gather import resident_fits
+
+    if mode not in ("auto", "never"):
+        raise ValueError(f"data_on_device must be 'auto' or 'never', got {mode!r}")
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if mode == "never" or not on_gpu or not torch.cuda.is_available():
+        return None
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return device if resident_fits(store, device) else None
+
+
 def training_seconds(trainer: L.Trainer) -> float:
     """Seconds spent in ``fit`` (validation included), summed over every resume of the run."""
     for callback in trainer.callbacks:  # type: ignore[attr-defined]

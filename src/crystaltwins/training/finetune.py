@@ -10,6 +10,7 @@ import csv
 import json
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +47,12 @@ from crystaltwins.training.common import (
     main_print,
     make_trainer,
     new_encoder,
+    resident_device,
     resume_path,
     training_seconds,
     write_config,
 )
+from crystaltwins.training.epoch_metrics import EpochMeans
 from crystaltwins.training.run_folder import claimed_run_folder
 from crystaltwins.training.sampling import EpochSampler
 
@@ -90,6 +93,7 @@ class FinetuneConfig(RunOptions):
     early_stopping: int | None = None
     head_hidden: int | None = None
     plots: bool = True
+    data_on_device: str = "auto"
 
 
 class FinetuneModule(L.LightningModule):
@@ -127,54 +131,34 @@ class FinetuneModule(L.LightningModule):
     def _step(self, batch: CrystalGraphBatch, stage: str) -> torch.Tensor:
         target = batch.targets[:, 0]
         out = self.head(self.encoder(batch))
-        n = batch.num_crystals
         if self.task == "classification":
             loss = F.cross_entropy(out, target.long())
-            accuracy = (out.argmax(-1) == target.long()).float().mean()
-            self.log(
-                f"{stage}_accuracy",
-                accuracy,
-                on_epoch=True,
-                on_step=False,
-                batch_size=n,
-                sync_dist=True,
-            )
+            error_rate = (out.argmax(-1) != target.long()).float().mean()
             # Checkpoints monitor val_mae: for classification, the error rate.
-            self.log(
-                f"{stage}_mae",
-                1 - accuracy,
-                on_epoch=True,
-                on_step=False,
-                batch_size=n,
-                sync_dist=True,
-            )
+            values = (loss, error_rate, 1 - error_rate)
         else:
             loss = F.mse_loss(out[:, 0], (target - self.target_mean) / self.target_std)
             mae = (out[:, 0] * self.target_std + self.target_mean - target).abs().mean()
-            self.log(
-                f"{stage}_mae",
-                mae,
-                prog_bar=True,
-                on_epoch=True,
-                on_step=False,
-                batch_size=n,
-                sync_dist=True,
-            )
-        self.log(
-            f"{stage}_loss",
-            loss,
-            on_epoch=True,
-            on_step=False,
-            batch_size=n,
-            sync_dist=True,
-        )
+            values = (loss, mae)
+        self.epoch_metrics.add(stage, batch.num_crystals, values)
         return loss
 
+    @cached_property
+    def epoch_metrics(self) -> EpochMeans:
+        names = ["loss", "mae"] + (["accuracy"] if self.task == "classification" else [])
+        return EpochMeans(names, progress="mae")
+
     def training_step(self, batch: CrystalGraphBatch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        loss = self._step(batch, "train")
+        if batch_idx + 1 == self.trainer.num_training_batches:
+            self.epoch_metrics.log(self, "train")
+        return loss
 
     def validation_step(self, batch: CrystalGraphBatch, batch_idx: int) -> None:
         self._step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self.epoch_metrics.log(self, "val")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         groups = [
@@ -360,12 +344,17 @@ def _finetune_in_claimed_folder(
         log_every_n_steps=max(1, min(20, math.ceil(len(train) / config.batch_size))),
     )
     collate = GraphCollator([target_name])
+    device = resident_device(config.accelerator, config.data_on_device, train.store)
+    if device is not None:  # batches gathered on the GPU from arrays copied there once
+        main_print(f"training data resident on {device}")
+        train, val = train.to_device(device), val.to_device(device)
+    workers = 0 if device is not None else config.loader_workers
     train_loader = DataLoader(
         train,
         batch_size=min(config.batch_size, len(train)),
         sampler=EpochSampler(len(train), shuffle=True, seed=config.seed, with_epoch=False),
         collate_fn=collate,
-        num_workers=config.loader_workers,
+        num_workers=workers,
         drop_last=len(train) > config.batch_size,
     )
     val_loader = DataLoader(
@@ -373,7 +362,7 @@ def _finetune_in_claimed_folder(
         batch_size=config.batch_size,
         sampler=EpochSampler(len(val), shuffle=False, with_epoch=False),
         collate_fn=collate,
-        num_workers=config.loader_workers,
+        num_workers=workers,
     )
     fit(
         trainer,
@@ -465,6 +454,9 @@ class _TargetDataset(CrystalGraphDataset):
         graph = super().__getitem__(i)
         graph.labels = {self.name: float(self.values[self.indices[i]])}
         return graph
+
+    def target_values(self) -> np.ndarray:
+        return self.values
 
 
 def _best_epoch(out: Path) -> int | None:

@@ -10,9 +10,10 @@ import lightning as L
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import ConcatDataset, DataLoader, Subset
+from torch.utils.data import DataLoader
 
-from crystaltwins.data.dataset import AugmentedPairCollator, CrystalGraphDataset, KeyedDataset
+from crystaltwins.data.dataset import AugmentedPairCollator
+from crystaltwins.data.gather import ConcatGraphViews
 from crystaltwins.data.sources import prepare_caches
 from crystaltwins.data.splits import random_split
 from crystaltwins.graph.atom_features import AtomFeaturizer, default_featurizer
@@ -128,7 +129,7 @@ def _featurizer(config: PretrainConfig) -> AtomFeaturizer:
 
 
 def _loader(
-    dataset: KeyedDataset, augmentation: Any, config: PretrainConfig, training: bool
+    dataset: ConcatGraphViews, augmentation: Any, config: PretrainConfig, training: bool
 ) -> DataLoader:
     """Batches of two views; the views of a whole batch are made at once in the collate step
     (in the loader workers when ``loader_workers > 0``). Training: a new order and new views
@@ -197,8 +198,7 @@ def _pretrain_in_claimed_folder(config: PretrainConfig) -> Path:
         progress=config.progress and is_main_process(),
         log=main_print,
     )
-    full = ConcatDataset([CrystalGraphDataset(c) for c in caches])
-    positions = np.arange(len(full))
+    positions = np.arange(sum(len(c) for c in caches))
     if config.exclude_ids_file:
         positions = _without_excluded(caches, config.exclude_ids_file)
     if config.max_crystals is not None and config.max_crystals < len(positions):
@@ -225,8 +225,8 @@ def _pretrain_in_claimed_folder(config: PretrainConfig) -> Path:
         config.atom_mask_fraction,
         config.edge_mask_fraction,
     )
-    train = KeyedDataset(Subset(full, positions[split.train].tolist()))
-    val = KeyedDataset(Subset(full, positions[split.val].tolist()))
+    train = ConcatGraphViews(caches, positions[split.train])
+    val = ConcatGraphViews(caches, positions[split.val])
 
     if config.init_from:
         start = load_model(config.init_from)

@@ -75,6 +75,7 @@ RESUMABLE_CHANGES = frozenset(
         "accelerator",
         "devices",
         "plots",
+        "data_on_device",
     }
 )
 
