@@ -13,7 +13,7 @@ Layout of a cache directory (all arrays ``.npy``, opened with ``mmap_mode="r"``)
     lattices.npy           (N, 3, 3) float64, Å
     edge_offsets.npy       (N + 1,) int64
     edge_src.npy, edge_dst.npy   (E,) int32, atom indices local to the crystal
-    edge_image.npy         (E, 3) int8
+    edge_image.npy         (E, 3) int16 (IMAGE_DTYPE)
     edge_distance.npy      (E,) float32, Å
     cand_offsets.npy, cand_src.npy, cand_dst.npy, cand_image.npy   candidate edges (see
                            :func:`crystaltwins.graph.neighbors.find_neighbors`)
@@ -42,11 +42,12 @@ from typing import Any
 import numpy as np
 
 from crystaltwins.graph.crystal_graph import CrystalGraph, build_crystal_graph
+from crystaltwins.graph.geometry import IMAGE_DTYPE
 from crystaltwins.graph.neighbors import NeighborList
 from crystaltwins.graph.settings import GraphSettings
 from crystaltwins.io.records import BadRecord, CrystalInputError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: int16 image vectors (were int8, which wrapped for thin cells)
 CHUNK_SIZE = 256
 
 _ATOM_ARRAYS = ("atomic_numbers", "positions")
@@ -170,11 +171,11 @@ def _pack_chunk(
             "lattices": cat([g.lattice[None] for g in graphs], np.float64, (3, 3)),
             "edge_src": cat([g.edges.src for g in graphs], np.int32),
             "edge_dst": cat([g.edges.dst for g in graphs], np.int32),
-            "edge_image": cat([g.edges.image for g in graphs], np.int8, (3,)),
+            "edge_image": cat([g.edges.image for g in graphs], IMAGE_DTYPE, (3,)),
             "edge_distance": cat([g.edges.distance for g in graphs], np.float32),
             "cand_src": cat([g.candidates.src for g in graphs], np.int32),
             "cand_dst": cat([g.candidates.dst for g in graphs], np.int32),
-            "cand_image": cat([g.candidates.image for g in graphs], np.int8, (3,)),
+            "cand_image": cat([g.candidates.image for g in graphs], IMAGE_DTYPE, (3,)),
             "labels": labels,
         },
         "info": {
@@ -368,11 +369,11 @@ def _assemble(
         "lattices": ((n, 3, 3), np.float64),
         "edge_src": ((n_edges,), np.int32),
         "edge_dst": ((n_edges,), np.int32),
-        "edge_image": ((n_edges, 3), np.int8),
+        "edge_image": ((n_edges, 3), IMAGE_DTYPE),
         "edge_distance": ((n_edges,), np.float32),
         "cand_src": ((n_cands,), np.int32),
         "cand_dst": ((n_cands,), np.int32),
-        "cand_image": ((n_cands, 3), np.int8),
+        "cand_image": ((n_cands, 3), IMAGE_DTYPE),
         "labels": ((n, len(label_names)), np.float64),
     }
     outputs = {

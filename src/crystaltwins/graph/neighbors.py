@@ -34,7 +34,7 @@ class NeighborList:
 
     :param src: ``(E,)`` int32 centre atom index *i*.
     :param dst: ``(E,)`` int32 neighbour atom index *j*.
-    :param image: ``(E, 3)`` int8 periodic image *n* of the neighbour: its position is
+    :param image: ``(E, 3)`` int16 periodic image *n* of the neighbour: its position is
         ``positions[j] + n @ lattice``.
     :param distance: ``(E,)`` float64 distances in Å.
     """
@@ -151,7 +151,7 @@ def find_neighbors(
     keep = distance <= bound[centre]
     order = order[keep]
     centre, distance = centre[keep], distance[keep]
-    neighbor, image = neighbor[order], image[order].astype(np.int8)
+    neighbor, image = neighbor[order], image[order].astype(np.int16)
     # Pass 2, on the short list: the tie rule, then the nearest within the radius.
     order = order_edges(centre, neighbor, image, distance)
     edges = NeighborList(
