@@ -182,6 +182,7 @@ def pretrain(config: PretrainConfig) -> Path:
         workers=config.featurize_workers,
         progress=config.progress and is_main_process(),
         log=main_print,
+        cif_column=config.cif_column,
     )
     full = ConcatDataset([CrystalGraphDataset(c) for c in caches])
     positions = np.arange(len(full))
