@@ -7,6 +7,7 @@ import csv
 import gzip
 import io
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,18 @@ def test_text_column_stays_text(tmp_path: Path, perovskite_rows: list[list[str]]
     entries = list(iter_entries(path))
     assert all(e.metadata["formula"] == r[2] for e, r in zip(entries, rows, strict=True))
     assert all("formula" not in e.labels for e in entries)
+
+
+def test_label_table_row_with_a_bad_byte_costs_that_row(tmp_path: Path, data_dir: Path) -> None:
+    folder = tmp_path / "cgcnn"
+    shutil.copytree(data_dir / "samples" / "cgcnn_regression", folder)
+    table = folder / "id_prop.csv"
+    lines = table.read_bytes().splitlines()
+    lines[2] += b"\xff"
+    table.write_bytes(b"\n".join(lines) + b"\n")
+    results = list(read_records(folder, ["target"]))
+    bad = [r for r in results if isinstance(r, BadRecord)]
+    good = [r for r in results if isinstance(r, CrystalRecord)]
+    assert len(good) == 9
+    assert bad[0].source == f"{table}:row 3"
+    assert "not UTF-8 text: byte 0xff in column 'target'" in bad[0].reason

@@ -26,17 +26,19 @@ from crystaltwins.io.records import CrystalInputError
 #: ``edge_image`` / ``cand_image``). :func:`check_search_bounds` guarantees every image of an
 #: accepted crystal fits (see :func:`image_bounds`).
 IMAGE_DTYPE = np.int16
-#: Atoms closer than this (Å) are rejected. The shortest bond known is H-H in H2 (0.74 Å); the
-#: shared datasets' shortest distance is 0.72 Å (an H2 unit in mp36k; see
-#: ``benchmarks/geometry_survey.py``). 0.5 Å stays below every real structure and far above the
-#: numerical duplicates (atoms listed twice, 1e-6 Å apart) it is meant to catch.
+#: Atoms closer than this (Å) are rejected. The H-H bond of H2 (0.74 Å) is about the shortest
+#: in nature; the shortest distance in the shared datasets is 0.634 Å (perovskite_synth id 4239;
+#: mp36k 0.746, hoip 0.751, qmof 0.753 Å; ``benchmarks/geometry_survey.py``). 0.5 Å stays below
+#: every real structure and far above the duplicates it is meant to catch (an atom listed twice,
+#: 1e-6 Å apart; a cell smaller than its atoms).
 MIN_INTERATOMIC_DISTANCE = 0.5
 #: Most atom images one neighbour search may visit: ``n_atoms * prod(2 * ceil(R / h_i) + 1)``
 #: (``h_i``: the cell's perpendicular heights, ``R``: search radius). Real crystals of the shared
-#: datasets need at most ~60,000 (radius 8 Å); 3 million is about 0.3 GB in pymatgen's kernel.
+#: datasets need at most 18,954 (mp36k, radius 8 Å + margin); 3 million is about 0.3 GB in
+#: pymatgen's kernel. The thinnest real cell height seen is 1.317 Å (mp-756436).
 MAX_SEARCH_POINTS = 3_000_000
 #: Most neighbour pairs one search may find, estimated before it as
-#: ``n_atoms**2 * (4/3 pi R**3) / volume``. Real crystals need at most ~150,000 (radius 8 Å).
+#: ``n_atoms**2 * (4/3 pi R**3) / volume``. Real crystals need at most 97,899 (a qmof MOF).
 MAX_SEARCH_PAIRS = 3_000_000
 
 
@@ -107,7 +109,7 @@ def check_search_bounds(
         raise CrystalInputError(
             where,
             f"cell too small or too thin for a neighbour search within {radius:g} Å (heights "
-            f"{shown} Å, {n_atoms} atoms in {volume:.3g} Å^3): about {points:.3g} atom images "
+            f"{shown} Å, {n_atoms} atom{'s' if n_atoms != 1 else ''} in {volume:.3g} Å^3): about {points:.3g} atom images "
             f"and {pairs:.3g} pairs to search, limits {MAX_SEARCH_POINTS:.0e} and "
             f"{MAX_SEARCH_PAIRS:.0e}",
         )

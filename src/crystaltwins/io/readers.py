@@ -185,8 +185,8 @@ def _open_text(path: Path, errors: str = "strict") -> IO[str]:
     return open(path, encoding="utf-8-sig", errors=errors, newline="")
 
 
-def _read_text(path: Path) -> str:
-    with _open_text(path) as handle:
+def _read_text(path: Path, errors: str = "strict") -> str:
+    with _open_text(path, errors) as handle:
         return handle.read()
 
 
@@ -490,7 +490,7 @@ def _read_label_table(path: Path) -> tuple[list[str], list[tuple[int, list[str]]
     :returns: ``(names, rows)``; ``names[0]`` names the id column; rows are numbered from 1.
     """
     try:
-        text = _read_text(path)
+        text = _read_text(path, errors="surrogateescape")  # bad rows are found per row
     except (OSError, UnicodeDecodeError, EOFError) as exc:
         raise CrystalInputError(str(path), f"unreadable label table: {exc}") from exc
     lines = [line for line in text.splitlines() if line.strip()]
@@ -554,6 +554,10 @@ def _iter_folder(folder: Path, targets: list[str], table: Path | None = None) ->
     for number, row in rows:
         key = row[0].strip() if row else ""
         where = f"{table}:row {number}"
+        problem = _undecodable(row, names)
+        if problem is not None:
+            yield RawEntry(id=str(number), source=where, payload="", fmt="", error=problem)
+            continue
         labels, metadata, error = _split_labels(row, label_names, label_indices, numeric, targets)
         path = (by_name.get(key) or by_name.get(_file_id(Path(key)))) if key else None
         if path is None:
