@@ -21,7 +21,15 @@ def _add_graph_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-neighbors", type=int, default=12, help="neighbours per atom (default 12)")
 
 
+def _add_cif_column_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cif-column",
+        help="CSV column holding the structures (default: the column named cif or structure)",
+    )
+
+
 def _add_training_options(p: argparse.ArgumentParser) -> None:
+    _add_cif_column_option(p)
     p.add_argument(
         "--config", help="YAML file of settings (keys: these flags' names); flags given override it"
     )
@@ -81,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    _add_cif_column_option(p)
 
     p = sub.add_parser("graph", help="print one crystal's graph, one row per edge")
     p.add_argument("structure", help="a structure file (CIF, POSCAR, extxyz, ...)")
@@ -155,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--atom-init", help="for a published .pth: its atom_init.json (default: beside it)"
         )
+        _add_cif_column_option(p)
 
     p = sub.add_parser("plot", help="2-D map of embeddings coloured by a property (paper Fig. 3)")
     p.add_argument("source", help="embeddings.npz, or a model file (then give --data)")
@@ -166,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--atom-init", help="for a published .pth: its atom_init.json (default: beside it)"
     )
+    _add_cif_column_option(p)
 
     from crystaltwins.evaluation.bench import add_bench_arguments
 
@@ -248,6 +259,7 @@ def _cmd_featurize(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=args.progress,
         force=args.force,
+        cif_column=args.cif_column,
     )
     print(f"element features: {featurizer.name}")
     print("\n".join(summary.lines()))
@@ -348,6 +360,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         cache_root=args.cache_root,
+        cif_column=args.cif_column,
     )
     write_predictions_csv(result, args.out)
     _report(result, args.out)
@@ -365,6 +378,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         cache_root=args.cache_root,
+        cif_column=args.cif_column,
     )
     write_embeddings_npz(result, args.out)
     _report(result, args.out)
@@ -394,7 +408,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
             raise SystemExit("plot: give --data DATA when SOURCE is a model")
         from crystaltwins.evaluation.inference import embed
 
-        result = embed(_model_argument(args, source), args.data)
+        result = embed(_model_argument(args, source), args.data, cif_column=args.cif_column)
         ids, vectors, labels = result.ids, result.values, result.labels
     color_name = args.color or (next(iter(labels)) if labels else None)
     if color_name is not None and color_name not in labels:

@@ -13,7 +13,7 @@ Layout of a cache directory (all arrays ``.npy``, opened with ``mmap_mode="r"``)
     lattices.npy           (N, 3, 3) float64, Å
     edge_offsets.npy       (N + 1,) int64
     edge_src.npy, edge_dst.npy   (E,) int32, atom indices local to the crystal
-    edge_image.npy         (E, 3) int8
+    edge_image.npy         (E, 3) int16 (IMAGE_DTYPE)
     edge_distance.npy      (E,) float32, Å
     cand_offsets.npy, cand_src.npy, cand_dst.npy, cand_image.npy   candidate edges (see
                            :func:`crystaltwins.graph.neighbors.find_neighbors`)
@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from crystaltwins.graph.crystal_graph import CrystalGraph, build_crystal_graph
+from crystaltwins.graph.geometry import IMAGE_DTYPE
 from crystaltwins.graph.neighbors import NeighborList
 from crystaltwins.graph.settings import GraphSettings
 from crystaltwins.io.locks import (
@@ -59,7 +60,9 @@ from crystaltwins.io.locks import (
 )
 from crystaltwins.io.records import BadRecord, CrystalInputError
 
-CACHE_VERSION = 2  # 2: neighbours in the reference (pymatgen kernel) order, ties included
+# 2: neighbours in the reference (pymatgen kernel) order, ties included;
+# 3: int16 image vectors (were int8, which wrapped for thin cells)
+CACHE_VERSION = 3
 CHUNK_SIZE = 256
 
 _ATOM_ARRAYS = ("atomic_numbers", "positions")
@@ -67,14 +70,32 @@ _EDGE_ARRAYS = ("edge_src", "edge_dst", "edge_image", "edge_distance")
 _CAND_ARRAYS = ("cand_src", "cand_dst", "cand_image")
 
 
+#: Bytes read at a time when hashing a source (streaming: memory stays constant).
+_HASH_BLOCK = 1 << 20
+
+
 def source_fingerprint(source: str | os.PathLike) -> str:
-    """A cheap fingerprint of a file or folder: paths, sizes and modification times."""
+    """The SHA-256 of a file's content, or of a folder's files (relative paths and contents).
+
+    Content, not sizes and modification times: an edited label whose file kept its size and
+    time (``touch -r``, a copy with ``cp -p``) still changes the fingerprint. Read in 1 MiB
+    blocks; about 0.2-0.5 s per 100 MB (``benchmarks/bench_fingerprint.py``).
+    """
     path = Path(source).resolve()
     digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for p in files:
-        stat = p.stat()
-        digest.update(f"{p}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    if path.is_file():
+        files = [(path.name, path)]
+    else:
+        files = [
+            (p.relative_to(path).as_posix(), p) for p in sorted(path.rglob("*")) if p.is_file()
+        ]
+    buffer = bytearray(_HASH_BLOCK)
+    view = memoryview(buffer)
+    for name, p in files:
+        digest.update(f"{name}\0{p.stat().st_size}\0".encode())
+        with open(p, "rb", buffering=0) as handle:
+            while count := handle.readinto(buffer):
+                digest.update(view[:count])
     return digest.hexdigest()
 
 
@@ -183,11 +204,11 @@ def _pack_chunk(
             "lattices": cat([g.lattice[None] for g in graphs], np.float64, (3, 3)),
             "edge_src": cat([g.edges.src for g in graphs], np.int32),
             "edge_dst": cat([g.edges.dst for g in graphs], np.int32),
-            "edge_image": cat([g.edges.image for g in graphs], np.int8, (3,)),
+            "edge_image": cat([g.edges.image for g in graphs], IMAGE_DTYPE, (3,)),
             "edge_distance": cat([g.edges.distance for g in graphs], np.float32),
             "cand_src": cat([g.candidates.src for g in graphs], np.int32),
             "cand_dst": cat([g.candidates.dst for g in graphs], np.int32),
-            "cand_image": cat([g.candidates.image for g in graphs], np.int8, (3,)),
+            "cand_image": cat([g.candidates.image for g in graphs], IMAGE_DTYPE, (3,)),
             "labels": labels,
         },
         "info": {
@@ -229,8 +250,9 @@ def _manifest_key(
     featurizer_name: str,
     featurizer_fp: str,
     targets: Sequence[str],
+    cif_column: str | None = None,
 ) -> dict[str, Any]:
-    return {
+    key = {
         "version": CACHE_VERSION,
         "source": str(source),
         "source_fingerprint": source_fingerprint(source),
@@ -238,6 +260,9 @@ def _manifest_key(
         "featurizer": {"name": featurizer_name, "fingerprint": featurizer_fp},
         "targets": list(targets),
     }
+    if cif_column is not None:  # absent by default: keys of existing caches stay valid
+        key["cif_column"] = cif_column
+    return key
 
 
 def _supported_elements(featurizer: Any) -> tuple[frozenset[int], str, str]:
@@ -258,6 +283,7 @@ def build_graph_cache(
     chunk_size: int = CHUNK_SIZE,
     progress: bool = True,
     force: bool = False,
+    cif_column: str | None = None,
 ) -> CacheSummary:
     """Build (or reuse) the graph cache of ``source``.
 
@@ -268,6 +294,7 @@ def build_graph_cache(
         with an element it has no features for are skipped.
     :param targets: label columns that must be present and numeric (others are kept when present).
     :param workers: processes building graphs in parallel.
+    :param cif_column: the structure column of a CSV source (default ``cif`` / ``structure``).
     """
     from crystaltwins.io.readers import iter_entries
 
@@ -277,7 +304,7 @@ def build_graph_cache(
     cache_dir = Path(cache_dir)
     check_cache_target(cache_dir, source)
     supported, feat_name, feat_fp = _supported_elements(featurizer)
-    key = _manifest_key(source, settings, feat_name, feat_fp, targets or [])
+    key = _manifest_key(source, settings, feat_name, feat_fp, targets or [], cif_column)
     if not force and (reused := _reusable(cache_dir, key, start)) is not None:
         return reused
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -303,6 +330,7 @@ def build_graph_cache(
             progress,
             start,
             iter_entries,
+            cif_column,
         )
 
 
@@ -401,6 +429,7 @@ def _build_locked(
     progress: bool,
     start: float,
     iter_entries: Any,
+    cif_column: str | None,
 ) -> CacheSummary:
     """Build the cache while holding its lock (see :func:`build_graph_cache`)."""
     _check_partial(partial)
@@ -415,7 +444,9 @@ def _build_locked(
     done = {int(p.stem.split("_")[1]) for p in partial.glob("chunk_*.json")}
     jobs = (
         (index, (chunk, settings, supported))
-        for index, chunk in enumerate(_chunks(iter_entries(source, targets=targets), chunk_size))
+        for index, chunk in enumerate(
+            _chunks(iter_entries(source, targets=targets, cif_column=cif_column), chunk_size)
+        )
     )
     pending = ((i, job) for i, job in jobs if i not in done)
 
@@ -543,11 +574,11 @@ def _write_arrays(
         "lattices": ((n, 3, 3), np.float64),
         "edge_src": ((n_edges,), np.int32),
         "edge_dst": ((n_edges,), np.int32),
-        "edge_image": ((n_edges, 3), np.int8),
+        "edge_image": ((n_edges, 3), IMAGE_DTYPE),
         "edge_distance": ((n_edges,), np.float32),
         "cand_src": ((n_cands,), np.int32),
         "cand_dst": ((n_cands,), np.int32),
-        "cand_image": ((n_cands, 3), np.int8),
+        "cand_image": ((n_cands, 3), IMAGE_DTYPE),
         "labels": ((n, len(label_names)), np.float64),
     }
     outputs = {

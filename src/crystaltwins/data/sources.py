@@ -25,11 +25,14 @@ def cache_dir_for(
     settings: GraphSettings,
     featurizer: Any = None,
     cache_root: str | os.PathLike | None = None,
+    cif_column: str | None = None,
 ) -> Path:
     """A cache directory named after the source (its first 64 characters), one per (source path,
-    settings, featurizer)."""
+    settings, featurizer, CIF column)."""
     source = Path(source).resolve()
     key = f"{source}|{sorted(settings.cache_key().items())}|{featurizer.fingerprint() if featurizer else ''}"
+    if cif_column is not None:
+        key += f"|cif_column={cif_column}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     stem = source.name.split(".")[0][:64] or "data"  # the digest keeps long names apart
     return Path(cache_root or default_cache_root()) / f"{stem}-{digest}"
@@ -44,6 +47,7 @@ def prepare_caches(
     workers: int = 1,
     progress: bool = True,
     log: Any = print,
+    cif_column: str | None = None,
 ) -> list[GraphCache]:
     """Build (or reuse) the graph cache of every source and open them.
 
@@ -63,12 +67,13 @@ def prepare_caches(
             continue
         summary: CacheSummary = build_graph_cache(
             source,
-            cache_dir_for(source, settings, featurizer, cache_root),
+            cache_dir_for(source, settings, featurizer, cache_root, cif_column),
             settings=settings,
             featurizer=featurizer,
             targets=targets,
             workers=workers,
             progress=progress,
+            cif_column=cif_column,
         )
         if log is not None:
             state = "reused" if summary.reused else f"built in {summary.seconds:.1f} s"

@@ -100,3 +100,45 @@ def cap_split(
             for p in (split.val, split.test)
         )
     return Split(train, val, test)
+
+
+def min_crystals_for_split(fractions: Sequence[float]) -> int | None:
+    """The fewest crystals for which :func:`random_split` by ``fractions`` gives every part
+    (train, validation, test) at least one crystal; ``None`` if no number does (a zero
+    fraction)."""
+    if len(fractions) != 3 or min(fractions) <= 0:
+        return None
+    total = float(sum(fractions))
+    n = 1
+    while n < 10**7:
+        n_val = int(np.floor(fractions[1] / total * n))
+        n_test = int(np.floor(fractions[2] / total * n))
+        if n_val >= 1 and n_test >= 1 and n - n_val - n_test >= 1:
+            return n
+        n += 1
+    return None
+
+
+def check_split(split: Split, crystals: int, how: str, needed: int | None = None) -> None:
+    """Raise when a part of ``split`` is empty (nothing to train on, to select the best epoch
+    on, or to report a test error on).
+
+    :param crystals: how many crystals were split (for the message).
+    :param how: how the split was made, e.g. ``"random split 0.6/0.2/0.2"``.
+    :param needed: the fewest crystals that split needs (:func:`min_crystals_for_split`).
+    :raises ValueError: naming the empty parts and, when known, how many crystals are needed.
+    """
+    sizes = split.sizes()
+    empty = [name for name, size in sizes.items() if size == 0]
+    if not empty:
+        return
+    shown = ", ".join(f"{name} {size}" for name, size in sizes.items())
+    need = (
+        f"; it needs at least {needed} crystals"
+        if needed is not None
+        else "; every part needs at least one crystal"
+    )
+    raise ValueError(
+        f"{crystals} crystals are too few for the {how} ({shown}: {' and '.join(empty)} "
+        f"empty){need}"
+    )

@@ -32,7 +32,11 @@ class InferenceResult:
 
 
 def _open(
-    model: str | os.PathLike | ModelBundle, data: str | os.PathLike, cache_root: Any, workers: int
+    model: str | os.PathLike | ModelBundle,
+    data: str | os.PathLike,
+    cache_root: Any,
+    workers: int,
+    cif_column: str | None = None,
 ) -> tuple[ModelBundle, GraphCache]:
     bundle = model if isinstance(model, ModelBundle) else load_model(model)
     (cache,) = prepare_caches(
@@ -43,6 +47,7 @@ def _open(
         workers=workers,
         progress=False,
         log=None,
+        cif_column=cif_column,
     )
     return bundle, cache
 
@@ -93,9 +98,13 @@ def embed(
     device: str = "cpu",
     cache_root: str | os.PathLike | None = None,
     workers: int = 1,
+    cif_column: str | None = None,
 ) -> InferenceResult:
-    """Crystal embeddings ``(N, H)`` (the encoder's output, before any head)."""
-    bundle, cache = _open(model, data, cache_root, workers)
+    """Crystal embeddings ``(N, H)`` (the encoder's output, before any head).
+
+    :param cif_column: the structure column of a CSV ``data`` (default ``cif`` / ``structure``).
+    """
+    bundle, cache = _open(model, data, cache_root, workers, cif_column)
     result = _result(cache, _run(bundle, cache, bundle.encoder, batch_size, device))
     result.task = "embedding"
     return result
@@ -108,10 +117,14 @@ def predict(
     device: str = "cpu",
     cache_root: str | os.PathLike | None = None,
     workers: int = 1,
+    cif_column: str | None = None,
 ) -> InferenceResult:
     """Property predictions of a fine-tuned model, in the target's units (the inverse of any
-    target transform applied), or P(class 1) for a classifier."""
-    bundle, cache = _open(model, data, cache_root, workers)
+    target transform applied), or P(class 1) for a classifier.
+
+    :param cif_column: the structure column of a CSV ``data`` (default ``cif`` / ``structure``).
+    """
+    bundle, cache = _open(model, data, cache_root, workers, cif_column)
     if bundle.kind != "finetuned" or bundle.head is None:
         raise ValueError(
             f"{model}: a pre-trained encoder has no property head; fine-tune it first (crystaltwins finetune)"

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from pymatgen.core import Structure
+from pymatgen.core.periodic_table import DummySpecies
 
+from crystaltwins.graph.geometry import check_min_distance, check_search_bounds
 from crystaltwins.graph.neighbors import NeighborList, find_neighbors
 from crystaltwins.graph.settings import GraphSettings
 from crystaltwins.io.records import CrystalInputError
@@ -52,6 +54,25 @@ class CrystalGraph:
         ]
 
 
+def element_numbers(structure: Structure, where: str) -> np.ndarray:
+    """``(n_atoms,)`` atomic numbers Z of an ordered structure.
+
+    :raises CrystalInputError: for a symbol that is no element (pymatgen reads ``Xx`` in a CIF
+        or POSCAR as a dummy species whose ``Z`` is meaningless), naming the symbol and site.
+    """
+    numbers = np.empty(len(structure), dtype=np.int64)
+    for index, site in enumerate(structure):
+        specie = site.specie
+        z = getattr(specie, "Z", None)
+        if isinstance(specie, DummySpecies) or not isinstance(z, int) or not 1 <= z <= 118:
+            symbol = getattr(specie, "symbol", str(specie))
+            raise CrystalInputError(
+                where, f"unknown element symbol {symbol!r} (site {index}): not a chemical element"
+            )
+        numbers[index] = z
+    return numbers
+
+
 def build_crystal_graph(
     structure: Structure,
     settings: GraphSettings | None = None,
@@ -68,8 +89,10 @@ def build_crystal_graph(
     :param supports_element: returns whether an element number has features (the featurizer's
         ``supports``); elements failing it are reported.
     :param source: where the structure came from, for error messages.
-    :raises CrystalInputError: disordered structure, element without features, overlapping atoms,
-        or no neighbour within the cutoff.
+    :raises CrystalInputError: disordered structure, unknown element symbol, element without
+        features, a cell too thin or too small for a bounded neighbour search, atoms closer than
+        :data:`~crystaltwins.graph.geometry.MIN_INTERATOMIC_DISTANCE`, or no neighbour within
+        the cutoff (see :mod:`crystaltwins.graph.geometry`).
     """
     settings = settings or GraphSettings()
     where = source or id or "structure"
@@ -79,9 +102,7 @@ def build_crystal_graph(
         )
     if len(structure) == 0:
         raise CrystalInputError(where, "the structure has no atoms")
-    atomic_numbers = np.fromiter(
-        (site.specie.Z for site in structure), dtype=np.int64, count=len(structure)
-    )
+    atomic_numbers = element_numbers(structure, where)
     if supports_element is not None:
         missing = sorted({int(z) for z in atomic_numbers if not supports_element(int(z))})
         if missing:
@@ -91,6 +112,9 @@ def build_crystal_graph(
             raise CrystalInputError(where, f"no element features for {names}")
     positions = np.ascontiguousarray(structure.cart_coords, dtype=np.float64)
     lattice = np.ascontiguousarray(structure.lattice.matrix, dtype=np.float64)
+    # Bounded work and images that fit IMAGE_DTYPE, decided before the search.
+    search_radius = settings.radius + 2.0 * settings.perturbation_margin
+    check_search_bounds(lattice, structure.frac_coords, search_radius, where)
     try:
         edges, candidates = find_neighbors(
             positions,
@@ -103,6 +127,7 @@ def build_crystal_graph(
         raise CrystalInputError(where, str(error)) from None
     if len(edges) == 0:
         raise CrystalInputError(where, f"no atom has a neighbour within {settings.radius} Å")
+    check_min_distance(edges.src, edges.dst, edges.distance, atomic_numbers, where)
     return CrystalGraph(
         id=id,
         atomic_numbers=atomic_numbers.astype(np.uint8),

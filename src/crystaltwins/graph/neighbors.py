@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from pymatgen.optimization.neighbors import find_points_in_spheres
 
+from crystaltwins.graph.geometry import IMAGE_DTYPE
+
 #: pymatgen's ``numerical_tol``: pairs closer than this (Å) are an atom and itself, and the kernel
 #: keeps pairs with ``d² < r² + SELF_TOLERANCE`` (Å²).
 SELF_TOLERANCE = 1e-8
@@ -41,7 +43,7 @@ class NeighborList:
 
     :param src: ``(E,)`` int32 centre atom index *i*.
     :param dst: ``(E,)`` int32 neighbour atom index *j*.
-    :param image: ``(E, 3)`` int8 periodic image *n* of the neighbour: its position is
+    :param image: ``(E, 3)`` int16 periodic image *n* of the neighbour: its position is
         ``positions[j] + n @ lattice``.
     :param distance: ``(E,)`` float64 distances in Å.
     """
@@ -131,14 +133,13 @@ def _kernel_pairs(
             distance[keep],
         )
     # The kernel's images are whole numbers stored as float64.
-    return centre, neighbor, np.rint(image).astype(np.int8), distance
+    return centre, neighbor, np.rint(image).astype(IMAGE_DTYPE), distance
 
 
-def _edge_keys(src: np.ndarray, dst: np.ndarray, image: np.ndarray, num_atoms: int) -> np.ndarray:
-    """One int64 per edge ``(i, j, n)``."""
-    shifted = image.astype(np.int64) + 128
-    pair = src.astype(np.int64) * num_atoms + dst
-    return (pair << 24) | (shifted[:, 0] << 16) | (shifted[:, 1] << 8) | shifted[:, 2]
+def _edge_keys(src: np.ndarray, dst: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """One comparable value per edge ``(i, j, n)`` (a byte string of five int64), for ``np.isin``."""
+    rows = np.column_stack((src.astype(np.int64), dst.astype(np.int64), image.astype(np.int64)))
+    return np.ascontiguousarray(rows).view(np.dtype((np.void, 5 * 8))).ravel()
 
 
 def find_neighbors(
@@ -205,10 +206,10 @@ def find_neighbors(
         # The shell beyond the radius (a band below it too, deduplicated, against rounding).
         shell = (w_distance > radius - _BOUND_SLACK) & (w_distance <= bound[w_centre])
         w_centre, w_neighbor, w_distance = w_centre[shell], w_neighbor[shell], w_distance[shell]
-        w_image = np.rint(w_image[shell]).astype(np.int8)
-        known = _edge_keys(centre, neighbor[order_all], image[order_all], num_atoms)
+        w_image = np.rint(w_image[shell]).astype(IMAGE_DTYPE)
+        known = _edge_keys(centre, neighbor[order_all], image[order_all])
         new = ~np.isin(
-            _edge_keys(w_centre, w_neighbor, w_image, num_atoms),
+            _edge_keys(w_centre, w_neighbor, w_image),
             known[distance > radius - 2.0 * _BOUND_SLACK],
         )
         parts.append((w_centre[new], w_neighbor[new], w_image[new], w_distance[new]))

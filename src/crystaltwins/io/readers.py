@@ -175,15 +175,18 @@ def _strip_compression(name: str) -> str:
     return name
 
 
-def _open_text(path: Path) -> IO[str]:
+def _open_text(path: Path, errors: str = "strict") -> IO[str]:
+    """``path`` (optionally compressed) as UTF-8 text; ``errors="surrogateescape"`` turns bytes
+    that are not UTF-8 into lone surrogates (U+DC80-U+DCFF) instead of raising, so that one bad
+    row of a CSV file can be found and skipped (:func:`_undecodable`)."""
     opener = _COMPRESSED.get(path.suffix.lower())
     if opener is not None:
-        return opener(path, "rt", encoding="utf-8-sig", newline="")  # type: ignore[operator]
-    return open(path, encoding="utf-8-sig", newline="")
+        return opener(path, "rt", encoding="utf-8-sig", errors=errors, newline="")  # type: ignore[operator]
+    return open(path, encoding="utf-8-sig", errors=errors, newline="")
 
 
-def _read_text(path: Path) -> str:
-    with _open_text(path) as handle:
+def _read_text(path: Path, errors: str = "strict") -> str:
+    with _open_text(path, errors) as handle:
         return handle.read()
 
 
@@ -193,10 +196,18 @@ def _allow_long_fields() -> None:
         csv.field_size_limit(2**31 - 1)
 
 
+#: Label fields that mean "no value" (NaN), as spreadsheets and pandas write them. Case matters:
+#: ``Na`` (sodium) is text.
+MISSING_VALUE_MARKERS: frozenset[str] = frozenset(
+    {"N/A", "n/a", "NA", "#N/A", "NaN", "nan", "null", "NULL", "None", "none", "-", "?"}
+)
+
+
 def _parse_label(value: str) -> float | None:
-    """The number in a label field (NaN for an empty field); ``None`` if it is not a number."""
+    """The number in a label field (NaN for an empty field or a missing-value marker such as
+    ``N/A``); ``None`` if it is not a number."""
     text = value.strip()
-    if not text:
+    if not text or text in MISSING_VALUE_MARKERS:
         return math.nan
     try:
         return float(text)
@@ -215,9 +226,10 @@ def _numeric_columns(rows: Iterable[Sequence[str]], columns: Sequence[int]) -> s
     for row in rows:
         for k in columns:
             if k < len(row) and row[k].strip():
-                if _parse_label(row[k]) is None:
+                number = _parse_label(row[k])
+                if number is None:
                     texts[k] += 1
-                else:
+                elif not math.isnan(number):  # a missing-value marker counts for neither
                     numbers[k] += 1
     return {k for k in columns if numbers[k] >= texts[k]}
 
@@ -287,9 +299,64 @@ def _text_format(text: str, cif_column: bool = False) -> str:
 # ---- CSV with a structure column ------------------------------------------------------------
 
 
+def _undecodable(row: Sequence[str], header: Sequence[str]) -> str | None:
+    """Why a row read with ``errors="surrogateescape"`` is not UTF-8 text (``None`` if it is).
+
+    Undecodable bytes come back as lone surrogates U+DC80-U+DCFF (byte = code point - 0xDC00),
+    which ``str.encode("utf-8")`` rejects: that check runs at C speed on every field.
+    """
+    for k, value in enumerate(row):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            code = ord(value[exc.start])
+            byte = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else "a surrogate"
+            column = repr(header[k]) if k < len(header) else f"{k + 1}"
+            return f"not UTF-8 text: {byte} in column {column} (character {exc.start + 1})"
+    return None
+
+
+def _csv_rows(
+    reader: Iterator[list[str]], header: Sequence[str]
+) -> Iterator[tuple[int, list[str] | None, str | None]]:
+    """``(row number, fields, None)`` per readable row, ``(row number, None, reason)`` per row
+    that cannot be read (not UTF-8, a csv error such as a field over the size limit).
+
+    Rows are numbered from 1 (the first row after the header); a bad row keeps its number and
+    the rows after it are still read. A file that ends early (a truncated gzip stream) gives one
+    last bad row saying so.
+    """
+    number = 0
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            number += 1
+            yield number, None, f"unreadable CSV row: {exc}"
+            continue
+        except (OSError, EOFError, UnicodeDecodeError) as exc:
+            yield number + 1, None, f"the file cannot be read from here on: {_short(exc)}"
+            return
+        number += 1
+        problem = _undecodable(row, header)
+        yield (number, None, problem) if problem else (number, row, None)
+
+
+def _csv_numeric_columns(path: Path, delimiter: str, columns: Sequence[int]) -> set[int]:
+    """:func:`_numeric_columns` over every readable row of a CSV file (a second, streaming pass:
+    a column's type depends on all its values, not on the first rows)."""
+    with _open_text(path, errors="surrogateescape") as handle:
+        reader = csv.reader(handle, delimiter=delimiter)
+        header = next(reader, None) or []
+        rows = (row for _, row, _ in _csv_rows(reader, header) if row is not None)
+        return _numeric_columns(rows, columns)
+
+
 def _iter_csv(path: Path, targets: list[str], cif_column: str | None) -> Iterator[RawEntry]:
     _allow_long_fields()
-    with _open_text(path) as handle:
+    with _open_text(path, errors="surrogateescape") as handle:
         delimiter = "\t" if _strip_compression(path.name.lower()).endswith(".tsv") else ","
         reader = csv.reader(handle, delimiter=delimiter)
         try:
@@ -298,6 +365,9 @@ def _iter_csv(path: Path, targets: list[str], cif_column: str | None) -> Iterato
             raise CrystalInputError(str(path), f"unreadable CSV file: {exc}") from exc
         if header is None or not any(h.strip() for h in header):
             raise CrystalInputError(str(path), "empty CSV file (no header row)")
+        problem = _undecodable(header, [])
+        if problem is not None:
+            raise CrystalInputError(str(path), f"header row {problem.replace('column ', 'field ')}")
         header = [h.strip() for h in header]
         lower = [h.lower() for h in header]
         columns = ", ".join(repr(h) for h in header)
@@ -317,8 +387,8 @@ def _iter_csv(path: Path, targets: list[str], cif_column: str | None) -> Iterato
                     return
                 raise CrystalInputError(
                     str(path),
-                    "no CIF column (expected a column named 'cif' or 'structure', or pass "
-                    f"cif_column=...); columns: {columns}",
+                    "no CIF column (expected a column named 'cif' or 'structure'; name yours "
+                    f"with --cif-column NAME, or cif_column= in Python); columns: {columns}",
                 )
             cif_index = found[0]
         cif_column_named = "cif" in lower[cif_index]
@@ -328,32 +398,29 @@ def _iter_csv(path: Path, targets: list[str], cif_column: str | None) -> Iterato
         label_names = [header[k] for k in label_indices]
         _check_targets(path, targets, label_names)
 
-        numbered = enumerate(reader, start=1)
-        try:
-            peek = list(itertools.islice(numbered, _PEEK_ROWS))
-        except (csv.Error, UnicodeDecodeError, OSError, EOFError) as exc:
-            raise CrystalInputError(str(path), f"unreadable CSV file: {exc}") from exc
+        numbered = _csv_rows(reader, header)
+        peek = list(itertools.islice(numbered, _PEEK_ROWS))
         if not peek:
             raise CrystalInputError(str(path), "empty CSV file (a header but no rows)")
-        numeric = _numeric_columns((row for _, row in peek), label_indices)
+        if len(peek) < _PEEK_ROWS or not label_indices:
+            numeric = _numeric_columns((row for _, row, _ in peek if row), label_indices)
+        else:  # a column's type is decided from all its values
+            numeric = _csv_numeric_columns(path, delimiter, label_indices)
         numeric |= {label_indices[label_names.index(t)] for t in targets}
 
         n_columns = len(header)
-        row_number = 0
-        rows = itertools.chain(peek, numbered)
-        while True:
-            try:
-                row_number, row = next(rows)
-            except StopIteration:
-                break
-            except (csv.Error, UnicodeDecodeError, OSError, EOFError) as exc:
-                raise CrystalInputError(
-                    f"{path}:row {row_number + 1}", f"unreadable CSV row: {exc}"
-                ) from exc
+        for row_number, row, problem in itertools.chain(peek, numbered):
+            where = f"{path}:row {row_number}"
+            if row is None:
+                yield RawEntry(
+                    id=str(row_number), source=where, payload="", fmt="cif-text", error=problem
+                )
+                continue
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
-            where = f"{path}:row {row_number}"
             entry_id = row[id_index].strip() if id_index is not None and id_index < len(row) else ""
+            if not entry_id.isprintable():  # binary junk: name the row by its number
+                entry_id = ""
             entry_id = entry_id or str(row_number)
             labels, metadata, error = _split_labels(
                 row, label_names, label_indices, numeric, targets
@@ -423,7 +490,7 @@ def _read_label_table(path: Path) -> tuple[list[str], list[tuple[int, list[str]]
     :returns: ``(names, rows)``; ``names[0]`` names the id column; rows are numbered from 1.
     """
     try:
-        text = _read_text(path)
+        text = _read_text(path, errors="surrogateescape")  # bad rows are found per row
     except (OSError, UnicodeDecodeError, EOFError) as exc:
         raise CrystalInputError(str(path), f"unreadable label table: {exc}") from exc
     lines = [line for line in text.splitlines() if line.strip()]
@@ -487,6 +554,10 @@ def _iter_folder(folder: Path, targets: list[str], table: Path | None = None) ->
     for number, row in rows:
         key = row[0].strip() if row else ""
         where = f"{table}:row {number}"
+        problem = _undecodable(row, names)
+        if problem is not None:
+            yield RawEntry(id=str(number), source=where, payload="", fmt="", error=problem)
+            continue
         labels, metadata, error = _split_labels(row, label_names, label_indices, numeric, targets)
         path = (by_name.get(key) or by_name.get(_file_id(Path(key)))) if key else None
         if path is None:

@@ -31,6 +31,7 @@ class RunOptions:
     h_fea_len: int = 128
     atom_init: str | None = None
     cache_root: str | None = None
+    cif_column: str | None = None
     featurize_workers: int = 1
     loader_workers: int = 0
     accelerator: str = "auto"

@@ -29,6 +29,8 @@ from crystaltwins.data.sources import prepare_caches
 from crystaltwins.data.splits import (
     Split,
     cap_split,
+    check_split,
+    min_crystals_for_split,
     random_split,
     split_from_files,
     split_from_labels,
@@ -198,6 +200,21 @@ def _split(config: FinetuneConfig, dataset: CrystalGraphDataset, keep: np.ndarra
     return random_split(len(keep), config.split, config.seed)
 
 
+def _check_split(config: FinetuneConfig, split: Split, crystals: int) -> None:
+    """Exit early (ValueError: the CLI's exit 2) when train, validation or test is empty."""
+    if config.split_files:
+        how, needed = "split from --split-files", None
+    elif config.split_column:
+        how, needed = f"split from column {config.split_column!r}", None
+    else:
+        how = "random split " + "/".join(f"{f:g}" for f in config.split)
+        needed = min_crystals_for_split(config.split)
+    try:
+        check_split(split, crystals, how, needed)
+    except ValueError as error:
+        raise ValueError(f"{config.data}: {error} with a usable {config.target!r} label") from None
+
+
 def _featurizer_and_encoder(
     config: FinetuneConfig,
 ) -> tuple[AtomFeaturizer, CGCNNEncoder, GraphSettings, str]:
@@ -281,6 +298,7 @@ def _finetune_in_claimed_folder(
         workers=config.featurize_workers,
         progress=config.progress and is_main_process(),
         log=main_print,
+        cif_column=config.cif_column,
     )
     full = CrystalGraphDataset(cache)
     if config.target not in cache.label_names:
@@ -296,6 +314,7 @@ def _finetune_in_claimed_folder(
     if dropped:
         _report_invalid_targets(cache, raw, usable, config, out)
     split = _split(config, full, keep)
+    _check_split(config, split, len(keep))
     split = cap_split(split, config.seed, config.max_train, config.max_eval)
     train_pos = split.train
     values = np.full_like(raw, np.nan)

@@ -197,6 +197,7 @@ def _pretrain_in_claimed_folder(config: PretrainConfig) -> Path:
         workers=config.featurize_workers,
         progress=config.progress and is_main_process(),
         log=main_print,
+        cif_column=config.cif_column,
     )
     positions = np.arange(sum(len(c) for c in caches))
     if config.exclude_ids_file:
