@@ -120,7 +120,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(
         self, path: Any, map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
-        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        """The checkpoint at ``path`` (tensors and plain data only: nothing else is unpickled).
+
+        :raises ValueError: one line naming the file, when it is refused or unreadable.
+        """
+        import pickle
+
+        try:
+            checkpoint = torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise ValueError(
+                f"{path}: refused: this checkpoint holds objects other than tensors and plain "
+                "data, which are never unpickled (for safety); move it away to start afresh"
+            ) from None
+        except Exception as error:  # truncated, corrupt, not a PyTorch file
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise ValueError(
+                f"{path}: not a readable checkpoint ({type(error).__name__}: {first}); move it "
+                "away to start afresh"
+            ) from None
+        if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+            raise ValueError(f"{path}: not a training checkpoint (it holds no state_dict)")
+        return checkpoint
 
 
 def resolve_precision(accelerator: str, precision: str | None) -> str:

@@ -46,6 +46,7 @@ from crystaltwins.models.targets import (
     to_transformed_units,
 )
 from crystaltwins.training.common import (
+    AtomicCheckpointIO,
     RunOptions,
     is_main_process,
     main_print,
@@ -374,9 +375,7 @@ def finetune(config: FinetuneConfig, callbacks: list[L.Callback] | None = None) 
     seconds = training_seconds(trainer)
     best = out / "checkpoints" / "best.ckpt"
     if best.exists():
-        module.load_state_dict(
-            torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-        )
+        module.load_state_dict(AtomicCheckpointIO().load_checkpoint(best)["state_dict"])
     if not trainer.is_global_zero:
         return {}
 

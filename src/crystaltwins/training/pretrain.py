@@ -22,6 +22,7 @@ from crystaltwins.models.cgcnn import CGCNNEncoder
 from crystaltwins.models.checkpoint import ModelBundle, load_model, save_model
 from crystaltwins.models.heads import ProjectionHead
 from crystaltwins.training.common import (
+    AtomicCheckpointIO,
     RunOptions,
     is_main_process,
     main_print,
@@ -251,7 +252,7 @@ def pretrain(config: PretrainConfig) -> Path:
     )
     best = out / "checkpoints" / "best.ckpt"
     if best.exists():
-        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        state = AtomicCheckpointIO().load_checkpoint(best)["state_dict"]
         module.load_state_dict(state)
     info = {
         "objective": config.objective,
