@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,7 +151,9 @@ def load_model(path: str | os.PathLike, atom_init: str | os.PathLike | None = No
     """
     path = resolve_model_path(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of some files
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # not a torch file, corrupt, or holding arbitrary objects
         if isinstance(error, pickle.UnpicklingError):
             reason = "not a PyTorch file of tensors (other files are never unpickled, for safety)"

@@ -127,7 +127,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         import pickle
 
         try:
-            checkpoint = torch.load(path, map_location=map_location or "cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about the pickle protocol of some files
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                checkpoint = torch.load(path, map_location=map_location or "cpu", weights_only=True)
         except pickle.UnpicklingError:
             raise ValueError(
                 f"{path}: refused: this checkpoint holds objects other than tensors and plain "
