@@ -276,3 +276,21 @@ def test_truncated_resume_checkpoint_is_one_line(data_dir, cache_root, tmp_path,
     assert code == 2, err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith(f"crystaltwins finetune: error: {last}: not a readable checkpoint")
+
+
+def test_resume_checkpoint_of_another_model_is_one_line(data_dir, cache_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    last = run / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    wrong = {"encoder.embedding.weight": torch.zeros(12000, 92)}
+    torch.save({"state_dict": wrong, "epoch": 0, "global_step": 0, "loops": {}}, last)
+    code = main(
+        ["finetune", str(data_dir / "samples" / "cgcnn_regression"), "--target", "target"]
+        + ["--from-scratch", "--out", str(run), "--resume", "--epochs", "1"]
+        + ["--cache-root", str(cache_root), "--no-progress", "--accelerator", "cpu"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"crystaltwins finetune: error: {last}: this checkpoint does not fit")
+    assert "encoder.embedding.weight (12000, 92) instead of (64, 92)" in err

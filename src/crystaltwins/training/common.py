@@ -146,6 +146,37 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return checkpoint
 
 
+def check_resumed_state(module: torch.nn.Module, checkpoint: dict[str, Any], path: Any) -> None:
+    """Refuse, in one line naming ``path``, a checkpoint whose weights do not fit ``module``
+    (another run's settings, or an edited file); call it from ``on_load_checkpoint``.
+
+    :raises ValueError: naming the first missing, unexpected or mis-shaped weight.
+    """
+    state = checkpoint.get("state_dict", {})
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mis_shaped = [
+        f"{k} {tuple(state[k].shape)} instead of {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if not isinstance(state[k], torch.Tensor) or state[k].shape != own[k].shape
+    ]
+    problems = [
+        f"{what} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+        for what, names in (
+            ("mis-shaped", mis_shaped),
+            ("missing", missing),
+            ("unexpected", unexpected),
+        )
+        if names
+    ]
+    if problems:
+        raise ValueError(
+            f"{path}: this checkpoint does not fit the run's model ({'; '.join(problems)}); "
+            "resume with the settings it was made with, or move it away to start afresh"
+        )
+
+
 def resolve_precision(accelerator: str, precision: str | None) -> str:
     """Mixed precision on GPU unless told otherwise; full precision on CPU."""
     if precision:

@@ -48,6 +48,7 @@ from crystaltwins.models.targets import (
 from crystaltwins.training.common import (
     AtomicCheckpointIO,
     RunOptions,
+    check_resumed_state,
     is_main_process,
     main_print,
     make_trainer,
@@ -181,6 +182,10 @@ class FinetuneModule(L.LightningModule):
 
     def validation_step(self, batch: CrystalGraphBatch, batch_idx: int) -> None:
         self._step(batch, "val")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed checkpoint must fit this model (one line naming it otherwise)."""
+        check_resumed_state(self, checkpoint, self.trainer.ckpt_path)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         groups = [

@@ -24,6 +24,7 @@ from crystaltwins.models.heads import ProjectionHead
 from crystaltwins.training.common import (
     AtomicCheckpointIO,
     RunOptions,
+    check_resumed_state,
     is_main_process,
     main_print,
     make_trainer,
@@ -112,6 +113,10 @@ class PretrainModule(L.LightningModule):
             batch_size=pair[0].num_crystals,
             sync_dist=True,
         )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed checkpoint must fit this model (one line naming it otherwise)."""
+        check_resumed_state(self, checkpoint, self.trainer.ckpt_path)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
