@@ -261,12 +261,14 @@ def test_malicious_resume_checkpoint_is_one_line(data_dir, cache_root, tmp_path,
     assert last.exists()  # the user's file is left where it was
 
 
-def test_truncated_resume_checkpoint_is_one_line(data_dir, cache_root, tmp_path, capsys):
+@pytest.mark.parametrize("damage", ["truncated", "no lightning version"])
+def test_damaged_resume_checkpoint_is_one_line(damage, data_dir, cache_root, tmp_path, capsys):
     run = tmp_path / "run"
     last = run / "checkpoints" / "last.ckpt"
     last.parent.mkdir(parents=True)
     torch.save({"state_dict": {}, "epoch": 0}, last)
-    last.write_bytes(last.read_bytes()[:100])
+    if damage == "truncated":
+        last.write_bytes(last.read_bytes()[:100])
     code = main(
         ["finetune", str(data_dir / "samples" / "cgcnn_regression"), "--target", "target"]
         + ["--from-scratch", "--out", str(run), "--resume", "--epochs", "1"]
@@ -275,7 +277,8 @@ def test_truncated_resume_checkpoint_is_one_line(data_dir, cache_root, tmp_path,
     err = capsys.readouterr().err
     assert code == 2, err
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert err.startswith(f"crystaltwins finetune: error: {last}: not a readable checkpoint")
+    reason = "not a readable checkpoint" if damage == "truncated" else "not a complete training"
+    assert err.startswith(f"crystaltwins finetune: error: {last}: {reason}")
 
 
 def test_resume_checkpoint_of_another_model_is_one_line(data_dir, cache_root, tmp_path, capsys):
@@ -283,7 +286,9 @@ def test_resume_checkpoint_of_another_model_is_one_line(data_dir, cache_root, tm
     last = run / "checkpoints" / "last.ckpt"
     last.parent.mkdir(parents=True)
     wrong = {"encoder.embedding.weight": torch.zeros(12000, 92)}
-    torch.save({"state_dict": wrong, "epoch": 0, "global_step": 0, "loops": {}}, last)
+    entries = ["pytorch-lightning_version", "epoch", "global_step", "loops", "optimizer_states"]
+    checkpoint = {key: None for key in [*entries, "lr_schedulers", "callbacks"]}
+    torch.save({**checkpoint, "state_dict": wrong, "pytorch-lightning_version": "2.5.0"}, last)
     code = main(
         ["finetune", str(data_dir / "samples" / "cgcnn_regression"), "--target", "target"]
         + ["--from-scratch", "--out", str(run), "--resume", "--epochs", "1"]

@@ -105,6 +105,19 @@ class EpochHistory(Callback):
         os.replace(tmp, self.path)
 
 
+#: What Lightning reads when it resumes from a checkpoint written by :func:`make_trainer`.
+_CHECKPOINT_ENTRIES = (
+    "state_dict",
+    "pytorch-lightning_version",
+    "epoch",
+    "global_step",
+    "loops",
+    "optimizer_states",
+    "lr_schedulers",
+    "callbacks",
+)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoints written atomically and loaded without arbitrary unpickling."""
 
@@ -143,6 +156,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             ) from None
         if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
             raise ValueError(f"{path}: not a training checkpoint (it holds no state_dict)")
+        missing = [key for key in _CHECKPOINT_ENTRIES if key not in checkpoint]
+        if missing:
+            raise ValueError(f"{path}: not a complete training checkpoint (it lacks {missing})")
         return checkpoint
 
 
