@@ -82,7 +82,35 @@ def _widen(key: str, rows: int):
     return edit
 
 
+def _hollow(a: int):
+    """Every stored tensor a stride-0 view (a few bytes in the file) of the shape that an
+    ``a``-wide encoder would have: the shapes agree with the config, the stored values do not."""
+
+    def edit(payload: dict[str, Any]) -> None:
+        payload["encoder_config"]["atom_fea_len"] = a
+        state = payload["encoder_state"]
+        k = state["convs.0.fc_full.weight"].shape[1] - 2 * ATOM_FEA_LEN  # edge features
+        for key, tensor in state.items():
+            if key.startswith("embedding."):
+                shape = (a, *tensor.shape[1:])
+            elif key.endswith("fc_full.weight"):
+                shape = (2 * a, 2 * a + k)
+            elif ".bn1." in key or key.endswith("fc_full.bias"):
+                shape = (2 * a,)
+            elif ".bn2." in key:
+                shape = (a,)
+            elif key == "conv_to_fc.weight":
+                shape = (H_FEA_LEN, a)
+            else:
+                continue
+            if tensor.ndim:  # not the num_batches_tracked counters
+                state[key] = torch.zeros((), dtype=tensor.dtype).expand(*shape)
+
+    return edit
+
+
 FORGERIES = {
+    "stride-0 weights of a 12000-wide encoder": (_hollow(12000), ["not a dense tensor"]),
     # name: (edit, words the message must contain)
     "atom_fea_len 12000": (
         _set("encoder_config|atom_fea_len", 12000),

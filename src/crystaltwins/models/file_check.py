@@ -135,6 +135,10 @@ def _check_tensors(
             raise _Problem(
                 f"{what}[{key!r}] has shape {tuple(tensor.shape)} but the config implies {shape}"
             )
+        stored = tensor.untyped_storage().nbytes() // max(tensor.element_size(), 1)
+        if not tensor.is_contiguous() or tensor.storage_offset() + tensor.numel() > stored:
+            # e.g. a stride-0 view: a huge shape over a few stored numbers
+            raise _Problem(f"{what}[{key!r}] is not a dense tensor of the values it claims")
         if key.endswith("num_batches_tracked"):
             if tensor.dtype != torch.int64:
                 raise _Problem(f"{what}[{key!r}] is {tensor.dtype}, expected int64")
