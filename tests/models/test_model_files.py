@@ -327,3 +327,22 @@ def test_resume_checkpoint_of_another_model_is_one_line(data_dir, cache_root, tm
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith(f"crystaltwins finetune: error: {last}: this checkpoint does not fit")
     assert "encoder.embedding.weight (12000, 92) instead of (64, 92)" in err
+
+
+def test_hollow_published_state_dict_is_refused_before_building(
+    reference_dir, tmp_path, capsys, no_encoder_built
+):
+    """A ``.pth`` of stride-0 views claiming a 12000-wide encoder: refused, nothing allocated."""
+    import shutil
+
+    state = torch.load(
+        reference_dir / "CGCNNBarlow_model.pth", map_location="cpu", weights_only=True
+    )
+    state["embedding.weight"] = torch.zeros(()).expand(12000, 92)
+    path = tmp_path / "CGCNNBarlow_model.pth"
+    torch.save(state, path)
+    shutil.copy(reference_dir / "atom_init.json", tmp_path / "atom_init.json")
+    code = main(["embed", str(path), str(tmp_path / "crystals"), "--out", str(tmp_path / "e.npz")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "embedding.weight is not a dense tensor" in err and str(path) in err

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from crystaltwins.graph.atom_features import AtomFeaturizer
 from crystaltwins.graph.settings import GraphSettings
+from crystaltwins.models.published import _is_dense
 from crystaltwins.models.targets import TRANSFORMS
 
 #: Entries of a model file (format version 1), see :func:`crystaltwins.models.checkpoint.save_model`.
@@ -135,9 +136,7 @@ def _check_tensors(
             raise _Problem(
                 f"{what}[{key!r}] has shape {tuple(tensor.shape)} but the config implies {shape}"
             )
-        stored = tensor.untyped_storage().nbytes() // max(tensor.element_size(), 1)
-        if not tensor.is_contiguous() or tensor.storage_offset() + tensor.numel() > stored:
-            # e.g. a stride-0 view: a huge shape over a few stored numbers
+        if not _is_dense(tensor):  # e.g. a stride-0 view: a huge shape over a few numbers
             raise _Problem(f"{what}[{key!r}] is not a dense tensor of the values it claims")
         if key.endswith("num_batches_tracked"):
             if tensor.dtype != torch.int64:
