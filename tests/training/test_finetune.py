@@ -140,8 +140,57 @@ def test_classification_and_log10_targets(data_dir, cache_root, tmp_path):
         raw = {r["id"]: float(r["G_VRH"]) for r in csv.DictReader(handle)}
     rows = list(csv.DictReader((tmp_path / "gvrh" / "test_predictions.csv").open()))
     assert len(rows) == 100
+    assert list(rows[0]) == ["id", "target", "prediction", "log10_target", "log10_prediction"]
+    for row in rows:  # GPa in target/prediction, the metrics' log10 values beside them
+        assert float(row["target"]) == pytest.approx(raw[row["id"]])
+        assert float(row["log10_target"]) == pytest.approx(np.log10(raw[row["id"]]))
+        assert float(row["prediction"]) == pytest.approx(10 ** float(row["log10_prediction"]))
+    mae = np.mean([abs(float(r["log10_target"]) - float(r["log10_prediction"])) for r in rows])
+    assert mae == pytest.approx(metrics["test"]["mae"], rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def elasticity_subset(data_dir, tmp_path_factory):
+    """The first 60 crystals of mp_elasticity (id, cif, K_VRH, G_VRH, ...) as a CSV.gz."""
+    import itertools
+
+    csv.field_size_limit(2**31 - 1)
+    path = tmp_path_factory.mktemp("data") / "mp_elasticity_60.csv.gz"
+    with (
+        gzip.open(data_dir / "mp_elasticity.csv.gz", "rt", newline="") as src,
+        gzip.open(path, "wt", newline="") as dst,
+    ):
+        csv.writer(dst).writerows(itertools.islice(csv.reader(src), 61))
+    return path
+
+
+def test_log10_run_writes_gpa_as_predict_returns(elasticity_subset, cache_root, tmp_path):
+    """test_predictions.csv of a log10 run holds G_VRH in GPa, the values ``predict`` gives."""
+    out = tmp_path / "gvrh"
+    finetune(
+        _config(
+            elasticity_subset,
+            out,
+            cache_root,
+            target="G_VRH",
+            target_transform="log10",
+            epochs=2,
+            batch_size=16,
+            plots=False,
+        )
+    )
+    with gzip.open(elasticity_subset, "rt", newline="") as handle:
+        gpa = {r["id"]: float(r["G_VRH"]) for r in csv.DictReader(handle)}
+    rows = list(csv.DictReader((out / "test_predictions.csv").open()))
+    assert len(rows) == 12
+    predicted = predict(out / "model.pt", elasticity_subset, cache_root=cache_root)
+    by_id = dict(zip(predicted.ids.tolist(), predicted.values.tolist(), strict=True))
     for row in rows:
-        assert float(row["target"]) == pytest.approx(np.log10(raw[row["id"]]))
+        assert float(row["target"]) == gpa[row["id"]]
+        assert float(row["prediction"]) == pytest.approx(by_id[row["id"]], rel=1e-5)
+    # in GPa, not log10(GPa): the predictions are of the size of the moduli
+    median_gpa = np.median([float(r["prediction"]) for r in rows])
+    assert 0.2 * np.median(list(gpa.values())) < median_gpa < 5 * np.median(list(gpa.values()))
 
 
 def test_split_from_a_column(perovskite_subset, cache_root, tmp_path):

@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (required here or in --config)")
     group = p.add_mutually_exclusive_group()
     group.add_argument(
-        "--pretrained", help="our model.pt, a published Crystal Twins .pth, or 'default'"
+        "--pretrained",
+        help="our model.pt (or its run folder), a published Crystal Twins .pth, or 'default'",
     )
     group.add_argument(
         "--from-scratch", action="store_true", default=None, help="supervised CGCNN baseline"
@@ -151,7 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("embed", "export crystal embeddings"),
     ):
         p = sub.add_parser(name, help=text)
-        p.add_argument("model", help="model.pt (or a published .pth for embed)")
+        p.add_argument(
+            "model",
+            help="model.pt, or the run folder holding it (or a published .pth for embed)",
+        )
         p.add_argument("data")
         p.add_argument(
             "--out",
@@ -167,7 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_cif_column_option(p)
 
     p = sub.add_parser("plot", help="2-D map of embeddings coloured by a property (paper Fig. 3)")
-    p.add_argument("source", help="embeddings.npz, or a model file (then give --data)")
+    p.add_argument(
+        "source", help="embeddings.npz, or a model file or run folder (then give --data)"
+    )
     p.add_argument("--data", help="crystals to embed when SOURCE is a model")
     p.add_argument("--out", required=True, help="map.png (coordinates go to map.csv)")
     p.add_argument("--method", choices=["tsne", "umap", "pca"], default="tsne")

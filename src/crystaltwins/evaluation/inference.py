@@ -16,6 +16,7 @@ from crystaltwins.data.dataset import CrystalGraphDataset, GraphCollator
 from crystaltwins.data.sources import prepare_caches
 from crystaltwins.io.records import BadRecord
 from crystaltwins.models.checkpoint import ModelBundle, load_model
+from crystaltwins.models.targets import to_target_units
 
 
 @dataclass
@@ -140,9 +141,9 @@ def predict(
         result = _result(cache, torch.from_numpy(raw).softmax(-1)[:, 1].numpy())
         result.task = "classification"
         return result
-    values = raw[:, 0] * info["target_std"] + info["target_mean"]
-    if info.get("target_transform") == "log10":
-        values = 10.0**values
+    values = to_target_units(
+        raw[:, 0], info["target_mean"], info["target_std"], info.get("target_transform", "none")
+    )
     return _result(cache, values)
 
 

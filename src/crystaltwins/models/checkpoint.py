@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from torch import nn
 from crystaltwins.graph.atom_features import AtomFeaturizer
 from crystaltwins.graph.settings import GraphSettings
 from crystaltwins.models.cgcnn import CGCNNEncoder
+from crystaltwins.models.file_check import check_model_payload
 from crystaltwins.models.heads import ProjectionHead, PropertyHead
 
 MODEL_FORMAT = "crystaltwins-model"
@@ -103,32 +105,55 @@ def _is_published_state_dict(payload: Any) -> bool:
 
 
 def resolve_model_path(path: str | os.PathLike) -> Path:
-    """``path`` as a :class:`~pathlib.Path`; ``"default"`` is the shipped pre-trained model.
+    """``path`` as a :class:`~pathlib.Path`; ``"default"`` is the shipped pre-trained model and a
+    run folder (of ``pretrain`` or ``finetune``) stands for its ``model.pt``.
 
-    :raises FileNotFoundError: naming the file when it does not exist.
+    :raises FileNotFoundError: naming the file when it does not exist, or the folder when it
+        holds no ``model.pt``.
     """
     if str(path) == "default":
         from crystaltwins.models.pretrained import default_pretrained_path
 
         return default_pretrained_path()
     path = Path(path)
+    if path.is_dir():
+        return _run_folder_model(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such model file")
     return path
 
 
+def _run_folder_model(folder: Path) -> Path:
+    """``folder/model.pt``, or a FileNotFoundError saying why a folder has none."""
+    model = folder / "model.pt"
+    if model.is_file():
+        return model
+    if (folder / "checkpoints" / "last.ckpt").is_file():
+        raise FileNotFoundError(
+            f"{folder}: the run has no model.pt yet (it stopped before the end); finish it with "
+            "--resume, or give a model file"
+        )
+    raise FileNotFoundError(
+        f"{folder}: a folder without model.pt; give a run folder of pretrain or finetune, or a "
+        "model file"
+    )
+
+
 def load_model(path: str | os.PathLike, atom_init: str | os.PathLike | None = None) -> ModelBundle:
     """Load a model file written by :func:`save_model`, or a published Crystal Twins ``.pth``.
 
-    :param path: the file, or ``"default"`` for the pre-trained encoder shipped with the package
-        (see ``docs/model_card.md``).
+    :param path: the file, a run folder holding ``model.pt``, or ``"default"`` for the
+        pre-trained encoder shipped with the package (see ``docs/model_card.md``).
     :param atom_init: for a published ``.pth``: the ``atom_init.json`` it was trained with; by
         default the one in the same folder.
-    :raises ValueError: a file that is neither, naming the file and the problem.
+    :raises ValueError: a file that is neither, or whose contents disagree with its weights,
+        naming the file and the problem on one line.
     """
     path = resolve_model_path(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of some files
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # not a torch file, corrupt, or holding arbitrary objects
         if isinstance(error, pickle.UnpicklingError):
             reason = "not a PyTorch file of tensors (other files are never unpickled, for safety)"
@@ -141,23 +166,27 @@ def load_model(path: str | os.PathLike, atom_init: str | os.PathLike | None = No
         return _load_published(path, atom_init)
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         raise ValueError(f"{path}: not a crystaltwins model file nor a Crystal Twins state dict")
-    if payload["format_version"] > MODEL_FORMAT_VERSION:
-        raise ValueError(
-            f"{path}: model format {payload['format_version']} is newer than this crystaltwins"
+    # every size checked against the stored weights before anything is allocated
+    featurizer = check_model_payload(path, payload, MODEL_FORMAT_VERSION)
+    try:
+        encoder = CGCNNEncoder.from_config(
+            payload["encoder_config"], torch.tensor(featurizer.table), payload["encoder_state"]
         )
-    featurizer = AtomFeaturizer.from_state(payload["featurizer"])
-    encoder = CGCNNEncoder.from_config(
-        payload["encoder_config"], torch.tensor(featurizer.table), payload["encoder_state"]
-    )
-    head = build_head(payload["head"])
-    if head is not None:
-        head.load_state_dict(payload["head_state"], strict=True)
+        head = build_head(payload["head"])
+        if head is not None:
+            head.load_state_dict(payload["head_state"], strict=True)
+        graph_settings = GraphSettings.from_dict(payload["graph_settings"])
+    except (KeyError, RuntimeError, TypeError, ValueError) as error:  # what the checks missed
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(
+            f"{path}: cannot rebuild the model ({type(error).__name__}: {first_line})"
+        ) from None
     return ModelBundle(
         encoder=encoder,
         head=head,
         kind=payload["kind"],
         featurizer=featurizer,
-        graph_settings=GraphSettings.from_dict(payload["graph_settings"]),
+        graph_settings=graph_settings,
         info=payload["info"],
     )
 

@@ -133,6 +133,12 @@ def check_atom_features(
             )
 
 
+def _is_dense(tensor: Tensor) -> bool:
+    """Whether ``tensor``'s storage holds every value its shape claims (not a stride-0 view)."""
+    stored = tensor.untyped_storage().nbytes() // max(tensor.element_size(), 1)
+    return tensor.is_contiguous() and tensor.storage_offset() + tensor.numel() <= stored
+
+
 def _infer_dims(state: Mapping[str, Tensor], path: Path) -> dict[str, Any]:
     def shape(key: str) -> tuple[int, ...]:
         if key not in state:
@@ -221,6 +227,9 @@ def load_published_crystal_twins(
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{path}: expected a plain state dict of tensors")
+    hollow = sorted(str(k) for k, v in state.items() if not _is_dense(v))
+    if hollow:  # e.g. stride-0 views: huge shapes over a few stored numbers, sizing the model
+        raise ValueError(f"{path}: {hollow[0]} is not a dense tensor of the values it claims")
     dims = _infer_dims(state, path)
 
     table = torch.as_tensor(atom_features, dtype=torch.float32)

@@ -108,6 +108,19 @@ class EpochHistory(Callback):
         os.replace(tmp, self.path)
 
 
+#: What Lightning reads when it resumes from a checkpoint written by :func:`make_trainer`.
+_CHECKPOINT_ENTRIES = (
+    "state_dict",
+    "pytorch-lightning_version",
+    "epoch",
+    "global_step",
+    "loops",
+    "optimizer_states",
+    "lr_schedulers",
+    "callbacks",
+)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoints written atomically and loaded without arbitrary unpickling."""
 
@@ -129,7 +142,64 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(
         self, path: Any, map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
-        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        """The checkpoint at ``path`` (tensors and plain data only: nothing else is unpickled).
+
+        :raises ValueError: one line naming the file, when it is refused or unreadable.
+        """
+        import pickle
+
+        try:
+            with warnings.catch_warnings():  # torch warns about the pickle protocol of some files
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                checkpoint = torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise ValueError(
+                f"{path}: refused: this checkpoint holds objects other than tensors and plain "
+                "data, which are never unpickled (for safety); move it away to start afresh"
+            ) from None
+        except Exception as error:  # truncated, corrupt, not a PyTorch file
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise ValueError(
+                f"{path}: not a readable checkpoint ({type(error).__name__}: {first}); move it "
+                "away to start afresh"
+            ) from None
+        if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+            raise ValueError(f"{path}: not a training checkpoint (it holds no state_dict)")
+        missing = [key for key in _CHECKPOINT_ENTRIES if key not in checkpoint]
+        if missing:
+            raise ValueError(f"{path}: not a complete training checkpoint (it lacks {missing})")
+        return checkpoint
+
+
+def check_resumed_state(module: torch.nn.Module, checkpoint: dict[str, Any], path: Any) -> None:
+    """Refuse, in one line naming ``path``, a checkpoint whose weights do not fit ``module``
+    (another run's settings, or an edited file); call it from ``on_load_checkpoint``.
+
+    :raises ValueError: naming the first missing, unexpected or mis-shaped weight.
+    """
+    state = checkpoint.get("state_dict", {})
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mis_shaped = [
+        f"{k} {tuple(state[k].shape)} instead of {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if not isinstance(state[k], torch.Tensor) or state[k].shape != own[k].shape
+    ]
+    problems = [
+        f"{what} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+        for what, names in (
+            ("mis-shaped", mis_shaped),
+            ("missing", missing),
+            ("unexpected", unexpected),
+        )
+        if names
+    ]
+    if problems:
+        raise ValueError(
+            f"{path}: this checkpoint does not fit the run's model ({'; '.join(problems)}); "
+            "resume with the settings it was made with, or move it away to start afresh"
+        )
 
 
 def is_disk_full(error: BaseException) -> bool:

@@ -42,8 +42,16 @@ from crystaltwins.graph.settings import GraphSettings
 from crystaltwins.models.cgcnn import CGCNNEncoder
 from crystaltwins.models.checkpoint import ModelBundle, load_model, resolve_model_path, save_model
 from crystaltwins.models.heads import PropertyHead
+from crystaltwins.models.targets import (
+    TRANSFORMS,
+    check_transform,
+    to_target_units,
+    to_transformed_units,
+)
 from crystaltwins.training.common import (
+    AtomicCheckpointIO,
     RunOptions,
+    check_resumed_state,
     fit,
     is_main_process,
     main_print,
@@ -57,12 +65,6 @@ from crystaltwins.training.common import (
 from crystaltwins.training.epoch_metrics import EpochMeans
 from crystaltwins.training.run_folder import claimed_run_folder
 from crystaltwins.training.sampling import EpochSampler
-
-#: Target transforms: name -> (forward, inverse, valid-value test).
-TRANSFORMS: dict[str, tuple[Any, Any, Any]] = {
-    "none": (lambda y: y, lambda y: y, lambda y: np.isfinite(y)),
-    "log10": (np.log10, lambda y: 10.0**y, lambda y: np.isfinite(y) & (y > 0)),
-}
 
 
 @dataclass
@@ -100,7 +102,11 @@ class FinetuneConfig(RunOptions):
 
 class FinetuneModule(L.LightningModule):
     """Encoder + property head; regression on standardised targets (MSE) or binary
-    classification (cross-entropy on 2 logits)."""
+    classification (cross-entropy on 2 logits).
+
+    :param target_transform: the transform applied to the targets before standardisation
+        (``"none"`` or ``"log10"``); :meth:`forward` undoes it.
+    """
 
     def __init__(
         self,
@@ -112,11 +118,13 @@ class FinetuneModule(L.LightningModule):
         lr: float = 1e-3,
         encoder_lr_factor: float = 1.0,
         weight_decay: float = 0.0,
+        target_transform: str = "none",
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head
         self.task = task
+        self.target_transform = check_transform(target_transform)
         self.register_buffer("target_mean", torch.tensor(float(target_mean)))
         self.register_buffer("target_std", torch.tensor(float(target_std)))
         self.lr = lr
@@ -124,11 +132,12 @@ class FinetuneModule(L.LightningModule):
         self.weight_decay = weight_decay
 
     def forward(self, batch: CrystalGraphBatch) -> torch.Tensor:
-        """Predictions in target units ``(num_crystals,)``, or P(class 1) for classification."""
+        """Predictions in the target's own units ``(num_crystals,)`` (any target transform
+        undone, e.g. GPa for a ``log10`` run on G_VRH), or P(class 1) for classification."""
         out = self.head(self.encoder(batch))
         if self.task == "classification":
             return out.softmax(dim=-1)[:, 1]
-        return out[:, 0] * self.target_std + self.target_mean
+        return to_target_units(out[:, 0], self.target_mean, self.target_std, self.target_transform)
 
     def _step(self, batch: CrystalGraphBatch, stage: str) -> torch.Tensor:
         target = batch.targets[:, 0]
@@ -161,6 +170,10 @@ class FinetuneModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self.epoch_metrics.log(self, "val")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed checkpoint must fit this model (one line naming it otherwise)."""
+        check_resumed_state(self, checkpoint, self.trainer.ckpt_path)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         groups = [
@@ -268,10 +281,7 @@ def finetune(config: FinetuneConfig, callbacks: list[L.Callback] | None = None) 
         raise ValueError("give a pre-trained model (pretrained=...) or from_scratch=True")
     if config.epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {config.epochs}")
-    if config.target_transform not in TRANSFORMS:
-        raise ValueError(
-            f"unknown target transform {config.target_transform!r}; choose from {sorted(TRANSFORMS)}"
-        )
+    check_transform(config.target_transform)
     with claimed_run_folder(
         config.out,
         config,
@@ -345,6 +355,7 @@ def _finetune_in_claimed_folder(
         config.lr,
         config.encoder_lr_factor if init != "scratch" else 1.0,
         config.weight_decay,
+        config.target_transform,
     )
     callbacks = list(callbacks or [])
     if config.early_stopping:
@@ -394,9 +405,7 @@ def _finetune_in_claimed_folder(
     seconds = training_seconds(trainer)
     best = out / "checkpoints" / "best.ckpt"
     if best.exists():
-        module.load_state_dict(
-            torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-        )
+        module.load_state_dict(AtomicCheckpointIO().load_checkpoint(best)["state_dict"])
     if not trainer.is_global_zero:
         return {}
 
@@ -416,25 +425,35 @@ def _finetune_in_claimed_folder(
         "seconds": seconds,
     }
     predictions: dict[str, np.ndarray] = {}
+    head_outputs: dict[str, np.ndarray] = {}
     for name, part in (("train", train), ("val", val), ("test", test)):
-        raw_out = predict_dataset(module.encoder, module.head, part)
+        raw_out = head_outputs[name] = predict_dataset(module.encoder, module.head, part)
         truth = values[part.indices]
         if config.task == "classification":
             pred = torch.from_numpy(raw_out).softmax(-1)[:, 1].numpy()
             metrics[name] = classification_metrics(truth, pred)
         else:
-            pred = raw_out[:, 0] * std + mean
+            pred = to_transformed_units(raw_out[:, 0], mean, std)
             metrics[name] = regression_metrics(truth, pred)
         predictions[name] = pred
     metrics["mean_predictor_test_mae"] = float(
         np.mean(np.abs(values[test.indices] - y_train.mean()))
     )
+    transformed = None  # the test file's values in the units of the metrics, when they differ
+    if config.task == "classification":
+        test_prediction = predictions["test"]
+    else:
+        head_output = head_outputs["test"][:, 0]
+        test_prediction = to_target_units(head_output, mean, std, config.target_transform)
+        if config.target_transform != "none":
+            transformed = (config.target_transform, values[test.indices], predictions["test"])
     _write_predictions(
         out / "test_predictions.csv",
         cache.ids[test.indices],
-        values[test.indices],
-        predictions["test"],
+        raw[test.indices],
+        test_prediction,
         config.task,
+        transformed,
     )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     info = {
@@ -487,10 +506,20 @@ def _best_epoch(out: Path) -> int | None:
 
 
 def _write_predictions(
-    path: Path, ids: np.ndarray, target: np.ndarray, prediction: np.ndarray, task: str
+    path: Path,
+    ids: np.ndarray,
+    target: np.ndarray,
+    prediction: np.ndarray,
+    task: str,
+    transformed: tuple[str, np.ndarray, np.ndarray] | None = None,
 ) -> None:
-    """``id,target,prediction``; for a classifier ``id,target,predicted_class,probability_class_1``
-    (``prediction`` being P(class 1))."""
+    """``id,target,prediction`` in the target's own units; for a classifier
+    ``id,target,predicted_class,probability_class_1`` (``prediction`` being P(class 1)).
+
+    :param transformed: ``(transform name, transformed target, transformed prediction)`` of a
+        run with a target transform: written as the extra columns ``<name>_target`` and
+        ``<name>_prediction`` (the values the metrics are computed on).
+    """
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -500,8 +529,19 @@ def _write_predictions(
             rows = zip(
                 ids.tolist(), target.tolist(), classes.tolist(), prediction.tolist(), strict=True
             )
-        else:
+        elif transformed is None:
             writer.writerow(["id", "target", "prediction"])
             rows = zip(ids.tolist(), target.tolist(), prediction.tolist(), strict=True)
+        else:
+            name, target_t, prediction_t = transformed
+            writer.writerow(["id", "target", "prediction", f"{name}_target", f"{name}_prediction"])
+            rows = zip(
+                ids.tolist(),
+                target.tolist(),
+                prediction.tolist(),
+                target_t.tolist(),
+                prediction_t.tolist(),
+                strict=True,
+            )
         writer.writerows(rows)
     tmp.replace(path)

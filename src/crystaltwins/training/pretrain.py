@@ -23,7 +23,9 @@ from crystaltwins.models.cgcnn import CGCNNEncoder
 from crystaltwins.models.checkpoint import ModelBundle, load_model, save_model
 from crystaltwins.models.heads import ProjectionHead
 from crystaltwins.training.common import (
+    AtomicCheckpointIO,
     RunOptions,
+    check_resumed_state,
     fit,
     is_main_process,
     main_print,
@@ -114,6 +116,10 @@ class PretrainModule(L.LightningModule):
             batch_size=pair[0].num_crystals,
             sync_dist=True,
         )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed checkpoint must fit this model (one line naming it otherwise)."""
+        check_resumed_state(self, checkpoint, self.trainer.ckpt_path)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
@@ -267,7 +273,7 @@ def _pretrain_in_claimed_folder(config: PretrainConfig) -> Path:
     )
     best = out / "checkpoints" / "best.ckpt"
     if best.exists():
-        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        state = AtomicCheckpointIO().load_checkpoint(best)["state_dict"]
         module.load_state_dict(state)
     info = {
         "objective": config.objective,

@@ -1,0 +1,348 @@
+"""Model files that load with ``weights_only`` but are wrong, and malicious pickles: one line
+naming the file, exit 2, nothing built beyond what the stored weights imply, nothing executed."""
+
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from crystaltwins.cli.main import main
+from crystaltwins.graph.atom_features import AtomFeaturizer
+from crystaltwins.graph.settings import GraphSettings
+from crystaltwins.models import cgcnn
+from crystaltwins.models.cgcnn import CGCNNEncoder
+from crystaltwins.models.checkpoint import ModelBundle, load_model, save_model
+from crystaltwins.models.heads import PropertyHead
+
+ATOM_FEA_LEN, H_FEA_LEN = 16, 32
+
+
+def _featurizer() -> AtomFeaturizer:
+    rng = np.random.default_rng(0)
+    table = (rng.random((101, 92)) < 0.1).astype(np.float32)
+    table[0] = 0.0
+    return AtomFeaturizer(table, "random-test-table")
+
+
+def _bundle(featurizer: AtomFeaturizer | None = None) -> ModelBundle:
+    featurizer = featurizer or _featurizer()
+    torch.manual_seed(0)
+    encoder = CGCNNEncoder(
+        torch.tensor(featurizer.table), atom_fea_len=ATOM_FEA_LEN, n_conv=2, h_fea_len=H_FEA_LEN
+    )
+    info = {
+        "targets": ["y"],
+        "target_transform": "none",
+        "target_mean": 1.5,
+        "target_std": 2.0,
+        "task": "regression",
+    }
+    head = PropertyHead(H_FEA_LEN, 8, 1)
+    return ModelBundle(encoder, head, "finetuned", featurizer, GraphSettings(), info)
+
+
+@pytest.fixture(scope="module")
+def payload(tmp_path_factory) -> dict[str, Any]:
+    path = save_model(tmp_path_factory.mktemp("model") / "model.pt", _bundle())
+    return torch.load(path, weights_only=True)
+
+
+def _set(keys: str, value: Any):
+    """An edit of the payload: set (``value`` not ``...``) or delete the entry at dotted ``keys``."""
+
+    def edit(payload: dict[str, Any]) -> None:
+        *parents, last = keys.split("|")
+        node = payload
+        for key in parents:
+            node = node[key]
+        if value is ...:
+            del node[last]
+        else:
+            node[last] = value
+
+    return edit
+
+
+def _widen(key: str, rows: int):
+    """Replace the stored tensor at ``encoder_state|key`` with one of ``rows`` rows."""
+
+    def edit(payload: dict[str, Any]) -> None:
+        tensor = payload["encoder_state"][key]
+        payload["encoder_state"][key] = torch.zeros(rows, *tensor.shape[1:])
+
+    return edit
+
+
+def _hollow(a: int):
+    """Every stored tensor a stride-0 view (a few bytes in the file) of the shape that an
+    ``a``-wide encoder would have: the shapes agree with the config, the stored values do not."""
+
+    def edit(payload: dict[str, Any]) -> None:
+        payload["encoder_config"]["atom_fea_len"] = a
+        state = payload["encoder_state"]
+        k = state["convs.0.fc_full.weight"].shape[1] - 2 * ATOM_FEA_LEN  # edge features
+        for key, tensor in state.items():
+            if key.startswith("embedding."):
+                shape = (a, *tensor.shape[1:])
+            elif key.endswith("fc_full.weight"):
+                shape = (2 * a, 2 * a + k)
+            elif ".bn1." in key or key.endswith("fc_full.bias"):
+                shape = (2 * a,)
+            elif ".bn2." in key:
+                shape = (a,)
+            elif key == "conv_to_fc.weight":
+                shape = (H_FEA_LEN, a)
+            else:
+                continue
+            if tensor.ndim:  # not the num_batches_tracked counters
+                state[key] = torch.zeros((), dtype=tensor.dtype).expand(*shape)
+
+    return edit
+
+
+FORGERIES = {
+    "stride-0 weights of a 12000-wide encoder": (_hollow(12000), ["not a dense tensor"]),
+    # name: (edit, words the message must contain)
+    "atom_fea_len 12000": (
+        _set("encoder_config|atom_fea_len", 12000),
+        ["encoder_state['embedding.weight'] has shape (16, 92)", "(12000, 92)"],
+    ),
+    "h_fea_len disagrees": (
+        _set("encoder_config|h_fea_len", 64),
+        ["conv_to_fc.weight", "(32, 16)", "(64, 16)"],
+    ),
+    "n_conv 10 million": (
+        _set("encoder_config|n_conv", 10_000_000),
+        ["n_conv is 10000000 but encoder_state holds 2 convolutions"],
+    ),
+    "gaussian step tiny": (
+        _set("encoder_config|gaussian|step", 1e-9),
+        ["Gaussians (at most"],
+    ),
+    "gaussian width disagrees": (
+        _set("encoder_config|gaussian|dmax", 6.0),
+        ["convs.0.fc_full.weight", "(32, 73)", "(32, 63)"],
+    ),
+    "unknown config key": (_set("encoder_config|bogus", 1), ["encoder_config has unknown key"]),
+    "unknown top-level entry": (_set("extra", [1, 2]), ["unknown key 'extra'"]),
+    "format_version a string": (_set("format_version", "x"), ["format_version is 'x'"]),
+    "format_version 0": (_set("format_version", 0), ["format_version is 0"]),
+    "format_version newer": (_set("format_version", 99), ["model format 99 is newer"]),
+    "head_state missing": (_set("head_state", ...), ["lacks head_state"]),
+    "encoder weight missing": (
+        _set("encoder_state|conv_to_fc.bias", ...),
+        ["encoder_state lacks conv_to_fc.bias"],
+    ),
+    "head hidden width huge": (_set("head|hidden_dim", 10**9), ["head_state['0.weight']"]),
+    "head width vs encoder": (_set("head|in_dim", 64), ["head.in_dim is 64"]),
+    "unknown head type": (_set("head|type", "os.system"), ["head type 'os.system'"]),
+    "kind unknown": (_set("kind", "evil"), ["kind is 'evil'"]),
+    "n_conv a bool": (_set("encoder_config|n_conv", True), ["n_conv is True"]),
+    "stored weights wider than the config": (
+        _widen("embedding.weight", 12000),
+        ["(12000, 92)", "(16, 92)"],
+    ),
+    "non-finite weights": (
+        _set("head_state|2.bias", torch.tensor([float("nan")])),
+        ["non-finite"],
+    ),
+    "target_std zero": (_set("info|target_std", 0.0), ["info.target_std is 0.0"]),
+    "unknown target transform": (_set("info|target_transform", "exp"), ["target_transform"]),
+    "graph setting unknown": (_set("graph_settings|cutoff", 5.0), ["graph_settings has unknown"]),
+    "graph setting invalid": (_set("graph_settings|radius", -1.0), ["radius must be positive"]),
+    "featurizer fingerprint": (
+        _set("featurizer|fingerprint", "0" * 64),
+        ["does not match its fingerprint"],
+    ),
+}
+
+
+@pytest.fixture
+def no_encoder_built(monkeypatch):
+    """Fail the test if anything constructs an encoder (which would allocate its weights)."""
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("an encoder was built from a model file that fails its checks")
+
+    monkeypatch.setattr(cgcnn.CGCNNEncoder, "__init__", refuse)
+
+
+@pytest.mark.parametrize("name", list(FORGERIES))
+def test_forged_model_file_is_one_line_exit_2_before_building(
+    name, payload, tmp_path, capsys, no_encoder_built
+):
+    edit, words = FORGERIES[name]
+    forged = copy.deepcopy(payload)
+    edit(forged)
+    path = tmp_path / "model.pt"
+    torch.save(forged, path)
+    torch.load(path, weights_only=True)  # a valid weights_only payload
+    started = time.perf_counter()
+    code = main(
+        ["predict", str(path), str(tmp_path / "crystals"), "--out", str(tmp_path / "p.csv")]
+    )
+    seconds = time.perf_counter() - started
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"crystaltwins predict: error: {path}: ")
+    for word in words:
+        assert word in err
+    assert seconds < 5.0  # the forged 12000-wide encoder took 22 s and 4.8 GB before
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_valid_model_file_round_trips(payload, tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(payload, path)
+    bundle = load_model(path)
+    assert bundle.encoder.config["atom_fea_len"] == ATOM_FEA_LEN
+    for key, value in payload["encoder_state"].items():
+        assert torch.equal(bundle.encoder.state_dict()[key], value)
+    assert bundle.head is not None and bundle.head[0].out_features == 8
+
+
+def test_published_checkpoints_still_load(reference_dir):
+    for name in ("CGCNNBarlow_model.pth", "CGCNNSimSiam_model.pth"):
+        bundle = load_model(reference_dir / name)
+        assert bundle.encoder.config["atom_fea_len"] == 64 and bundle.kind == "pretrained"
+    assert load_model("default").encoder.out_dim == 128
+
+
+# --- malicious pickles: refused, never executed ---------------------------------------------
+
+
+class _Payload:
+    """Unpickling this runs ``touch MARKER``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _write_malicious(kind: str, path: Path, marker: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    evil = _Payload(marker)
+    if kind == "torch.save zip":
+        torch.save({"format": "crystaltwins-model", "info": evil}, path)
+    elif kind == "torch.save legacy":
+        torch.save({"embedding.weight": torch.zeros(2, 2), "x": evil}, path,
+                   _use_new_zipfile_serialization=False)  # fmt: skip
+    elif kind == "plain pickle":
+        with open(path, "wb") as handle:
+            pickle.dump({"state_dict": evil}, handle)
+    else:  # a Lightning checkpoint for --resume
+        torch.save({"state_dict": {}, "epoch": 0, "callbacks": evil}, path)
+
+
+@pytest.mark.parametrize("kind", ["torch.save zip", "torch.save legacy", "plain pickle"])
+@pytest.mark.parametrize("command", ["predict", "embed", "plot", "finetune"])
+def test_malicious_model_files_are_refused_and_not_run(kind, command, tmp_path, capsys):
+    marker = tmp_path / "EXECUTED"
+    model = tmp_path / "model.pt"
+    _write_malicious(kind, model, marker)
+    data = str(tmp_path / "crystals")
+    argv = {
+        "predict": ["predict", str(model), data, "--out", str(tmp_path / "p.csv")],
+        "embed": ["embed", str(model), data, "--out", str(tmp_path / "e.npz")],
+        "plot": ["plot", str(model), "--data", data, "--out", str(tmp_path / "m.png")],
+        "finetune": ["finetune", data, "--target", "y", "--pretrained", str(model)]
+        + ["--out", str(tmp_path / "run")],
+    }[command]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = main(argv)
+    err = capsys.readouterr().err
+    assert not marker.exists()
+    assert not [w for w in caught if "pickle" in str(w.message)]  # stderr: the one line only
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err and "weights_only" not in err
+    assert str(model) in err
+
+
+def test_malicious_resume_checkpoint_is_one_line(data_dir, cache_root, tmp_path, capsys):
+    marker = tmp_path / "EXECUTED"
+    run = tmp_path / "run"
+    last = run / "checkpoints" / "last.ckpt"
+    _write_malicious("lightning checkpoint", last, marker)
+    code = main(
+        ["finetune", str(data_dir / "samples" / "cgcnn_regression"), "--target", "target"]
+        + ["--from-scratch", "--out", str(run), "--resume", "--epochs", "1"]
+        + ["--cache-root", str(cache_root), "--no-progress", "--accelerator", "cpu"]
+    )
+    err = capsys.readouterr().err
+    assert not marker.exists()
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err and "weights_only" not in err
+    assert err.startswith(f"crystaltwins finetune: error: {last}: refused")
+    assert last.exists()  # the user's file is left where it was
+
+
+@pytest.mark.parametrize("damage", ["truncated", "no lightning version"])
+def test_damaged_resume_checkpoint_is_one_line(damage, data_dir, cache_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    last = run / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    torch.save({"state_dict": {}, "epoch": 0}, last)
+    if damage == "truncated":
+        last.write_bytes(last.read_bytes()[:100])
+    code = main(
+        ["finetune", str(data_dir / "samples" / "cgcnn_regression"), "--target", "target"]
+        + ["--from-scratch", "--out", str(run), "--resume", "--epochs", "1"]
+        + ["--cache-root", str(cache_root), "--no-progress", "--accelerator", "cpu"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    reason = "not a readable checkpoint" if damage == "truncated" else "not a complete training"
+    assert err.startswith(f"crystaltwins finetune: error: {last}: {reason}")
+
+
+def test_resume_checkpoint_of_another_model_is_one_line(data_dir, cache_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    last = run / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    wrong = {"encoder.embedding.weight": torch.zeros(12000, 92)}
+    entries = ["pytorch-lightning_version", "epoch", "global_step", "loops", "optimizer_states"]
+    checkpoint = {key: None for key in [*entries, "lr_schedulers", "callbacks"]}
+    torch.save({**checkpoint, "state_dict": wrong, "pytorch-lightning_version": "2.5.0"}, last)
+    code = main(
+        ["finetune", str(data_dir / "samples" / "cgcnn_regression"), "--target", "target"]
+        + ["--from-scratch", "--out", str(run), "--resume", "--epochs", "1"]
+        + ["--cache-root", str(cache_root), "--no-progress", "--accelerator", "cpu"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"crystaltwins finetune: error: {last}: this checkpoint does not fit")
+    assert "encoder.embedding.weight (12000, 92) instead of (64, 92)" in err
+
+
+def test_hollow_published_state_dict_is_refused_before_building(
+    reference_dir, tmp_path, capsys, no_encoder_built
+):
+    """A ``.pth`` of stride-0 views claiming a 12000-wide encoder: refused, nothing allocated."""
+    import shutil
+
+    state = torch.load(
+        reference_dir / "CGCNNBarlow_model.pth", map_location="cpu", weights_only=True
+    )
+    state["embedding.weight"] = torch.zeros(()).expand(12000, 92)
+    path = tmp_path / "CGCNNBarlow_model.pth"
+    torch.save(state, path)
+    shutil.copy(reference_dir / "atom_init.json", tmp_path / "atom_init.json")
+    code = main(["embed", str(path), str(tmp_path / "crystals"), "--out", str(tmp_path / "e.npz")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "embedding.weight is not a dense tensor" in err and str(path) in err
