@@ -51,6 +51,29 @@ def test_an_earlier_predictions_file_is_replaced_a_user_table_is_not(tmp_path):
         check_output_file(embeddings, "embeddings")
 
 
+def test_plot_never_replaces_a_users_image_or_table(tmp_path):
+    """`plot --out` replaces only an earlier map of its own (image + id,x,y table)."""
+    embeddings = tmp_path / "e.npz"
+    rng = np.random.default_rng(0)
+    np.savez(
+        embeddings, ids=np.array([f"c{i}" for i in range(12)]), embeddings=rng.normal(size=(12, 4))
+    )
+    figure = tmp_path / "figure.png"
+    figure.write_bytes(b"the user's figure")
+    code, _, err = cli("plot", str(embeddings), "--out", str(figure), "--method", "pca")
+    assert code == 2 and err.count("\n") == 1 and "nothing was written" in err
+    assert figure.read_bytes() == b"the user's figure"
+    (tmp_path / "table.csv").write_text("id,e_form\na,1\n")
+    code, _, err = cli(
+        "plot", str(embeddings), "--out", str(tmp_path / "table.png"), "--method", "pca"
+    )
+    assert code == 2 and (tmp_path / "table.csv").read_text() == "id,e_form\na,1\n"
+    fresh = tmp_path / "map.png"
+    assert cli("plot", str(embeddings), "--out", str(fresh), "--method", "pca")[0] == 0
+    assert cli("plot", str(embeddings), "--out", str(fresh), "--method", "pca")[0] == 0  # its own
+    assert fresh.with_suffix(".csv").read_text().startswith("id,x,y")
+
+
 def test_torch_disk_full_error_becomes_one_line(tmp_path, monkeypatch):
     """``torch.save`` on a full disk raises ``RuntimeError: ... unexpected pos ...``
     (simulated here by raising it from the checkpoint writer)."""

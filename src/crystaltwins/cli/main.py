@@ -402,8 +402,9 @@ def _report(result: Any, out: str) -> None:
 def _cmd_plot(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from crystaltwins.evaluation.plots import embedding_map, reduce_2d
+    from crystaltwins.evaluation.plots import check_map_output, embedding_map, reduce_2d
 
+    check_map_output(args.out)  # before any work
     source = Path(args.source)
     if source.suffix == ".npz":
         with np.load(source) as data:

@@ -72,6 +72,25 @@ def learning_curves(metrics_csv: str | os.PathLike, path: str | os.PathLike) -> 
     return _save(fig, path)
 
 
+def check_map_output(path: str | os.PathLike) -> None:
+    """Refuse (``ValueError``) a map path whose image or ``.csv`` of coordinates exists and is
+    not an earlier map of ``crystaltwins plot`` (a pair whose CSV starts ``id,x,y``)."""
+    image, table = Path(path), Path(path).with_suffix(".csv")
+    if image.is_dir():
+        raise ValueError(f"{image}: is a folder; give a file name, e.g. {image / 'map.png'}")
+    if not image.exists() and not table.exists():
+        return
+    earlier = False
+    if table.is_file():
+        with open(table, newline="", errors="replace") as handle:
+            earlier = next(csv.reader(handle), [])[:3] == ["id", "x", "y"]
+    if not earlier:
+        raise ValueError(
+            f"{image}: it or {table.name} exists and is not an earlier map of crystaltwins; "
+            "nothing was written; give a new file name (or remove those files yourself)"
+        )
+
+
 def reduce_2d(vectors: np.ndarray, method: str = "tsne", seed: int = 0) -> np.ndarray:
     """``(N, D)`` embeddings → ``(N, 2)`` with t-SNE, UMAP or PCA."""
     vectors = np.asarray(vectors, dtype=np.float64)
