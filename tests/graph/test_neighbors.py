@@ -145,3 +145,90 @@ def test_candidates_cover_moved_atoms(crystals):
             (int(i), int(j), tuple(n))
             for i, j, n in zip(moved.src, moved.dst, moved.image.tolist(), strict=True)
         } <= known
+
+
+def _whole_sphere(positions, lattice, radius, max_neighbors, margin):
+    """The plain definition: the kernel at ``radius`` without self pairs, the whole sphere sorted
+    stably by (centre, distance); the first ``max_neighbors`` per centre, and the other pairs up
+    to ``min(d_k + 4·margin, radius + 2·margin)`` (the candidates found within the radius; none
+    when ``margin`` is 0)."""
+    from pymatgen.optimization.neighbors import find_points_in_spheres
+
+    pbc = np.ones(3, dtype=np.int64)
+    c, j, n, d = find_points_in_spheres(positions, positions, radius, pbc, lattice, 1e-8)
+    far = d > 1e-8
+    c, j, n, d = c[far], j[far], np.rint(n[far]).astype(np.int8), d[far]
+    order = np.lexsort((d, c))
+    c, j, n, d = c[order], j[order], n[order], d[order]
+    starts = np.searchsorted(c, np.arange(len(positions) + 1))
+    rank = np.arange(len(c)) - starts[c]
+    counts = np.diff(starts)
+    kth = np.full(len(positions), np.inf)
+    full = counts >= max_neighbors
+    kth[full] = d[starts[:-1][full] + max_neighbors - 1]
+    bound = np.minimum(kth + 4 * margin + 2e-6, radius + 2 * margin + 2e-6)
+    picked, rest = rank < max_neighbors, (rank >= max_neighbors) & (d <= bound[c]) & (margin > 0)
+    return [(c[m].astype(np.int32), j[m].astype(np.int32), n[m], d[m]) for m in (picked, rest)]
+
+
+def _keys(src, dst, image):
+    return [
+        (i, j, tuple(n)) for i, j, n in zip(src.tolist(), dst.tolist(), image.tolist(), strict=True)
+    ]
+
+
+@pytest.mark.parametrize(
+    "radius, max_neighbors, margin",
+    [(8.0, 12, 0.05), (8.0, 12, 0.0), (5.0, 12, 0.3), (3.0, 12, 0.05), (2.5, 12, 0.0)],
+)
+def test_partial_sort_equals_whole_sphere_sort(crystals, radius, max_neighbors, margin):
+    """Sorting only the pairs up to each centre's k-th distance (ties at it included) gives the
+    edges, order, images, bit-equal distances and candidates of sorting the whole sphere."""
+    checked = 0
+    for _, crystal_id, structure in crystals[::3]:
+        positions, lattice = structure.cart_coords, structure.lattice.matrix
+        selected, candidates = find_neighbors(positions, lattice, radius, max_neighbors, margin)
+        want_selected, want_inner = _whole_sphere(positions, lattice, radius, max_neighbors, margin)
+        for field, want in zip(("src", "dst", "image", "distance"), want_selected, strict=True):
+            got = getattr(selected, field)
+            assert got.dtype == want.dtype and got.tobytes() == want.tobytes(), (crystal_id, field)
+        # Candidates from the radius call: the rest of the sorted sphere up to the bound, in
+        # order; the ones from the wider call come in addition (none when margin is 0).
+        inner_keys = set(_keys(*want_inner[:3]))
+        got = [
+            (key, distance)
+            for key, distance in zip(
+                _keys(candidates.src, candidates.dst, candidates.image),
+                candidates.distance.tolist(),
+                strict=True,
+            )
+            if key in inner_keys
+        ]
+        assert got == list(zip(_keys(*want_inner[:3]), want_inner[3].tolist(), strict=True)), (
+            crystal_id
+        )
+        if margin == 0.0:
+            assert len(candidates) == 0
+        checked += 1
+    assert checked > 30
+
+
+def test_centres_listed_out_of_order_give_the_same_edges(crystals, monkeypatch):
+    """Should the kernel ever list centres out of order, the result stays the same."""
+    from crystaltwins.graph import neighbors
+
+    kernel = neighbors.find_points_in_spheres
+
+    def reversed_centres(*args, **kwargs):
+        centre, neighbor, image, distance = kernel(*args, **kwargs)
+        order = np.argsort(-centre, kind="stable")  # centre blocks reversed, kept in order inside
+        return centre[order], neighbor[order], image[order], distance[order]
+
+    _, _, structure = crystals[1]
+    positions, lattice = structure.cart_coords, structure.lattice.matrix
+    want = find_neighbors(positions, lattice, 8.0, 12, 0.05)
+    monkeypatch.setattr(neighbors, "find_points_in_spheres", reversed_centres)
+    got = find_neighbors(positions, lattice, 8.0, 12, 0.05)
+    for want_edges, got_edges in zip(want, got, strict=True):
+        for field in ("src", "dst", "image", "distance"):
+            np.testing.assert_array_equal(getattr(got_edges, field), getattr(want_edges, field))

@@ -109,31 +109,43 @@ def select_nearest(
     return (rank < max_neighbors) & within_cutoff(edges.distance, radius)
 
 
-def _kernel_pairs(
-    positions: np.ndarray, lattice: np.ndarray, radius: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """pymatgen's ``get_neighbor_list(radius)``: the kernel's pairs, in its order, without each
-    atom itself. :raises ValueError: two atoms closer than ``SELF_TOLERANCE``."""
-    centre, neighbor, image, distance = find_points_in_spheres(
-        positions, positions, r=radius, pbc=_PBC, lattice=lattice, tol=SELF_TOLERANCE
-    )
+def _self_pairs(
+    centre: np.ndarray, neighbor: np.ndarray, distance: np.ndarray, num_atoms: int
+) -> np.ndarray:
+    """Mask of the pairs closer than ``SELF_TOLERANCE``: each atom and itself.
+
+    :raises ValueError: two different atoms closer than ``SELF_TOLERANCE``.
+    """
     close = distance <= SELF_TOLERANCE
-    if close.any():
+    # The kernel lists every atom with itself (image 0, distance ~0): if there are exactly
+    # ``num_atoms`` close pairs and all are an atom with itself, there is no overlap.
+    if np.count_nonzero(close) != num_atoms or (centre[close] != neighbor[close]).any():
         overlap = close & (centre != neighbor)
         if overlap.any():
             k = int(np.flatnonzero(overlap)[0])
             raise ValueError(
                 f"atoms {centre[k]} and {neighbor[k]} overlap (distance {distance[k]:.2e} Å)"
             )
-        keep = ~close
-        centre, neighbor, image, distance = (
-            centre[keep],
-            neighbor[keep],
-            image[keep],
-            distance[keep],
-        )
-    # The kernel's images are whole numbers stored as float64.
-    return centre, neighbor, np.rint(image).astype(IMAGE_DTYPE), distance
+    return close
+
+
+def _kth_distance(
+    centre: np.ndarray, distance: np.ndarray, close: np.ndarray, num_atoms: int, k: int
+) -> np.ndarray:
+    """Each centre's ``k``-th smallest distance in Å without the atom itself (``inf`` where it
+    has fewer neighbours), by one ``np.partition`` of a padded ``(num_atoms, most pairs of one
+    centre)`` array. ``centre`` must be grouped in ascending order (as the kernel lists it)."""
+    counts = np.bincount(centre, minlength=num_atoms)
+    width = int(counts.max())
+    if width < k:
+        return np.full(num_atoms, np.inf)
+    starts = np.zeros(num_atoms, dtype=np.int64)
+    np.cumsum(counts[:-1], out=starts[1:])
+    column = np.arange(centre.shape[0], dtype=np.int64) - starts[centre]
+    padded = np.full((num_atoms, width), np.inf)
+    padded[centre, column] = distance
+    padded[centre[close], column[close]] = np.inf  # each atom itself
+    return np.partition(padded, k - 1, axis=1)[:, k - 1]
 
 
 def _edge_keys(src: np.ndarray, dst: np.ndarray, image: np.ndarray) -> np.ndarray:
@@ -163,61 +175,84 @@ def find_neighbors(
     :returns: ``(selected, candidates)``: the edges of the graph, exactly the reference's (per
         atom, nearest first, ties in the kernel's order), and the other candidate edges (possibly
         empty; per atom, nearest first).
+
+    Only the pairs that can be selected or be candidates are sorted: each centre's
+    ``max_neighbors``-th distance ``d_k`` comes from one partition, and every pair up to
+    ``d_k`` (plus the candidate band) is kept in the kernel's order, ties with ``d_k`` included,
+    so the stable sort of this subset orders it exactly as that of the whole sphere.
     """
     positions = np.ascontiguousarray(positions, dtype=np.float64)
     lattice = np.ascontiguousarray(lattice, dtype=np.float64)
     num_atoms = positions.shape[0]
-    centre, neighbor, image, distance = _kernel_pairs(positions, lattice, radius)
-    order = order_edges(centre, distance)
-    centre, distance = centre[order], distance[order]
-    rank, starts = rank_within_centre(centre, num_atoms)
-    keep = rank < max_neighbors
-    order_all, order = order, order[keep]
-    selected = NeighborList(
-        centre[keep].astype(np.int32),
-        neighbor[order].astype(np.int32),
-        image[order],
-        distance[keep],
+    centre, neighbor, image, distance = find_points_in_spheres(
+        positions, positions, r=radius, pbc=_PBC, lattice=lattice, tol=SELF_TOLERANCE
     )
-    empty = selected.take(np.zeros(0, dtype=np.int64))
+    close = _self_pairs(centre, neighbor, distance, num_atoms)
+    if (centre[1:] < centre[:-1]).any():  # the kernel groups by centre; stay exact if not
+        by_centre = np.argsort(centre, kind="stable")
+        centre, neighbor, image, distance = (
+            a[by_centre] for a in (centre, neighbor, image, distance)
+        )
+        close = close[by_centre]
+    kth = _kth_distance(centre, distance, close, num_atoms, max_neighbors)
+    if margin > 0.0:
+        search_radius = radius + 2.0 * margin
+        bound = np.minimum(kth + (4.0 * margin + _BOUND_SLACK), search_radius + _BOUND_SLACK)
+    else:
+        bound = kth
+    near = np.nonzero((distance <= bound[centre]) & ~close)[0]
+    src, near_distance = centre[near], distance[near]
+    # Stable: equal distances keep the kernel's order. ``src`` stays as it is (grouped).
+    order = np.lexsort((near_distance, src))
+    near, near_distance = near[order], near_distance[order]
+    counts = np.bincount(src, minlength=num_atoms)
+    starts = np.zeros(num_atoms, dtype=np.int64)
+    np.cumsum(counts[:-1], out=starts[1:])
+    keep = np.arange(src.shape[0], dtype=np.int64) - starts[src] < max_neighbors
+    picked = near[keep]
+    selected = NeighborList(
+        src[keep].astype(np.int32),
+        neighbor[picked].astype(np.int32),
+        np.rint(image[picked]).astype(IMAGE_DTYPE),
+        near_distance[keep],
+    )
     if margin <= 0.0:
-        return selected, empty
-    # Candidates within the radius come from the same call; only centres whose bound reaches
-    # beyond it need a wider search (its order does not matter: re-selection sorts again).
-    search_radius = radius + 2.0 * margin
-    counts = np.diff(starts)
-    kth = np.full(num_atoms, np.inf)
-    full = counts >= max_neighbors
-    kth[full] = distance[(starts[:-1] + max_neighbors - 1)[full]]
-    bound = np.minimum(kth + 4.0 * margin + _BOUND_SLACK, search_radius + _BOUND_SLACK)
-    inner = ~keep & (distance <= bound[centre])
-    parts = [(centre[inner], neighbor[order_all[inner]], image[order_all[inner]], distance[inner])]
-    wide = np.flatnonzero(bound > radius)
-    if wide.size:
-        w_centre, w_neighbor, w_image, w_distance = find_points_in_spheres(
-            positions,
-            np.ascontiguousarray(positions[wide]),
-            r=search_radius,
-            pbc=_PBC,
-            lattice=lattice,
-            tol=SELF_TOLERANCE,
-        )
-        w_centre = wide[w_centre]
-        # The shell beyond the radius (a band below it too, deduplicated, against rounding).
-        shell = (w_distance > radius - _BOUND_SLACK) & (w_distance <= bound[w_centre])
-        w_centre, w_neighbor, w_distance = w_centre[shell], w_neighbor[shell], w_distance[shell]
-        w_image = np.rint(w_image[shell]).astype(IMAGE_DTYPE)
-        known = _edge_keys(centre, neighbor[order_all], image[order_all])
-        new = ~np.isin(
-            _edge_keys(w_centre, w_neighbor, w_image),
-            known[distance > radius - 2.0 * _BOUND_SLACK],
-        )
-        parts.append((w_centre[new], w_neighbor[new], w_image[new], w_distance[new]))
+        return selected, selected.take(np.zeros(0, dtype=np.int64))
+    # Candidates within the radius: the rest of the sorted subset (already in candidate order).
+    rest = ~keep
+    inner = near[rest]
     candidates = NeighborList(
-        np.concatenate([p[0] for p in parts]).astype(np.int32),
-        np.concatenate([p[1] for p in parts]).astype(np.int32),
-        np.concatenate([p[2] for p in parts]),
-        np.concatenate([p[3] for p in parts]),
+        src[rest].astype(np.int32),
+        neighbor[inner].astype(np.int32),
+        np.rint(image[inner]).astype(IMAGE_DTYPE),
+        near_distance[rest],
+    )
+    # Only centres whose bound reaches beyond the radius need a wider search (its order does
+    # not matter: the candidates are sorted again, and re-selection sorts them once more).
+    wide = np.nonzero(bound > radius)[0]
+    if wide.size == 0:
+        return selected, candidates
+    w_centre, w_neighbor, w_image, w_distance = find_points_in_spheres(
+        positions,
+        np.ascontiguousarray(positions[wide]),
+        r=search_radius,
+        pbc=_PBC,
+        lattice=lattice,
+        tol=SELF_TOLERANCE,
+    )
+    w_centre = wide[w_centre]
+    # The shell beyond the radius (a band below it too, deduplicated, against rounding).
+    shell = (w_distance > radius - _BOUND_SLACK) & (w_distance <= bound[w_centre])
+    w_centre, w_neighbor, w_distance = w_centre[shell], w_neighbor[shell], w_distance[shell]
+    w_image = np.rint(w_image[shell]).astype(IMAGE_DTYPE)
+    outer = distance > radius - 2.0 * _BOUND_SLACK
+    known = _edge_keys(centre[outer], neighbor[outer], np.rint(image[outer]).astype(IMAGE_DTYPE))
+    new = ~np.isin(_edge_keys(w_centre, w_neighbor, w_image), known)
+    candidates = NeighborList(
+        np.concatenate([candidates.src, w_centre[new].astype(np.int32)]),
+        np.concatenate([candidates.dst, w_neighbor[new].astype(np.int32)]),
+        np.concatenate([candidates.image, w_image[new]]),
+        np.concatenate([candidates.distance, w_distance[new]]),
     )
     return selected, candidates.take(order_edges(candidates.src, candidates.distance))
 
