@@ -157,7 +157,7 @@ def _whole_sphere(positions, lattice, radius, max_neighbors, margin):
     pbc = np.ones(3, dtype=np.int64)
     c, j, n, d = find_points_in_spheres(positions, positions, radius, pbc, lattice, 1e-8)
     far = d > 1e-8
-    c, j, n, d = c[far], j[far], np.rint(n[far]).astype(np.int8), d[far]
+    c, j, n, d = c[far], j[far], np.rint(n[far]).astype(np.int16), d[far]
     order = np.lexsort((d, c))
     c, j, n, d = c[order], j[order], n[order], d[order]
     starts = np.searchsorted(c, np.arange(len(positions) + 1))
