@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import ctypes
 import dataclasses
 import errno
 import json
@@ -259,7 +260,7 @@ def make_trainer(
     strategy: Any = "auto"
     if devices not in ("auto", 1, "1") and accelerator != "cpu":
         strategy = "ddp"
-    return L.Trainer(
+    trainer = L.Trainer(
         default_root_dir=out,
         max_epochs=epochs,
         accelerator=accelerator,
@@ -281,6 +282,34 @@ def make_trainer(
         enable_model_summary=False,
         num_sanity_val_steps=0,
         deterministic=True if not torch.cuda.is_available() else "warn",
+    )
+    keep_freed_memory()
+    # Deterministic mode also fills every new uninitialised tensor with NaN, a full write of each
+    # scratch buffer: a third of a CPU fine-tuning step. Every kernel here writes all of what it
+    # allocates (seeded runs still reproduce exactly: tests/training), so the fill is not needed.
+    torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
+    return trainer
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's allocator to keep freed memory for reuse (no trimming, large blocks from the
+    heap) instead of returning it to the system: every CPU training step allocates the same
+    large per-edge buffers, and a fresh mapping costs a page fault per 4 KiB on first touch (a
+    quarter of a fine-tuning step on this project's VM: docs/benchmarks.md). The process keeps
+    its peak memory instead of shrinking between steps. Off with ``CRYSTALTWINS_TUNE_MALLOC=0``;
+    a no-op without glibc. Returns whether the setting took effect."""
+    if os.environ.get("CRYSTALTWINS_TUNE_MALLOC", "1") == "0":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    return bool(
+        mallopt(m_mmap_threshold, 32 * 1024 * 1024)  # glibc's largest
+        and mallopt(m_trim_threshold, 2**30)
+        and mallopt(m_top_pad, 64 * 1024 * 1024)
     )
 
 

@@ -180,7 +180,7 @@ class FinetuneModule(L.LightningModule):
             {"params": self.encoder.parameters(), "lr": self.lr * self.encoder_lr_factor},
             {"params": self.head.parameters(), "lr": self.lr},
         ]
-        return torch.optim.Adam(groups, lr=self.lr, weight_decay=self.weight_decay)
+        return torch.optim.Adam(groups, lr=self.lr, weight_decay=self.weight_decay, foreach=True)
 
 
 def predict_dataset(
