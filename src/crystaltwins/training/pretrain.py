@@ -122,7 +122,9 @@ class PretrainModule(L.LightningModule):
         check_resumed_state(self, checkpoint, self.trainer.ckpt_path)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        return torch.optim.Adam(
+            self.parameters(), lr=self.lr, weight_decay=self.weight_decay, foreach=True
+        )
 
 
 def _featurizer(config: PretrainConfig) -> AtomFeaturizer:
