@@ -1,0 +1,94 @@
+"""Crystals built in Python (pymatgen ``Structure``, ASE ``Atoms``, lists of them, a pandas
+``DataFrame`` with a structure column) as a temporary data source that every reader reads."""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from crystaltwins.io.records import CrystalInputError
+
+#: Column names taken as the structure column of a DataFrame, in this order.
+STRUCTURE_COLUMNS = ("structure", "structures", "atoms", "cif")
+
+
+def is_path(data: Any) -> bool:
+    return isinstance(data, (str, os.PathLike))
+
+
+def _is_crystal(obj: Any) -> bool:
+    from pymatgen.core import IStructure
+
+    if isinstance(obj, IStructure):
+        return True
+    try:
+        from ase import Atoms
+    except ImportError:  # pragma: no cover - ase is a dependency
+        return False
+    return isinstance(obj, Atoms)
+
+
+def _cif(obj: Any) -> str:
+    if isinstance(obj, str):
+        return obj  # a DataFrame's CIF text
+    from pymatgen.io.ase import AseAtomsAdaptor
+    from pymatgen.io.cif import CifWriter
+
+    structure = obj if not hasattr(obj, "get_positions") else None
+    if structure is None:
+        if not obj.cell.rank == 3:
+            raise CrystalInputError("Atoms", "an ASE Atoms without a full cell is not a crystal")
+        structure = AseAtomsAdaptor.get_structure(obj)
+    return str(CifWriter(structure, significant_figures=12))
+
+
+def _rows(data: Any) -> tuple[list[str], list[Any], dict[str, list[Any]]]:
+    """(ids, structures, label columns) of in-memory data."""
+    if _is_crystal(data):
+        return ["0"], [data], {}
+    if hasattr(data, "columns") and hasattr(data, "index"):  # a pandas DataFrame
+        column = next((c for c in STRUCTURE_COLUMNS if c in data.columns), None)
+        if column is None:
+            raise CrystalInputError(
+                "DataFrame",
+                f"no structure column (one of {', '.join(STRUCTURE_COLUMNS)}); "
+                f"columns: {list(data.columns)}",
+            )
+        ids = [str(i) for i in data["id"]] if "id" in data.columns else [str(i) for i in data.index]
+        labels = {
+            str(c): list(data[c])
+            for c in data.columns
+            if c not in (column, "id") and str(c) not in ("cif",)
+        }
+        return ids, list(data[column]), labels
+    items = list(data)
+    if not all(_is_crystal(s) for s in items):
+        raise CrystalInputError(
+            "data",
+            "expected a path, a pymatgen Structure, an ASE Atoms, a list of them or a DataFrame "
+            f"with a structure column, got {type(data).__name__}",
+        )
+    return [str(k) for k in range(len(items))], items, {}
+
+
+@contextmanager
+def as_source(data: Any) -> Iterator[Path]:
+    """``data`` itself when it is a path; else a temporary CSV (id, CIF, labels) of the crystals,
+    removed on exit. The CIFs keep 12 significant figures."""
+    if is_path(data):
+        yield Path(data)
+        return
+    ids, structures, labels = _rows(data)
+    with tempfile.TemporaryDirectory(prefix="crystaltwins-") as tmp:
+        path = Path(tmp) / "structures.csv"
+        with open(path, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["id", "cif", *labels])
+            for k, (crystal_id, structure) in enumerate(zip(ids, structures, strict=True)):
+                writer.writerow([crystal_id, _cif(structure), *(labels[c][k] for c in labels)])
+        yield path
