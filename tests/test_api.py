@@ -24,8 +24,12 @@ def test_subpackages_export_the_data_flow() -> None:
     """The README's module table: each step's names import from its package."""
     from crystaltwins.data import GraphCache, build_graph_cache, collate_graphs  # noqa: F401
     from crystaltwins.graph import AtomFeaturizer, GraphSettings, build_crystal_graph  # noqa: F401
-    from crystaltwins.io import iter_entries, parse_entry, read_records  # noqa: F401
-    from crystaltwins.io import records_from_structures  # noqa: F401
+    from crystaltwins.io import (  # noqa: F401
+        iter_entries,
+        parse_entry,
+        read_records,
+        records_from_structures,  # noqa: F401
+    )
 
 
 def test_python_dash_m_runs_the_cli() -> None:
