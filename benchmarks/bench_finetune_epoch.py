@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data import GaussianDistance, add_data_arguments  # noqa: E402
-from bench_model_step import RefConvLayer  # noqa: E402
+from bench_model_step import RefCGCNN  # noqa: E402
 
 from crystaltwins.data.cache import GraphCache, build_graph_cache  # noqa: E402
 from crystaltwins.data.dataset import CrystalGraphDataset, GraphCollator  # noqa: E402
@@ -56,28 +56,13 @@ M = 12
 
 
 # --------------------------------------------------------------------------- reference CGCNN
-class RefCrystalGraphConvNet(nn.Module):
-    """CGCNN's ``CrystalGraphConvNet`` (regression, ``n_h=1``)."""
+class RefCrystalGraphConvNet(RefCGCNN):
+    """CGCNN's ``CrystalGraphConvNet`` (regression, ``n_h=1``): the encoder of the benchmark's
+    reference CGCNN with one linear output as its head (CGCNN calls it ``fc_out``)."""
 
     def __init__(self, orig_atom_fea_len: int, nbr_fea_len: int) -> None:
-        super().__init__()
-        self.embedding = nn.Linear(orig_atom_fea_len, 64)
-        self.convs = nn.ModuleList([RefConvLayer(64, nbr_fea_len) for _ in range(3)])
-        self.conv_to_fc = nn.Linear(64, 128)
-        self.conv_to_fc_softplus = nn.Softplus()
-        self.fc_out = nn.Linear(128, 1)
-
-    def forward(self, atom_fea, nbr_fea, nbr_fea_idx, crystal_atom_idx):
-        atom_fea = self.embedding(atom_fea)
-        for conv_func in self.convs:
-            atom_fea = conv_func(atom_fea, nbr_fea, nbr_fea_idx)
-        crys_fea = torch.cat(
-            [torch.mean(atom_fea[idx_map], dim=0, keepdim=True) for idx_map in crystal_atom_idx],
-            dim=0,
-        )
-        crys_fea = self.conv_to_fc(self.conv_to_fc_softplus(crys_fea))
-        crys_fea = self.conv_to_fc_softplus(crys_fea)
-        return self.fc_out(crys_fea)
+        super().__init__(orig_atom_fea_len, nbr_fea_len)
+        self.fc_head = nn.Linear(128, 1)
 
 
 def collate_pool(dataset_list):

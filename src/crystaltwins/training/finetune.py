@@ -63,7 +63,7 @@ from crystaltwins.training.common import (
     write_config,
 )
 from crystaltwins.training.epoch_metrics import EpochMeans
-from crystaltwins.training.run_folder import claimed_run_folder
+from crystaltwins.training.run_folder import claimed_folder_of
 from crystaltwins.training.sampling import EpochSampler
 
 
@@ -282,13 +282,7 @@ def finetune(config: FinetuneConfig, callbacks: list[L.Callback] | None = None) 
     if config.epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {config.epochs}")
     check_transform(config.target_transform)
-    with claimed_run_folder(
-        config.out,
-        config,
-        resume=config.resume,
-        overwrite=config.overwrite,
-        main_process=is_main_process(),
-    ):
+    with claimed_folder_of(config, is_main_process()):
         return _finetune_in_claimed_folder(config, callbacks)
 
 

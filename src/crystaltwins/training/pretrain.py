@@ -35,7 +35,7 @@ from crystaltwins.training.common import (
     training_seconds,
     write_config,
 )
-from crystaltwins.training.run_folder import claimed_run_folder
+from crystaltwins.training.run_folder import claimed_folder_of
 from crystaltwins.training.sampling import EpochSampler
 from crystaltwins.transforms import build_augmentation
 
@@ -176,13 +176,7 @@ def _without_excluded(caches: list[Any], exclude_ids_file: str) -> np.ndarray:
 
 def pretrain(config: PretrainConfig) -> Path:
     """Run pre-training; returns the path of the best model file (``RUN_DIR/model.pt``)."""
-    with claimed_run_folder(
-        config.out,
-        config,
-        resume=config.resume,
-        overwrite=config.overwrite,
-        main_process=is_main_process(),
-    ):
+    with claimed_folder_of(config, is_main_process()):
         return _pretrain_in_claimed_folder(config)
 
 

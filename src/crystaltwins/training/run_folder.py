@@ -265,3 +265,14 @@ def claimed_run_folder(
         yield Path(out)
     finally:
         lock.release()
+
+
+def claimed_folder_of(config: Any, main_process: bool = True) -> Any:
+    """:func:`claimed_run_folder` of a run's config (its ``out``, ``resume`` and ``overwrite``)."""
+    return claimed_run_folder(
+        config.out,
+        config,
+        resume=config.resume,
+        overwrite=config.overwrite,
+        main_process=main_process,
+    )
