@@ -194,7 +194,7 @@ def load_model(path: str | os.PathLike, atom_init: str | os.PathLike | None = No
     if _is_ensemble(payload):
         raise ValueError(
             f"{path}: an ensemble of {len(payload['members'])} fine-tuned models, usable with "
-            "predict; here give one model, e.g. one member's run folder RUN_DIR/members/0"
+            f"predict; here give one model, e.g. one member's run folder {path.parent / 'members' / '0'}"
         )
     return _bundle(path, payload, atom_init)
 
