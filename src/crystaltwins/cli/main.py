@@ -244,12 +244,14 @@ def _check_accelerator(name: str | None) -> None:
             raise ValueError("no Apple MPS device available; use cpu")
 
 
-def _model_argument(args: argparse.Namespace, model: str | Path) -> Any:
-    """The model path, or the loaded model when ``--atom-init`` is given for a published .pth."""
-    if getattr(args, "atom_init", None):
-        from crystaltwins.models.checkpoint import load_model
+def _model_argument(args: argparse.Namespace, model: str | Path, ensemble: bool = False) -> Any:
+    """The model path, or the loaded model when ``--atom-init`` is given for a published .pth.
 
-        return load_model(model, atom_init=args.atom_init)
+    :param ensemble: an ensemble's file may be given (``predict``)."""
+    if getattr(args, "atom_init", None):
+        from crystaltwins.models.checkpoint import load_model, load_predictor
+
+        return (load_predictor if ensemble else load_model)(model, atom_init=args.atom_init)
     return model
 
 
@@ -377,7 +379,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     _check_accelerator(args.device)
     check_output_file(args.out, "predictions")  # before the work, not after
     result = predict(
-        _model_argument(args, args.model),
+        _model_argument(args, args.model, ensemble=True),
         args.data,
         batch_size=args.batch_size,
         device=args.device,

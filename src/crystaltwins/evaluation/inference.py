@@ -194,7 +194,8 @@ def write_predictions_csv(
     result: InferenceResult, path: str | os.PathLike, column: str = "prediction"
 ) -> Path:
     """Write ``id,<column>`` rows, or for a classifier ``id,predicted_class,probability_class_1``
-    (the class is 1 where its probability is above 0.5). Written atomically; an existing file
+    (the class is 1 where its probability is above 0.5); an ensemble's add ``std`` and
+    ``member_0`` ... ``member_<K-1>`` (:func:`ensemble_columns`). Written atomically; an existing file
     is replaced only if it is an earlier predictions file (see :func:`check_output_file`)."""
     path = Path(path)
     check_output_file(path, "predictions", column)
@@ -259,7 +260,8 @@ def _is_embeddings_npz(path: Path) -> bool:
 def check_output_file(path: str | os.PathLike, kind: str, column: str = "prediction") -> None:
     """Refuse (``ValueError``) an output path that would overwrite something this command did
     not write: a folder, or an existing file that is not an earlier ``kind`` file
-    (``"predictions"``: a CSV with the header ``id,<column>`` or the classifier's header;
+    (``"predictions"``: a CSV with the header ``id,<column>`` or the classifier's header, either
+    followed by an ensemble's columns;
     ``"embeddings"``: an ``.npz`` holding ``ids`` and ``embeddings``)."""
     path = Path(path)
     if path.is_dir():
