@@ -137,7 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--split-column", help="column holding train/val/test")
     p.add_argument("--split-files", nargs=3, metavar=("TRAIN", "VAL", "TEST"), help="files of ids")
+    p.add_argument("--split-seed", type=int, help="seed of the random split (default: --seed)")
     p.add_argument("--max-train", type=int, help="cap on training crystals")
+    p.add_argument(
+        "--ensemble",
+        type=int,
+        metavar="K",
+        help="train K models (seeds SEED..SEED+K-1, one split) in RUN_DIR/members; predictions "
+        "are their mean, with their std and each member's value (default 1)",
+    )
     p.add_argument("--early-stopping", type=int, help="patience in epochs on validation MAE")
     p.add_argument(
         "--data-on-device",
@@ -236,12 +244,14 @@ def _check_accelerator(name: str | None) -> None:
             raise ValueError("no Apple MPS device available; use cpu")
 
 
-def _model_argument(args: argparse.Namespace, model: str | Path) -> Any:
-    """The model path, or the loaded model when ``--atom-init`` is given for a published .pth."""
-    if getattr(args, "atom_init", None):
-        from crystaltwins.models.checkpoint import load_model
+def _model_argument(args: argparse.Namespace, model: str | Path, ensemble: bool = False) -> Any:
+    """The model path, or the loaded model when ``--atom-init`` is given for a published .pth.
 
-        return load_model(model, atom_init=args.atom_init)
+    :param ensemble: an ensemble's file may be given (``predict``)."""
+    if getattr(args, "atom_init", None):
+        from crystaltwins.models.checkpoint import load_model, load_predictor
+
+        return (load_predictor if ensemble else load_model)(model, atom_init=args.atom_init)
     return model
 
 
@@ -348,10 +358,18 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     if metrics:
         test = metrics["test"]
         key = "mae" if "mae" in test else "accuracy"
+        ensemble = metrics.get("ensemble")
+        of = f", mean of {ensemble['members']} models" if ensemble else ""
         main_print(
-            f"test {key} {test[key]:.4f} on {test['count']} crystals ({metrics['target']}); "
+            f"test {key} {test[key]:.4f} on {test['count']} crystals ({metrics['target']}{of}); "
             f"run: {config.out}"
         )
+        if ensemble:
+            main_print(
+                f"spread: {ensemble['within_1_std']:.0%} of test errors within 1 std, "
+                f"{ensemble['within_2_std']:.0%} within 2; Spearman(|error|, std) "
+                f"{ensemble['spearman_abs_error_std']:.2f}"
+            )
     return 0
 
 
@@ -361,7 +379,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     _check_accelerator(args.device)
     check_output_file(args.out, "predictions")  # before the work, not after
     result = predict(
-        _model_argument(args, args.model),
+        _model_argument(args, args.model, ensemble=True),
         args.data,
         batch_size=args.batch_size,
         device=args.device,

@@ -15,7 +15,7 @@ from crystaltwins.data.cache import GraphCache
 from crystaltwins.data.dataset import CrystalGraphDataset, GraphCollator
 from crystaltwins.data.sources import prepare_caches
 from crystaltwins.io.records import BadRecord
-from crystaltwins.models.checkpoint import ModelBundle, load_model
+from crystaltwins.models.checkpoint import EnsembleBundle, ModelBundle, load_model, load_predictor
 from crystaltwins.models.targets import to_target_units
 
 
@@ -30,6 +30,10 @@ class InferenceResult:
     #: ``"regression"`` (values in the target's units), ``"classification"`` (values are
     #: P(class 1)) or ``"embedding"``
     task: str = "regression"
+    #: an ensemble's predictions: ``values`` is their mean, ``std`` their standard deviation
+    #: (population, ddof 0) and ``members`` each member's value ``(N, K)``; ``None`` otherwise
+    std: np.ndarray | None = None
+    members: np.ndarray | None = None
 
 
 def _open(
@@ -123,9 +127,16 @@ def predict(
     """Property predictions of a fine-tuned model, in the target's units (the inverse of any
     target transform applied), or P(class 1) for a classifier.
 
+    An ensemble (``finetune --ensemble K``) predicts the mean of its members' predictions, with
+    their standard deviation (``std``, ddof 0) and each member's value (``members``).
+
     :param cif_column: the structure column of a CSV ``data`` (default ``cif`` / ``structure``).
     """
-    bundle, cache = _open(model, data, cache_root, workers, cif_column)
+    loaded = model if isinstance(model, (ModelBundle, EnsembleBundle)) else load_predictor(model)
+    if isinstance(loaded, EnsembleBundle):
+        options = (batch_size, device, cache_root, workers, cif_column)
+        return _predict_ensemble(loaded, data, *options)
+    bundle, cache = _open(loaded, data, cache_root, workers, cif_column)
     if bundle.kind != "finetuned" or bundle.head is None:
         raise ValueError(
             f"{model}: a pre-trained encoder has no property head; fine-tune it first (crystaltwins finetune)"
@@ -147,11 +158,44 @@ def predict(
     return _result(cache, values)
 
 
+def _predict_ensemble(
+    ensemble: EnsembleBundle,
+    data: str | os.PathLike,
+    batch_size: int,
+    device: str,
+    cache_root: str | os.PathLike | None,
+    workers: int,
+    cif_column: str | None,
+) -> InferenceResult:
+    """:func:`predict` of every member, combined: their mean, std (ddof 0) and values."""
+    results = [
+        predict(member, data, batch_size, device, cache_root, workers, cif_column)
+        for member in ensemble.members
+    ]
+    first = results[0]
+    for k, result in enumerate(results[1:], start=1):
+        if not np.array_equal(result.ids, first.ids):  # members share their graph settings
+            raise ValueError(f"{data}: ensemble member {k} saw other crystals than member 0")
+    members = np.stack([np.asarray(r.values, dtype=np.float64) for r in results], axis=1)
+    combined = InferenceResult(
+        first.ids, members.mean(axis=1), first.labels, first.skipped, first.task
+    )
+    combined.std = members.std(axis=1)
+    combined.members = members
+    return combined
+
+
+def ensemble_columns(members: int) -> list[str]:
+    """The columns an ensemble adds to a predictions file: ``std``, ``member_0`` ... ."""
+    return ["std", *(f"member_{k}" for k in range(members))]
+
+
 def write_predictions_csv(
     result: InferenceResult, path: str | os.PathLike, column: str = "prediction"
 ) -> Path:
     """Write ``id,<column>`` rows, or for a classifier ``id,predicted_class,probability_class_1``
-    (the class is 1 where its probability is above 0.5). Written atomically; an existing file
+    (the class is 1 where its probability is above 0.5); an ensemble's add ``std`` and
+    ``member_0`` ... ``member_<K-1>`` (:func:`ensemble_columns`). Written atomically; an existing file
     is replaced only if it is an earlier predictions file (see :func:`check_output_file`)."""
     path = Path(path)
     check_output_file(path, "predictions", column)
@@ -162,12 +206,18 @@ def write_predictions_csv(
     with open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         if result.task == "classification":
-            writer.writerow(["id", "predicted_class", "probability_class_1"])
+            header = ["id", "predicted_class", "probability_class_1"]
             classes = (values > 0.5).astype(int).tolist()
-            writer.writerows(zip(ids, classes, values.tolist(), strict=True))
+            rows = list(zip(ids, classes, values.tolist(), strict=True))
         else:
-            writer.writerow(["id", column])
-            writer.writerows(zip(ids, values.tolist(), strict=True))
+            header = ["id", column]
+            rows = list(zip(ids, values.tolist(), strict=True))
+        if result.members is not None and result.std is not None:  # an ensemble's
+            header += ensemble_columns(result.members.shape[1])
+            extra = np.column_stack([result.std, result.members]).tolist()
+            rows = [(*row, *more) for row, more in zip(rows, extra, strict=True)]
+        writer.writerow(header)
+        writer.writerows(rows)
     tmp.replace(path)
     return path
 
@@ -192,7 +242,11 @@ def _is_predictions_csv(path: Path, column: str) -> bool:
             header = next(csv.reader(handle), [])
     except (OSError, UnicodeDecodeError, csv.Error):
         return False
-    return header in (["id", column], ["id", "predicted_class", "probability_class_1"])
+    for start in (["id", column], ["id", "predicted_class", "probability_class_1"]):
+        rest = header[len(start) :]
+        if header[: len(start)] == start and (not rest or rest == ensemble_columns(len(rest) - 1)):
+            return True
+    return False
 
 
 def _is_embeddings_npz(path: Path) -> bool:
@@ -206,7 +260,8 @@ def _is_embeddings_npz(path: Path) -> bool:
 def check_output_file(path: str | os.PathLike, kind: str, column: str = "prediction") -> None:
     """Refuse (``ValueError``) an output path that would overwrite something this command did
     not write: a folder, or an existing file that is not an earlier ``kind`` file
-    (``"predictions"``: a CSV with the header ``id,<column>`` or the classifier's header;
+    (``"predictions"``: a CSV with the header ``id,<column>`` or the classifier's header, either
+    followed by an ensemble's columns;
     ``"embeddings"``: an ``.npz`` holding ``ids`` and ``embeddings``)."""
     path = Path(path)
     if path.is_dir():

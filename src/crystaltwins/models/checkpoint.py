@@ -7,6 +7,10 @@ init args, the head's shape, the element-feature table, the graph settings, and 
 model the targets and their standardisation.
 
 Published Crystal Twins ``.pth`` state dicts load too (:func:`load_model` detects them).
+
+An ensemble (``finetune --ensemble K``) is one file too: ``kind`` ``"ensemble"``, its ``members``
+the K fine-tuned models' own entries, each checked like a model file before anything is built;
+:func:`load_predictor` loads it (and any single model), :func:`load_model` only single models.
 """
 
 from __future__ import annotations
@@ -24,7 +28,11 @@ from torch import nn
 from crystaltwins.graph.atom_features import AtomFeaturizer
 from crystaltwins.graph.settings import GraphSettings
 from crystaltwins.models.cgcnn import CGCNNEncoder
-from crystaltwins.models.file_check import check_model_payload
+from crystaltwins.models.file_check import (
+    ENSEMBLE_KIND,
+    check_ensemble_payload,
+    check_model_payload,
+)
 from crystaltwins.models.heads import ProjectionHead, PropertyHead
 
 MODEL_FORMAT = "crystaltwins-model"
@@ -47,6 +55,19 @@ class ModelBundle:
     featurizer: AtomFeaturizer
     graph_settings: GraphSettings
     info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EnsembleBundle:
+    """Fine-tuned models trained alike (other seeds, one split) whose predictions are averaged.
+
+    :param members: the members, each a ``finetuned`` :class:`ModelBundle`.
+    :param info: what fine-tuning recorded: targets, task, seeds, split seed, test metrics.
+    """
+
+    members: list[ModelBundle]
+    info: dict[str, Any] = field(default_factory=dict)
+    kind: str = ENSEMBLE_KIND
 
 
 def _head_spec(head: nn.Module | None) -> dict[str, Any] | None:
@@ -78,9 +99,32 @@ def build_head(spec: dict[str, Any] | None) -> nn.Module | None:
 
 def save_model(path: str | os.PathLike, bundle: ModelBundle) -> Path:
     """Write ``bundle`` to ``path`` atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    return _save(Path(path), _payload(bundle))
+
+
+def save_ensemble(path: str | os.PathLike, ensemble: EnsembleBundle) -> Path:
+    """Write an ensemble of fine-tuned models to one file, atomically."""
     payload = {
+        "format": MODEL_FORMAT,
+        "format_version": MODEL_FORMAT_VERSION,
+        "kind": ENSEMBLE_KIND,
+        "members": [_payload(member) for member in ensemble.members],
+        "info": ensemble.info,
+    }
+    return _save(Path(path), payload)
+
+
+def _save(path: Path, payload: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _payload(bundle: ModelBundle) -> dict[str, Any]:
+    """The entries of ``bundle``'s model file (tensors on the CPU)."""
+    return {
         "format": MODEL_FORMAT,
         "format_version": MODEL_FORMAT_VERSION,
         "kind": bundle.kind,
@@ -94,10 +138,6 @@ def save_model(path: str | os.PathLike, bundle: ModelBundle) -> Path:
         "graph_settings": bundle.graph_settings.to_dict(),
         "info": bundle.info,
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
 
 
 def _is_published_state_dict(payload: Any) -> bool:
@@ -150,10 +190,44 @@ def load_model(path: str | os.PathLike, atom_init: str | os.PathLike | None = No
         naming the file and the problem on one line.
     """
     path = resolve_model_path(path)
+    payload = _read(path)
+    if _is_ensemble(payload):
+        raise ValueError(
+            f"{path}: an ensemble of {len(payload['members'])} fine-tuned models, usable with "
+            f"predict; here give one model, e.g. one member's run folder {path.parent / 'members' / '0'}"
+        )
+    return _bundle(path, payload, atom_init)
+
+
+def load_predictor(
+    path: str | os.PathLike, atom_init: str | os.PathLike | None = None
+) -> ModelBundle | EnsembleBundle:
+    """:func:`load_model`, or the :class:`EnsembleBundle` of an ensemble's file (every member
+    checked before any is built)."""
+    path = resolve_model_path(path)
+    payload = _read(path)
+    if not _is_ensemble(payload):
+        return _bundle(path, payload, atom_init)
+    check_ensemble_payload(path, payload, MODEL_FORMAT_VERSION)
+    members = [_bundle(path, member, None) for member in payload["members"]]
+    return EnsembleBundle(members, dict(payload["info"]))
+
+
+def _is_ensemble(payload: Any) -> bool:
+    return (
+        isinstance(payload, dict)
+        and payload.get("format") == MODEL_FORMAT
+        and payload.get("kind") == ENSEMBLE_KIND
+        and isinstance(payload.get("members"), list)
+    )
+
+
+def _read(path: Path) -> Any:
+    """``torch.load`` of a model file, never unpickling anything but tensors and plain data."""
     try:
         with warnings.catch_warnings():  # torch warns about the pickle protocol of some files
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # not a torch file, corrupt, or holding arbitrary objects
         if isinstance(error, pickle.UnpicklingError):
             reason = "not a PyTorch file of tensors (other files are never unpickled, for safety)"
@@ -162,6 +236,10 @@ def load_model(path: str | os.PathLike, atom_init: str | os.PathLike | None = No
         raise ValueError(
             f"{path}: not a crystaltwins model file nor a Crystal Twins state dict ({reason})"
         ) from None
+
+
+def _bundle(path: Path, payload: Any, atom_init: str | os.PathLike | None) -> ModelBundle:
+    """The model of a loaded file's ``payload``, checked before it is built."""
     if _is_published_state_dict(payload):
         return _load_published(path, atom_init)
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:

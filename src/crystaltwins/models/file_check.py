@@ -48,6 +48,13 @@ HEADS_OF_KIND: dict[str, tuple[str | None, ...]] = {
     "pretrained": (None, "ProjectionHead"),
     "finetuned": ("PropertyHead",),
 }
+#: Entries of an ensemble's model file: its members are model files of kind ``finetuned``.
+ENSEMBLE_ENTRIES = frozenset({"format", "format_version", "kind", "members", "info"})
+ENSEMBLE_KIND = "ensemble"
+#: Largest number of members accepted in an ensemble's model file.
+MAX_MEMBERS = 1000
+#: Settings every member of an ensemble must share (entries of ``info``).
+_SHARED_MEMBER_INFO = ("task", "targets", "target_transform")
 #: Largest number of Gaussian centres accepted when no convolution weights pin it down.
 MAX_GAUSSIANS = 10_000
 
@@ -257,7 +264,51 @@ def check_model_payload(path: Path, payload: Mapping[str, Any], version: int) ->
         raise ValueError(f"{path}: not a usable crystaltwins model file: {problem}") from None
 
 
-def _check(payload: Mapping[str, Any], version: int) -> AtomFeaturizer:
+def check_ensemble_payload(
+    path: Path, payload: Mapping[str, Any], version: int
+) -> list[AtomFeaturizer]:
+    """Check a loaded ensemble file (``kind`` ``"ensemble"``): its entries, then every member as
+    :func:`check_model_payload` checks a model file, then that the members predict the same
+    target (task, targets, transform) from the same graphs.
+
+    :returns: each member's element featurizer.
+    :raises ValueError: ``"<path>: <problem>"`` on one line (``members[k]: ...`` for a member).
+    """
+    try:
+        _check_version(payload, version)
+        _keys_problem("the file", payload, ENSEMBLE_ENTRIES)
+        members = payload["members"]
+        if not isinstance(members, list) or not 2 <= len(members) <= MAX_MEMBERS:
+            count = len(members) if isinstance(members, list) else type(members).__name__
+            raise _Problem(f"members is {count}, expected a list of 2..{MAX_MEMBERS} model files")
+        if not isinstance(payload["info"], Mapping):
+            raise _Problem(f"info is {type(payload['info']).__name__}, expected a dict")
+        featurizers = []
+        for k, member in enumerate(members):
+            try:
+                if not isinstance(member, Mapping):
+                    raise _Problem(f"a {type(member).__name__}, expected a model file's dict")
+                if member.get("format") != payload["format"] or member.get("kind") != "finetuned":
+                    raise _Problem("not a fine-tuned crystaltwins model")
+                featurizers.append(_check(member, version))
+            except _Problem as problem:
+                raise _Problem(f"members[{k}]: {problem}") from None
+        first = members[0]
+        for k, member in enumerate(members[1:], start=1):
+            for key in _SHARED_MEMBER_INFO:
+                if member["info"].get(key) != first["info"].get(key):
+                    raise _Problem(
+                        f"members[{k}] has info.{key} {_short(member['info'].get(key))}, "
+                        f"members[0] {_short(first['info'].get(key))}"
+                    )
+            if dict(member["graph_settings"]) != dict(first["graph_settings"]):
+                raise _Problem(f"members[{k}] has other graph_settings than members[0]")
+        return featurizers
+    except _Problem as problem:
+        raise ValueError(f"{path}: not a usable crystaltwins model file: {problem}") from None
+
+
+def _check_version(payload: Mapping[str, Any], version: int) -> None:
     found = payload.get("format_version")
     if type(found) is int and found > version:
         raise _Problem(
@@ -265,6 +316,10 @@ def _check(payload: Mapping[str, Any], version: int) -> AtomFeaturizer:
         )
     if type(found) is not int or found < 1:
         raise _Problem(f"format_version is {_short(found)}, expected an integer 1..{version}")
+
+
+def _check(payload: Mapping[str, Any], version: int) -> AtomFeaturizer:
+    _check_version(payload, version)
     _keys_problem("the file", payload, MODEL_ENTRIES)
     kind = payload["kind"]
     if kind not in HEADS_OF_KIND:

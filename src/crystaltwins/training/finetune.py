@@ -1,7 +1,7 @@
 """Fine-tuning a (pre-trained or fresh) CGCNN encoder with an MLP head on a labelled dataset.
 
 ``from_scratch=True`` is the supervised CGCNN baseline: same architecture and protocol,
-random initialisation.
+random initialisation. ``ensemble=K`` trains K such models (:mod:`crystaltwins.training.ensemble`).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -73,7 +74,10 @@ class FinetuneConfig(RunOptions):
     200 epochs, 60/20/20 split, best validation MAE evaluated once on the test split).
 
     ``pretrained``: a model file from ``pretrain``, a published Crystal Twins ``.pth``, or
-    ``"default"`` for the encoder shipped with the package."""
+    ``"default"`` for the encoder shipped with the package.
+
+    ``ensemble``: how many models to train (seeds ``seed`` .. ``seed + ensemble - 1``, all on
+    the split of ``split_seed``, by default ``seed``); see :mod:`crystaltwins.training.ensemble`."""
 
     data: str
     target: str
@@ -92,12 +96,19 @@ class FinetuneConfig(RunOptions):
     split_column: str | None = None
     split_files: tuple[str, str, str] | None = None
     seed: int = 0
+    split_seed: int | None = None
     max_train: int | None = None
     max_eval: int | None = None
     early_stopping: int | None = None
     head_hidden: int | None = None
     plots: bool = True
     data_on_device: str = "auto"
+    ensemble: int = 1
+
+
+def split_seed(config: FinetuneConfig) -> int:
+    """The seed of the random split (and of ``max_train`` / ``max_eval`` subsets)."""
+    return config.seed if config.split_seed is None else config.split_seed
 
 
 class FinetuneModule(L.LightningModule):
@@ -210,7 +221,7 @@ def _split(config: FinetuneConfig, dataset: CrystalGraphDataset, keep: np.ndarra
         return split_from_labels(
             dataset.cache.metadata(config.split_column)[keep], f"column {config.split_column!r}"
         )
-    return random_split(len(keep), config.split, config.seed)
+    return random_split(len(keep), config.split, split_seed(config))
 
 
 def _check_split(config: FinetuneConfig, split: Split, crystals: int) -> None:
@@ -282,14 +293,28 @@ def finetune(config: FinetuneConfig, callbacks: list[L.Callback] | None = None) 
     if config.epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {config.epochs}")
     check_transform(config.target_transform)
+    if type(config.ensemble) is not int or config.ensemble < 1:
+        raise ValueError(f"ensemble must be a whole number >= 1, got {config.ensemble!r}")
     with claimed_folder_of(config, is_main_process()):
+        if config.ensemble > 1:
+            from crystaltwins.training.ensemble import finetune_ensemble
+
+            return finetune_ensemble(config, callbacks)
         return _finetune_in_claimed_folder(config, callbacks)
 
 
+#: What an ensemble member writes besides a run's files: its predictions of every split.
+MEMBER_PREDICTIONS = "member_predictions.npz"
+
+
 def _finetune_in_claimed_folder(
-    config: FinetuneConfig, callbacks: list[L.Callback] | None
+    config: FinetuneConfig, callbacks: list[L.Callback] | None, member: bool = False
 ) -> dict[str, Any]:
-    """:func:`finetune`, once its run folder is locked and checked."""
+    """:func:`finetune`, once its run folder is locked and checked.
+
+    :param member: an ensemble's member: also write :data:`MEMBER_PREDICTIONS` (before
+        ``model.pt``, the mark of a finished run).
+    """
     out = Path(config.out)
     write_config(out, config)
     L.seed_everything(config.seed, workers=True, verbose=False)
@@ -319,7 +344,7 @@ def _finetune_in_claimed_folder(
         _report_invalid_targets(cache, raw, usable, config, out)
     split = _split(config, full, keep)
     _check_split(config, split, len(keep))
-    split = cap_split(split, config.seed, config.max_train, config.max_eval)
+    split = cap_split(split, split_seed(config), config.max_train, config.max_eval)
     train_pos = split.train
     values = np.full_like(raw, np.nan)
     values[keep] = forward(raw[keep])
@@ -450,6 +475,18 @@ def _finetune_in_claimed_folder(
         transformed,
     )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    if member:
+        _write_member_predictions(
+            out / MEMBER_PREDICTIONS,
+            cache.ids,
+            raw,
+            values,
+            config,
+            mean,
+            std,
+            head_outputs,
+            {"train": train, "val": val, "test": test},
+        )
     info = {
         "targets": [target_name],
         "target_column": config.target,
@@ -491,6 +528,35 @@ class _TargetDataset(CrystalGraphDataset):
         return self.values
 
 
+def _write_member_predictions(
+    path: Path,
+    ids: np.ndarray,
+    raw: np.ndarray,
+    values: np.ndarray,
+    config: FinetuneConfig,
+    mean: float,
+    std: float,
+    head_outputs: dict[str, np.ndarray],
+    parts: dict[str, CrystalGraphDataset],
+) -> None:
+    """For each split ``S``: ``S_ids``, ``S_target`` (own units), ``S_truth`` (the metrics'
+    units: transformed target, or class) and ``S_prediction`` (own units, or P(class 1))."""
+    arrays: dict[str, np.ndarray] = {}
+    for name, part in parts.items():
+        out = head_outputs[name]
+        if config.task == "classification":
+            prediction = torch.from_numpy(out).softmax(-1)[:, 1].numpy()
+        else:
+            prediction = to_target_units(out[:, 0], mean, std, config.target_transform)
+        arrays[f"{name}_ids"] = np.asarray(ids[part.indices]).astype(str)
+        arrays[f"{name}_target"] = raw[part.indices]
+        arrays[f"{name}_truth"] = values[part.indices]
+        arrays[f"{name}_prediction"] = prediction
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
 def _best_epoch(out: Path) -> int | None:
     path = out / "history.csv"
     if not path.exists():
@@ -506,6 +572,7 @@ def _write_predictions(
     prediction: np.ndarray,
     task: str,
     transformed: tuple[str, np.ndarray, np.ndarray] | None = None,
+    extra: dict[str, np.ndarray] | None = None,
 ) -> None:
     """``id,target,prediction`` in the target's own units; for a classifier
     ``id,target,predicted_class,probability_class_1`` (``prediction`` being P(class 1)).
@@ -513,22 +580,34 @@ def _write_predictions(
     :param transformed: ``(transform name, transformed target, transformed prediction)`` of a
         run with a target transform: written as the extra columns ``<name>_target`` and
         ``<name>_prediction`` (the values the metrics are computed on).
+    :param extra: more columns, last (an ensemble's ``std`` and ``member_<k>``).
     """
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         if task == "classification":
-            writer.writerow(["id", "target", "predicted_class", "probability_class_1"])
+            writer.writerow(
+                ["id", "target", "predicted_class", "probability_class_1", *(extra or {})]
+            )
             classes = (prediction > 0.5).astype(int)
             rows = zip(
                 ids.tolist(), target.tolist(), classes.tolist(), prediction.tolist(), strict=True
             )
         elif transformed is None:
-            writer.writerow(["id", "target", "prediction"])
+            writer.writerow(["id", "target", "prediction", *(extra or {})])
             rows = zip(ids.tolist(), target.tolist(), prediction.tolist(), strict=True)
         else:
             name, target_t, prediction_t = transformed
-            writer.writerow(["id", "target", "prediction", f"{name}_target", f"{name}_prediction"])
+            writer.writerow(
+                [
+                    "id",
+                    "target",
+                    "prediction",
+                    f"{name}_target",
+                    f"{name}_prediction",
+                    *(extra or {}),
+                ]
+            )
             rows = zip(
                 ids.tolist(),
                 target.tolist(),
@@ -537,5 +616,8 @@ def _write_predictions(
                 prediction_t.tolist(),
                 strict=True,
             )
+        if extra:
+            columns = np.column_stack(list(extra.values())).tolist()
+            rows = ((*row, *more) for row, more in zip(rows, columns, strict=True))
         writer.writerows(rows)
     tmp.replace(path)

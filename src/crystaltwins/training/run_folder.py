@@ -45,6 +45,8 @@ RUN_FILES = frozenset(
         "parity.png",
         "learning_curves.png",
         "excluded_test_ids.json",
+        "members",  # an ensemble's members (finetune --ensemble), each a run folder
+        "member_predictions.npz",  # an ensemble member's predictions of every split
         LOCK_NAME,
     }
 )
@@ -113,6 +115,18 @@ def _normalised(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(data, default=str))
 
 
+def _defaults(config: Any) -> dict[str, Any]:
+    """The default of each setting of a dataclass ``config`` (those that have one)."""
+    if not dataclasses.is_dataclass(config):
+        return {}
+    found = {
+        f.name: f.default
+        for f in dataclasses.fields(config)
+        if f.default is not dataclasses.MISSING
+    }
+    return json.loads(json.dumps(found, default=str))
+
+
 def _same_setting(name: str, stored: Any, wanted: Any) -> bool:
     if stored == wanted:
         return True
@@ -135,10 +149,13 @@ def config_differences(out: Path, config: Any) -> list[str]:
         return []
     stored = yaml.safe_load(path.read_text()) or {}
     wanted = _normalised(config)
+    defaults = _defaults(config)
     differences = []
     for name in sorted(set(stored) | set(wanted)):
         if name in RESUMABLE_CHANGES:
             continue
+        if name not in stored and name in defaults and defaults[name] == wanted.get(name):
+            continue  # a setting added since that run was written, at its default
         old, new = stored.get(name), wanted.get(name)
         if not _same_setting(name, old, new):
             differences.append(f"{name}: {old!r} -> {new!r}")
