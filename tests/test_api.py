@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import crystaltwins as ct
@@ -58,3 +60,46 @@ def test_finetune_and_featurize_from_keywords(perovskite_subset, tmp_path) -> No
         ct.finetune(perovskite_subset, "e_form")
     bundle = ct.load_model(tmp_path / "run")
     assert bundle.kind == "finetuned"
+
+
+def test_predict_and_embed_take_crystals_built_in_python(perovskite_subset, tmp_path, monkeypatch):
+    """Structures, Atoms, lists and DataFrames predict as their file does, leaving no cache."""
+    import pandas as pd
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from crystaltwins.io import read_records
+
+    monkeypatch.setenv("CRYSTALTWINS_CACHE", str(tmp_path / "cache_root"))
+    ct.finetune(
+        perovskite_subset,
+        "e_form",
+        tmp_path / "run",
+        from_scratch=True,
+        epochs=1,
+        max_train=100,
+        max_eval=50,
+        progress=False,
+        plots=False,
+        cache_root=str(tmp_path / "train_cache"),
+    )
+    records = list(itertools.islice(read_records(perovskite_subset), 5))
+    structures = [r.structure for r in records]
+    from_file = ct.predict(tmp_path / "run", perovskite_subset, cache_root=tmp_path / "c")
+    expected = from_file.values[:5]
+    one = ct.predict(tmp_path / "run", structures[0])
+    assert one.values.shape == (1,) and one.values[0] == pytest.approx(expected[0], rel=1e-5)
+    many = ct.predict(tmp_path / "run", structures)
+    np.testing.assert_allclose(many.values, expected, rtol=1e-5)
+    atoms = [AseAtomsAdaptor.get_atoms(s) for s in structures]
+    np.testing.assert_allclose(ct.predict(tmp_path / "run", atoms).values, expected, rtol=1e-5)
+    frame = pd.DataFrame(
+        {"id": [r.id for r in records], "structure": structures, "e_form": [1.0] * 5}
+    )
+    result = ct.predict(tmp_path / "run", frame)
+    np.testing.assert_allclose(result.values, expected, rtol=1e-5)
+    assert list(result.ids) == [r.id for r in records]
+    assert result.labels["e_form"].tolist() == [1.0] * 5
+    assert ct.embed(tmp_path / "run", structures).values.shape[0] == 5
+    assert not (tmp_path / "cache_root").exists()  # nothing left behind
+    with pytest.raises(ValueError, match="expected a path"):
+        ct.predict(tmp_path / "run", [1, 2])

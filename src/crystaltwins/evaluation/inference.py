@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import functools
+import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,7 @@ import torch
 from crystaltwins.data.cache import GraphCache
 from crystaltwins.data.dataset import CrystalGraphDataset, GraphCollator
 from crystaltwins.data.sources import prepare_caches
+from crystaltwins.io.memory import as_source, is_path
 from crystaltwins.io.records import BadRecord
 from crystaltwins.models.checkpoint import EnsembleBundle, ModelBundle, load_model, load_predictor
 from crystaltwins.models.targets import to_target_units
@@ -96,9 +99,30 @@ def _result(cache: GraphCache, values: np.ndarray) -> InferenceResult:
     return InferenceResult(cache.ids, values, labels, _skipped(cache))
 
 
+def _in_memory(call: Any) -> Any:
+    """Let ``call(model, data, batch_size, device, cache_root, ...)`` take crystals built in Python
+    (see :mod:`crystaltwins.io.memory`): they become a temporary data source whose graph cache is
+    made in the same temporary folder, so nothing is left behind."""
+
+    signature = inspect.signature(call)
+
+    @functools.wraps(call)
+    def wrapper(model: Any, data: Any, *args: Any, **kwargs: Any) -> InferenceResult:
+        if is_path(data):
+            return call(model, data, *args, **kwargs)
+        bound = signature.bind(model, data, *args, **kwargs)
+        with as_source(data) as source:
+            bound.arguments["data"] = source
+            bound.arguments["cache_root"] = source.parent / "cache"
+            return call(*bound.args, **bound.kwargs)
+
+    return wrapper
+
+
+@_in_memory
 def embed(
     model: str | os.PathLike | ModelBundle,
-    data: str | os.PathLike,
+    data: Any,
     batch_size: int = 256,
     device: str = "cpu",
     cache_root: str | os.PathLike | None = None,
@@ -107,6 +131,8 @@ def embed(
 ) -> InferenceResult:
     """Crystal embeddings ``(N, H)`` (the encoder's output, before any head).
 
+    :param data: a path (any format the readers read), a pymatgen ``Structure``, an ASE
+        ``Atoms``, a list of them, or a pandas ``DataFrame`` with a structure column.
     :param cif_column: the structure column of a CSV ``data`` (default ``cif`` / ``structure``).
     """
     bundle, cache = _open(model, data, cache_root, workers, cif_column)
@@ -115,9 +141,10 @@ def embed(
     return result
 
 
+@_in_memory
 def predict(
     model: str | os.PathLike | ModelBundle,
-    data: str | os.PathLike,
+    data: Any,
     batch_size: int = 256,
     device: str = "cpu",
     cache_root: str | os.PathLike | None = None,
@@ -130,6 +157,7 @@ def predict(
     An ensemble (``finetune --ensemble K``) predicts the mean of its members' predictions, with
     their standard deviation (``std``, ddof 0) and each member's value (``members``).
 
+    :param data: as for :func:`embed`.
     :param cif_column: the structure column of a CSV ``data`` (default ``cif`` / ``structure``).
     """
     loaded = model if isinstance(model, (ModelBundle, EnsembleBundle)) else load_predictor(model)
