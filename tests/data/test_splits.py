@@ -57,3 +57,29 @@ def test_cap_split_takes_seeded_sorted_subsets_within_each_part() -> None:
     # no cap, or a cap above the size: the parts unchanged
     same = cap_split(split, seed=3, max_train=None, max_eval=10_000)
     assert all(np.array_equal(getattr(same, p), getattr(split, p)) for p in PARTS)
+
+
+def test_matbench_split_is_matbench_v01_kfold() -> None:
+    """Test parts are the folds of KFold(5, shuffle=True, random_state=18012019); validation is a
+    seeded quarter of the rest; the five test folds partition the data."""
+    from sklearn.model_selection import KFold
+
+    from crystaltwins.data.splits import matbench_split
+
+    n = 1003
+    expected = [test for _, test in KFold(5, shuffle=True, random_state=18012019).split(range(n))]
+    tests = []
+    for fold in range(5):
+        split = matbench_split(n, fold, seed=3)
+        np.testing.assert_array_equal(split.test, np.sort(expected[fold]))
+        rest = np.setdiff1d(np.arange(n), split.test)
+        np.testing.assert_array_equal(np.sort(np.concatenate([split.train, split.val])), rest)
+        assert abs(len(split.val) - len(rest) / 4) <= 1
+        tests.append(split.test)
+    assert sorted(np.concatenate(tests).tolist()) == list(range(n))
+    np.testing.assert_array_equal(
+        matbench_split(n, 2, seed=3).val, matbench_split(n, 2, seed=3).val
+    )
+    assert not np.array_equal(matbench_split(n, 2, seed=3).val, matbench_split(n, 2, seed=4).val)
+    with pytest.raises(ValueError, match="fold must be 0..4"):
+        matbench_split(n, 5)

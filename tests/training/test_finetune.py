@@ -211,3 +211,26 @@ def test_split_from_a_column(perovskite_subset, cache_root, tmp_path):
         and metrics["crystals"]["test"] == 100
     )
     json.loads((tmp_path / "col" / "metrics.json").read_text())
+
+
+def test_matbench_fold_sets_the_test_crystals(perovskite_subset, cache_root, tmp_path):
+    """--fold K tests on fold K of matbench's KFold over the file's crystals."""
+    from sklearn.model_selection import KFold
+
+    from crystaltwins.cli.main import main
+
+    out = tmp_path / "fold1"
+    code = main(
+        ["finetune", str(perovskite_subset), "--target", "e_form", "--out", str(out),
+         "--from-scratch", "--fold", "1", "--epochs", "1", "--no-progress",
+         "--cache-root", str(cache_root)]
+    )  # fmt: skip
+    assert code == 0
+    with open(out / "test_predictions.csv", newline="") as handle:
+        tested = sorted(row["id"] for row in csv.DictReader(handle))
+    with gzip.open(perovskite_subset, "rt", newline="") as handle:
+        ids = [row["id"] for row in csv.DictReader(handle)]
+    folds = list(KFold(5, shuffle=True, random_state=18012019).split(ids))
+    assert tested == sorted(ids[k] for k in folds[1][1])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["crystals"]["train"], metrics["crystals"]["val"]) == (900, 300)

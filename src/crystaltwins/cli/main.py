@@ -136,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="fractions (default 0.6 0.2 0.2)",
     )
     p.add_argument("--split-column", help="column holding train/val/test")
+    p.add_argument(
+        "--fold",
+        type=int,
+        help="fold 0-4 of the matbench v0.1 protocol (KFold(5, shuffle, random_state=18012019) "
+        "over the crystals in file order; validation: a quarter of the training folds)",
+    )
     p.add_argument("--split-files", nargs=3, metavar=("TRAIN", "VAL", "TEST"), help="files of ids")
     p.add_argument("--split-seed", type=int, help="seed of the random split (default: --seed)")
     p.add_argument("--max-train", type=int, help="cap on training crystals")

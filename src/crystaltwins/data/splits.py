@@ -53,6 +53,31 @@ _ALIASES = {
 }
 
 
+#: ``random_state`` of matbench v0.1's ``KFold`` (Dunn et al., npj Comput. Mater. 2020).
+MATBENCH_SEED = 18012019
+
+
+def matbench_split(
+    n: int, fold: int, folds: int = 5, val_fraction: float = 0.25, seed: int = 0
+) -> Split:
+    """Fold ``fold`` of the matbench v0.1 protocol over ``n`` crystals in the dataset's order:
+    ``KFold(n_splits=folds, shuffle=True, random_state=18012019)``; the fold's test part is its
+    test set, and a seeded ``val_fraction`` of its training part is carved off for validation
+    (0.25 of 80%: the 60/20/20 of the Crystal Twins paper)."""
+    from sklearn.model_selection import KFold
+
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold must be 0..{folds - 1}, got {fold}")
+    if n < folds:
+        raise ValueError(f"{n} crystals are too few for {folds} folds")
+    train_val, test = list(
+        KFold(n_splits=folds, shuffle=True, random_state=MATBENCH_SEED).split(np.arange(n))
+    )[fold]
+    order = np.random.default_rng([seed, fold]).permutation(train_val)
+    n_val = int(round(val_fraction * len(order)))
+    return Split(np.sort(order[n_val:]), np.sort(order[:n_val]), np.sort(test))
+
+
 def split_from_labels(values: Sequence[str] | np.ndarray, source: str = "split column") -> Split:
     """A split from per-crystal names such as ``train``/``val``/``test`` (qmof's ``split`` column)."""
     names = np.array([_ALIASES.get(str(v).strip().lower(), "?") for v in values])

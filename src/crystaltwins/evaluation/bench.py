@@ -99,6 +99,13 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     p.add_argument(
+        "--protocol",
+        choices=("random", "matbench"),
+        default="random",
+        help="random: seeded 60/20/20 splits, one per seed (default); matbench: the 5 folds of "
+        "matbench v0.1 (test = the fold, validation = a quarter of the rest), --seeds 5",
+    )
+    p.add_argument(
         "--pretrained",
         help="use this pre-trained model instead of pre-training ('default': the shipped one)",
     )
@@ -141,6 +148,7 @@ class BenchContext:
     accelerator: str
     devices: str
     cache_root: str | None
+    protocol: str = "random"
     started: float = field(default_factory=time.time)
     runs_total: int = 0
     runs_done: int = 0
@@ -253,7 +261,8 @@ def finetune_for_bench(
 ) -> dict[str, Any]:
     from crystaltwins.training.finetune import FinetuneConfig, finetune
 
-    out = ctx.out / "runs" / task.name / f"seed{seed}" / method
+    part = f"fold{seed}" if ctx.protocol == "matbench" else f"seed{seed}"
+    out = ctx.out / "runs" / task.name / part / method
     metrics_file = out / "metrics.json"
     if metrics_file.exists():
         ctx.runs_done += 1
@@ -272,6 +281,7 @@ def finetune_for_bench(
         batch_size=ctx.preset.finetune_batch,
         epochs=ctx.preset.finetune_epochs,
         seed=seed,
+        fold=seed if ctx.protocol == "matbench" else None,
         max_train=ctx.preset.max_train,
         max_eval=ctx.preset.max_eval,
         atom_init=ctx.atom_init,
@@ -352,6 +362,7 @@ def run_bench(
     cache_root: str | None = None,
     command: str = "",
     overwrite: bool = False,
+    protocol: str = "random",
 ) -> dict[str, Any]:
     """Run the benchmark; see the module docstring. Returns what goes to ``results.json``.
 
@@ -367,6 +378,13 @@ def run_bench(
     unknown = [t for t in names if t not in TASKS]
     if unknown:
         raise ValueError(f"unknown tasks {unknown}; known: {sorted(TASKS)}")
+    if protocol not in ("random", "matbench"):
+        raise ValueError(f"protocol must be 'random' or 'matbench', got {protocol!r}")
+    if protocol == "matbench" and not 0 <= first_seed < first_seed + seeds <= 5:
+        raise ValueError(
+            "--protocol matbench runs folds 0-4: --first-seed and --seeds pick them "
+            f"(got folds {first_seed}..{first_seed + seeds - 1})"
+        )
     chosen = [TASKS[t] for t in names]
     runnable = [t for t in chosen if t.available]
     ctx = BenchContext(
@@ -380,6 +398,7 @@ def run_bench(
         accelerator,
         devices,
         cache_root,
+        protocol,
     )
     # Held until this function returns (or the process ends): one benchmark per folder.
     lock = claim_run_folder(ctx.out, overwrite=overwrite, known=BENCH_FILES, continues=True)
@@ -458,6 +477,13 @@ def run_bench(
             **{k: v for k, v in vars(ctx.preset).items() if k not in ("name", "description")},
         },
         "seeds": seeds,
+        "protocol": protocol
+        + (
+            " (matbench v0.1 folds: KFold(5, shuffle=True, random_state=18012019), validation a "
+            "quarter of the training folds; 'seeds' are folds)"
+            if protocol == "matbench"
+            else " (seeded random 60/20/20 splits)"
+        ),
         "exclude_test": exclude_test,
         "corpus_description": corpus_sizes
         + (
@@ -574,6 +600,7 @@ def run_bench_from_args(args: argparse.Namespace) -> int:
         cache_root=args.cache_root,
         command="crystaltwins " + " ".join(sys.argv[1:]),
         overwrite=args.overwrite,
+        protocol=args.protocol,
     )
     return 0
 

@@ -31,6 +31,7 @@ from crystaltwins.data.splits import (
     Split,
     cap_split,
     check_split,
+    matbench_split,
     min_crystals_for_split,
     random_split,
     split_from_files,
@@ -76,6 +77,10 @@ class FinetuneConfig(RunOptions):
     ``pretrained``: a model file from ``pretrain``, a published Crystal Twins ``.pth``, or
     ``"default"`` for the encoder shipped with the package.
 
+    ``fold``: fold 0..4 of the matbench v0.1 protocol instead of a random split
+    (:func:`~crystaltwins.data.splits.matbench_split`: test = the fold, validation = a quarter of
+    the rest).
+
     ``ensemble``: how many models to train (seeds ``seed`` .. ``seed + ensemble - 1``, all on
     the split of ``split_seed``, by default ``seed``); see :mod:`crystaltwins.training.ensemble`."""
 
@@ -94,6 +99,7 @@ class FinetuneConfig(RunOptions):
     epochs: int = 200
     split: tuple[float, float, float] = (0.6, 0.2, 0.2)
     split_column: str | None = None
+    fold: int | None = None
     split_files: tuple[str, str, str] | None = None
     seed: int = 0
     split_seed: int | None = None
@@ -221,6 +227,8 @@ def _split(config: FinetuneConfig, dataset: CrystalGraphDataset, keep: np.ndarra
         return split_from_labels(
             dataset.cache.metadata(config.split_column)[keep], f"column {config.split_column!r}"
         )
+    if config.fold is not None:
+        return matbench_split(len(keep), config.fold, seed=split_seed(config))
     return random_split(len(keep), config.split, split_seed(config))
 
 
@@ -230,6 +238,8 @@ def _check_split(config: FinetuneConfig, split: Split, crystals: int) -> None:
         how, needed = "split from --split-files", None
     elif config.split_column:
         how, needed = f"split from column {config.split_column!r}", None
+    elif config.fold is not None:
+        how, needed = f"matbench fold {config.fold}", 5
     else:
         how = "random split " + "/".join(f"{f:g}" for f in config.split)
         needed = min_crystals_for_split(config.split)
