@@ -142,6 +142,13 @@ def test_pretrain_with_too_few_crystals_for_validation(data_dir, cache_root, tmp
     )
     assert code == 2
     assert f"{n} crystals are too few for a validation fraction of 0.05" in capsys.readouterr().err
+    # a validation split of one crystal (Barlow Twins standardises over the batch)
+    code = main(
+        ["pretrain", str(folder), "--out", str(tmp_path / "p1"), "--epochs", "1"]
+        + ["--val-fraction", "0.1", "--cache-root", str(cache_root), "--no-progress"]
+    )
+    assert code == 2
+    assert "(validation 1, training 9: both need at least 2 crystals)" in capsys.readouterr().err
 
 
 def test_model_and_device_errors_are_one_line(reference_dir, data_dir, tmp_path, capsys):

@@ -72,6 +72,28 @@ def test_plot_never_replaces_a_users_image_or_table(tmp_path):
     assert cli("plot", str(embeddings), "--out", str(fresh), "--method", "pca")[0] == 0
     assert cli("plot", str(embeddings), "--out", str(fresh), "--method", "pca")[0] == 0  # its own
     assert fresh.with_suffix(".csv").read_text().startswith("id,x,y")
+    # an earlier map's table beside a user's image of another format: the image is kept
+    assert (
+        cli("plot", str(embeddings), "--out", str(tmp_path / "fig.jpg"), "--method", "pca")[0] == 0
+    )
+    (tmp_path / "fig.png").write_bytes(b"\x89PNG the user's own figure")
+    code, _, err = cli(
+        "plot", str(embeddings), "--out", str(tmp_path / "fig.png"), "--method", "pca"
+    )
+    assert code == 2 and (tmp_path / "fig.png").read_bytes() == b"\x89PNG the user's own figure"
+
+
+def test_metrics_json_is_strict_json() -> None:
+    import json
+    import math
+
+    from crystaltwins.evaluation.metrics import metrics_json, regression_metrics
+
+    one = regression_metrics(np.array([1.0]), np.array([1.5]))  # R² of one crystal: NaN
+    assert math.isnan(one["r2"])
+    text = metrics_json({"test": one, "values": [float("inf"), 2.0]})
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"test": {**one, "r2": None}, "values": [None, 2.0]}
 
 
 def test_torch_disk_full_error_becomes_one_line(tmp_path, monkeypatch):

@@ -253,3 +253,18 @@ def test_kill_9_during_featurize_then_rerun_gives_the_same_cache(perovskite_subs
         np.testing.assert_array_equal(
             np.load(out / array), np.load(expected / array), err_msg=array
         )
+
+
+def test_a_source_that_cannot_be_read_leaves_nothing_behind(tmp_path):
+    """A missing file or one without a CIF column fails before any folder is made for it (the
+    lock file beside a cache folder is the only thing that may stay)."""
+    from crystaltwins.io.records import CrystalInputError
+
+    with pytest.raises(CrystalInputError, match="no such file or folder"):
+        build_graph_cache(tmp_path / "missing.csv", tmp_path / "new" / "sub" / "c", progress=False)
+    assert not (tmp_path / "new").exists()
+    table = tmp_path / "table.csv"
+    table.write_text("id,foo,e\na,b,1\n")
+    with pytest.raises(CrystalInputError, match="no CIF column"):
+        build_graph_cache(table, tmp_path / "c", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.lock", "table.csv"]

@@ -104,6 +104,40 @@ def test_overwrite_removes_only_the_tools_files(tmp_path):
     assert not (out / "metrics.json").exists()
 
 
+@pytest.mark.parametrize(
+    "user_file",
+    ["checkpoints/my_good_model.ckpt", "tensorboard/notes.txt", "members/1/analysis.ipynb"],
+)
+def test_overwrite_refuses_user_files_inside_the_tools_folders(tmp_path, user_file):
+    out = tmp_path / "run"
+    _earlier_run(out)
+    (out / "members" / "1").mkdir(parents=True)
+    (out / "tensorboard").mkdir()
+    (out / user_file).write_text("keep me")
+    before = _contents(out)
+    with pytest.raises(ValueError, match=re.escape(f"also holds {user_file}; nothing was changed")):
+        finetune(_config(out, overwrite=True, data=str(tmp_path / "missing.csv")))
+    assert _contents(out) == before
+
+
+def test_an_attempt_that_stopped_before_its_first_epoch_does_not_block_a_rerun(tmp_path):
+    """A run that failed early (too few crystals, a bad file) leaves no results: the same command
+    run again (with better data) is not asked for --resume or --overwrite."""
+    out = tmp_path / "run"
+    write_config(out, _config(out))
+    (out / "tensorboard").mkdir()
+    with pytest.raises(ValueError, match="missing.csv: no such file"):  # got past the folder
+        finetune(_config(out, data=str(tmp_path / "missing.csv")))
+    assert not (out / "config.yaml").exists() or "missing.csv" in (out / "config.yaml").read_text()
+
+
+def test_resume_accepts_the_folder_written_another_way(tmp_path):
+    out = tmp_path / "run"
+    _earlier_run(out)
+    for other in (f"{out}/", str(out.resolve()), str(tmp_path / "moved")):
+        assert config_differences(out, _config(Path(other))) == []
+
+
 def test_resume_of_another_run_is_refused_naming_the_differences(tmp_path):
     out = tmp_path / "run"
     before = _earlier_run(out, target="gap_gllbsc")

@@ -215,7 +215,7 @@ def _config_from_args(config_cls: type, args: argparse.Namespace, **fixed: Any) 
     names = {f.name for f in fields(config_cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise SystemExit(f"{args.config}: unknown settings {unknown}")
+        raise ValueError(f"{args.config}: unknown settings {unknown}")
     values.update({k: v for k, v in vars(args).items() if k in names and v is not None})
     values.update({k: v for k, v in fixed.items() if v is not None})
     required = [
@@ -295,7 +295,7 @@ def _cmd_graph(args: argparse.Namespace) -> int:
 
     entries = list(iter_entries(args.structure))
     if not entries:
-        raise SystemExit(f"{args.structure}: no structure found")
+        raise ValueError(f"{args.structure}: no structure found")
     record = parse_entry(entries[0])
     graph = build_crystal_graph(
         record.structure,
@@ -436,14 +436,14 @@ def _cmd_plot(args: argparse.Namespace) -> int:
             labels = {k[len("label_") :]: data[k] for k in data.files if k.startswith("label_")}
     else:
         if not args.data:
-            raise SystemExit("plot: give --data DATA when SOURCE is a model")
+            raise ValueError("give --data DATA when SOURCE is a model")
         from crystaltwins.evaluation.inference import embed
 
         result = embed(_model_argument(args, source), args.data, cif_column=args.cif_column)
         ids, vectors, labels = result.ids, result.values, result.labels
     color_name = args.color or (next(iter(labels)) if labels else None)
     if color_name is not None and color_name not in labels:
-        raise SystemExit(f"plot: no label {color_name!r}; available: {sorted(labels)}")
+        raise ValueError(f"no label {color_name!r}; available: {sorted(labels)}")
     color = labels[color_name] if color_name else None
     started = time.time()
     coordinates = reduce_2d(vectors, args.method, args.seed)

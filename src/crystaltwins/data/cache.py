@@ -302,6 +302,8 @@ def build_graph_cache(
     settings = settings or GraphSettings()
     source = Path(source).resolve()
     cache_dir = Path(cache_dir)
+    if not source.exists():  # before any lock or folder is made for it
+        raise CrystalInputError(str(source), "no such file or folder")
     check_cache_target(cache_dir, source)
     supported, feat_name, feat_fp = _supported_elements(featurizer)
     key = _manifest_key(source, settings, feat_name, feat_fp, targets or [], cif_column)
@@ -433,6 +435,11 @@ def _build_locked(
 ) -> CacheSummary:
     """Build the cache while holding its lock (see :func:`build_graph_cache`)."""
     _check_partial(partial)
+    # Errors about the whole source (no CIF column, unknown format, ...) surface here, when the
+    # first entry is read, before anything is written for it.
+    entries = iter_entries(source, targets=targets, cif_column=cif_column)
+    first = next(entries, None)
+    entries = itertools.chain([] if first is None else [first], entries)
     key_file = partial / "key.json"
     if partial.exists() and (not key_file.exists() or json.loads(key_file.read_text()) != key):
         shutil.rmtree(partial)
@@ -444,9 +451,7 @@ def _build_locked(
     done = {int(p.stem.split("_")[1]) for p in partial.glob("chunk_*.json")}
     jobs = (
         (index, (chunk, settings, supported))
-        for index, chunk in enumerate(
-            _chunks(iter_entries(source, targets=targets, cif_column=cif_column), chunk_size)
-        )
+        for index, chunk in enumerate(_chunks(entries, chunk_size))
     )
     pending = ((i, job) for i, job in jobs if i not in done)
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import math
+from typing import Any
+
 import numpy as np
 
 
@@ -33,3 +37,19 @@ def classification_metrics(target: np.ndarray, probability: np.ndarray) -> dict[
         else float("nan")
     )
     return {"accuracy": accuracy, "auc": auc, "count": int(len(target))}
+
+
+def metrics_json(metrics: Any) -> str:
+    """``metrics`` as strict JSON: a value that is not a finite number (an R² of one crystal, an
+    AUC of one class) is written ``null``, not the bare ``NaN`` that JSON parsers reject."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        return value
+
+    return json.dumps(clean(metrics), indent=1, allow_nan=False)

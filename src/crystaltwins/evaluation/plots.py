@@ -84,6 +84,9 @@ def check_map_output(path: str | os.PathLike) -> None:
     if table.is_file():
         with open(table, newline="", errors="replace") as handle:
             earlier = next(csv.reader(handle), [])[:3] == ["id", "x", "y"]
+    if earlier and image.exists():  # the image too must be one matplotlib wrote
+        with open(image, "rb") as handle:
+            earlier = b"atplotlib" in handle.read(8192)
     if not earlier:
         raise ValueError(
             f"{image}: it or {table.name} exists and is not an earlier map of crystaltwins; "

@@ -35,7 +35,11 @@ import lightning as L
 import numpy as np
 import yaml
 
-from crystaltwins.evaluation.metrics import classification_metrics, regression_metrics
+from crystaltwins.evaluation.metrics import (
+    classification_metrics,
+    metrics_json,
+    regression_metrics,
+)
 from crystaltwins.models.checkpoint import EnsembleBundle, load_model, save_ensemble
 from crystaltwins.models.targets import TRANSFORMS
 from crystaltwins.training.common import is_main_process, main_print, write_config
@@ -184,7 +188,7 @@ def combine_members(config: FinetuneConfig, folders: list[Path]) -> dict[str, An
         transformed,
         extra,
     )
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    (out / "metrics.json").write_text(metrics_json(metrics))
     listing = folders[0] / "invalid_targets.csv"
     (out / "invalid_targets.csv").unlink(missing_ok=True)
     if listing.exists():

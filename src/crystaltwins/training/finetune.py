@@ -7,7 +7,6 @@ random initialisation. ``ensemble=K`` trains K such models (:mod:`crystaltwins.t
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -38,7 +37,11 @@ from crystaltwins.data.splits import (
     split_from_labels,
 )
 from crystaltwins.evaluation.inference import batched_outputs
-from crystaltwins.evaluation.metrics import classification_metrics, regression_metrics
+from crystaltwins.evaluation.metrics import (
+    classification_metrics,
+    metrics_json,
+    regression_metrics,
+)
 from crystaltwins.graph.atom_features import AtomFeaturizer, default_featurizer
 from crystaltwins.graph.settings import GraphSettings
 from crystaltwins.models.cgcnn import CGCNNEncoder
@@ -484,7 +487,7 @@ def _finetune_in_claimed_folder(
         config.task,
         transformed,
     )
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    (out / "metrics.json").write_text(metrics_json(metrics))
     if member:
         _write_member_predictions(
             out / MEMBER_PREDICTIONS,

@@ -215,11 +215,11 @@ def _pretrain_in_claimed_folder(config: PretrainConfig) -> Path:
     split = random_split(
         len(positions), (1 - config.val_fraction, config.val_fraction, 0.0), config.seed
     )
-    if len(split.val) == 0 or len(split.train) < 2:
+    if len(split.val) < 2 or len(split.train) < 2:
         raise ValueError(
             f"{len(positions)} crystals are too few for a validation fraction of "
             f"{config.val_fraction:g} (validation {len(split.val)}, training {len(split.train)}: "
-            "both need crystals, training at least 2); use more data or a larger --val-fraction"
+            "both need at least 2 crystals); use more data or a larger --val-fraction"
         )
     augmentation = build_augmentation(
         config.augment,

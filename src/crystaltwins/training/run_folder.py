@@ -69,6 +69,7 @@ RESUMABLE_CHANGES = frozenset(
     {
         "resume",
         "overwrite",
+        "out",
         "progress",
         "epochs",
         "cache_root",
@@ -93,9 +94,36 @@ def _is_temporary(name: str) -> bool:
 
 
 def _unknown_entries(out: Path, known: frozenset[str]) -> list[str]:
-    return sorted(
-        p.name for p in out.iterdir() if p.name not in known and not _is_temporary(p.name)
-    )
+    """Entries of ``out`` crystaltwins did not write, including files a user put inside the
+    folders it writes in a run folder (``checkpoints/``, ``tensorboard/``, ``members/K/``)."""
+    found = []
+    for path in out.iterdir():
+        if _is_temporary(path.name):
+            continue
+        if path.name not in known:
+            found.append(path.name)
+        elif known is RUN_FILES and path.is_dir():
+            found += [f"{path.name}/{name}" for name in _unknown_inside(path)]
+    return sorted(found)
+
+
+def _unknown_inside(folder: Path) -> list[str]:
+    """Entries of a run folder's own subfolder ``folder`` that crystaltwins did not write."""
+    if folder.name == "members":  # ensemble members: run folders named 0, 1, ...
+        found = []
+        for member in folder.iterdir():
+            if member.is_dir() and member.name.isdigit():
+                found += [f"{member.name}/{name}" for name in _unknown_entries(member, RUN_FILES)]
+            elif not _is_temporary(member.name):
+                found.append(member.name)
+        return found
+    if folder.name == "checkpoints":
+        ours = lambda name: name in ("best.ckpt", "last.ckpt")  # noqa: E731
+    elif folder.name == "tensorboard":
+        ours = lambda name: name.startswith("events.out.tfevents.") or name == "hparams.yaml"  # noqa: E731
+    else:
+        return []
+    return [p.name for p in folder.iterdir() if not (ours(p.name) or _is_temporary(p.name))]
 
 
 def _tool_entries(out: Path, known: frozenset[str]) -> list[Path]:
@@ -162,6 +190,13 @@ def config_differences(out: Path, config: Any) -> list[str]:
     return differences
 
 
+def _has_results(out: Path) -> bool:
+    """Whether a run folder holds anything of value: a checkpoint, a model, metrics, members."""
+    return any((out / "checkpoints").glob("*.ckpt")) or any(
+        (out / name).exists() for name in ("model.pt", "metrics.json", "members")
+    )
+
+
 def _remove(paths: list[Path]) -> None:
     for path in paths:
         if path.is_dir() and not path.is_symlink():
@@ -211,6 +246,9 @@ def check_run_folder(
                     f"with other settings ({'; '.join(differences)}); nothing was changed; "
                     "use another --out, or --overwrite to replace that run"
                 )
+        return
+    if ours and not entries and known is RUN_FILES and not _has_results(out):
+        _remove(ours)  # an earlier attempt that stopped before its first epoch: nothing to keep
         return
     if entries or ours:
         what = "an earlier run" if ours else f"files crystaltwins did not write ({_shown(entries)})"
