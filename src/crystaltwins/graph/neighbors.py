@@ -209,24 +209,22 @@ def find_neighbors(
     starts = np.zeros(num_atoms, dtype=np.int64)
     np.cumsum(counts[:-1], out=starts[1:])
     keep = np.arange(src.shape[0], dtype=np.int64) - starts[src] < max_neighbors
-    picked = near[keep]
-    selected = NeighborList(
-        src[keep].astype(np.int32),
-        neighbor[picked].astype(np.int32),
-        np.rint(image[picked]).astype(IMAGE_DTYPE),
-        near_distance[keep],
-    )
+
+    def edges(mask: np.ndarray) -> NeighborList:
+        """The pairs ``mask`` of the sorted subset, as stored (int32 atoms, int16 images)."""
+        rows = near[mask]
+        return NeighborList(
+            src[mask].astype(np.int32),
+            neighbor[rows].astype(np.int32),
+            np.rint(image[rows]).astype(IMAGE_DTYPE),
+            near_distance[mask],
+        )
+
+    selected = edges(keep)
     if margin <= 0.0:
         return selected, selected.take(np.zeros(0, dtype=np.int64))
     # Candidates within the radius: the rest of the sorted subset (already in candidate order).
-    rest = ~keep
-    inner = near[rest]
-    candidates = NeighborList(
-        src[rest].astype(np.int32),
-        neighbor[inner].astype(np.int32),
-        np.rint(image[inner]).astype(IMAGE_DTYPE),
-        near_distance[rest],
-    )
+    candidates = edges(~keep)
     # Only centres whose bound reaches beyond the radius need a wider search (its order does
     # not matter: the candidates are sorted again, and re-selection sorts them once more).
     wide = np.nonzero(bound > radius)[0]
