@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _folder(variable: str, default: Path) -> Path:
-    return Path(os.environ.get(variable, default))
+    return Path(os.environ.get(variable, default)).resolve()  # tests may change directory
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def reference_dir() -> Path:
     """Directory of the published Crystal Twins files (``$CRYSTALTWINS_REFERENCE``)."""
     default = REPO_ROOT.parent / "shared" / "reference" / "crystal_twins"
-    return Path(os.environ.get("CRYSTALTWINS_REFERENCE", default))
+    return Path(os.environ.get("CRYSTALTWINS_REFERENCE", default)).resolve()
 
 
 def random_table(n_z: int = 101, n_features: int = 92, seed: int = 0) -> torch.Tensor:
