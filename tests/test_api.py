@@ -41,20 +41,16 @@ def test_python_dash_m_runs_the_cli() -> None:
     assert done.returncode == 0 and done.stdout.strip() == f"crystaltwins {ct.__version__}"
 
 
+#: A one-epoch fine-tuning on 100 crystals: enough to have a model.
+TINY_RUN = dict(
+    from_scratch=True, epochs=1, max_train=100, max_eval=50, progress=False, plots=False
+)
+
+
 def test_finetune_and_featurize_from_keywords(perovskite_subset, tmp_path) -> None:
     summary = ct.featurize(perovskite_subset, tmp_path / "cache")
     assert summary.crystals == 1500
-    metrics = ct.finetune(
-        tmp_path / "cache",
-        "e_form",
-        tmp_path / "run",
-        from_scratch=True,
-        epochs=1,
-        max_train=100,
-        max_eval=50,
-        progress=False,
-        plots=False,
-    )
+    metrics = ct.finetune(tmp_path / "cache", "e_form", tmp_path / "run", **TINY_RUN)
     assert metrics["crystals"]["train"] == 100 and metrics["test"]["mae"] > 0
     with pytest.raises(ValueError, match="needs data, target and out"):
         ct.finetune(perovskite_subset, "e_form")
@@ -70,18 +66,8 @@ def test_predict_and_embed_take_crystals_built_in_python(perovskite_subset, tmp_
     from crystaltwins.io import read_records
 
     monkeypatch.setenv("CRYSTALTWINS_CACHE", str(tmp_path / "cache_root"))
-    ct.finetune(
-        perovskite_subset,
-        "e_form",
-        tmp_path / "run",
-        from_scratch=True,
-        epochs=1,
-        max_train=100,
-        max_eval=50,
-        progress=False,
-        plots=False,
-        cache_root=str(tmp_path / "train_cache"),
-    )
+    train_cache = str(tmp_path / "train_cache")
+    ct.finetune(perovskite_subset, "e_form", tmp_path / "run", cache_root=train_cache, **TINY_RUN)
     records = list(itertools.islice(read_records(perovskite_subset), 5))
     structures = [r.structure for r in records]
     from_file = ct.predict(tmp_path / "run", perovskite_subset, cache_root=tmp_path / "c")
