@@ -268,3 +268,24 @@ def test_a_source_that_cannot_be_read_leaves_nothing_behind(tmp_path):
     with pytest.raises(CrystalInputError, match="no CIF column"):
         build_graph_cache(table, tmp_path / "c", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.lock", "table.csv"]
+
+
+def test_user_files_beside_a_finished_cache_are_never_removed(data_dir, tmp_path):
+    """A user's .npy inside a cache folder, or a folder of the cache's '.partial' name holding
+    other files, is refused, never replaced, even when the cache itself could be reused."""
+    source = data_dir / "samples" / "cgcnn_regression"
+    cache = tmp_path / "c"
+    build_graph_cache(source, cache, progress=False)
+    (cache / "mine.npy").write_bytes(b"user")
+    with pytest.raises(ValueError, match=r"also holds other files \(mine.npy\)"):
+        build_graph_cache(source, cache, progress=False, force=True)
+    assert (cache / "mine.npy").read_bytes() == b"user"
+    (cache / "mine.npy").unlink()
+    partial = tmp_path / "c.partial"
+    partial.mkdir()
+    (partial / "key.json").write_text("{}")
+    (partial / "notes.txt").write_text("user")
+    build_graph_cache(source, cache, progress=False)  # reused as it is
+    with pytest.raises(ValueError, match="not an unfinished crystaltwins cache build"):
+        build_graph_cache(source, cache, progress=False, force=True)
+    assert (partial / "notes.txt").read_text() == "user"

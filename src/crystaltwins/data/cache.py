@@ -315,6 +315,7 @@ def build_graph_cache(
         check_cache_target(cache_dir, source)
         remove_stale_temporaries(cache_dir)
         partial = sibling(cache_dir, ".partial")
+        _check_partial(partial)  # a user's folder of that name is refused, never removed
         if not force and (reused := _reusable(cache_dir, key, start)) is not None:
             if (partial / "key.json").exists():
                 shutil.rmtree(partial)  # left by a build killed after its last rename
@@ -348,7 +349,23 @@ def _reusable(cache_dir: Path, key: dict[str, Any], start: float) -> CacheSummar
 
 
 #: What a cache folder holds besides its ``.npy`` arrays.
-_CACHE_FILES = frozenset({"manifest.json", "skipped.csv"})
+_CACHE_FILES = frozenset(
+    {"manifest.json", "skipped.csv"}
+    | {
+        f"{name}.npy"
+        for name in (
+            "ids",
+            "labels",
+            "lattices",
+            "atom_offsets",
+            "edge_offsets",
+            "cand_offsets",
+            *_ATOM_ARRAYS,
+            *_EDGE_ARRAYS,
+            *_CAND_ARRAYS,
+        )
+    }
+)
 
 
 def _is_cache_manifest(path: Path) -> bool:
@@ -389,7 +406,7 @@ def check_cache_target(cache_dir: Path, source: Path | None = None) -> None:
         n
         for n in entries
         if n not in _CACHE_FILES
-        and not n.endswith(".npy")
+        and not (n.startswith("meta_") and n.endswith(".npy"))
         and not n.startswith("manifest.json.tmp")
     )
     if foreign:
@@ -433,8 +450,8 @@ def _build_locked(
     iter_entries: Any,
     cif_column: str | None,
 ) -> CacheSummary:
-    """Build the cache while holding its lock (see :func:`build_graph_cache`)."""
-    _check_partial(partial)
+    """Build the cache while holding its lock and after :func:`_check_partial` (see
+    :func:`build_graph_cache`)."""
     # Errors about the whole source (no CIF column, unknown format, ...) surface here, when the
     # first entry is read, before anything is written for it.
     entries = iter_entries(source, targets=targets, cif_column=cif_column)

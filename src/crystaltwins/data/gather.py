@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -329,11 +328,3 @@ def resident_fits(store: GraphStore, device: torch.device, fraction: float = 0.5
     # int64 atomic numbers on the device: 8 bytes instead of 1.
     need = store.nbytes() + 7 * int(store.cache.array("atomic_numbers").shape[0])
     return need <= fraction * free
-
-
-def gather_batch(
-    cache: GraphCache, crystals: Sequence[int] | np.ndarray, device: Any = None
-) -> CrystalGraphBatch:
-    """One-off batch of ``crystals`` (cache rows) from ``cache`` (see :class:`GraphStore`)."""
-    store = GraphStore(cache)
-    return (store if device is None else store.to(device)).batch(crystals)
