@@ -58,7 +58,13 @@ def pretrain(
         config = PretrainConfig(data=[str(s) for s in sources], out=str(out), **settings)
     elif data is not None or out is not None or settings:
         raise ValueError("give either a config or data, out and settings, not both")
-    return run(config)
+    path = run(config)
+    from crystaltwins.evaluation.plots import OBJECTIVE_NAMES, learning_curves
+
+    loss = f"{OBJECTIVE_NAMES.get(config.objective, config.objective)} loss"
+    folder = Path(config.out)
+    learning_curves(folder / "history.csv", folder / "learning_curves.png", loss_name=loss)
+    return path
 
 
 def finetune(
@@ -87,7 +93,9 @@ def finetune(
         config = FinetuneConfig(data=str(data), target=target, out=str(out), **settings)
     elif data is not None or target is not None or out is not None or settings:
         raise ValueError("give either a config or data, target, out and settings, not both")
-    return run(config)
+    from crystaltwins.evaluation.tasks import with_known_unit
+
+    return run(with_known_unit(config))
 
 
 __all__ = [

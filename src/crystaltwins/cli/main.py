@@ -7,7 +7,6 @@ import csv
 import json
 import os
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -192,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="map.png (coordinates go to map.csv)")
     p.add_argument("--method", choices=["tsne", "umap", "pca"], default="tsne")
     p.add_argument("--color", help="label column to colour by (default: the first one)")
+    p.add_argument("--log-color", action="store_true", help="logarithmic colour scale")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--atom-init", help="for a published .pth: its atom_init.json (default: beside it)"
@@ -202,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="reproduce the paper's comparison (Table 2, ablation, t-SNE)")
     add_bench_arguments(p)
+    from crystaltwins.cli import cache, info
+
+    info.add_info_parser(sub), cache.add_cache_parser(sub)
     return parser
 
 
@@ -325,16 +328,18 @@ def _cmd_graph(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from crystaltwins.api import pretrain
     from crystaltwins.training.common import main_print
-    from crystaltwins.training.pretrain import PretrainConfig, pretrain
+    from crystaltwins.training.pretrain import PretrainConfig
 
     config = _config_from_args(PretrainConfig, args, data=list(args.data), out=args.out)
-    path = pretrain(config)
+    path = pretrain(config=config)
     main_print(f"pre-trained model: {path}")
     return 0
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
+    from crystaltwins.evaluation.tasks import with_known_unit
     from crystaltwins.training.common import main_print
     from crystaltwins.training.finetune import FinetuneConfig, finetune
 
@@ -360,15 +365,16 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     for name in config.split_files or ():
         if not Path(name).is_file():
             raise ValueError(f"--split-files: no such file {name!r}")
-    metrics = finetune(config)
+    metrics = finetune(with_known_unit(config))
     if metrics:
         test = metrics["test"]
         key = "mae" if "mae" in test else "accuracy"
         ensemble = metrics.get("ensemble")
         of = f", mean of {ensemble['members']} models" if ensemble else ""
+        unit = f" {metrics['unit']}" if key == "mae" and metrics.get("unit") else ""
         main_print(
-            f"test {key} {test[key]:.4f} on {test['count']} crystals ({metrics['target']}{of}); "
-            f"run: {config.out}"
+            f"test {key} {test[key]:.4f}{unit} on {test['count']} crystals "
+            f"({metrics['target']}{of}); run: {config.out}"
         )
         if ensemble:
             main_print(
@@ -426,7 +432,8 @@ def _report(result: Any, out: str) -> None:
 def _cmd_plot(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from crystaltwins.evaluation.plots import check_map_output, embedding_map, reduce_2d
+    from crystaltwins.evaluation.plots import check_map_output, draw_map
+    from crystaltwins.evaluation.tasks import known_unit
 
     check_map_output(args.out)  # before any work
     source = Path(args.source)
@@ -441,33 +448,12 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
         result = embed(_model_argument(args, source), args.data, cif_column=args.cif_column)
         ids, vectors, labels = result.ids, result.values, result.labels
-    color_name = args.color or (next(iter(labels)) if labels else None)
-    if color_name is not None and color_name not in labels:
-        raise ValueError(f"no label {color_name!r}; available: {sorted(labels)}")
-    color = labels[color_name] if color_name else None
-    started = time.time()
-    coordinates = reduce_2d(vectors, args.method, args.seed)
-    out = Path(args.out)
-    embedding_map(
-        coordinates,
-        color,
-        out,
-        color_name or "",
-        f"{args.method.upper()} of {len(ids)} crystal embeddings",
+    units = {name: known_unit(args.data, name) for name in labels} if args.data else {}
+    options = {"method": args.method, "color": args.color, "seed": args.seed}
+    summary = draw_map(
+        ids, vectors, labels, args.out, log_color=args.log_color, units=units, **options
     )
-    with open(out.with_suffix(".csv"), "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "x", "y", *([color_name] if color_name else [])])
-        for k in range(len(ids)):
-            writer.writerow(
-                [
-                    ids[k],
-                    coordinates[k, 0],
-                    coordinates[k, 1],
-                    *([color[k]] if color is not None else []),
-                ]
-            )
-    print(f"{out} and {out.with_suffix('.csv')} ({time.time() - started:.1f} s)")
+    print("\n".join(summary.lines()))
     return 0
 
 
@@ -494,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from crystaltwins.io.records import CrystalInputError
 
     try:
-        return COMMANDS[args.command](args)
+        return (getattr(args, "handler", None) or COMMANDS[args.command])(args)
     except BrokenPipeError:  # e.g. `crystaltwins graph x.cif | head`: stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -505,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(
-            f"crystaltwins {args.command}: interrupted; {_RESUME_HINTS[args.command]}",
+            f"crystaltwins {args.command}: interrupted; {_RESUME_HINTS.get(args.command, 'run it again')}",
             file=sys.stderr,
         )
         return 130

@@ -203,8 +203,17 @@ def combine_members(config: FinetuneConfig, folders: list[Path]) -> dict[str, An
     )
     save_ensemble(out / "model.pt", EnsembleBundle(bundles, info))
     if config.plots and not classifier:
-        from crystaltwins.evaluation.plots import parity_plot
+        from crystaltwins.evaluation.plots import model_label, parity_plot
 
-        truth = parts[0]["test_truth"]
-        parity_plot(truth, forward(mean), out / "parity.png", metrics["target"])
+        truth, unit = parts[0]["test_truth"], metrics["unit"]
+        model = f"{model_label(str(metrics['init']))}, mean of {len(bundles)}"
+        parity_plot(
+            truth,
+            forward(mean),
+            out / "parity.png",
+            metrics["target"],
+            unit,
+            model,
+            config.target_transform,
+        )
     return metrics

@@ -510,17 +510,26 @@ def _finetune_in_claimed_folder(
         "init": init,
         "data_source": str(Path(config.data).resolve()),
         "test_metrics": metrics["test"],
+        "unit": config.unit,
+        "crystals": metrics["crystals"],
     }
     save_model(
         out / "model.pt",
         ModelBundle(module.encoder, module.head, "finetuned", featurizer, settings, info),
     )
     if config.plots:
-        from crystaltwins.evaluation.plots import learning_curves, parity_plot
+        from crystaltwins.evaluation.plots import learning_curves, model_label, parity_plot
 
+        shown = {"unit": config.unit, "transform": config.target_transform}
         if config.task == "regression":
-            parity_plot(values[test.indices], predictions["test"], out / "parity.png", target_name)
-        learning_curves(out / "history.csv", out / "learning_curves.png")
+            truth, model = values[test.indices], model_label(init)
+            parity_plot(
+                truth, predictions["test"], out / "parity.png", target_name, model=model, **shown
+            )
+        loss = "cross-entropy" if config.task == "classification" else "MSE (standardised target)"
+        learning_curves(
+            out / "history.csv", out / "learning_curves.png", target_name, loss_name=loss, **shown
+        )
     return metrics
 
 
