@@ -7,8 +7,8 @@ to a temporary name first (``<cache>.old-<pid>-<random>``), so that no process e
 removed cache; an interrupted removal is finished by the next build or ``clean``. Lock files
 (``<cache>.lock``, a few bytes) are kept: removing one could let two builds run at once.
 
-"Last use" is the latest access or change time of the cache's files, as the file system
-records it (most record access times at most once a day: good to a day).
+"Last use" is the latest change of the cache's files or access of its arrays, as the file
+system records it (most record access times at most once a day: good to a day).
 """
 
 from __future__ import annotations
@@ -107,8 +107,16 @@ def human_size(size: int) -> str:
     return f"{value:.1f} TB"  # pragma: no cover
 
 
-def _files(folder: Path) -> list[os.stat_result]:
-    return [p.stat() for p in folder.iterdir() if p.is_file() and not p.is_symlink()]
+def _files(folder: Path) -> dict[str, os.stat_result]:
+    return {p.name: p.stat() for p in folder.iterdir() if p.is_file() and not p.is_symlink()}
+
+
+def _last_used(stats: dict[str, os.stat_result]) -> float:
+    """The latest change of any file, or access of an array (the manifest is read by listing
+    itself, so its access time says nothing)."""
+    return max(
+        max(s.st_mtime, s.st_atime if name.endswith(".npy") else 0.0) for name, s in stats.items()
+    )
 
 
 def _is_locked(folder: Path) -> bool:
@@ -140,12 +148,12 @@ def read_cache_entry(folder: Path) -> CacheEntry | None:
     key = manifest.get("key", {})
     return CacheEntry(
         path=folder,
-        size=sum(s.st_size for s in stats),
+        size=sum(s.st_size for s in stats.values()),
         source=str(key.get("source", "?")),
         settings=dict(manifest.get("graph_settings") or key.get("graph_settings") or {}),
         crystals=int(manifest.get("crystals", 0)),
         created=str(manifest.get("created", "")),
-        last_used=max(max(s.st_atime, s.st_mtime) for s in stats),
+        last_used=_last_used(stats),
         locked=_is_locked(folder),
     )
 
