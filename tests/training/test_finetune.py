@@ -117,7 +117,9 @@ def test_classification_and_log10_targets(data_dir, cache_root, tmp_path):
     )
     assert result.task == "classification"
     rows = list(csv.DictReader(write_predictions_csv(result, tmp_path / "cls.csv").open()))
-    assert list(rows[0]) == ["id", "predicted_class", "probability_class_1"]
+    assert list(rows[0]) == [
+        "id", "formula", "property", "predicted_class", "probability_class_1", "true_value"
+    ]  # fmt: skip
     assert [r["id"] for r in rows] == result.ids.tolist()
     for row in rows:
         probability = float(row["probability_class_1"])
