@@ -6,6 +6,7 @@ Every function works on a batch's edge list (row 0 the centre atom *i*, row 1 it
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 
 import torch
@@ -13,9 +14,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from crystaltwins.layers import cgcnn_conv
+from crystaltwins.layers.gaussian import GaussianExpansion
 
-#: CGCNN's Gaussian expansion of the edge distances (``GaussianExpansion`` arguments).
-DEFAULT_GAUSSIAN: dict[str, float | None] = {"dmin": 0.0, "dmax": 8.0, "step": 0.2, "var": None}
+#: CGCNN's Gaussian expansion of the edge distances: the defaults of ``GaussianExpansion``.
+DEFAULT_GAUSSIAN: dict[str, float | None] = {
+    name: parameter.default
+    for name, parameter in inspect.signature(GaussianExpansion).parameters.items()
+}
 
 #: Crystal readouts accepted by the encoders' ``readout`` argument.
 READOUTS = ("mean", "sum")

@@ -109,6 +109,8 @@ class GATGNNEncoder(nn.Module):
     :param gaussian: :class:`~crystaltwins.layers.GaussianExpansion` arguments (CGCNN's).
     """
 
+    #: Raised when the init args or weight names change (model files of a newer one are refused).
+    version = 1
     atom_features: Tensor
 
     def __init__(

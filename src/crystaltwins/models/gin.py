@@ -65,6 +65,8 @@ class GINEncoder(nn.Module):
         features (CGCNN's by default).
     """
 
+    #: Raised when the init args or weight names change (model files of a newer one are refused).
+    version = 1
     atom_features: Tensor
 
     def __init__(

@@ -92,6 +92,8 @@ class OGCNNEncoder(nn.Module):
     :param gaussian: :class:`~crystaltwins.layers.GaussianExpansion` arguments (CGCNN's).
     """
 
+    #: Raised when the init args or weight names change (model files of a newer one are refused).
+    version = 1
     atom_features: Tensor
     valence: Tensor
 

@@ -1,0 +1,35 @@
+"""Every named encoder: default construction, the shared interface, config round trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from crystaltwins.models.encoders import ENCODERS
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_default_encoder_has_the_interface(name, table, crystals_factory, collate_fn):
+    torch.manual_seed(0)
+    encoder = ENCODERS[name](table)
+    batch = collate_fn(crystals_factory(4))
+    encoder.eval()
+    with torch.no_grad():
+        out = encoder(batch)
+        atoms = encoder.atom_embeddings(batch)
+    assert out.shape == (4, encoder.out_dim) and atoms.shape[0] == batch.num_atoms
+    config = json.loads(json.dumps(encoder.config))
+    rebuilt = ENCODERS[name].from_config(config, table, encoder.state_dict()).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(batch), out, atol=0, rtol=0)
+
+
+def test_gaussian_defaults_are_cgcnns(table):
+    from crystaltwins.models.cgcnn import DEFAULT_GAUSSIAN
+
+    for name, cls in ENCODERS.items():
+        assert cls(table).config["gaussian"] == {
+            k: (None if v is None else float(v)) for k, v in DEFAULT_GAUSSIAN.items()
+        }, name
