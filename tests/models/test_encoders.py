@@ -33,3 +33,23 @@ def test_gaussian_defaults_are_cgcnns(table):
         assert cls(table).config["gaussian"] == {
             k: (None if v is None else float(v)) for k, v in DEFAULT_GAUSSIAN.items()
         }, name
+
+
+@pytest.mark.parametrize("name", ["gin", "gatgnn", "ogcnn"])
+def test_builds_on_the_meta_device(name, table):
+    """Model files are checked by building the encoder on the meta device (no memory)."""
+    with torch.device("meta"):
+        encoder = ENCODERS[name](table)
+    reference = ENCODERS[name](table)
+    assert {k: v.shape for k, v in encoder.state_dict().items()} == {
+        k: v.shape for k, v in reference.state_dict().items()
+    }
+    assert all(v.is_meta for v in encoder.state_dict().values())
+
+
+@pytest.mark.parametrize("name", ["gin", "gatgnn", "ogcnn"])
+def test_bad_element_table_is_refused(name, table):
+    bad = table.clone()
+    bad[0, 0] = 1.0
+    with pytest.raises(ValueError, match="row 0"):
+        ENCODERS[name](bad)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,25 @@ DEFAULT_GAUSSIAN: dict[str, float | None] = {
 
 #: Crystal readouts accepted by the encoders' ``readout`` argument.
 READOUTS = ("mean", "sum")
+
+
+def element_table(atom_features: Tensor | Any) -> Tensor:
+    """The ``(n_z, n_features)`` element table as a float32 CPU copy, checked.
+
+    On the CPU even when built under a ``torch.device("meta")`` context (model files are checked
+    by building the encoder there), so that the checks can read its values.
+
+    :raises ValueError: unless it is 2-D with at least 2 rows and row 0 (masked atom) is zeros.
+    """
+    table = torch.as_tensor(atom_features, dtype=torch.float32, device="cpu").detach().clone()
+    if table.ndim != 2 or table.shape[0] < 2 or table.shape[1] < 1:
+        raise ValueError(
+            "atom_features must be a (n_z, n_features) table with row Z the features of element "
+            f"Z and row 0 (masked atom) zeros; got shape {tuple(table.shape)}"
+        )
+    if torch.any(table[0] != 0):
+        raise ValueError("row 0 of atom_features (masked atom) must be all zeros")
+    return table
 
 
 def gaussian_settings(gaussian: Mapping[str, float | None] | None) -> dict[str, float | None]:

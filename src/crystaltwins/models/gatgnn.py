@@ -47,11 +47,11 @@ from crystaltwins.data.batch import CrystalGraphBatch
 from crystaltwins.layers.gaussian import GaussianExpansion
 from crystaltwins.layers.graph_ops import (
     crystal_readout,
+    element_table,
     gaussian_settings,
     segment_softmax,
     segment_sum,
 )
-from crystaltwins.models.cgcnn import _as_feature_table
 
 #: Elements of the composition vector (H..Lr, as GATGNN's ``ELEM_Encoder``).
 N_COMPOSITION_ELEMENTS = 103
@@ -123,7 +123,7 @@ class GATGNNEncoder(nn.Module):
         gaussian: Mapping[str, float | None] | None = None,
     ) -> None:
         super().__init__()
-        table = _as_feature_table(atom_features)
+        table = element_table(atom_features)
         if n_layers < 0 or heads < 1:
             raise ValueError(f"need n_layers >= 0 and heads >= 1, got {n_layers}, {heads}")
         self.config: dict[str, Any] = {

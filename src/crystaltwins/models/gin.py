@@ -47,10 +47,10 @@ from crystaltwins.layers.graph_ops import (
     READOUTS,
     NeighbourSum,
     crystal_readout,
+    element_table,
     gaussian_settings,
     segment_sum,
 )
-from crystaltwins.models.cgcnn import _as_feature_table
 
 
 class GINEncoder(nn.Module):
@@ -79,7 +79,7 @@ class GINEncoder(nn.Module):
         gaussian: Mapping[str, float | None] | None = None,
     ) -> None:
         super().__init__()
-        table = _as_feature_table(atom_features)
+        table = element_table(atom_features)
         if n_layers < 1:
             raise ValueError(f"n_layers must be >= 1, got {n_layers}")
         if readout not in READOUTS:

@@ -52,8 +52,12 @@ from crystaltwins.graph.ofm import N_ORBITALS, valence_table
 from crystaltwins.layers import cgcnn_conv
 from crystaltwins.layers.cgcnn_conv import CGConv, EdgeGraph
 from crystaltwins.layers.gaussian import GaussianExpansion
-from crystaltwins.layers.graph_ops import crystal_readout, gaussian_settings, segment_sum
-from crystaltwins.models.cgcnn import _as_feature_table
+from crystaltwins.layers.graph_ops import (
+    crystal_readout,
+    element_table,
+    gaussian_settings,
+    segment_sum,
+)
 
 #: Width of the flattened OFM, ``32 × (1 + 32)``.
 OFM_FEATURES = N_ORBITALS * (N_ORBITALS + 1)
@@ -107,7 +111,7 @@ class OGCNNEncoder(nn.Module):
         gaussian: Mapping[str, float | None] | None = None,
     ) -> None:
         super().__init__()
-        table = _as_feature_table(atom_features)
+        table = element_table(atom_features)
         if n_conv < 0:
             raise ValueError(f"n_conv must be >= 0, got {n_conv}")
         self.config: dict[str, Any] = {
