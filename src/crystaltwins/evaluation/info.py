@@ -113,14 +113,10 @@ def describe_model(
     }
     run_metrics = _run_metrics(path)
     settings = first.graph_settings
-    config = first.encoder.config
     described = ModelInfo(
         path=path,
         kind=_kind(loaded),
-        encoder=(
-            f"CGCNN, {config['n_conv']} convolutions, atom features {config['atom_fea_len']}, "
-            f"crystal embedding {config['h_fea_len']}"
-        ),
+        encoder=_encoder_text(first.encoder),
         graph=f"{settings.max_neighbors} nearest neighbours within {settings.radius:g} Å",
         element_features=first.featurizer.name,
         parameters=sum(
@@ -162,6 +158,20 @@ def describe_model(
         str(k): int(v) for k, v in crystals.items() if isinstance(v, (int, float))
     }
     return described
+
+
+def _encoder_text(encoder: Any) -> str:
+    """``"CGCNN, 3 convolutions, atom features 64, crystal embedding 128"``; other encoders:
+    their class name and settings."""
+    name = type(encoder).__name__.removesuffix("Encoder")
+    config = dict(getattr(encoder, "config", {}) or {})
+    if {"n_conv", "atom_fea_len", "h_fea_len"} <= set(config):
+        return (
+            f"{name}, {config['n_conv']} convolutions, atom features {config['atom_fea_len']}, "
+            f"crystal embedding {config['h_fea_len']}"
+        )
+    settings = ", ".join(f"{k} {v}" for k, v in config.items() if not isinstance(v, dict))
+    return f"{name}, {settings}" if settings else name
 
 
 def _kind(loaded: ModelBundle | EnsembleBundle) -> str:
