@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,8 @@ from torch.utils.data import DataLoader
 from crystaltwins.data.dataset import AugmentedPairCollator
 from crystaltwins.data.gather import ConcatGraphViews
 from crystaltwins.data.sources import prepare_caches
-from crystaltwins.data.splits import random_split
-from crystaltwins.graph.atom_features import AtomFeaturizer, default_featurizer
+from crystaltwins.data.splits import Split, random_split
+from crystaltwins.graph.atom_features import AtomFeaturizer, featurizer_for
 from crystaltwins.graph.settings import GraphSettings
 from crystaltwins.losses import build_objective
 from crystaltwins.models.cgcnn import CGCNNEncoder
@@ -24,7 +23,6 @@ from crystaltwins.models.checkpoint import ModelBundle, load_model, save_model
 from crystaltwins.models.heads import ProjectionHead
 from crystaltwins.training.common import (
     AtomicCheckpointIO,
-    RunOptions,
     check_resumed_state,
     fit,
     is_main_process,
@@ -32,40 +30,14 @@ from crystaltwins.training.common import (
     make_trainer,
     new_encoder,
     resume_path,
+    run_graph_settings,
     training_seconds,
     write_config,
 )
+from crystaltwins.training.configs import PretrainConfig
 from crystaltwins.training.run_folder import claimed_folder_of
 from crystaltwins.training.sampling import EpochSampler
 from crystaltwins.transforms import build_augmentation
-
-
-@dataclass
-class PretrainConfig(RunOptions):
-    """Settings of a pre-training run; the defaults are the paper's (Barlow Twins, Adam 1e-5,
-    batch 64, 15 epochs, 95/5 split) and the published checkpoint's dimensions."""
-
-    data: list[str]
-    out: str
-    objective: str = "barlow_twins"
-    barlow_lambda: float = 0.0051
-    augment: str = "rp,am,em"
-    perturbation: float = 0.05
-    atom_mask_fraction: float = 0.1
-    edge_mask_fraction: float = 0.1
-    lr: float = 1e-5
-    weight_decay: float = 1e-6
-    batch_size: int = 64
-    epochs: int = 15
-    val_fraction: float = 0.05
-    seed: int = 0
-    projection_hidden: int = 128
-    projection_dim: int = 256
-    radius: float = 8.0
-    max_neighbors: int = 12
-    init_from: str | None = None
-    max_crystals: int | None = None
-    exclude_ids_file: str | None = None
 
 
 class PretrainModule(L.LightningModule):
@@ -127,15 +99,6 @@ class PretrainModule(L.LightningModule):
         )
 
 
-def _featurizer(config: PretrainConfig) -> AtomFeaturizer:
-    if config.atom_init:
-        return AtomFeaturizer.from_json(config.atom_init)
-    if config.init_from:
-        return load_model(config.init_from).featurizer
-    first = Path(config.data[0])
-    return default_featurizer(first if first.is_dir() else None)
-
-
 def _loader(
     dataset: ConcatGraphViews, augmentation: Any, config: PretrainConfig, training: bool
 ) -> DataLoader:
@@ -175,32 +138,32 @@ def _without_excluded(caches: list[Any], exclude_ids_file: str) -> np.ndarray:
 
 
 def pretrain(config: PretrainConfig) -> Path:
-    """Run pre-training; returns the path of the best model file (``RUN_DIR/model.pt``)."""
+    """Run pre-training; returns the path of the best model file (``RUN_DIR/model.pt``).
+
+    The config is checked, and a starting model (``init_from``) read, before any work."""
+    config.validate()
+    start = load_model(config.init_from) if config.init_from else None
     with claimed_folder_of(config, is_main_process()):
-        return _pretrain_in_claimed_folder(config)
+        return _pretrain_in_claimed_folder(config, start)
 
 
-def _pretrain_in_claimed_folder(config: PretrainConfig) -> Path:
-    """:func:`pretrain`, once its run folder is locked and checked."""
-    out = Path(config.out)
-    write_config(out, config)
-    L.seed_everything(config.seed, workers=True, verbose=False)
-    settings = GraphSettings(
-        radius=config.radius,
-        max_neighbors=config.max_neighbors,
-        perturbation_margin=max(0.05, config.perturbation),
+def _graph_and_features(
+    config: PretrainConfig, start: ModelBundle | None
+) -> tuple[GraphSettings, AtomFeaturizer]:
+    """The run's graph settings (with candidates for the perturbation) and element features:
+    a starting model's own, else those asked for / of the first source."""
+    margin = max(GraphSettings().perturbation_margin, config.perturbation)
+    settings = run_graph_settings(
+        config, config.data[0], start.graph_settings if start else None, perturbation_margin=margin
     )
-    featurizer = _featurizer(config)
-    caches = prepare_caches(
-        config.data,
-        settings,
-        featurizer,
-        config.cache_root,
-        workers=config.featurize_workers,
-        progress=config.progress and is_main_process(),
-        log=main_print,
-        cif_column=config.cif_column,
-    )
+    if start is not None:
+        return settings, start.featurizer
+    return settings, featurizer_for(config.data[0], config.atom_init)
+
+
+def _selected_crystals(config: PretrainConfig, caches: list[Any]) -> np.ndarray:
+    """Positions in the concatenated caches to train and validate on: without excluded ids, a
+    seeded random subset of ``max_crystals``."""
     positions = np.arange(sum(len(c) for c in caches))
     if config.exclude_ids_file:
         positions = _without_excluded(caches, config.exclude_ids_file)
@@ -208,31 +171,29 @@ def _pretrain_in_claimed_folder(config: PretrainConfig) -> Path:
         positions = np.sort(
             np.random.default_rng(config.seed).choice(positions, config.max_crystals, replace=False)
         )
-    if config.epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {config.epochs}")
-    if not 0.0 < config.val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be between 0 and 1, got {config.val_fraction}")
-    split = random_split(
-        len(positions), (1 - config.val_fraction, config.val_fraction, 0.0), config.seed
-    )
+    return positions
+
+
+def _train_val(config: PretrainConfig, count: int) -> Split:
+    """The seeded training / validation split of ``count`` crystals (both at least 2)."""
+    split = random_split(count, (1 - config.val_fraction, config.val_fraction, 0.0), config.seed)
     if len(split.val) < 2 or len(split.train) < 2:
         raise ValueError(
-            f"{len(positions)} crystals are too few for a validation fraction of "
+            f"{count} crystals are too few for a validation fraction of "
             f"{config.val_fraction:g} (validation {len(split.val)}, training {len(split.train)}: "
             "both need at least 2 crystals); use more data or a larger --val-fraction"
         )
-    augmentation = build_augmentation(
-        config.augment,
-        settings,
-        config.perturbation,
-        config.atom_mask_fraction,
-        config.edge_mask_fraction,
-    )
-    train = ConcatGraphViews(caches, positions[split.train])
-    val = ConcatGraphViews(caches, positions[split.val])
+    return split
 
-    if config.init_from:
-        start = load_model(config.init_from)
+
+def _pretrain_module(
+    config: PretrainConfig,
+    start: ModelBundle | None,
+    featurizer: AtomFeaturizer,
+    settings: GraphSettings,
+) -> PretrainModule:
+    """Encoder + projector (a starting model's, or new ones) with the objective."""
+    if start is not None:
         encoder = start.encoder
         projector = start.head or ProjectionHead(
             encoder.out_dim, config.projection_hidden, config.projection_dim
@@ -248,8 +209,56 @@ def _pretrain_in_claimed_folder(config: PretrainConfig) -> Path:
     elif config.objective == "simsiam":
         objective_kw["dim"] = config.projection_dim
     objective = build_objective(config.objective, **objective_kw)
-    module = PretrainModule(encoder, projector, objective, config.lr, config.weight_decay)
+    return PretrainModule(encoder, projector, objective, config.lr, config.weight_decay)
 
+
+def _model_info(
+    config: PretrainConfig, train: ConcatGraphViews, val: ConcatGraphViews, trainer: L.Trainer
+) -> dict[str, Any]:
+    """What the model file records about its training."""
+    return {
+        "objective": config.objective,
+        "augmentations": config.augment,
+        "data_sources": [str(Path(d).resolve()) for d in config.data],
+        "crystals": {"train": len(train), "val": len(val)},
+        "epochs": config.epochs,
+        "lr": config.lr,
+        "weight_decay": config.weight_decay,
+        "batch_size": config.batch_size,
+        "seed": config.seed,
+        "best_val_loss": float(trainer.checkpoint_callback.best_model_score or float("nan")),  # type: ignore[union-attr]
+        "seconds": training_seconds(trainer),
+    }
+
+
+def _pretrain_in_claimed_folder(config: PretrainConfig, start: ModelBundle | None) -> Path:
+    """:func:`pretrain`, once its run folder is locked and checked."""
+    out = Path(config.out)
+    write_config(out, config)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    settings, featurizer = _graph_and_features(config, start)
+    caches = prepare_caches(
+        config.data,
+        settings,
+        featurizer,
+        config.cache_root,
+        workers=config.featurize_workers,
+        progress=config.progress and is_main_process(),
+        log=main_print,
+        cif_column=config.cif_column,
+    )
+    positions = _selected_crystals(config, caches)
+    split = _train_val(config, len(positions))
+    augmentation = build_augmentation(
+        config.augment,
+        settings,
+        config.perturbation,
+        config.atom_mask_fraction,
+        config.edge_mask_fraction,
+    )
+    train = ConcatGraphViews(caches, positions[split.train])
+    val = ConcatGraphViews(caches, positions[split.val])
+    module = _pretrain_module(config, start, featurizer, settings)
     trainer = make_trainer(
         out,
         epochs=config.epochs,
@@ -269,22 +278,9 @@ def _pretrain_in_claimed_folder(config: PretrainConfig) -> Path:
     )
     best = out / "checkpoints" / "best.ckpt"
     if best.exists():
-        state = AtomicCheckpointIO().load_checkpoint(best)["state_dict"]
-        module.load_state_dict(state)
-    info = {
-        "objective": config.objective,
-        "augmentations": config.augment,
-        "data_sources": [str(Path(d).resolve()) for d in config.data],
-        "crystals": {"train": len(train), "val": len(val)},
-        "epochs": config.epochs,
-        "lr": config.lr,
-        "weight_decay": config.weight_decay,
-        "batch_size": config.batch_size,
-        "seed": config.seed,
-        "best_val_loss": float(trainer.checkpoint_callback.best_model_score or float("nan")),  # type: ignore[union-attr]
-        "seconds": training_seconds(trainer),
-    }
+        module.load_state_dict(AtomicCheckpointIO().load_checkpoint(best)["state_dict"])
     if trainer.is_global_zero:
+        info = _model_info(config, train, val, trainer)
         save_model(
             out / "model.pt",
             ModelBundle(module.encoder, module.projector, "pretrained", featurizer, settings, info),
