@@ -148,7 +148,7 @@ def _config_from_args(config_cls: type, args: argparse.Namespace, **fixed: Any) 
     file_settings = load_config_file(args.config) if getattr(args, "config", None) else None
     try:
         return config_from_settings(
-            config_cls, file_settings, **given_settings(args, config_cls), **fixed
+            config_cls, file_settings, **{**given_settings(args, config_cls), **fixed}
         )
     except ValueError as error:
         if file_settings is not None and str(error).startswith("unknown settings"):

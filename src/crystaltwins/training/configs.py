@@ -71,8 +71,10 @@ def _whole(config: Any, name: str, least: int, optional: bool = False) -> None:
     value = getattr(config, name)
     if optional and value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+    if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
+    if value < least:
+        raise ValueError(f"{name} must be at least {least}, got {value!r}")
 
 
 def _fraction(config: Any, name: str, low_open: bool = False) -> None:
@@ -350,8 +352,8 @@ class FinetuneConfig(RunOptions):
                 raise ValueError(f"finetune needs {name}")
         if bool(self.pretrained) == bool(self.from_scratch):
             raise ValueError(
-                "give exactly one of pretrained (a model) and from_scratch "
-                "(--pretrained MODEL or --from-scratch)"
+                "give exactly one of --pretrained MODEL and --from-scratch "
+                "(pretrained=... or from_scratch=True in Python)"
             )
         super().validate()
         if self.task not in TASKS:
@@ -360,6 +362,8 @@ class FinetuneConfig(RunOptions):
             raise ValueError(
                 f"target_transform must be 'none' or 'log10', got {self.target_transform!r}"
             )
+        if isinstance(self.ensemble, int) and self.ensemble < 1:
+            raise ValueError(f"ensemble must be a whole number >= 1, got {self.ensemble!r}")
         for name in ("epochs", "batch_size", "ensemble"):
             _whole(self, name, 1)
         for name in ("max_train", "max_eval", "early_stopping", "head_hidden"):
@@ -383,13 +387,15 @@ class FinetuneConfig(RunOptions):
         if len(ways) > 1:
             raise ValueError(f"give one way to split, not {' and '.join(ways)}")
         split = tuple(self.split)
-        if len(split) != 3 or any(not f >= 0 for f in split) or abs(sum(split) - 1.0) > 1e-6:
-            raise ValueError(f"split must be 3 fractions >= 0 adding up to 1, got {list(split)}")
+        if len(split) != 3 or any(not f >= 0 for f in split):
+            raise ValueError(f"split must be 3 fractions >= 0, got {list(split)}")
+        if abs(sum(split) - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must add up to 1, got {sum(split):g}")
         if self.fold is not None and self.fold not in range(5):
             raise ValueError(f"fold must be 0-4 (matbench v0.1), got {self.fold!r}")
         for name in self.split_files or ():
             if not Path(name).is_file():
-                raise FileNotFoundError(f"split_files: no such file {name!r}")
+                raise ValueError(f"--split-files: no such file {name!r}")
 
 
 def config_from_settings(
