@@ -35,6 +35,7 @@ from crystaltwins.models.file_check import (
     check_model_payload,
 )
 from crystaltwins.models.heads import SimSiamPredictor
+from crystaltwins.models.property_model import PropertyModel, Target
 from crystaltwins.models.registry import ENCODERS, HEADS, describe
 
 MODEL_FORMAT = "crystaltwins-model"
@@ -61,6 +62,19 @@ class ModelBundle:
     graph_settings: GraphSettings
     info: dict[str, Any] = field(default_factory=dict)
     predictor: nn.Module | None = None
+
+    def property_model(self) -> PropertyModel:
+        """The fine-tuned model as a :class:`PropertyModel` (whose conversions give predictions
+        in the target's units).
+
+        :raises ValueError: for a pre-trained encoder, which has no property head.
+        """
+        if self.kind != "finetuned" or self.head is None:
+            raise ValueError(
+                "a pre-trained encoder has no property head; fine-tune it first "
+                "(crystaltwins finetune)"
+            )
+        return PropertyModel(self.encoder, self.head, Target.from_info(self.info))
 
     def heads(self) -> dict[str, nn.Module]:
         """The heads by role: ``property`` (fine-tuned) or ``projection`` and ``predictor``."""

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from crystaltwins.graph.atom_features import AtomFeaturizer
 from crystaltwins.graph.settings import GraphSettings
-from crystaltwins.models.init_args import check_keys, positive_int, real, short
+from crystaltwins.models.init_args import check_keys, real, short
 from crystaltwins.models.published import _is_dense
 from crystaltwins.models.registry import ENCODERS, HEADS, lookup, on_meta_device
 from crystaltwins.models.targets import TRANSFORMS
@@ -164,7 +164,8 @@ def _check_encoder(part: Any, table: torch.Tensor) -> int:
             raise _Problem(f"encoder.{error}") from None
     else:
         shapes, dtypes, module = _meta_shapes(
-            "encoder", lambda: cls.from_config(dict(args), table)  # type: ignore[attr-defined]
+            "encoder",
+            lambda: cls.from_config(dict(args), table),  # type: ignore[attr-defined]
         )
         out_dim = int(module.out_dim)  # type: ignore[arg-type]
     _check_tensors("encoder.state", state, shapes, dtypes)
@@ -183,7 +184,9 @@ def _check_heads(kind: str, heads: Any, encoder_out: int) -> dict[str, int]:
             f"{sorted(required)} and at most {sorted(allowed)}"
         )
     outputs: dict[str, int] = {}
-    for role in sorted(roles, key=lambda r: r == "predictor"):  # the predictor follows the projection
+    for role in sorted(
+        roles, key=lambda r: r == "predictor"
+    ):  # the predictor follows the projection
         where = f"heads.{role}"
         part = heads[role]
         cls = _check_part(where, part, HEADS, "head")
@@ -194,7 +197,9 @@ def _check_heads(kind: str, heads: Any, encoder_out: int) -> dict[str, int]:
         fed = outputs.get("projection", encoder_out) if role == "predictor" else encoder_out
         in_dim = getattr(module, "in_dim", None)
         if in_dim != fed:
-            raise _Problem(f"{where}.init_args give an input width of {in_dim}, its input is {fed} wide")
+            raise _Problem(
+                f"{where}.init_args give an input width of {in_dim}, its input is {fed} wide"
+            )
         _check_tensors(f"{where}.state", part["state"], shapes, dtypes)
         outputs[role] = int(module.out_dim)  # type: ignore[arg-type]
     return outputs

@@ -67,9 +67,7 @@ def parse_augmentations(names: Sequence[str] | str) -> list[str]:
     names = [n.strip().lower() for n in names if n.strip()]
     unknown = sorted(set(names) - set(AUGMENTATIONS))
     if unknown:
-        raise ValueError(
-            f"unknown augmentation {unknown}; choose from {', '.join(AUGMENTATIONS)}"
-        )
+        raise ValueError(f"unknown augmentation {unknown}; choose from {', '.join(AUGMENTATIONS)}")
     return names
 
 
