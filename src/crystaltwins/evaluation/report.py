@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from crystaltwins.data.dataset import CrystalGraphDataset
@@ -27,9 +26,9 @@ from crystaltwins.evaluation.metrics import (
     regression_metrics,
 )
 from crystaltwins.evaluation.plots import learning_curves, parity_plot
-from crystaltwins.models.cgcnn import CGCNNEncoder
 from crystaltwins.models.checkpoint import EnsembleBundle, load_model, save_ensemble
-from crystaltwins.models.targets import TRANSFORMS, to_target_units, to_transformed_units
+from crystaltwins.models.property_model import PropertyModel
+from crystaltwins.models.targets import TRANSFORMS
 from crystaltwins.training.configs import FinetuneConfig
 from crystaltwins.training.ensemble import MEMBER_PREDICTIONS, STD_DDOF
 from crystaltwins.training.finetune import TrainedRun, save_property_model
@@ -38,18 +37,18 @@ _SPLITS = ("train", "val", "test")
 
 
 def predict_dataset(
-    encoder: CGCNNEncoder,
-    head: nn.Module,
+    model: PropertyModel,
     dataset: CrystalGraphDataset,
     batch_size: int = 256,
     device: str = "cpu",
 ) -> np.ndarray:
-    """Raw head outputs ``(N, out_dim)`` for every crystal of ``dataset``, in order (eval mode)."""
-    return batched_outputs(lambda b: head(encoder(b)), [encoder, head], dataset, batch_size, device)
+    """Raw head outputs ``(N, out_dim)`` for every crystal of ``dataset``, in order (eval mode);
+    ``model.transformed`` / ``model.in_target_units`` convert them."""
+    return batched_outputs(model, [model], dataset, batch_size, device)
 
 
 def predict_embeddings(
-    encoder: CGCNNEncoder, dataset: CrystalGraphDataset, batch_size: int = 256
+    encoder: nn.Module, dataset: CrystalGraphDataset, batch_size: int = 256
 ) -> np.ndarray:
     """Crystal embeddings ``(N, H)`` of ``dataset`` in order (eval mode, CPU)."""
     return batched_outputs(encoder, [encoder], dataset, batch_size)
@@ -91,15 +90,11 @@ def score(run: TrainedRun) -> Scores:
     predictions: dict[str, np.ndarray] = {}
     head_outputs: dict[str, np.ndarray] = {}
     for name, part in run.parts.items():
-        raw_out = head_outputs[name] = predict_dataset(run.module.encoder, run.module.head, part)
+        raw_out = head_outputs[name] = predict_dataset(run.model, part)
         truth = run.values[part.indices]
-        if config.task == "classification":
-            pred = torch.from_numpy(raw_out).softmax(-1)[:, 1].numpy()
-            metrics[name] = classification_metrics(truth, pred)
-        else:
-            pred = to_transformed_units(raw_out[:, 0], run.mean, run.std)
-            metrics[name] = regression_metrics(truth, pred)
-        predictions[name] = pred
+        pred = predictions[name] = run.model.transformed(raw_out)
+        score_of = classification_metrics if config.task == "classification" else regression_metrics
+        metrics[name] = score_of(truth, pred)
     y_train = run.values[train.indices]
     metrics["mean_predictor_test_mae"] = float(
         np.mean(np.abs(run.values[test.indices] - y_train.mean()))
@@ -111,17 +106,13 @@ def write_test_predictions(run: TrainedRun, scores: Scores) -> Path:
     """``RUN_DIR/test_predictions.csv`` (see :func:`write_predictions`)."""
     config, test = run.config, run.parts["test"]
     transformed = None  # the test file's values in the units of the metrics, when they differ
-    if config.task == "classification":
-        test_prediction = scores.predictions["test"]
-    else:
-        head_output = scores.head_outputs["test"][:, 0]
-        test_prediction = to_target_units(head_output, run.mean, run.std, config.target_transform)
-        if config.target_transform != "none":
-            transformed = (
-                config.target_transform,
-                run.values[test.indices],
-                scores.predictions["test"],
-            )
+    test_prediction = run.model.in_target_units(scores.head_outputs["test"])
+    if config.task == "regression" and config.target_transform != "none":
+        transformed = (
+            config.target_transform,
+            run.values[test.indices],
+            scores.predictions["test"],
+        )
     path = run.out / "test_predictions.csv"
     write_predictions(
         path,
@@ -149,9 +140,7 @@ def report_run(run: TrainedRun, member: bool = False) -> dict[str, Any]:
             run.cache.ids,
             run.planned.raw,
             run.values,
-            run.config,
-            run.mean,
-            run.std,
+            run.model,
             scores.head_outputs,
             run.parts,
         )
@@ -179,9 +168,7 @@ def write_member_predictions(
     ids: np.ndarray,
     raw: np.ndarray,
     values: np.ndarray,
-    config: FinetuneConfig,
-    mean: float,
-    std: float,
+    model: PropertyModel,
     head_outputs: dict[str, np.ndarray],
     parts: dict[str, CrystalGraphDataset],
 ) -> None:
@@ -189,11 +176,7 @@ def write_member_predictions(
     units: transformed target, or class) and ``S_prediction`` (own units, or P(class 1))."""
     arrays: dict[str, np.ndarray] = {}
     for name, part in parts.items():
-        out = head_outputs[name]
-        if config.task == "classification":
-            prediction = torch.from_numpy(out).softmax(-1)[:, 1].numpy()
-        else:
-            prediction = to_target_units(out[:, 0], mean, std, config.target_transform)
+        prediction = model.in_target_units(head_outputs[name])
         arrays[f"{name}_ids"] = np.asarray(ids[part.indices]).astype(str)
         arrays[f"{name}_target"] = raw[part.indices]
         arrays[f"{name}_truth"] = values[part.indices]

@@ -110,6 +110,13 @@ def check_accelerator(name: str | None) -> None:
             raise ValueError("no Apple MPS device available; use cpu")
 
 
+def _check_encoder(name: str) -> None:
+    """``ValueError`` unless ``name`` is a registered encoder."""
+    from crystaltwins.models.registry import ENCODERS, lookup
+
+    lookup(ENCODERS, "encoder", name)
+
+
 @dataclass(kw_only=True)
 class RunOptions:
     """Settings shared by pre-training and fine-tuning: graph, encoder size, element features,
@@ -124,6 +131,11 @@ class RunOptions:
         None,
         "neighbours kept per atom",
         default_text=f"a pre-trained model's or a graph cache's own, else {_GRAPH.max_neighbors}",
+    )
+    encoder: str = setting(
+        "cgcnn",
+        "encoder of a new model: cgcnn, gin, gatgnn, ogcnn or another name registered in "
+        "crystaltwins.models.registry.ENCODERS",
     )
     atom_fea_len: int = setting(64, "encoder: atom embedding width (new encoders)")
     n_conv: int = setting(3, "encoder: number of graph convolutions (new encoders)")
@@ -164,6 +176,7 @@ class RunOptions:
         if self.resume and self.overwrite:
             raise ValueError("give resume or overwrite, not both")
         check_accelerator(self.accelerator)
+        _check_encoder(self.encoder)
 
     def graph_settings(self, given: GraphSettings | None = None, **more: Any) -> GraphSettings:
         """The graph settings of this run: ``radius`` / ``max_neighbors`` where set, the rest
@@ -196,7 +209,9 @@ class PretrainConfig(RunOptions):
     data: list[str] = setting(help="one or more data sources (labels are ignored)", cli=False)
     out: str = setting(help="run folder")
     objective: str = setting(
-        "barlow_twins", "self-supervised objective", choices=("barlow_twins", "simsiam")
+        "barlow_twins",
+        "self-supervised objective: barlow_twins, simsiam or another name registered in "
+        "crystaltwins.losses.OBJECTIVES",
     )
     barlow_lambda: float = setting(0.0051, "Barlow Twins off-diagonal weight λ")
     augment: str = setting("rp,am,em", "comma-separated augmentations: rp, am, em")
@@ -237,20 +252,11 @@ class PretrainConfig(RunOptions):
         _fraction(self, "val_fraction", low_open=True)
         _fraction(self, "atom_mask_fraction")
         _fraction(self, "edge_mask_fraction")
-        from crystaltwins.losses import OBJECTIVES
-        from crystaltwins.transforms import AUGMENTATIONS
+        from crystaltwins.losses import objective_class
+        from crystaltwins.transforms import parse_augmentations
 
-        if self.objective.replace("-", "_").lower() not in OBJECTIVES:
-            raise ValueError(
-                f"unknown objective {self.objective!r}; choose from {sorted(OBJECTIVES)}"
-            )
-        names = [n.strip().lower() for n in self.augment.split(",") if n.strip()]
-        unknown = sorted(set(names) - set(AUGMENTATIONS))
-        if unknown or not names:
-            raise ValueError(
-                f"augment: unknown augmentation {unknown or self.augment!r}; choose from "
-                f"{', '.join(AUGMENTATIONS)}"
-            )
+        objective_class(self.objective)  # ValueError naming the registered ones
+        parse_augmentations(self.augment)
         _existing_file("exclude_ids_file", self.exclude_ids_file)
 
 

@@ -9,6 +9,7 @@ scoring, test predictions and plots are :mod:`crystaltwins.evaluation.report`'s,
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -39,10 +40,10 @@ from crystaltwins.data.splits import (
 )
 from crystaltwins.graph.atom_features import AtomFeaturizer, featurizer_for
 from crystaltwins.graph.settings import GraphSettings
-from crystaltwins.models.cgcnn import CGCNNEncoder
 from crystaltwins.models.checkpoint import ModelBundle, load_model, resolve_model_path, save_model
 from crystaltwins.models.heads import PropertyHead
-from crystaltwins.models.targets import TRANSFORMS, check_transform, to_target_units
+from crystaltwins.models.property_model import PropertyModel, Target
+from crystaltwins.models.targets import TRANSFORMS
 from crystaltwins.training.common import (
     AtomicCheckpointIO,
     check_resumed_state,
@@ -79,55 +80,49 @@ def split_seed(config: FinetuneConfig) -> int:
 
 
 class FinetuneModule(L.LightningModule):
-    """Encoder + property head; regression on standardised targets (MSE) or binary
-    classification (cross-entropy on 2 logits).
+    """Trains a :class:`~crystaltwins.models.property_model.PropertyModel`: regression on
+    standardised (transformed) targets (MSE), or binary classification (cross-entropy on 2
+    logits).
 
-    :param target_transform: the transform applied to the targets before standardisation
-        (``"none"`` or ``"log10"``); :meth:`forward` undoes it.
+    The model's encoder and head are this module's ``encoder`` and ``head`` (the names of the
+    checkpoints' weights); :attr:`model` is the property model itself, whose conversions give the
+    metrics' and the user's units.
     """
 
     def __init__(
         self,
-        encoder: CGCNNEncoder,
-        head: nn.Module,
-        target_mean: float,
-        target_std: float,
-        task: str = "regression",
+        model: PropertyModel,
         lr: float = 1e-3,
         encoder_lr_factor: float = PAPER_ENCODER_LR_FACTOR,
         weight_decay: float = 0.0,
-        target_transform: str = "none",
     ) -> None:
         super().__init__()
-        self.encoder = encoder
-        self.head = head
-        self.task = task
-        self.target_transform = check_transform(target_transform)
-        self.register_buffer("target_mean", torch.tensor(float(target_mean)))
-        self.register_buffer("target_std", torch.tensor(float(target_std)))
+        self.encoder = model.encoder
+        self.head = model.head
+        self.__dict__["model"] = model  # the same modules, not registered twice
+        self.task = model.target.task
         self.lr = lr
         self.encoder_lr_factor = encoder_lr_factor
         self.weight_decay = weight_decay
 
+    model: PropertyModel
+
     def forward(self, batch: CrystalGraphBatch) -> torch.Tensor:
-        """Predictions in the target's own units ``(num_crystals,)`` (any target transform
+        """Predictions ``(num_crystals,)`` in the target's own units (any target transform
         undone, e.g. GPa for a ``log10`` run on G_VRH), or P(class 1) for classification."""
-        out = self.head(self.encoder(batch))
-        if self.task == "classification":
-            return out.softmax(dim=-1)[:, 1]
-        return to_target_units(out[:, 0], self.target_mean, self.target_std, self.target_transform)
+        return self.model.in_target_units(self.model(batch))
 
     def _step(self, batch: CrystalGraphBatch, stage: str) -> torch.Tensor:
         target = batch.targets[:, 0]
-        out = self.head(self.encoder(batch))
+        out = self.model(batch)
         if self.task == "classification":
             loss = F.cross_entropy(out, target.long())
             error_rate = (out.argmax(-1) != target.long()).float().mean()
             # Checkpoints monitor val_mae: for classification, the error rate.
             values = (loss, error_rate, 1 - error_rate)
         else:
-            loss = F.mse_loss(out[:, 0], (target - self.target_mean) / self.target_std)
-            mae = (out[:, 0] * self.target_std + self.target_mean - target).abs().mean()
+            loss = F.mse_loss(out[:, 0], self.model.standardise(target))
+            mae = (self.model.transformed(out) - target).abs().mean()
             values = (loss, mae)
         self.epoch_metrics.add(stage, batch.num_crystals, values)
         return loss
@@ -220,7 +215,7 @@ class StartingPoint:
     where they came from (the model file, or ``"scratch"``)."""
 
     featurizer: AtomFeaturizer
-    encoder: CGCNNEncoder
+    encoder: nn.Module
     settings: GraphSettings
     init: str
 
@@ -238,7 +233,12 @@ def starting_point(config: FinetuneConfig) -> StartingPoint:
     featurizer = featurizer_for(config.data, config.atom_init)
     settings = run_graph_settings(config, config.data)
     encoder = new_encoder(
-        featurizer, settings, config.atom_fea_len, config.n_conv, config.h_fea_len
+        featurizer,
+        settings,
+        config.atom_fea_len,
+        config.n_conv,
+        config.h_fea_len,
+        name=config.encoder,
     )
     return StartingPoint(featurizer, encoder, settings, "scratch")
 
@@ -281,7 +281,6 @@ class TrainedRun:
     weights), for :mod:`crystaltwins.evaluation.report` to score and save.
 
     :param values: ``(N,)`` the (transformed) targets the model learned, NaN where unusable.
-    :param mean: / :param std: the standardisation of the training targets.
     :param main: whether this process writes the run's files (rank 0).
     """
 
@@ -293,8 +292,6 @@ class TrainedRun:
     values: np.ndarray
     target_name: str
     parts: dict[str, CrystalGraphDataset]
-    mean: float
-    std: float
     seconds: float
     epochs_run: int
     main: bool
@@ -302,6 +299,11 @@ class TrainedRun:
     @property
     def out(self) -> Path:
         return Path(self.config.out)
+
+    @property
+    def model(self) -> PropertyModel:
+        """The trained property model (its target carries the standardisation)."""
+        return self.module.model
 
 
 def train_property_model(
@@ -335,7 +337,7 @@ def train_property_model(
         name: _TargetDataset(cache, planned.keep[positions], values, target_name)
         for name, positions in (("train", split.train), ("val", split.val), ("test", split.test))
     }
-    module, mean, std = _property_module(config, start, values[parts["train"].indices])
+    module = _property_module(config, start, values[parts["train"].indices])
     trainer = _trainer(config, callbacks, len(parts["train"]))
     train_loader, val_loader = _loaders(config, parts["train"], parts["val"], target_name)
     fit(
@@ -359,8 +361,6 @@ def train_property_model(
         values,
         target_name,
         parts,
-        mean,
-        std,
         seconds,
         int(trainer.current_epoch),
         bool(trainer.is_global_zero),
@@ -373,33 +373,27 @@ def _transformed_targets(config: FinetuneConfig, planned: PlannedSplit) -> tuple
     forward = TRANSFORMS[config.target_transform][0]
     values = np.full_like(planned.raw, np.nan)
     values[planned.keep] = forward(planned.raw[planned.keep])
-    if config.target_transform == "none":
-        return values, config.target
-    return values, f"{config.target_transform}({config.target})"
+    return values, Target(config.target, config.unit, config.target_transform).name
 
 
 def _property_module(
     config: FinetuneConfig, start: StartingPoint, y_train: np.ndarray
-) -> tuple[FinetuneModule, float, float]:
-    """Encoder + a new head, the training targets' mean and std (regression)."""
-    if config.task == "classification":
-        mean, std, out_dim = 0.0, 1.0, 2
-    else:
-        mean, std, out_dim = float(y_train.mean()), float(y_train.std() or 1.0), 1
+) -> FinetuneModule:
+    """Encoder + a new head, with the target standardised by the training targets' mean and
+    std (regression)."""
+    target = Target(config.target, config.unit, config.target_transform, task=config.task)
+    if config.task == "regression":
+        target = dataclasses.replace(
+            target, mean=float(y_train.mean()), std=float(y_train.std() or 1.0)
+        )
     encoder = start.encoder
-    head = PropertyHead(encoder.out_dim, config.head_hidden or encoder.out_dim, out_dim)
-    module = FinetuneModule(
-        encoder,
-        head,
-        mean,
-        std,
-        config.task,
+    head = PropertyHead(encoder.out_dim, config.head_hidden or encoder.out_dim, target.out_dim)
+    return FinetuneModule(
+        PropertyModel(encoder, head, target),
         config.lr,
         config.effective_encoder_lr_factor,
         config.weight_decay,
-        config.target_transform,
     )
-    return module, mean, std
 
 
 def _trainer(
@@ -460,12 +454,7 @@ def save_property_model(run: TrainedRun, test_metrics: dict[str, Any]) -> Path:
     standardisation and transform, and its test metrics."""
     config = run.config
     info = {
-        "targets": [run.target_name],
-        "target_column": config.target,
-        "target_transform": config.target_transform,
-        "target_mean": run.mean,
-        "target_std": run.std,
-        "task": config.task,
+        **run.model.target.to_info(),
         "init": run.start.init,
         "data_source": str(Path(config.data).resolve()),
         "test_metrics": test_metrics,
