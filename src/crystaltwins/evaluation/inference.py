@@ -21,7 +21,7 @@ from crystaltwins.data.sources import prepare_caches
 from crystaltwins.io.memory import as_source, is_path
 from crystaltwins.io.records import BadRecord
 from crystaltwins.models.checkpoint import EnsembleBundle, ModelBundle, load_model, load_predictor
-from crystaltwins.models.targets import to_target_units
+from crystaltwins.models.property_model import Target
 
 
 @dataclass
@@ -169,10 +169,9 @@ def _describe_target(result: InferenceResult, info: dict[str, Any]) -> Inference
     """Name the predicted property, its unit and the input's true values on ``result``."""
     from crystaltwins.evaluation.tasks import known_unit, value_unit
 
-    targets = info.get("targets") or [""]
-    column = str(info.get("target_column") or targets[0])
-    result.target = str(targets[0])
-    unit = str(info.get("unit") or known_unit(info.get("data_source"), column))
+    target = Target.from_info(info)  # predictions are in the column's own units (GPa, not log10)
+    column = result.target = target.column
+    unit = target.unit or known_unit(info.get("data_source"), column)
     result.unit = value_unit(unit) if result.task == "regression" else ""
     if column in result.labels:
         result.truth = np.asarray(result.labels[column], dtype=np.float64)
@@ -267,25 +266,16 @@ def predict(
         options = (batch_size, device, cache_root, workers, cif_column)
         return _predict_ensemble(loaded, data, *options)
     bundle, cache = _open(loaded, data, cache_root, workers, cif_column)
-    if bundle.kind != "finetuned" or bundle.head is None:
-        raise ValueError(
-            f"{model}: a pre-trained encoder has no property head; fine-tune it first (crystaltwins finetune)"
-        )
-    info = bundle.info
-    head = bundle.head
-
-    def fn(batch: Any) -> torch.Tensor:
-        return head(bundle.encoder(batch))
-
-    raw = _run(bundle, cache, fn, batch_size, device)
-    if info.get("task") == "classification":
-        result = _result(cache, torch.from_numpy(raw).softmax(-1)[:, 1].numpy())
-        result.task = "classification"
-        return _describe_target(result, info)
-    values = to_target_units(
-        raw[:, 0], info["target_mean"], info["target_std"], info.get("target_transform", "none")
+    try:
+        property_model = bundle.property_model()
+    except ValueError as error:
+        raise ValueError(f"{model}: {error}") from None
+    outputs = batched_outputs(
+        property_model, [property_model], CrystalGraphDataset(cache), batch_size, device
     )
-    return _describe_target(_result(cache, values), info)
+    result = _result(cache, property_model.in_target_units(outputs))
+    result.task = property_model.target.task
+    return _describe_target(result, bundle.info)
 
 
 def _predict_ensemble(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +14,14 @@ from torch.utils.data import DataLoader
 from crystaltwins.data.dataset import AugmentedPairCollator
 from crystaltwins.data.gather import ConcatGraphViews
 from crystaltwins.data.sources import prepare_caches
-from crystaltwins.data.splits import random_split
-from crystaltwins.graph.atom_features import AtomFeaturizer, default_featurizer
+from crystaltwins.data.splits import Split, random_split
+from crystaltwins.graph.atom_features import AtomFeaturizer, featurizer_for
 from crystaltwins.graph.settings import GraphSettings
 from crystaltwins.losses import build_objective
-from crystaltwins.models.cgcnn import CGCNNEncoder
 from crystaltwins.models.checkpoint import ModelBundle, load_model, save_model
-from crystaltwins.models.heads import ProjectionHead
+from crystaltwins.models.heads import ProjectionHead, SimSiamPredictor
 from crystaltwins.training.common import (
     AtomicCheckpointIO,
-    RunOptions,
     check_resumed_state,
     fit,
     is_main_process,
@@ -32,66 +29,57 @@ from crystaltwins.training.common import (
     make_trainer,
     new_encoder,
     resume_path,
+    run_graph_settings,
     training_seconds,
     write_config,
 )
+from crystaltwins.training.configs import PretrainConfig
 from crystaltwins.training.run_folder import claimed_folder_of
 from crystaltwins.training.sampling import EpochSampler
 from crystaltwins.transforms import build_augmentation
 
 
-@dataclass
-class PretrainConfig(RunOptions):
-    """Settings of a pre-training run; the defaults are the paper's (Barlow Twins, Adam 1e-5,
-    batch 64, 15 epochs, 95/5 split) and the published checkpoint's dimensions."""
-
-    data: list[str]
-    out: str
-    objective: str = "barlow_twins"
-    barlow_lambda: float = 0.0051
-    augment: str = "rp,am,em"
-    perturbation: float = 0.05
-    atom_mask_fraction: float = 0.1
-    edge_mask_fraction: float = 0.1
-    lr: float = 1e-5
-    weight_decay: float = 1e-6
-    batch_size: int = 64
-    epochs: int = 15
-    val_fraction: float = 0.05
-    seed: int = 0
-    projection_hidden: int = 128
-    projection_dim: int = 256
-    radius: float = 8.0
-    max_neighbors: int = 12
-    init_from: str | None = None
-    max_crystals: int | None = None
-    exclude_ids_file: str | None = None
-
-
 class PretrainModule(L.LightningModule):
-    """Encoder + projector trained with a self-supervised objective on pairs of views."""
+    """Encoder + projector (+ predictor) trained with a self-supervised objective on pairs of
+    views. The module owns every parameter (the objective has none): with an objective that
+    ``uses_predictor`` (SimSiam), its ``predictor`` head maps each view's projections to the
+    predictions the objective compares, and is saved with the model.
+
+    :param encoder: a registered encoder, ``batch → (B, H)``.
+    :param projector: ``(B, H) → (B, D)``.
+    :param objective: a parameter-free loss (:mod:`crystaltwins.losses`).
+    :param predictor: ``(B, D) → (B, D)``, required by an objective that ``uses_predictor``.
+    """
 
     def __init__(
         self,
-        encoder: CGCNNEncoder,
+        encoder: nn.Module,
         projector: nn.Module,
         objective: nn.Module,
         lr: float = 1e-5,
         weight_decay: float = 1e-6,
+        predictor: nn.Module | None = None,
     ) -> None:
         super().__init__()
+        if getattr(objective, "uses_predictor", False) and predictor is None:
+            raise ValueError(f"{type(objective).__name__} needs a predictor head")
         self.encoder = encoder
         self.projector = projector
+        self.predictor = predictor
         self.objective = objective
         self.lr = lr
         self.weight_decay = weight_decay
 
     def forward(self, batch: Any) -> torch.Tensor:
+        """Projections ``(B, D)``."""
         return self.projector(self.encoder(batch))
 
     def _loss(self, pair: Any) -> torch.Tensor:
         view_a, view_b = pair
-        return self.objective(self(view_a), self(view_b))
+        z_a, z_b = self(view_a), self(view_b)
+        if getattr(self.objective, "uses_predictor", False):
+            return self.objective(z_a, z_b, self.predictor(z_a), self.predictor(z_b))  # type: ignore[misc]
+        return self.objective(z_a, z_b)
 
     def training_step(self, pair: Any, batch_idx: int) -> torch.Tensor:
         loss = self._loss(pair)
@@ -125,15 +113,6 @@ class PretrainModule(L.LightningModule):
         return torch.optim.Adam(
             self.parameters(), lr=self.lr, weight_decay=self.weight_decay, foreach=True
         )
-
-
-def _featurizer(config: PretrainConfig) -> AtomFeaturizer:
-    if config.atom_init:
-        return AtomFeaturizer.from_json(config.atom_init)
-    if config.init_from:
-        return load_model(config.init_from).featurizer
-    first = Path(config.data[0])
-    return default_featurizer(first if first.is_dir() else None)
 
 
 def _loader(
@@ -175,22 +154,113 @@ def _without_excluded(caches: list[Any], exclude_ids_file: str) -> np.ndarray:
 
 
 def pretrain(config: PretrainConfig) -> Path:
-    """Run pre-training; returns the path of the best model file (``RUN_DIR/model.pt``)."""
+    """Run pre-training; returns the path of the best model file (``RUN_DIR/model.pt``).
+
+    The config (objective, augmentation and encoder names included) is checked, and a starting
+    model (``init_from``) read, before any work."""
+    config.validate()
+    start = load_model(config.init_from) if config.init_from else None
     with claimed_folder_of(config, is_main_process()):
-        return _pretrain_in_claimed_folder(config)
+        return _pretrain_in_claimed_folder(config, start)
 
 
-def _pretrain_in_claimed_folder(config: PretrainConfig) -> Path:
+def _graph_and_features(
+    config: PretrainConfig, start: ModelBundle | None
+) -> tuple[GraphSettings, AtomFeaturizer]:
+    """The run's graph settings (with candidates for the perturbation) and element features:
+    a starting model's own, else those asked for / of the first source."""
+    margin = max(GraphSettings().perturbation_margin, config.perturbation)
+    settings = run_graph_settings(
+        config, config.data[0], start.graph_settings if start else None, perturbation_margin=margin
+    )
+    if start is not None:
+        return settings, start.featurizer
+    return settings, featurizer_for(config.data[0], config.atom_init)
+
+
+def _selected_crystals(config: PretrainConfig, caches: list[Any]) -> np.ndarray:
+    """Positions in the concatenated caches to train and validate on: without excluded ids, a
+    seeded random subset of ``max_crystals``."""
+    positions = np.arange(sum(len(c) for c in caches))
+    if config.exclude_ids_file:
+        positions = _without_excluded(caches, config.exclude_ids_file)
+    if config.max_crystals is not None and config.max_crystals < len(positions):
+        positions = np.sort(
+            np.random.default_rng(config.seed).choice(positions, config.max_crystals, replace=False)
+        )
+    return positions
+
+
+def _train_val(config: PretrainConfig, count: int) -> Split:
+    """The seeded training / validation split of ``count`` crystals (both at least 2)."""
+    split = random_split(count, (1 - config.val_fraction, config.val_fraction, 0.0), config.seed)
+    if len(split.val) < 2 or len(split.train) < 2:
+        raise ValueError(
+            f"{count} crystals are too few for a validation fraction of "
+            f"{config.val_fraction:g} (validation {len(split.val)}, training {len(split.train)}: "
+            "both need at least 2 crystals); use more data or a larger --val-fraction"
+        )
+    return split
+
+
+def _pretrain_module(
+    config: PretrainConfig,
+    start: ModelBundle | None,
+    featurizer: AtomFeaturizer,
+    settings: GraphSettings,
+) -> PretrainModule:
+    """Encoder + projector (+ predictor) (a starting model's, or new ones) with the objective."""
+    predictor = None
+    if start is not None:
+        encoder = start.encoder
+        projector = start.head or ProjectionHead(
+            encoder.out_dim, config.projection_hidden, config.projection_dim
+        )
+        if start.head is not None and start.predictor is not None:  # our own SimSiam model
+            predictor = start.predictor
+    else:
+        encoder = new_encoder(
+            featurizer,
+            settings,
+            config.atom_fea_len,
+            config.n_conv,
+            config.h_fea_len,
+            name=config.encoder,
+        )
+        projector = ProjectionHead(encoder.out_dim, config.projection_hidden, config.projection_dim)
+    objective = build_objective(config.objective, lambda_=config.barlow_lambda)
+    if not getattr(objective, "uses_predictor", False):
+        predictor = None
+    elif predictor is None:
+        predictor = SimSiamPredictor(projector.out_dim)
+    return PretrainModule(encoder, projector, objective, config.lr, config.weight_decay, predictor)
+
+
+def _model_info(
+    config: PretrainConfig, train: ConcatGraphViews, val: ConcatGraphViews, trainer: L.Trainer
+) -> dict[str, Any]:
+    """What the model file records about its training."""
+    return {
+        "objective": config.objective,
+        "augmentations": config.augment,
+        "data_sources": [str(Path(d).resolve()) for d in config.data],
+        "crystals": {"train": len(train), "val": len(val)},
+        "epochs": config.epochs,
+        "lr": config.lr,
+        "weight_decay": config.weight_decay,
+        "batch_size": config.batch_size,
+        "seed": config.seed,
+        "best_val_loss": float(trainer.checkpoint_callback.best_model_score or float("nan")),  # type: ignore[union-attr]
+        "seconds": training_seconds(trainer),
+    }
+
+
+def _pretrain_in_claimed_folder(config: PretrainConfig, start: ModelBundle | None) -> Path:
     """:func:`pretrain`, once its run folder is locked and checked."""
     out = Path(config.out)
     write_config(out, config)
     L.seed_everything(config.seed, workers=True, verbose=False)
-    settings = GraphSettings(
-        radius=config.radius,
-        max_neighbors=config.max_neighbors,
-        perturbation_margin=max(0.05, config.perturbation),
-    )
-    featurizer = _featurizer(config)
+    settings, featurizer = _graph_and_features(config, start)
     caches = prepare_caches(
         config.data,
         settings,
@@ -201,26 +271,8 @@ def _pretrain_in_claimed_folder(config: PretrainConfig) -> Path:
         log=main_print,
         cif_column=config.cif_column,
     )
-    positions = np.arange(sum(len(c) for c in caches))
-    if config.exclude_ids_file:
-        positions = _without_excluded(caches, config.exclude_ids_file)
-    if config.max_crystals is not None and config.max_crystals < len(positions):
-        positions = np.sort(
-            np.random.default_rng(config.seed).choice(positions, config.max_crystals, replace=False)
-        )
-    if config.epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {config.epochs}")
-    if not 0.0 < config.val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be between 0 and 1, got {config.val_fraction}")
-    split = random_split(
-        len(positions), (1 - config.val_fraction, config.val_fraction, 0.0), config.seed
-    )
-    if len(split.val) < 2 or len(split.train) < 2:
-        raise ValueError(
-            f"{len(positions)} crystals are too few for a validation fraction of "
-            f"{config.val_fraction:g} (validation {len(split.val)}, training {len(split.train)}: "
-            "both need at least 2 crystals); use more data or a larger --val-fraction"
-        )
+    positions = _selected_crystals(config, caches)
+    split = _train_val(config, len(positions))
     augmentation = build_augmentation(
         config.augment,
         settings,
@@ -230,26 +282,7 @@ def _pretrain_in_claimed_folder(config: PretrainConfig) -> Path:
     )
     train = ConcatGraphViews(caches, positions[split.train])
     val = ConcatGraphViews(caches, positions[split.val])
-
-    if config.init_from:
-        start = load_model(config.init_from)
-        encoder = start.encoder
-        projector = start.head or ProjectionHead(
-            encoder.out_dim, config.projection_hidden, config.projection_dim
-        )
-    else:
-        encoder = new_encoder(
-            featurizer, settings, config.atom_fea_len, config.n_conv, config.h_fea_len
-        )
-        projector = ProjectionHead(encoder.out_dim, config.projection_hidden, config.projection_dim)
-    objective_kw: dict[str, Any] = {}
-    if config.objective.replace("-", "_") == "barlow_twins":
-        objective_kw["lambda_"] = config.barlow_lambda
-    elif config.objective == "simsiam":
-        objective_kw["dim"] = config.projection_dim
-    objective = build_objective(config.objective, **objective_kw)
-    module = PretrainModule(encoder, projector, objective, config.lr, config.weight_decay)
-
+    module = _pretrain_module(config, start, featurizer, settings)
     trainer = make_trainer(
         out,
         epochs=config.epochs,
@@ -269,24 +302,19 @@ def _pretrain_in_claimed_folder(config: PretrainConfig) -> Path:
     )
     best = out / "checkpoints" / "best.ckpt"
     if best.exists():
-        state = AtomicCheckpointIO().load_checkpoint(best)["state_dict"]
-        module.load_state_dict(state)
-    info = {
-        "objective": config.objective,
-        "augmentations": config.augment,
-        "data_sources": [str(Path(d).resolve()) for d in config.data],
-        "crystals": {"train": len(train), "val": len(val)},
-        "epochs": config.epochs,
-        "lr": config.lr,
-        "weight_decay": config.weight_decay,
-        "batch_size": config.batch_size,
-        "seed": config.seed,
-        "best_val_loss": float(trainer.checkpoint_callback.best_model_score or float("nan")),  # type: ignore[union-attr]
-        "seconds": training_seconds(trainer),
-    }
+        module.load_state_dict(AtomicCheckpointIO().load_checkpoint(best)["state_dict"])
     if trainer.is_global_zero:
+        info = _model_info(config, train, val, trainer)
         save_model(
             out / "model.pt",
-            ModelBundle(module.encoder, module.projector, "pretrained", featurizer, settings, info),
+            ModelBundle(
+                module.encoder,
+                module.projector,
+                "pretrained",
+                featurizer,
+                settings,
+                info,
+                predictor=module.predictor,
+            ),
         )
     return out / "model.pt"
