@@ -106,11 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (required here or in --config)")
     p.add_argument(
         "--objective",
-        help="barlow_twins (default), simsiam, or another name in crystaltwins.losses.OBJECTIVES",
+        help="barlow_twins (default), simsiam, vicreg, nt_xent, masked_element, denoise (names in "
+        "crystaltwins.losses.OBJECTIVES), or several summed: barlow_twins+denoise",
     )
     p.add_argument(
+        "--objective-weights", help="1,0.5 (one per objective) or denoise:0.5; default 1"
+    )
+    p.add_argument("--noise-sigma", type=float, help="gn (Gaussian noise) σ in Å (default 0.1)")
+    p.add_argument(
         "--augment",
-        help="comma-separated names in crystaltwins.transforms.AUGMENTATIONS: rp, am, em, ... "
+        help="comma-separated names in crystaltwins.transforms.AUGMENTATIONS: rp, gn, am, em, ... "
         "(default rp,am,em)",
     )
     p.add_argument("--perturbation", type=float, help="RP displacement in Å (default 0.05)")

@@ -191,5 +191,7 @@ class GraphArrays:
             original_atomic_numbers=None
             if self.original_atomic_numbers is None
             else torch.from_numpy(np.asarray(self.original_atomic_numbers, dtype=np.int64)),
-            clean_edge_distance=None if clean is None else torch.from_numpy(clean.astype(np.float32)),
+            clean_edge_distance=None
+            if clean is None
+            else torch.from_numpy(clean.astype(np.float32)),
         )

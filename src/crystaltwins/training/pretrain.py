@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,6 @@ from crystaltwins.data.sources import prepare_caches
 from crystaltwins.data.splits import random_split
 from crystaltwins.graph.atom_features import AtomFeaturizer, default_featurizer
 from crystaltwins.graph.settings import GraphSettings
-from crystaltwins.losses import build_objective, objective_class
 from crystaltwins.models.checkpoint import ModelBundle, load_model, save_model
 from crystaltwins.models.heads import ProjectionHead, SimSiamPredictor
 from crystaltwins.models.registry import ENCODERS, lookup
@@ -35,9 +35,22 @@ from crystaltwins.training.common import (
     training_seconds,
     write_config,
 )
+from crystaltwins.training.objectives import (
+    ObjectiveTerm,
+    as_terms,
+    atom_embedding_width,
+    build_objectives,
+    check_augmentations,
+    make_heads,
+    objective_losses,
+    parse_objectives,
+    uses_atoms,
+    uses_predictor,
+    weighted_sum,
+)
 from crystaltwins.training.run_folder import claimed_folder_of
 from crystaltwins.training.sampling import EpochSampler
-from crystaltwins.transforms import build_augmentation, parse_augmentations
+from crystaltwins.transforms import GaussianNoise, build_augmentation, parse_augmentations
 
 
 @dataclass
@@ -48,6 +61,8 @@ class PretrainConfig(RunOptions):
     data: list[str]
     out: str
     objective: str = "barlow_twins"
+    objective_weights: str | None = None
+    noise_sigma: float = 0.1
     barlow_lambda: float = 0.0051
     augment: str = "rp,am,em"
     perturbation: float = 0.05
@@ -69,33 +84,45 @@ class PretrainConfig(RunOptions):
 
 
 class PretrainModule(L.LightningModule):
-    """Encoder + projector (+ predictor) trained with a self-supervised objective on pairs of
-    views. The module owns every parameter (the objective has none): with an objective that
-    ``uses_predictor`` (SimSiam), its ``predictor`` head maps each view's projections to the
-    predictions the objective compares, and is saved with the model.
+    """Encoder + projector (+ predictor, + pretext heads) trained with self-supervised
+    objectives on pairs of views. The module owns every parameter (objectives have none): with an
+    objective that ``uses_predictor`` (SimSiam), its ``predictor`` head maps each view's
+    projections to the predictions the objective compares, and is saved with the model; an
+    atom-level objective (masked-element prediction, denoising) has its head in
+    ``pretext_heads``, kept in the training checkpoints (a resumed run continues it) and left out
+    of the model file (fine-tuning uses the encoder only).
 
     :param encoder: a registered encoder, ``batch → (B, H)``.
     :param projector: ``(B, H) → (B, D)``.
-    :param objective: a parameter-free loss (:mod:`crystaltwins.losses`).
+    :param objective: a parameter-free loss (:mod:`crystaltwins.losses`), or weighted terms
+        (:func:`~crystaltwins.training.objectives.build_objectives`) summed into the loss.
     :param predictor: ``(B, D) → (B, D)``, required by an objective that ``uses_predictor``.
+    :param pretext_heads: the atom-level objectives' heads, by objective name.
     """
 
     def __init__(
         self,
         encoder: nn.Module,
         projector: nn.Module,
-        objective: nn.Module,
+        objective: nn.Module | Sequence[ObjectiveTerm],
         lr: float = 1e-5,
         weight_decay: float = 1e-6,
         predictor: nn.Module | None = None,
+        pretext_heads: Mapping[str, nn.Module] | None = None,
     ) -> None:
         super().__init__()
-        if getattr(objective, "uses_predictor", False) and predictor is None:
-            raise ValueError(f"{type(objective).__name__} needs a predictor head")
+        self.terms = as_terms(objective)
+        heads = dict(pretext_heads or {})
+        for term in self.terms:
+            if uses_predictor(term) and predictor is None:
+                raise ValueError(f"{type(term.objective).__name__} needs a predictor head")
+            if uses_atoms(term) and term.name not in heads:
+                raise ValueError(f"objective {term.name} needs its head in pretext_heads")
         self.encoder = encoder
         self.projector = projector
         self.predictor = predictor
-        self.objective = objective
+        self.pretext_heads = nn.ModuleDict(heads)
+        self.objectives = nn.ModuleDict({t.name: t.objective for t in self.terms})  # no weights
         self.lr = lr
         self.weight_decay = weight_decay
 
@@ -103,36 +130,32 @@ class PretrainModule(L.LightningModule):
         """Projections ``(B, D)``."""
         return self.projector(self.encoder(batch))
 
-    def _loss(self, pair: Any) -> torch.Tensor:
-        view_a, view_b = pair
-        z_a, z_b = self(view_a), self(view_b)
-        if getattr(self.objective, "uses_predictor", False):
-            return self.objective(z_a, z_b, self.predictor(z_a), self.predictor(z_b))  # type: ignore[misc]
-        return self.objective(z_a, z_b)
-
-    def training_step(self, pair: Any, batch_idx: int) -> torch.Tensor:
-        loss = self._loss(pair)
-        self.log(
-            "train_loss",
-            loss,
-            prog_bar=True,
-            on_step=True,
-            on_epoch=True,
-            batch_size=pair[0].num_crystals,
-            sync_dist=True,  # SimSiam's loss is per rank; a no-op on one device
+    def _step(self, pair: Any, stage: str) -> torch.Tensor:
+        """The weighted loss of a pair of views, logged with each objective's own loss."""
+        losses = objective_losses(
+            self.terms, pair, self.encoder, self.projector, self.predictor, self.pretext_heads
         )
+        loss = weighted_sum(self.terms, losses)
+        logged = {f"{stage}_loss": loss}
+        if len(losses) > 1:
+            logged.update({f"{stage}_loss_{name}": value for name, value in losses.items()})
+        for name, value in logged.items():
+            self.log(
+                name,
+                value,
+                prog_bar=name == f"{stage}_loss",
+                on_step=stage == "train",
+                on_epoch=True,
+                batch_size=pair[0].num_crystals,
+                sync_dist=True,  # SimSiam's loss is per rank; a no-op on one device
+            )
         return loss
 
+    def training_step(self, pair: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(pair, "train")
+
     def validation_step(self, pair: Any, batch_idx: int) -> None:
-        loss = self._loss(pair)
-        self.log(
-            "val_loss",
-            loss,
-            prog_bar=True,
-            on_epoch=True,
-            batch_size=pair[0].num_crystals,
-            sync_dist=True,
-        )
+        self._step(pair, "val")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A resumed checkpoint must fit this model (one line naming it otherwise)."""
@@ -142,6 +165,15 @@ class PretrainModule(L.LightningModule):
         return torch.optim.Adam(
             self.parameters(), lr=self.lr, weight_decay=self.weight_decay, foreach=True
         )
+
+
+def _perturbation_margin(config: PretrainConfig) -> float:
+    """Largest atom move of the views in Å (at least CT's 0.05): what the graph cache's candidate
+    neighbours must cover."""
+    moves = [0.05, config.perturbation]
+    if "gn" in parse_augmentations(config.augment):
+        moves.append(GaussianNoise.TRUNCATION * config.noise_sigma)
+    return max(moves)
 
 
 def _featurizer(config: PretrainConfig) -> AtomFeaturizer:
@@ -193,8 +225,10 @@ def _without_excluded(caches: list[Any], exclude_ids_file: str) -> np.ndarray:
 
 def pretrain(config: PretrainConfig) -> Path:
     """Run pre-training; returns the path of the best model file (``RUN_DIR/model.pt``)."""
-    objective_class(config.objective)  # names checked before any work
-    parse_augmentations(config.augment)
+    parse_objectives(config.objective, config.objective_weights)  # checked before any work
+    check_augmentations(config.objective, parse_augmentations(config.augment))
+    if not config.noise_sigma > 0:
+        raise ValueError(f"noise_sigma must be positive, got {config.noise_sigma}")
     lookup(ENCODERS, "encoder", config.encoder)
     with claimed_folder_of(config, is_main_process()):
         return _pretrain_in_claimed_folder(config)
@@ -208,7 +242,7 @@ def _pretrain_in_claimed_folder(config: PretrainConfig) -> Path:
     settings = GraphSettings(
         radius=config.radius,
         max_neighbors=config.max_neighbors,
-        perturbation_margin=max(0.05, config.perturbation),
+        perturbation_margin=_perturbation_margin(config),
     )
     featurizer = _featurizer(config)
     caches = prepare_caches(
@@ -247,6 +281,7 @@ def _pretrain_in_claimed_folder(config: PretrainConfig) -> Path:
         config.perturbation,
         config.atom_mask_fraction,
         config.edge_mask_fraction,
+        options={"gn": {"sigma": config.noise_sigma}},
     )
     train = ConcatGraphViews(caches, positions[split.train])
     val = ConcatGraphViews(caches, positions[split.val])
@@ -270,13 +305,19 @@ def _pretrain_in_claimed_folder(config: PretrainConfig) -> Path:
             name=config.encoder,
         )
         projector = ProjectionHead(encoder.out_dim, config.projection_hidden, config.projection_dim)
-    objective = build_objective(config.objective, lambda_=config.barlow_lambda)
-    if not getattr(objective, "uses_predictor", False):
+    terms = build_objectives(
+        config.objective, config.objective_weights, lambda_=config.barlow_lambda
+    )
+    if not any(map(uses_predictor, terms)):
         predictor = None
     elif predictor is None:
         predictor = SimSiamPredictor(projector.out_dim)
+    heads = {}
+    if any(map(uses_atoms, terms)):
+        atom_dim = atom_embedding_width(encoder, train.__getitems__([0])[0].to_batch())
+        heads = make_heads(terms, atom_dim, len(featurizer.table), settings.radius)
     module = PretrainModule(
-        encoder, projector, objective, config.lr, config.weight_decay, predictor
+        encoder, projector, terms, config.lr, config.weight_decay, predictor, heads
     )
 
     trainer = make_trainer(
@@ -302,6 +343,7 @@ def _pretrain_in_claimed_folder(config: PretrainConfig) -> Path:
         module.load_state_dict(state)
     info = {
         "objective": config.objective,
+        "objective_weights": {t.name: t.weight for t in terms},
         "augmentations": config.augment,
         "data_sources": [str(Path(d).resolve()) for d in config.data],
         "crystals": {"train": len(train), "val": len(val)},
