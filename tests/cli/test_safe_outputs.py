@@ -116,7 +116,7 @@ def test_torch_disk_full_error_becomes_one_line(tmp_path, monkeypatch):
         AtomicCheckpointIO().save_checkpoint({}, tmp_path / "checkpoints" / "last.ckpt")
     assert caught.value.errno == errno.ENOSPC
     assert list((tmp_path / "checkpoints").iterdir()) == []  # no half-written file left
-    import crystaltwins.training.finetune as finetune_module
+    import crystaltwins.evaluation.runs as finetune_module
 
     def failing(config, callbacks=None):
         torch.save({}, tmp_path / "model.pt")

@@ -13,7 +13,8 @@ from crystaltwins.evaluation.inference import (
     write_embeddings_npz,
     write_predictions_csv,
 )
-from crystaltwins.training.finetune import FinetuneConfig, finetune
+from crystaltwins.evaluation.runs import finetune
+from crystaltwins.training.finetune import FinetuneConfig
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,10 @@ from scipy.stats import spearmanr
 
 from crystaltwins.cli.main import main
 from crystaltwins.evaluation.inference import predict, write_predictions_csv
+from crystaltwins.evaluation.runs import finetune
 from crystaltwins.models.checkpoint import EnsembleBundle, load_model, load_predictor
 from crystaltwins.training.common import write_config
-from crystaltwins.training.finetune import FinetuneConfig, finetune
+from crystaltwins.training.finetune import FinetuneConfig
 from crystaltwins.training.run_folder import config_differences
 
 MEMBERS = 2

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from crystaltwins.evaluation.inference import predict, write_predictions_csv
+from crystaltwins.evaluation.runs import finetune
 from crystaltwins.models.checkpoint import load_model
-from crystaltwins.training.finetune import FinetuneConfig, finetune
+from crystaltwins.training.finetune import FinetuneConfig
 
 
 def _config(source, out, cache_root, **kw):
