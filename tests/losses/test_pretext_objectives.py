@@ -55,7 +55,7 @@ def _learns(objective, crystals, names, steps=25):
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 
