@@ -210,11 +210,19 @@ class PretrainConfig(RunOptions):
     out: str = setting(help="run folder")
     objective: str = setting(
         "barlow_twins",
-        "self-supervised objective: barlow_twins, simsiam or another name registered in "
-        "crystaltwins.losses.OBJECTIVES",
+        "self-supervised objective: barlow_twins, simsiam, vicreg, nt_xent, masked_element, "
+        "denoise (names in crystaltwins.losses.OBJECTIVES), or several summed: "
+        "barlow_twins+denoise",
     )
+    objective_weights: str | None = setting(
+        None,
+        "weights of the summed objectives: one per objective (1,0.5) or name:weight pairs "
+        "(denoise:0.5)",
+        default_text="1 each",
+    )
+    noise_sigma: float = setting(0.1, "Gaussian noise (gn): σ of each coordinate's move in Å")
     barlow_lambda: float = setting(0.0051, "Barlow Twins off-diagonal weight λ")
-    augment: str = setting("rp,am,em", "comma-separated augmentations: rp, am, em")
+    augment: str = setting("rp,am,em", "comma-separated augmentations: rp, gn, am, em")
     perturbation: float = setting(0.05, "random perturbation (rp): largest displacement in Å")
     atom_mask_fraction: float = setting(0.1, "atom masking (am): fraction of atoms masked")
     edge_mask_fraction: float = setting(0.1, "edge masking (em): fraction of edges masked")
@@ -252,11 +260,12 @@ class PretrainConfig(RunOptions):
         _fraction(self, "val_fraction", low_open=True)
         _fraction(self, "atom_mask_fraction")
         _fraction(self, "edge_mask_fraction")
-        from crystaltwins.losses import objective_class
+        _positive(self, "noise_sigma")
+        from crystaltwins.training.objectives import check_augmentations, parse_objectives
         from crystaltwins.transforms import parse_augmentations
 
-        objective_class(self.objective)  # ValueError naming the registered ones
-        parse_augmentations(self.augment)
+        parse_objectives(self.objective, self.objective_weights)  # names and weights
+        check_augmentations(self.objective, parse_augmentations(self.augment))
         _existing_file("exclude_ids_file", self.exclude_ids_file)
 
 

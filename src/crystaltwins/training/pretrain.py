@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,6 @@ from crystaltwins.data.sources import prepare_caches
 from crystaltwins.data.splits import Split, random_split
 from crystaltwins.graph.atom_features import AtomFeaturizer, featurizer_for
 from crystaltwins.graph.settings import GraphSettings
-from crystaltwins.losses import build_objective
 from crystaltwins.models.checkpoint import ModelBundle, load_model, save_model
 from crystaltwins.models.heads import ProjectionHead, SimSiamPredictor
 from crystaltwins.training.common import (
@@ -34,39 +34,62 @@ from crystaltwins.training.common import (
     write_config,
 )
 from crystaltwins.training.configs import PretrainConfig
+from crystaltwins.training.objectives import (
+    ObjectiveTerm,
+    as_terms,
+    atom_embedding_width,
+    build_objectives,
+    make_heads,
+    objective_losses,
+    uses_atoms,
+    uses_predictor,
+    weighted_sum,
+)
 from crystaltwins.training.run_folder import claimed_folder_of
 from crystaltwins.training.sampling import EpochSampler
-from crystaltwins.transforms import build_augmentation
+from crystaltwins.transforms import GaussianNoise, build_augmentation, parse_augmentations
 
 
 class PretrainModule(L.LightningModule):
-    """Encoder + projector (+ predictor) trained with a self-supervised objective on pairs of
-    views. The module owns every parameter (the objective has none): with an objective that
-    ``uses_predictor`` (SimSiam), its ``predictor`` head maps each view's projections to the
-    predictions the objective compares, and is saved with the model.
+    """Encoder + projector (+ predictor, + pretext heads) trained with self-supervised
+    objectives on pairs of views. The module owns every parameter (objectives have none): with an
+    objective that ``uses_predictor`` (SimSiam), its ``predictor`` head maps each view's
+    projections to the predictions the objective compares, and is saved with the model; an
+    atom-level objective (masked-element prediction, denoising) has its head in
+    ``pretext_heads``, kept in the training checkpoints (a resumed run continues it) and left out
+    of the model file (fine-tuning uses the encoder only).
 
     :param encoder: a registered encoder, ``batch → (B, H)``.
     :param projector: ``(B, H) → (B, D)``.
-    :param objective: a parameter-free loss (:mod:`crystaltwins.losses`).
+    :param objective: a parameter-free loss (:mod:`crystaltwins.losses`), or weighted terms
+        (:func:`~crystaltwins.training.objectives.build_objectives`) summed into the loss.
     :param predictor: ``(B, D) → (B, D)``, required by an objective that ``uses_predictor``.
+    :param pretext_heads: the atom-level objectives' heads, by objective name.
     """
 
     def __init__(
         self,
         encoder: nn.Module,
         projector: nn.Module,
-        objective: nn.Module,
+        objective: nn.Module | Sequence[ObjectiveTerm],
         lr: float = 1e-5,
         weight_decay: float = 1e-6,
         predictor: nn.Module | None = None,
+        pretext_heads: Mapping[str, nn.Module] | None = None,
     ) -> None:
         super().__init__()
-        if getattr(objective, "uses_predictor", False) and predictor is None:
-            raise ValueError(f"{type(objective).__name__} needs a predictor head")
+        self.terms = as_terms(objective)
+        heads = dict(pretext_heads or {})
+        for term in self.terms:
+            if uses_predictor(term) and predictor is None:
+                raise ValueError(f"{type(term.objective).__name__} needs a predictor head")
+            if uses_atoms(term) and term.name not in heads:
+                raise ValueError(f"objective {term.name} needs its head in pretext_heads")
         self.encoder = encoder
         self.projector = projector
         self.predictor = predictor
-        self.objective = objective
+        self.pretext_heads = nn.ModuleDict(heads)
+        self.objectives = nn.ModuleDict({t.name: t.objective for t in self.terms})  # no weights
         self.lr = lr
         self.weight_decay = weight_decay
 
@@ -74,36 +97,32 @@ class PretrainModule(L.LightningModule):
         """Projections ``(B, D)``."""
         return self.projector(self.encoder(batch))
 
-    def _loss(self, pair: Any) -> torch.Tensor:
-        view_a, view_b = pair
-        z_a, z_b = self(view_a), self(view_b)
-        if getattr(self.objective, "uses_predictor", False):
-            return self.objective(z_a, z_b, self.predictor(z_a), self.predictor(z_b))  # type: ignore[misc]
-        return self.objective(z_a, z_b)
-
-    def training_step(self, pair: Any, batch_idx: int) -> torch.Tensor:
-        loss = self._loss(pair)
-        self.log(
-            "train_loss",
-            loss,
-            prog_bar=True,
-            on_step=True,
-            on_epoch=True,
-            batch_size=pair[0].num_crystals,
-            sync_dist=True,  # SimSiam's loss is per rank; a no-op on one device
+    def _step(self, pair: Any, stage: str) -> torch.Tensor:
+        """The weighted loss of a pair of views, logged with each objective's own loss."""
+        losses = objective_losses(
+            self.terms, pair, self.encoder, self.projector, self.predictor, self.pretext_heads
         )
+        loss = weighted_sum(self.terms, losses)
+        logged = {f"{stage}_loss": loss}
+        if len(losses) > 1:
+            logged.update({f"{stage}_loss_{name}": value for name, value in losses.items()})
+        for name, value in logged.items():
+            self.log(
+                name,
+                value,
+                prog_bar=name == f"{stage}_loss",
+                on_step=stage == "train",
+                on_epoch=True,
+                batch_size=pair[0].num_crystals,
+                sync_dist=True,  # SimSiam's loss is per rank; a no-op on one device
+            )
         return loss
 
+    def training_step(self, pair: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(pair, "train")
+
     def validation_step(self, pair: Any, batch_idx: int) -> None:
-        loss = self._loss(pair)
-        self.log(
-            "val_loss",
-            loss,
-            prog_bar=True,
-            on_epoch=True,
-            batch_size=pair[0].num_crystals,
-            sync_dist=True,
-        )
+        self._step(pair, "val")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A resumed checkpoint must fit this model (one line naming it otherwise)."""
@@ -169,7 +188,10 @@ def _graph_and_features(
 ) -> tuple[GraphSettings, AtomFeaturizer]:
     """The run's graph settings (with candidates for the perturbation) and element features:
     a starting model's own, else those asked for / of the first source."""
-    margin = max(GraphSettings().perturbation_margin, config.perturbation)
+    moves = [GraphSettings().perturbation_margin, config.perturbation]
+    if "gn" in parse_augmentations(config.augment):
+        moves.append(GaussianNoise.TRUNCATION * config.noise_sigma)
+    margin = max(moves)
     settings = run_graph_settings(
         config, config.data[0], start.graph_settings if start else None, perturbation_margin=margin
     )
@@ -208,8 +230,10 @@ def _pretrain_module(
     start: ModelBundle | None,
     featurizer: AtomFeaturizer,
     settings: GraphSettings,
+    train: ConcatGraphViews,
 ) -> PretrainModule:
-    """Encoder + projector (+ predictor) (a starting model's, or new ones) with the objective."""
+    """Encoder + projector (+ predictor) (a starting model's, or new ones) with the weighted
+    objectives, and fresh heads for the atom-level ones (sized on a crystal of ``train``)."""
     predictor = None
     if start is not None:
         encoder = start.encoder
@@ -228,20 +252,33 @@ def _pretrain_module(
             name=config.encoder,
         )
         projector = ProjectionHead(encoder.out_dim, config.projection_hidden, config.projection_dim)
-    objective = build_objective(config.objective, lambda_=config.barlow_lambda)
-    if not getattr(objective, "uses_predictor", False):
+    terms = build_objectives(
+        config.objective, config.objective_weights, lambda_=config.barlow_lambda
+    )
+    if not any(map(uses_predictor, terms)):
         predictor = None
     elif predictor is None:
         predictor = SimSiamPredictor(projector.out_dim)
-    return PretrainModule(encoder, projector, objective, config.lr, config.weight_decay, predictor)
+    heads = {}
+    if any(map(uses_atoms, terms)):
+        atom_dim = atom_embedding_width(encoder, train.__getitems__([0])[0].to_batch())
+        heads = make_heads(terms, atom_dim, len(featurizer.table), settings.radius)
+    return PretrainModule(
+        encoder, projector, terms, config.lr, config.weight_decay, predictor, heads
+    )
 
 
 def _model_info(
-    config: PretrainConfig, train: ConcatGraphViews, val: ConcatGraphViews, trainer: L.Trainer
+    config: PretrainConfig,
+    train: ConcatGraphViews,
+    val: ConcatGraphViews,
+    trainer: L.Trainer,
+    module: PretrainModule,
 ) -> dict[str, Any]:
     """What the model file records about its training."""
     return {
         "objective": config.objective,
+        "objective_weights": {t.name: t.weight for t in module.terms},
         "augmentations": config.augment,
         "data_sources": [str(Path(d).resolve()) for d in config.data],
         "crystals": {"train": len(train), "val": len(val)},
@@ -279,10 +316,11 @@ def _pretrain_in_claimed_folder(config: PretrainConfig, start: ModelBundle | Non
         config.perturbation,
         config.atom_mask_fraction,
         config.edge_mask_fraction,
+        options={"gn": {"sigma": config.noise_sigma}},
     )
     train = ConcatGraphViews(caches, positions[split.train])
     val = ConcatGraphViews(caches, positions[split.val])
-    module = _pretrain_module(config, start, featurizer, settings)
+    module = _pretrain_module(config, start, featurizer, settings, train)
     trainer = make_trainer(
         out,
         epochs=config.epochs,
@@ -304,7 +342,7 @@ def _pretrain_in_claimed_folder(config: PretrainConfig, start: ModelBundle | Non
     if best.exists():
         module.load_state_dict(AtomicCheckpointIO().load_checkpoint(best)["state_dict"])
     if trainer.is_global_zero:
-        info = _model_info(config, train, val, trainer)
+        info = _model_info(config, train, val, trainer, module)
         save_model(
             out / "model.pt",
             ModelBundle(
