@@ -1,6 +1,14 @@
 """``crystaltwins bench``: pre-train once, then fine-tune CT and train CGCNN from scratch on every
 task and seed; write ``results.json`` / ``results.md``; optionally the augmentation ablation
 (paper Fig. 2) and the t-SNE maps (paper Fig. 3). Finished (task, seed, method) runs are reused.
+
+Several encoders (``encoders``): each is trained from scratch on the same splits; CT is
+pre-trained and fine-tuned for the first of them (or the one a given ``pretrained`` model holds),
+or for every one with ``pretrain_all``. Run folders ``OUT/runs/TASK/seedK/METHOD`` and
+``OUT/pretrain/VARIANT`` keep the names they had before encoders could be chosen for the default
+encoder (``scratch``, ``ct``, ``ct_rp``, ``pretrain/rp_am_em``); another encoder's carry its name
+as a suffix (``scratch_gin``, ``ct_gin``, ``ct_rp_gin``, ``pretrain/rp_am_em_gin``): see
+:func:`run_method` and :func:`pretrain_name`, so existing benchmark folders resume.
 """
 
 from __future__ import annotations
@@ -25,6 +33,13 @@ from crystaltwins.training.configs import (
     setting,
 )
 from crystaltwins.training.run_folder import BENCH_FILES, claim_run_folder
+
+#: The encoder of a benchmark without ``encoders`` (its run folders carry no encoder suffix).
+DEFAULT_ENCODER: str = field_default(RunOptions, "encoder")
+#: The augmentation variant of the CT column (the paper's RP+AM+EM).
+CT_VARIANT = "RP+AM+EM"
+#: The encoder of the paper's Crystal Twins (its "paper CT" numbers).
+PAPER_CT_ENCODER = "cgcnn"
 
 
 @dataclass(frozen=True)
@@ -126,6 +141,16 @@ class BenchConfig:
         "use this pre-trained model instead of pre-training ('default': the shipped one)",
         default_text="pre-train one",
     )
+    encoders: list[str] = setting(
+        [DEFAULT_ENCODER],
+        "encoders trained from scratch on the same splits, a results column each (cgcnn, gin, "
+        "gatgnn, ogcnn or another registered name); CT is pre-trained for the first (or for the "
+        "encoder a --pretrained model holds)",
+        metavar="ENCODER",
+    )
+    pretrain_all: bool = setting(
+        False, "pre-train and fine-tune CT for every encoder of --encoders, not only the first"
+    )
     corpus: list[str] | None = setting(
         None, "pre-training files", default_text="every *.csv.gz in the data root"
     )
@@ -172,12 +197,28 @@ class BenchConfig:
                 "--protocol matbench runs folds 0-4: --first-seed and --seeds pick them "
                 f"(got folds {self.first_seed}..{self.first_seed + self.seeds - 1})"
             )
+        self._validate_encoders()
         if self.pretrained and (self.radius is not None or self.max_neighbors is not None):
             raise ValueError(
                 "a pre-trained model brings its own graph settings: leave --radius / "
                 "--max-neighbors out with --pretrained (CT and scratch must use the same graphs)"
             )
         RunOptions.validate(PretrainConfig(data=["-"], out="-", **self._run_options()))
+
+    def _validate_encoders(self) -> None:
+        """``encoders``: at least one, each registered, none twice."""
+        from crystaltwins.models.registry import ENCODERS
+
+        if not self.encoders:
+            raise ValueError("--encoders: give at least one encoder")
+        for name in self.encoders:
+            if name not in ENCODERS:
+                raise ValueError(
+                    f"--encoders: unknown encoder {name!r}; registered: {', '.join(sorted(ENCODERS))}"
+                )
+        repeated = sorted({name for name in self.encoders if self.encoders.count(name) > 1})
+        if repeated:
+            raise ValueError(f"--encoders: {', '.join(repeated)} given more than once")
 
     def _run_options(self) -> dict[str, Any]:
         return {
@@ -198,6 +239,8 @@ class BenchContext:
     config: BenchConfig
     preset: Preset
     tasks: list[BenchmarkTask]
+    #: the encoder of the CT column and of the ablation (see :func:`ct_encoders`)
+    ct_encoder: str = DEFAULT_ENCODER
     started: float = field(default_factory=time.time)
     runs_total: int = 0
     runs_done: int = 0
@@ -252,9 +295,15 @@ def epoch_progress(ctx: BenchContext, label: str, every: int = 10) -> Any:
 
 
 def _finetune_config(
-    ctx: BenchContext, task: BenchmarkTask, seed: int, method: str, pretrained: Path | None
+    ctx: BenchContext,
+    task: BenchmarkTask,
+    seed: int,
+    method: str,
+    pretrained: Path | None,
+    encoder: str = DEFAULT_ENCODER,
 ) -> FinetuneConfig:
-    """The settings of one (task, seed, method) run; CT and scratch differ only in the start."""
+    """The settings of one (task, seed, method) run; CT and scratch differ only in the start
+    (``encoder``: the new encoder of a run from scratch; a pre-trained model brings its own)."""
     part = f"fold{seed}" if ctx.config.protocol == "matbench" else f"seed{seed}"
     options = ctx.config._run_options()
     if pretrained is not None:  # the model brings its graph settings
@@ -265,6 +314,7 @@ def _finetune_config(
         out=str(ctx.out / "runs" / task.name / part / method),
         pretrained=str(pretrained) if pretrained else None,
         from_scratch=pretrained is None,
+        encoder=encoder,
         target_transform=task.transform,
         unit=task.unit,
         lr=ctx.preset.finetune_lr,
@@ -318,9 +368,64 @@ def _excluded_ids_file(ctx: BenchContext, out: Path) -> Path:
     return path
 
 
+def run_method(encoder: str, variant: str | None = None) -> str:
+    """The folder of a run under ``OUT/runs/TASK/seedK``: ``scratch`` (``variant`` ``None``),
+    ``ct`` (:data:`CT_VARIANT`) or ``ct_<variant>`` (ablation) for :data:`DEFAULT_ENCODER`, as
+    before encoders could be chosen; ``_<encoder>`` appended for another encoder."""
+    if variant is None:
+        base = "scratch"
+    else:
+        base = "ct" if variant == CT_VARIANT else f"ct_{_variant_slug(variant)}"
+    return base if encoder == DEFAULT_ENCODER else f"{base}_{encoder}"
+
+
+def pretrain_name(encoder: str, variant: str) -> str:
+    """The folder of a pre-training under ``OUT/pretrain``: ``rp_am_em`` for the default
+    encoder's RP+AM+EM, ``rp_am_em_gin`` for GIN's."""
+    slug = _variant_slug(variant)
+    return slug if encoder == DEFAULT_ENCODER else f"{slug}_{encoder}"
+
+
+def _variant_slug(variant: str) -> str:
+    return variant.replace("+", "_").lower()
+
+
+def encoder_label(encoder: str) -> str:
+    """How the tables name an encoder: ``gin`` → ``GIN``."""
+    return encoder.upper()
+
+
+def ct_encoders(config: BenchConfig) -> tuple[str, list[str]]:
+    """``(the CT column's encoder, every encoder CT is fine-tuned for)``: the encoder of the
+    ``pretrained`` model, else the first of ``encoders``; with ``pretrain_all``, every one of
+    ``encoders``. Checked before any work: a ``pretrained`` model's encoder must be among
+    ``encoders`` (CT is compared with the same encoder from scratch)."""
+    primary = config.encoders[0]
+    if config.pretrained:
+        from crystaltwins.models.checkpoint import load_model, resolve_model_path
+        from crystaltwins.models.registry import ENCODERS, name_of
+
+        model = resolve_model_path(config.pretrained)
+        primary = name_of(ENCODERS, "encoder", load_model(model).encoder)
+        if primary not in config.encoders:
+            raise ValueError(
+                f"--pretrained {config.pretrained} holds a {primary} encoder, which is not among "
+                f"--encoders {' '.join(config.encoders)}: add it (CT is compared with the same "
+                "encoder trained from scratch)"
+            )
+    others = [e for e in config.encoders if e != primary] if config.pretrain_all else []
+    return primary, [primary, *others]
+
+
 def pretrain_for_bench(
-    ctx: BenchContext, corpus: list[Path], augment: str, name: str, exclude_test: bool
+    ctx: BenchContext,
+    corpus: list[Path],
+    augment: str,
+    name: str,
+    exclude_test: bool,
+    encoder: str = DEFAULT_ENCODER,
 ) -> Path:
+    """The pre-trained model ``OUT/pretrain/NAME/model.pt`` of ``encoder`` (reused when there)."""
     from crystaltwins.training.pretrain import pretrain
 
     out = ctx.out / "pretrain" / name
@@ -329,7 +434,7 @@ def pretrain_for_bench(
         ctx.progress(f"pre-training {name}: reusing {model}")
         return model
     exclude_file = _excluded_ids_file(ctx, out) if exclude_test else None
-    ctx.progress(f"pre-training {name} ({augment}) on {len(corpus)} files")
+    ctx.progress(f"pre-training {name} ({encoder}, {augment}) on {len(corpus)} files")
     config = PretrainConfig(
         data=[str(c) for c in corpus],
         out=str(out),
@@ -341,17 +446,23 @@ def pretrain_for_bench(
         exclude_ids_file=str(exclude_file) if exclude_file else None,
         resume=True,
         progress=False,
+        encoder=encoder,
         **ctx.config._run_options(),
     )
     return pretrain(config)
 
 
 def finetune_for_bench(
-    ctx: BenchContext, task: BenchmarkTask, seed: int, method: str, pretrained: Path | None
+    ctx: BenchContext,
+    task: BenchmarkTask,
+    seed: int,
+    method: str,
+    pretrained: Path | None,
+    encoder: str = DEFAULT_ENCODER,
 ) -> dict[str, Any]:
     from crystaltwins.evaluation.runs import finetune
 
-    config = _finetune_config(ctx, task, seed, method, pretrained)
+    config = _finetune_config(ctx, task, seed, method, pretrained, encoder)
     metrics_file = Path(config.out) / "metrics.json"
     if metrics_file.exists():
         ctx.runs_done += 1
@@ -414,7 +525,10 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summarize(results: dict[str, Any]) -> str:
-    """``results.md``: the table of test MAEs, ours beside the paper's."""
+    """``results.md``: the table of test MAEs, ours beside the paper's (and, with several
+    encoders, :func:`encoders_md`)."""
+    encoder = results.get("ct_encoder", DEFAULT_ENCODER)
+    name = encoder_label(encoder)
     title = f"# Crystal Twins benchmark ({results['preset']['name']} preset)"
     if results["preset"].get("pipeline_check"):
         title = f"# Pipeline check ({results['preset']['name']} preset): these numbers mean nothing"
@@ -426,15 +540,17 @@ def summarize(results: dict[str, Any]) -> str:
         f"Pre-training corpus: {results['corpus_description']}  ",
         f"Preset: {results['preset']['description']}",
         "",
-        "Test MAE, mean ± std over seeds (our CGCNN from scratch vs our CT fine-tuned; paper's numbers beside).",
+        f"Test MAE, mean ± std over seeds (our {name} from scratch vs our CT fine-tuned; paper's numbers beside).",
         "",
-        "| task | unit | n train/val/test | CGCNN (ours) | CT (ours) | CT vs CGCNN | paper CGCNN | paper CT | paper gain | data |",
+        f"| task | unit | n train/val/test | {name} (ours) | CT (ours) | CT vs {name} | paper {name} | paper CT | paper gain | data |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["tasks"]:
+        paper_scratch = row.get("paper_baselines", {}).get(encoder)
+        paper_ct = row["paper_ct"] if encoder == PAPER_CT_ENCODER else None
         if row.get("skipped"):
             lines.append(
-                f"| {row['task']} | {row['unit']} | – | – | – | – | {row['paper_cgcnn']} | {row['paper_ct']} | | {row['note']} |"
+                f"| {row['task']} | {row['unit']} | – | – | – | – | {paper_scratch or '–'} | {paper_ct or '–'} | | {row['note']} |"
             )
             continue
         s, c = row["scratch"], row["ct"]
@@ -442,14 +558,53 @@ def summarize(results: dict[str, Any]) -> str:
         pg = row.get("paper_improvement_percent")
         lines.append(
             f"| {row['task']} | {row['unit']} | {row['sizes']} | {s['mean']:.4f} ± {s['std']:.4f} | {c['mean']:.4f} ± {c['std']:.4f} | "
-            f"{gain:+.1f}% | {row['paper_cgcnn'] or '–'} | {row['paper_ct'] or '–'} | {f'{pg:+.1f}%' if pg is not None else '–'} | {row['note']} |"
+            f"{gain:+.1f}% | {paper_scratch or '–'} | {paper_ct or '–'} | {f'{pg:+.1f}%' if pg is not None else '–'} | {row['note']} |"
         )
     if results.get("average_improvement_percent") is not None:
         lines += [
             "",
             f"Average improvement of CT over CGCNN on the paper's tasks run here: {results['average_improvement_percent']:+.1f}% (paper: +15.6% over 7 tasks). Positive = CT has the lower MAE.",
         ]
+    if len(results.get("encoders", [])) > 1:
+        lines += ["", encoders_md(results)]
     return "\n".join(lines) + "\n"
+
+
+def encoders_md(results: dict[str, Any]) -> str:
+    """The encoders' table (each encoder from scratch, CT where run, the paper's supervised
+    number beside) and :func:`ranking_sentence`."""
+    encoders, with_ct = results["encoders"], results.get("ct_encoders", [])
+    header, rule = ["task", "unit"], ["---", "---"]
+    for e in encoders:
+        header += [f"{encoder_label(e)} (ours)"] + (
+            [f"CT-{encoder_label(e)} (ours)"] if e in with_ct else []
+        )
+        header.append(f"paper {encoder_label(e)}")
+    rule += ["---"] * (len(header) - 2)
+    lines = [
+        "## Encoders: test MAE, mean ± std over seeds",
+        "",
+        "Each encoder trained from scratch on the same splits (CT: pre-trained with Crystal Twins, "
+        "then fine-tuned); paper: its Table 2, supervised.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(rule) + "|",
+    ]
+
+    def cell(stats: dict[str, Any] | None) -> str:
+        return f"{stats['mean']:.4f} ± {stats['std']:.4f}" if stats else "–"
+
+    for row in results["tasks"]:
+        cells = [row["task"], row["unit"]]
+        ours = row.get("encoders", {})
+        for e in encoders:
+            cells.append(cell(ours.get(e, {}).get("scratch")))
+            if e in with_ct:
+                cells.append(cell(ours.get(e, {}).get("ct")))
+            cells.append(str(row.get("paper_baselines", {}).get(e, "–")))
+        lines.append("| " + " | ".join(cells) + " |")
+    sentence = ranking_sentence(results.get("encoder_ranking", {"tasks": []}))
+    return "\n".join(lines) + (f"\n\n{sentence}" if sentence else "")
 
 
 def run_bench(
@@ -476,14 +631,20 @@ def run_bench(
     if config.data_root is None and os.environ.get("CRYSTALTWINS_DATA"):
         config = replace(config, data_root=os.environ["CRYSTALTWINS_DATA"])
     config.validate()
+    primary, with_ct = ct_encoders(config)
+    if config.tsne and primary != DEFAULT_ENCODER:
+        raise ValueError(f"--tsne maps the {DEFAULT_ENCODER} runs: CT is {primary}'s here")
     chosen = [TASKS[t] for t in (config.tasks or PAPER_TASKS)]
-    ctx = BenchContext(config, PRESETS[config.preset], [t for t in chosen if t.available])
+    ctx = BenchContext(
+        config, PRESETS[config.preset], [t for t in chosen if t.available], ct_encoder=primary
+    )
     # Held until this function returns (or the process ends): one benchmark per folder.
     lock = claim_run_folder(ctx.out, overwrite=config.overwrite, known=BENCH_FILES, continues=True)
     try:
-        variants = ABLATION if config.ablation else {"RP+AM+EM": "rp,am,em"}
-        ctx.runs_total = len(ctx.tasks) * config.seeds * (1 + len(variants))
-        models = _pretrained_models(ctx, variants)
+        variants = ABLATION if config.ablation else {CT_VARIANT: "rp,am,em"}
+        runs_per_seed = len(config.encoders) + len(variants) + len(with_ct) - 1
+        ctx.runs_total = len(ctx.tasks) * config.seeds * runs_per_seed
+        models = _pretrained_models(ctx, variants, with_ct)
         rows, ablation_rows = _task_rows(ctx, chosen, models)
         results = _results(ctx, models, rows)
         _write_results(ctx, results, ablation_rows)
@@ -492,8 +653,12 @@ def run_bench(
     return results
 
 
-def _pretrained_models(ctx: BenchContext, variants: dict[str, str]) -> dict[str, Path]:
-    """The pre-trained model of every augmentation variant (given, reused or pre-trained)."""
+def _pretrained_models(
+    ctx: BenchContext, variants: dict[str, str], with_ct: list[str]
+) -> dict[str, dict[str, Path]]:
+    """encoder → variant → pre-trained model (given, reused or pre-trained): every augmentation
+    variant for the CT encoder (``ctx.ct_encoder``), the RP+AM+EM one for the other encoders of
+    ``with_ct``."""
     config = ctx.config
     corpus = (
         [Path(c) for c in config.corpus]
@@ -506,73 +671,174 @@ def _pretrained_models(ctx: BenchContext, variants: dict[str, str]) -> dict[str,
         )
     if ctx.preset.subset_rows:
         corpus = _use_subsets(ctx, [] if config.pretrained else corpus)
-    models: dict[str, Path] = {}
+    models: dict[str, dict[str, Path]] = {encoder: {} for encoder in with_ct}
     if config.pretrained:
         from crystaltwins.models.checkpoint import resolve_model_path
 
-        models["RP+AM+EM"] = resolve_model_path(config.pretrained)
-    for label, augment in variants.items():
-        if label not in models:
-            models[label] = pretrain_for_bench(
-                ctx, corpus, augment, label.replace("+", "_").lower(), config.exclude_test
-            )
+        models[ctx.ct_encoder][CT_VARIANT] = resolve_model_path(config.pretrained)
+    for encoder in with_ct:
+        asked = variants if encoder == ctx.ct_encoder else {CT_VARIANT: variants[CT_VARIANT]}
+        for label, augment in asked.items():
+            if label not in models[encoder]:
+                models[encoder][label] = pretrain_for_bench(
+                    ctx,
+                    corpus,
+                    augment,
+                    pretrain_name(encoder, label),
+                    config.exclude_test,
+                    encoder,
+                )
     return models
 
 
 def _task_rows(
-    ctx: BenchContext, chosen: list[BenchmarkTask], models: dict[str, Path]
+    ctx: BenchContext, chosen: list[BenchmarkTask], models: dict[str, dict[str, Path]]
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, list[float]]]]:
-    """Fine-tune scratch and every pre-trained variant on every task and seed: the rows of the
-    results table, and the ablation's test MAEs (variant -> task -> per seed)."""
+    """Train every encoder from scratch and fine-tune every pre-trained model on every task and
+    seed: the rows of the results table, and the ablation's test MAEs (variant -> task -> per
+    seed, of the CT encoder)."""
     rows: list[dict[str, Any]] = []
-    ablation_rows: dict[str, dict[str, list[float]]] = {label: {} for label in models}
+    ablation_rows: dict[str, dict[str, list[float]]] = {
+        label: {} for label in models[ctx.ct_encoder]
+    }
     for task in chosen:
         base = {
             "task": task.name,
             "unit": task.unit,
             "paper_cgcnn": task.paper_cgcnn,
             "paper_ct": task.paper_ct,
+            "paper_baselines": dict(task.paper_baselines),
             "note": task.note,
         }
         if not task.available:
             rows.append({**base, "skipped": True})
             continue
-        scratch, ct = [], []
+        scratch: dict[str, list[float]] = {e: [] for e in ctx.config.encoders}
+        ct: dict[str, list[float]] = {e: [] for e in models}
         sizes = ""
         for seed in ctx.seeds:
-            m = finetune_for_bench(ctx, task, seed, "scratch", None)
-            scratch.append(m["test"]["mae"])
-            sizes = f"{m['crystals']['train']}/{m['crystals']['val']}/{m['crystals']['test']}"
-            for label, model in models.items():
-                method = "ct" if label == "RP+AM+EM" else f"ct_{label.replace('+', '_').lower()}"
-                m = finetune_for_bench(ctx, task, seed, method, model)
-                ablation_rows[label].setdefault(task.name, []).append(m["test"]["mae"])
-                if label == "RP+AM+EM":
-                    ct.append(m["test"]["mae"])
-        s_mean, s_std = _mean_std(scratch)
-        c_mean, c_std = _mean_std(ct)
-        row = {
-            **base,
-            "sizes": sizes,
-            "scratch": {"mean": s_mean, "std": s_std, "values": scratch},
-            "ct": {"mean": c_mean, "std": c_std, "values": ct},
-            "improvement_percent": 100 * (s_mean - c_mean) / s_mean,
-        }
-        if task.paper_cgcnn and task.paper_ct:
-            row["paper_improvement_percent"] = (
-                100 * (task.paper_cgcnn - task.paper_ct) / task.paper_cgcnn
-            )
-        rows.append(row)
+            for encoder in ctx.config.encoders:
+                m = finetune_for_bench(ctx, task, seed, run_method(encoder), None, encoder)
+                scratch[encoder].append(m["test"]["mae"])
+                sizes = f"{m['crystals']['train']}/{m['crystals']['val']}/{m['crystals']['test']}"
+            for encoder, variants in models.items():
+                for label, model in variants.items():
+                    method = run_method(encoder, label)
+                    m = finetune_for_bench(ctx, task, seed, method, model, encoder)
+                    if encoder == ctx.ct_encoder:
+                        ablation_rows[label].setdefault(task.name, []).append(m["test"]["mae"])
+                    if label == CT_VARIANT:
+                        ct[encoder].append(m["test"]["mae"])
+        rows.append(_task_row(base, sizes, scratch, ct, ctx.ct_encoder))
     return rows, ablation_rows
 
 
+def _task_row(
+    base: dict[str, Any],
+    sizes: str,
+    scratch: dict[str, list[float]],
+    ct: dict[str, list[float]],
+    ct_encoder: str,
+) -> dict[str, Any]:
+    """One task's row: ``scratch`` / ``ct`` of the CT encoder (the main table), and
+    ``encoders``: each encoder's test MAEs from scratch and, where run, after CT."""
+    s_mean, s_std = _mean_std(scratch[ct_encoder])
+    c_mean, c_std = _mean_std(ct[ct_encoder])
+    row = {
+        **base,
+        "sizes": sizes,
+        "scratch": {"mean": s_mean, "std": s_std, "values": scratch[ct_encoder]},
+        "ct": {"mean": c_mean, "std": c_std, "values": ct[ct_encoder]},
+        "improvement_percent": 100 * (s_mean - c_mean) / s_mean,
+        "encoders": {
+            encoder: {
+                "scratch": _stats(values),
+                **({"ct": _stats(ct[encoder])} if encoder in ct else {}),
+            }
+            for encoder, values in scratch.items()
+        },
+    }
+    paper_cgcnn, paper_ct = base["paper_cgcnn"], base["paper_ct"]
+    if ct_encoder == PAPER_CT_ENCODER and paper_cgcnn and paper_ct:
+        row["paper_improvement_percent"] = 100 * (paper_cgcnn - paper_ct) / paper_cgcnn
+    return row
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    mean, std = _mean_std(values)
+    return {"mean": mean, "std": std, "values": values}
+
+
+def encoder_ranking(rows: list[dict[str, Any]], encoders: list[str]) -> dict[str, Any]:
+    """Our ranking of ``encoders`` from scratch (mean test MAE, lowest first) beside the
+    paper's (Table 2) on every task run where the paper has at least two of them, and each
+    encoder's mean rank over those tasks, ours and the paper's."""
+    tasks = []
+    for row in rows:
+        if row.get("skipped"):
+            continue
+        paper = row.get("paper_baselines", {})
+        known = [e for e in encoders if e in paper]
+        if len(known) < 2:
+            continue
+        ours = sorted(known, key=lambda e: row["encoders"][e]["scratch"]["mean"])
+        theirs = sorted(known, key=lambda e: paper[e])
+        tasks.append({"task": row["task"], "ours": ours, "paper": theirs, "same": ours == theirs})
+    ranked = sorted({e for t in tasks for e in t["ours"]}, key=encoders.index)
+
+    def mean_rank(which: str) -> dict[str, float]:
+        return {
+            e: float(np.mean([t[which].index(e) + 1 for t in tasks if e in t[which]]))
+            for e in ranked
+        }
+
+    return {"tasks": tasks, "mean_rank": {"ours": mean_rank("ours"), "paper": mean_rank("paper")}}
+
+
+def ranking_sentence(ranking: dict[str, Any]) -> str:
+    """Where our ranking of the encoders differs from the paper's, in words (from
+    :func:`encoder_ranking`); ``""`` when no task compares two encoders."""
+    tasks = ranking["tasks"]
+    if not tasks:
+        return ""
+
+    def order(names: list[str]) -> str:
+        return " < ".join(encoder_label(e) for e in names)
+
+    differ = [t for t in tasks if not t["same"]]
+    agree = [t["task"] for t in tasks if t["same"]]
+    if not differ:
+        text = (
+            f"Our ranking of the encoders from scratch (lowest test MAE first) is the paper's on "
+            f"every task compared ({', '.join(agree)})."
+        )
+    else:
+        listed = "; ".join(
+            f"{t['task']} (ours {order(t['ours'])}, paper {order(t['paper'])})" for t in differ
+        )
+        text = (
+            f"Our ranking of the encoders from scratch (lowest test MAE first) differs from the "
+            f"paper's on {len(differ)} of {len(tasks)} tasks: {listed}."
+        )
+        if agree:
+            text += f" It is the paper's on {', '.join(agree)}."
+
+    def ranks(which: str) -> str:
+        means = ranking["mean_rank"][which]
+        return ", ".join(
+            f"{encoder_label(e)} {r:.1f}" for e, r in sorted(means.items(), key=lambda kv: kv[1])
+        )
+
+    return text + f" Mean rank over these tasks, ours: {ranks('ours')}; paper: {ranks('paper')}."
+
+
 def _results(
-    ctx: BenchContext, models: dict[str, Path], rows: list[dict[str, Any]]
+    ctx: BenchContext, models: dict[str, dict[str, Path]], rows: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """What goes to ``results.json`` (the ablation added by :func:`_write_results`)."""
     config = ctx.config
     improvements = [r["improvement_percent"] for r in rows if "paper_improvement_percent" in r]
-    corpus_sizes = _corpus_description(models.get("RP+AM+EM"))
+    corpus_sizes = _corpus_description(models[ctx.ct_encoder].get(CT_VARIANT))
     return {
         "command": config.command,
         "date": time.strftime("%Y-%m-%d"),
@@ -602,7 +868,15 @@ def _results(
             if config.exclude_test
             else " (test crystals not excluded, as in the paper)"
         ),
-        "pretrained_models": {k: str(v) for k, v in models.items()},
+        "pretrained_models": {
+            (label if encoder == ctx.ct_encoder else f"{label} ({encoder})"): str(model)
+            for encoder, variants in models.items()
+            for label, model in variants.items()
+        },
+        "encoders": list(config.encoders),
+        "ct_encoder": ctx.ct_encoder,
+        "ct_encoders": list(models),
+        "encoder_ranking": encoder_ranking(rows, list(config.encoders)),
         "tasks": rows,
         "average_improvement_percent": float(np.mean(improvements)) if improvements else None,
     }
@@ -639,7 +913,7 @@ def _write_results(
 
 
 def _ablation_md(results: dict[str, Any]) -> str:
-    """The ablation table: CGCNN from scratch, then every pre-training variant."""
+    """The ablation table: the CT encoder from scratch, then every pre-training variant."""
     ablation: dict[str, dict[str, tuple[float, float]]] = results["ablation"]
     scratch = {r["task"]: r["scratch"] for r in results["tasks"] if "scratch" in r}
     tasks = sorted({t for per in ablation.values() for t in per})
@@ -647,7 +921,9 @@ def _ablation_md(results: dict[str, Any]) -> str:
         "",
         "## Augmentation ablation (paper Fig. 2): test MAE, mean ± std",
         "",
-        "| task | CGCNN (scratch) | " + " | ".join(f"CT {a}" for a in ablation) + " |",
+        f"| task | {encoder_label(results.get('ct_encoder', DEFAULT_ENCODER))} (scratch) | "
+        + " | ".join(f"CT {a}" for a in ablation)
+        + " |",
         "|---|---|" + "---|" * len(ablation),
     ]
     for t in tasks:
