@@ -12,12 +12,17 @@
 * ``ours``: the same with batches gathered by array arithmetic (:mod:`crystaltwins.data.gather`).
 * ``ours, model steps alone``: the floor of the two above: forward, backward and Adam steps (and the
   validation forward) on batches gathered beforehand, in a plain loop (CPU only).
+* ``ours, ENCODER`` (``--encoders gin gatgnn ogcnn``): ``ours`` with that encoder (its defaults,
+  as ``crystaltwins finetune --from-scratch --encoder ENCODER`` builds it), each compared with
+  ``ours`` (CGCNN) of the same run; ``--ours-only`` leaves out the reference, the per-crystal
+  collate and the floor.
 
 Every run trains for ``--epochs`` epochs on the same split; the median of the epochs after the
 first is reported. Run::
 
     python benchmarks/bench_finetune_epoch.py --data-root ../shared/data \\
-        --reference ../shared/reference/crystal_twins [--epochs 4] [--threads 2]
+        --reference ../shared/reference/crystal_twins [--epochs 4] [--threads 2] \\
+        [--encoders gin gatgnn ogcnn] [--ours-only]
 """
 
 from __future__ import annotations
@@ -181,14 +186,22 @@ class EpochTimes(L.Callback):
 
 
 def our_epochs(
-    cache, featurizer, train_rows, val_rows, epochs, per_crystal, out, accelerator="cpu"
+    cache,
+    featurizer,
+    train_rows,
+    val_rows,
+    epochs,
+    per_crystal,
+    out,
+    accelerator="cpu",
+    encoder_name="cgcnn",
 ) -> list[float]:
     kind = _PerCrystal if per_crystal else CrystalGraphDataset
     train, val = kind(cache, train_rows, ["y"]), kind(cache, val_rows, ["y"])
     if accelerator == "gpu" and not per_crystal:  # what fine-tuning does on a GPU
         train, val = train.to_device("cuda"), val.to_device("cuda")
     torch.manual_seed(0)
-    encoder = new_encoder(featurizer, cache.settings)
+    encoder = new_encoder(featurizer, cache.settings, name=encoder_name)
     y = cache.labels(["y"])[train_rows, 0]
     target = Target("y", mean=float(y.mean()), std=float(y.std()))
     module = FinetuneModule(
@@ -283,8 +296,22 @@ def main() -> None:
         "training and validation",
     )
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument(
+        "--encoders",
+        nargs="+",
+        default=[],
+        metavar="ENCODER",
+        help="also time 'ours' with these registered encoders (beside CGCNN's)",
+    )
+    parser.add_argument(
+        "--ours-only",
+        action="store_true",
+        help="time only 'ours' (and --encoders): no reference, per-crystal collate or floor",
+    )
     parser.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu")
     args = parser.parse_args()
+    if args.ours_only:
+        args.skip_reference = True
     torch.set_num_threads(args.threads)
     featurizer = AtomFeaturizer.from_json(Path(args.reference) / "atom_init.json")
     table = np.asarray(featurizer.table)
@@ -319,7 +346,12 @@ def main() -> None:
                     "cuda" if args.accelerator == "gpu" else "cpu",
                 )
                 results["reference CGCNN loop"] = ref
-            for label, per_crystal in (("ours, per-crystal collate", True), ("ours", False)):
+            ours = (
+                [("ours", False)]
+                if args.ours_only
+                else [("ours, per-crystal collate", True), ("ours", False)]
+            )
+            for label, per_crystal in ours:
                 results[label] = our_epochs(
                     cache,
                     featurizer,
@@ -330,7 +362,19 @@ def main() -> None:
                     Path(tmp) / f"run-{name}-{per_crystal}",
                     args.accelerator,
                 )
-            if args.accelerator == "cpu":
+            for encoder in args.encoders:
+                results[f"ours, {encoder}"] = our_epochs(
+                    cache,
+                    featurizer,
+                    train_rows,
+                    val_rows,
+                    args.epochs,
+                    False,
+                    Path(tmp) / f"run-{name}-{encoder}",
+                    args.accelerator,
+                    encoder,
+                )
+            if args.accelerator == "cpu" and not args.ours_only:
                 results["ours, model steps alone (floor)"] = model_only_epochs(
                     cache, featurizer, train_rows, val_rows, args.epochs
                 )
@@ -342,9 +386,12 @@ def main() -> None:
                 if not args.skip_reference
                 else None
             )
+            cgcnn = statistics.median(results["ours"][1:])
             for label, times in results.items():
                 med = statistics.median(times[1:])
                 ratio = f"  {base / med:.2f}x the reference" if base else ""
+                if label.startswith("ours, ") and label[6:] in args.encoders:
+                    ratio += f"  {med / cgcnn:.2f}x CGCNN's epoch"
                 print(
                     f"  {label:28s} {med:.3f} s/epoch (epochs: {', '.join(f'{t:.2f}' for t in times)}){ratio}"
                 )
