@@ -1,0 +1,592 @@
+"""Many fine-tuning runs in one process: K members trained together, one step for all.
+
+Each member is an ordinary fine-tuning run (:class:`~crystaltwins.training.finetune.FinetuneConfig`:
+its own data split, seed, initialisation, learning rates, BatchNorm statistics and run folder);
+:func:`train_together` stacks their models (:class:`~crystaltwins.models.grouped.GroupedPropertyModels`)
+and trains them in one loop: at every step each member draws its next batch from its own training
+crystals, in the order a separate run draws them (:class:`~crystaltwins.training.sampling.EpochSampler`
+with the member's seed), the batches are padded and stacked, and one forward, one backward and one
+Adam step (:class:`StackedAdam`, per-member learning rates) update every member. A member's loss
+depends only on its own parameters, so the step computes what K separate steps compute (tests
+compare them). Validation runs after every epoch; each member keeps its best-validation weights,
+as the Lightning run's ``best.ckpt`` does.
+
+:func:`finetune_together` runs whole fine-tuning runs this way and writes, in every member's run
+folder, what :func:`~crystaltwins.training.finetune.finetune` writes there (``config.yaml``,
+``history.csv``, ``metrics.json``, ``test_predictions.csv``, ``model.pt``; for an ensemble's
+member also ``member_predictions.npz``), so the ensemble and benchmark code combine them as usual.
+
+Limits: every member runs the same number of epochs and training batches per epoch (same
+training-set size and batch size), without early stopping; training is in full precision (float32,
+or float64 with ``precision="64-true"``) on one device; an unfinished run is not resumed
+mid-training (finished members are kept, see :mod:`crystaltwins.training.ensemble`). On a CPU the
+single-run path, with its fused kernel, is faster per member (``benchmarks/bench_members.py``);
+together pays on an accelerator, where one run leaves the device idle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from crystaltwins.data.batch import CrystalGraphBatch
+from crystaltwins.data.dataset import CrystalGraphDataset
+from crystaltwins.data.sources import prepare_caches
+from crystaltwins.data.splits import cap_split
+from crystaltwins.evaluation.metrics import classification_metrics, metrics_json, regression_metrics
+from crystaltwins.graph.atom_features import AtomFeaturizer
+from crystaltwins.graph.settings import GraphSettings
+from crystaltwins.models.checkpoint import ModelBundle, save_model
+from crystaltwins.models.grouped import GroupedPropertyModels, MemberBatch
+from crystaltwins.models.heads import PropertyHead
+from crystaltwins.models.targets import (
+    TRANSFORMS,
+    check_transform,
+    to_target_units,
+    to_transformed_units,
+)
+from crystaltwins.training.common import main_print, resident_device, write_config
+from crystaltwins.training.finetune import (
+    MEMBER_PREDICTIONS,
+    FinetuneConfig,
+    FinetuneModule,
+    _check_split,
+    _featurizer_and_encoder,
+    _report_invalid_targets,
+    _split,
+    _TargetDataset,
+    _write_member_predictions,
+    _write_predictions,
+    predict_dataset,
+    split_seed,
+)
+from crystaltwins.training.run_folder import claimed_folder_of
+from crystaltwins.training.sampling import EpochSampler
+
+#: Adam's defaults, as ``torch.optim.Adam`` (what a single fine-tuning run uses).
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+class StackedAdam:
+    """``torch.optim.Adam`` (no amsgrad) over stacked ``(K, ...)`` parameters, member ``k``
+    with its own learning rate and L2 weight decay; every member steps at every step.
+
+    :param params: name → ``(K, ...)`` leaf tensors.
+    :param lr: name → ``(K,)`` learning rate of every member for that tensor.
+    :param weight_decay: ``(K,)`` L2 penalty of every member (added to the gradient, as Adam).
+    """
+
+    def __init__(
+        self,
+        params: dict[str, torch.Tensor],
+        lr: dict[str, torch.Tensor],
+        weight_decay: torch.Tensor,
+        betas: tuple[float, float] = ADAM_BETAS,
+        eps: float = ADAM_EPS,
+    ) -> None:
+        self.params = params
+        self.betas = betas
+        self.eps = eps
+        self.steps = 0
+
+        def shaped(v: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+            return v.to(p.device, p.dtype).view(-1, *([1] * (p.ndim - 1)))
+
+        self.lr = {n: shaped(lr[n], p) for n, p in params.items()}
+        self.weight_decay = {n: shaped(weight_decay, p) for n, p in params.items()}
+        self.decay = bool((weight_decay != 0).any())
+        self.exp_avg = {n: torch.zeros_like(p) for n, p in params.items()}
+        self.exp_avg_sq = {n: torch.zeros_like(p) for n, p in params.items()}
+
+    def zero_grad(self) -> None:
+        for p in self.params.values():
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.steps += 1
+        beta1, beta2 = self.betas
+        bias1 = 1 - beta1**self.steps
+        bias2_sqrt = math.sqrt(1 - beta2**self.steps)
+        for name, p in self.params.items():
+            grad = p.grad
+            if grad is None:
+                continue
+            if self.decay:
+                grad = grad.add(p * self.weight_decay[name])
+            m, v = self.exp_avg[name], self.exp_avg_sq[name]
+            m.lerp_(grad, 1 - beta1)
+            v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (v.sqrt() / bias2_sqrt).add_(self.eps)
+            p.sub_(m * (self.lr[name] / bias1) / denom)
+
+
+@dataclass
+class MemberData:
+    """What :func:`train_together` needs of one member.
+
+    :param module: its model (encoder, head, target standardisation, task, learning rates).
+    :param train: its training crystals; :param val: its validation crystals.
+    :param seed: seed of its batch order (a separate run's ``config.seed``).
+    :param history: where to write its ``history.csv`` every epoch (``None``: nowhere).
+    """
+
+    module: FinetuneModule
+    train: CrystalGraphDataset
+    val: CrystalGraphDataset
+    seed: int
+    history: Path | None = None
+
+
+@dataclass
+class MemberResult:
+    """One member's training: ``history`` (one dict per epoch), ``best_epoch`` (0-based, the
+    epoch of its lowest validation MAE, first one on ties) and its weights loaded into its
+    module are those of that epoch."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int | None = None
+
+
+def _member_lrs(module: FinetuneModule) -> tuple[float, float]:
+    """(encoder, head) learning rates of a module, as its ``configure_optimizers`` sets them."""
+    groups = module.configure_optimizers().param_groups
+    return float(groups[0]["lr"]), float(groups[1]["lr"])
+
+
+def _batches(size: int, batch_size: int, seed: int, epoch: int, shuffle: bool) -> list[np.ndarray]:
+    """The positions of every batch of an epoch, as a separate run's ``DataLoader`` over
+    :class:`EpochSampler` makes them (training: ``drop_last`` when there is more than one
+    batch)."""
+    sampler = EpochSampler(size, shuffle=shuffle, seed=seed, with_epoch=False)
+    sampler.set_epoch(epoch)
+    order = np.fromiter(iter(sampler), dtype=np.int64, count=len(sampler))
+    if shuffle:
+        batch_size = min(batch_size, size)
+        full = size // batch_size if size > batch_size else 1
+        return [order[b * batch_size : (b + 1) * batch_size] for b in range(full)]
+    return [order[b : b + batch_size] for b in range(0, size, batch_size)]
+
+
+def _empty_like(batch: CrystalGraphBatch) -> CrystalGraphBatch:
+    """A batch without crystals (a member with no batch left at a validation step)."""
+    device = batch.atomic_numbers.device
+    return CrystalGraphBatch(
+        atomic_numbers=torch.zeros(0, dtype=torch.long, device=device),
+        edge_index=torch.zeros(2, 0, dtype=torch.long, device=device),
+        edge_distance=torch.zeros(0, device=device),
+        crystal_index=torch.zeros(0, dtype=torch.long, device=device),
+        num_crystals=0,
+        targets=None if batch.targets is None else batch.targets[:0],
+    )
+
+
+class _Losses:
+    """Per-member losses and metrics of a stacked batch (the values of ``FinetuneModule._step``)."""
+
+    def __init__(self, modules: Sequence[FinetuneModule], device: torch.device, dtype) -> None:
+        self.classification = modules[0].task == "classification"
+        if any((m.task == "classification") != self.classification for m in modules):
+            raise ValueError("models trained together need the same task")
+        self.mean = torch.tensor(
+            [float(m.target_mean) for m in modules], device=device, dtype=dtype
+        )
+        self.std = torch.tensor([float(m.target_std) for m in modules], device=device, dtype=dtype)
+        self.names = ["loss", "mae"] + (["accuracy"] if self.classification else [])
+
+    def __call__(self, out: torch.Tensor, batch: MemberBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(K,)`` losses (each the mean over the member's crystals) and ``(K, M)`` metrics."""
+        mask, target = batch.crystal_mask, batch.targets
+        count = batch.crystal_counts.clamp_min(1)
+        if self.classification:
+            k, b, c = out.shape
+            per = F.cross_entropy(out.reshape(k * b, c), target.long().view(-1), reduction="none")
+            loss = (per.view(k, b) * mask).sum(1) / count
+            wrong = ((out.argmax(-1) != target.long()).to(out.dtype) * mask).sum(1) / count
+            return loss, torch.stack((loss, wrong, 1 - wrong), dim=1)
+        mean, std = self.mean.unsqueeze(1), self.std.unsqueeze(1)
+        loss = ((out[..., 0] - (target - mean) / std).square() * mask).sum(1) / count
+        mae = ((out[..., 0] * std + mean - target).abs() * mask).sum(1) / count
+        return loss, torch.stack((loss, mae), dim=1)
+
+
+def _write_history(path: Path, rows: list[dict[str, float]]) -> None:
+    """``history.csv`` as :class:`~crystaltwins.training.common.EpochHistory` writes it."""
+    columns = ["epoch", *sorted({k for r in rows for k in r} - {"epoch"})]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(
+                [str(int(row["epoch"]))]
+                + [f"{row[c]:.8g}" if c in row else "" for c in columns[1:]]
+            )
+    os.replace(tmp, path)
+
+
+def train_together(
+    members: Sequence[MemberData],
+    epochs: int,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    on_epoch: Callable[[int, list[MemberResult]], None] | None = None,
+) -> list[MemberResult]:
+    """Train every member's module for ``epochs`` epochs in one loop (see the module docstring);
+    at the end each module holds its best-validation weights (BatchNorm statistics included).
+
+    :param batch_size: crystals per batch, for every member.
+    :param device: where the models train; the members' datasets make their batches where their
+        stores live (host or this device).
+    :param dtype: floating dtype of the parameters and the computation.
+    :param on_epoch: called after every epoch with the 0-based epoch and the results so far.
+    :raises ValueError: the members do not fit one loop (different numbers of training batches
+        per epoch, architectures or tasks).
+    """
+    if not members:
+        return []
+    device = torch.device(device)
+    modules = [m.module for m in members]
+    per_epoch = [len(_batches(len(m.train), batch_size, m.seed, 0, True)) for m in members]
+    if len(set(per_epoch)) > 1:
+        raise ValueError(
+            "models trained together need the same number of training batches per epoch; "
+            f"got {per_epoch} (training crystals {[len(m.train) for m in members]}, batch "
+            f"{batch_size})"
+        )
+    model = GroupedPropertyModels([m.encoder for m in modules], [m.head for m in modules])
+    model.to(device, dtype)
+    lrs = [_member_lrs(m) for m in modules]
+    encoder_lr = torch.tensor([e for e, _ in lrs], dtype=torch.float64)
+    head_lr = torch.tensor([h for _, h in lrs], dtype=torch.float64)
+    optimizer = StackedAdam(
+        model.params,
+        {n: encoder_lr if n.startswith("encoder.") else head_lr for n in model.params},
+        torch.tensor([float(m.weight_decay) for m in modules], dtype=torch.float64),
+    )
+    losses = _Losses(modules, device, dtype)
+    k = len(members)
+    results = [MemberResult() for _ in members]
+    best_mae = torch.full((k,), math.inf, dtype=torch.float64)
+    best_state = {n: t.clone() for n, t in model.state().items()}
+
+    def stacked(batches: Sequence[CrystalGraphBatch]) -> MemberBatch:
+        return MemberBatch.stack([b.to(device) for b in batches], dtype)
+
+    for epoch in range(epochs):
+        model.train()
+        sums = torch.zeros(k, len(losses.names) + 1, dtype=torch.float64, device=device)
+        orders = [_batches(len(m.train), batch_size, m.seed, epoch, True) for m in members]
+        for step in range(per_epoch[0]):
+            batch = stacked([m.train.__getitems__(o[step]) for m, o in zip(members, orders)])
+            loss, values = losses(model(batch), batch)
+            optimizer.zero_grad()
+            loss.sum().backward()
+            optimizer.step()
+            count = batch.crystal_counts.unsqueeze(1)
+            sums += torch.cat((values.detach() * count, count), dim=1)
+        train_sums = sums
+        model.eval()
+        sums = torch.zeros_like(train_sums)
+        val_orders = [_batches(len(m.val), batch_size, 0, 0, False) for m in members]
+        with torch.no_grad():
+            for step in range(max(len(o) for o in val_orders)):
+                parts = [
+                    m.val.__getitems__(o[step]) if step < len(o) else None
+                    for m, o in zip(members, val_orders)
+                ]
+                present = next(p for p in parts if p is not None)
+                batch = stacked([_empty_like(present) if p is None else p for p in parts])
+                _, values = losses(model(batch), batch)
+                count = batch.crystal_counts.unsqueeze(1)
+                sums += torch.cat((values * count, count), dim=1)
+        both = torch.stack((train_sums, sums)).cpu()  # the epoch's one read-back
+        means = both[..., :-1] / both[..., -1:].clamp_min(1)
+        val_mae = means[1, :, 1]
+        improved = val_mae < best_mae  # strict: the first minimum, as ModelCheckpoint keeps
+        if bool(improved.any()):
+            best_mae = torch.where(improved, val_mae, best_mae)
+            where = improved.to(device)
+            for name, value in model.state().items():
+                best_state[name][where] = value[where]
+        for j, (member, result) in enumerate(zip(members, results)):
+            row = {"epoch": float(epoch)}
+            for s, stage in enumerate(("train", "val")):
+                for n, name in enumerate(losses.names):
+                    row[f"{stage}_{name}"] = float(means[s, j, n])
+            result.history.append(row)
+            if bool(improved[j]):
+                result.best_epoch = epoch
+            if member.history is not None:
+                _write_history(member.history, result.history)
+        if on_epoch is not None:
+            on_epoch(epoch, results)
+
+    for j, module in enumerate(modules):
+        encoder_state, head_state = model.member_state(j, best_state)
+        dtype_of = {n: t.dtype for n, t in module.state_dict().items()}
+        module.encoder.load_state_dict(
+            {n: t.to("cpu", dtype_of[f"encoder.{n}"]) for n, t in encoder_state.items()}
+        )
+        module.head.load_state_dict(
+            {n: t.to("cpu", dtype_of[f"head.{n}"]) for n, t in head_state.items()}
+        )
+    return results
+
+
+# ---------------------------------------------------------------------------- whole runs
+@dataclass
+class _Prepared:
+    """One member run, set up as :func:`~crystaltwins.training.finetune.finetune` sets it up."""
+
+    config: FinetuneConfig
+    featurizer: AtomFeaturizer
+    settings: GraphSettings
+    init: str
+    cache: Any
+    raw: np.ndarray
+    values: np.ndarray
+    dropped: int
+    target_name: str
+    parts: dict[str, _TargetDataset]
+    y_train: np.ndarray
+    mean: float
+    std: float
+    module: FinetuneModule
+
+
+def _prepare(config: FinetuneConfig) -> _Prepared:
+    """Data, split and freshly initialised model of a run, drawing from the same seeds in the
+    same order as a single run (so member ``k`` starts where its separate run starts)."""
+    out = Path(config.out)
+    check_transform(config.target_transform)
+    write_config(out, config)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    featurizer, encoder, settings, init = _featurizer_and_encoder(config)
+    (cache,) = prepare_caches(
+        [config.data],
+        settings,
+        featurizer,
+        config.cache_root,
+        workers=config.featurize_workers,
+        progress=False,
+        log=main_print,
+        cif_column=config.cif_column,
+    )
+    full = CrystalGraphDataset(cache)
+    if config.target not in cache.label_names:
+        raise KeyError(
+            f"{config.data}: no numeric label column {config.target!r}; available: {cache.label_names}"
+        )
+    raw = cache.labels([config.target])[:, 0]
+    forward, _, valid = TRANSFORMS[config.target_transform]
+    usable = valid(raw)
+    keep = np.flatnonzero(usable)
+    (out / "invalid_targets.csv").unlink(missing_ok=True)
+    if len(keep) < len(raw):
+        _report_invalid_targets(cache, raw, usable, config, out)
+    split = _split(config, full, keep)
+    _check_split(config, split, len(keep))
+    split = cap_split(split, split_seed(config), config.max_train, config.max_eval)
+    values = np.full_like(raw, np.nan)
+    values[keep] = forward(raw[keep])
+    target_name = (
+        config.target
+        if config.target_transform == "none"
+        else f"{config.target_transform}({config.target})"
+    )
+    parts = {
+        name: _TargetDataset(cache, keep[positions], values, target_name)
+        for name, positions in (("train", split.train), ("val", split.val), ("test", split.test))
+    }
+    y_train = values[keep[split.train]]
+    if config.task == "classification":
+        mean, std, out_dim = 0.0, 1.0, 2
+    else:
+        mean, std, out_dim = float(y_train.mean()), float(y_train.std() or 1.0), 1
+    head = PropertyHead(encoder.out_dim, config.head_hidden or encoder.out_dim, out_dim)
+    module = FinetuneModule(
+        encoder,
+        head,
+        mean,
+        std,
+        config.task,
+        config.lr,
+        config.encoder_lr_factor if init != "scratch" else 1.0,
+        config.weight_decay,
+        config.target_transform,
+    )
+    return _Prepared(
+        config, featurizer, settings, init, cache, raw, values, len(raw) - len(keep),
+        target_name, parts, y_train, mean, std, module,
+    )  # fmt: skip
+
+
+def _report(run: _Prepared, result: MemberResult, seconds: float, together: dict, member: bool):
+    """Write a finished member's files as a single run writes them; returns its metrics."""
+    config, out = run.config, Path(run.config.out)
+    module, values, parts = run.module, run.values, run.parts
+    metrics: dict[str, Any] = {
+        "target": run.target_name,
+        "unit": config.unit,
+        "task": config.task,
+        "init": run.init,
+        "crystals": {
+            **{name: len(part) for name, part in parts.items()},
+            "dropped_invalid_target": int(run.dropped),
+        },
+        "epochs_run": int(config.epochs),
+        "best_epoch": result.best_epoch,
+        "seconds": seconds,
+        "trained_together": together,
+    }
+    predictions: dict[str, np.ndarray] = {}
+    head_outputs: dict[str, np.ndarray] = {}
+    for name, part in parts.items():
+        raw_out = head_outputs[name] = predict_dataset(module.encoder, module.head, part)
+        truth = values[part.indices]
+        if config.task == "classification":
+            pred = torch.from_numpy(raw_out).softmax(-1)[:, 1].numpy()
+            metrics[name] = classification_metrics(truth, pred)
+        else:
+            pred = to_transformed_units(raw_out[:, 0], run.mean, run.std)
+            metrics[name] = regression_metrics(truth, pred)
+        predictions[name] = pred
+    test = parts["test"]
+    metrics["mean_predictor_test_mae"] = float(
+        np.mean(np.abs(values[test.indices] - run.y_train.mean()))
+    )
+    transformed = None
+    if config.task == "classification":
+        test_prediction = predictions["test"]
+    else:
+        test_prediction = to_target_units(
+            head_outputs["test"][:, 0], run.mean, run.std, config.target_transform
+        )
+        if config.target_transform != "none":
+            transformed = (config.target_transform, values[test.indices], predictions["test"])
+    _write_predictions(
+        out / "test_predictions.csv",
+        run.cache.ids[test.indices],
+        run.raw[test.indices],
+        test_prediction,
+        config.task,
+        transformed,
+    )
+    (out / "metrics.json").write_text(metrics_json(metrics))
+    if member:
+        _write_member_predictions(
+            out / MEMBER_PREDICTIONS, run.cache.ids, run.raw, values, config, run.mean,
+            run.std, head_outputs, parts,
+        )  # fmt: skip
+    info = {
+        "targets": [run.target_name],
+        "target_column": config.target,
+        "target_transform": config.target_transform,
+        "target_mean": run.mean,
+        "target_std": run.std,
+        "task": config.task,
+        "init": run.init,
+        "data_source": str(Path(config.data).resolve()),
+        "test_metrics": metrics["test"],
+    }
+    save_model(
+        out / "model.pt",
+        ModelBundle(module.encoder, module.head, "finetuned", run.featurizer, run.settings, info),
+    )
+    if config.plots:
+        from crystaltwins.evaluation.plots import learning_curves, parity_plot
+
+        if config.task == "regression":
+            parity_plot(
+                values[test.indices], predictions["test"], out / "parity.png", run.target_name
+            )
+        learning_curves(out / "history.csv", out / "learning_curves.png")
+    return metrics
+
+
+def _device(configs: Sequence[FinetuneConfig]) -> torch.device:
+    accelerator = configs[0].accelerator
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ValueError(f"accelerator {accelerator!r}: no CUDA device is available")
+        return torch.device("cuda", 0)
+    if accelerator not in ("cpu", "auto"):
+        raise ValueError(
+            f"models trained together run on 'cpu' or 'gpu', not accelerator {accelerator!r}"
+        )
+    return torch.device("cpu")
+
+
+def check_together(configs: Sequence[FinetuneConfig]) -> None:
+    """Raise ``ValueError`` (one line) when ``configs`` cannot train in one loop."""
+    if not configs:
+        raise ValueError("no runs to train together")
+    for what in ("epochs", "batch_size", "accelerator", "precision", "task"):
+        seen = {getattr(c, what) for c in configs}
+        if len(seen) > 1:
+            raise ValueError(
+                f"runs trained together need the same {what}; got {sorted(map(str, seen))}"
+            )
+    if any(c.early_stopping for c in configs):
+        raise ValueError("runs trained together run every epoch: early stopping is not supported")
+    if any(c.epochs < 1 for c in configs):
+        raise ValueError(f"epochs must be at least 1, got {configs[0].epochs}")
+
+
+def finetune_together(
+    configs: Sequence[FinetuneConfig],
+    member: bool = False,
+    claim: bool = True,
+    on_epoch: Callable[[int, list[MemberResult]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run the fine-tuning runs ``configs`` (different seeds, splits, initialisations, data) in
+    one process and one training loop; every run folder gets a single run's files. Returns
+    each run's metrics.
+
+    :param member: the runs are an ensemble's members (also write ``member_predictions.npz``).
+    :param claim: lock and check every run folder here (``False``: the caller did).
+    :param on_epoch: see :func:`train_together`.
+    """
+    check_together(configs)
+    device = _device(configs)
+    dtype = torch.float64 if str(configs[0].precision) in ("64", "64-true") else torch.float32
+    with contextlib.ExitStack() as stack:
+        if claim:
+            for config in configs:
+                stack.enter_context(claimed_folder_of(config))
+        runs = [_prepare(c) for c in configs]
+        members = []
+        for run in runs:
+            train, val = run.parts["train"], run.parts["val"]
+            resident = resident_device(
+                run.config.accelerator, run.config.data_on_device, train.store
+            )
+            if resident is not None:  # batches gathered on the device from arrays copied once
+                train, val = train.to_device(resident), val.to_device(resident)
+            history = Path(run.config.out) / "history.csv"
+            members.append(MemberData(run.module, train, val, run.config.seed, history))
+        started = time.perf_counter()
+        results = train_together(
+            members, configs[0].epochs, configs[0].batch_size, device, dtype, on_epoch
+        )
+        seconds = time.perf_counter() - started
+        together = {"members": len(runs), "seconds": seconds, "device": str(device)}
+        return [
+            _report(run, result, seconds / len(runs), together, member)
+            for run, result in zip(runs, results, strict=True)
+        ]
