@@ -152,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="train K models (seeds SEED..SEED+K-1, one split) in RUN_DIR/members; predictions "
         "are their mean, with their std and each member's value (default 1)",
     )
+    p.add_argument(
+        "--members-together",
+        action="store_true",
+        default=None,
+        help="with --ensemble: train the members in one loop with stacked weights (faster on a "
+        "GPU; no early stopping, no mid-run resume)",
+    )
     p.add_argument("--early-stopping", type=int, help="patience in epochs on validation MAE")
     p.add_argument(
         "--data-on-device",

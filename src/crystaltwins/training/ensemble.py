@@ -92,7 +92,17 @@ def finetune_ensemble(
     out = Path(config.out)
     write_config(out, config)
     members = [member_config(config, k) for k in range(config.ensemble)]
-    for k, member in enumerate(members):
+    if config.members_together:  # one process, one loop, stacked weights
+        from crystaltwins.training.members import finetune_together
+
+        pending = [m for m in members if not _finished(m)]
+        main_print(f"ensemble: {len(pending)} of {len(members)} members trained together")
+        if pending:
+            finetune_together(pending, member=True)
+        members_left: list[FinetuneConfig] = []
+    else:
+        members_left = members
+    for k, member in enumerate(members_left):
         where = f"ensemble member {k + 1}/{config.ensemble} (seed {member.seed}, {member.out})"
         if _finished(member):
             main_print(f"{where}: finished earlier, kept")

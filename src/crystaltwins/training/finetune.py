@@ -85,7 +85,8 @@ class FinetuneConfig(RunOptions):
     the rest).
 
     ``ensemble``: how many models to train (seeds ``seed`` .. ``seed + ensemble - 1``, all on
-    the split of ``split_seed``, by default ``seed``); see :mod:`crystaltwins.training.ensemble`."""
+    the split of ``split_seed``, by default ``seed``); see :mod:`crystaltwins.training.ensemble`.
+    ``members_together``: train them in one process and loop (:mod:`crystaltwins.training.members`)."""
 
     data: str
     target: str
@@ -113,6 +114,7 @@ class FinetuneConfig(RunOptions):
     plots: bool = True
     data_on_device: str = "auto"
     ensemble: int = 1
+    members_together: bool = False
 
 
 def split_seed(config: FinetuneConfig) -> int:

@@ -292,7 +292,9 @@ def train_together(
         sums = torch.zeros(k, len(losses.names) + 1, dtype=torch.float64, device=device)
         orders = [_batches(len(m.train), batch_size, m.seed, epoch, True) for m in members]
         for step in range(per_epoch[0]):
-            batch = stacked([m.train.__getitems__(o[step]) for m, o in zip(members, orders)])
+            batch = stacked(
+                [m.train.__getitems__(o[step]) for m, o in zip(members, orders, strict=True)]
+            )
             loss, values = losses(model(batch), batch)
             optimizer.zero_grad()
             loss.sum().backward()
@@ -307,7 +309,7 @@ def train_together(
             for step in range(max(len(o) for o in val_orders)):
                 parts = [
                     m.val.__getitems__(o[step]) if step < len(o) else None
-                    for m, o in zip(members, val_orders)
+                    for m, o in zip(members, val_orders, strict=True)
                 ]
                 present = next(p for p in parts if p is not None)
                 batch = stacked([_empty_like(present) if p is None else p for p in parts])
@@ -323,7 +325,7 @@ def train_together(
             where = improved.to(device)
             for name, value in model.state().items():
                 best_state[name][where] = value[where]
-        for j, (member, result) in enumerate(zip(members, results)):
+        for j, (member, result) in enumerate(zip(members, results, strict=True)):
             row = {"epoch": float(epoch)}
             for s, stage in enumerate(("train", "val")):
                 for n, name in enumerate(losses.names):

@@ -79,6 +79,7 @@ RESUMABLE_CHANGES = frozenset(
         "devices",
         "plots",
         "data_on_device",
+        "members_together",
     }
 )
 
