@@ -134,6 +134,11 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--devices", default="auto")
     p.add_argument("--cache-root")
+    p.add_argument(
+        "--members-together",
+        action="store_true",
+        help="fine-tune a task's seeds x methods in one loop with stacked weights (faster on a GPU)",
+    )
 
 
 @dataclass
@@ -149,6 +154,8 @@ class BenchContext:
     devices: str
     cache_root: str | None
     protocol: str = "random"
+    #: collecting the fine-tuning runs a task still needs (``--members-together``), not running
+    pending: list[Any] | None = None
     started: float = field(default_factory=time.time)
     runs_total: int = 0
     runs_done: int = 0
@@ -264,6 +271,8 @@ def finetune_for_bench(
     part = f"fold{seed}" if ctx.protocol == "matbench" else f"seed{seed}"
     out = ctx.out / "runs" / task.name / part / method
     metrics_file = out / "metrics.json"
+    if ctx.pending is not None and metrics_file.exists():
+        return {}
     if metrics_file.exists():
         ctx.runs_done += 1
         return json.loads(metrics_file.read_text())
@@ -293,6 +302,9 @@ def finetune_for_bench(
         progress=False,
         plots=True,
     )
+    if ctx.pending is not None:
+        ctx.pending.append(config)
+        return {}
     started = time.time()
     label = f"{task.name} seed {seed} {method}"
     metrics = finetune(config, callbacks=[epoch_progress(ctx, label)])
@@ -363,6 +375,7 @@ def run_bench(
     command: str = "",
     overwrite: bool = False,
     protocol: str = "random",
+    members_together: bool = False,
 ) -> dict[str, Any]:
     """Run the benchmark; see the module docstring. Returns what goes to ``results.json``.
 
@@ -436,6 +449,21 @@ def run_bench(
         if not task.available:
             rows.append({**base, "skipped": True})
             continue
+        if members_together:  # the task's unfinished runs in one loop, then read back below
+            from crystaltwins.training.members import finetune_together
+
+            ctx.pending = []
+            for seed in range(first_seed, first_seed + seeds):
+                finetune_for_bench(ctx, task, seed, "scratch", None)
+                for label, model in models.items():
+                    method = (
+                        "ct" if label == "RP+AM+EM" else f"ct_{label.replace('+', '_').lower()}"
+                    )
+                    finetune_for_bench(ctx, task, seed, method, model)
+            pending, ctx.pending = ctx.pending, None
+            if pending:
+                ctx.progress(f"{task.name}: {len(pending)} runs trained together")
+                finetune_together(pending)
         scratch, ct = [], []
         sizes = ""
         for seed in range(first_seed, first_seed + seeds):
@@ -600,6 +628,7 @@ def run_bench_from_args(args: argparse.Namespace) -> int:
         cache_root=args.cache_root,
         command="crystaltwins " + " ".join(sys.argv[1:]),
         overwrite=args.overwrite,
+        members_together=args.members_together,
         protocol=args.protocol,
     )
     return 0
