@@ -47,6 +47,7 @@ from crystaltwins.data.cache import GraphCache, build_graph_cache  # noqa: E402
 from crystaltwins.data.dataset import CrystalGraphDataset, GraphCollator  # noqa: E402
 from crystaltwins.graph.atom_features import AtomFeaturizer  # noqa: E402
 from crystaltwins.models.heads import PropertyHead  # noqa: E402
+from crystaltwins.models.property_model import PropertyModel, Target  # noqa: E402
 from crystaltwins.training.common import make_trainer, new_encoder  # noqa: E402
 from crystaltwins.training.finetune import FinetuneModule  # noqa: E402
 from crystaltwins.training.sampling import EpochSampler  # noqa: E402
@@ -189,8 +190,9 @@ def our_epochs(
     torch.manual_seed(0)
     encoder = new_encoder(featurizer, cache.settings)
     y = cache.labels(["y"])[train_rows, 0]
+    target = Target("y", mean=float(y.mean()), std=float(y.std()))
     module = FinetuneModule(
-        encoder, PropertyHead(encoder.out_dim, encoder.out_dim, 1), y.mean(), y.std()
+        PropertyModel(encoder, PropertyHead(encoder.out_dim, encoder.out_dim, 1), target)
     )
     clock = EpochTimes()
     trainer = make_trainer(

@@ -57,7 +57,8 @@ def payload(tmp_path_factory) -> dict[str, Any]:
 
 
 def _set(keys: str, value: Any):
-    """An edit of the payload: set (``value`` not ``...``) or delete the entry at dotted ``keys``."""
+    """An edit of the payload: set (``value`` not ``...``) or delete the entry at ``|``-separated
+    ``keys``."""
 
     def edit(payload: dict[str, Any]) -> None:
         *parents, last = keys.split("|")
@@ -73,22 +74,29 @@ def _set(keys: str, value: Any):
 
 
 def _widen(key: str, rows: int):
-    """Replace the stored tensor at ``encoder_state|key`` with one of ``rows`` rows."""
+    """Replace the stored encoder tensor ``key`` with one of ``rows`` rows."""
 
     def edit(payload: dict[str, Any]) -> None:
-        tensor = payload["encoder_state"][key]
-        payload["encoder_state"][key] = torch.zeros(rows, *tensor.shape[1:])
+        state = _encoder_state(payload)
+        state[key] = torch.zeros(rows, *state[key].shape[1:])
 
     return edit
 
 
+def _encoder_state(payload: dict[str, Any]) -> dict[str, Any]:
+    return payload["encoder"]["state"] if "encoder" in payload else payload["encoder_state"]
+
+
 def _hollow(a: int):
     """Every stored tensor a stride-0 view (a few bytes in the file) of the shape that an
-    ``a``-wide encoder would have: the shapes agree with the config, the stored values do not."""
+    ``a``-wide encoder would have: the shapes agree with the init args, the stored values do not."""
 
     def edit(payload: dict[str, Any]) -> None:
-        payload["encoder_config"]["atom_fea_len"] = a
-        state = payload["encoder_state"]
+        if "encoder" in payload:
+            payload["encoder"]["init_args"]["atom_fea_len"] = a
+        else:
+            payload["encoder_config"]["atom_fea_len"] = a
+        state = _encoder_state(payload)
         k = state["convs.0.fc_full.weight"].shape[1] - 2 * ATOM_FEA_LEN  # edge features
         for key, tensor in state.items():
             if key.startswith("embedding."):
@@ -109,59 +117,118 @@ def _hollow(a: int):
     return edit
 
 
+def _as_format_1(payload: dict[str, Any]) -> dict[str, Any]:
+    """The same model in the layout of format 1 (files of earlier versions)."""
+    head = payload["heads"]["property"]
+    old_names = {"property": "PropertyHead", "projection": "ProjectionHead"}
+    rest = {k: payload[k] for k in ("format", "kind", "featurizer", "graph_settings", "info")}
+    return {
+        **rest,
+        "format_version": 1,
+        "encoder_config": payload["encoder"]["init_args"],
+        "encoder_state": payload["encoder"]["state"],
+        "head": {"type": old_names[head["type"]], **head["init_args"]},
+        "head_state": head["state"],
+    }
+
+
+#: name: (edit of a format-2 file, words the message must contain)
 FORGERIES = {
     "stride-0 weights of a 12000-wide encoder": (_hollow(12000), ["not a dense tensor"]),
-    # name: (edit, words the message must contain)
     "atom_fea_len 12000": (
-        _set("encoder_config|atom_fea_len", 12000),
-        ["encoder_state['embedding.weight'] has shape (16, 92)", "(12000, 92)"],
+        _set("encoder|init_args|atom_fea_len", 12000),
+        ["encoder.state['embedding.weight'] has shape (16, 92)", "(12000, 92)"],
     ),
     "h_fea_len disagrees": (
-        _set("encoder_config|h_fea_len", 64),
+        _set("encoder|init_args|h_fea_len", 64),
         ["conv_to_fc.weight", "(32, 16)", "(64, 16)"],
     ),
     "n_conv 10 million": (
-        _set("encoder_config|n_conv", 10_000_000),
-        ["n_conv is 10000000 but encoder_state holds 2 convolutions"],
+        _set("encoder|init_args|n_conv", 10_000_000),
+        ["n_conv is 10000000 but the stored weights hold 2 convolutions"],
     ),
     "gaussian step tiny": (
-        _set("encoder_config|gaussian|step", 1e-9),
+        _set("encoder|init_args|gaussian|step", 1e-9),
         ["Gaussians (at most"],
     ),
     "gaussian width disagrees": (
-        _set("encoder_config|gaussian|dmax", 6.0),
+        _set("encoder|init_args|gaussian|dmax", 6.0),
         ["convs.0.fc_full.weight", "(32, 73)", "(32, 63)"],
     ),
-    "unknown config key": (_set("encoder_config|bogus", 1), ["encoder_config has unknown key"]),
+    "unknown init arg": (
+        _set("encoder|init_args|bogus", 1),
+        ["encoder.init_args has unknown key"],
+    ),
+    "unknown encoder type": (_set("encoder|type", "os.system"), ["unknown encoder 'os.system'"]),
+    "encoder version newer": (_set("encoder|version", 7), ["cgcnn version 7, newer"]),
+    "encoder entry missing": (_set("encoder|version", ...), ["encoder lacks version"]),
     "unknown top-level entry": (_set("extra", [1, 2]), ["unknown key 'extra'"]),
     "format_version a string": (_set("format_version", "x"), ["format_version is 'x'"]),
     "format_version 0": (_set("format_version", 0), ["format_version is 0"]),
     "format_version newer": (_set("format_version", 99), ["model format 99 is newer"]),
-    "head_state missing": (_set("head_state", ...), ["lacks head_state"]),
+    "head state missing": (_set("heads|property|state", ...), ["heads.property lacks state"]),
+    "no property head": (_set("heads|property", ...), ["a finetuned model has heads []"]),
     "encoder weight missing": (
-        _set("encoder_state|conv_to_fc.bias", ...),
-        ["encoder_state lacks conv_to_fc.bias"],
+        _set("encoder|state|conv_to_fc.bias", ...),
+        ["encoder.state lacks conv_to_fc.bias"],
     ),
-    "head hidden width huge": (_set("head|hidden_dim", 10**9), ["head_state['0.weight']"]),
-    "head width vs encoder": (_set("head|in_dim", 64), ["head.in_dim is 64"]),
-    "unknown head type": (_set("head|type", "os.system"), ["head type 'os.system'"]),
+    "head hidden width huge": (
+        _set("heads|property|init_args|hidden_dim", 10**9),
+        ["heads.property.state['0.weight']"],
+    ),
+    "head width vs encoder": (
+        _set("heads|property|init_args|in_dim", 64),
+        ["heads.property.init_args give an input width of 64, its input is 32 wide"],
+    ),
+    "unknown head type": (_set("heads|property|type", "os.system"), ["unknown head 'os.system'"]),
+    "head init arg unknown": (
+        _set("heads|property|init_args|evil", 1),
+        ["heads.property.init_args do not build (TypeError"],
+    ),
     "kind unknown": (_set("kind", "evil"), ["kind is 'evil'"]),
-    "n_conv a bool": (_set("encoder_config|n_conv", True), ["n_conv is True"]),
-    "stored weights wider than the config": (
+    "n_conv a bool": (_set("encoder|init_args|n_conv", True), ["n_conv is True"]),
+    "stored weights wider than the init args": (
         _widen("embedding.weight", 12000),
         ["(12000, 92)", "(16, 92)"],
     ),
     "non-finite weights": (
-        _set("head_state|2.bias", torch.tensor([float("nan")])),
+        _set("heads|property|state|2.bias", torch.tensor([float("nan")])),
         ["non-finite"],
     ),
     "target_std zero": (_set("info|target_std", 0.0), ["info.target_std is 0.0"]),
+    "unit not a string": (_set("info|unit", 3), ["info.unit is 3"]),
     "unknown target transform": (_set("info|target_transform", "exp"), ["target_transform"]),
     "graph setting unknown": (_set("graph_settings|cutoff", 5.0), ["graph_settings has unknown"]),
     "graph setting invalid": (_set("graph_settings|radius", -1.0), ["radius must be positive"]),
     "featurizer fingerprint": (
         _set("featurizer|fingerprint", "0" * 64),
         ["does not match its fingerprint"],
+    ),
+}
+#: name: (edit of a format-1 file, words): read through the adapter, checked the same way
+FORMAT_1_FORGERIES = {
+    "stride-0 weights of a 12000-wide encoder": (_hollow(12000), ["not a dense tensor"]),
+    "atom_fea_len 12000": (
+        _set("encoder_config|atom_fea_len", 12000),
+        ["encoder.state['embedding.weight'] has shape (16, 92)", "(12000, 92)"],
+    ),
+    "n_conv 10 million": (
+        _set("encoder_config|n_conv", 10_000_000),
+        ["n_conv is 10000000 but the stored weights hold 2 convolutions"],
+    ),
+    "unknown config key": (_set("encoder_config|bogus", 1), ["encoder.init_args has unknown key"]),
+    "head_state missing": (_set("head_state", ...), ["lacks head_state"]),
+    "head without weights": (_set("head_state", None), ["both be given or both be None"]),
+    "head hidden width huge": (
+        _set("head|hidden_dim", 10**9),
+        ["heads.property.state['0.weight']"],
+    ),
+    "head width vs encoder": (_set("head|in_dim", 64), ["input width of 64"]),
+    "unknown head type": (_set("head|type", "os.system"), ["unknown head 'os.system'"]),
+    "head key unknown": (_set("head|bogus", 1), ["head has unknown key"]),
+    "stored weights wider than the config": (
+        _widen("embedding.weight", 12000),
+        ["(12000, 92)", "(16, 92)"],
     ),
 }
 
@@ -176,13 +243,7 @@ def no_encoder_built(monkeypatch):
     monkeypatch.setattr(cgcnn.CGCNNEncoder, "__init__", refuse)
 
 
-@pytest.mark.parametrize("name", list(FORGERIES))
-def test_forged_model_file_is_one_line_exit_2_before_building(
-    name, payload, tmp_path, capsys, no_encoder_built
-):
-    edit, words = FORGERIES[name]
-    forged = copy.deepcopy(payload)
-    edit(forged)
+def _refused(forged, tmp_path, capsys, words):
     path = tmp_path / "model.pt"
     torch.save(forged, path)
     torch.load(path, weights_only=True)  # a valid weights_only payload
@@ -201,12 +262,65 @@ def test_forged_model_file_is_one_line_exit_2_before_building(
     assert not (tmp_path / "p.csv").exists()
 
 
+@pytest.mark.parametrize("name", list(FORGERIES))
+def test_forged_model_file_is_one_line_exit_2_before_building(
+    name, payload, tmp_path, capsys, no_encoder_built
+):
+    edit, words = FORGERIES[name]
+    forged = copy.deepcopy(payload)
+    edit(forged)
+    _refused(forged, tmp_path, capsys, words)
+
+
+@pytest.mark.parametrize("name", list(FORMAT_1_FORGERIES))
+def test_forged_format_1_file_is_checked_the_same_way(
+    name, payload, tmp_path, capsys, no_encoder_built
+):
+    edit, words = FORMAT_1_FORGERIES[name]
+    forged = _as_format_1(copy.deepcopy(payload))
+    edit(forged)
+    _refused(forged, tmp_path, capsys, words)
+
+
+def test_model_file_stores_type_version_and_init_args(payload):
+    assert payload["format_version"] == 2
+    encoder = payload["encoder"]
+    assert (encoder["type"], encoder["version"]) == ("cgcnn", 1)
+    assert encoder["init_args"]["atom_fea_len"] == ATOM_FEA_LEN
+    head = payload["heads"]["property"]
+    assert head["type"] == "property"
+    assert head["init_args"] == {"in_dim": H_FEA_LEN, "hidden_dim": 8, "out_dim": 1}
+
+
+def test_format_1_file_loads_as_the_same_model(payload, tmp_path):
+    """Files of earlier versions (format 1) load through the adapter, to the same weights."""
+    old, new = tmp_path / "old.pt", tmp_path / "new.pt"
+    torch.save(_as_format_1(copy.deepcopy(payload)), old)
+    torch.save(payload, new)
+    a, b = load_model(old), load_model(new)
+    for key, value in b.encoder.state_dict().items():
+        assert torch.equal(a.encoder.state_dict()[key], value)
+    for key, value in b.head.state_dict().items():
+        assert torch.equal(a.head.state_dict()[key], value)
+    assert a.property_model().target == b.property_model().target
+
+
+def test_shipped_default_model_is_format_1_and_loads():
+    from crystaltwins.models.pretrained import default_pretrained_path
+
+    raw = torch.load(default_pretrained_path(), weights_only=True)
+    assert raw["format_version"] == 1  # never regenerated: read by the adapter
+    bundle = load_model("default")
+    assert bundle.kind == "pretrained" and bundle.head is not None
+    assert bundle.head.config == {"in_dim": 128, "hidden_dim": 128, "out_dim": 256}
+
+
 def test_a_valid_model_file_round_trips(payload, tmp_path):
     path = tmp_path / "model.pt"
     torch.save(payload, path)
     bundle = load_model(path)
     assert bundle.encoder.config["atom_fea_len"] == ATOM_FEA_LEN
-    for key, value in payload["encoder_state"].items():
+    for key, value in payload["encoder"]["state"].items():
         assert torch.equal(bundle.encoder.state_dict()[key], value)
     assert bundle.head is not None and bundle.head[0].out_features == 8
 

@@ -175,13 +175,13 @@ def test_a_single_model_run_is_unchanged(ensemble_run, small_perovskites, cache_
 def test_a_forged_ensemble_file_gives_one_line(ensemble_run, small_perovskites, tmp_path, capsys):
     out, _ = ensemble_run
     payload = torch.load(out / "model.pt", weights_only=True)
-    payload["members"][1]["head_state"]["0.weight"] = torch.zeros(5, 7)
+    payload["members"][1]["heads"]["property"]["state"]["0.weight"] = torch.zeros(5, 7)
     forged = tmp_path / "forged.pt"
     torch.save(payload, forged)
     target = tmp_path / "p.csv"
     assert main(["predict", str(forged), str(small_perovskites), "--out", str(target)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "members[1]: head_state['0.weight']" in err
+    assert len(err.splitlines()) == 1 and "members[1]: heads.property.state['0.weight']" in err
     assert not target.exists()
     # a single model is asked for: the ensemble is named, with the folder of a member
     with pytest.raises(ValueError, match="an ensemble of 2 fine-tuned models.*members/0"):

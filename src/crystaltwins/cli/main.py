@@ -34,6 +34,11 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         "--config", help="YAML file of settings (keys: these flags' names); flags given override it"
     )
     p.add_argument("--seed", type=int, help="random seed (splits, initialisation, augmentations)")
+    p.add_argument(
+        "--encoder",
+        help="encoder of a new model: cgcnn (default) or another name in "
+        "crystaltwins.models.ENCODERS",
+    )
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--epochs", type=int)
@@ -99,8 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="self-supervised pre-training (Barlow Twins / SimSiam)")
     p.add_argument("data", nargs="+", help="one or more data sources (labels are ignored)")
     p.add_argument("--out", help="run directory (required here or in --config)")
-    p.add_argument("--objective", choices=["barlow_twins", "simsiam"])
-    p.add_argument("--augment", help="comma-separated subset of rp,am,em (default all three)")
+    p.add_argument(
+        "--objective",
+        help="barlow_twins (default), simsiam, or another name in crystaltwins.losses.OBJECTIVES",
+    )
+    p.add_argument(
+        "--augment",
+        help="comma-separated names in crystaltwins.transforms.AUGMENTATIONS: rp, am, em, ... "
+        "(default rp,am,em)",
+    )
     p.add_argument("--perturbation", type=float, help="RP displacement in Å (default 0.05)")
     p.add_argument("--barlow-lambda", type=float, help="off-diagonal weight λ (default 0.0051)")
     p.add_argument("--val-fraction", type=float, help="validation fraction (default 0.05)")

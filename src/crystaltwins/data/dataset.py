@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -15,7 +15,9 @@ from crystaltwins.data.batch import CrystalGraphBatch, GraphArrays
 from crystaltwins.data.cache import GraphCache
 from crystaltwins.data.gather import GraphStore
 from crystaltwins.graph.crystal_graph import CrystalGraph
-from crystaltwins.transforms.base import GraphTransform
+
+if TYPE_CHECKING:  # data comes before transforms in the data flow: no import at run time
+    from crystaltwins.transforms.base import BatchTransform
 
 
 class CrystalGraphDataset(Dataset):
@@ -89,7 +91,7 @@ class TwoViewDataset(Dataset):
     :class:`~crystaltwins.training.sampling.EpochSampler`, which yields such keys.
     """
 
-    def __init__(self, dataset: Dataset, transform: GraphTransform, seed: int = 0) -> None:
+    def __init__(self, dataset: Dataset, transform: BatchTransform, seed: int = 0) -> None:
         self.dataset = dataset
         self.transform = transform
         self.seed = seed

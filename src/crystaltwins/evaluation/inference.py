@@ -19,7 +19,7 @@ from crystaltwins.data.sources import prepare_caches
 from crystaltwins.io.memory import as_source, is_path
 from crystaltwins.io.records import BadRecord
 from crystaltwins.models.checkpoint import EnsembleBundle, ModelBundle, load_model, load_predictor
-from crystaltwins.models.targets import to_target_units
+from crystaltwins.models.property_model import Target
 
 
 @dataclass
@@ -37,6 +37,8 @@ class InferenceResult:
     #: (population, ddof 0) and ``members`` each member's value ``(N, K)``; ``None`` otherwise
     std: np.ndarray | None = None
     members: np.ndarray | None = None
+    #: what a property model predicts (name, unit, ...); ``None`` for embeddings
+    target: Target | None = None
 
 
 def _open(
@@ -165,25 +167,17 @@ def predict(
         options = (batch_size, device, cache_root, workers, cif_column)
         return _predict_ensemble(loaded, data, *options)
     bundle, cache = _open(loaded, data, cache_root, workers, cif_column)
-    if bundle.kind != "finetuned" or bundle.head is None:
-        raise ValueError(
-            f"{model}: a pre-trained encoder has no property head; fine-tune it first (crystaltwins finetune)"
-        )
-    info = bundle.info
-    head = bundle.head
-
-    def fn(batch: Any) -> torch.Tensor:
-        return head(bundle.encoder(batch))
-
-    raw = _run(bundle, cache, fn, batch_size, device)
-    if info.get("task") == "classification":
-        result = _result(cache, torch.from_numpy(raw).softmax(-1)[:, 1].numpy())
-        result.task = "classification"
-        return result
-    values = to_target_units(
-        raw[:, 0], info["target_mean"], info["target_std"], info.get("target_transform", "none")
+    try:
+        property_model = bundle.property_model()
+    except ValueError as error:
+        raise ValueError(f"{model}: {error}") from None
+    outputs = batched_outputs(
+        property_model, [property_model], CrystalGraphDataset(cache), batch_size, device
     )
-    return _result(cache, values)
+    result = _result(cache, property_model.in_target_units(outputs))
+    result.task = property_model.target.task
+    result.target = property_model.target
+    return result
 
 
 def _predict_ensemble(
@@ -206,7 +200,12 @@ def _predict_ensemble(
             raise ValueError(f"{data}: ensemble member {k} saw other crystals than member 0")
     members = np.stack([np.asarray(r.values, dtype=np.float64) for r in results], axis=1)
     combined = InferenceResult(
-        first.ids, members.mean(axis=1), first.labels, first.skipped, first.task
+        first.ids,
+        members.mean(axis=1),
+        first.labels,
+        first.skipped,
+        first.task,
+        target=first.target,
     )
     combined.std = members.std(axis=1)
     combined.members = members

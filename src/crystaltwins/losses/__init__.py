@@ -1,15 +1,19 @@
 """Self-supervised objectives.
 
-Every objective is an :class:`torch.nn.Module` whose ``forward(z_a, z_b)`` takes the
-projections ``(N, D)`` of two views of the same crystals and returns a scalar loss. An objective
-may own parameters (SimSiam's predictor): optimise ``objective.parameters()`` with the model's.
+Every objective is an :class:`torch.nn.Module` **without parameters** (as in lightly) whose
+``forward(z_a, z_b)`` takes the projections ``(N, D)`` of two views of the same crystals and
+returns a scalar loss. An objective whose class sets ``uses_predictor = True`` (SimSiam) is called
+``forward(z_a, z_b, p_a, p_b)`` with the predictions of the model's predictor head, which the
+pre-training module owns and saves with the model.
 
-Adding an objective (VICReg, NT-Xent, ...) is one new module in this package with such a class
-and one entry in :data:`OBJECTIVES`; nothing else changes.
+Adding an objective (VICReg, NT-Xent, ...) is one new module with such a class and one entry in
+:data:`OBJECTIVES` (or a call to :func:`register_objective`); nothing else changes. Its
+constructor's keyword arguments are its settings (:func:`build_objective`).
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from torch import nn
@@ -24,17 +28,48 @@ OBJECTIVES: dict[str, type[nn.Module]] = {
 }
 
 
-def build_objective(name: str, **kwargs: Any) -> nn.Module:
-    """Instantiate an objective by name.
+def register_objective(name: str, cls: type[nn.Module] | None = None) -> Any:
+    """Register an objective class under ``name``; usable as a decorator."""
 
-    :param name: a key of :data:`OBJECTIVES` (case and ``-``/``_`` insensitive).
-    :param kwargs: constructor arguments of the objective.
-    :raises KeyError: for an unknown name.
+    def add(cls: type[nn.Module]) -> type[nn.Module]:
+        if OBJECTIVES.get(name, cls) is not cls:
+            raise ValueError(f"objective {name!r} is already registered")
+        OBJECTIVES[name] = cls
+        return cls
+
+    return add if cls is None else add(cls)
+
+
+def objective_class(name: str) -> type[nn.Module]:
+    """The objective class registered as ``name`` (case and ``-``/``_`` insensitive).
+
+    :raises ValueError: for an unknown name, naming the registered ones.
     """
     key = name.strip().lower().replace("-", "_")
     if key not in OBJECTIVES:
-        raise KeyError(f"unknown objective {name!r}; choose from {sorted(OBJECTIVES)}")
-    return OBJECTIVES[key](**kwargs)
+        raise ValueError(f"unknown objective {name!r}; choose from {', '.join(sorted(OBJECTIVES))}")
+    return OBJECTIVES[key]
+
+
+def build_objective(name: str, **settings: Any) -> nn.Module:
+    """Instantiate an objective by name.
+
+    :param name: a key of :data:`OBJECTIVES` (case and ``-``/``_`` insensitive).
+    :param settings: settings of the objectives (e.g. ``lambda_`` of Barlow Twins); those its
+        constructor does not take are left aside, so one config can hold every objective's.
+    :raises ValueError: for an unknown name, or an objective with parameters.
+    """
+    cls = objective_class(name)
+    own_init = cls.__init__ is not nn.Module.__init__  # nn.Module's takes (*args, **kwargs)
+    accepted = inspect.signature(cls.__init__).parameters if own_init else {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    objective = cls(**{k: v for k, v in settings.items() if takes_any or k in accepted})
+    if any(True for _ in objective.parameters()):
+        raise ValueError(
+            f"objective {name!r} has parameters; put them in a head of the model instead "
+            "(objectives are parameter-free)"
+        )
+    return objective
 
 
 __all__ = [
@@ -43,5 +78,7 @@ __all__ = [
     "SimSiamLoss",
     "build_objective",
     "gather_from_all_ranks",
+    "objective_class",
+    "register_objective",
     "standardize",
 ]

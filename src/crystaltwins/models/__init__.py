@@ -1,7 +1,8 @@
 """CGCNN encoder, heads, full models and the published Crystal Twins weights."""
 
-from crystaltwins.models.cgcnn import CGCNNEncoder, CrystalTwinsModel, PropertyModel
+from crystaltwins.models.cgcnn import CGCNNEncoder, CrystalTwinsModel
 from crystaltwins.models.heads import ProjectionHead, PropertyHead, SimSiamPredictor
+from crystaltwins.models.property_model import PropertyModel, Target
 from crystaltwins.models.published import (
     PUBLISHED_ATOM_INIT_FINGERPRINT,
     atom_features_fingerprint,
@@ -9,8 +10,17 @@ from crystaltwins.models.published import (
     load_published_crystal_twins,
     read_atom_init_table,
 )
+from crystaltwins.models.registry import (
+    ENCODERS,
+    HEADS,
+    build_encoder,
+    register_encoder,
+    register_head,
+)
 
 __all__ = [
+    "ENCODERS",
+    "HEADS",
     "PUBLISHED_ATOM_INIT_FINGERPRINT",
     "CGCNNEncoder",
     "CrystalTwinsModel",
@@ -18,8 +28,12 @@ __all__ = [
     "PropertyHead",
     "PropertyModel",
     "SimSiamPredictor",
+    "Target",
     "atom_features_fingerprint",
+    "build_encoder",
     "check_atom_features",
     "load_published_crystal_twins",
     "read_atom_init_table",
+    "register_encoder",
+    "register_head",
 ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,8 +16,27 @@ from crystaltwins.data.batch import CrystalGraphBatch
 from crystaltwins.layers import cgcnn_conv
 from crystaltwins.layers.cgcnn_conv import CGConv, EdgeGraph
 from crystaltwins.layers.gaussian import GaussianExpansion
+from crystaltwins.models.init_args import check_keys, positive_int, real
 
 DEFAULT_GAUSSIAN: dict[str, float | None] = {"dmin": 0.0, "dmax": 8.0, "step": 0.2, "var": None}
+#: Largest number of Gaussian centres accepted from a model file.
+MAX_GAUSSIANS = 10_000
+
+_CONV_KEY = re.compile(r"^convs\.(\d+)\.")
+_CONV_PARTS: dict[str, str] = {  # parameter of a CGConv -> its shape (A atom, K edge features)
+    "fc_full.weight": "2A,2A+K",
+    "fc_full.bias": "2A",
+    "bn1.weight": "2A",
+    "bn1.bias": "2A",
+    "bn1.running_mean": "2A",
+    "bn1.running_var": "2A",
+    "bn1.num_batches_tracked": "",
+    "bn2.weight": "A",
+    "bn2.bias": "A",
+    "bn2.running_mean": "A",
+    "bn2.running_var": "A",
+    "bn2.num_batches_tracked": "",
+}
 
 
 def _as_feature_table(atom_features: Tensor | Any) -> Tensor:
@@ -57,6 +78,8 @@ class CGCNNEncoder(nn.Module):
     """
 
     atom_features: Tensor
+    #: Version of the init args and weight names; a model file of a newer version is refused.
+    version = 1
 
     def __init__(
         self,
@@ -107,6 +130,45 @@ class CGCNNEncoder(nn.Module):
         if state_dict is not None:
             encoder.load_state_dict(state_dict, strict=True)
         return encoder
+
+    @classmethod
+    def check_init_args(
+        cls, config: Any, n_features: int, state: Mapping[str, Any]
+    ) -> tuple[dict[str, tuple[int, ...]], int]:
+        """The weight shapes and output width that :attr:`config` implies, without building.
+
+        The number of convolutions is checked against the stored ones first, so that nothing
+        is sized by the config alone.
+
+        :param config: init args from a model file.
+        :param n_features: width of the element-feature table.
+        :param state: the stored weights (only their names are read here).
+        :returns: ``(name → shape of every weight, H)``.
+        :raises ValueError: naming the first bad argument.
+        """
+        check_keys("init_args", config, {"atom_fea_len", "n_conv", "h_fea_len", "gaussian"})
+        check_keys("init_args.gaussian", config["gaussian"], set(DEFAULT_GAUSSIAN))
+        a = positive_int("init_args.atom_fea_len", config["atom_fea_len"])
+        h = positive_int("init_args.h_fea_len", config["h_fea_len"])
+        n_conv = positive_int("init_args.n_conv", config["n_conv"], minimum=0)
+        k = _gaussian_count(config["gaussian"])
+        conv_ids = {int(m.group(1)) for key in state if (m := _CONV_KEY.match(str(key)))}
+        if n_conv != len(conv_ids):
+            raise ValueError(
+                f"init_args.n_conv is {n_conv} but the stored weights hold {len(conv_ids)} "
+                "convolutions"
+            )
+        sizes = {"A": a, "2A": 2 * a, "2A+K": 2 * a + k}
+        shapes: dict[str, tuple[int, ...]] = {
+            "embedding.weight": (a, n_features),
+            "embedding.bias": (a,),
+            "conv_to_fc.weight": (h, a),
+            "conv_to_fc.bias": (h,),
+        }
+        for n in range(n_conv):
+            for part, dims in _CONV_PARTS.items():
+                shapes[f"convs.{n}.{part}"] = tuple(sizes[d] for d in dims.split(",") if d)
+        return shapes, h
 
     @property
     def num_features(self) -> int:
@@ -209,18 +271,19 @@ class CrystalTwinsModel(nn.Module):
         return self.projector(self.encoder(batch))
 
 
-class PropertyModel(nn.Module):
-    """Encoder + property head, for fine-tuning and supervised training.
-
-    :param encoder: crystal encoder, ``batch → (B, H)`` (pre-trained or fresh).
-    :param head: ``(B, H) → (B, n_targets)``, e.g. :class:`~crystaltwins.models.PropertyHead`.
-    """
-
-    def __init__(self, encoder: CGCNNEncoder, head: nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.head = head
-
-    def forward(self, batch: CrystalGraphBatch) -> Tensor:
-        """Predictions ``(B, n_targets)``."""
-        return self.head(self.encoder(batch))
+def _gaussian_count(gaussian: Mapping[str, Any]) -> int:
+    """Number of Gaussian centres (``len(np.arange(dmin, dmax + step, step))``), unallocated."""
+    dmin = real("init_args.gaussian.dmin", gaussian["dmin"])
+    dmax = real("init_args.gaussian.dmax", gaussian["dmax"])
+    step = real("init_args.gaussian.step", gaussian["step"])
+    if gaussian["var"] is not None and real("init_args.gaussian.var", gaussian["var"]) <= 0:
+        raise ValueError(f"init_args.gaussian.var is {gaussian['var']}, expected > 0")
+    if step <= 0 or dmax - dmin <= step:
+        raise ValueError(
+            f"init_args.gaussian has dmin {dmin}, dmax {dmax}, step {step}: "
+            "expected 0 < step < dmax - dmin"
+        )
+    count = math.ceil((dmax + step - dmin) / step)  # how np.arange counts
+    if count > MAX_GAUSSIANS:
+        raise ValueError(f"init_args.gaussian asks for {count} Gaussians (at most {MAX_GAUSSIANS})")
+    return count

@@ -2,9 +2,11 @@
 
 A model file is a ``torch.save``-d dict holding only tensors, numbers, strings, lists and dicts,
 so it loads with ``torch.load(..., weights_only=True)`` (no arbitrary unpickling). Beside the
-weights it stores everything needed to rebuild the model and its featurization: the encoder's
-init args, the head's shape, the element-feature table, the graph settings, and for a fine-tuned
-model the targets and their standardisation.
+weights it stores everything needed to rebuild the model and its featurization: the encoder and
+each head as ``{type, version, init_args, state}`` (``type`` a name registered in
+:mod:`crystaltwins.models.registry`: no class is ever imported by path), the element-feature
+table, the graph settings, and for a fine-tuned model the target (name, column, unit, transform,
+standardisation, task) in ``info``. Files of format 1 (earlier versions) load too.
 
 Published Crystal Twins ``.pth`` state dicts load too (:func:`load_model` detects them).
 
@@ -27,34 +29,58 @@ from torch import nn
 
 from crystaltwins.graph.atom_features import AtomFeaturizer
 from crystaltwins.graph.settings import GraphSettings
-from crystaltwins.models.cgcnn import CGCNNEncoder
 from crystaltwins.models.file_check import (
     ENSEMBLE_KIND,
     check_ensemble_payload,
     check_model_payload,
 )
-from crystaltwins.models.heads import ProjectionHead, PropertyHead
+from crystaltwins.models.heads import SimSiamPredictor
+from crystaltwins.models.property_model import PropertyModel, Target
+from crystaltwins.models.registry import ENCODERS, HEADS, describe
 
 MODEL_FORMAT = "crystaltwins-model"
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2
 
 
 @dataclass
 class ModelBundle:
     """An encoder, its head and what they need to see a crystal the way they were trained.
 
+    :param encoder: a registered encoder (:data:`~crystaltwins.models.registry.ENCODERS`).
     :param kind: ``"pretrained"`` (head = projector, may be ``None``) or ``"finetuned"``
         (head = property head).
     :param info: provenance and task description: objective, augmentations, data sources,
-        targets, ``target_mean``/``target_std`` (standardisation), ``target_transform``, task.
+        targets, target_column, unit, ``target_mean``/``target_std`` (standardisation),
+        ``target_transform``, task.
+    :param predictor: a pre-trained model's SimSiam predictor (applied to the projections).
     """
 
-    encoder: CGCNNEncoder
+    encoder: nn.Module
     head: nn.Module | None
     kind: str
     featurizer: AtomFeaturizer
     graph_settings: GraphSettings
     info: dict[str, Any] = field(default_factory=dict)
+    predictor: nn.Module | None = None
+
+    def property_model(self) -> PropertyModel:
+        """The fine-tuned model as a :class:`PropertyModel` (whose conversions give predictions
+        in the target's units).
+
+        :raises ValueError: for a pre-trained encoder, which has no property head.
+        """
+        if self.kind != "finetuned" or self.head is None:
+            raise ValueError(
+                "a pre-trained encoder has no property head; fine-tune it first "
+                "(crystaltwins finetune)"
+            )
+        return PropertyModel(self.encoder, self.head, Target.from_info(self.info))
+
+    def heads(self) -> dict[str, nn.Module]:
+        """The heads by role: ``property`` (fine-tuned) or ``projection`` and ``predictor``."""
+        main = "property" if self.kind == "finetuned" else "projection"
+        roles = {main: self.head, "predictor": self.predictor}
+        return {role: head for role, head in roles.items() if head is not None}
 
 
 @dataclass
@@ -68,33 +94,6 @@ class EnsembleBundle:
     members: list[ModelBundle]
     info: dict[str, Any] = field(default_factory=dict)
     kind: str = ENSEMBLE_KIND
-
-
-def _head_spec(head: nn.Module | None) -> dict[str, Any] | None:
-    if head is None:
-        return None
-    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
-    if len(linears) != 2:
-        raise ValueError(f"cannot describe head {type(head).__name__}: expected 2 linear layers")
-    return {
-        "type": type(head).__name__,
-        "in_dim": linears[0].in_features,
-        "hidden_dim": linears[0].out_features,
-        "out_dim": linears[1].out_features,
-    }
-
-
-def build_head(spec: dict[str, Any] | None) -> nn.Module | None:
-    """The head described by a model file's ``head`` entry."""
-    if spec is None:
-        return None
-    kinds: dict[str, type[nn.Module]] = {
-        "ProjectionHead": ProjectionHead,
-        "PropertyHead": PropertyHead,
-    }
-    if spec["type"] not in kinds:
-        raise ValueError(f"unknown head type {spec['type']!r}")
-    return kinds[spec["type"]](spec["in_dim"], spec["hidden_dim"], spec["out_dim"])
 
 
 def save_model(path: str | os.PathLike, bundle: ModelBundle) -> Path:
@@ -128,12 +127,8 @@ def _payload(bundle: ModelBundle) -> dict[str, Any]:
         "format": MODEL_FORMAT,
         "format_version": MODEL_FORMAT_VERSION,
         "kind": bundle.kind,
-        "encoder_config": bundle.encoder.config,
-        "encoder_state": {k: v.detach().cpu() for k, v in bundle.encoder.state_dict().items()},
-        "head": _head_spec(bundle.head),
-        "head_state": None
-        if bundle.head is None
-        else {k: v.detach().cpu() for k, v in bundle.head.state_dict().items()},
+        "encoder": describe(bundle.encoder, ENCODERS, "encoder"),
+        "heads": {role: describe(h, HEADS, "head") for role, h in bundle.heads().items()},
         "featurizer": bundle.featurizer.state(),
         "graph_settings": bundle.graph_settings.to_dict(),
         "info": bundle.info,
@@ -208,8 +203,8 @@ def load_predictor(
     payload = _read(path)
     if not _is_ensemble(payload):
         return _bundle(path, payload, atom_init)
-    check_ensemble_payload(path, payload, MODEL_FORMAT_VERSION)
-    members = [_bundle(path, member, None) for member in payload["members"]]
+    checked = check_ensemble_payload(path, payload, MODEL_FORMAT_VERSION)
+    members = [_build(path, *member) for member in checked]
     return EnsembleBundle(members, dict(payload["info"]))
 
 
@@ -245,14 +240,20 @@ def _bundle(path: Path, payload: Any, atom_init: str | os.PathLike | None) -> Mo
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         raise ValueError(f"{path}: not a crystaltwins model file nor a Crystal Twins state dict")
     # every size checked against the stored weights before anything is allocated
-    featurizer = check_model_payload(path, payload, MODEL_FORMAT_VERSION)
+    return _build(path, *check_model_payload(path, payload, MODEL_FORMAT_VERSION))
+
+
+def _build(path: Path, featurizer: AtomFeaturizer, payload: dict[str, Any]) -> ModelBundle:
+    """The model of a checked payload (format-2 layout), its classes looked up by name."""
     try:
-        encoder = CGCNNEncoder.from_config(
-            payload["encoder_config"], torch.tensor(featurizer.table), payload["encoder_state"]
+        part = payload["encoder"]
+        encoder = ENCODERS[part["type"]].from_config(  # type: ignore[attr-defined]
+            part["init_args"], torch.tensor(featurizer.table), part["state"]
         )
-        head = build_head(payload["head"])
-        if head is not None:
-            head.load_state_dict(payload["head_state"], strict=True)
+        heads = {
+            role: HEADS[h["type"]].from_config(h["init_args"], h["state"])  # type: ignore[attr-defined]
+            for role, h in payload["heads"].items()
+        }
         graph_settings = GraphSettings.from_dict(payload["graph_settings"])
     except (KeyError, RuntimeError, TypeError, ValueError) as error:  # what the checks missed
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
@@ -261,11 +262,12 @@ def _bundle(path: Path, payload: Any, atom_init: str | os.PathLike | None) -> Mo
         ) from None
     return ModelBundle(
         encoder=encoder,
-        head=head,
+        head=heads.get("property", heads.get("projection")),
         kind=payload["kind"],
         featurizer=featurizer,
         graph_settings=graph_settings,
         info=payload["info"],
+        predictor=heads.get("predictor"),
     )
 
 
@@ -284,9 +286,19 @@ def _load_published(path: Path, atom_init: str | os.PathLike | None) -> ModelBun
         path, torch.tensor(featurizer.table), atom_init_path=atom_init
     )
     objective = "simsiam" if "simsiam" in path.name.lower() else "barlow_twins"
+    predictor = None
+    if objective == "simsiam":  # the published fc_head is SimSiam's predictor (dim → dim)
+        if head.in_dim != head.out_dim:
+            raise ValueError(
+                f"{path}: a SimSiam fc_head must map {head.in_dim} features to as many, not "
+                f"{head.out_dim}"
+            )
+        predictor = SimSiamPredictor(head.in_dim, head.hidden_dim)
+        predictor.load_state_dict(head.state_dict(), strict=True)
     return ModelBundle(
         encoder=encoder,
         head=head if objective == "barlow_twins" else None,
+        predictor=predictor,
         kind="pretrained",
         featurizer=featurizer,
         graph_settings=GraphSettings(),

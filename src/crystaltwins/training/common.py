@@ -24,9 +24,11 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 @dataclass(kw_only=True)
 class RunOptions:
-    """Settings shared by pre-training and fine-tuning: encoder size, element features, where
+    """Settings shared by pre-training and fine-tuning: encoder (a name registered in
+    :data:`~crystaltwins.models.registry.ENCODERS`) and its size, element features, where
     caches live, and how the run executes (keyword-only)."""
 
+    encoder: str = "cgcnn"
     atom_fea_len: int = 64
     n_conv: int = 3
     h_fea_len: int = 128
@@ -417,20 +419,36 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def new_encoder(
-    featurizer: Any, settings: Any, atom_fea_len: int = 64, n_conv: int = 3, h_fea_len: int = 128
+    featurizer: Any,
+    settings: Any,
+    atom_fea_len: int = 64,
+    n_conv: int = 3,
+    h_fea_len: int = 128,
+    name: str = "cgcnn",
 ) -> Any:
-    """A freshly initialised CGCNN encoder for a featurizer and graph settings."""
-    from crystaltwins.models.cgcnn import CGCNNEncoder
+    """A freshly initialised encoder for a featurizer and graph settings.
 
-    return CGCNNEncoder(
-        torch.tensor(featurizer.table),
-        atom_fea_len=atom_fea_len,
-        n_conv=n_conv,
-        h_fea_len=h_fea_len,
-        gaussian={
+    :param name: a registered encoder (:data:`~crystaltwins.models.registry.ENCODERS`). The
+        CGCNN sizes and the graph settings' Gaussian expansion are given to it when its
+        constructor takes them (``gaussian`` for the edge distances).
+    :raises ValueError: for an unknown name.
+    """
+    import inspect
+
+    from crystaltwins.models.registry import ENCODERS, lookup
+
+    cls = lookup(ENCODERS, "encoder", name)
+    offered: dict[str, Any] = {
+        "atom_fea_len": atom_fea_len,
+        "n_conv": n_conv,
+        "h_fea_len": h_fea_len,
+        "gaussian": {
             "dmin": settings.gaussian_dmin,
             "dmax": settings.gaussian_dmax,
             "step": settings.gaussian_step,
             "var": settings.gaussian_width,
         },
-    )
+    }
+    accepted = inspect.signature(cls).parameters
+    kwargs = {k: v for k, v in offered.items() if k in accepted}
+    return cls(torch.tensor(featurizer.table), **kwargs)

@@ -7,6 +7,7 @@ random initialisation. ``ensemble=K`` trains K such models (:mod:`crystaltwins.t
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -44,15 +45,11 @@ from crystaltwins.evaluation.metrics import (
 )
 from crystaltwins.graph.atom_features import AtomFeaturizer, default_featurizer
 from crystaltwins.graph.settings import GraphSettings
-from crystaltwins.models.cgcnn import CGCNNEncoder
 from crystaltwins.models.checkpoint import ModelBundle, load_model, resolve_model_path, save_model
 from crystaltwins.models.heads import PropertyHead
-from crystaltwins.models.targets import (
-    TRANSFORMS,
-    check_transform,
-    to_target_units,
-    to_transformed_units,
-)
+from crystaltwins.models.property_model import PropertyModel, Target
+from crystaltwins.models.registry import ENCODERS, lookup
+from crystaltwins.models.targets import TRANSFORMS, check_transform
 from crystaltwins.training.common import (
     AtomicCheckpointIO,
     RunOptions,
@@ -123,55 +120,49 @@ def split_seed(config: FinetuneConfig) -> int:
 
 
 class FinetuneModule(L.LightningModule):
-    """Encoder + property head; regression on standardised targets (MSE) or binary
-    classification (cross-entropy on 2 logits).
+    """Trains a :class:`~crystaltwins.models.property_model.PropertyModel`: regression on
+    standardised (transformed) targets (MSE), or binary classification (cross-entropy on 2
+    logits).
 
-    :param target_transform: the transform applied to the targets before standardisation
-        (``"none"`` or ``"log10"``); :meth:`forward` undoes it.
+    The model's encoder and head are this module's ``encoder`` and ``head`` (the names of the
+    checkpoints' weights); :attr:`model` is the property model itself, whose conversions give the
+    metrics' and the user's units.
     """
 
     def __init__(
         self,
-        encoder: CGCNNEncoder,
-        head: nn.Module,
-        target_mean: float,
-        target_std: float,
-        task: str = "regression",
+        model: PropertyModel,
         lr: float = 1e-3,
         encoder_lr_factor: float = 1.0,
         weight_decay: float = 0.0,
-        target_transform: str = "none",
     ) -> None:
         super().__init__()
-        self.encoder = encoder
-        self.head = head
-        self.task = task
-        self.target_transform = check_transform(target_transform)
-        self.register_buffer("target_mean", torch.tensor(float(target_mean)))
-        self.register_buffer("target_std", torch.tensor(float(target_std)))
+        self.encoder = model.encoder
+        self.head = model.head
+        self.__dict__["model"] = model  # the same modules, not registered twice
+        self.task = model.target.task
         self.lr = lr
         self.encoder_lr_factor = encoder_lr_factor
         self.weight_decay = weight_decay
 
+    model: PropertyModel
+
     def forward(self, batch: CrystalGraphBatch) -> torch.Tensor:
-        """Predictions in the target's own units ``(num_crystals,)`` (any target transform
+        """Predictions ``(num_crystals,)`` in the target's own units (any target transform
         undone, e.g. GPa for a ``log10`` run on G_VRH), or P(class 1) for classification."""
-        out = self.head(self.encoder(batch))
-        if self.task == "classification":
-            return out.softmax(dim=-1)[:, 1]
-        return to_target_units(out[:, 0], self.target_mean, self.target_std, self.target_transform)
+        return self.model.in_target_units(self.model(batch))
 
     def _step(self, batch: CrystalGraphBatch, stage: str) -> torch.Tensor:
         target = batch.targets[:, 0]
-        out = self.head(self.encoder(batch))
+        out = self.model(batch)
         if self.task == "classification":
             loss = F.cross_entropy(out, target.long())
             error_rate = (out.argmax(-1) != target.long()).float().mean()
             # Checkpoints monitor val_mae: for classification, the error rate.
             values = (loss, error_rate, 1 - error_rate)
         else:
-            loss = F.mse_loss(out[:, 0], (target - self.target_mean) / self.target_std)
-            mae = (out[:, 0] * self.target_std + self.target_mean - target).abs().mean()
+            loss = F.mse_loss(out[:, 0], self.model.standardise(target))
+            mae = (self.model.transformed(out) - target).abs().mean()
             values = (loss, mae)
         self.epoch_metrics.add(stage, batch.num_crystals, values)
         return loss
@@ -206,18 +197,18 @@ class FinetuneModule(L.LightningModule):
 
 
 def predict_dataset(
-    encoder: CGCNNEncoder,
-    head: nn.Module,
+    model: PropertyModel,
     dataset: CrystalGraphDataset,
     batch_size: int = 256,
     device: str = "cpu",
 ) -> np.ndarray:
-    """Raw head outputs ``(N, out_dim)`` for every crystal of ``dataset``, in order (eval mode)."""
-    return batched_outputs(lambda b: head(encoder(b)), [encoder, head], dataset, batch_size, device)
+    """Raw head outputs ``(N, out_dim)`` for every crystal of ``dataset``, in order (eval mode);
+    ``model.transformed`` / ``model.in_target_units`` convert them."""
+    return batched_outputs(model, [model], dataset, batch_size, device)
 
 
 def predict_embeddings(
-    encoder: CGCNNEncoder, dataset: CrystalGraphDataset, batch_size: int = 256
+    encoder: nn.Module, dataset: CrystalGraphDataset, batch_size: int = 256
 ) -> np.ndarray:
     """Crystal embeddings ``(N, H)`` of ``dataset`` in order (eval mode, CPU)."""
     return batched_outputs(encoder, [encoder], dataset, batch_size)
@@ -256,7 +247,7 @@ def _check_split(config: FinetuneConfig, split: Split, crystals: int) -> None:
 
 def _featurizer_and_encoder(
     config: FinetuneConfig,
-) -> tuple[AtomFeaturizer, CGCNNEncoder, GraphSettings, str]:
+) -> tuple[AtomFeaturizer, nn.Module, GraphSettings, str]:
     """The element features, encoder and graph settings to start from, and where they came from."""
     if config.pretrained and not config.from_scratch:
         path = resolve_model_path(config.pretrained)  # "default": the shipped model
@@ -271,7 +262,12 @@ def _featurizer_and_encoder(
         featurizer = default_featurizer(path if path.is_dir() else None)
     settings = GraphSettings()
     encoder = new_encoder(
-        featurizer, settings, config.atom_fea_len, config.n_conv, config.h_fea_len
+        featurizer,
+        settings,
+        config.atom_fea_len,
+        config.n_conv,
+        config.h_fea_len,
+        name=config.encoder,
     )
     return featurizer, encoder, settings, "scratch"
 
@@ -308,6 +304,7 @@ def finetune(config: FinetuneConfig, callbacks: list[L.Callback] | None = None) 
     if config.epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {config.epochs}")
     check_transform(config.target_transform)
+    lookup(ENCODERS, "encoder", config.encoder)
     if type(config.ensemble) is not int or config.ensemble < 1:
         raise ValueError(f"ensemble must be a whole number >= 1, got {config.ensemble!r}")
     with claimed_folder_of(config, is_main_process()):
@@ -363,11 +360,8 @@ def _finetune_in_claimed_folder(
     train_pos = split.train
     values = np.full_like(raw, np.nan)
     values[keep] = forward(raw[keep])
-    target_name = (
-        config.target
-        if config.target_transform == "none"
-        else f"{config.target_transform}({config.target})"
-    )
+    target = Target(config.target, config.unit, config.target_transform, task=config.task)
+    target_name = target.name
 
     # Datasets whose "labels" carry the transformed target under its own name.
     def subset(positions: np.ndarray) -> CrystalGraphDataset:
@@ -375,21 +369,17 @@ def _finetune_in_claimed_folder(
 
     train, val, test = subset(train_pos), subset(split.val), subset(split.test)
     y_train = values[keep[train_pos]]
-    if config.task == "classification":
-        mean, std, out_dim = 0.0, 1.0, 2
-    else:
-        mean, std, out_dim = float(y_train.mean()), float(y_train.std() or 1.0), 1
-    head = PropertyHead(encoder.out_dim, config.head_hidden or encoder.out_dim, out_dim)
+    if config.task == "regression":  # standardised with the training split's statistics
+        target = dataclasses.replace(
+            target, mean=float(y_train.mean()), std=float(y_train.std() or 1.0)
+        )
+    head = PropertyHead(encoder.out_dim, config.head_hidden or encoder.out_dim, target.out_dim)
+    model = PropertyModel(encoder, head, target)
     module = FinetuneModule(
-        encoder,
-        head,
-        mean,
-        std,
-        config.task,
+        model,
         config.lr,
         config.encoder_lr_factor if init != "scratch" else 1.0,
         config.weight_decay,
-        config.target_transform,
     )
     callbacks = list(callbacks or [])
     if config.early_stopping:
@@ -461,31 +451,22 @@ def _finetune_in_claimed_folder(
     predictions: dict[str, np.ndarray] = {}
     head_outputs: dict[str, np.ndarray] = {}
     for name, part in (("train", train), ("val", val), ("test", test)):
-        raw_out = head_outputs[name] = predict_dataset(module.encoder, module.head, part)
+        head_outputs[name] = predict_dataset(model, part)
         truth = values[part.indices]
-        if config.task == "classification":
-            pred = torch.from_numpy(raw_out).softmax(-1)[:, 1].numpy()
-            metrics[name] = classification_metrics(truth, pred)
-        else:
-            pred = to_transformed_units(raw_out[:, 0], mean, std)
-            metrics[name] = regression_metrics(truth, pred)
-        predictions[name] = pred
+        pred = predictions[name] = model.transformed(head_outputs[name])
+        score = classification_metrics if config.task == "classification" else regression_metrics
+        metrics[name] = score(truth, pred)
     metrics["mean_predictor_test_mae"] = float(
         np.mean(np.abs(values[test.indices] - y_train.mean()))
     )
     transformed = None  # the test file's values in the units of the metrics, when they differ
-    if config.task == "classification":
-        test_prediction = predictions["test"]
-    else:
-        head_output = head_outputs["test"][:, 0]
-        test_prediction = to_target_units(head_output, mean, std, config.target_transform)
-        if config.target_transform != "none":
-            transformed = (config.target_transform, values[test.indices], predictions["test"])
+    if config.task == "regression" and config.target_transform != "none":
+        transformed = (config.target_transform, values[test.indices], predictions["test"])
     _write_predictions(
         out / "test_predictions.csv",
         cache.ids[test.indices],
         raw[test.indices],
-        test_prediction,
+        model.in_target_units(head_outputs["test"]),
         config.task,
         transformed,
     )
@@ -496,19 +477,12 @@ def _finetune_in_claimed_folder(
             cache.ids,
             raw,
             values,
-            config,
-            mean,
-            std,
+            model,
             head_outputs,
             {"train": train, "val": val, "test": test},
         )
     info = {
-        "targets": [target_name],
-        "target_column": config.target,
-        "target_transform": config.target_transform,
-        "target_mean": mean,
-        "target_std": std,
-        "task": config.task,
+        **target.to_info(),
         "init": init,
         "data_source": str(Path(config.data).resolve()),
         "test_metrics": metrics["test"],
@@ -548,9 +522,7 @@ def _write_member_predictions(
     ids: np.ndarray,
     raw: np.ndarray,
     values: np.ndarray,
-    config: FinetuneConfig,
-    mean: float,
-    std: float,
+    model: PropertyModel,
     head_outputs: dict[str, np.ndarray],
     parts: dict[str, CrystalGraphDataset],
 ) -> None:
@@ -558,11 +530,7 @@ def _write_member_predictions(
     units: transformed target, or class) and ``S_prediction`` (own units, or P(class 1))."""
     arrays: dict[str, np.ndarray] = {}
     for name, part in parts.items():
-        out = head_outputs[name]
-        if config.task == "classification":
-            prediction = torch.from_numpy(out).softmax(-1)[:, 1].numpy()
-        else:
-            prediction = to_target_units(out[:, 0], mean, std, config.target_transform)
+        prediction = model.in_target_units(head_outputs[name])
         arrays[f"{name}_ids"] = np.asarray(ids[part.indices]).astype(str)
         arrays[f"{name}_target"] = raw[part.indices]
         arrays[f"{name}_truth"] = values[part.indices]

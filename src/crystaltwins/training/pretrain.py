@@ -18,10 +18,10 @@ from crystaltwins.data.sources import prepare_caches
 from crystaltwins.data.splits import random_split
 from crystaltwins.graph.atom_features import AtomFeaturizer, default_featurizer
 from crystaltwins.graph.settings import GraphSettings
-from crystaltwins.losses import build_objective
-from crystaltwins.models.cgcnn import CGCNNEncoder
+from crystaltwins.losses import build_objective, objective_class
 from crystaltwins.models.checkpoint import ModelBundle, load_model, save_model
-from crystaltwins.models.heads import ProjectionHead
+from crystaltwins.models.heads import ProjectionHead, SimSiamPredictor
+from crystaltwins.models.registry import ENCODERS, lookup
 from crystaltwins.training.common import (
     AtomicCheckpointIO,
     RunOptions,
@@ -37,7 +37,7 @@ from crystaltwins.training.common import (
 )
 from crystaltwins.training.run_folder import claimed_folder_of
 from crystaltwins.training.sampling import EpochSampler
-from crystaltwins.transforms import build_augmentation
+from crystaltwins.transforms import build_augmentation, parse_augmentations
 
 
 @dataclass
@@ -69,29 +69,46 @@ class PretrainConfig(RunOptions):
 
 
 class PretrainModule(L.LightningModule):
-    """Encoder + projector trained with a self-supervised objective on pairs of views."""
+    """Encoder + projector (+ predictor) trained with a self-supervised objective on pairs of
+    views. The module owns every parameter (the objective has none): with an objective that
+    ``uses_predictor`` (SimSiam), its ``predictor`` head maps each view's projections to the
+    predictions the objective compares, and is saved with the model.
+
+    :param encoder: a registered encoder, ``batch → (B, H)``.
+    :param projector: ``(B, H) → (B, D)``.
+    :param objective: a parameter-free loss (:mod:`crystaltwins.losses`).
+    :param predictor: ``(B, D) → (B, D)``, required by an objective that ``uses_predictor``.
+    """
 
     def __init__(
         self,
-        encoder: CGCNNEncoder,
+        encoder: nn.Module,
         projector: nn.Module,
         objective: nn.Module,
         lr: float = 1e-5,
         weight_decay: float = 1e-6,
+        predictor: nn.Module | None = None,
     ) -> None:
         super().__init__()
+        if getattr(objective, "uses_predictor", False) and predictor is None:
+            raise ValueError(f"{type(objective).__name__} needs a predictor head")
         self.encoder = encoder
         self.projector = projector
+        self.predictor = predictor
         self.objective = objective
         self.lr = lr
         self.weight_decay = weight_decay
 
     def forward(self, batch: Any) -> torch.Tensor:
+        """Projections ``(B, D)``."""
         return self.projector(self.encoder(batch))
 
     def _loss(self, pair: Any) -> torch.Tensor:
         view_a, view_b = pair
-        return self.objective(self(view_a), self(view_b))
+        z_a, z_b = self(view_a), self(view_b)
+        if getattr(self.objective, "uses_predictor", False):
+            return self.objective(z_a, z_b, self.predictor(z_a), self.predictor(z_b))  # type: ignore[misc]
+        return self.objective(z_a, z_b)
 
     def training_step(self, pair: Any, batch_idx: int) -> torch.Tensor:
         loss = self._loss(pair)
@@ -176,6 +193,9 @@ def _without_excluded(caches: list[Any], exclude_ids_file: str) -> np.ndarray:
 
 def pretrain(config: PretrainConfig) -> Path:
     """Run pre-training; returns the path of the best model file (``RUN_DIR/model.pt``)."""
+    objective_class(config.objective)  # names checked before any work
+    parse_augmentations(config.augment)
+    lookup(ENCODERS, "encoder", config.encoder)
     with claimed_folder_of(config, is_main_process()):
         return _pretrain_in_claimed_folder(config)
 
@@ -231,24 +251,33 @@ def _pretrain_in_claimed_folder(config: PretrainConfig) -> Path:
     train = ConcatGraphViews(caches, positions[split.train])
     val = ConcatGraphViews(caches, positions[split.val])
 
+    predictor = None
     if config.init_from:
         start = load_model(config.init_from)
         encoder = start.encoder
         projector = start.head or ProjectionHead(
             encoder.out_dim, config.projection_hidden, config.projection_dim
         )
+        if start.head is not None and start.predictor is not None:  # our own SimSiam model
+            predictor = start.predictor
     else:
         encoder = new_encoder(
-            featurizer, settings, config.atom_fea_len, config.n_conv, config.h_fea_len
+            featurizer,
+            settings,
+            config.atom_fea_len,
+            config.n_conv,
+            config.h_fea_len,
+            name=config.encoder,
         )
         projector = ProjectionHead(encoder.out_dim, config.projection_hidden, config.projection_dim)
-    objective_kw: dict[str, Any] = {}
-    if config.objective.replace("-", "_") == "barlow_twins":
-        objective_kw["lambda_"] = config.barlow_lambda
-    elif config.objective == "simsiam":
-        objective_kw["dim"] = config.projection_dim
-    objective = build_objective(config.objective, **objective_kw)
-    module = PretrainModule(encoder, projector, objective, config.lr, config.weight_decay)
+    objective = build_objective(config.objective, lambda_=config.barlow_lambda)
+    if not getattr(objective, "uses_predictor", False):
+        predictor = None
+    elif predictor is None:
+        predictor = SimSiamPredictor(projector.out_dim)
+    module = PretrainModule(
+        encoder, projector, objective, config.lr, config.weight_decay, predictor
+    )
 
     trainer = make_trainer(
         out,
@@ -287,6 +316,14 @@ def _pretrain_in_claimed_folder(config: PretrainConfig) -> Path:
     if trainer.is_global_zero:
         save_model(
             out / "model.pt",
-            ModelBundle(module.encoder, module.projector, "pretrained", featurizer, settings, info),
+            ModelBundle(
+                module.encoder,
+                module.projector,
+                "pretrained",
+                featurizer,
+                settings,
+                info,
+                predictor=module.predictor,
+            ),
         )
     return out / "model.pt"

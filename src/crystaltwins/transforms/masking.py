@@ -7,15 +7,10 @@ from dataclasses import replace
 import numpy as np
 
 from crystaltwins.data.batch import GraphArrays
-from crystaltwins.graph.crystal_graph import CrystalGraph
+from crystaltwins.transforms.base import BatchTransform
 
 
-def _count(fraction: float, total: int) -> int:
-    """``floor(fraction · total)``, at least one when ``total > 0``."""
-    return min(total, max(1, int(np.floor(fraction * total)))) if total > 0 else 0
-
-
-class AtomMasking:
+class AtomMasking(BatchTransform):
     """Zero the element features of ``fraction`` of the atoms (at least one).
 
     A masked atom gets element number 0, whose feature row is all zeros.
@@ -26,14 +21,8 @@ class AtomMasking:
             raise ValueError(f"fraction must be in [0, 1], got {fraction}")
         self.fraction = fraction
 
-    def __call__(self, graph: CrystalGraph, rng: np.random.Generator) -> CrystalGraph:
-        masked = rng.choice(graph.num_atoms, _count(self.fraction, graph.num_atoms), replace=False)
-        atomic_numbers = np.array(graph.atomic_numbers, copy=True)
-        atomic_numbers[masked] = 0
-        return replace(graph, atomic_numbers=atomic_numbers)
-
     def batch(self, arrays: GraphArrays, rng: np.random.Generator) -> GraphArrays:
-        """The same on a whole batch at once."""
+        """Masks ``fraction`` of every crystal's atoms (at least one)."""
         masked = random_subset_per_group(
             arrays.atom_crystal, arrays.num_crystals, self.fraction, rng
         )
@@ -43,7 +32,7 @@ class AtomMasking:
         return f"AtomMasking(fraction={self.fraction})"
 
 
-class EdgeMasking:
+class EdgeMasking(BatchTransform):
     """Remove ``fraction`` of the edges (at least one); no padding edges are added."""
 
     def __init__(self, fraction: float = 0.1) -> None:
@@ -51,15 +40,8 @@ class EdgeMasking:
             raise ValueError(f"fraction must be in [0, 1], got {fraction}")
         self.fraction = fraction
 
-    def __call__(self, graph: CrystalGraph, rng: np.random.Generator) -> CrystalGraph:
-        n = len(graph.edges)
-        removed = rng.choice(n, _count(self.fraction, n), replace=False)
-        keep = np.ones(n, dtype=bool)
-        keep[removed] = False
-        return replace(graph, edges=graph.edges.take(keep))
-
     def batch(self, arrays: GraphArrays, rng: np.random.Generator) -> GraphArrays:
-        """The same on a whole batch at once."""
+        """Removes ``fraction`` of every crystal's edges (at least one)."""
         crystal = arrays.atom_crystal[arrays.edge_src]
         keep = ~random_subset_per_group(crystal, arrays.num_crystals, self.fraction, rng)
         return replace(

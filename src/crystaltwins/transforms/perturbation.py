@@ -7,9 +7,9 @@ from dataclasses import replace
 import numpy as np
 
 from crystaltwins.data.batch import GraphArrays
-from crystaltwins.graph.crystal_graph import CrystalGraph
-from crystaltwins.graph.neighbors import NeighborList, reselect_neighbors, within_cutoff
+from crystaltwins.graph.neighbors import within_cutoff
 from crystaltwins.graph.settings import GraphSettings
+from crystaltwins.transforms.base import BatchTransform
 
 
 def random_displacements(
@@ -26,7 +26,7 @@ def random_displacements(
     return directions * lengths
 
 
-class RandomPerturbation:
+class RandomPerturbation(BatchTransform):
     """Move every atom by a random vector and rebuild the edges exactly.
 
     As in Crystal Twins (pymatgen ``Structure.perturb(0.05)``), each atom moves by ``distance`` Å
@@ -54,32 +54,12 @@ class RandomPerturbation:
                 f"({self.settings.perturbation_margin} Å): rebuild the cache with a larger margin"
             )
 
-    def __call__(self, graph: CrystalGraph, rng: np.random.Generator) -> CrystalGraph:
-        positions = graph.positions + random_displacements(
-            graph.num_atoms, self.distance, self.min_distance, rng
-        )
-        edges = graph.edges
-        candidates = graph.candidates
-        union = NeighborList(
-            np.concatenate([edges.src, candidates.src]),
-            np.concatenate([edges.dst, candidates.dst]),
-            np.concatenate([edges.image, candidates.image]),
-            np.zeros(len(edges) + len(candidates)),
-        )
-        new_edges = reselect_neighbors(
-            positions,
-            graph.lattice,
-            union,
-            graph.num_atoms,
-            self.settings.radius,
-            self.settings.max_neighbors,
-        )
-        return replace(graph, positions=positions, edges=new_edges)
-
     def batch(self, arrays: GraphArrays, rng: np.random.Generator) -> GraphArrays:
-        """The same on a whole batch at once: one distance computation and one sort.
+        """Every atom of the batch moved, the edges re-selected: one distance computation and
+        one sort.
 
-        Ordered by (centre, distance), stably, as :func:`reselect_neighbors`. After a random
+        Ordered by (centre, distance), stably, as
+        :func:`~crystaltwins.graph.neighbors.reselect_neighbors`. After a random
         displacement the only exact ties left are images of an atom and itself at equal
         ``|n·L|``: the same atom at the same distance, so either choice gives the same features.
         """

@@ -1,0 +1,206 @@
+"""Learning curves: test MAE of Crystal Twins (fine-tuned) and of the same CGCNN trained from
+scratch against the number of training crystals (issue 15, section 2).
+
+For every task, training-set size and seed, both methods train on the *same* crystals and are
+scored on the *same* validation and test crystals: the split is made once per seed (60/20/20, as
+in the paper's protocol) and only the training part is subsampled (``max_train``), so that every
+point of a curve shares its validation and test sets. Runs resume: a finished run (its
+``metrics.json``) is read back, an interrupted one continues from its last checkpoint.
+
+Epochs: ``--epochs`` at every size, raised to ``--min-steps`` optimiser steps for small training
+sets (``ceil(min_steps / ceil(n / batch))`` epochs, at most ``--max-epochs``); the rule is chosen on
+validation MAE (see docs/results/learning_curves/README.md).
+
+Example (perovskites, CT from the shipped encoder, 3 seeds)::
+
+    python benchmarks/learning_curve.py --tasks perovskites --sizes 100 300 1000 3000 \\
+        --seeds 3 --data-root ../shared/data --out runs/curves
+
+writes ``runs/curves/results.json``, ``runs/curves/summary.md`` and
+``runs/curves/label_curve_<task>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+METHODS = ("scratch", "ct")
+
+
+def epochs_for(size: int, batch: int, epochs: int, min_steps: int, max_epochs: int) -> int:
+    """Epochs for ``size`` training crystals: ``epochs``, or enough for ``min_steps`` optimiser
+    steps when the training set is small, capped at ``max_epochs``."""
+    steps_per_epoch = max(1, math.ceil(size / batch))
+    return int(min(max_epochs, max(epochs, math.ceil(min_steps / steps_per_epoch))))
+
+
+def run_point(
+    args: argparse.Namespace, task: Any, size: int | None, seed: int, method: str
+) -> dict[str, Any]:
+    """Train (or read back) one run; returns its ``metrics.json``."""
+    from crystaltwins.api import finetune
+
+    label = "all" if size is None else str(size)
+    out = args.out / task.name / f"n{label}" / f"seed{seed}" / method
+    done = out / "metrics.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    if size is None and args.all_from is not None:
+        earlier = args.all_from / "runs" / task.name / f"seed{seed}" / method / "metrics.json"
+        if earlier.exists():
+            return json.loads(earlier.read_text())
+    train_size = size if size is not None else 10**9
+    epochs = epochs_for(train_size, args.batch_size, args.epochs, args.min_steps, args.max_epochs)
+    print(f"{task.name} n={label} seed {seed} {method}: {epochs} epochs", flush=True)
+    started = time.time()
+    metrics = finetune(
+        str(args.data_root / task.file),
+        task.target,
+        str(out),
+        pretrained=None if method == "scratch" else args.pretrained,
+        from_scratch=method == "scratch",
+        target_transform=task.transform,
+        unit=task.unit,
+        epochs=epochs,
+        batch_size=args.batch_size,
+        encoder_lr_factor=args.encoder_lr_factor,
+        seed=seed,
+        max_train=size,
+        max_eval=args.max_eval,
+        resume=True,
+        progress=False,
+        plots=False,
+        featurize_workers=1,
+    )
+    print(
+        f"  test MAE {metrics['test']['mae']:.4f} {task.unit} "
+        f"(val {metrics['val']['mae']:.4f}) in {time.time() - started:.0f} s",
+        flush=True,
+    )
+    return metrics
+
+
+def summarize(results: dict[str, Any]) -> str:
+    """A markdown table per task: size, scratch and CT test MAE (mean ± std over seeds), gain."""
+    lines = []
+    for task_name, points in results["tasks"].items():
+        unit = points["unit"]
+        lines += [
+            f"### {task_name} (test MAE, {unit}; mean ± std over seeds)",
+            "",
+            "| training crystals | scratch | CT | CT vs scratch | validation MAE scratch / CT |",
+            "|---|---|---|---|---|",
+        ]
+        for label, point in points["sizes"].items():
+            row = [label]
+            means = {}
+            for method in METHODS:
+                values = [m["test"]["mae"] for m in point[method]]
+                means[method] = float(np.mean(values)) if values else math.nan
+                spread = float(np.std(values)) if len(values) > 1 else 0.0
+                row.append(f"{means[method]:.4f} ± {spread:.4f} (n={len(values)})")
+            gain = 100 * (means["scratch"] - means["ct"]) / means["scratch"]
+            row.append(f"{gain:+.1f}% {'better' if gain > 0 else 'worse'}")
+            val = [np.mean([m["val"]["mae"] for m in point[k]] or [math.nan]) for k in METHODS]
+            row.append(f"{val[0]:.4f} / {val[1]:.4f}")
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_curve(task_name: str, points: dict[str, Any], path: Path) -> None:
+    """Log-log test MAE vs training crystals, mean and standard deviation over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=150)
+    for method, label, marker in (
+        ("scratch", "CGCNN from scratch", "o"),
+        ("ct", "Crystal Twins", "s"),
+    ):
+        xs, means, stds = [], [], []
+        for point in points["sizes"].values():
+            values = [m["test"]["mae"] for m in point[method]]
+            if values:
+                xs.append(np.mean([m["crystals"]["train"] for m in point[method]]))
+                means.append(np.mean(values))
+                stds.append(np.std(values))
+        ax.errorbar(xs, means, yerr=stds, marker=marker, capsize=3, label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training crystals")
+    ax.set_ylabel(f"test MAE ({points['unit']})")
+    ax.set_title(f"{task_name}: test MAE vs labelled data")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from crystaltwins.evaluation.tasks import TASKS
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tasks", nargs="+", default=["perovskites"], choices=sorted(TASKS))
+    p.add_argument("--sizes", nargs="+", default=["100", "300", "1000", "3000", "all"])
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--data-root", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--pretrained", default="default", help="CT's encoder (default: shipped)")
+    p.add_argument("--epochs", type=int, default=200, help="epochs at every size (default 200)")
+    p.add_argument("--min-steps", type=int, default=0, help="at least this many steps (default 0)")
+    p.add_argument("--max-epochs", type=int, default=2000, help="cap (default 2000)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--encoder-lr-factor", type=float, default=0.2)
+    p.add_argument("--max-eval", type=int, default=None, help="cap validation and test sizes")
+    p.add_argument(
+        "--all-from",
+        type=Path,
+        default=None,
+        help="a `bench --preset paper` --out "
+        "whose runs give the 'all' point (same seeds, same splits)",
+    )
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    results: dict[str, Any] = {
+        "command": " ".join(["python", *sys.argv]),
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}",
+        "date": time.strftime("%Y-%m-%d"),
+        "settings": {k: str(v) for k, v in vars(args).items()},
+        "tasks": {},
+    }
+    for name in args.tasks:
+        task = TASKS[name]
+        points: dict[str, Any] = {"unit": task.unit, "sizes": {}}
+        results["tasks"][name] = points
+        for label in args.sizes:
+            size = None if label == "all" else int(label)
+            point = points["sizes"][label] = {m: [] for m in METHODS}
+            for seed in range(args.seeds):
+                for method in METHODS:
+                    point[method].append(run_point(args, task, size, seed, method))
+                results["minutes"] = (time.time() - started) / 60
+                (args.out / "results.json").write_text(json.dumps(results, indent=1))
+                (args.out / "summary.md").write_text(summarize(results))
+        plot_curve(name, points, args.out / f"label_curve_{name}.png")
+    print(summarize(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
