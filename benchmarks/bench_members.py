@@ -35,6 +35,7 @@ from crystaltwins.data.dataset import CrystalGraphDataset
 from crystaltwins.data.splits import random_split
 from crystaltwins.graph.atom_features import AtomFeaturizer
 from crystaltwins.models.heads import PropertyHead
+from crystaltwins.models.property_model import PropertyModel, Target
 from crystaltwins.training.common import new_encoder
 from crystaltwins.training.finetune import FinetuneModule
 from crystaltwins.training.members import MemberData, _batches, train_together
@@ -60,9 +61,9 @@ def make_members(cache: GraphCache, k: int, device: torch.device) -> list[Member
         L.seed_everything(seed, verbose=False)
         encoder = new_encoder(featurizer, cache.settings)
         y = values[split.train]
-        module = FinetuneModule(
-            encoder, PropertyHead(encoder.out_dim, encoder.out_dim, 1), y.mean(), y.std()
-        )
+        target = Target("y", mean=float(y.mean()), std=float(y.std()))
+        head = PropertyHead(encoder.out_dim, encoder.out_dim, 1)
+        module = FinetuneModule(PropertyModel(encoder, head, target))
         train, val = _Targets(cache, split.train, values), _Targets(cache, split.val, values)
         if device.type == "cuda":
             train, val = train.to_device(device), val.to_device(device)

@@ -23,6 +23,7 @@ from crystaltwins.graph.atom_features import AtomFeaturizer
 from crystaltwins.models.checkpoint import load_model
 from crystaltwins.models.grouped import GroupedPropertyModels, MemberBatch
 from crystaltwins.models.heads import PropertyHead
+from crystaltwins.models.property_model import PropertyModel, Target
 from crystaltwins.training.common import new_encoder
 from crystaltwins.training.finetune import FinetuneConfig, FinetuneModule, finetune
 from crystaltwins.training.members import (
@@ -77,11 +78,9 @@ def _members(cache: GraphCache, featurizer: AtomFeaturizer, dtype: torch.dtype) 
         L.seed_everything(10 + k, verbose=False)
         encoder = new_encoder(featurizer, cache.settings, 16, 2, 24)
         y = values[split.train]
+        target = Target("e_form", mean=float(y.mean()), std=float(y.std()))
         module = FinetuneModule(
-            encoder,
-            PropertyHead(24, 12, 1),
-            float(y.mean()),
-            float(y.std()),
+            PropertyModel(encoder, PropertyHead(24, 12, 1), target),
             lr=1e-2,
             encoder_lr_factor=0.2 if k == 1 else 1.0,
             weight_decay=1e-4 if k == 1 else 0.0,

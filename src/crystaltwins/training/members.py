@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import math
 import os
 import time
@@ -48,14 +49,14 @@ from crystaltwins.data.splits import cap_split
 from crystaltwins.evaluation.metrics import classification_metrics, metrics_json, regression_metrics
 from crystaltwins.graph.atom_features import AtomFeaturizer
 from crystaltwins.graph.settings import GraphSettings
+from crystaltwins.models.cgcnn import CGCNNEncoder
 from crystaltwins.models.checkpoint import ModelBundle, save_model
 from crystaltwins.models.grouped import GroupedPropertyModels, MemberBatch
 from crystaltwins.models.heads import PropertyHead
+from crystaltwins.models.property_model import PropertyModel, Target
 from crystaltwins.models.targets import (
     TRANSFORMS,
     check_transform,
-    to_target_units,
-    to_transformed_units,
 )
 from crystaltwins.training.common import main_print, resident_device, write_config
 from crystaltwins.training.finetune import (
@@ -201,10 +202,9 @@ class _Losses:
         self.classification = modules[0].task == "classification"
         if any((m.task == "classification") != self.classification for m in modules):
             raise ValueError("models trained together need the same task")
-        self.mean = torch.tensor(
-            [float(m.target_mean) for m in modules], device=device, dtype=dtype
-        )
-        self.std = torch.tensor([float(m.target_std) for m in modules], device=device, dtype=dtype)
+        targets = [m.model.target for m in modules]
+        self.mean = torch.tensor([t.mean for t in targets], device=device, dtype=dtype)
+        self.std = torch.tensor([t.std for t in targets], device=device, dtype=dtype)
         self.names = ["loss", "mae"] + (["accuracy"] if self.classification else [])
 
     def __call__(self, out: torch.Tensor, batch: MemberBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -268,6 +268,9 @@ def train_together(
             f"got {per_epoch} (training crystals {[len(m.train) for m in members]}, batch "
             f"{batch_size})"
         )
+    kinds = {type(m.encoder).__name__ for m in modules}
+    if kinds != {CGCNNEncoder.__name__}:
+        raise ValueError(f"only CGCNN encoders train together; got {sorted(kinds)}")
     model = GroupedPropertyModels([m.encoder for m in modules], [m.head for m in modules])
     model.to(device, dtype)
     lrs = [_member_lrs(m) for m in modules]
@@ -363,11 +366,9 @@ class _Prepared:
     raw: np.ndarray
     values: np.ndarray
     dropped: int
-    target_name: str
+    target: Target
     parts: dict[str, _TargetDataset]
     y_train: np.ndarray
-    mean: float
-    std: float
     module: FinetuneModule
 
 
@@ -406,35 +407,26 @@ def _prepare(config: FinetuneConfig) -> _Prepared:
     split = cap_split(split, split_seed(config), config.max_train, config.max_eval)
     values = np.full_like(raw, np.nan)
     values[keep] = forward(raw[keep])
-    target_name = (
-        config.target
-        if config.target_transform == "none"
-        else f"{config.target_transform}({config.target})"
-    )
+    target = Target(config.target, config.unit, config.target_transform, task=config.task)
     parts = {
-        name: _TargetDataset(cache, keep[positions], values, target_name)
+        name: _TargetDataset(cache, keep[positions], values, target.name)
         for name, positions in (("train", split.train), ("val", split.val), ("test", split.test))
     }
     y_train = values[keep[split.train]]
-    if config.task == "classification":
-        mean, std, out_dim = 0.0, 1.0, 2
-    else:
-        mean, std, out_dim = float(y_train.mean()), float(y_train.std() or 1.0), 1
-    head = PropertyHead(encoder.out_dim, config.head_hidden or encoder.out_dim, out_dim)
+    if config.task == "regression":  # standardised with the training split's statistics
+        target = dataclasses.replace(
+            target, mean=float(y_train.mean()), std=float(y_train.std() or 1.0)
+        )
+    head = PropertyHead(encoder.out_dim, config.head_hidden or encoder.out_dim, target.out_dim)
     module = FinetuneModule(
-        encoder,
-        head,
-        mean,
-        std,
-        config.task,
+        PropertyModel(encoder, head, target),
         config.lr,
         config.encoder_lr_factor if init != "scratch" else 1.0,
         config.weight_decay,
-        config.target_transform,
     )
     return _Prepared(
         config, featurizer, settings, init, cache, raw, values, len(raw) - len(keep),
-        target_name, parts, y_train, mean, std, module,
+        target, parts, y_train, module,
     )  # fmt: skip
 
 
@@ -443,7 +435,7 @@ def _report(run: _Prepared, result: MemberResult, seconds: float, together: dict
     config, out = run.config, Path(run.config.out)
     module, values, parts = run.module, run.values, run.parts
     metrics: dict[str, Any] = {
-        "target": run.target_name,
+        "target": run.target.name,
         "unit": config.unit,
         "task": config.task,
         "init": run.init,
@@ -458,50 +450,34 @@ def _report(run: _Prepared, result: MemberResult, seconds: float, together: dict
     }
     predictions: dict[str, np.ndarray] = {}
     head_outputs: dict[str, np.ndarray] = {}
+    model = module.model
+    score = classification_metrics if config.task == "classification" else regression_metrics
     for name, part in parts.items():
-        raw_out = head_outputs[name] = predict_dataset(module.encoder, module.head, part)
-        truth = values[part.indices]
-        if config.task == "classification":
-            pred = torch.from_numpy(raw_out).softmax(-1)[:, 1].numpy()
-            metrics[name] = classification_metrics(truth, pred)
-        else:
-            pred = to_transformed_units(raw_out[:, 0], run.mean, run.std)
-            metrics[name] = regression_metrics(truth, pred)
-        predictions[name] = pred
+        head_outputs[name] = predict_dataset(model, part)
+        predictions[name] = model.transformed(head_outputs[name])
+        metrics[name] = score(values[part.indices], predictions[name])
     test = parts["test"]
     metrics["mean_predictor_test_mae"] = float(
         np.mean(np.abs(values[test.indices] - run.y_train.mean()))
     )
-    transformed = None
-    if config.task == "classification":
-        test_prediction = predictions["test"]
-    else:
-        test_prediction = to_target_units(
-            head_outputs["test"][:, 0], run.mean, run.std, config.target_transform
-        )
-        if config.target_transform != "none":
-            transformed = (config.target_transform, values[test.indices], predictions["test"])
+    transformed = None  # the test file's values in the units of the metrics, when they differ
+    if config.task == "regression" and config.target_transform != "none":
+        transformed = (config.target_transform, values[test.indices], predictions["test"])
     _write_predictions(
         out / "test_predictions.csv",
         run.cache.ids[test.indices],
         run.raw[test.indices],
-        test_prediction,
+        model.in_target_units(head_outputs["test"]),
         config.task,
         transformed,
     )
     (out / "metrics.json").write_text(metrics_json(metrics))
     if member:
         _write_member_predictions(
-            out / MEMBER_PREDICTIONS, run.cache.ids, run.raw, values, config, run.mean,
-            run.std, head_outputs, parts,
-        )  # fmt: skip
+            out / MEMBER_PREDICTIONS, run.cache.ids, run.raw, values, model, head_outputs, parts
+        )
     info = {
-        "targets": [run.target_name],
-        "target_column": config.target,
-        "target_transform": config.target_transform,
-        "target_mean": run.mean,
-        "target_std": run.std,
-        "task": config.task,
+        **run.target.to_info(),
         "init": run.init,
         "data_source": str(Path(config.data).resolve()),
         "test_metrics": metrics["test"],
@@ -515,7 +491,7 @@ def _report(run: _Prepared, result: MemberResult, seconds: float, together: dict
 
         if config.task == "regression":
             parity_plot(
-                values[test.indices], predictions["test"], out / "parity.png", run.target_name
+                values[test.indices], predictions["test"], out / "parity.png", run.target.name
             )
         learning_curves(out / "history.csv", out / "learning_curves.png")
     return metrics
