@@ -9,8 +9,9 @@
     model = ct.load_model("default")
 
 Each is a thin layer over the module that does the work (the CLI calls the same ones); settings are
-the fields of :class:`~crystaltwins.training.pretrain.PretrainConfig` and
-:class:`~crystaltwins.training.finetune.FinetuneConfig`, given as keywords or as a whole config.
+the fields of :class:`~crystaltwins.training.configs.PretrainConfig` and
+:class:`~crystaltwins.training.configs.FinetuneConfig`, given as keywords or as a whole config
+(each checked by its ``validate()`` before any work).
 """
 
 from __future__ import annotations
@@ -21,17 +22,47 @@ from pathlib import Path
 from typing import Any
 
 from crystaltwins.data.cache import CacheSummary, build_graph_cache
-from crystaltwins.evaluation.inference import InferenceResult, embed, predict
+from crystaltwins.evaluation.inference import (
+    InferenceResult,
+    check_output_file,
+    embed,
+    predict,
+    write_embeddings_npz,
+    write_predictions_csv,
+)
+from crystaltwins.evaluation.maps import draw_embedding_map
+from crystaltwins.evaluation.plots import MapSummary
+from crystaltwins.graph.atom_features import AtomFeaturizer, featurizer_for
+from crystaltwins.graph.settings import GraphSettings
 from crystaltwins.models.checkpoint import ModelBundle, load_model
 
 
 def featurize(
-    data: str | os.PathLike, out: str | os.PathLike, workers: int = 1, **settings: Any
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    workers: int = 1,
+    *,
+    radius: float | None = None,
+    max_neighbors: int | None = None,
+    atom_init: str | os.PathLike | None = None,
+    settings: GraphSettings | None = None,
+    featurizer: AtomFeaturizer | None = None,
+    **options: Any,
 ) -> CacheSummary:
     """Build (or reuse) the graph cache of ``data`` in the folder ``out``; a cache folder is
-    itself a data source for the other functions. ``settings``: see
-    :func:`~crystaltwins.data.cache.build_graph_cache`."""
-    return build_graph_cache(data, out, workers=workers, **settings)
+    itself a data source for the other functions (its graph settings go with it).
+
+    :param radius: / :param max_neighbors: graph settings (default: :class:`GraphSettings`'s),
+        or give whole ``settings``.
+    :param atom_init: element features (default: :func:`featurizer_for`'s rule), or give a
+        ``featurizer``.
+    :param options: see :func:`~crystaltwins.data.cache.build_graph_cache` (``targets``,
+        ``progress``, ``force``, ``cif_column``)."""
+    if settings is None:
+        asked = {"radius": radius, "max_neighbors": max_neighbors}
+        settings = GraphSettings(**{k: v for k, v in asked.items() if v is not None})
+    featurizer = featurizer or featurizer_for(data, atom_init)
+    return build_graph_cache(data, out, settings, featurizer=featurizer, workers=workers, **options)
 
 
 def pretrain(
@@ -45,10 +76,10 @@ def pretrain(
 
     :param data: one data source or several (pre-training mixes them).
     :param out: the run folder.
-    :param config: a whole :class:`~crystaltwins.training.pretrain.PretrainConfig` instead.
+    :param config: a whole :class:`~crystaltwins.training.configs.PretrainConfig` instead.
     :param settings: any other field of ``PretrainConfig`` (``epochs=15``, ``lr=1e-5``, ...).
     """
-    from crystaltwins.training.pretrain import PretrainConfig
+    from crystaltwins.training.configs import PretrainConfig
     from crystaltwins.training.pretrain import pretrain as run
 
     if config is None:
@@ -58,7 +89,13 @@ def pretrain(
         config = PretrainConfig(data=[str(s) for s in sources], out=str(out), **settings)
     elif data is not None or out is not None or settings:
         raise ValueError("give either a config or data, out and settings, not both")
-    return run(config)
+    path = run(config)
+    from crystaltwins.evaluation.plots import OBJECTIVE_NAMES, learning_curves
+
+    loss = f"{OBJECTIVE_NAMES.get(config.objective, config.objective)} loss"
+    folder = Path(config.out)
+    learning_curves(folder / "history.csv", folder / "learning_curves.png", loss_name=loss)
+    return path
 
 
 def finetune(
@@ -67,17 +104,19 @@ def finetune(
     out: str | os.PathLike | None = None,
     *,
     config: Any = None,
+    callbacks: list[Any] | None = None,
     **settings: Any,
 ) -> dict[str, Any]:
     """Fine-tune (``pretrained=...``, a model file, run folder or ``"default"``) or train from
     scratch (``from_scratch=True``) a property model; returns the metrics (also in
     ``OUT/metrics.json``).
 
-    :param config: a whole :class:`~crystaltwins.training.finetune.FinetuneConfig` instead.
+    :param config: a whole :class:`~crystaltwins.training.configs.FinetuneConfig` instead.
+    :param callbacks: extra Lightning callbacks (e.g. a progress display).
     :param settings: any other field of ``FinetuneConfig`` (``epochs``, ``unit``, ...).
     """
-    from crystaltwins.training.finetune import FinetuneConfig
-    from crystaltwins.training.finetune import finetune as run
+    from crystaltwins.evaluation.runs import finetune as run
+    from crystaltwins.training.configs import FinetuneConfig
 
     if config is None:
         if data is None or target is None or out is None:
@@ -87,17 +126,51 @@ def finetune(
         config = FinetuneConfig(data=str(data), target=target, out=str(out), **settings)
     elif data is not None or target is not None or out is not None or settings:
         raise ValueError("give either a config or data, target, out and settings, not both")
-    return run(config)
+    from crystaltwins.evaluation.tasks import with_known_unit
+
+    return run(with_known_unit(config), callbacks)
+
+
+def bench(
+    out: str | os.PathLike | None = None, *, config: Any = None, **settings: Any
+) -> dict[str, Any]:
+    """Reproduce the paper's comparison (CT vs CGCNN from scratch); returns ``results.json``'s
+    content. ``settings``: the fields of :class:`~crystaltwins.evaluation.bench.BenchConfig`."""
+    from crystaltwins.evaluation.bench import BenchConfig, run_bench
+
+    if config is None:
+        if out is None:
+            raise ValueError("bench needs out (or a whole config)")
+        settings.setdefault("data_root", os.environ.get("CRYSTALTWINS_DATA"))
+        config = BenchConfig(out=str(out), **settings)
+    elif out is not None or settings:
+        raise ValueError("give either a config or out and settings, not both")
+    return run_bench(config=config)
+
+
+def plot_embeddings(
+    source: Any, out: str | os.PathLike, data: Any = None, **settings: Any
+) -> MapSummary:
+    """A 2-D map (t-SNE, UMAP or PCA) of embeddings coloured by a property; ``source``: an
+    ``embeddings.npz`` or a model to embed ``data`` with. See
+    :func:`~crystaltwins.evaluation.maps.draw_embedding_map`."""
+    return draw_embedding_map(source, out, data, **settings)
 
 
 __all__ = [
     "CacheSummary",
+    "MapSummary",
     "InferenceResult",
     "ModelBundle",
+    "bench",
+    "check_output_file",
     "embed",
     "featurize",
     "finetune",
     "load_model",
+    "plot_embeddings",
     "predict",
     "pretrain",
+    "write_embeddings_npz",
+    "write_predictions_csv",
 ]

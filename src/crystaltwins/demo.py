@@ -27,7 +27,7 @@ def find_data(explicit: str | None) -> Path | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m crystaltwins.demo",
         description=__doc__,
@@ -37,103 +37,83 @@ def main(argv: list[str] | None = None) -> int:
         "--data",
         help="folder holding perovskites.csv.gz (default $CRYSTALTWINS_DATA or ../shared/data)",
     )
-    parser.add_argument("--out", default="runs/demo")
-    parser.add_argument("--pretrain-crystals", type=int, default=4000)
-    parser.add_argument("--pretrain-epochs", type=int, default=3)
-    parser.add_argument("--finetune-epochs", type=int, default=40)
-    parser.add_argument("--max-train", type=int, default=2000)
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", default="runs/demo", help="(default: runs/demo)")
+    parser.add_argument("--pretrain-crystals", type=int, default=4000, help="(default: 4000)")
+    parser.add_argument("--pretrain-epochs", type=int, default=3, help="(default: 3)")
+    parser.add_argument("--finetune-epochs", type=int, default=40, help="(default: 40)")
+    parser.add_argument("--max-train", type=int, default=2000, help="(default: 2000)")
+    return parser
 
-    data = find_data(args.data)
-    if data is None:
-        print(
-            "demo: no data found. Pass --data DIR (or set CRYSTALTWINS_DATA) to a folder holding "
-            "perovskites.csv.gz (columns id, cif, e_form). See the README, 'Getting the data', "
-            "for how to fetch the public matbench_perovskites dataset.",
-            file=sys.stderr,
-        )
-        return 2
-    from crystaltwins.data.cache import build_graph_cache
+
+def _graph_cache(source: Path, workers: int) -> None:
+    """Step 1: the graph cache the runs use (default graph settings and element features)."""
+    from crystaltwins import api
     from crystaltwins.data.sources import cache_dir_for
-    from crystaltwins.evaluation.inference import embed
-    from crystaltwins.evaluation.plots import embedding_map, reduce_2d
-    from crystaltwins.graph.atom_features import AtomFeaturizer
+    from crystaltwins.graph.atom_features import featurizer_for
     from crystaltwins.graph.settings import GraphSettings
-    from crystaltwins.training.finetune import FinetuneConfig, finetune
-    from crystaltwins.training.pretrain import PretrainConfig, pretrain
-
-    out = Path(args.out)
-    source = data / "perovskites.csv.gz"
-    workers = os.cpu_count() or 1
-    started = time.time()
 
     print(f"== 1. graph cache of {source}")
-    featurizer = AtomFeaturizer.builtin()
-    summary = build_graph_cache(
-        source,
-        cache_dir_for(source, GraphSettings(), featurizer),
-        featurizer=featurizer,
-        workers=workers,
+    featurizer = featurizer_for(source)
+    summary = api.featurize(
+        source, cache_dir_for(source, GraphSettings(), featurizer), workers, featurizer=featurizer
     )
     print("\n".join(summary.lines()))
 
-    print(
-        f"\n== 2. Barlow Twins pre-training on {args.pretrain_crystals} crystals, {args.pretrain_epochs} epochs"
-    )
-    model = pretrain(
-        PretrainConfig(
-            data=[str(source)],
-            out=str(out / "pretrain"),
-            epochs=args.pretrain_epochs,
-            lr=1e-4,
-            max_crystals=args.pretrain_crystals,
-            featurize_workers=workers,
-            resume=True,
-        )
-    )
+
+def _finetune_both(
+    source: Path, model: Path, out: Path, args: argparse.Namespace
+) -> dict[str, dict]:
+    """Step 3: fine-tune the pre-trained encoder, and train CGCNN from scratch, on one split."""
+    from crystaltwins import api
+    from crystaltwins.evaluation.bench import PRESETS
 
     results = {}
     for method in ("scratch", "ct"):
-        print(
-            f"\n== 3. fine-tuning ({'from the pre-trained encoder' if method == 'ct' else 'CGCNN from scratch'})"
+        what = "from the pre-trained encoder" if method == "ct" else "CGCNN from scratch"
+        print(f"\n== 3. fine-tuning ({what})")
+        results[method] = api.finetune(
+            source,
+            "e_form",
+            out / f"finetune_{method}",
+            pretrained=str(model) if method == "ct" else None,
+            from_scratch=method == "scratch",
+            epochs=args.finetune_epochs,
+            max_train=args.max_train,
+            max_eval=2000,
+            resume=True,
+            # A short budget, like the bench's cpu preset: its encoder learning-rate factor
+            # (the published 0.2 leaves the encoder under-trained in 40 epochs;
+            # docs/results/cpu/README.md).
+            encoder_lr_factor=PRESETS["cpu"].encoder_lr_factor,
         )
-        metrics = finetune(
-            FinetuneConfig(
-                data=str(source),
-                target="e_form",
-                out=str(out / f"finetune_{method}"),
-                pretrained=str(model) if method == "ct" else None,
-                from_scratch=method == "scratch",
-                epochs=args.finetune_epochs,
-                max_train=args.max_train,
-                max_eval=2000,
-                resume=True,
-                # Short budget: the pre-trained encoder learns at the head's rate (the published
-                # 0.2 factor leaves it under-trained in 40 epochs; docs/results/cpu/README.md).
-                encoder_lr_factor=1.0,
-            )
-        )
-        results[method] = metrics
+    return results
 
-    print("\n== 4. t-SNE map of the fine-tuned CT embeddings")
-    embeddings = embed(out / "finetune_ct" / "model.pt", source)
+
+def _tsne_map(source: Path, out: Path) -> None:
+    """Step 4: t-SNE of the fine-tuned CT embeddings of the test crystals."""
     import numpy as np
 
+    from crystaltwins import api
+    from crystaltwins.evaluation.plots import embedding_map, reduce_2d
+
+    print("\n== 4. t-SNE map of the fine-tuned CT embeddings")
+    embeddings = api.embed(out / "finetune_ct" / "model.pt", source)
     test_ids = [
         line.split(",")[0]
         for line in (out / "finetune_ct" / "test_predictions.csv").read_text().splitlines()[1:]
     ]
     position = {str(i): k for k, i in enumerate(embeddings.ids.tolist())}
     rows = np.array([position[i] for i in test_ids])
-    coordinates = reduce_2d(embeddings.values[rows], "tsne")
     embedding_map(
-        coordinates,
+        reduce_2d(embeddings.values[rows], "tsne"),
         embeddings.labels["e_form"][rows],
         out / "tsne_ct.png",
         "formation energy (eV/cell)",
         "CT embeddings of perovskites test crystals",
     )
 
+
+def _print_results(results: dict[str, dict], out: Path, started: float) -> None:
     print("\n== results: perovskites formation energy (eV/cell), test MAE")
     for method, label in (("scratch", "CGCNN from scratch"), ("ct", "Crystal Twins fine-tuned")):
         m = results[method]
@@ -144,6 +124,40 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"t-SNE map: {out / 'tsne_ct.png'}; runs in {out}; total {(time.time() - started) / 60:.1f} min"
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    data = find_data(args.data)
+    if data is None:
+        print(
+            "demo: no data found. Pass --data DIR (or set CRYSTALTWINS_DATA) to a folder holding "
+            "perovskites.csv.gz (columns id, cif, e_form). See the README, 'Getting the data', "
+            "for how to fetch the public matbench_perovskites dataset.",
+            file=sys.stderr,
+        )
+        return 2
+    from crystaltwins import api
+
+    out, source = Path(args.out), data / "perovskites.csv.gz"
+    workers = os.cpu_count() or 1
+    started = time.time()
+    _graph_cache(source, workers)
+    print(
+        f"\n== 2. Barlow Twins pre-training on {args.pretrain_crystals} crystals, {args.pretrain_epochs} epochs"
+    )
+    model = api.pretrain(
+        source,
+        out / "pretrain",
+        epochs=args.pretrain_epochs,
+        lr=1e-4,
+        max_crystals=args.pretrain_crystals,
+        featurize_workers=workers,
+        resume=True,
+    )
+    results = _finetune_both(source, model, out, args)
+    _tsne_map(source, out)
+    _print_results(results, out, started)
     (out / "summary.json").write_text(json.dumps(results, indent=1))
     return 0
 

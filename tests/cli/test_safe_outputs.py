@@ -40,7 +40,14 @@ def test_an_earlier_predictions_file_is_replaced_a_user_table_is_not(tmp_path):
     result = InferenceResult(np.array(["a", "b"]), np.array([1.0, 2.0]), {}, [])
     path = write_predictions_csv(result, tmp_path / "p.csv")
     write_predictions_csv(result, path)  # the command's own earlier output
-    assert path.read_text().splitlines() == ["id,prediction", "a,1.0", "b,2.0"]
+    assert path.read_text().splitlines() == [
+        "id,formula,property,prediction,unit",
+        "a,,,1.0,",
+        "b,,,2.0,",
+    ]
+    path.write_text("id,prediction\na,1.0\n")  # a predictions file of an earlier version
+    write_predictions_csv(result, path)
+    assert path.read_text().startswith("id,formula,property,prediction,unit\n")
     labels = tmp_path / "id_prop.csv"
     labels.write_text("id,e_form\na,0.5\n")  # two columns with an id, but the user's labels
     with pytest.raises(ValueError, match="not an earlier predictions file"):
@@ -116,7 +123,7 @@ def test_torch_disk_full_error_becomes_one_line(tmp_path, monkeypatch):
         AtomicCheckpointIO().save_checkpoint({}, tmp_path / "checkpoints" / "last.ckpt")
     assert caught.value.errno == errno.ENOSPC
     assert list((tmp_path / "checkpoints").iterdir()) == []  # no half-written file left
-    import crystaltwins.training.finetune as finetune_module
+    import crystaltwins.evaluation.runs as finetune_module
 
     def failing(config, callbacks=None):
         torch.save({}, tmp_path / "model.pt")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from crystaltwins.evaluation.bench import run_bench
 
 
-def test_bench_smoke_runs_resumes_and_reports(perovskite_subset, cache_root, tmp_path, capsys):
+def test_bench_smoke_runs_resumes_and_reports(perovskite_subset, tmp_path, capsys):
+    cache_root = tmp_path / "caches"  # its own: which caches the bench builds is checked
     data_root = tmp_path / "data"
     data_root.mkdir()
     (data_root / "perovskites.csv.gz").symlink_to(perovskite_subset)
@@ -34,8 +36,14 @@ def test_bench_smoke_runs_resumes_and_reports(perovskite_subset, cache_root, tmp
     assert perovskites["scratch"]["values"] and perovskites["ct"]["values"]
     assert "excluded" in results["corpus_description"]
     excluded = json.loads((out / "pretrain" / "rp_am_em" / "excluded_test_ids.json").read_text())
-    assert len(excluded) == 300  # the whole 20% test split of the 1,500 crystals
-    assert (out / "results.md").read_text().count("| perovskites |") == 1
+    assert len(excluded) == 100  # the whole 20% test split of the smoke subset's 500 crystals
+    report = (out / "results.md").read_text()
+    assert report.count("| perovskites |") == 1
+    assert report.startswith("# Pipeline check (smoke preset): these numbers mean nothing")
+    # only the first 500 rows of the data were used, and only they got a graph cache
+    caches = [json.loads(p.read_text()) for p in cache_root.glob("*/manifest.json")]
+    assert caches and all(m["crystals"] == 500 for m in caches)
+    assert {Path(m["key"]["source"]).parent for m in caches} == {(out / "data").resolve()}
     assert (out / "tsne_perovskites.png").stat().st_size > 10_000
     # A second call reuses every finished run: same numbers.
     again = run_bench(data_root, out, **kwargs)
@@ -71,7 +79,7 @@ def test_bench_matbench_protocol_runs_folds(perovskite_subset, cache_root, tmp_p
     import gzip
 
     with gzip.open(perovskite_subset, "rt", newline="") as handle:
-        ids = [row["id"] for row in csv.DictReader(handle)]
+        ids = [row["id"] for row in csv.DictReader(handle)][:500]  # the smoke preset's subset
     fold = list(KFold(5, shuffle=True, random_state=18012019).split(ids))[3][1]
     assert tested <= {ids[k] for k in fold}  # the smoke preset caps the test part at 100
     assert len(tested) == 100

@@ -13,7 +13,8 @@ from crystaltwins.evaluation.inference import (
     write_embeddings_npz,
     write_predictions_csv,
 )
-from crystaltwins.training.finetune import FinetuneConfig, finetune
+from crystaltwins.evaluation.runs import finetune
+from crystaltwins.training.finetune import FinetuneConfig
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +85,61 @@ def test_a_pretrained_encoder_cannot_predict(reference_dir, data_dir, cache_root
         cache_root=cache_root,
     )
     assert emb.values.shape == (10, 128)
+
+
+def _read_csv(path):
+    import csv
+
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_prediction_file_names_the_property_unit_formula_and_true_value(
+    model, perovskite_subset, cache_root, tmp_path
+):
+    result = predict(model, perovskite_subset, cache_root=cache_root)
+    assert result.target == "e_form" and result.truth is not None
+    rows = _read_csv(write_predictions_csv(result, tmp_path / "p.csv"))
+    assert list(rows[0]) == ["id", "formula", "property", "prediction", "unit", "true_value"]
+    assert rows[0]["id"] == str(result.ids[0]) and rows[0]["property"] == "e_form"
+    assert rows[0]["formula"] == result.formulas[0] and rows[0]["formula"].isalnum()
+    assert float(rows[0]["true_value"]) == pytest.approx(result.labels["e_form"][0])
+    for row, value in zip(rows, result.values, strict=True):  # float32 precision, no noise
+        assert np.float32(row["prediction"]) == np.float32(value)
+        assert len(row["prediction"].replace("-", "").replace(".", "")) <= 9
+    frame = result.to_dataframe()
+    assert list(frame.columns) == list(rows[0]) and len(frame) == len(rows)
+    # an earlier predictions file of this layout may be replaced, as before
+    assert write_predictions_csv(result, tmp_path / "p.csv").exists()
+
+
+def test_prediction_columns_of_an_ensemble_and_units_from_the_registry(tmp_path):
+    from crystaltwins.evaluation.inference import InferenceResult, _describe_target, float32_text
+
+    members = np.array([[1.0, 1.2], [0.1, 0.30000001192092896]])
+    result = InferenceResult(np.array(["a", "b"]), members.mean(1), {}, [])
+    result.std, result.members = members.std(1), members
+    result.formulas = np.array(["SrTiO3", "NaCl"])
+    _describe_target(result, {"targets": ["e_form"], "data_source": "/d/perovskites.csv.gz"})
+    assert result.unit == "eV/cell" and result.truth is None
+    rows = _read_csv(write_predictions_csv(result, tmp_path / "e.csv"))
+    assert list(rows[0]) == [
+        "id", "formula", "property", "prediction", "unit", "std", "member_0", "member_1"
+    ]  # fmt: skip
+    assert rows[1]["member_1"] == "0.3" and rows[0]["unit"] == "eV/cell"
+    assert float32_text(float("nan")) == "" and float32_text(1e-7) == "1e-07"
+    # a model saved with a unit keeps it; a log10 unit is that of its values
+    _describe_target(result, {"targets": ["G_VRH"], "unit": "log10(GPa)"})
+    assert result.unit == "GPa"
+
+
+def test_a_single_structure_leaves_no_cache_behind(model, data_dir, tmp_path, monkeypatch):
+    root = tmp_path / "cache_root"
+    monkeypatch.setenv("CRYSTALTWINS_CACHE", str(root))
+    one = data_dir / "samples" / "jarvis_poscar" / "POSCAR-JVASP-10.vasp"
+    result = predict(model, one)
+    assert list(result.ids) == ["POSCAR-JVASP-10"] and np.isfinite(result.values).all()
+    assert not root.exists() or not any(root.iterdir())
+    # a folder of structures is worth its cache
+    predict(model, data_dir / "samples" / "cgcnn_regression")
+    assert any(p.is_dir() for p in root.iterdir())

@@ -604,3 +604,59 @@ def test_cif_column_is_read_as_cif_and_bad_poscar_is_explained(tmp_path):
     (entry,) = list(iter_entries(poscar))
     with pytest.raises(CrystalInputError, match="unparsable POSCAR: expected a comment line"):
         parse_entry(entry)
+
+
+def _frames_with(info: list[dict]) -> list[Atoms]:
+    frames = []
+    for k, extra in enumerate(info):
+        atoms = Atoms("Na", positions=[[0, 0, 0]], cell=[3.0 + 0.1 * k] * 3, pbc=True)
+        atoms.info.update(extra)
+        frames.append(atoms)
+    return frames
+
+
+def test_frames_take_their_ids_from_ase_info(tmp_path: Path) -> None:
+    path = tmp_path / "traj.extxyz"
+    ase.io.write(path, _frames_with([{"material_id": "mp-2"}, {"material_id": "mp-1"}]))
+    assert [e.id for e in iter_entries(path)] == ["mp-2", "mp-1"]
+    # repeated or partly missing ids: positions, as before
+    for info in ([{"name": "a"}, {"name": "a"}], [{"name": "a"}, {}]):
+        ase.io.write(path, _frames_with(info))
+        assert [e.id for e in iter_entries(path)] == ["traj:0", "traj:1"]
+    # a key chosen by the caller; an ASE database's key-value pairs count too
+    ase.io.write(path, _frames_with([{"tag": "x"}, {"tag": "y"}]))
+    assert [e.id for e in iter_entries(path, id_key="tag")] == ["x", "y"]
+    with pytest.raises(CrystalInputError, match="no 'label' in the info of frame 0"):
+        list(iter_entries(path, id_key="label"))
+    database = tmp_path / "rows.db"
+    with ase.db.connect(database) as db:
+        for atoms, key in zip(_frames_with([{}, {}]), ("jvasp-7", "jvasp-9"), strict=True):
+            db.write(atoms, jid=key)
+    assert [e.id for e in iter_entries(database)] == ["jvasp-7", "jvasp-9"]
+
+
+def test_non_periodic_atoms_warning_says_how_close_the_images_are(monkeypatch) -> None:
+    from ase.build import molecule
+
+    methane = molecule("CH4")
+    methane.cell = [4.0, 4.0, 4.0]
+    methane.center()
+    assert readers.image_gap(methane) == pytest.approx(4.0 - np.ptp(methane.positions[:, 0]))
+    monkeypatch.setattr(readers, "_warned_non_periodic", False)
+    with pytest.warns(UserWarning, match=r"periodic images are 2\.74 Å away") as caught:
+        structure = readers.atoms_to_structure(methane, "ch4")
+    assert "atoms.center(vacuum=" in str(caught[0].message)
+    assert all(structure.lattice.pbc)  # treated as periodic, as the warning says
+    methane.center(vacuum=8.0)
+    assert readers.image_gap(methane) == pytest.approx(16.0)
+    methane.pbc = True
+    assert readers.image_gap(methane) == math.inf
+
+
+def test_non_periodic_atoms_built_in_python_warn_too(monkeypatch) -> None:
+    from crystaltwins.io.memory import as_source
+
+    cluster = Atoms("Pt2", positions=[[5, 5, 5], [7, 5, 5]], cell=[12, 12, 12], pbc=False)
+    monkeypatch.setattr(readers, "_warned_non_periodic", False)
+    with pytest.warns(UserWarning, match="treated as periodic"), as_source([cluster]) as source:
+        assert source.exists()

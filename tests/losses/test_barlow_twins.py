@@ -98,7 +98,7 @@ def test_registry():
     loss = build_objective("Barlow-Twins", lambda_=0.01)
     assert isinstance(loss, BarlowTwinsLoss) and loss.lambda_ == 0.01
     with pytest.raises(ValueError, match="unknown objective"):
-        build_objective("vicreg")
+        build_objective("no_such_objective")
 
 
 # ----------------------------------------------------------------------------- distributed

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from crystaltwins.models.encoders import ENCODERS
+from crystaltwins.models.registry import ENCODERS
 
 
 @pytest.mark.parametrize("name", sorted(ENCODERS))

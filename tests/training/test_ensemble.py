@@ -17,9 +17,10 @@ from scipy.stats import spearmanr
 
 from crystaltwins.cli.main import main
 from crystaltwins.evaluation.inference import predict, write_predictions_csv
+from crystaltwins.evaluation.runs import finetune
 from crystaltwins.models.checkpoint import EnsembleBundle, load_model, load_predictor
 from crystaltwins.training.common import write_config
-from crystaltwins.training.finetune import FinetuneConfig, finetune
+from crystaltwins.training.finetune import FinetuneConfig
 from crystaltwins.training.run_folder import config_differences
 
 MEMBERS = 2
@@ -139,7 +140,8 @@ def test_ensemble_predict_cli_writes_member_columns_and_rewrites_its_file(
     assert main(argv) == 0
     first = target.read_text()
     header = first.splitlines()[0]
-    assert header == "id,prediction,std," + ",".join(f"member_{k}" for k in range(MEMBERS))
+    members = ",".join(f"member_{k}" for k in range(MEMBERS))
+    assert header == f"id,formula,property,prediction,unit,std,{members},true_value"
     assert main(argv) == 0  # an earlier ensemble predictions file may be replaced
     assert target.read_text() == first
 
@@ -169,7 +171,7 @@ def test_a_single_model_run_is_unchanged(ensemble_run, small_perovskites, cache_
     result = predict(single, small_perovskites, cache_root=cache_root)
     assert result.std is None and result.members is None
     header = write_predictions_csv(result, tmp_path / "p.csv").read_text().splitlines()[0]
-    assert header == "id,prediction"
+    assert header == "id,formula,property,prediction,unit,true_value"
 
 
 def test_a_forged_ensemble_file_gives_one_line(ensemble_run, small_perovskites, tmp_path, capsys):

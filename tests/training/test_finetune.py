@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from crystaltwins.evaluation.inference import predict, write_predictions_csv
+from crystaltwins.evaluation.runs import finetune
 from crystaltwins.models.checkpoint import load_model
-from crystaltwins.training.finetune import FinetuneConfig, finetune
+from crystaltwins.training.finetune import FinetuneConfig
 
 
 def _config(source, out, cache_root, **kw):
@@ -117,7 +118,9 @@ def test_classification_and_log10_targets(data_dir, cache_root, tmp_path):
     )
     assert result.task == "classification"
     rows = list(csv.DictReader(write_predictions_csv(result, tmp_path / "cls.csv").open()))
-    assert list(rows[0]) == ["id", "predicted_class", "probability_class_1"]
+    assert list(rows[0]) == [
+        "id", "formula", "property", "predicted_class", "probability_class_1", "true_value"
+    ]  # fmt: skip
     assert [r["id"] for r in rows] == result.ids.tolist()
     for row in rows:
         probability = float(row["probability_class_1"])

@@ -1,6 +1,6 @@
 """Members trained together (one process, one loop, stacked parameters) on real perovskites:
 the same losses, best-validation weights and BatchNorm statistics as each member trained alone
-with ``FinetuneModule``'s step and ``torch.optim.Adam``; whole runs write a single run's files."""
+with ``FinetuneModule``'s step and ``torch.optim.Adam`` (whole runs: tests/evaluation/test_runs_together.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import copy
 import csv
 import gzip
 import itertools
-import json
 from pathlib import Path
 
 import lightning as L
@@ -20,12 +19,12 @@ from crystaltwins.data.cache import GraphCache, build_graph_cache
 from crystaltwins.data.dataset import CrystalGraphDataset
 from crystaltwins.data.splits import random_split
 from crystaltwins.graph.atom_features import AtomFeaturizer
-from crystaltwins.models.checkpoint import load_model
 from crystaltwins.models.grouped import GroupedPropertyModels, MemberBatch
 from crystaltwins.models.heads import PropertyHead
 from crystaltwins.models.property_model import PropertyModel, Target
 from crystaltwins.training.common import new_encoder
-from crystaltwins.training.finetune import FinetuneConfig, FinetuneModule, finetune
+from crystaltwins.training.configs import FinetuneConfig
+from crystaltwins.training.finetune import FinetuneModule
 from crystaltwins.training.members import (
     MemberData,
     _batches,
@@ -212,63 +211,3 @@ def test_check_together_refuses_mixed_settings(tmp_path):
         check_together([config(epochs=2), config(epochs=3)])
     with pytest.raises(ValueError, match="early stopping"):
         check_together([config(early_stopping=3)])
-
-
-def _ensemble_config(source: Path, out: Path, cache_root: Path, **kw) -> FinetuneConfig:
-    return FinetuneConfig(
-        data=str(source),
-        target="e_form",
-        out=str(out),
-        from_scratch=True,
-        epochs=2,
-        batch_size=32,
-        ensemble=2,
-        cache_root=str(cache_root),
-        progress=False,
-        accelerator="cpu",
-        devices="1",
-        plots=False,
-        seed=5,
-        **kw,
-    )
-
-
-def test_ensemble_members_together_matches_sequential(perovskites_150, cache_root, tmp_path):
-    """``finetune --ensemble 2 --members-together`` writes every file of the sequential
-    ensemble, with the same training history and (up to float32 rounding) the same results."""
-    apart = finetune(_ensemble_config(perovskites_150, tmp_path / "apart", cache_root))
-    config = _ensemble_config(
-        perovskites_150, tmp_path / "together", cache_root, members_together=True
-    )
-    together = finetune(config)
-    for k in range(2):
-        a, t = tmp_path / "apart" / "members" / str(k), tmp_path / "together" / "members" / str(k)
-        assert {p.name for p in t.iterdir()} >= {
-            "config.yaml",
-            "history.csv",
-            "metrics.json",
-            "model.pt",
-            "member_predictions.npz",
-            "test_predictions.csv",
-        }
-        rows_a = list(csv.DictReader((a / "history.csv").open()))
-        rows_t = list(csv.DictReader((t / "history.csv").open()))
-        assert len(rows_a) == len(rows_t) == 2
-        for ra, rt in zip(rows_a, rows_t, strict=True):
-            assert float(rt["train_loss"]) == pytest.approx(float(ra["train_loss"]), rel=1e-5)
-            assert float(rt["val_mae"]) == pytest.approx(float(ra["val_mae"]), rel=5e-3)
-        ma, mt = (json.loads((f / "metrics.json").read_text()) for f in (a, t))
-        assert mt["best_epoch"] == ma["best_epoch"]
-        assert mt["crystals"] == ma["crystals"]
-        assert mt["test"]["mae"] == pytest.approx(ma["test"]["mae"], rel=5e-3)
-        assert mt["trained_together"]["members"] == 2
-        load_model(t / "model.pt")  # validated, weights_only
-    assert together["ensemble"]["seeds"] == apart["ensemble"]["seeds"] == [5, 6]
-    assert together["test"]["mae"] == pytest.approx(apart["test"]["mae"], rel=5e-3)
-    assert (tmp_path / "together" / "test_predictions.csv").exists()
-    # resumed: the finished members are kept, nothing is retrained
-    before = (tmp_path / "together" / "members" / "0" / "model.pt").stat().st_mtime_ns
-    finetune(_ensemble_config(
-        perovskites_150, tmp_path / "together", cache_root, members_together=True, resume=True
-    ))  # fmt: skip
-    assert (tmp_path / "together" / "members" / "0" / "model.pt").stat().st_mtime_ns == before

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from crystaltwins.cli.main import main
+from crystaltwins.evaluation.runs import finetune
 from crystaltwins.training.common import write_config
-from crystaltwins.training.finetune import FinetuneConfig, finetune
+from crystaltwins.training.finetune import FinetuneConfig
 from crystaltwins.training.pretrain import PretrainConfig, pretrain
 from crystaltwins.training.run_folder import LOCK_NAME, config_differences
 from tests.io.test_locks import hold_lock

@@ -7,9 +7,7 @@ import csv
 import json
 import os
 import sys
-import time
 from collections.abc import Sequence
-from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +15,16 @@ from crystaltwins import __version__
 
 
 def _add_graph_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--radius", type=float, default=8.0, help="neighbour cutoff in Å (default 8)")
-    p.add_argument("--max-neighbors", type=int, default=12, help="neighbours per atom (default 12)")
+    """``--radius`` / ``--max-neighbors`` of commands that build graphs themselves."""
+    from crystaltwins.graph.settings import GraphSettings
+    from crystaltwins.training.configs import field_default
+
+    radius = field_default(GraphSettings, "radius")
+    neighbors = field_default(GraphSettings, "max_neighbors")
+    p.add_argument("--radius", type=float, help=f"neighbour cutoff in Å (default: {radius:g})")
+    p.add_argument(
+        "--max-neighbors", type=int, help=f"neighbours kept per atom (default: {neighbors})"
+    )
 
 
 def _add_cif_column_option(p: argparse.ArgumentParser) -> None:
@@ -28,48 +34,21 @@ def _add_cif_column_option(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_training_options(p: argparse.ArgumentParser) -> None:
-    _add_cif_column_option(p)
+_DATA_HELP = "CSV(.gz) with a CIF column, CGCNN folder, structure file or folder, or graph cache"
+
+
+def _add_config_file_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--config", help="YAML file of settings (keys: these flags' names); flags given override it"
+        "--config",
+        help="YAML file of settings (keys: these options' names); options given override it",
     )
-    p.add_argument("--seed", type=int, help="random seed (splits, initialisation, augmentations)")
-    p.add_argument(
-        "--encoder",
-        help="encoder of a new model: cgcnn (default) or another name in "
-        "crystaltwins.models.ENCODERS",
-    )
-    p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--atom-init", help="CGCNN atom_init.json defining the element features")
-    p.add_argument(
-        "--cache-root",
-        help="where graph caches live (default $CRYSTALTWINS_CACHE or ~/.cache/crystaltwins)",
-    )
-    p.add_argument("--featurize-workers", type=int, help="processes building graph caches")
-    p.add_argument("--loader-workers", type=int, help="data-loader worker processes")
-    p.add_argument("--accelerator", help="cpu, gpu or auto")
-    p.add_argument("--devices", help="number of devices (several GPUs: data-parallel)")
-    p.add_argument(
-        "--precision", help="e.g. 32-true, 16-mixed, bf16-mixed (default: 16-mixed on GPU)"
-    )
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        default=None,
-        help="continue the run in RUN_DIR from checkpoints/last.ckpt (same settings only)",
-    )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        default=None,
-        help="replace the earlier run in RUN_DIR (only crystaltwins' own files are removed)",
-    )
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from crystaltwins.cli.options import add_config_options
+    from crystaltwins.evaluation.bench import BenchConfig
+    from crystaltwins.training.configs import FinetuneConfig, PretrainConfig
+
     parser = argparse.ArgumentParser(
         prog="crystaltwins",
         description="Self-supervised learning on crystal structures (Crystal Twins).",
@@ -78,10 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("featurize", help="build the graph cache of a dataset")
-    p.add_argument(
-        "data", help="CSV(.gz) with a CIF column, CGCNN folder, structure file or folder"
-    )
-    p.add_argument("--out", required=True, help="cache directory")
+    p.add_argument("data", help=_DATA_HELP)
+    p.add_argument("--out", required=True, help="cache folder")
     _add_graph_options(p)
     p.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)"
@@ -93,92 +70,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--target", action="append", help="label column that must be present (repeatable)"
     )
     p.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     _add_cif_column_option(p)
 
     p = sub.add_parser("graph", help="print one crystal's graph, one row per edge")
     p.add_argument("structure", help="a structure file (CIF, POSCAR, extxyz, ...)")
-    p.add_argument("--format", choices=["csv", "json"], default="csv")
+    p.add_argument("--format", choices=["csv", "json"], default="csv", help="(default: csv)")
     _add_graph_options(p)
 
     p = sub.add_parser("pretrain", help="self-supervised pre-training (Barlow Twins / SimSiam)")
     p.add_argument("data", nargs="+", help="one or more data sources (labels are ignored)")
-    p.add_argument("--out", help="run directory (required here or in --config)")
-    p.add_argument(
-        "--objective",
-        help="barlow_twins (default), simsiam, or another name in crystaltwins.losses.OBJECTIVES",
-    )
-    p.add_argument(
-        "--augment",
-        help="comma-separated names in crystaltwins.transforms.AUGMENTATIONS: rp, am, em, ... "
-        "(default rp,am,em)",
-    )
-    p.add_argument("--perturbation", type=float, help="RP displacement in Å (default 0.05)")
-    p.add_argument("--barlow-lambda", type=float, help="off-diagonal weight λ (default 0.0051)")
-    p.add_argument("--val-fraction", type=float, help="validation fraction (default 0.05)")
-    p.add_argument("--max-crystals", type=int, help="use a random subset of this many crystals")
-    p.add_argument("--init-from", help="start from a model file or published .pth")
-    _add_training_options(p)
+    _add_config_file_option(p)
+    add_config_options(p, PretrainConfig)
 
     p = sub.add_parser(
         "finetune", help="fine-tune on a labelled dataset (or train CGCNN from scratch)"
     )
-    p.add_argument("data")
-    p.add_argument("--target", help="label column (required here or in --config)")
-    p.add_argument("--out", help="run directory (required here or in --config)")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument(
-        "--pretrained",
-        help="our model.pt (or its run folder), a published Crystal Twins .pth, or 'default'",
-    )
-    group.add_argument(
-        "--from-scratch", action="store_true", default=None, help="supervised CGCNN baseline"
-    )
-    p.add_argument("--task", choices=["regression", "classification"])
-    p.add_argument("--target-transform", choices=["none", "log10"])
-    p.add_argument("--unit", help="unit of the target, recorded in metrics.json (e.g. eV/atom)")
-    p.add_argument(
-        "--encoder-lr-factor", type=float, help="lr factor of the pre-trained encoder (default 0.2)"
-    )
-    p.add_argument(
-        "--split",
-        type=float,
-        nargs=3,
-        metavar=("TRAIN", "VAL", "TEST"),
-        help="fractions (default 0.6 0.2 0.2)",
-    )
-    p.add_argument("--split-column", help="column holding train/val/test")
-    p.add_argument(
-        "--fold",
-        type=int,
-        help="fold 0-4 of the matbench v0.1 protocol (KFold(5, shuffle, random_state=18012019) "
-        "over the crystals in file order; validation: a quarter of the training folds)",
-    )
-    p.add_argument("--split-files", nargs=3, metavar=("TRAIN", "VAL", "TEST"), help="files of ids")
-    p.add_argument("--split-seed", type=int, help="seed of the random split (default: --seed)")
-    p.add_argument("--max-train", type=int, help="cap on training crystals")
-    p.add_argument(
-        "--ensemble",
-        type=int,
-        metavar="K",
-        help="train K models (seeds SEED..SEED+K-1, one split) in RUN_DIR/members; predictions "
-        "are their mean, with their std and each member's value (default 1)",
-    )
-    p.add_argument(
-        "--members-together",
-        action="store_true",
-        default=None,
-        help="with --ensemble: train the members in one loop with stacked weights (faster on a "
-        "GPU; no early stopping, no mid-run resume)",
-    )
-    p.add_argument("--early-stopping", type=int, help="patience in epochs on validation MAE")
-    p.add_argument(
-        "--data-on-device",
-        choices=("auto", "never"),
-        help="GPU runs: keep the training data on the GPU when it takes at most half its free "
-        "memory (auto, the default), or stream batches from the cache (never)",
-    )
-    _add_training_options(p)
+    p.add_argument("data", help="labelled data: " + _DATA_HELP)
+    _add_config_file_option(p)
+    add_config_options(p, FinetuneConfig)
 
     for name, text in (
         ("predict", "predict a property for new crystals"),
@@ -189,15 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
             "model",
             help="model.pt, or the run folder holding it (or a published .pth for embed)",
         )
-        p.add_argument("data")
+        p.add_argument("data", help="crystals: " + _DATA_HELP)
         p.add_argument(
             "--out",
             required=True,
             help="predictions.csv" if name == "predict" else "embeddings.npz",
         )
-        p.add_argument("--batch-size", type=int, default=256)
-        p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
-        p.add_argument("--cache-root")
+        p.add_argument("--batch-size", type=int, default=256, help="(default: 256)")
+        p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+        p.add_argument(
+            "--cache-root",
+            help="where graph caches live (default: $CRYSTALTWINS_CACHE or ~/.cache/crystaltwins)",
+        )
         p.add_argument(
             "--atom-init", help="for a published .pth: its atom_init.json (default: beside it)"
         )
@@ -209,64 +122,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", help="crystals to embed when SOURCE is a model")
     p.add_argument("--out", required=True, help="map.png (coordinates go to map.csv)")
-    p.add_argument("--method", choices=["tsne", "umap", "pca"], default="tsne")
+    p.add_argument(
+        "--method", choices=["tsne", "umap", "pca"], default="tsne", help="(default: tsne)"
+    )
     p.add_argument("--color", help="label column to colour by (default: the first one)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-color", action="store_true", help="logarithmic colour scale")
+    p.add_argument("--seed", type=int, default=0, help="(default: 0)")
     p.add_argument(
         "--atom-init", help="for a published .pth: its atom_init.json (default: beside it)"
     )
     _add_cif_column_option(p)
 
-    from crystaltwins.evaluation.bench import add_bench_arguments
-
     p = sub.add_parser("bench", help="reproduce the paper's comparison (Table 2, ablation, t-SNE)")
-    add_bench_arguments(p)
+    add_config_options(p, BenchConfig)
+    from crystaltwins.cli import cache, info
+
+    info.add_info_parser(sub), cache.add_cache_parser(sub)
     return parser
 
 
 def _config_from_args(config_cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
-    """Dataclass config: file settings, then flags given on the command line, then ``fixed``."""
+    """A config from the ``--config`` file's settings, then the options given, then ``fixed``
+    (it is checked by the library before any work)."""
+    from crystaltwins.cli.options import given_settings
     from crystaltwins.training.common import load_config_file
+    from crystaltwins.training.configs import config_from_settings
 
-    values: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        values.update(load_config_file(args.config))
-    names = {f.name for f in fields(config_cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"{args.config}: unknown settings {unknown}")
-    values.update({k: v for k, v in vars(args).items() if k in names and v is not None})
-    values.update({k: v for k, v in fixed.items() if v is not None})
-    required = [
-        f.name
-        for f in fields(config_cls)
-        if f.init and f.default is MISSING and f.default_factory is MISSING
-    ]
-    missing = [name for name in required if values.get(name) is None]
-    if missing:
-        flags = ", ".join("--" + name.replace("_", "-") for name in missing)
-        raise ValueError(f"give {flags} (on the command line or in --config)")
-    _check_accelerator(values.get("accelerator"))
-    return config_cls(**values)
-
-
-def _check_accelerator(name: str | None) -> None:
-    """A clear error for a GPU request on a machine without one (before any work)."""
-    if not name:
-        return
-    name = str(name).lower()
-    if name in ("gpu", "cuda") or name.startswith("cuda:"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"no CUDA GPU available (torch {torch.__version__}); use cpu or leave it to auto"
-            )
-    elif name == "mps":
-        import torch
-
-        if not torch.backends.mps.is_available():
-            raise ValueError("no Apple MPS device available; use cpu")
+    file_settings = load_config_file(args.config) if getattr(args, "config", None) else None
+    try:
+        return config_from_settings(
+            config_cls, file_settings, **{**given_settings(args, config_cls), **fixed}
+        )
+    except ValueError as error:
+        if file_settings is not None and str(error).startswith("unknown settings"):
+            raise ValueError(f"{args.config}: {error}") from None
+        raise
 
 
 def _model_argument(args: argparse.Namespace, model: str | Path, ensemble: bool = False) -> Any:
@@ -281,28 +171,22 @@ def _model_argument(args: argparse.Namespace, model: str | Path, ensemble: bool 
 
 
 def _cmd_featurize(args: argparse.Namespace) -> int:
-    from crystaltwins.data.cache import build_graph_cache
-    from crystaltwins.graph.atom_features import AtomFeaturizer, default_featurizer
-    from crystaltwins.graph.settings import GraphSettings
+    from crystaltwins import api
+    from crystaltwins.graph.atom_features import featurizer_for
 
-    source = Path(args.data)
-    featurizer = (
-        AtomFeaturizer.from_json(args.atom_init)
-        if args.atom_init
-        else default_featurizer(source if source.is_dir() else None)
-    )
-    summary = build_graph_cache(
-        source,
+    summary = api.featurize(
+        args.data,
         args.out,
-        GraphSettings(radius=args.radius, max_neighbors=args.max_neighbors),
-        featurizer=featurizer,
+        args.workers,
+        radius=args.radius,
+        max_neighbors=args.max_neighbors,
+        atom_init=args.atom_init,
         targets=args.target,
-        workers=args.workers,
         progress=args.progress,
         force=args.force,
         cif_column=args.cif_column,
     )
-    print(f"element features: {featurizer.name}")
+    print(f"element features: {featurizer_for(args.data, args.atom_init).name}")
     print("\n".join(summary.lines()))
     return 0
 
@@ -316,9 +200,10 @@ def _cmd_graph(args: argparse.Namespace) -> int:
     if not entries:
         raise ValueError(f"{args.structure}: no structure found")
     record = parse_entry(entries[0])
+    asked = {"radius": args.radius, "max_neighbors": args.max_neighbors}
     graph = build_crystal_graph(
         record.structure,
-        GraphSettings(radius=args.radius, max_neighbors=args.max_neighbors),
+        GraphSettings(**{k: v for k, v in asked.items() if v is not None}),
         id=record.id,
         source=record.source,
     )
@@ -344,50 +229,32 @@ def _cmd_graph(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from crystaltwins import api
     from crystaltwins.training.common import main_print
-    from crystaltwins.training.pretrain import PretrainConfig, pretrain
+    from crystaltwins.training.configs import PretrainConfig
 
-    config = _config_from_args(PretrainConfig, args, data=list(args.data), out=args.out)
-    path = pretrain(config)
+    config = _config_from_args(PretrainConfig, args, data=list(args.data))
+    path = api.pretrain(config=config)
     main_print(f"pre-trained model: {path}")
     return 0
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
+    from crystaltwins import api
     from crystaltwins.training.common import main_print
-    from crystaltwins.training.finetune import FinetuneConfig, finetune
+    from crystaltwins.training.configs import FinetuneConfig
 
-    pretrained = args.pretrained
-    fixed: dict[str, Any] = {
-        "data": args.data,
-        "target": args.target,
-        "out": args.out,
-        "pretrained": pretrained,
-    }
-    if args.split:
-        fixed["split"] = tuple(args.split)
-    if args.split_files:
-        fixed["split_files"] = tuple(args.split_files)
-    config = _config_from_args(FinetuneConfig, args, **fixed)
-    if bool(config.pretrained) == bool(config.from_scratch):
-        raise ValueError(
-            "give exactly one of --pretrained MODEL and --from-scratch "
-            "(on the command line or in --config)"
-        )
-    if abs(sum(config.split) - 1.0) > 1e-6:  # the library normalises; on the CLI, a typo
-        raise ValueError(f"--split fractions must add up to 1, got {sum(config.split):g}")
-    for name in config.split_files or ():
-        if not Path(name).is_file():
-            raise ValueError(f"--split-files: no such file {name!r}")
-    metrics = finetune(config)
+    config = _config_from_args(FinetuneConfig, args, data=args.data)
+    metrics = api.finetune(config=config)
     if metrics:
         test = metrics["test"]
         key = "mae" if "mae" in test else "accuracy"
         ensemble = metrics.get("ensemble")
         of = f", mean of {ensemble['members']} models" if ensemble else ""
+        unit = f" {metrics['unit']}" if key == "mae" and metrics.get("unit") else ""
         main_print(
-            f"test {key} {test[key]:.4f} on {test['count']} crystals ({metrics['target']}{of}); "
-            f"run: {config.out}"
+            f"test {key} {test[key]:.4f}{unit} on {test['count']} crystals "
+            f"({metrics['target']}{of}); run: {config.out}"
         )
         if ensemble:
             main_print(
@@ -399,11 +266,12 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from crystaltwins.evaluation.inference import check_output_file, predict, write_predictions_csv
+    from crystaltwins import api
+    from crystaltwins.training.configs import check_accelerator
 
-    _check_accelerator(args.device)
-    check_output_file(args.out, "predictions")  # before the work, not after
-    result = predict(
+    check_accelerator(args.device)
+    api.check_output_file(args.out, "predictions")  # before the work, not after
+    result = api.predict(
         _model_argument(args, args.model, ensemble=True),
         args.data,
         batch_size=args.batch_size,
@@ -411,17 +279,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         cache_root=args.cache_root,
         cif_column=args.cif_column,
     )
-    write_predictions_csv(result, args.out)
+    api.write_predictions_csv(result, args.out)
     _report(result, args.out)
     return 0
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from crystaltwins.evaluation.inference import check_output_file, embed, write_embeddings_npz
+    from crystaltwins import api
+    from crystaltwins.training.configs import check_accelerator
 
-    _check_accelerator(args.device)
-    check_output_file(args.out, "embeddings")
-    result = embed(
+    check_accelerator(args.device)
+    api.check_output_file(args.out, "embeddings")
+    result = api.embed(
         _model_argument(args, args.model),
         args.data,
         batch_size=args.batch_size,
@@ -429,7 +298,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         cache_root=args.cache_root,
         cif_column=args.cif_column,
     )
-    write_embeddings_npz(result, args.out)
+    api.write_embeddings_npz(result, args.out)
     _report(result, args.out)
     return 0
 
@@ -443,57 +312,32 @@ def _report(result: Any, out: str) -> None:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    import numpy as np
+    from crystaltwins import api
 
-    from crystaltwins.evaluation.plots import check_map_output, embedding_map, reduce_2d
-
-    check_map_output(args.out)  # before any work
-    source = Path(args.source)
-    if source.suffix == ".npz":
-        with np.load(source) as data:
-            ids, vectors = data["ids"], data["embeddings"]
-            labels = {k[len("label_") :]: data[k] for k in data.files if k.startswith("label_")}
-    else:
-        if not args.data:
-            raise ValueError("give --data DATA when SOURCE is a model")
-        from crystaltwins.evaluation.inference import embed
-
-        result = embed(_model_argument(args, source), args.data, cif_column=args.cif_column)
-        ids, vectors, labels = result.ids, result.values, result.labels
-    color_name = args.color or (next(iter(labels)) if labels else None)
-    if color_name is not None and color_name not in labels:
-        raise ValueError(f"no label {color_name!r}; available: {sorted(labels)}")
-    color = labels[color_name] if color_name else None
-    started = time.time()
-    coordinates = reduce_2d(vectors, args.method, args.seed)
-    out = Path(args.out)
-    embedding_map(
-        coordinates,
-        color,
-        out,
-        color_name or "",
-        f"{args.method.upper()} of {len(ids)} crystal embeddings",
+    source = (
+        args.source if Path(args.source).suffix == ".npz" else _model_argument(args, args.source)
     )
-    with open(out.with_suffix(".csv"), "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "x", "y", *([color_name] if color_name else [])])
-        for k in range(len(ids)):
-            writer.writerow(
-                [
-                    ids[k],
-                    coordinates[k, 0],
-                    coordinates[k, 1],
-                    *([color[k]] if color is not None else []),
-                ]
-            )
-    print(f"{out} and {out.with_suffix('.csv')} ({time.time() - started:.1f} s)")
+    summary = api.plot_embeddings(
+        source,
+        args.out,
+        args.data,
+        method=args.method,
+        color=args.color,
+        seed=args.seed,
+        cif_column=args.cif_column,
+        log_color=args.log_color,
+    )
+    print("\n".join(summary.lines()))
     return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from crystaltwins.evaluation.bench import run_bench_from_args
+    from crystaltwins import api
+    from crystaltwins.evaluation.bench import BenchConfig
 
-    return run_bench_from_args(args)
+    config = _config_from_args(BenchConfig, args, command="crystaltwins " + " ".join(sys.argv[1:]))
+    api.bench(config=config)
+    return 0
 
 
 COMMANDS = {
@@ -513,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from crystaltwins.io.records import CrystalInputError
 
     try:
-        return COMMANDS[args.command](args)
+        return (getattr(args, "handler", None) or COMMANDS[args.command])(args)
     except BrokenPipeError:  # e.g. `crystaltwins graph x.cif | head`: stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -524,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(
-            f"crystaltwins {args.command}: interrupted; {_RESUME_HINTS[args.command]}",
+            f"crystaltwins {args.command}: interrupted; {_RESUME_HINTS.get(args.command, 'run it again')}",
             file=sys.stderr,
         )
         return 130

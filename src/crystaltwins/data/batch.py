@@ -26,6 +26,11 @@ class CrystalGraphBatch:
     :param num_crystals: number of crystals in the batch.
     :param targets: ``(num_crystals, n_targets)`` float32 labels, or ``None`` (NaN where missing).
     :param ids: the crystals' ids, in batch order.
+    :param original_atomic_numbers: ``(n_atoms,)`` int64 true Z of every atom of an augmented
+        view whose atoms were masked (the masked ones are where it differs from
+        ``atomic_numbers``), else ``None``.
+    :param clean_edge_distance: ``(n_edges,)`` float32 length in Å of every edge of a view whose
+        atoms were moved, in the structure before the move, else ``None``.
     """
 
     atomic_numbers: Tensor
@@ -35,6 +40,8 @@ class CrystalGraphBatch:
     num_crystals: int
     targets: Tensor | None = None
     ids: list[str] = field(default_factory=list)
+    original_atomic_numbers: Tensor | None = None
+    clean_edge_distance: Tensor | None = None
 
     @property
     def num_atoms(self) -> int:
@@ -57,16 +64,23 @@ class CrystalGraphBatch:
             edge_distance=move(self.edge_distance),
             crystal_index=move(self.crystal_index),
             targets=move(self.targets),
+            original_atomic_numbers=move(self.original_atomic_numbers),
+            clean_edge_distance=move(self.clean_edge_distance),
         )
 
     def pin_memory(self) -> CrystalGraphBatch:
+        def pin(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.pin_memory()
+
         return replace(
             self,
             atomic_numbers=self.atomic_numbers.pin_memory(),
             edge_index=self.edge_index.pin_memory(),
             edge_distance=self.edge_distance.pin_memory(),
             crystal_index=self.crystal_index.pin_memory(),
-            targets=None if self.targets is None else self.targets.pin_memory(),
+            targets=pin(self.targets),
+            original_atomic_numbers=pin(self.original_atomic_numbers),
+            clean_edge_distance=pin(self.clean_edge_distance),
         )
 
 
@@ -88,6 +102,10 @@ class GraphArrays:
     :param cand_src: ``(C,)`` candidate edges (see :func:`~crystaltwins.graph.neighbors.find_neighbors`).
     :param cand_dst: ``(C,)``.
     :param cand_shift: ``(C, 3)``.
+    :param original_atomic_numbers: ``(A,)`` the atoms' Z before any was masked (set by the
+        first atom masking), else ``None``.
+    :param clean_positions: ``(A, 3)`` Cartesian coordinates in Å before any atom moved (set by
+        the first perturbation), else ``None``.
     """
 
     atomic_numbers: Any
@@ -103,6 +121,8 @@ class GraphArrays:
     num_crystals: int
     ids: list[str] = field(default_factory=list)
     targets: Any = None
+    original_atomic_numbers: Any = None
+    clean_positions: Any = None
 
     @classmethod
     def from_graphs(cls, graphs: Sequence[Any], targets: Sequence[str] = ()) -> GraphArrays:
@@ -148,8 +168,18 @@ class GraphArrays:
             targets=values,
         )
 
+    def clean_edge_distance(self) -> np.ndarray | None:
+        """``(E,)`` float64 length in Å of every edge in the structure before the atoms moved
+        (``clean_positions``), or ``None`` when they did not move."""
+        if self.clean_positions is None:
+            return None
+        vectors = self.clean_positions[self.edge_dst] + self.edge_shift
+        vectors -= self.clean_positions[self.edge_src]
+        return np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
+
     def to_batch(self) -> CrystalGraphBatch:
-        """The tensors the encoder sees."""
+        """The tensors the encoder sees (and what the views' pretext tasks need)."""
+        clean = self.clean_edge_distance()
         return CrystalGraphBatch(
             atomic_numbers=torch.from_numpy(self.atomic_numbers),
             edge_index=torch.from_numpy(np.stack([self.edge_src, self.edge_dst])),
@@ -158,4 +188,10 @@ class GraphArrays:
             num_crystals=self.num_crystals,
             targets=None if self.targets is None else torch.from_numpy(self.targets),
             ids=list(self.ids),
+            original_atomic_numbers=None
+            if self.original_atomic_numbers is None
+            else torch.from_numpy(np.asarray(self.original_atomic_numbers, dtype=np.int64)),
+            clean_edge_distance=None
+            if clean is None
+            else torch.from_numpy(clean.astype(np.float32)),
         )

@@ -5,7 +5,6 @@ task and seed; write ``results.json`` / ``results.md``; optionally the augmentat
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -17,6 +16,14 @@ from typing import Any
 import numpy as np
 
 from crystaltwins.evaluation.tasks import PAPER_TASKS, TASKS, BenchmarkTask
+from crystaltwins.training.configs import (
+    FinetuneConfig,
+    PretrainConfig,
+    RunOptions,
+    field_default,
+    same_setting,
+    setting,
+)
 from crystaltwins.training.run_folder import BENCH_FILES, claim_run_folder
 
 
@@ -25,17 +32,24 @@ class Preset:
     """What a benchmark run does; ``paper`` is the paper's protocol, ``cpu`` fits ~2 h on 2 cores."""
 
     name: str
-    pretrain_epochs: int = 15
-    pretrain_lr: float = 1e-5
-    pretrain_batch: int = 64
-    pretrain_max_crystals: int | None = None
-    finetune_epochs: int = 200
-    finetune_lr: float = 1e-3
-    finetune_batch: int = 128
-    encoder_lr_factor: float = 0.2
-    max_train: int | None = None
-    max_eval: int | None = None
+    pretrain_epochs: int = field_default(PretrainConfig, "epochs")
+    pretrain_lr: float = field_default(PretrainConfig, "lr")
+    pretrain_batch: int = field_default(PretrainConfig, "batch_size")
+    pretrain_max_crystals: int | None = field_default(PretrainConfig, "max_crystals")
+    finetune_epochs: int = field_default(FinetuneConfig, "epochs")
+    finetune_lr: float = field_default(FinetuneConfig, "lr")
+    finetune_batch: int = field_default(FinetuneConfig, "batch_size")
+    encoder_lr_factor: float = field_default(FinetuneConfig, "encoder_lr_factor")
+    max_train: int | None = field_default(FinetuneConfig, "max_train")
+    max_eval: int | None = field_default(FinetuneConfig, "max_eval")
     description: str = ""
+    #: use only the first this many rows of each task file (and a share of
+    #: ``pretrain_max_crystals`` of each other corpus file), copied to ``OUT/data``: only
+    #: what the runs use gets a graph cache
+    subset_rows: int | None = None
+    #: the results only show that the pipeline runs (said in the report's title)
+    pipeline_check: bool = False
+    summary: str = ""
 
 
 PRESETS = {
@@ -43,6 +57,7 @@ PRESETS = {
         "paper",
         description="the paper's protocol: 15 pre-training epochs (Adam 1e-5, batch 64), "
         "200 fine-tuning epochs (Adam 1e-3, batch 128), 60/20/20 splits, all crystals",
+        summary="the paper's protocol (all crystals, 15 + 200 epochs; GPU-sized)",
     ),
     "cpu": Preset(
         "cpu",
@@ -59,6 +74,8 @@ PRESETS = {
         "is fine-tuned at the head's learning rate (factor 1.0, not the published code's 0.2: with 40 epochs "
         "the 0.2 factor left CT under-trained, chosen on perovskites seed-0 validation MAE, see "
         "docs/results/cpu/README.md); CT and scratch get exactly the same splits, epochs, head, optimiser and data",
+        summary="~2 h on 2 CPU cores (12k crystals x 4 pre-training epochs, 40 fine-tuning epochs "
+        "on <= 1,000 crystals, encoder lr factor 1.0)",
     ),
     "smoke": Preset(
         "smoke",
@@ -68,99 +85,144 @@ PRESETS = {
         finetune_epochs=2,
         max_train=150,
         max_eval=100,
-        description="a few minutes: checks the pipeline end to end",
+        subset_rows=500,
+        pipeline_check=True,
+        description="a few minutes: checks the pipeline end to end on the first 500 rows of "
+        "each task file (60/20/20: 150 training crystals after the cap, 100 validation, 100 test) "
+        "and 300 pre-training crystals; its numbers mean nothing",
+        summary="a few minutes: a pipeline check whose numbers mean nothing",
     ),
 }
 
 ABLATION = {"RP": "rp", "AM+EM": "am,em", "RP+AM+EM": "rp,am,em"}
 
 
-def add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--data-root",
-        default=os.environ.get("CRYSTALTWINS_DATA"),
-        help="folder of the benchmark files (default $CRYSTALTWINS_DATA)",
+def _preset_help() -> str:
+    return "what to run: " + "; ".join(f"{p.name}: {p.summary}" for p in PRESETS.values())
+
+
+@dataclass
+class BenchConfig:
+    """Settings of ``crystaltwins bench`` (:func:`run_bench`)."""
+
+    out: str = setting(help="results folder")
+    data_root: str | None = setting(
+        None, "folder of the benchmark files", default_text="$CRYSTALTWINS_DATA"
     )
-    p.add_argument("--out", required=True, help="results directory")
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="remove an earlier benchmark in --out first (default: continue it)",
+    tasks: list[str] = setting(
+        list(PAPER_TASKS), f"tasks to run; known: {' '.join(TASKS)}", metavar="TASK"
     )
-    p.add_argument(
-        "--tasks",
-        nargs="+",
-        default=PAPER_TASKS,
-        help=f"tasks (default: {' '.join(PAPER_TASKS)}); known: {' '.join(TASKS)}",
-    )
-    p.add_argument("--seeds", type=int, default=3, help="seeds per task and method (default 3)")
-    p.add_argument(
-        "--first-seed", type=int, default=0, help="seeds are FIRST_SEED .. FIRST_SEED + SEEDS - 1"
-    )
-    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    p.add_argument(
-        "--protocol",
+    seeds: int = setting(3, "seeds per task and method")
+    first_seed: int = setting(0, "seeds are FIRST_SEED .. FIRST_SEED + SEEDS - 1")
+    preset: str = setting("cpu", _preset_help(), choices=tuple(sorted(PRESETS)))
+    protocol: str = setting(
+        "random",
+        "random: seeded 60/20/20 splits, one per seed; matbench: the 5 folds of matbench v0.1 "
+        "(test = the fold, validation = a quarter of the rest), --seeds 5",
         choices=("random", "matbench"),
-        default="random",
-        help="random: seeded 60/20/20 splits, one per seed (default); matbench: the 5 folds of "
-        "matbench v0.1 (test = the fold, validation = a quarter of the rest), --seeds 5",
     )
-    p.add_argument(
-        "--pretrained",
-        help="use this pre-trained model instead of pre-training ('default': the shipped one)",
+    pretrained: str | None = setting(
+        None,
+        "use this pre-trained model instead of pre-training ('default': the shipped one)",
+        default_text="pre-train one",
     )
-    p.add_argument(
-        "--corpus", nargs="+", help="pre-training files (default: every *.csv.gz in the data root)"
+    corpus: list[str] | None = setting(
+        None, "pre-training files", default_text="every *.csv.gz in the data root"
     )
-    p.add_argument(
-        "--exclude-test",
-        action="store_true",
-        help="remove every task's test crystals from pre-training",
+    exclude_test: bool = setting(False, "remove every task's test crystals from pre-training")
+    ablation: bool = setting(False, "also pre-train with RP / AM+EM / RP+AM+EM and fine-tune each")
+    tsne: bool = setting(False, "also draw the t-SNE maps of perovskites test embeddings")
+    radius: float | None = same_setting(PretrainConfig, "radius")
+    max_neighbors: int | None = same_setting(PretrainConfig, "max_neighbors")
+    atom_init: str | None = setting(
+        None, "atom_init.json for the element features", default_text="built-in"
     )
-    p.add_argument(
-        "--ablation",
-        action="store_true",
-        help="also pre-train with RP / AM+EM / RP+AM+EM and fine-tune each",
+    featurize_workers: int = setting(os.cpu_count() or 1, "processes building graph caches")
+    accelerator: str = same_setting(PretrainConfig, "accelerator")
+    devices: str = same_setting(PretrainConfig, "devices")
+    cache_root: str | None = same_setting(PretrainConfig, "cache_root")
+    members_together: bool = setting(
+        False,
+        "fine-tune a task's seeds x methods in one loop with stacked weights (faster on a GPU)",
     )
-    p.add_argument(
-        "--tsne",
-        action="store_true",
-        help="also draw the t-SNE maps of perovskites test embeddings",
+    overwrite: bool = setting(
+        False, "remove an earlier benchmark in OUT first (default: continue it)"
     )
-    p.add_argument(
-        "--atom-init", help="atom_init.json for the element features (default: built-in)"
-    )
-    p.add_argument("--featurize-workers", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--accelerator", default="auto")
-    p.add_argument("--devices", default="auto")
-    p.add_argument("--cache-root")
-    p.add_argument(
-        "--members-together",
-        action="store_true",
-        help="fine-tune a task's seeds x methods in one loop with stacked weights (faster on a GPU)",
-    )
+    command: str = setting("", "the command line, recorded in the results", cli=False)
+
+    def validate(self) -> None:
+        """Check every setting before any work (one-line ValueError / FileNotFoundError)."""
+        if not self.data_root:
+            raise ValueError(
+                "pass --data-root DIR (or set CRYSTALTWINS_DATA) to the folder of the benchmark files"
+            )
+        if not Path(self.data_root).is_dir():
+            raise FileNotFoundError(
+                f"{self.data_root}: data root not found (pass --data-root or set CRYSTALTWINS_DATA)"
+            )
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown:
+            raise ValueError(f"unknown tasks {unknown}; known: {sorted(TASKS)}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
+        if self.protocol not in ("random", "matbench"):
+            raise ValueError(f"protocol must be 'random' or 'matbench', got {self.protocol!r}")
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be at least 1, got {self.seeds}")
+        if self.protocol == "matbench" and not (
+            0 <= self.first_seed < self.first_seed + self.seeds <= 5
+        ):
+            raise ValueError(
+                "--protocol matbench runs folds 0-4: --first-seed and --seeds pick them "
+                f"(got folds {self.first_seed}..{self.first_seed + self.seeds - 1})"
+            )
+        if self.pretrained and (self.radius is not None or self.max_neighbors is not None):
+            raise ValueError(
+                "a pre-trained model brings its own graph settings: leave --radius / "
+                "--max-neighbors out with --pretrained (CT and scratch must use the same graphs)"
+            )
+        RunOptions.validate(PretrainConfig(data=["-"], out="-", **self._run_options()))
+
+    def _run_options(self) -> dict[str, Any]:
+        return {
+            "radius": self.radius,
+            "max_neighbors": self.max_neighbors,
+            "atom_init": self.atom_init,
+            "cache_root": self.cache_root,
+            "featurize_workers": self.featurize_workers,
+            "accelerator": self.accelerator,
+            "devices": self.devices,
+        }
 
 
 @dataclass
 class BenchContext:
-    data_root: Path
-    out: Path
+    """A running benchmark: its settings, the tasks it runs, and its progress."""
+
+    config: BenchConfig
     preset: Preset
     tasks: list[BenchmarkTask]
-    seeds: int
-    atom_init: str | None
-    featurize_workers: int
-    accelerator: str
-    devices: str
-    cache_root: str | None
-    protocol: str = "random"
-    #: collecting the fine-tuning runs a task still needs (``--members-together``), not running
-    pending: list[Any] | None = None
     started: float = field(default_factory=time.time)
     runs_total: int = 0
     runs_done: int = 0
     runs_timed: int = 0
     run_seconds: float = 0.0
+
+    @property
+    def data_root(self) -> Path:
+        return Path(self.config.data_root or "")
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
+
+    @property
+    def seeds(self) -> range:
+        return range(self.config.first_seed, self.config.first_seed + self.config.seeds)
+
+    @property
+    def cache_root(self) -> str | None:
+        return self.config.cache_root
 
     def progress(self, text: str, run_fraction: float = 0.0) -> None:
         """One progress line: runs done, elapsed time, ETA, ``text``; ``run_fraction`` of the
@@ -193,94 +255,18 @@ def epoch_progress(ctx: BenchContext, label: str, every: int = 10) -> Any:
     return EpochProgress()
 
 
-def _split_ids(task: BenchmarkTask, seed: int, ctx: BenchContext) -> list[str]:
-    """Ids of a task's test crystals for a seed (the split fine-tuning uses)."""
-    from crystaltwins.data.sources import prepare_caches
-    from crystaltwins.data.splits import random_split
-    from crystaltwins.graph.atom_features import AtomFeaturizer
-    from crystaltwins.graph.settings import GraphSettings
-    from crystaltwins.training.finetune import TRANSFORMS
-
-    featurizer = (
-        AtomFeaturizer.from_json(ctx.atom_init) if ctx.atom_init else AtomFeaturizer.builtin()
-    )
-    (cache,) = prepare_caches(
-        [ctx.data_root / task.file],
-        GraphSettings(),
-        featurizer,
-        ctx.cache_root,
-        workers=ctx.featurize_workers,
-        log=None,
-    )  # type: ignore[operator]
-    raw = cache.labels([task.target])[:, 0]
-    keep = np.flatnonzero(TRANSFORMS[task.transform][2](raw))
-    # The whole test split (a superset of the crystals evaluated when a preset caps them).
-    test = random_split(len(keep), (0.6, 0.2, 0.2), seed).test
-    return [str(i) for i in cache.ids[keep[test]]]
-
-
-def pretrain_for_bench(
-    ctx: BenchContext, corpus: list[Path], augment: str, name: str, exclude_test: bool
-) -> Path:
-    from crystaltwins.training.pretrain import PretrainConfig, pretrain
-
-    out = ctx.out / "pretrain" / name
-    model = out / "model.pt"
-    if model.exists():
-        ctx.progress(f"pre-training {name}: reusing {model}")
-        return model
-    exclude_file = None
-    if exclude_test:
-        pairs = sorted(
-            {
-                (str((ctx.data_root / t.file).resolve()), i)
-                for t in ctx.tasks
-                for s in range(ctx.seeds)
-                for i in _split_ids(t, s, ctx)
-            }
-        )  # type: ignore[operator]
-        exclude_file = out / "excluded_test_ids.json"
-        out.mkdir(parents=True, exist_ok=True)
-        exclude_file.write_text(json.dumps(pairs))
-    ctx.progress(f"pre-training {name} ({augment}) on {len(corpus)} files")
-    config = PretrainConfig(
-        data=[str(c) for c in corpus],
-        out=str(out),
-        augment=augment,
-        lr=ctx.preset.pretrain_lr,
-        batch_size=ctx.preset.pretrain_batch,
-        epochs=ctx.preset.pretrain_epochs,
-        max_crystals=ctx.preset.pretrain_max_crystals,
-        atom_init=ctx.atom_init,
-        cache_root=ctx.cache_root,
-        featurize_workers=ctx.featurize_workers,
-        accelerator=ctx.accelerator,
-        devices=ctx.devices,
-        exclude_ids_file=str(exclude_file) if exclude_file else None,
-        resume=True,
-        progress=False,
-    )
-    return pretrain(config)
-
-
-def finetune_for_bench(
+def _finetune_config(
     ctx: BenchContext, task: BenchmarkTask, seed: int, method: str, pretrained: Path | None
-) -> dict[str, Any]:
-    from crystaltwins.training.finetune import FinetuneConfig, finetune
-
-    part = f"fold{seed}" if ctx.protocol == "matbench" else f"seed{seed}"
-    out = ctx.out / "runs" / task.name / part / method
-    metrics_file = out / "metrics.json"
-    if ctx.pending is not None and metrics_file.exists():
-        return {}
-    if metrics_file.exists():
-        ctx.runs_done += 1
-        return json.loads(metrics_file.read_text())
-    ctx.progress(f"{task.name} seed {seed} {method}: {ctx.preset.finetune_epochs} epochs")
-    config = FinetuneConfig(
-        data=str(ctx.data_root / task.file),  # type: ignore[operator]
+) -> FinetuneConfig:
+    """The settings of one (task, seed, method) run; CT and scratch differ only in the start."""
+    part = f"fold{seed}" if ctx.config.protocol == "matbench" else f"seed{seed}"
+    options = ctx.config._run_options()
+    if pretrained is not None:  # the model brings its graph settings
+        options.update(radius=None, max_neighbors=None)
+    return FinetuneConfig(
+        data=str(ctx.data_root / task.file),
         target=task.target,
-        out=str(out),
+        out=str(ctx.out / "runs" / task.name / part / method),
         pretrained=str(pretrained) if pretrained else None,
         from_scratch=pretrained is None,
         target_transform=task.transform,
@@ -290,21 +276,91 @@ def finetune_for_bench(
         batch_size=ctx.preset.finetune_batch,
         epochs=ctx.preset.finetune_epochs,
         seed=seed,
-        fold=seed if ctx.protocol == "matbench" else None,
+        fold=seed if ctx.config.protocol == "matbench" else None,
         max_train=ctx.preset.max_train,
         max_eval=ctx.preset.max_eval,
-        atom_init=ctx.atom_init,
-        cache_root=ctx.cache_root,
-        featurize_workers=ctx.featurize_workers,
-        accelerator=ctx.accelerator,
-        devices=ctx.devices,
         resume=True,
         progress=False,
         plots=True,
+        **options,
     )
-    if ctx.pending is not None:
-        ctx.pending.append(config)
-        return {}
+
+
+def _test_ids(task: BenchmarkTask, seed: int, ctx: BenchContext) -> list[str]:
+    """Ids of a task's test crystals for a seed: the split fine-tuning plans (the whole test
+    part, a superset of the crystals evaluated when a preset caps them)."""
+    from crystaltwins.data.sources import prepare_caches
+    from crystaltwins.training.finetune import plan_split, starting_point
+
+    config = _finetune_config(ctx, task, seed, "scratch", None)
+    start = starting_point(config)
+    (cache,) = prepare_caches(
+        [config.data],
+        start.settings,
+        start.featurizer,
+        config.cache_root,
+        workers=config.featurize_workers,
+        log=None,
+    )
+    planned = plan_split(config, cache)
+    return [str(i) for i in cache.ids[planned.keep[planned.split.test]]]
+
+
+def _excluded_ids_file(ctx: BenchContext, out: Path) -> Path:
+    """``OUT/excluded_test_ids.json``: (source file, id) of every task's test crystals."""
+    pairs = sorted(
+        {
+            (str((ctx.data_root / t.file).resolve()), i)
+            for t in ctx.tasks
+            for s in ctx.seeds
+            for i in _test_ids(t, s, ctx)
+        }
+    )
+    path = out / "excluded_test_ids.json"
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(pairs))
+    return path
+
+
+def pretrain_for_bench(
+    ctx: BenchContext, corpus: list[Path], augment: str, name: str, exclude_test: bool
+) -> Path:
+    from crystaltwins.training.pretrain import pretrain
+
+    out = ctx.out / "pretrain" / name
+    model = out / "model.pt"
+    if model.exists():
+        ctx.progress(f"pre-training {name}: reusing {model}")
+        return model
+    exclude_file = _excluded_ids_file(ctx, out) if exclude_test else None
+    ctx.progress(f"pre-training {name} ({augment}) on {len(corpus)} files")
+    config = PretrainConfig(
+        data=[str(c) for c in corpus],
+        out=str(out),
+        augment=augment,
+        lr=ctx.preset.pretrain_lr,
+        batch_size=ctx.preset.pretrain_batch,
+        epochs=ctx.preset.pretrain_epochs,
+        max_crystals=ctx.preset.pretrain_max_crystals,
+        exclude_ids_file=str(exclude_file) if exclude_file else None,
+        resume=True,
+        progress=False,
+        **ctx.config._run_options(),
+    )
+    return pretrain(config)
+
+
+def finetune_for_bench(
+    ctx: BenchContext, task: BenchmarkTask, seed: int, method: str, pretrained: Path | None
+) -> dict[str, Any]:
+    from crystaltwins.evaluation.runs import finetune
+
+    config = _finetune_config(ctx, task, seed, method, pretrained)
+    metrics_file = Path(config.out) / "metrics.json"
+    if metrics_file.exists():
+        ctx.runs_done += 1
+        return json.loads(metrics_file.read_text())
+    ctx.progress(f"{task.name} seed {seed} {method}: {ctx.preset.finetune_epochs} epochs")
     started = time.time()
     label = f"{task.name} seed {seed} {method}"
     metrics = finetune(config, callbacks=[epoch_progress(ctx, label)])
@@ -314,6 +370,76 @@ def finetune_for_bench(
     return metrics
 
 
+def _method(label: str) -> str:
+    """The run folder name of a pre-trained variant's fine-tuning (``ct`` for RP+AM+EM)."""
+    return "ct" if label == "RP+AM+EM" else f"ct_{label.replace('+', '_').lower()}"
+
+
+def finetune_task_together(ctx: BenchContext, task: BenchmarkTask, models: dict[str, Path]) -> None:
+    """The task's unfinished runs (every seed, scratch and each pre-trained variant) trained in
+    one loop (:func:`~crystaltwins.evaluation.runs.finetune_together`); the results table then
+    reads their ``metrics.json`` as those of runs finished earlier."""
+    from crystaltwins.evaluation.runs import finetune_together
+
+    configs = []
+    for seed in ctx.seeds:
+        configs.append(_finetune_config(ctx, task, seed, "scratch", None))
+        for label, model in models.items():
+            configs.append(_finetune_config(ctx, task, seed, _method(label), model))
+    pending = [c for c in configs if not (Path(c.out) / "metrics.json").exists()]
+    if not pending:
+        return
+    ctx.progress(
+        f"{task.name}: {len(pending)} runs trained together, {ctx.preset.finetune_epochs} epochs"
+    )
+    started = time.time()
+    finetune_together(pending)
+    ctx.runs_timed += len(pending)
+    ctx.run_seconds += time.time() - started
+
+
+def _use_subsets(ctx: BenchContext, corpus: list[Path]) -> list[Path]:
+    """Point ``ctx`` at subsets of its files (see :attr:`Preset.subset_rows`) in ``OUT/data``;
+    returns the new corpus. Existing subsets are reused."""
+    rows = int(ctx.preset.subset_rows or 0)
+    folder = ctx.out / "data"
+    task_files = {str(t.file) for t in ctx.tasks}
+    share = -(-int(ctx.preset.pretrain_max_crystals or rows) // max(1, len(corpus)))
+    for name in task_files:
+        write_subset(ctx.data_root / name, folder / name, rows)
+    subsets = []
+    for path in corpus:
+        if path.name not in task_files:
+            write_subset(path, folder / path.name, min(rows, share))
+        subsets.append(folder / path.name)
+    ctx.config = replace(ctx.config, data_root=str(folder))
+    return subsets
+
+
+def write_subset(source: Path, target: Path, rows: int) -> Path:
+    """The header and first ``rows`` rows of the CSV(.gz) ``source`` written to ``target``
+    (atomically; an existing ``target`` is kept)."""
+    import csv
+    import gzip
+
+    if target.exists():
+        return target
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: no such data file")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    csv.field_size_limit(2**31 - 1)  # CIF fields are long
+    opener = gzip.open if source.suffix == ".gz" else open
+    with opener(source, "rt", newline="") as reader, gzip.open(tmp, "wt", newline="") as writer:
+        out = csv.writer(writer)
+        for k, row in enumerate(csv.reader(reader)):
+            if k > rows:
+                break
+            out.writerow(row)
+    tmp.replace(target)
+    return target
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     arr = np.array(values, dtype=float)
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
@@ -321,8 +447,11 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def summarize(results: dict[str, Any]) -> str:
     """``results.md``: the table of test MAEs, ours beside the paper's."""
+    title = f"# Crystal Twins benchmark ({results['preset']['name']} preset)"
+    if results["preset"].get("pipeline_check"):
+        title = f"# Pipeline check ({results['preset']['name']} preset): these numbers mean nothing"
     lines = [
-        f"# Crystal Twins benchmark ({results['preset']['name']} preset)",
+        title,
         "",
         f"Command: `{results['command']}`  ",
         f"Date: {results['date']}; machine: {results['machine']}; training time of all runs {results['wall_minutes']:.0f} min  ",
@@ -356,88 +485,79 @@ def summarize(results: dict[str, Any]) -> str:
 
 
 def run_bench(
-    data_root: str | os.PathLike,
-    out: str | os.PathLike,
-    tasks: list[str] | None = None,
-    seeds: int = 3,
-    first_seed: int = 0,
-    preset: str = "cpu",
-    pretrained: str | None = None,
-    corpus: list[str] | None = None,
-    exclude_test: bool = False,
-    ablation: bool = False,
-    tsne: bool = False,
-    atom_init: str | None = None,
-    featurize_workers: int = 1,
-    accelerator: str = "auto",
-    devices: str = "auto",
-    cache_root: str | None = None,
-    command: str = "",
-    overwrite: bool = False,
-    protocol: str = "random",
-    members_together: bool = False,
+    data_root: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    *,
+    config: BenchConfig | None = None,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Run the benchmark; see the module docstring. Returns what goes to ``results.json``.
+
+    :param settings: the other fields of :class:`BenchConfig` (or give a whole ``config``).
 
     A results folder that holds an earlier benchmark is continued (finished runs are reused);
     ``overwrite`` removes that benchmark's files first. A folder holding other files is refused.
     """
-    data_root = Path(data_root)
-    if not data_root.is_dir():
-        raise FileNotFoundError(
-            f"{data_root}: data root not found (pass --data-root or set CRYSTALTWINS_DATA)"
+    if config is None:
+        if out is None:
+            raise ValueError("run_bench needs out (or a whole config)")
+        root = data_root if data_root is not None else os.environ.get("CRYSTALTWINS_DATA")
+        config = BenchConfig(
+            out=str(out), data_root=str(root) if root is not None else None, **settings
         )
-    names = tasks or PAPER_TASKS
-    unknown = [t for t in names if t not in TASKS]
-    if unknown:
-        raise ValueError(f"unknown tasks {unknown}; known: {sorted(TASKS)}")
-    if protocol not in ("random", "matbench"):
-        raise ValueError(f"protocol must be 'random' or 'matbench', got {protocol!r}")
-    if protocol == "matbench" and not 0 <= first_seed < first_seed + seeds <= 5:
-        raise ValueError(
-            "--protocol matbench runs folds 0-4: --first-seed and --seeds pick them "
-            f"(got folds {first_seed}..{first_seed + seeds - 1})"
-        )
-    chosen = [TASKS[t] for t in names]
-    runnable = [t for t in chosen if t.available]
-    ctx = BenchContext(
-        data_root,
-        Path(out),
-        PRESETS[preset],
-        runnable,
-        seeds,
-        atom_init,
-        featurize_workers,
-        accelerator,
-        devices,
-        cache_root,
-        protocol,
-    )
+    if config.data_root is None and os.environ.get("CRYSTALTWINS_DATA"):
+        config = replace(config, data_root=os.environ["CRYSTALTWINS_DATA"])
+    config.validate()
+    chosen = [TASKS[t] for t in (config.tasks or PAPER_TASKS)]
+    ctx = BenchContext(config, PRESETS[config.preset], [t for t in chosen if t.available])
     # Held until this function returns (or the process ends): one benchmark per folder.
-    lock = claim_run_folder(ctx.out, overwrite=overwrite, known=BENCH_FILES, continues=True)
-    corpus_paths = [Path(c) for c in corpus] if corpus else sorted(data_root.glob("*.csv.gz"))
-    if not corpus_paths and not pretrained:
+    lock = claim_run_folder(ctx.out, overwrite=config.overwrite, known=BENCH_FILES, continues=True)
+    try:
+        variants = ABLATION if config.ablation else {"RP+AM+EM": "rp,am,em"}
+        ctx.runs_total = len(ctx.tasks) * config.seeds * (1 + len(variants))
+        models = _pretrained_models(ctx, variants)
+        rows, ablation_rows = _task_rows(ctx, chosen, models)
+        results = _results(ctx, models, rows)
+        _write_results(ctx, results, ablation_rows)
+    finally:
         lock.release()
-        raise FileNotFoundError(
-            f"{data_root}: no *.csv.gz files to pre-train on (or give --corpus)"
-        )
-    variants = ABLATION if ablation else {"RP+AM+EM": "rp,am,em"}
-    ctx.runs_total = len(runnable) * seeds * (1 + len(variants))
+    return results
 
+
+def _pretrained_models(ctx: BenchContext, variants: dict[str, str]) -> dict[str, Path]:
+    """The pre-trained model of every augmentation variant (given, reused or pre-trained)."""
+    config = ctx.config
+    corpus = (
+        [Path(c) for c in config.corpus]
+        if config.corpus
+        else sorted(ctx.data_root.glob("*.csv.gz"))
+    )
+    if not corpus and not config.pretrained:
+        raise FileNotFoundError(
+            f"{ctx.data_root}: no *.csv.gz files to pre-train on (or give --corpus)"
+        )
+    if ctx.preset.subset_rows:
+        corpus = _use_subsets(ctx, [] if config.pretrained else corpus)
     models: dict[str, Path] = {}
-    if pretrained:
+    if config.pretrained:
         from crystaltwins.models.checkpoint import resolve_model_path
 
-        models["RP+AM+EM"] = resolve_model_path(pretrained)
+        models["RP+AM+EM"] = resolve_model_path(config.pretrained)
     for label, augment in variants.items():
         if label not in models:
             models[label] = pretrain_for_bench(
-                ctx, corpus_paths, augment, label.replace("+", "_").lower(), exclude_test
+                ctx, corpus, augment, label.replace("+", "_").lower(), config.exclude_test
             )
+    return models
 
+
+def _task_rows(
+    ctx: BenchContext, chosen: list[BenchmarkTask], models: dict[str, Path]
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, list[float]]]]:
+    """Fine-tune scratch and every pre-trained variant on every task and seed: the rows of the
+    results table, and the ablation's test MAEs (variant -> task -> per seed)."""
     rows: list[dict[str, Any]] = []
-    ablation_rows: dict[str, dict[str, list[float]]] = {label: {} for label in variants}
-    improvements = []
+    ablation_rows: dict[str, dict[str, list[float]]] = {label: {} for label in models}
     for task in chosen:
         base = {
             "task": task.name,
@@ -449,80 +569,85 @@ def run_bench(
         if not task.available:
             rows.append({**base, "skipped": True})
             continue
-        if members_together:  # the task's unfinished runs in one loop, then read back below
-            from crystaltwins.training.members import finetune_together
-
-            ctx.pending = []
-            for seed in range(first_seed, first_seed + seeds):
-                finetune_for_bench(ctx, task, seed, "scratch", None)
-                for label, model in models.items():
-                    method = (
-                        "ct" if label == "RP+AM+EM" else f"ct_{label.replace('+', '_').lower()}"
-                    )
-                    finetune_for_bench(ctx, task, seed, method, model)
-            pending, ctx.pending = ctx.pending, None
-            if pending:
-                ctx.progress(f"{task.name}: {len(pending)} runs trained together")
-                finetune_together(pending)
+        if ctx.config.members_together:
+            finetune_task_together(ctx, task, models)
         scratch, ct = [], []
         sizes = ""
-        for seed in range(first_seed, first_seed + seeds):
+        for seed in ctx.seeds:
             m = finetune_for_bench(ctx, task, seed, "scratch", None)
             scratch.append(m["test"]["mae"])
             sizes = f"{m['crystals']['train']}/{m['crystals']['val']}/{m['crystals']['test']}"
             for label, model in models.items():
-                method = "ct" if label == "RP+AM+EM" else f"ct_{label.replace('+', '_').lower()}"
-                m = finetune_for_bench(ctx, task, seed, method, model)
+                m = finetune_for_bench(ctx, task, seed, _method(label), model)
                 ablation_rows[label].setdefault(task.name, []).append(m["test"]["mae"])
                 if label == "RP+AM+EM":
                     ct.append(m["test"]["mae"])
         s_mean, s_std = _mean_std(scratch)
         c_mean, c_std = _mean_std(ct)
-        gain = 100 * (s_mean - c_mean) / s_mean
         row = {
             **base,
             "sizes": sizes,
             "scratch": {"mean": s_mean, "std": s_std, "values": scratch},
             "ct": {"mean": c_mean, "std": c_std, "values": ct},
-            "improvement_percent": gain,
+            "improvement_percent": 100 * (s_mean - c_mean) / s_mean,
         }
         if task.paper_cgcnn and task.paper_ct:
             row["paper_improvement_percent"] = (
                 100 * (task.paper_cgcnn - task.paper_ct) / task.paper_cgcnn
             )
-            improvements.append(gain)
         rows.append(row)
+    return rows, ablation_rows
 
+
+def _results(
+    ctx: BenchContext, models: dict[str, Path], rows: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """What goes to ``results.json`` (the ablation added by :func:`_write_results`)."""
+    config = ctx.config
+    improvements = [r["improvement_percent"] for r in rows if "paper_improvement_percent" in r]
     corpus_sizes = _corpus_description(models.get("RP+AM+EM"))
-    results = {
-        "command": command,
+    return {
+        "command": config.command,
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} ({_device_name()})",
         "wall_minutes": _compute_minutes(ctx.out),
         "preset": {
             "name": ctx.preset.name,
             "description": ctx.preset.description,
-            **{k: v for k, v in vars(ctx.preset).items() if k not in ("name", "description")},
+            **{
+                k: v
+                for k, v in vars(ctx.preset).items()
+                if k not in ("name", "description", "summary")
+            },
         },
-        "seeds": seeds,
-        "protocol": protocol
+        "seeds": config.seeds,
+        "protocol": config.protocol
         + (
             " (matbench v0.1 folds: KFold(5, shuffle=True, random_state=18012019), validation a "
             "quarter of the training folds; 'seeds' are folds)"
-            if protocol == "matbench"
+            if config.protocol == "matbench"
             else " (seeded random 60/20/20 splits)"
         ),
-        "exclude_test": exclude_test,
+        "exclude_test": config.exclude_test,
         "corpus_description": corpus_sizes
         + (
             " (benchmark test crystals excluded)"
-            if exclude_test
+            if config.exclude_test
             else " (test crystals not excluded, as in the paper)"
         ),
         "pretrained_models": {k: str(v) for k, v in models.items()},
         "tasks": rows,
         "average_improvement_percent": float(np.mean(improvements)) if improvements else None,
     }
+
+
+def _write_results(
+    ctx: BenchContext,
+    results: dict[str, Any],
+    ablation_rows: dict[str, dict[str, list[float]]],
+) -> None:
+    """The ablation chart and t-SNE maps when asked for, ``results.json`` and ``results.md``."""
+    ablation, rows = ctx.config.ablation, results["tasks"]
     if ablation:
         results["ablation"] = {
             label: {t: _mean_std(v) for t, v in per_task.items()}
@@ -534,7 +659,7 @@ def run_bench(
             r["task"]: (r["scratch"]["mean"], r["scratch"]["std"]) for r in rows if "scratch" in r
         }
         ablation_chart(results["ablation"], ctx.out / "ablation.png", baseline=scratch)
-    if tsne and "perovskites" in [t.name for t in runnable]:
+    if ctx.config.tsne and "perovskites" in [t.name for t in ctx.tasks]:
         from crystaltwins.evaluation.figures import perovskite_tsne
 
         perovskite_tsne(ctx, ctx.out / "tsne_perovskites.png")
@@ -544,8 +669,6 @@ def run_bench(
         summarize(results) + (_ablation_md(results) if ablation else "")
     )
     ctx.progress(f"done: {ctx.out / 'results.md'}")
-    lock.release()
-    return results
 
 
 def _ablation_md(results: dict[str, Any]) -> str:
@@ -602,36 +725,4 @@ def _device_name() -> str:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
 
 
-def run_bench_from_args(args: argparse.Namespace) -> int:
-    import sys
-
-    if not args.data_root:
-        raise SystemExit(
-            "bench: pass --data-root DIR (or set CRYSTALTWINS_DATA) to the folder of the benchmark files"
-        )
-    run_bench(
-        args.data_root,
-        args.out,
-        tasks=args.tasks,
-        seeds=args.seeds,
-        first_seed=args.first_seed,
-        preset=args.preset,
-        pretrained=args.pretrained,
-        corpus=args.corpus,
-        exclude_test=args.exclude_test,
-        ablation=args.ablation,
-        tsne=args.tsne,
-        atom_init=args.atom_init,
-        featurize_workers=args.featurize_workers,
-        accelerator=args.accelerator,
-        devices=args.devices,
-        cache_root=args.cache_root,
-        command="crystaltwins " + " ".join(sys.argv[1:]),
-        overwrite=args.overwrite,
-        members_together=args.members_together,
-        protocol=args.protocol,
-    )
-    return 0
-
-
-__all__ = ["PRESETS", "Preset", "add_bench_arguments", "replace", "run_bench"]
+__all__ = ["PRESETS", "BenchConfig", "Preset", "replace", "run_bench"]

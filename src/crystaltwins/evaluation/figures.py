@@ -52,8 +52,8 @@ def ablation_chart(
 def perovskite_tsne(ctx: Any, path: Path, seed: int = 0) -> Path:
     """t-SNE of the perovskites test crystals' embeddings: supervised CGCNN vs CT fine-tuned."""
     from crystaltwins.data.dataset import CrystalGraphDataset
+    from crystaltwins.evaluation.report import predict_embeddings
     from crystaltwins.models.checkpoint import load_model
-    from crystaltwins.training.finetune import predict_embeddings
 
     panels = []
     color = None

@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import functools
 import inspect
+import math
 import os
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +39,50 @@ class InferenceResult:
     #: (population, ddof 0) and ``members`` each member's value ``(N, K)``; ``None`` otherwise
     std: np.ndarray | None = None
     members: np.ndarray | None = None
-    #: what a property model predicts (name, unit, ...); ``None`` for embeddings
-    target: Target | None = None
+    #: reduced formula of each crystal ``(N,)``
+    formulas: np.ndarray | None = None
+    #: the property predicted (the model's target name) and the unit of ``values`` ("" unknown)
+    target: str = ""
+    unit: str = ""
+    #: the input's own value of the target ``(N,)`` (NaN where it has none); ``None`` when the
+    #: input has no such column
+    truth: np.ndarray | None = None
+
+    def columns(self) -> dict[str, list[Any]]:
+        """The result as columns, in file order: ``id``, ``formula``, then for predictions
+        ``property``, ``prediction`` (a classifier: ``predicted_class``, ``probability_class_1``),
+        ``unit``, an ensemble's ``std`` and ``member_<k>``, and ``true_value`` when the input has
+        the target; for embeddings ``e_0`` ... ``e_<H-1>`` and the input's labels."""
+        n = len(self.ids)
+        table: dict[str, list[Any]] = {"id": [str(i) for i in self.ids.tolist()]}
+        table["formula"] = list(self.formulas) if self.formulas is not None else [""] * n
+        values = np.asarray(self.values)
+        if self.task == "embedding":
+            for k in range(values.shape[1] if values.ndim == 2 else 0):
+                table[f"e_{k}"] = values[:, k].tolist()
+            table.update({name: np.asarray(v).tolist() for name, v in self.labels.items()})
+            return table
+        values = values.ravel()
+        table["property"] = [self.target] * n
+        if self.task == "classification":
+            table["predicted_class"] = (values > 0.5).astype(int).tolist()
+            table["probability_class_1"] = values.tolist()
+        else:
+            table["prediction"] = values.tolist()
+            table["unit"] = [self.unit] * n
+        if self.members is not None and self.std is not None:
+            table["std"] = np.asarray(self.std).tolist()
+            for k in range(self.members.shape[1]):
+                table[f"member_{k}"] = self.members[:, k].tolist()
+        if self.truth is not None:
+            table["true_value"] = np.asarray(self.truth, dtype=np.float64).tolist()
+        return table
+
+    def to_dataframe(self) -> Any:
+        """A pandas ``DataFrame`` of :meth:`columns` (one row per crystal)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.columns())
 
 
 def _open(
@@ -98,7 +142,40 @@ def _run(
 
 def _result(cache: GraphCache, values: np.ndarray) -> InferenceResult:
     labels = {name: cache.labels([name])[:, 0] for name in cache.label_names}
-    return InferenceResult(cache.ids, values, labels, _skipped(cache))
+    result = InferenceResult(cache.ids, values, labels, _skipped(cache))
+    result.formulas = formulas(cache)
+    return result
+
+
+def formulas(cache: GraphCache) -> np.ndarray:
+    """The reduced formula of every crystal of ``cache`` ``(N,)``, e.g. ``"SrTiO3"``."""
+    from pymatgen.core import Composition, Element
+
+    numbers = cache.array("atomic_numbers")
+    offsets = cache.array("atom_offsets")
+    seen: dict[tuple[tuple[int, int], ...], str] = {}
+    out = []
+    for k in range(len(cache)):
+        z, counts = np.unique(numbers[offsets[k] : offsets[k + 1]], return_counts=True)
+        key = tuple(zip(z.tolist(), counts.tolist(), strict=True))
+        if key not in seen:
+            amounts = {Element.from_Z(a): c for a, c in key if a > 0}
+            seen[key] = Composition(amounts).reduced_formula if amounts else ""
+        out.append(seen[key])
+    return np.array(out, dtype=str) if out else np.zeros(0, dtype="<U1")
+
+
+def _describe_target(result: InferenceResult, info: dict[str, Any]) -> InferenceResult:
+    """Name the predicted property, its unit and the input's true values on ``result``."""
+    from crystaltwins.evaluation.tasks import known_unit, value_unit
+
+    target = Target.from_info(info)  # predictions are in the column's own units (GPa, not log10)
+    column = result.target = target.column
+    unit = target.unit or known_unit(info.get("data_source"), column)
+    result.unit = value_unit(unit) if result.task == "regression" else ""
+    if column in result.labels:
+        result.truth = np.asarray(result.labels[column], dtype=np.float64)
+    return result
 
 
 def _in_memory(call: Any) -> Any:
@@ -110,15 +187,37 @@ def _in_memory(call: Any) -> Any:
 
     @functools.wraps(call)
     def wrapper(model: Any, data: Any, *args: Any, **kwargs: Any) -> InferenceResult:
-        if is_path(data):
-            return call(model, data, *args, **kwargs)
         bound = signature.bind(model, data, *args, **kwargs)
+        if is_path(data):
+            bound.apply_defaults()
+            if bound.arguments["cache_root"] is not None or not is_single_structure(data):
+                return call(model, data, *args, **kwargs)
+            with tempfile.TemporaryDirectory(prefix="crystaltwins-") as tmp:
+                bound.arguments["cache_root"] = tmp  # one crystal: no cache left behind
+                return call(*bound.args, **bound.kwargs)
         with as_source(data) as source:
             bound.arguments["data"] = source
             bound.arguments["cache_root"] = source.parent / "cache"
             return call(*bound.args, **bound.kwargs)
 
     return wrapper
+
+
+def is_single_structure(data: str | os.PathLike) -> bool:
+    """Whether ``data`` is a structure file holding one crystal (not a table, a folder, a graph
+    cache or a file of several frames): its graph cache is not worth keeping."""
+    import itertools
+
+    from crystaltwins.io.readers import iter_entries
+    from crystaltwins.io.records import CrystalInputError
+
+    path = Path(data)
+    if not path.is_file() or ".csv" in path.name.lower() or ".tsv" in path.name.lower():
+        return False
+    try:
+        return len(list(itertools.islice(iter_entries(path), 2))) == 1
+    except (CrystalInputError, OSError, ValueError):
+        return False  # the normal path reports it
 
 
 @_in_memory
@@ -176,8 +275,7 @@ def predict(
     )
     result = _result(cache, property_model.in_target_units(outputs))
     result.task = property_model.target.task
-    result.target = property_model.target
-    return result
+    return _describe_target(result, bundle.info)
 
 
 def _predict_ensemble(
@@ -199,15 +297,7 @@ def _predict_ensemble(
         if not np.array_equal(result.ids, first.ids):  # members share their graph settings
             raise ValueError(f"{data}: ensemble member {k} saw other crystals than member 0")
     members = np.stack([np.asarray(r.values, dtype=np.float64) for r in results], axis=1)
-    combined = InferenceResult(
-        first.ids,
-        members.mean(axis=1),
-        first.labels,
-        first.skipped,
-        first.task,
-        target=first.target,
-    )
-    combined.std = members.std(axis=1)
+    combined = replace(first, values=members.mean(axis=1), std=members.std(axis=1))
     combined.members = members
     return combined
 
@@ -220,33 +310,44 @@ def ensemble_columns(members: int) -> list[str]:
 def write_predictions_csv(
     result: InferenceResult, path: str | os.PathLike, column: str = "prediction"
 ) -> Path:
-    """Write ``id,<column>`` rows, or for a classifier ``id,predicted_class,probability_class_1``
-    (the class is 1 where its probability is above 0.5); an ensemble's add ``std`` and
-    ``member_0`` ... ``member_<K-1>`` (:func:`ensemble_columns`). Written atomically; an existing file
-    is replaced only if it is an earlier predictions file (see :func:`check_output_file`)."""
+    """Write the predictions file: the columns of :meth:`InferenceResult.columns` (``id``,
+    ``formula``, ``property``, ``prediction`` or a classifier's ``predicted_class`` and
+    ``probability_class_1``, ``unit``, an ensemble's ``std`` and ``member_<k>``, ``true_value``
+    when the input has the target); numbers at float32 precision (the model's), empty for NaN.
+    Written atomically; an existing file is replaced only if it is an earlier predictions file
+    (see :func:`check_output_file`).
+
+    :param column: the name of the prediction column (default ``prediction``).
+    """
     path = Path(path)
     check_output_file(path, "predictions", column)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    values = np.asarray(result.values).ravel()
-    ids = result.ids.tolist()
+    table = result.columns()
+    if column != "prediction" and "prediction" in table:
+        table = {column if k == "prediction" else k: v for k, v in table.items()}
+    numeric = [name for name in table if name not in _TEXT_COLUMNS]
+    for name in numeric:
+        table[name] = [float32_text(v) for v in table[name]]
     with open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
-        if result.task == "classification":
-            header = ["id", "predicted_class", "probability_class_1"]
-            classes = (values > 0.5).astype(int).tolist()
-            rows = list(zip(ids, classes, values.tolist(), strict=True))
-        else:
-            header = ["id", column]
-            rows = list(zip(ids, values.tolist(), strict=True))
-        if result.members is not None and result.std is not None:  # an ensemble's
-            header += ensemble_columns(result.members.shape[1])
-            extra = np.column_stack([result.std, result.members]).tolist()
-            rows = [(*row, *more) for row, more in zip(rows, extra, strict=True)]
-        writer.writerow(header)
-        writer.writerows(rows)
+        writer.writerow(list(table))
+        writer.writerows(zip(*table.values(), strict=True))
     tmp.replace(path)
     return path
+
+
+#: Columns of a predictions file that hold text.
+_TEXT_COLUMNS = frozenset({"id", "formula", "property", "unit", "predicted_class"})
+
+
+def float32_text(value: Any) -> str:
+    """A number as the shortest text that reads back as the same float32 (``""`` for NaN):
+    the precision of a model's output, without float64 noise such as ``0.30000001192092896``."""
+    number = float(value)
+    if math.isnan(number):
+        return ""
+    return repr(float(np.float32(number))) if math.isinf(number) else str(np.float32(number))
 
 
 def write_embeddings_npz(result: InferenceResult, path: str | os.PathLike) -> Path:
@@ -272,8 +373,11 @@ def _is_predictions_csv(path: Path, column: str) -> bool:
     for start in (["id", column], ["id", "predicted_class", "probability_class_1"]):
         rest = header[len(start) :]
         if header[: len(start)] == start and (not rest or rest == ensemble_columns(len(rest) - 1)):
-            return True
-    return False
+            return True  # written by crystaltwins before the formula and unit columns
+    known = _TEXT_COLUMNS | {column, "probability_class_1", "std", "true_value"}
+    return header[:3] == ["id", "formula", "property"] and all(
+        name in known or (name.startswith("member_") and name[7:].isdigit()) for name in header
+    )
 
 
 def _is_embeddings_npz(path: Path) -> bool:

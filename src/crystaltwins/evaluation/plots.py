@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -23,53 +25,157 @@ def _save(fig: plt.Figure, path: str | os.PathLike) -> Path:
     return path
 
 
-def parity_plot(
-    target: np.ndarray, prediction: np.ndarray, path: str | os.PathLike, label: str = "target"
-) -> Path:
-    """Predicted vs true values with the y = x line and the MAE in the title."""
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+def quantity_label(name: str, unit: str = "") -> str:
+    """``"e_form (eV/cell)"``, or just the name when the unit is unknown."""
+    return f"{name} ({unit})" if unit else name
+
+
+def model_label(init: str) -> str:
+    """How a fine-tuned model is named on figures, from its ``init`` (``"scratch"`` or the
+    pre-trained model it started from)."""
+    return "CGCNN from scratch" if init == "scratch" else "CT fine-tuned"
+
+
+def parity_figure(
+    target: np.ndarray,
+    prediction: np.ndarray,
+    label: str = "target",
+    unit: str = "",
+    model: str = "",
+    transform: str = "none",
+) -> plt.Figure:
+    """The figure of :func:`parity_plot` (not saved)."""
+    from crystaltwins.evaluation.tasks import metric_unit
+
+    unit = metric_unit(unit, transform)
+    label = label if transform == "none" else f"{transform} {label}"
+    target = np.asarray(target, dtype=np.float64)
+    prediction = np.asarray(prediction, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(4.8, 4.8))
     ax.scatter(target, prediction, s=6, alpha=0.5, edgecolors="none")
     lo = float(min(np.min(target), np.min(prediction))) if len(target) else 0.0
     hi = float(max(np.max(target), np.max(prediction))) if len(target) else 1.0
     ax.plot([lo, hi], [lo, hi], "k--", lw=1)
-    mae = (
-        float(np.mean(np.abs(np.asarray(prediction) - np.asarray(target))))
-        if len(target)
-        else float("nan")
-    )
-    ax.set_xlabel(f"true {label}")
-    ax.set_ylabel(f"predicted {label}")
-    ax.set_title(f"test set: MAE {mae:.4g} (n = {len(target)})")
-    return _save(fig, path)
+    mae = float(np.mean(np.abs(prediction - target))) if len(target) else float("nan")
+    spread = float(np.sum((target - target.mean()) ** 2)) if len(target) else 0.0
+    r2 = 1.0 - float(np.sum((prediction - target) ** 2)) / spread if spread > 0 else float("nan")
+    ax.set_xlabel(f"true {quantity_label(label, unit)}")
+    ax.set_ylabel(f"predicted {quantity_label(label, unit)}")
+    who = f"{model}, " if model else ""
+    mae_text = f"{mae:.4g} {unit}".rstrip()
+    ax.set_title(f"{who}test set (n = {len(target)})\nMAE {mae_text}, R² {r2:.3f}", fontsize=10)
+    return fig
 
 
-def learning_curves(metrics_csv: str | os.PathLike, path: str | os.PathLike) -> Path | None:
-    """Train and validation loss (and MAE, when logged) per epoch from a run's ``history.csv``."""
+def parity_plot(
+    target: np.ndarray,
+    prediction: np.ndarray,
+    path: str | os.PathLike,
+    label: str = "target",
+    unit: str = "",
+    model: str = "",
+    transform: str = "none",
+) -> Path:
+    """Predicted vs true values ``(N,)`` with the y = x line; the title names ``model`` (e.g.
+    ``"CT fine-tuned"``), the MAE in ``unit`` and R². With a target ``transform`` the values are
+    the transformed ones (``log10``), and so is the unit shown."""
+    return _save(parity_figure(target, prediction, label, unit, model, transform), path)
+
+
+#: How pre-training objectives are named on figures.
+OBJECTIVE_NAMES = {"barlow_twins": "Barlow Twins", "simsiam": "SimSiam"}
+
+#: Legend names of the columns of ``history.csv``.
+CURVE_NAMES = {
+    "train_loss": "training",
+    "val_loss": "validation",
+    "train_mae": "training",
+    "val_mae": "validation",
+}
+
+
+def _history(metrics_csv: Path) -> dict[str, tuple[list[int], list[float]]]:
+    """``column -> (epochs, values)`` of a ``history.csv``; a column logged per step and per
+    epoch (``train_loss_epoch``) counts as its epoch value."""
+    with open(metrics_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    curves: dict[str, tuple[list[int], list[float]]] = {}
+    for column in rows[0] if rows else []:
+        name = column.removesuffix("_epoch")
+        if name not in CURVE_NAMES or (name != column and name in (rows[0] or {})):
+            continue
+        points: dict[int, float] = {}
+        for row in rows:
+            try:
+                points[int(float(row["epoch"]))] = float(row[column])
+            except (KeyError, TypeError, ValueError):
+                continue
+        if points:
+            epochs = sorted(points)
+            curves[name] = (epochs, [points[e] for e in epochs])
+    return curves
+
+
+def learning_curves_figure(
+    metrics_csv: str | os.PathLike,
+    target: str = "",
+    unit: str = "",
+    loss_name: str = "loss",
+    title: str = "",
+    transform: str = "none",
+) -> plt.Figure | None:
+    """The figure of :func:`learning_curves` (not saved); ``None`` without a history."""
+    from matplotlib.ticker import MaxNLocator
+
+    from crystaltwins.evaluation.tasks import metric_unit
+
+    unit = metric_unit(unit, transform)
+    target = target if transform == "none" or not target else f"{transform} {target}"
+
     metrics_csv = Path(metrics_csv)
     if not metrics_csv.exists():
         return None
-    rows = list(csv.DictReader(metrics_csv.open()))
-    columns = [
-        c
-        for c in ("train_loss_epoch", "train_loss", "val_loss", "train_mae", "val_mae")
-        if rows and c in rows[0]
-    ]
-    panels = ["loss"] + (["MAE"] if any(c.endswith("mae") for c in columns) else [])
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
-    axes = axes[0]
-    for column in columns:
-        points = [(int(r["epoch"]), float(r[column])) for r in rows if r.get(column)]
-        if not points:
-            continue
-        epochs, values = zip(*sorted(dict(points).items()), strict=True)
-        ax = axes[1] if column.endswith("mae") else axes[0]
-        ax.plot(epochs, values, marker=".", label=column)
-    for ax, name in zip(axes, panels, strict=True):
+    curves = _history(metrics_csv)
+    panels = [("loss", loss_name)]
+    if any(name.endswith("_mae") for name in curves):
+        panels.append(("mae", f"MAE of {quantity_label(target, unit)}" if target else "MAE"))
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(5.0 * len(panels), 3.8), squeeze=False, layout="constrained"
+    )
+    for ax, (kind, ylabel) in zip(axes[0], panels, strict=True):
+        for name, (epochs, values) in curves.items():
+            if name.endswith(f"_{kind}"):
+                ax.plot(
+                    epochs,
+                    values,
+                    marker="." if len(epochs) < 40 else None,
+                    label=CURVE_NAMES[name],
+                )
         ax.set_xlabel("epoch")
-        ax.set_ylabel(name)
+        ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=8))
+        ax.grid(alpha=0.3)
         if ax.lines:
-            ax.legend()
-    return _save(fig, path)
+            ax.legend(frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def learning_curves(
+    metrics_csv: str | os.PathLike,
+    path: str | os.PathLike,
+    target: str = "",
+    unit: str = "",
+    loss_name: str = "loss",
+    title: str = "",
+    transform: str = "none",
+) -> Path | None:
+    """Training and validation loss per epoch from a run's ``history.csv`` (fine-tuning or
+    pre-training), and the MAE of ``target`` in ``unit`` when it was logged; ``None`` when the
+    run has no history."""
+    fig = learning_curves_figure(metrics_csv, target, unit, loss_name, title, transform)
+    return None if fig is None else _save(fig, path)
 
 
 def check_map_output(path: str | os.PathLike) -> None:
@@ -94,20 +200,34 @@ def check_map_output(path: str | os.PathLike) -> None:
         )
 
 
-def reduce_2d(vectors: np.ndarray, method: str = "tsne", seed: int = 0) -> np.ndarray:
-    """``(N, D)`` embeddings → ``(N, 2)`` with t-SNE, UMAP or PCA."""
+@dataclass
+class Projection:
+    """2-D coordinates ``(N, 2)`` of embeddings and the names of their two axes."""
+
+    coordinates: np.ndarray
+    axis_labels: tuple[str, str] = ("component 1", "component 2")
+
+
+def project_2d(vectors: np.ndarray, method: str = "tsne", seed: int = 0) -> Projection:
+    """``(N, D)`` embeddings → :class:`Projection` with t-SNE, UMAP or PCA; PCA's axes give the
+    fraction of the variance each explains."""
     vectors = np.asarray(vectors, dtype=np.float64)
     if method == "pca":
         from sklearn.decomposition import PCA
 
-        return PCA(n_components=2, random_state=seed).fit_transform(vectors)
+        pca = PCA(n_components=2, random_state=seed)
+        coordinates = pca.fit_transform(vectors)
+        ratios = np.nan_to_num(pca.explained_variance_ratio_)
+        labels = tuple(f"PC{k + 1} ({100 * r:.1f}% of variance)" for k, r in enumerate(ratios))
+        return Projection(coordinates, labels)  # type: ignore[arg-type]
     if method == "tsne":
         from sklearn.manifold import TSNE
 
         perplexity = float(min(30.0, max(2.0, (len(vectors) - 1) / 3)))
-        return TSNE(
+        coordinates = TSNE(
             n_components=2, perplexity=perplexity, init="pca", random_state=seed
         ).fit_transform(vectors)
+        return Projection(coordinates, ("t-SNE 1", "t-SNE 2"))
     if method == "umap":
         try:
             import umap
@@ -115,8 +235,23 @@ def reduce_2d(vectors: np.ndarray, method: str = "tsne", seed: int = 0) -> np.nd
             raise ImportError(
                 "UMAP needs the umap-learn package: pip install 'crystaltwins[umap]'"
             ) from error
-        return umap.UMAP(n_components=2, random_state=seed).fit_transform(vectors)
+        coordinates = umap.UMAP(n_components=2, random_state=seed).fit_transform(vectors)
+        return Projection(coordinates, ("UMAP 1", "UMAP 2"))
     raise ValueError(f"unknown method {method!r}; choose tsne, umap or pca")
+
+
+def reduce_2d(vectors: np.ndarray, method: str = "tsne", seed: int = 0) -> np.ndarray:
+    """``(N, D)`` embeddings → ``(N, 2)`` with t-SNE, UMAP or PCA (see :func:`project_2d`)."""
+    return project_2d(vectors, method, seed).coordinates
+
+
+def colorable(color: np.ndarray | None, log_color: bool = False) -> np.ndarray | None:
+    """Which crystals ``(N,)`` can be coloured: a finite value, positive on a log scale."""
+    if color is None:
+        return None
+    color = np.asarray(color, dtype=np.float64)
+    usable = np.isfinite(color)
+    return usable & (color > 0) if log_color else usable
 
 
 def embedding_map(
@@ -126,22 +261,46 @@ def embedding_map(
     color_label: str = "",
     title: str = "",
     ax: plt.Axes | None = None,
+    axis_labels: tuple[str, str] = ("component 1", "component 2"),
+    log_color: bool = False,
 ) -> Path | None:
-    """Scatter of 2-D coordinates coloured by a property, with a colour bar."""
+    """Scatter of 2-D coordinates ``(N, 2)`` coloured by a property ``(N,)``, with a colour bar
+    named ``color_label``; crystals without a usable value (NaN, or ≤ 0 on a log scale) are
+    drawn in grey beneath, with their count in the legend."""
+    from matplotlib.colors import LogNorm
+
     own = ax is None
     if own:
-        fig, ax = plt.subplots(figsize=(5.5, 4.5))
+        fig, ax = plt.subplots(figsize=(5.8, 4.6))
     else:
         fig = ax.figure
-    if color is not None and np.isfinite(color).any():
+    usable = colorable(color, log_color)
+    if usable is not None and usable.any():
+        missing = ~usable
+        if missing.any():
+            ax.scatter(
+                coordinates[missing, 0],
+                coordinates[missing, 1],
+                s=5,
+                c="lightgrey",
+                edgecolors="none",
+                label=f"no value ({int(missing.sum())})",
+            )
+            ax.legend(loc="best", frameon=False, fontsize=8)
         points = ax.scatter(
-            coordinates[:, 0], coordinates[:, 1], c=color, s=6, cmap="viridis", edgecolors="none"
+            coordinates[usable, 0],
+            coordinates[usable, 1],
+            c=np.asarray(color, dtype=np.float64)[usable],
+            s=6,
+            cmap="viridis",
+            edgecolors="none",
+            norm=LogNorm() if log_color else None,
         )
-        fig.colorbar(points, ax=ax, label=color_label)
+        fig.colorbar(points, ax=ax, label=color_label + (" (log scale)" if log_color else ""))
     else:
         ax.scatter(coordinates[:, 0], coordinates[:, 1], s=6, edgecolors="none")
-    ax.set_xlabel("component 1")
-    ax.set_ylabel("component 2")
+    ax.set_xlabel(axis_labels[0])
+    ax.set_ylabel(axis_labels[1])
     ax.set_title(title)
     return _save(fig, path) if own else None
 
@@ -157,3 +316,75 @@ def side_by_side_maps(
     for ax, (title, coordinates) in zip(np.atleast_1d(axes), panels, strict=True):
         embedding_map(coordinates, color, path, color_label, title, ax=ax)
     return _save(fig, path)
+
+
+@dataclass
+class MapSummary:
+    """What :func:`draw_map` drew: the image, the table of coordinates, the colouring."""
+
+    image: Path
+    table: Path
+    crystals: int
+    color_name: str | None
+    #: crystals drawn in grey: no value of ``color_name`` (NaN), or none a log scale can show
+    uncoloured: int
+    seconds: float
+
+    def lines(self) -> list[str]:
+        """What the CLI prints."""
+        lines = [f"{self.image} and {self.table} ({self.crystals} crystals, {self.seconds:.1f} s)"]
+        if self.uncoloured:
+            lines.append(
+                f"{self.uncoloured} of {self.crystals} crystals have no usable value of "
+                f"{self.color_name!r} and were left out of the colouring (drawn in grey)"
+            )
+        return lines
+
+
+def draw_map(
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    labels: dict[str, np.ndarray],
+    out: str | os.PathLike,
+    method: str = "tsne",
+    color: str | None = None,
+    seed: int = 0,
+    log_color: bool = False,
+    units: dict[str, str] | None = None,
+) -> MapSummary:
+    """A 2-D map of embeddings ``(N, D)`` coloured by the label ``color`` (default: the first
+    label), saved to ``out`` and its coordinates to ``out`` with ``.csv`` (``id,x,y,<color>``).
+
+    :param units: known units of labels, for the colour bar.
+    :raises ValueError: an unknown label, or an output that is not an earlier map.
+    """
+    check_map_output(out)
+    color_name = color or (next(iter(labels)) if labels else None)
+    if color_name is not None and color_name not in labels:
+        raise ValueError(f"no label {color_name!r}; available: {sorted(labels)}")
+    values = np.asarray(labels[color_name], dtype=np.float64) if color_name else None
+    started = time.time()
+    projection = project_2d(vectors, method, seed)
+    image = Path(out)
+    usable = colorable(values, log_color)
+    unit = (units or {}).get(color_name or "", "")
+    embedding_map(
+        projection.coordinates,
+        values,
+        image,
+        quantity_label(color_name or "", unit),
+        f"{method.upper()} of {len(ids)} crystal embeddings",
+        axis_labels=projection.axis_labels,
+        log_color=log_color,
+    )
+    table = image.with_suffix(".csv")
+    tmp = table.with_name(f".{table.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "x", "y", *([color_name] if color_name else [])])
+        for k in range(len(ids)):
+            extra = [] if values is None else ["" if np.isnan(values[k]) else values[k]]
+            writer.writerow([ids[k], *projection.coordinates[k].tolist(), *extra])
+    tmp.replace(table)
+    uncoloured = 0 if usable is None else int((~usable).sum())
+    return MapSummary(image, table, len(ids), color_name, uncoloured, time.time() - started)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -114,3 +116,55 @@ PAPER_TASKS = [
     "mp_formation_energy",
     "mp_band_gap",
 ]
+
+
+def _file_name(data: Any) -> str:
+    """The file name of a data source, without compression suffixes kept apart."""
+    return Path(str(data)).name if data is not None else ""
+
+
+def known_task(data: Any, target: str) -> BenchmarkTask | None:
+    """The benchmark task whose file is ``data`` (matched by file name) and whose target is
+    ``target``, or ``None``."""
+    name = _file_name(data)
+    for task in TASKS.values():
+        if task.file == name and task.target == target:
+            return task
+    return None
+
+
+def known_unit(data: Any, target: str) -> str:
+    """The unit of the values of ``target`` in the shared data file ``data`` (matched by file
+    name), ``""`` if unknown: ``G_VRH`` is in GPa, even though its task's metrics are on
+    ``log10(GPa)``."""
+    task = known_task(data, target)
+    return value_unit(task.unit) if task is not None else ""
+
+
+def value_unit(unit: str) -> str:
+    """The unit of a target's own values: ``"log10(GPa)"`` → ``"GPa"``; others unchanged."""
+    for name in TRANSFORM_NAMES:
+        if unit.startswith(f"{name}(") and unit.endswith(")"):
+            return unit[len(name) + 1 : -1]
+    return unit
+
+
+def metric_unit(unit: str, transform: str = "none") -> str:
+    """The unit of a target after ``transform``: ``("GPa", "log10")`` → ``"log10(GPa)"``
+    (a unit already written so is kept); ``""`` stays ``""``."""
+    if not unit or transform == "none":
+        return unit
+    return f"{transform}({value_unit(unit)})"
+
+
+#: Target transforms whose name may wrap a unit.
+TRANSFORM_NAMES = ("log10",)
+
+
+def with_known_unit(config: Any) -> Any:
+    """A fine-tuning config (with ``data``, ``target``, ``unit``) whose empty ``unit`` is filled
+    from :func:`known_unit`; the config itself when its unit is given or unknown."""
+    if getattr(config, "unit", "") or not getattr(config, "target", None):
+        return config
+    unit = known_unit(config.data, config.target)
+    return replace(config, unit=unit) if unit else config

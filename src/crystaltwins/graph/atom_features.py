@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -54,6 +55,7 @@ __all__ = [
     "AtomFeaturizer",
     "builtin_properties",
     "default_featurizer",
+    "featurizer_for",
 ]
 
 BUILTIN_NAME = "builtin-cgcnn-v1"
@@ -387,3 +389,15 @@ def default_featurizer(source_dir: Path | None) -> AtomFeaturizer:
         if path.is_file():
             return AtomFeaturizer.from_json(path)
     return AtomFeaturizer.builtin()
+
+
+def featurizer_for(
+    source: str | os.PathLike | None, atom_init: str | os.PathLike | None = None
+) -> AtomFeaturizer:
+    """The element features of a run on ``source``, by one rule: ``atom_init`` when given,
+    else the ``atom_init.json`` of a CGCNN folder ``source``, else :meth:`AtomFeaturizer.builtin`.
+    (A pre-trained model brings its own: the model layer applies that rule first.)"""
+    if atom_init:
+        return AtomFeaturizer.from_json(atom_init)
+    folder = Path(source) if source is not None and Path(source).is_dir() else None
+    return default_featurizer(folder)

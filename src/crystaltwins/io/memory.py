@@ -36,14 +36,11 @@ def _is_crystal(obj: Any) -> bool:
 def _cif(obj: Any) -> str:
     if isinstance(obj, str):
         return obj  # a DataFrame's CIF text
-    from pymatgen.io.ase import AseAtomsAdaptor
     from pymatgen.io.cif import CifWriter
 
-    structure = obj if not hasattr(obj, "get_positions") else None
-    if structure is None:
-        if not obj.cell.rank == 3:
-            raise CrystalInputError("Atoms", "an ASE Atoms without a full cell is not a crystal")
-        structure = AseAtomsAdaptor.get_structure(obj)
+    from crystaltwins.io.readers import atoms_to_structure
+
+    structure = obj if not hasattr(obj, "get_positions") else atoms_to_structure(obj, "Atoms")
     return str(CifWriter(structure, significant_figures=12))
 
 

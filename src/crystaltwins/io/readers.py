@@ -128,6 +128,7 @@ def iter_entries(
     targets: Sequence[str] | None = None,
     *,
     cif_column: str | None = None,
+    id_key: str | None = None,
 ) -> Iterator[RawEntry]:
     """Yield one :class:`RawEntry` per crystal of ``source`` (layout detected from the path).
 
@@ -141,6 +142,10 @@ def iter_entries(
         a number get :attr:`RawEntry.error` set (they are still yielded, in order).
     :param cif_column: name of the structure column of a CSV file (default: ``cif`` or
         ``structure``).
+    :param id_key: for a single structure file (extxyz, ASE database, ...): the ``Atoms.info``
+        (or key-value) entry holding each frame's id. By default a file of several frames takes
+        its ids from the first of ``id``, ``material_id``, ``mp_id``, ``mpid``, ``jid``, ``name``
+        that every frame has with no value repeated, else ``<stem>:<frame>``.
     :raises CrystalInputError: (when iteration starts) for a missing path, an unknown file format,
         an empty CSV file, a CSV file without CIF column, a folder without structure files, or a
         target that is not a column of the source; the message names the path and lists the
@@ -155,7 +160,7 @@ def iter_entries(
     elif _is_csv(path):
         entries = _iter_csv(path, targets, cif_column)
     else:
-        entries = _iter_structure_file(path, targets)
+        entries = _iter_structure_file(path, targets, id_key)
     first_seen: dict[str, str] = {}
     for entry in entries:
         where = first_seen.setdefault(entry.id, entry.source)
@@ -659,13 +664,18 @@ def _frame_entries(
     frames: Sequence[tuple[int, dict[str, float], dict[str, str]]],
     targets: list[str],
     kind: str,
+    id_key: str | None = None,
 ) -> Iterator[RawEntry]:
-    """Entries of the frames of one file: ``(frame, labels, metadata)`` each."""
+    """Entries of the frames of one file: ``(frame, labels, metadata)`` each.
+
+    Their ids: the file's stem for a single frame, else ``<stem>:<frame>``, unless the frames
+    carry their own ids (see :func:`_frame_ids`)."""
     available = sorted({k for _, labels, _ in frames for k in labels})
     _check_targets(path, targets, available)
     single = len(frames) == 1
     stem = _file_id(path)
-    for frame, labels, metadata in frames:
+    own_ids = _frame_ids(path, frames, id_key, automatic=not single)
+    for k, (frame, labels, metadata) in enumerate(frames):
         error = None
         for t in targets:
             if t not in labels or math.isnan(labels[t]):
@@ -675,7 +685,7 @@ def _frame_entries(
                 error = f"label '{t}' is not a finite number: {labels[t]!r}"
                 break
         yield RawEntry(
-            id=stem if single else f"{stem}:{frame}",
+            id=own_ids[k] if own_ids else stem if single else f"{stem}:{frame}",
             source=str(path) if single else f"{path}:{kind} {frame}",
             payload=str(path),
             fmt=fmt,
@@ -686,7 +696,50 @@ def _frame_entries(
         )
 
 
-def _iter_structure_file(path: Path, targets: list[str]) -> Iterator[RawEntry]:
+def _frame_value(labels: Mapping[str, float], metadata: Mapping[str, str], key: str) -> str:
+    """The text of ``key`` (case-insensitive) in a frame's ``info``: a string, or an integer
+    number; ``""`` when absent."""
+    for table in (metadata, labels):
+        for name, value in table.items():
+            if name.lower() != key.lower():
+                continue
+            if isinstance(value, str):
+                return value.strip()
+            if isinstance(value, float) and value.is_integer():
+                return str(int(value))
+    return ""
+
+
+def _frame_ids(
+    path: Path,
+    frames: Sequence[tuple[int, dict[str, float], dict[str, str]]],
+    id_key: str | None,
+    automatic: bool,
+) -> list[str] | None:
+    """The ids the frames of a file carry in their ASE ``info`` (or database key-value pairs):
+    under ``id_key`` when given (every frame must have one), else, for a file of several frames
+    (``automatic``), under the first of :data:`ID_COLUMN_NAMES` that every frame has, with no
+    value repeated. ``None``: use positions (``<stem>:<frame>``)."""
+    if id_key is not None:
+        ids = [_frame_value(labels, metadata, id_key) for _, labels, metadata in frames]
+        missing = [frame for (frame, _, _), i in zip(frames, ids, strict=True) if not i]
+        if missing:
+            raise CrystalInputError(
+                str(path), f"no {id_key!r} in the info of frame {missing[0]} (id_key={id_key!r})"
+            )
+        return ids
+    if not automatic:
+        return None
+    for key in ID_COLUMN_NAMES:
+        ids = [_frame_value(labels, metadata, key) for _, labels, metadata in frames]
+        if all(ids) and len(set(ids)) == len(ids):
+            return ids
+    return None
+
+
+def _iter_structure_file(
+    path: Path, targets: list[str], id_key: str | None = None
+) -> Iterator[RawEntry]:
     fmt = _file_format(path)
     if fmt == "ase-file" and path.suffix.lower() == ".json":
         kind = _json_kind(path)
@@ -725,7 +778,7 @@ def _iter_structure_file(path: Path, targets: list[str]) -> Iterator[RawEntry]:
             raise CrystalInputError(str(path), f"unreadable ASE database: {_short(exc)}") from exc
         if not rows:
             raise CrystalInputError(str(path), "empty ASE database (no rows)")
-        yield from _frame_entries(path, fmt, rows, targets, "row")
+        yield from _frame_entries(path, fmt, rows, targets, "row", id_key)
         return
 
     import ase.io
@@ -754,7 +807,7 @@ def _iter_structure_file(path: Path, targets: list[str]) -> Iterator[RawEntry]:
     if not images:
         raise CrystalInputError(str(path), "no structure in the file")
     frames = [(k, *_atoms_labels(atoms)) for k, atoms in enumerate(images)]
-    yield from _frame_entries(path, fmt, frames, targets, "frame")
+    yield from _frame_entries(path, fmt, frames, targets, "frame", id_key)
 
 
 # --------------------------------------------------------------------------------------------
@@ -882,7 +935,7 @@ def _load_structure(entry: RawEntry) -> Structure:
             atoms = rows[0].toatoms()
         else:
             atoms = database.get(id=entry.frame).toatoms()
-        return _atoms_to_structure(atoms, entry.source)
+        return atoms_to_structure(atoms, entry.source)
     if fmt == "ase-file":
         if path.suffix.lower() == ".json":
             data = json.loads(_read_text(path))
@@ -891,7 +944,7 @@ def _load_structure(entry: RawEntry) -> Structure:
         import ase.io
 
         if entry.frame is not None:
-            return _atoms_to_structure(ase.io.read(str(path), index=entry.frame), entry.source)
+            return atoms_to_structure(ase.io.read(str(path), index=entry.frame), entry.source)
         images = ase.io.read(str(path), index=":")
         images = images if isinstance(images, list) else [images]
         if len(images) != 1:
@@ -900,7 +953,7 @@ def _load_structure(entry: RawEntry) -> Structure:
                 f"{len(images)} frames in one file of a folder: read the file on its own to get "
                 "one entry per frame",
             )
-        return _atoms_to_structure(images[0], entry.source)
+        return atoms_to_structure(images[0], entry.source)
     raise CrystalInputError(entry.source, f"unknown entry format {fmt!r}")
 
 
@@ -915,28 +968,49 @@ def _structure_from_dict(data: Any, source: str) -> Structure:
 _warned_non_periodic = False
 
 
-def _warn_non_periodic_once(source: str, pbc: list[bool]) -> None:
-    """Say once per process that ASE ``pbc`` flags are overridden (datasets of clusters in a box
-    would otherwise warn on every structure)."""
+def image_gap(atoms: Any) -> float:
+    """Shortest distance (Å) between the atoms of an ASE ``Atoms`` and their periodic images
+    across the directions its ``pbc`` flags mark as not periodic: the vacuum its cell leaves
+    around it there (negative: the atoms stick out of the cell); ``inf`` if all are periodic."""
+    cell = np.asarray(atoms.cell.array, dtype=np.float64)
+    volume = abs(float(np.linalg.det(cell)))
+    fractions = np.linalg.solve(cell.T, np.asarray(atoms.positions, dtype=np.float64).T).T
+    gaps = []
+    for axis in np.flatnonzero(~np.asarray(atoms.pbc, dtype=bool)):
+        others = [a for a in range(3) if a != axis]
+        height = volume / float(np.linalg.norm(np.cross(cell[others[0]], cell[others[1]])))
+        span = float(np.ptp(fractions[:, axis])) if len(fractions) else 0.0
+        gaps.append((1.0 - span) * height)
+    return min(gaps) if gaps else math.inf
+
+
+def _warn_non_periodic_once(source: str, atoms: Any) -> None:
+    """Say once per process that ASE ``pbc`` flags are overridden, and how far the structure
+    is from its periodic images (datasets of clusters in a box would otherwise warn on every
+    structure)."""
     global _warned_non_periodic
     if _warned_non_periodic:
         return
     _warned_non_periodic = True
     warnings.warn(
-        f"{source}: ASE Atoms with pbc={pbc} are treated as periodic in all three directions of "
-        "their cell (crystal graphs use periodic images); this applies to every such structure "
-        "read in this process",
+        f"{source}: ASE Atoms with pbc={atoms.pbc.tolist()} (not periodic) are treated as "
+        f"periodic in their cell ({' x '.join(f'{x:.3g}' for x in atoms.cell.lengths())} Å): "
+        f"their periodic images are {image_gap(atoms):.3g} Å away, and atoms within the "
+        "neighbour radius of an image get it as a neighbour. For an isolated molecule or "
+        "cluster, give it more vacuum than the radius (e.g. atoms.center(vacuum=...) in ASE). "
+        "This applies to every such structure read in this process.",
         UserWarning,
         stacklevel=3,
     )
 
 
-def _atoms_to_structure(atoms: Any, source: str) -> Structure:
+def atoms_to_structure(atoms: Any, source: str) -> Structure:
     """An ASE ``Atoms`` as a periodic pymatgen ``Structure`` (via ``AseAtomsAdaptor``).
 
     Atoms with a full cell (three non-coplanar lattice vectors) are taken as periodic in all
     three directions, whatever their ``pbc`` flags (e.g. a cluster in a 20 Å box); the first
-    such structure of a process gives a :class:`UserWarning`.
+    such structure of a process gives a :class:`UserWarning` saying how far its periodic
+    images are (:func:`image_gap`).
     """
     from ase import Atoms
     from pymatgen.io.ase import AseAtomsAdaptor
@@ -953,7 +1027,7 @@ def _atoms_to_structure(atoms: Any, source: str) -> Structure:
             f"{atoms.pbc.tolist()}): a crystal needs three lattice vectors",
         )
     if not atoms.pbc.all():
-        _warn_non_periodic_once(source, atoms.pbc.tolist())
+        _warn_non_periodic_once(source, atoms)
     atoms = atoms.copy()  # drops the calculator; keeps arrays (tags, magmoms, ...)
     atoms.pbc = True
     with warnings.catch_warnings():
@@ -1067,7 +1141,7 @@ def _to_structure(item: Any, source: str) -> Structure:
     except ImportError:  # pragma: no cover - ase is a dependency
         Atoms = ()  # type: ignore[assignment,misc]  # noqa: N806
     if isinstance(item, Atoms):
-        return _atoms_to_structure(item, source)
+        return atoms_to_structure(item, source)
     raise CrystalInputError(
         source, f"expected a pymatgen Structure or an ASE Atoms, got {type(item).__name__}"
     )

@@ -6,9 +6,17 @@ returns a scalar loss. An objective whose class sets ``uses_predictor = True`` (
 ``forward(z_a, z_b, p_a, p_b)`` with the predictions of the model's predictor head, which the
 pre-training module owns and saves with the model.
 
-Adding an objective (VICReg, NT-Xent, ...) is one new module with such a class and one entry in
-:data:`OBJECTIVES` (or a call to :func:`register_objective`); nothing else changes. Its
-constructor's keyword arguments are its settings (:func:`build_objective`).
+An *atom-level* objective (class attribute ``uses_atoms = True``: masked-element prediction,
+distance denoising) is called once per view as ``forward(atom_embeddings, view, head)`` with the
+encoder's atom embeddings ``(n_atoms, A)`` of the view, the view itself
+(:class:`~crystaltwins.data.batch.CrystalGraphBatch`) and its head, which the objective makes
+(``make_head(atom_dim, num_elements, radius)``) and the pre-training module owns;
+``needs_augmentation`` names the augmentations (any one) its views need.
+
+Adding an objective is one new module with such a class and one entry in :data:`OBJECTIVES` (or
+a call to :func:`register_objective`); nothing else changes. Its constructor's keyword arguments
+are its settings (:func:`build_objective`). Objectives are summed with weights by
+:mod:`crystaltwins.training.objectives` (``--objective barlow_twins+denoise``).
 """
 
 from __future__ import annotations
@@ -19,12 +27,20 @@ from typing import Any
 from torch import nn
 
 from crystaltwins.losses.barlow_twins import BarlowTwinsLoss, gather_from_all_ranks, standardize
+from crystaltwins.losses.denoising import DistanceDenoisingLoss
+from crystaltwins.losses.masked_element import MaskedElementLoss
+from crystaltwins.losses.nt_xent import NTXentLoss
 from crystaltwins.losses.simsiam import SimSiamLoss
+from crystaltwins.losses.vicreg import VICRegLoss
 
 #: Objective name → class.
 OBJECTIVES: dict[str, type[nn.Module]] = {
     "barlow_twins": BarlowTwinsLoss,
     "simsiam": SimSiamLoss,
+    "vicreg": VICRegLoss,
+    "nt_xent": NTXentLoss,
+    "masked_element": MaskedElementLoss,
+    "denoise": DistanceDenoisingLoss,
 }
 
 
@@ -75,7 +91,11 @@ def build_objective(name: str, **settings: Any) -> nn.Module:
 __all__ = [
     "OBJECTIVES",
     "BarlowTwinsLoss",
+    "DistanceDenoisingLoss",
+    "MaskedElementLoss",
+    "NTXentLoss",
     "SimSiamLoss",
+    "VICRegLoss",
     "build_objective",
     "gather_from_all_ranks",
     "objective_class",

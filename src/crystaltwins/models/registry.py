@@ -33,10 +33,18 @@ import torch
 from torch import nn
 
 from crystaltwins.models.cgcnn import CGCNNEncoder
+from crystaltwins.models.gatgnn import GATGNNEncoder
+from crystaltwins.models.gin import GINEncoder
 from crystaltwins.models.heads import ProjectionHead, PropertyHead, SimSiamPredictor
+from crystaltwins.models.ogcnn import OGCNNEncoder
 
 #: Encoder name → class.
-ENCODERS: dict[str, type[nn.Module]] = {"cgcnn": CGCNNEncoder}
+ENCODERS: dict[str, type[nn.Module]] = {
+    "cgcnn": CGCNNEncoder,
+    "gin": GINEncoder,
+    "gatgnn": GATGNNEncoder,
+    "ogcnn": OGCNNEncoder,
+}
 #: Head name → class.
 HEADS: dict[str, type[nn.Module]] = {
     "projection": ProjectionHead,

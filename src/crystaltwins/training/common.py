@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,28 +20,45 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, Timer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from crystaltwins.graph.settings import GraphSettings
+from crystaltwins.training.configs import RunOptions
 
-@dataclass(kw_only=True)
-class RunOptions:
-    """Settings shared by pre-training and fine-tuning: encoder (a name registered in
-    :data:`~crystaltwins.models.registry.ENCODERS`) and its size, element features, where
-    caches live, and how the run executes (keyword-only)."""
 
-    encoder: str = "cgcnn"
-    atom_fea_len: int = 64
-    n_conv: int = 3
-    h_fea_len: int = 128
-    atom_init: str | None = None
-    cache_root: str | None = None
-    cif_column: str | None = None
-    featurize_workers: int = 1
-    loader_workers: int = 0
-    accelerator: str = "auto"
-    devices: str = "auto"
-    precision: str | None = None
-    resume: bool = False
-    overwrite: bool = False
-    progress: bool = True
+def cache_graph_settings(source: str | os.PathLike) -> GraphSettings | None:
+    """The graph settings a graph cache folder ``source`` was built with (``None`` when
+    ``source`` is not a graph cache): a run on a cache takes its settings unless told others."""
+    manifest = Path(source) / "manifest.json"
+    if not (Path(source).is_dir() and manifest.is_file()):
+        return None
+    try:
+        key = json.loads(manifest.read_text())["key"]["graph_settings"]
+    except (ValueError, KeyError, TypeError):
+        return None  # opening it says what is wrong
+    return GraphSettings.from_dict(key)
+
+
+def run_graph_settings(
+    config: RunOptions,
+    source: str | os.PathLike,
+    model: GraphSettings | None = None,
+    **more: Any,
+) -> GraphSettings:
+    """The graph settings of a run: a pre-trained ``model``'s (asking for other ``radius`` /
+    ``max_neighbors`` is an error: the encoder was trained on those graphs), else those asked
+    for, completed by the graph cache ``source``'s own, else the defaults.
+
+    :param more: further :class:`GraphSettings` fields (e.g. ``perturbation_margin``).
+    :raises ValueError: a model with other settings than those asked for."""
+    if model is not None:
+        conflicts = config.graph_conflicts(model)
+        if conflicts:
+            raise ValueError(
+                f"the pre-trained model brings its own graph settings; asked for "
+                f"{', '.join(conflicts)}: leave --radius / --max-neighbors out, or train from "
+                "scratch"
+            )
+        return GraphSettings(**{**dataclasses.asdict(model), **more})
+    return config.graph_settings(cache_graph_settings(source), **more)
 
 
 def is_main_process() -> bool:

@@ -25,38 +25,25 @@ number of epochs) and continues the others.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
-import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import yaml
 
-from crystaltwins.evaluation.metrics import (
-    classification_metrics,
-    metrics_json,
-    regression_metrics,
-)
-from crystaltwins.models.checkpoint import EnsembleBundle, load_model, save_ensemble
-from crystaltwins.models.targets import TRANSFORMS
 from crystaltwins.training.common import is_main_process, main_print, write_config
-from crystaltwins.training.finetune import (
-    MEMBER_PREDICTIONS,
-    FinetuneConfig,
-    _finetune_in_claimed_folder,
-    _write_predictions,
-    split_seed,
-)
-from crystaltwins.training.run_folder import claimed_run_folder
+from crystaltwins.training.configs import FinetuneConfig
+from crystaltwins.training.run_folder import claimed_folder_of, claimed_run_folder
 
 #: The folder of an ensemble's members, in its run folder.
 MEMBERS = "members"
 #: Population standard deviation of the members' predictions.
 STD_DDOF = 0
-_SPLITS = ("train", "val", "test")
+#: What an ensemble member writes besides a run's files: its predictions of every split.
+MEMBER_PREDICTIONS = "member_predictions.npz"
 
 
 def member_config(config: FinetuneConfig, k: int) -> FinetuneConfig:
@@ -65,7 +52,7 @@ def member_config(config: FinetuneConfig, k: int) -> FinetuneConfig:
         config,
         out=str(Path(config.out) / MEMBERS / str(k)),
         seed=config.seed + k,
-        split_seed=split_seed(config),
+        split_seed=config.split_seed_value,
         ensemble=1,
         plots=False,
         overwrite=False,
@@ -84,25 +71,31 @@ def _finished(member: FinetuneConfig) -> bool:
     return isinstance(stored, dict) and stored.get("epochs") == member.epochs
 
 
-def finetune_ensemble(
-    config: FinetuneConfig, callbacks: list[L.Callback] | None = None
-) -> dict[str, Any]:
-    """Train (or finish) the members of ``config`` (its run folder claimed), then combine them;
-    returns the metrics written to ``RUN_DIR/metrics.json``."""
-    out = Path(config.out)
-    write_config(out, config)
-    members = [member_config(config, k) for k in range(config.ensemble)]
-    if config.members_together:  # one process, one loop, stacked weights
-        from crystaltwins.training.members import finetune_together
+def train_members(
+    config: FinetuneConfig,
+    run_member: Callable[[FinetuneConfig, list[L.Callback] | None], Any],
+    callbacks: list[L.Callback] | None = None,
+    run_together: Callable[[list[FinetuneConfig]], Any] | None = None,
+) -> list[Path]:
+    """Train (or finish) the members of ``config`` (its run folder claimed), each by
+    ``run_member(member_config, callbacks)`` in its own claimed folder (a run that trains and
+    writes its results: :func:`crystaltwins.evaluation.runs.finetune_in_claimed_folder`);
+    returns the members' folders (combined by :func:`crystaltwins.evaluation.report.combine_members`).
 
+    :param run_together: with ``config.members_together``: runs the unfinished members at once,
+        their folders claimed (:func:`crystaltwins.evaluation.runs.finetune_together`)."""
+    write_config(Path(config.out), config)
+    members = [member_config(config, k) for k in range(config.ensemble)]
+    if config.members_together and run_together is not None:
         pending = [m for m in members if not _finished(m)]
         main_print(f"ensemble: {len(pending)} of {len(members)} members trained together")
         if pending:
-            finetune_together(pending, member=True)
-        members_left: list[FinetuneConfig] = []
-    else:
-        members_left = members
-    for k, member in enumerate(members_left):
+            with contextlib.ExitStack() as claimed:
+                for member in pending:
+                    claimed.enter_context(claimed_folder_of(member, is_main_process()))
+                run_together(pending)
+        return [Path(m.out) for m in members]
+    for k, member in enumerate(members):
         where = f"ensemble member {k + 1}/{config.ensemble} (seed {member.seed}, {member.out})"
         if _finished(member):
             main_print(f"{where}: finished earlier, kept")
@@ -111,110 +104,5 @@ def finetune_ensemble(
         with claimed_run_folder(
             member.out, member, resume=member.resume, main_process=is_main_process()
         ):
-            _finetune_in_claimed_folder(member, callbacks, member=True)
-    if not is_main_process():
-        return {}
-    return combine_members(config, [Path(m.out) for m in members])
-
-
-def _load_predictions(folder: Path) -> dict[str, np.ndarray]:
-    with np.load(folder / MEMBER_PREDICTIONS, allow_pickle=False) as data:
-        return {name: data[name] for name in data.files}
-
-
-def calibration(target: np.ndarray, mean: np.ndarray, std: np.ndarray) -> dict[str, float]:
-    """How well the spread ``std`` of an ensemble describes the errors of its ``mean``:
-    the fraction of errors within 1 and 2 std, and the Spearman correlation of |error| and std
-    (``nan`` when either is constant)."""
-    from scipy.stats import spearmanr
-
-    error = np.abs(np.asarray(mean, np.float64) - np.asarray(target, np.float64))
-    std = np.asarray(std, np.float64)
-    if len(error) > 1 and np.ptp(error) > 0 and np.ptp(std) > 0:
-        rho = float(spearmanr(error, std).statistic)
-    else:
-        rho = float("nan")
-    return {
-        "within_1_std": float(np.mean(error <= std)) if len(error) else float("nan"),
-        "within_2_std": float(np.mean(error <= 2 * std)) if len(error) else float("nan"),
-        "spearman_abs_error_std": rho,
-    }
-
-
-def combine_members(config: FinetuneConfig, folders: list[Path]) -> dict[str, Any]:
-    """Write the ensemble's ``test_predictions.csv``, ``metrics.json`` and ``model.pt`` from its
-    finished members' folders; returns the metrics."""
-    out = Path(config.out)
-    member_metrics = [json.loads((f / "metrics.json").read_text()) for f in folders]
-    parts = [_load_predictions(f) for f in folders]
-    first = member_metrics[0]
-    classifier = config.task == "classification"
-    forward = TRANSFORMS[config.target_transform][0]
-    metrics: dict[str, Any] = {k: first[k] for k in ("target", "unit", "task", "init", "crystals")}
-    metrics["epochs_run"] = max(int(m["epochs_run"]) for m in member_metrics)
-    metrics["best_epoch"] = None  # each member has its own: members/<k>/metrics.json
-    metrics["seconds"] = float(sum(m["seconds"] for m in member_metrics))
-    combined: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for name in _SPLITS:
-        for k, part in enumerate(parts[1:], start=1):
-            if not np.array_equal(part[f"{name}_ids"], parts[0][f"{name}_ids"]):
-                raise ValueError(
-                    f"{folders[k]}: member {k} has another {name} split than member 0; "
-                    "run the ensemble again with --overwrite"
-                )
-        values = np.stack([p[f"{name}_prediction"].astype(np.float64) for p in parts], axis=1)
-        mean = values.mean(axis=1)
-        truth = parts[0][f"{name}_truth"]
-        if classifier:
-            metrics[name] = classification_metrics(truth, mean)
-        else:
-            metrics[name] = regression_metrics(truth, forward(mean))
-        combined[name] = (values, mean)
-    metrics["mean_predictor_test_mae"] = first["mean_predictor_test_mae"]
-    values, mean = combined["test"]
-    std = values.std(axis=1, ddof=STD_DDOF)
-    test_target = parts[0]["test_target"]
-    key = "accuracy" if classifier else "mae"
-    metrics["ensemble"] = {
-        "members": len(folders),
-        "seeds": [config.seed + k for k in range(len(folders))],
-        "split_seed": split_seed(config),
-        "std_ddof": STD_DDOF,
-        f"member_test_{key}": [m["test"][key] for m in member_metrics],
-        "member_epochs_run": [m["epochs_run"] for m in member_metrics],
-        "member_best_epoch": [m["best_epoch"] for m in member_metrics],
-        **calibration(test_target, mean, std),
-    }
-    transformed = None
-    if not classifier and config.target_transform != "none":
-        transformed = (config.target_transform, parts[0]["test_truth"], forward(mean))
-    extra = {"std": std, **{f"member_{k}": values[:, k] for k in range(values.shape[1])}}
-    _write_predictions(
-        out / "test_predictions.csv",
-        parts[0]["test_ids"],
-        test_target,
-        mean,
-        config.task,
-        transformed,
-        extra,
-    )
-    (out / "metrics.json").write_text(metrics_json(metrics))
-    listing = folders[0] / "invalid_targets.csv"
-    (out / "invalid_targets.csv").unlink(missing_ok=True)
-    if listing.exists():
-        shutil.copyfile(listing, out / "invalid_targets.csv")
-    bundles = [load_model(f / "model.pt") for f in folders]
-    info = {k: v for k, v in bundles[0].info.items() if k != "test_metrics"}
-    info.update(
-        test_metrics=metrics["test"],
-        ensemble={
-            k: metrics["ensemble"][k] for k in ("members", "seeds", "split_seed", "std_ddof")
-        },
-    )
-    save_ensemble(out / "model.pt", EnsembleBundle(bundles, info))
-    if config.plots and not classifier:
-        from crystaltwins.evaluation.plots import parity_plot
-
-        truth = parts[0]["test_truth"]
-        parity_plot(truth, forward(mean), out / "parity.png", metrics["target"])
-    return metrics
+            run_member(member, callbacks)
+    return [Path(m.out) for m in members]

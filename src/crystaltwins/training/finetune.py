@@ -1,7 +1,9 @@
 """Fine-tuning a (pre-trained or fresh) CGCNN encoder with an MLP head on a labelled dataset.
 
 ``from_scratch=True`` is the supervised CGCNN baseline: same architecture and protocol,
-random initialisation. ``ensemble=K`` trains K such models (:mod:`crystaltwins.training.ensemble`).
+random initialisation. Training stops at a trained model (:func:`train_property_model`); its
+scoring, test predictions and plots are :mod:`crystaltwins.evaluation.report`'s, and
+:func:`crystaltwins.evaluation.runs.finetune` (``ct.finetune``) composes the two.
 """
 
 from __future__ import annotations
@@ -9,8 +11,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -37,22 +38,14 @@ from crystaltwins.data.splits import (
     split_from_files,
     split_from_labels,
 )
-from crystaltwins.evaluation.inference import batched_outputs
-from crystaltwins.evaluation.metrics import (
-    classification_metrics,
-    metrics_json,
-    regression_metrics,
-)
-from crystaltwins.graph.atom_features import AtomFeaturizer, default_featurizer
+from crystaltwins.graph.atom_features import AtomFeaturizer, featurizer_for
 from crystaltwins.graph.settings import GraphSettings
 from crystaltwins.models.checkpoint import ModelBundle, load_model, resolve_model_path, save_model
 from crystaltwins.models.heads import PropertyHead
 from crystaltwins.models.property_model import PropertyModel, Target
-from crystaltwins.models.registry import ENCODERS, lookup
-from crystaltwins.models.targets import TRANSFORMS, check_transform
+from crystaltwins.models.targets import TRANSFORMS
 from crystaltwins.training.common import (
     AtomicCheckpointIO,
-    RunOptions,
     check_resumed_state,
     fit,
     is_main_process,
@@ -61,62 +54,31 @@ from crystaltwins.training.common import (
     new_encoder,
     resident_device,
     resume_path,
+    run_graph_settings,
     training_seconds,
     write_config,
 )
+from crystaltwins.training.configs import PAPER_ENCODER_LR_FACTOR, FinetuneConfig
 from crystaltwins.training.epoch_metrics import EpochMeans
-from crystaltwins.training.run_folder import claimed_folder_of
 from crystaltwins.training.sampling import EpochSampler
 
-
-@dataclass
-class FinetuneConfig(RunOptions):
-    """Settings of a fine-tuning run; defaults follow the paper (Adam 1e-3, batch 128,
-    200 epochs, 60/20/20 split, best validation MAE evaluated once on the test split).
-
-    ``pretrained``: a model file from ``pretrain``, a published Crystal Twins ``.pth``, or
-    ``"default"`` for the encoder shipped with the package.
-
-    ``fold``: fold 0..4 of the matbench v0.1 protocol instead of a random split
-    (:func:`~crystaltwins.data.splits.matbench_split`: test = the fold, validation = a quarter of
-    the rest).
-
-    ``ensemble``: how many models to train (seeds ``seed`` .. ``seed + ensemble - 1``, all on
-    the split of ``split_seed``, by default ``seed``); see :mod:`crystaltwins.training.ensemble`.
-    ``members_together``: train them in one process and loop (:mod:`crystaltwins.training.members`)."""
-
-    data: str
-    target: str
-    out: str
-    pretrained: str | None = None
-    from_scratch: bool = False
-    task: str = "regression"
-    unit: str = ""
-    target_transform: str = "none"
-    lr: float = 1e-3
-    encoder_lr_factor: float = 0.2
-    weight_decay: float = 0.0
-    batch_size: int = 128
-    epochs: int = 200
-    split: tuple[float, float, float] = (0.6, 0.2, 0.2)
-    split_column: str | None = None
-    fold: int | None = None
-    split_files: tuple[str, str, str] | None = None
-    seed: int = 0
-    split_seed: int | None = None
-    max_train: int | None = None
-    max_eval: int | None = None
-    early_stopping: int | None = None
-    head_hidden: int | None = None
-    plots: bool = True
-    data_on_device: str = "auto"
-    ensemble: int = 1
-    members_together: bool = False
+__all__ = [
+    "FinetuneConfig",
+    "FinetuneModule",
+    "PlannedSplit",
+    "PreparedRun",
+    "TrainedRun",
+    "plan_split",
+    "prepare_run",
+    "save_property_model",
+    "split_seed",
+    "train_property_model",
+]
 
 
 def split_seed(config: FinetuneConfig) -> int:
     """The seed of the random split (and of ``max_train`` / ``max_eval`` subsets)."""
-    return config.seed if config.split_seed is None else config.split_seed
+    return config.split_seed_value
 
 
 class FinetuneModule(L.LightningModule):
@@ -133,7 +95,7 @@ class FinetuneModule(L.LightningModule):
         self,
         model: PropertyModel,
         lr: float = 1e-3,
-        encoder_lr_factor: float = 1.0,
+        encoder_lr_factor: float = PAPER_ENCODER_LR_FACTOR,
         weight_decay: float = 0.0,
     ) -> None:
         super().__init__()
@@ -196,24 +158,6 @@ class FinetuneModule(L.LightningModule):
         return torch.optim.Adam(groups, lr=self.lr, weight_decay=self.weight_decay, foreach=True)
 
 
-def predict_dataset(
-    model: PropertyModel,
-    dataset: CrystalGraphDataset,
-    batch_size: int = 256,
-    device: str = "cpu",
-) -> np.ndarray:
-    """Raw head outputs ``(N, out_dim)`` for every crystal of ``dataset``, in order (eval mode);
-    ``model.transformed`` / ``model.in_target_units`` convert them."""
-    return batched_outputs(model, [model], dataset, batch_size, device)
-
-
-def predict_embeddings(
-    encoder: nn.Module, dataset: CrystalGraphDataset, batch_size: int = 256
-) -> np.ndarray:
-    """Crystal embeddings ``(N, H)`` of ``dataset`` in order (eval mode, CPU)."""
-    return batched_outputs(encoder, [encoder], dataset, batch_size)
-
-
 def _split(config: FinetuneConfig, dataset: CrystalGraphDataset, keep: np.ndarray) -> Split:
     """Positions (into ``keep``) of train/val/test."""
     if config.split_files:
@@ -224,8 +168,8 @@ def _split(config: FinetuneConfig, dataset: CrystalGraphDataset, keep: np.ndarra
             dataset.cache.metadata(config.split_column)[keep], f"column {config.split_column!r}"
         )
     if config.fold is not None:
-        return matbench_split(len(keep), config.fold, seed=split_seed(config))
-    return random_split(len(keep), config.split, split_seed(config))
+        return matbench_split(len(keep), config.fold, seed=config.split_seed_value)
+    return random_split(len(keep), config.split, config.split_seed_value)
 
 
 def _check_split(config: FinetuneConfig, split: Split, crystals: int) -> None:
@@ -243,33 +187,6 @@ def _check_split(config: FinetuneConfig, split: Split, crystals: int) -> None:
         check_split(split, crystals, how, needed)
     except ValueError as error:
         raise ValueError(f"{config.data}: {error} with a usable {config.target!r} label") from None
-
-
-def _featurizer_and_encoder(
-    config: FinetuneConfig,
-) -> tuple[AtomFeaturizer, nn.Module, GraphSettings, str]:
-    """The element features, encoder and graph settings to start from, and where they came from."""
-    if config.pretrained and not config.from_scratch:
-        path = resolve_model_path(config.pretrained)  # "default": the shipped model
-        bundle = load_model(path, atom_init=config.atom_init)
-        if config.atom_init and not bundle.info.get("published"):
-            main_print(f"note: --atom-init ignored: {path} carries its own element features")
-        return bundle.featurizer, bundle.encoder, bundle.graph_settings, str(path)
-    if config.atom_init:
-        featurizer = AtomFeaturizer.from_json(config.atom_init)
-    else:
-        path = Path(config.data)
-        featurizer = default_featurizer(path if path.is_dir() else None)
-    settings = GraphSettings()
-    encoder = new_encoder(
-        featurizer,
-        settings,
-        config.atom_fea_len,
-        config.n_conv,
-        config.h_fea_len,
-        name=config.encoder,
-    )
-    return featurizer, encoder, settings, "scratch"
 
 
 def _report_invalid_targets(
@@ -294,100 +211,244 @@ def _report_invalid_targets(
     )
 
 
-def finetune(config: FinetuneConfig, callbacks: list[L.Callback] | None = None) -> dict[str, Any]:
-    """Run fine-tuning; returns the metrics written to ``RUN_DIR/metrics.json``.
+@dataclass
+class StartingPoint:
+    """What a fine-tuning run starts from: element features, encoder, graph settings, and
+    where they came from (the model file, or ``"scratch"``)."""
 
-    :param callbacks: extra Lightning callbacks (e.g. a progress display).
+    featurizer: AtomFeaturizer
+    encoder: nn.Module
+    settings: GraphSettings
+    init: str
+
+
+def starting_point(config: FinetuneConfig) -> StartingPoint:
+    """The pre-trained model's encoder, features and graph settings (asking for other graph
+    settings is an error), or a new encoder on the settings asked for / of a graph cache."""
+    if config.pretrained:
+        path = resolve_model_path(config.pretrained)  # "default": the shipped model
+        bundle = load_model(path, atom_init=config.atom_init)
+        if config.atom_init and not bundle.info.get("published"):
+            main_print(f"note: --atom-init ignored: {path} carries its own element features")
+        settings = run_graph_settings(config, config.data, bundle.graph_settings)
+        return StartingPoint(bundle.featurizer, bundle.encoder, settings, str(path))
+    featurizer = featurizer_for(config.data, config.atom_init)
+    settings = run_graph_settings(config, config.data)
+    encoder = new_encoder(
+        featurizer,
+        settings,
+        config.atom_fea_len,
+        config.n_conv,
+        config.h_fea_len,
+        name=config.encoder,
+    )
+    return StartingPoint(featurizer, encoder, settings, "scratch")
+
+
+@dataclass
+class PlannedSplit:
+    """The crystals of a run: labels, which are usable, and the (uncapped) split.
+
+    :param raw: ``(N,)`` the label column, in the target's own units.
+    :param keep: ``(M,)`` cache positions of the crystals with a usable label.
+    :param split: positions into ``keep`` of train / val / test.
     """
-    if not config.from_scratch and not config.pretrained:
-        raise ValueError("give a pre-trained model (pretrained=...) or from_scratch=True")
-    if config.epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {config.epochs}")
-    check_transform(config.target_transform)
-    lookup(ENCODERS, "encoder", config.encoder)
-    if type(config.ensemble) is not int or config.ensemble < 1:
-        raise ValueError(f"ensemble must be a whole number >= 1, got {config.ensemble!r}")
-    with claimed_folder_of(config, is_main_process()):
-        if config.ensemble > 1:
-            from crystaltwins.training.ensemble import finetune_ensemble
 
-            return finetune_ensemble(config, callbacks)
-        return _finetune_in_claimed_folder(config, callbacks)
+    raw: np.ndarray
+    usable: np.ndarray
+    keep: np.ndarray
+    split: Split
 
 
-#: What an ensemble member writes besides a run's files: its predictions of every split.
-MEMBER_PREDICTIONS = "member_predictions.npz"
+def plan_split(config: FinetuneConfig, cache: GraphCache, check: bool = True) -> PlannedSplit:
+    """The split of a run on ``cache``, planned once: the crystals with a usable label, split
+    by ``split_files`` / ``split_column`` / ``fold`` / the random ``split`` (checked: no part
+    empty, unless ``check`` is false); before the ``max_train`` / ``max_eval`` caps."""
+    if config.target not in cache.label_names:
+        raise KeyError(
+            f"{config.data}: no numeric label column {config.target!r}; available: {cache.label_names}"
+        )
+    raw = cache.labels([config.target])[:, 0]
+    usable = TRANSFORMS[config.target_transform][2](raw)
+    keep = np.flatnonzero(usable)
+    split = _split(config, CrystalGraphDataset(cache), keep)
+    if check:
+        _check_split(config, split, len(keep))
+    return PlannedSplit(raw, usable, keep, split)
 
 
-def _finetune_in_claimed_folder(
-    config: FinetuneConfig, callbacks: list[L.Callback] | None, member: bool = False
-) -> dict[str, Any]:
-    """:func:`finetune`, once its run folder is locked and checked.
+@dataclass
+class TrainedRun:
+    """A trained property model and what it was trained on (the best validation epoch's
+    weights), for :mod:`crystaltwins.evaluation.report` to score and save.
 
-    :param member: an ensemble's member: also write :data:`MEMBER_PREDICTIONS` (before
-        ``model.pt``, the mark of a finished run).
+    :param values: ``(N,)`` the (transformed) targets the model learned, NaN where unusable.
+    :param main: whether this process writes the run's files (rank 0).
+    :param notes: more entries for its ``metrics.json`` (e.g. how it was trained).
     """
+
+    config: FinetuneConfig
+    module: FinetuneModule
+    start: StartingPoint
+    cache: GraphCache
+    planned: PlannedSplit
+    values: np.ndarray
+    target_name: str
+    parts: dict[str, CrystalGraphDataset]
+    seconds: float
+    epochs_run: int
+    main: bool
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
+
+    @property
+    def model(self) -> PropertyModel:
+        """The trained property model (its target carries the standardisation)."""
+        return self.module.model
+
+
+@dataclass
+class PreparedRun:
+    """A run set up to train, before any step: its (claimed) folder has ``config.yaml``, the
+    seeds are set, the graph cache is built, the split planned and checked, and the property
+    model freshly made (:func:`prepare_run`); every way of training starts here.
+
+    :param values: ``(N,)`` the (transformed) targets the model learns, NaN where unusable.
+    :param parts: train / val / test datasets (after the ``max_train`` / ``max_eval`` caps).
+    """
+
+    config: FinetuneConfig
+    start: StartingPoint
+    cache: GraphCache
+    planned: PlannedSplit
+    values: np.ndarray
+    target_name: str
+    parts: dict[str, CrystalGraphDataset]
+    module: FinetuneModule
+
+    def trained(
+        self, seconds: float, epochs_run: int, main: bool = True, **notes: Any
+    ) -> TrainedRun:
+        """This run once its module holds the trained (best validation epoch's) weights.
+
+        :param notes: more entries for the run's ``metrics.json``."""
+        return TrainedRun(
+            self.config,
+            self.module,
+            self.start,
+            self.cache,
+            self.planned,
+            self.values,
+            self.target_name,
+            self.parts,
+            seconds,
+            epochs_run,
+            main,
+            notes,
+        )
+
+
+def prepare_run(config: FinetuneConfig) -> PreparedRun:
+    """Set up the run of ``config`` in its (claimed) run folder: ``config.yaml``, the seeds
+    (``config.seed``, drawn from in the same order by every way of training), the starting
+    point, the graph cache, the split (invalid labels listed), the datasets and the model."""
     out = Path(config.out)
     write_config(out, config)
     L.seed_everything(config.seed, workers=True, verbose=False)
-    featurizer, encoder, settings, init = _featurizer_and_encoder(config)
+    start = starting_point(config)
     (cache,) = prepare_caches(
         [config.data],
-        settings,
-        featurizer,
+        start.settings,
+        start.featurizer,
         config.cache_root,
         workers=config.featurize_workers,
         progress=config.progress and is_main_process(),
         log=main_print,
         cif_column=config.cif_column,
     )
-    full = CrystalGraphDataset(cache)
-    if config.target not in cache.label_names:
-        raise KeyError(
-            f"{config.data}: no numeric label column {config.target!r}; available: {cache.label_names}"
-        )
-    raw = cache.labels([config.target])[:, 0]
-    forward, _, valid = TRANSFORMS[config.target_transform]
-    usable = valid(raw)
-    keep = np.flatnonzero(usable)
-    dropped = len(raw) - len(keep)
+    planned = plan_split(config, cache, check=False)
     (out / "invalid_targets.csv").unlink(missing_ok=True)  # not a stale list from an earlier run
-    if dropped:
-        _report_invalid_targets(cache, raw, usable, config, out)
-    split = _split(config, full, keep)
-    _check_split(config, split, len(keep))
-    split = cap_split(split, split_seed(config), config.max_train, config.max_eval)
-    train_pos = split.train
-    values = np.full_like(raw, np.nan)
-    values[keep] = forward(raw[keep])
+    if len(planned.keep) < len(planned.raw):
+        _report_invalid_targets(cache, planned.raw, planned.usable, config, out)
+    _check_split(config, planned.split, len(planned.keep))
+    split = cap_split(planned.split, config.split_seed_value, config.max_train, config.max_eval)
+    values, target_name = _transformed_targets(config, planned)
+    parts: dict[str, CrystalGraphDataset] = {
+        name: _TargetDataset(cache, planned.keep[positions], values, target_name)
+        for name, positions in (("train", split.train), ("val", split.val), ("test", split.test))
+    }
+    module = _property_module(config, start, values[parts["train"].indices])
+    return PreparedRun(config, start, cache, planned, values, target_name, parts, module)
+
+
+def train_property_model(
+    config: FinetuneConfig, callbacks: list[L.Callback] | None = None
+) -> TrainedRun:
+    """Train the property model of ``config`` in its (claimed) run folder: the graph cache,
+    the split (:func:`prepare_run`), then fitting (resumed from ``last.ckpt`` if asked); ends
+    with the best validation epoch's weights loaded."""
+    run = prepare_run(config)
+    out, module, parts = Path(config.out), run.module, run.parts
+    trainer = _trainer(config, callbacks, len(parts["train"]))
+    train_loader, val_loader = _loaders(config, parts["train"], parts["val"], run.target_name)
+    fit(
+        trainer,
+        module,
+        train_loader,
+        val_loader,
+        ckpt_path=resume_path(out, config.resume),
+        weights_only=True,
+    )
+    best = out / "checkpoints" / "best.ckpt"
+    if best.exists():
+        module.load_state_dict(AtomicCheckpointIO().load_checkpoint(best)["state_dict"])
+    return run.trained(
+        training_seconds(trainer), int(trainer.current_epoch), bool(trainer.is_global_zero)
+    )
+
+
+def _transformed_targets(config: FinetuneConfig, planned: PlannedSplit) -> tuple[np.ndarray, str]:
+    """``(N,)`` the targets in the units the model learns (NaN where unusable), and their name
+    (``log10(G_VRH)`` for a ``log10`` run)."""
+    forward = TRANSFORMS[config.target_transform][0]
+    values = np.full_like(planned.raw, np.nan)
+    values[planned.keep] = forward(planned.raw[planned.keep])
+    return values, Target(config.target, config.unit, config.target_transform).name
+
+
+def _property_module(
+    config: FinetuneConfig, start: StartingPoint, y_train: np.ndarray
+) -> FinetuneModule:
+    """Encoder + a new head, with the target standardised by the training targets' mean and
+    std (regression)."""
     target = Target(config.target, config.unit, config.target_transform, task=config.task)
-    target_name = target.name
-
-    # Datasets whose "labels" carry the transformed target under its own name.
-    def subset(positions: np.ndarray) -> CrystalGraphDataset:
-        return _TargetDataset(cache, keep[positions], values, target_name)
-
-    train, val, test = subset(train_pos), subset(split.val), subset(split.test)
-    y_train = values[keep[train_pos]]
-    if config.task == "regression":  # standardised with the training split's statistics
+    if config.task == "regression":
         target = dataclasses.replace(
             target, mean=float(y_train.mean()), std=float(y_train.std() or 1.0)
         )
+    encoder = start.encoder
     head = PropertyHead(encoder.out_dim, config.head_hidden or encoder.out_dim, target.out_dim)
-    model = PropertyModel(encoder, head, target)
-    module = FinetuneModule(
-        model,
+    return FinetuneModule(
+        PropertyModel(encoder, head, target),
         config.lr,
-        config.encoder_lr_factor if init != "scratch" else 1.0,
+        config.effective_encoder_lr_factor,
         config.weight_decay,
     )
+
+
+def _trainer(
+    config: FinetuneConfig, callbacks: list[L.Callback] | None, train_size: int
+) -> L.Trainer:
     callbacks = list(callbacks or [])
     if config.early_stopping:
         callbacks.append(
             EarlyStopping(monitor="val_mae", patience=config.early_stopping, mode="min")
         )
-    trainer = make_trainer(
-        out,
+    return make_trainer(
+        Path(config.out),
         epochs=config.epochs,
         monitor="val_mae",
         accelerator=config.accelerator,
@@ -395,11 +456,21 @@ def _finetune_in_claimed_folder(
         precision=config.precision,
         progress=config.progress,
         callbacks=callbacks,
-        log_every_n_steps=max(1, min(20, math.ceil(len(train) / config.batch_size))),
+        log_every_n_steps=max(1, min(20, math.ceil(train_size / config.batch_size))),
     )
+
+
+def _loaders(
+    config: FinetuneConfig,
+    train: CrystalGraphDataset,
+    val: CrystalGraphDataset,
+    target_name: str,
+) -> tuple[DataLoader, DataLoader]:
+    """Training (shuffled every epoch) and validation loaders; on a GPU run whose data fits,
+    batches gathered on the GPU from arrays copied there once."""
     collate = GraphCollator([target_name])
     device = resident_device(config.accelerator, config.data_on_device, train.store)
-    if device is not None:  # batches gathered on the GPU from arrays copied there once
+    if device is not None:
         main_print(f"training data resident on {device}")
         train, val = train.to_device(device), val.to_device(device)
     workers = 0 if device is not None else config.loader_workers
@@ -418,86 +489,32 @@ def _finetune_in_claimed_folder(
         collate_fn=collate,
         num_workers=workers,
     )
-    fit(
-        trainer,
-        module,
-        train_loader,
-        val_loader,
-        ckpt_path=resume_path(out, config.resume),
-        weights_only=True,
-    )
-    seconds = training_seconds(trainer)
-    best = out / "checkpoints" / "best.ckpt"
-    if best.exists():
-        module.load_state_dict(AtomicCheckpointIO().load_checkpoint(best)["state_dict"])
-    if not trainer.is_global_zero:
-        return {}
+    return train_loader, val_loader
 
-    metrics: dict[str, Any] = {
-        "target": target_name,
-        "unit": config.unit,
-        "task": config.task,
-        "init": init,
-        "crystals": {
-            "train": len(train),
-            "val": len(val),
-            "test": len(test),
-            "dropped_invalid_target": int(dropped),
-        },
-        "epochs_run": int(trainer.current_epoch),
-        "best_epoch": _best_epoch(out),
-        "seconds": seconds,
-    }
-    predictions: dict[str, np.ndarray] = {}
-    head_outputs: dict[str, np.ndarray] = {}
-    for name, part in (("train", train), ("val", val), ("test", test)):
-        head_outputs[name] = predict_dataset(model, part)
-        truth = values[part.indices]
-        pred = predictions[name] = model.transformed(head_outputs[name])
-        score = classification_metrics if config.task == "classification" else regression_metrics
-        metrics[name] = score(truth, pred)
-    metrics["mean_predictor_test_mae"] = float(
-        np.mean(np.abs(values[test.indices] - y_train.mean()))
-    )
-    transformed = None  # the test file's values in the units of the metrics, when they differ
-    if config.task == "regression" and config.target_transform != "none":
-        transformed = (config.target_transform, values[test.indices], predictions["test"])
-    _write_predictions(
-        out / "test_predictions.csv",
-        cache.ids[test.indices],
-        raw[test.indices],
-        model.in_target_units(head_outputs["test"]),
-        config.task,
-        transformed,
-    )
-    (out / "metrics.json").write_text(metrics_json(metrics))
-    if member:
-        _write_member_predictions(
-            out / MEMBER_PREDICTIONS,
-            cache.ids,
-            raw,
-            values,
-            model,
-            head_outputs,
-            {"train": train, "val": val, "test": test},
-        )
+
+def save_property_model(run: TrainedRun, metrics: dict[str, Any]) -> Path:
+    """``RUN_DIR/model.pt`` (the mark of a finished run): the model, its target
+    standardisation, transform and unit, the crystals it was trained on and its test metrics
+    (``metrics``: the run's ``metrics.json`` content)."""
+    config = run.config
     info = {
-        **target.to_info(),
-        "init": init,
+        **run.model.target.to_info(),
+        "init": run.start.init,
         "data_source": str(Path(config.data).resolve()),
+        "crystals": metrics["crystals"],
         "test_metrics": metrics["test"],
     }
-    save_model(
-        out / "model.pt",
-        ModelBundle(module.encoder, module.head, "finetuned", featurizer, settings, info),
+    path = run.out / "model.pt"
+    bundle = ModelBundle(
+        run.module.encoder,
+        run.module.head,
+        "finetuned",
+        run.start.featurizer,
+        run.start.settings,
+        info,
     )
-    if config.plots:
-        from crystaltwins.evaluation.plots import learning_curves, parity_plot
-
-        if config.task == "regression":
-            parity_plot(values[test.indices], predictions["test"], out / "parity.png", target_name)
-        learning_curves(out / "history.csv", out / "learning_curves.png")
-    return metrics
+    save_model(path, bundle)
+    return path
 
 
 class _TargetDataset(CrystalGraphDataset):
@@ -515,92 +532,3 @@ class _TargetDataset(CrystalGraphDataset):
 
     def target_values(self) -> np.ndarray:
         return self.values
-
-
-def _write_member_predictions(
-    path: Path,
-    ids: np.ndarray,
-    raw: np.ndarray,
-    values: np.ndarray,
-    model: PropertyModel,
-    head_outputs: dict[str, np.ndarray],
-    parts: dict[str, CrystalGraphDataset],
-) -> None:
-    """For each split ``S``: ``S_ids``, ``S_target`` (own units), ``S_truth`` (the metrics'
-    units: transformed target, or class) and ``S_prediction`` (own units, or P(class 1))."""
-    arrays: dict[str, np.ndarray] = {}
-    for name, part in parts.items():
-        prediction = model.in_target_units(head_outputs[name])
-        arrays[f"{name}_ids"] = np.asarray(ids[part.indices]).astype(str)
-        arrays[f"{name}_target"] = raw[part.indices]
-        arrays[f"{name}_truth"] = values[part.indices]
-        arrays[f"{name}_prediction"] = prediction
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
-
-
-def _best_epoch(out: Path) -> int | None:
-    path = out / "history.csv"
-    if not path.exists():
-        return None
-    rows = [r for r in csv.DictReader(path.open()) if r.get("val_mae")]
-    return int(min(rows, key=lambda r: float(r["val_mae"]))["epoch"]) if rows else None
-
-
-def _write_predictions(
-    path: Path,
-    ids: np.ndarray,
-    target: np.ndarray,
-    prediction: np.ndarray,
-    task: str,
-    transformed: tuple[str, np.ndarray, np.ndarray] | None = None,
-    extra: dict[str, np.ndarray] | None = None,
-) -> None:
-    """``id,target,prediction`` in the target's own units; for a classifier
-    ``id,target,predicted_class,probability_class_1`` (``prediction`` being P(class 1)).
-
-    :param transformed: ``(transform name, transformed target, transformed prediction)`` of a
-        run with a target transform: written as the extra columns ``<name>_target`` and
-        ``<name>_prediction`` (the values the metrics are computed on).
-    :param extra: more columns, last (an ensemble's ``std`` and ``member_<k>``).
-    """
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        if task == "classification":
-            writer.writerow(
-                ["id", "target", "predicted_class", "probability_class_1", *(extra or {})]
-            )
-            classes = (prediction > 0.5).astype(int)
-            rows = zip(
-                ids.tolist(), target.tolist(), classes.tolist(), prediction.tolist(), strict=True
-            )
-        elif transformed is None:
-            writer.writerow(["id", "target", "prediction", *(extra or {})])
-            rows = zip(ids.tolist(), target.tolist(), prediction.tolist(), strict=True)
-        else:
-            name, target_t, prediction_t = transformed
-            writer.writerow(
-                [
-                    "id",
-                    "target",
-                    "prediction",
-                    f"{name}_target",
-                    f"{name}_prediction",
-                    *(extra or {}),
-                ]
-            )
-            rows = zip(
-                ids.tolist(),
-                target.tolist(),
-                prediction.tolist(),
-                target_t.tolist(),
-                prediction_t.tolist(),
-                strict=True,
-            )
-        if extra:
-            columns = np.column_stack(list(extra.values())).tolist()
-            rows = ((*row, *more) for row, more in zip(rows, columns, strict=True))
-        writer.writerows(rows)
-    tmp.replace(path)

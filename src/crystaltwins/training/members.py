@@ -11,10 +11,13 @@ depends only on its own parameters, so the step computes what K separate steps c
 compare them). Validation runs after every epoch; each member keeps its best-validation weights,
 as the Lightning run's ``best.ckpt`` does.
 
-:func:`finetune_together` runs whole fine-tuning runs this way and writes, in every member's run
-folder, what :func:`~crystaltwins.training.finetune.finetune` writes there (``config.yaml``,
-``history.csv``, ``metrics.json``, ``test_predictions.csv``, ``model.pt``; for an ensemble's
-member also ``member_predictions.npz``), so the ensemble and benchmark code combine them as usual.
+:func:`train_runs_together` trains whole fine-tuning runs this way: each is set up as a single
+run (:func:`~crystaltwins.training.finetune.prepare_run`: ``config.yaml``, seeds, cache, split,
+model), writes its ``history.csv`` every epoch, and comes back as a
+:class:`~crystaltwins.training.finetune.TrainedRun` with its best weights loaded;
+:func:`crystaltwins.evaluation.runs.finetune_together` then reports each as any single run
+(``metrics.json``, ``test_predictions.csv``, ``model.pt``, an ensemble member's
+``member_predictions.npz``), so the ensemble and benchmark code combine them as usual.
 
 Limits: every member runs the same number of epochs and training batches per epoch (same
 training-set size and batch size), without early stopping; training is in full precision (float32,
@@ -26,54 +29,25 @@ together pays on an accelerator, where one run leaves the device idle.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import dataclasses
 import math
 import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from crystaltwins.data.batch import CrystalGraphBatch
 from crystaltwins.data.dataset import CrystalGraphDataset
-from crystaltwins.data.sources import prepare_caches
-from crystaltwins.data.splits import cap_split
-from crystaltwins.evaluation.metrics import classification_metrics, metrics_json, regression_metrics
-from crystaltwins.graph.atom_features import AtomFeaturizer
-from crystaltwins.graph.settings import GraphSettings
 from crystaltwins.models.cgcnn import CGCNNEncoder
-from crystaltwins.models.checkpoint import ModelBundle, save_model
 from crystaltwins.models.grouped import GroupedPropertyModels, MemberBatch
-from crystaltwins.models.heads import PropertyHead
-from crystaltwins.models.property_model import PropertyModel, Target
-from crystaltwins.models.targets import (
-    TRANSFORMS,
-    check_transform,
-)
-from crystaltwins.training.common import main_print, resident_device, write_config
-from crystaltwins.training.finetune import (
-    MEMBER_PREDICTIONS,
-    FinetuneConfig,
-    FinetuneModule,
-    _check_split,
-    _featurizer_and_encoder,
-    _report_invalid_targets,
-    _split,
-    _TargetDataset,
-    _write_member_predictions,
-    _write_predictions,
-    predict_dataset,
-    split_seed,
-)
-from crystaltwins.training.run_folder import claimed_folder_of
+from crystaltwins.training.common import resident_device
+from crystaltwins.training.configs import FinetuneConfig
+from crystaltwins.training.finetune import FinetuneModule, TrainedRun, prepare_run
 from crystaltwins.training.sampling import EpochSampler
 
 #: Adam's defaults, as ``torch.optim.Adam`` (what a single fine-tuning run uses).
@@ -354,149 +328,6 @@ def train_together(
 
 
 # ---------------------------------------------------------------------------- whole runs
-@dataclass
-class _Prepared:
-    """One member run, set up as :func:`~crystaltwins.training.finetune.finetune` sets it up."""
-
-    config: FinetuneConfig
-    featurizer: AtomFeaturizer
-    settings: GraphSettings
-    init: str
-    cache: Any
-    raw: np.ndarray
-    values: np.ndarray
-    dropped: int
-    target: Target
-    parts: dict[str, _TargetDataset]
-    y_train: np.ndarray
-    module: FinetuneModule
-
-
-def _prepare(config: FinetuneConfig) -> _Prepared:
-    """Data, split and freshly initialised model of a run, drawing from the same seeds in the
-    same order as a single run (so member ``k`` starts where its separate run starts)."""
-    out = Path(config.out)
-    check_transform(config.target_transform)
-    write_config(out, config)
-    L.seed_everything(config.seed, workers=True, verbose=False)
-    featurizer, encoder, settings, init = _featurizer_and_encoder(config)
-    (cache,) = prepare_caches(
-        [config.data],
-        settings,
-        featurizer,
-        config.cache_root,
-        workers=config.featurize_workers,
-        progress=False,
-        log=main_print,
-        cif_column=config.cif_column,
-    )
-    full = CrystalGraphDataset(cache)
-    if config.target not in cache.label_names:
-        raise KeyError(
-            f"{config.data}: no numeric label column {config.target!r}; available: {cache.label_names}"
-        )
-    raw = cache.labels([config.target])[:, 0]
-    forward, _, valid = TRANSFORMS[config.target_transform]
-    usable = valid(raw)
-    keep = np.flatnonzero(usable)
-    (out / "invalid_targets.csv").unlink(missing_ok=True)
-    if len(keep) < len(raw):
-        _report_invalid_targets(cache, raw, usable, config, out)
-    split = _split(config, full, keep)
-    _check_split(config, split, len(keep))
-    split = cap_split(split, split_seed(config), config.max_train, config.max_eval)
-    values = np.full_like(raw, np.nan)
-    values[keep] = forward(raw[keep])
-    target = Target(config.target, config.unit, config.target_transform, task=config.task)
-    parts = {
-        name: _TargetDataset(cache, keep[positions], values, target.name)
-        for name, positions in (("train", split.train), ("val", split.val), ("test", split.test))
-    }
-    y_train = values[keep[split.train]]
-    if config.task == "regression":  # standardised with the training split's statistics
-        target = dataclasses.replace(
-            target, mean=float(y_train.mean()), std=float(y_train.std() or 1.0)
-        )
-    head = PropertyHead(encoder.out_dim, config.head_hidden or encoder.out_dim, target.out_dim)
-    module = FinetuneModule(
-        PropertyModel(encoder, head, target),
-        config.lr,
-        config.encoder_lr_factor if init != "scratch" else 1.0,
-        config.weight_decay,
-    )
-    return _Prepared(
-        config, featurizer, settings, init, cache, raw, values, len(raw) - len(keep),
-        target, parts, y_train, module,
-    )  # fmt: skip
-
-
-def _report(run: _Prepared, result: MemberResult, seconds: float, together: dict, member: bool):
-    """Write a finished member's files as a single run writes them; returns its metrics."""
-    config, out = run.config, Path(run.config.out)
-    module, values, parts = run.module, run.values, run.parts
-    metrics: dict[str, Any] = {
-        "target": run.target.name,
-        "unit": config.unit,
-        "task": config.task,
-        "init": run.init,
-        "crystals": {
-            **{name: len(part) for name, part in parts.items()},
-            "dropped_invalid_target": int(run.dropped),
-        },
-        "epochs_run": int(config.epochs),
-        "best_epoch": result.best_epoch,
-        "seconds": seconds,
-        "trained_together": together,
-    }
-    predictions: dict[str, np.ndarray] = {}
-    head_outputs: dict[str, np.ndarray] = {}
-    model = module.model
-    score = classification_metrics if config.task == "classification" else regression_metrics
-    for name, part in parts.items():
-        head_outputs[name] = predict_dataset(model, part)
-        predictions[name] = model.transformed(head_outputs[name])
-        metrics[name] = score(values[part.indices], predictions[name])
-    test = parts["test"]
-    metrics["mean_predictor_test_mae"] = float(
-        np.mean(np.abs(values[test.indices] - run.y_train.mean()))
-    )
-    transformed = None  # the test file's values in the units of the metrics, when they differ
-    if config.task == "regression" and config.target_transform != "none":
-        transformed = (config.target_transform, values[test.indices], predictions["test"])
-    _write_predictions(
-        out / "test_predictions.csv",
-        run.cache.ids[test.indices],
-        run.raw[test.indices],
-        model.in_target_units(head_outputs["test"]),
-        config.task,
-        transformed,
-    )
-    (out / "metrics.json").write_text(metrics_json(metrics))
-    if member:
-        _write_member_predictions(
-            out / MEMBER_PREDICTIONS, run.cache.ids, run.raw, values, model, head_outputs, parts
-        )
-    info = {
-        **run.target.to_info(),
-        "init": run.init,
-        "data_source": str(Path(config.data).resolve()),
-        "test_metrics": metrics["test"],
-    }
-    save_model(
-        out / "model.pt",
-        ModelBundle(module.encoder, module.head, "finetuned", run.featurizer, run.settings, info),
-    )
-    if config.plots:
-        from crystaltwins.evaluation.plots import learning_curves, parity_plot
-
-        if config.task == "regression":
-            parity_plot(
-                values[test.indices], predictions["test"], out / "parity.png", run.target.name
-            )
-        learning_curves(out / "history.csv", out / "learning_curves.png")
-    return metrics
-
-
 def _device(configs: Sequence[FinetuneConfig]) -> torch.device:
     accelerator = configs[0].accelerator
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
@@ -526,45 +357,36 @@ def check_together(configs: Sequence[FinetuneConfig]) -> None:
         raise ValueError(f"epochs must be at least 1, got {configs[0].epochs}")
 
 
-def finetune_together(
+def train_runs_together(
     configs: Sequence[FinetuneConfig],
-    member: bool = False,
-    claim: bool = True,
     on_epoch: Callable[[int, list[MemberResult]], None] | None = None,
-) -> list[dict[str, Any]]:
-    """Run the fine-tuning runs ``configs`` (different seeds, splits, initialisations, data) in
-    one process and one training loop; every run folder gets a single run's files. Returns
-    each run's metrics.
+) -> list[TrainedRun]:
+    """Train the fine-tuning runs ``configs`` (different seeds, splits, initialisations, data;
+    their run folders claimed) in one process and one loop: each is set up as a single run
+    (:func:`~crystaltwins.training.finetune.prepare_run`), writes its ``history.csv`` every
+    epoch, and ends with its best validation epoch's weights. Returns one
+    :class:`~crystaltwins.training.finetune.TrainedRun` per config, in order (reported as any
+    single run: :func:`crystaltwins.evaluation.runs.finetune_together`).
 
-    :param member: the runs are an ensemble's members (also write ``member_predictions.npz``).
-    :param claim: lock and check every run folder here (``False``: the caller did).
     :param on_epoch: see :func:`train_together`.
     """
     check_together(configs)
     device = _device(configs)
     dtype = torch.float64 if str(configs[0].precision) in ("64", "64-true") else torch.float32
-    with contextlib.ExitStack() as stack:
-        if claim:
-            for config in configs:
-                stack.enter_context(claimed_folder_of(config))
-        runs = [_prepare(c) for c in configs]
-        members = []
-        for run in runs:
-            train, val = run.parts["train"], run.parts["val"]
-            resident = resident_device(
-                run.config.accelerator, run.config.data_on_device, train.store
-            )
-            if resident is not None:  # batches gathered on the device from arrays copied once
-                train, val = train.to_device(resident), val.to_device(resident)
-            history = Path(run.config.out) / "history.csv"
-            members.append(MemberData(run.module, train, val, run.config.seed, history))
-        started = time.perf_counter()
-        results = train_together(
-            members, configs[0].epochs, configs[0].batch_size, device, dtype, on_epoch
-        )
-        seconds = time.perf_counter() - started
-        together = {"members": len(runs), "seconds": seconds, "device": str(device)}
-        return [
-            _report(run, result, seconds / len(runs), together, member)
-            for run, result in zip(runs, results, strict=True)
-        ]
+    runs = [prepare_run(c) for c in configs]
+    members = []
+    for run in runs:
+        train, val = run.parts["train"], run.parts["val"]
+        resident = resident_device(run.config.accelerator, run.config.data_on_device, train.store)
+        if resident is not None:  # batches gathered on the device from arrays copied once
+            train, val = train.to_device(resident), val.to_device(resident)
+        history = Path(run.config.out) / "history.csv"
+        members.append(MemberData(run.module, train, val, run.config.seed, history))
+    started = time.perf_counter()
+    train_together(members, configs[0].epochs, configs[0].batch_size, device, dtype, on_epoch)
+    seconds = time.perf_counter() - started
+    together = {"members": len(runs), "seconds": seconds, "device": str(device)}
+    return [
+        run.trained(seconds / len(runs), configs[0].epochs, trained_together=together)
+        for run in runs
+    ]

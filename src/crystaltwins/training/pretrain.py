@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +15,13 @@ from torch.utils.data import DataLoader
 from crystaltwins.data.dataset import AugmentedPairCollator
 from crystaltwins.data.gather import ConcatGraphViews
 from crystaltwins.data.sources import prepare_caches
-from crystaltwins.data.splits import random_split
-from crystaltwins.graph.atom_features import AtomFeaturizer, default_featurizer
+from crystaltwins.data.splits import Split, random_split
+from crystaltwins.graph.atom_features import AtomFeaturizer, featurizer_for
 from crystaltwins.graph.settings import GraphSettings
-from crystaltwins.losses import build_objective, objective_class
 from crystaltwins.models.checkpoint import ModelBundle, load_model, save_model
 from crystaltwins.models.heads import ProjectionHead, SimSiamPredictor
-from crystaltwins.models.registry import ENCODERS, lookup
 from crystaltwins.training.common import (
     AtomicCheckpointIO,
-    RunOptions,
     check_resumed_state,
     fit,
     is_main_process,
@@ -32,70 +29,67 @@ from crystaltwins.training.common import (
     make_trainer,
     new_encoder,
     resume_path,
+    run_graph_settings,
     training_seconds,
     write_config,
 )
+from crystaltwins.training.configs import PretrainConfig
+from crystaltwins.training.objectives import (
+    ObjectiveTerm,
+    as_terms,
+    atom_embedding_width,
+    build_objectives,
+    make_heads,
+    objective_losses,
+    uses_atoms,
+    uses_predictor,
+    weighted_sum,
+)
 from crystaltwins.training.run_folder import claimed_folder_of
 from crystaltwins.training.sampling import EpochSampler
-from crystaltwins.transforms import build_augmentation, parse_augmentations
-
-
-@dataclass
-class PretrainConfig(RunOptions):
-    """Settings of a pre-training run; the defaults are the paper's (Barlow Twins, Adam 1e-5,
-    batch 64, 15 epochs, 95/5 split) and the published checkpoint's dimensions."""
-
-    data: list[str]
-    out: str
-    objective: str = "barlow_twins"
-    barlow_lambda: float = 0.0051
-    augment: str = "rp,am,em"
-    perturbation: float = 0.05
-    atom_mask_fraction: float = 0.1
-    edge_mask_fraction: float = 0.1
-    lr: float = 1e-5
-    weight_decay: float = 1e-6
-    batch_size: int = 64
-    epochs: int = 15
-    val_fraction: float = 0.05
-    seed: int = 0
-    projection_hidden: int = 128
-    projection_dim: int = 256
-    radius: float = 8.0
-    max_neighbors: int = 12
-    init_from: str | None = None
-    max_crystals: int | None = None
-    exclude_ids_file: str | None = None
+from crystaltwins.transforms import GaussianNoise, build_augmentation, parse_augmentations
 
 
 class PretrainModule(L.LightningModule):
-    """Encoder + projector (+ predictor) trained with a self-supervised objective on pairs of
-    views. The module owns every parameter (the objective has none): with an objective that
-    ``uses_predictor`` (SimSiam), its ``predictor`` head maps each view's projections to the
-    predictions the objective compares, and is saved with the model.
+    """Encoder + projector (+ predictor, + pretext heads) trained with self-supervised
+    objectives on pairs of views. The module owns every parameter (objectives have none): with an
+    objective that ``uses_predictor`` (SimSiam), its ``predictor`` head maps each view's
+    projections to the predictions the objective compares, and is saved with the model; an
+    atom-level objective (masked-element prediction, denoising) has its head in
+    ``pretext_heads``, kept in the training checkpoints (a resumed run continues it) and left out
+    of the model file (fine-tuning uses the encoder only).
 
     :param encoder: a registered encoder, ``batch → (B, H)``.
     :param projector: ``(B, H) → (B, D)``.
-    :param objective: a parameter-free loss (:mod:`crystaltwins.losses`).
+    :param objective: a parameter-free loss (:mod:`crystaltwins.losses`), or weighted terms
+        (:func:`~crystaltwins.training.objectives.build_objectives`) summed into the loss.
     :param predictor: ``(B, D) → (B, D)``, required by an objective that ``uses_predictor``.
+    :param pretext_heads: the atom-level objectives' heads, by objective name.
     """
 
     def __init__(
         self,
         encoder: nn.Module,
         projector: nn.Module,
-        objective: nn.Module,
+        objective: nn.Module | Sequence[ObjectiveTerm],
         lr: float = 1e-5,
         weight_decay: float = 1e-6,
         predictor: nn.Module | None = None,
+        pretext_heads: Mapping[str, nn.Module] | None = None,
     ) -> None:
         super().__init__()
-        if getattr(objective, "uses_predictor", False) and predictor is None:
-            raise ValueError(f"{type(objective).__name__} needs a predictor head")
+        self.terms = as_terms(objective)
+        heads = dict(pretext_heads or {})
+        for term in self.terms:
+            if uses_predictor(term) and predictor is None:
+                raise ValueError(f"{type(term.objective).__name__} needs a predictor head")
+            if uses_atoms(term) and term.name not in heads:
+                raise ValueError(f"objective {term.name} needs its head in pretext_heads")
         self.encoder = encoder
         self.projector = projector
         self.predictor = predictor
-        self.objective = objective
+        self.pretext_heads = nn.ModuleDict(heads)
+        self.objectives = nn.ModuleDict({t.name: t.objective for t in self.terms})  # no weights
         self.lr = lr
         self.weight_decay = weight_decay
 
@@ -103,36 +97,32 @@ class PretrainModule(L.LightningModule):
         """Projections ``(B, D)``."""
         return self.projector(self.encoder(batch))
 
-    def _loss(self, pair: Any) -> torch.Tensor:
-        view_a, view_b = pair
-        z_a, z_b = self(view_a), self(view_b)
-        if getattr(self.objective, "uses_predictor", False):
-            return self.objective(z_a, z_b, self.predictor(z_a), self.predictor(z_b))  # type: ignore[misc]
-        return self.objective(z_a, z_b)
-
-    def training_step(self, pair: Any, batch_idx: int) -> torch.Tensor:
-        loss = self._loss(pair)
-        self.log(
-            "train_loss",
-            loss,
-            prog_bar=True,
-            on_step=True,
-            on_epoch=True,
-            batch_size=pair[0].num_crystals,
-            sync_dist=True,  # SimSiam's loss is per rank; a no-op on one device
+    def _step(self, pair: Any, stage: str) -> torch.Tensor:
+        """The weighted loss of a pair of views, logged with each objective's own loss."""
+        losses = objective_losses(
+            self.terms, pair, self.encoder, self.projector, self.predictor, self.pretext_heads
         )
+        loss = weighted_sum(self.terms, losses)
+        logged = {f"{stage}_loss": loss}
+        if len(losses) > 1:
+            logged.update({f"{stage}_loss_{name}": value for name, value in losses.items()})
+        for name, value in logged.items():
+            self.log(
+                name,
+                value,
+                prog_bar=name == f"{stage}_loss",
+                on_step=stage == "train",
+                on_epoch=True,
+                batch_size=pair[0].num_crystals,
+                sync_dist=True,  # SimSiam's loss is per rank; a no-op on one device
+            )
         return loss
 
+    def training_step(self, pair: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(pair, "train")
+
     def validation_step(self, pair: Any, batch_idx: int) -> None:
-        loss = self._loss(pair)
-        self.log(
-            "val_loss",
-            loss,
-            prog_bar=True,
-            on_epoch=True,
-            batch_size=pair[0].num_crystals,
-            sync_dist=True,
-        )
+        self._step(pair, "val")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A resumed checkpoint must fit this model (one line naming it otherwise)."""
@@ -142,15 +132,6 @@ class PretrainModule(L.LightningModule):
         return torch.optim.Adam(
             self.parameters(), lr=self.lr, weight_decay=self.weight_decay, foreach=True
         )
-
-
-def _featurizer(config: PretrainConfig) -> AtomFeaturizer:
-    if config.atom_init:
-        return AtomFeaturizer.from_json(config.atom_init)
-    if config.init_from:
-        return load_model(config.init_from).featurizer
-    first = Path(config.data[0])
-    return default_featurizer(first if first.is_dir() else None)
 
 
 def _loader(
@@ -192,35 +173,36 @@ def _without_excluded(caches: list[Any], exclude_ids_file: str) -> np.ndarray:
 
 
 def pretrain(config: PretrainConfig) -> Path:
-    """Run pre-training; returns the path of the best model file (``RUN_DIR/model.pt``)."""
-    objective_class(config.objective)  # names checked before any work
-    parse_augmentations(config.augment)
-    lookup(ENCODERS, "encoder", config.encoder)
+    """Run pre-training; returns the path of the best model file (``RUN_DIR/model.pt``).
+
+    The config (objective, augmentation and encoder names included) is checked, and a starting
+    model (``init_from``) read, before any work."""
+    config.validate()
+    start = load_model(config.init_from) if config.init_from else None
     with claimed_folder_of(config, is_main_process()):
-        return _pretrain_in_claimed_folder(config)
+        return _pretrain_in_claimed_folder(config, start)
 
 
-def _pretrain_in_claimed_folder(config: PretrainConfig) -> Path:
-    """:func:`pretrain`, once its run folder is locked and checked."""
-    out = Path(config.out)
-    write_config(out, config)
-    L.seed_everything(config.seed, workers=True, verbose=False)
-    settings = GraphSettings(
-        radius=config.radius,
-        max_neighbors=config.max_neighbors,
-        perturbation_margin=max(0.05, config.perturbation),
+def _graph_and_features(
+    config: PretrainConfig, start: ModelBundle | None
+) -> tuple[GraphSettings, AtomFeaturizer]:
+    """The run's graph settings (with candidates for the perturbation) and element features:
+    a starting model's own, else those asked for / of the first source."""
+    moves = [GraphSettings().perturbation_margin, config.perturbation]
+    if "gn" in parse_augmentations(config.augment):
+        moves.append(GaussianNoise.TRUNCATION * config.noise_sigma)
+    margin = max(moves)
+    settings = run_graph_settings(
+        config, config.data[0], start.graph_settings if start else None, perturbation_margin=margin
     )
-    featurizer = _featurizer(config)
-    caches = prepare_caches(
-        config.data,
-        settings,
-        featurizer,
-        config.cache_root,
-        workers=config.featurize_workers,
-        progress=config.progress and is_main_process(),
-        log=main_print,
-        cif_column=config.cif_column,
-    )
+    if start is not None:
+        return settings, start.featurizer
+    return settings, featurizer_for(config.data[0], config.atom_init)
+
+
+def _selected_crystals(config: PretrainConfig, caches: list[Any]) -> np.ndarray:
+    """Positions in the concatenated caches to train and validate on: without excluded ids, a
+    seeded random subset of ``max_crystals``."""
     positions = np.arange(sum(len(c) for c in caches))
     if config.exclude_ids_file:
         positions = _without_excluded(caches, config.exclude_ids_file)
@@ -228,32 +210,32 @@ def _pretrain_in_claimed_folder(config: PretrainConfig) -> Path:
         positions = np.sort(
             np.random.default_rng(config.seed).choice(positions, config.max_crystals, replace=False)
         )
-    if config.epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {config.epochs}")
-    if not 0.0 < config.val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be between 0 and 1, got {config.val_fraction}")
-    split = random_split(
-        len(positions), (1 - config.val_fraction, config.val_fraction, 0.0), config.seed
-    )
+    return positions
+
+
+def _train_val(config: PretrainConfig, count: int) -> Split:
+    """The seeded training / validation split of ``count`` crystals (both at least 2)."""
+    split = random_split(count, (1 - config.val_fraction, config.val_fraction, 0.0), config.seed)
     if len(split.val) < 2 or len(split.train) < 2:
         raise ValueError(
-            f"{len(positions)} crystals are too few for a validation fraction of "
+            f"{count} crystals are too few for a validation fraction of "
             f"{config.val_fraction:g} (validation {len(split.val)}, training {len(split.train)}: "
             "both need at least 2 crystals); use more data or a larger --val-fraction"
         )
-    augmentation = build_augmentation(
-        config.augment,
-        settings,
-        config.perturbation,
-        config.atom_mask_fraction,
-        config.edge_mask_fraction,
-    )
-    train = ConcatGraphViews(caches, positions[split.train])
-    val = ConcatGraphViews(caches, positions[split.val])
+    return split
 
+
+def _pretrain_module(
+    config: PretrainConfig,
+    start: ModelBundle | None,
+    featurizer: AtomFeaturizer,
+    settings: GraphSettings,
+    train: ConcatGraphViews,
+) -> PretrainModule:
+    """Encoder + projector (+ predictor) (a starting model's, or new ones) with the weighted
+    objectives, and fresh heads for the atom-level ones (sized on a crystal of ``train``)."""
     predictor = None
-    if config.init_from:
-        start = load_model(config.init_from)
+    if start is not None:
         encoder = start.encoder
         projector = start.head or ProjectionHead(
             encoder.out_dim, config.projection_hidden, config.projection_dim
@@ -270,15 +252,75 @@ def _pretrain_in_claimed_folder(config: PretrainConfig) -> Path:
             name=config.encoder,
         )
         projector = ProjectionHead(encoder.out_dim, config.projection_hidden, config.projection_dim)
-    objective = build_objective(config.objective, lambda_=config.barlow_lambda)
-    if not getattr(objective, "uses_predictor", False):
+    terms = build_objectives(
+        config.objective, config.objective_weights, lambda_=config.barlow_lambda
+    )
+    if not any(map(uses_predictor, terms)):
         predictor = None
     elif predictor is None:
         predictor = SimSiamPredictor(projector.out_dim)
-    module = PretrainModule(
-        encoder, projector, objective, config.lr, config.weight_decay, predictor
+    heads = {}
+    if any(map(uses_atoms, terms)):
+        atom_dim = atom_embedding_width(encoder, train.__getitems__([0])[0].to_batch())
+        heads = make_heads(terms, atom_dim, len(featurizer.table), settings.radius)
+    return PretrainModule(
+        encoder, projector, terms, config.lr, config.weight_decay, predictor, heads
     )
 
+
+def _model_info(
+    config: PretrainConfig,
+    train: ConcatGraphViews,
+    val: ConcatGraphViews,
+    trainer: L.Trainer,
+    module: PretrainModule,
+) -> dict[str, Any]:
+    """What the model file records about its training."""
+    return {
+        "objective": config.objective,
+        "objective_weights": {t.name: t.weight for t in module.terms},
+        "augmentations": config.augment,
+        "data_sources": [str(Path(d).resolve()) for d in config.data],
+        "crystals": {"train": len(train), "val": len(val)},
+        "epochs": config.epochs,
+        "lr": config.lr,
+        "weight_decay": config.weight_decay,
+        "batch_size": config.batch_size,
+        "seed": config.seed,
+        "best_val_loss": float(trainer.checkpoint_callback.best_model_score or float("nan")),  # type: ignore[union-attr]
+        "seconds": training_seconds(trainer),
+    }
+
+
+def _pretrain_in_claimed_folder(config: PretrainConfig, start: ModelBundle | None) -> Path:
+    """:func:`pretrain`, once its run folder is locked and checked."""
+    out = Path(config.out)
+    write_config(out, config)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    settings, featurizer = _graph_and_features(config, start)
+    caches = prepare_caches(
+        config.data,
+        settings,
+        featurizer,
+        config.cache_root,
+        workers=config.featurize_workers,
+        progress=config.progress and is_main_process(),
+        log=main_print,
+        cif_column=config.cif_column,
+    )
+    positions = _selected_crystals(config, caches)
+    split = _train_val(config, len(positions))
+    augmentation = build_augmentation(
+        config.augment,
+        settings,
+        config.perturbation,
+        config.atom_mask_fraction,
+        config.edge_mask_fraction,
+        options={"gn": {"sigma": config.noise_sigma}},
+    )
+    train = ConcatGraphViews(caches, positions[split.train])
+    val = ConcatGraphViews(caches, positions[split.val])
+    module = _pretrain_module(config, start, featurizer, settings, train)
     trainer = make_trainer(
         out,
         epochs=config.epochs,
@@ -298,22 +340,9 @@ def _pretrain_in_claimed_folder(config: PretrainConfig) -> Path:
     )
     best = out / "checkpoints" / "best.ckpt"
     if best.exists():
-        state = AtomicCheckpointIO().load_checkpoint(best)["state_dict"]
-        module.load_state_dict(state)
-    info = {
-        "objective": config.objective,
-        "augmentations": config.augment,
-        "data_sources": [str(Path(d).resolve()) for d in config.data],
-        "crystals": {"train": len(train), "val": len(val)},
-        "epochs": config.epochs,
-        "lr": config.lr,
-        "weight_decay": config.weight_decay,
-        "batch_size": config.batch_size,
-        "seed": config.seed,
-        "best_val_loss": float(trainer.checkpoint_callback.best_model_score or float("nan")),  # type: ignore[union-attr]
-        "seconds": training_seconds(trainer),
-    }
+        module.load_state_dict(AtomicCheckpointIO().load_checkpoint(best)["state_dict"])
     if trainer.is_global_zero:
+        info = _model_info(config, train, val, trainer, module)
         save_model(
             out / "model.pt",
             ModelBundle(

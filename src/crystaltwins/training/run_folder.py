@@ -60,6 +60,7 @@ BENCH_FILES = frozenset(
         "results.md",
         "ablation.png",
         "tsne_perovskites.png",
+        "data",  # the smoke preset's subsets of the data files
         LOCK_NAME,
     }
 )

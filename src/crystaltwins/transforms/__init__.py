@@ -21,11 +21,13 @@ from crystaltwins.transforms.base import (
     apply_to_graph,
 )
 from crystaltwins.transforms.masking import AtomMasking, EdgeMasking
-from crystaltwins.transforms.perturbation import RandomPerturbation
+from crystaltwins.transforms.perturbation import GaussianNoise, RandomPerturbation
 
-#: Augmentation name → class (what ``--augment`` takes); a composition applies them in this order.
+#: Augmentation name → class (what ``--augment`` takes); a composition applies them in this order
+#: (moves first: they re-select the neighbours, which would undo an edge masking done before).
 AUGMENTATIONS: dict[str, type] = {
     "rp": RandomPerturbation,
+    "gn": GaussianNoise,
     "am": AtomMasking,
     "em": EdgeMasking,
 }
@@ -36,6 +38,7 @@ __all__ = [
     "BatchTransform",
     "Compose",
     "EdgeMasking",
+    "GaussianNoise",
     "GraphTransform",
     "RandomPerturbation",
     "apply_to_graph",
@@ -80,7 +83,7 @@ def build_augmentation(
     options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Compose:
     """The augmentations named by ``names`` (e.g. ``"rp,am,em"``), composed in the order of
-    :data:`AUGMENTATIONS` (RP, AM, EM, then those registered later).
+    :data:`AUGMENTATIONS` (RP, GN, AM, EM, then those registered later).
 
     :param settings: the graph cache's settings, given to augmentations that take ``settings``
         (RP re-selects neighbours within its radius).
@@ -88,7 +91,7 @@ def build_augmentation(
     :param atom_mask_fraction: AM's ``fraction``; ``None``: its default.
     :param edge_mask_fraction: EM's ``fraction``; ``None``: its default.
     :param options: more constructor arguments by augmentation name, e.g. ``{"rp":
-        {"min_distance": 0.01}}``.
+        {"min_distance": 0.01}}`` or ``{"gn": {"sigma": 0.1}}``.
     """
     chosen = set(parse_augmentations(names))
     given: dict[str, dict[str, Any]] = {name: {} for name in AUGMENTATIONS}

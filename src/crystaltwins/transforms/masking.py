@@ -13,7 +13,8 @@ from crystaltwins.transforms.base import BatchTransform
 class AtomMasking(BatchTransform):
     """Zero the element features of ``fraction`` of the atoms (at least one).
 
-    A masked atom gets element number 0, whose feature row is all zeros.
+    A masked atom gets element number 0, whose feature row is all zeros. The batch form keeps
+    the true numbers in ``original_atomic_numbers`` (the targets of masked-element prediction).
     """
 
     def __init__(self, fraction: float = 0.1) -> None:
@@ -26,7 +27,12 @@ class AtomMasking(BatchTransform):
         masked = random_subset_per_group(
             arrays.atom_crystal, arrays.num_crystals, self.fraction, rng
         )
-        return replace(arrays, atomic_numbers=np.where(masked, 0, arrays.atomic_numbers))
+        original = arrays.original_atomic_numbers
+        return replace(
+            arrays,
+            atomic_numbers=np.where(masked, 0, arrays.atomic_numbers),
+            original_atomic_numbers=arrays.atomic_numbers if original is None else original,
+        )
 
     def __repr__(self) -> str:
         return f"AtomMasking(fraction={self.fraction})"

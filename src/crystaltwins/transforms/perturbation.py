@@ -54,6 +54,10 @@ class RandomPerturbation(BatchTransform):
                 f"({self.settings.perturbation_margin} Å): rebuild the cache with a larger margin"
             )
 
+    def displacements(self, num_atoms: int, rng: np.random.Generator) -> np.ndarray:
+        """``(num_atoms, 3)`` random moves in Å, none longer than :attr:`distance`."""
+        return random_displacements(num_atoms, self.distance, self.min_distance, rng)
+
     def batch(self, arrays: GraphArrays, rng: np.random.Generator) -> GraphArrays:
         """Every atom of the batch moved, the edges re-selected: one distance computation and
         one sort.
@@ -64,9 +68,7 @@ class RandomPerturbation(BatchTransform):
         ``|n·L|``: the same atom at the same distance, so either choice gives the same features.
         """
         settings = self.settings
-        positions = arrays.positions + random_displacements(
-            arrays.positions.shape[0], self.distance, self.min_distance, rng
-        )
+        positions = arrays.positions + self.displacements(arrays.positions.shape[0], rng)
         src = np.concatenate([arrays.edge_src, arrays.cand_src])
         dst = np.concatenate([arrays.edge_dst, arrays.cand_dst])
         shift = np.concatenate([arrays.edge_shift, arrays.cand_shift])
@@ -83,9 +85,11 @@ class RandomPerturbation(BatchTransform):
         rank = np.arange(src.shape[0]) - starts[src]
         keep = (rank < settings.max_neighbors) & within_cutoff(distance, settings.radius)
         order = order[keep]
+        clean = arrays.positions if arrays.clean_positions is None else arrays.clean_positions
         return replace(
             arrays,
             positions=positions,
+            clean_positions=clean,
             edge_src=src[keep],
             edge_dst=dst[order],
             edge_shift=shift[order],
@@ -94,3 +98,44 @@ class RandomPerturbation(BatchTransform):
 
     def __repr__(self) -> str:
         return f"RandomPerturbation(distance={self.distance}, min_distance={self.min_distance})"
+
+
+class GaussianNoise(RandomPerturbation):
+    """Move every atom by Gaussian noise and rebuild the edges exactly (denoising pre-training).
+
+    Each Cartesian component of a move is drawn from ``N(0, sigma²)``; a move longer than
+    ``max_distance`` (default ``3·sigma``: 2.9 % of the moves of a 3-D Gaussian) is shortened to
+    that length, so that the cached candidate neighbours still give the exact new neighbours:
+    ``max_distance`` may not exceed the cache's ``perturbation_margin``. The view keeps the
+    positions before the move, and with them every kept edge's clean length
+    (:meth:`~crystaltwins.data.batch.GraphArrays.clean_edge_distance`).
+
+    :param sigma: standard deviation of each component of a move, Å.
+    :param max_distance: longest move in Å; ``None``: ``3·sigma``.
+    :param settings: the graph cache's settings.
+    """
+
+    #: Longest move, in units of ``sigma``, when ``max_distance`` is not given.
+    TRUNCATION = 3.0
+
+    def __init__(
+        self,
+        sigma: float = 0.1,
+        max_distance: float | None = None,
+        settings: GraphSettings | None = None,
+    ) -> None:
+        if not sigma > 0:
+            raise ValueError(f"sigma must be positive, got {sigma}")
+        self.sigma = float(sigma)
+        longest = self.TRUNCATION * self.sigma if max_distance is None else float(max_distance)
+        if not longest > 0:
+            raise ValueError(f"max_distance must be positive, got {max_distance}")
+        super().__init__(longest, None, settings)
+
+    def displacements(self, num_atoms: int, rng: np.random.Generator) -> np.ndarray:
+        moves = rng.normal(scale=self.sigma, size=(num_atoms, 3))
+        length = np.linalg.norm(moves, axis=1, keepdims=True)
+        return moves * np.minimum(1.0, self.distance / np.maximum(length, 1e-300))
+
+    def __repr__(self) -> str:
+        return f"GaussianNoise(sigma={self.sigma}, max_distance={self.distance})"

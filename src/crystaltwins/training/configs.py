@@ -1,0 +1,459 @@
+"""The settings of a run, each default written once: :class:`RunOptions` (shared),
+:class:`PretrainConfig` and :class:`FinetuneConfig`.
+
+Every field carries its help text (``metadata["help"]``): the CLI's options are made from these
+fields (:mod:`crystaltwins.cli.options`), so a setting reachable from Python is reachable from
+the command line with the same default. ``validate()`` checks a whole config; the library calls it
+before any work (no cache built, no folder claimed, for a config that cannot run).
+
+This module is light (no torch): ``crystaltwins --help`` imports it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crystaltwins.graph.settings import GraphSettings
+
+#: The published Crystal Twins fine-tuning code's learning-rate factor of the pre-trained
+#: encoder (the head learns at ``lr``, the encoder at ``lr * 0.2``): the paper protocol.
+PAPER_ENCODER_LR_FACTOR = 0.2
+#: The encoder's factor when there is nothing pre-trained to protect (training from scratch).
+SCRATCH_ENCODER_LR_FACTOR = 1.0
+#: Tasks a property model is trained for.
+TASKS = ("regression", "classification")
+_GRAPH = GraphSettings()
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", **cli: Any) -> Any:
+    """A config field with its help text; ``cli``: more for the CLI (``choices``, ``metavar``,
+    ``default_text`` shown instead of the default, ``flag`` for another option name,
+    ``cli=False`` for a field the CLI does not offer)."""
+    metadata = {"help": help, **cli}
+    if isinstance(default, (list, dict)):
+        value = default
+        return field(default_factory=lambda: type(value)(value), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def same_setting(config_cls: type, name: str) -> Any:
+    """A field of another config with the same default and help (e.g. bench's ``radius``)."""
+    for f in dataclasses.fields(config_cls):
+        if f.name == name:
+            return field(default=field_default(config_cls, name), metadata=f.metadata)
+    raise KeyError(f"{config_cls.__name__} has no field {name!r}")
+
+
+def field_default(config_cls: type, name: str) -> Any:
+    """The default of field ``name`` of the dataclass ``config_cls`` (one place to read it)."""
+    for f in dataclasses.fields(config_cls):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+            break
+    raise KeyError(f"{config_cls.__name__} has no default for {name!r}")
+
+
+def _positive(config: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be positive, got {value!r}")
+
+
+def _whole(config: Any, name: str, least: int, optional: bool = False) -> None:
+    value = getattr(config, name)
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
+    if value < least:
+        raise ValueError(f"{name} must be at least {least}, got {value!r}")
+
+
+def _fraction(config: Any, name: str, low_open: bool = False) -> None:
+    value = getattr(config, name)
+    ok = (0.0 < value < 1.0) if low_open else (0.0 <= value < 1.0)
+    if not ok:
+        raise ValueError(
+            f"{name} must be a fraction {'in (0, 1)' if low_open else 'in [0, 1)'}, got {value!r}"
+        )
+
+
+def _existing_file(name: str, path: str | None) -> None:
+    if path is not None and not Path(path).is_file():
+        raise FileNotFoundError(f"{name}: no such file {path!r}")
+
+
+def check_accelerator(name: str | None) -> None:
+    """A clear error for a GPU request on a machine without one (before any work)."""
+    if not name:
+        return
+    name = str(name).lower()
+    if name in ("gpu", "cuda") or name.startswith("cuda:"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"no CUDA GPU available (torch {torch.__version__}); use cpu or leave it to auto"
+            )
+    elif name == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            raise ValueError("no Apple MPS device available; use cpu")
+
+
+def _check_encoder(name: str) -> None:
+    """``ValueError`` unless ``name`` is a registered encoder."""
+    from crystaltwins.models.registry import ENCODERS, lookup
+
+    lookup(ENCODERS, "encoder", name)
+
+
+@dataclass(kw_only=True)
+class RunOptions:
+    """Settings shared by pre-training and fine-tuning: graph, encoder size, element features,
+    where caches live, and how the run executes (keyword-only)."""
+
+    radius: float | None = setting(
+        None,
+        "neighbour cutoff in Å",
+        default_text=f"a pre-trained model's or a graph cache's own, else {_GRAPH.radius:g}",
+    )
+    max_neighbors: int | None = setting(
+        None,
+        "neighbours kept per atom",
+        default_text=f"a pre-trained model's or a graph cache's own, else {_GRAPH.max_neighbors}",
+    )
+    encoder: str = setting(
+        "cgcnn",
+        "encoder of a new model: cgcnn, gin, gatgnn, ogcnn or another name registered in "
+        "crystaltwins.models.registry.ENCODERS",
+    )
+    atom_fea_len: int = setting(64, "encoder: atom embedding width (new encoders)")
+    n_conv: int = setting(3, "encoder: number of graph convolutions (new encoders)")
+    h_fea_len: int = setting(128, "encoder: crystal embedding width (new encoders)")
+    atom_init: str | None = setting(
+        None,
+        "CGCNN atom_init.json defining the element features",
+        default_text="a pre-trained model's own, else atom_init.json in a CGCNN folder, else built-in",
+    )
+    cache_root: str | None = setting(
+        None, "where graph caches live", default_text="$CRYSTALTWINS_CACHE or ~/.cache/crystaltwins"
+    )
+    cif_column: str | None = setting(
+        None, "CSV column holding the structures", default_text="the column named cif or structure"
+    )
+    featurize_workers: int = setting(1, "processes building graph caches")
+    loader_workers: int = setting(0, "data-loader worker processes")
+    accelerator: str = setting("auto", "cpu, gpu or auto")
+    devices: str = setting("auto", "number of devices (several GPUs: data-parallel)")
+    precision: str | None = setting(
+        None, "e.g. 32-true, 16-mixed, bf16-mixed", default_text="16-mixed on GPU, else 32-true"
+    )
+    resume: bool = setting(
+        False, "continue the run in OUT from checkpoints/last.ckpt (same settings only)"
+    )
+    overwrite: bool = setting(
+        False, "replace the earlier run in OUT (only crystaltwins' own files are removed)"
+    )
+    progress: bool = setting(True, "show progress bars")
+
+    def validate(self) -> None:
+        """Check the shared settings (raises ValueError / FileNotFoundError, one line)."""
+        self.graph_settings()  # radius > 0, max_neighbors >= 1
+        for name in ("atom_fea_len", "n_conv", "h_fea_len", "featurize_workers"):
+            _whole(self, name, 1)
+        _whole(self, "loader_workers", 0)
+        _existing_file("atom_init", self.atom_init)
+        if self.resume and self.overwrite:
+            raise ValueError("give resume or overwrite, not both")
+        check_accelerator(self.accelerator)
+        _check_encoder(self.encoder)
+
+    def graph_settings(self, given: GraphSettings | None = None, **more: Any) -> GraphSettings:
+        """The graph settings of this run: ``radius`` / ``max_neighbors`` where set, the rest
+        from ``given`` (a pre-trained model's or a graph cache's settings), else the defaults.
+
+        :param more: other :class:`GraphSettings` fields (e.g. ``perturbation_margin``)."""
+        base = dataclasses.asdict(given) if given is not None else {}
+        asked = {
+            k: v
+            for k, v in (("radius", self.radius), ("max_neighbors", self.max_neighbors))
+            if v is not None
+        }
+        return GraphSettings(**{**base, **more, **asked})
+
+    def graph_conflicts(self, model_settings: GraphSettings) -> list[str]:
+        """``radius`` / ``max_neighbors`` asked for that differ from a pre-trained model's."""
+        return [
+            f"{name} {getattr(self, name):g} (the model's: {getattr(model_settings, name):g})"
+            for name in ("radius", "max_neighbors")
+            if getattr(self, name) is not None
+            and getattr(self, name) != getattr(model_settings, name)
+        ]
+
+
+@dataclass
+class PretrainConfig(RunOptions):
+    """Settings of a pre-training run; the defaults are the paper's (Barlow Twins, Adam 1e-5,
+    batch 64, 15 epochs, 95/5 split) and the published checkpoint's dimensions."""
+
+    data: list[str] = setting(help="one or more data sources (labels are ignored)", cli=False)
+    out: str = setting(help="run folder")
+    objective: str = setting(
+        "barlow_twins",
+        "self-supervised objective: barlow_twins, simsiam, vicreg, nt_xent, masked_element, "
+        "denoise (names in crystaltwins.losses.OBJECTIVES), or several summed: "
+        "barlow_twins+denoise",
+    )
+    objective_weights: str | None = setting(
+        None,
+        "weights of the summed objectives: one per objective (1,0.5) or name:weight pairs "
+        "(denoise:0.5)",
+        default_text="1 each",
+    )
+    noise_sigma: float = setting(0.1, "Gaussian noise (gn): σ of each coordinate's move in Å")
+    barlow_lambda: float = setting(0.0051, "Barlow Twins off-diagonal weight λ")
+    augment: str = setting("rp,am,em", "comma-separated augmentations: rp, gn, am, em")
+    perturbation: float = setting(0.05, "random perturbation (rp): largest displacement in Å")
+    atom_mask_fraction: float = setting(0.1, "atom masking (am): fraction of atoms masked")
+    edge_mask_fraction: float = setting(0.1, "edge masking (em): fraction of edges masked")
+    lr: float = setting(1e-5, "learning rate (Adam)")
+    weight_decay: float = setting(1e-6, "weight decay (Adam)")
+    batch_size: int = setting(64, "crystals per batch")
+    epochs: int = setting(15, "training epochs")
+    val_fraction: float = setting(0.05, "fraction of the crystals held out for validation")
+    seed: int = setting(0, "random seed (split, initialisation, augmentations)")
+    projection_hidden: int = setting(128, "projector hidden width")
+    projection_dim: int = setting(256, "projector output width")
+    init_from: str | None = setting(
+        None, "start from a model file or published .pth", default_text="a new encoder"
+    )
+    max_crystals: int | None = setting(
+        None, "use a random subset of this many crystals", default_text="all"
+    )
+    exclude_ids_file: str | None = setting(
+        None, "JSON list of [source file, id] pairs left out of pre-training", default_text="none"
+    )
+
+    def validate(self) -> None:
+        """Check every setting before any work (one-line ValueError / FileNotFoundError)."""
+        if not self.data:
+            raise ValueError("pretrain needs at least one data source")
+        if not self.out:
+            raise ValueError("pretrain needs a run folder (out)")
+        super().validate()
+        for name in ("epochs", "batch_size", "projection_hidden", "projection_dim"):
+            _whole(self, name, 1)
+        _whole(self, "max_crystals", 2, optional=True)
+        _positive(self, "lr")
+        if self.weight_decay < 0 or self.barlow_lambda < 0 or self.perturbation < 0:
+            raise ValueError("weight_decay, barlow_lambda and perturbation must be >= 0")
+        _fraction(self, "val_fraction", low_open=True)
+        _fraction(self, "atom_mask_fraction")
+        _fraction(self, "edge_mask_fraction")
+        _positive(self, "noise_sigma")
+        from crystaltwins.training.objectives import check_augmentations, parse_objectives
+        from crystaltwins.transforms import parse_augmentations
+
+        parse_objectives(self.objective, self.objective_weights)  # names and weights
+        check_augmentations(self.objective, parse_augmentations(self.augment))
+        _existing_file("exclude_ids_file", self.exclude_ids_file)
+
+
+@dataclass
+class FinetuneConfig(RunOptions):
+    """Settings of a fine-tuning run; defaults follow the paper (Adam 1e-3, batch 128,
+    200 epochs, 60/20/20 split, best validation MAE evaluated once on the test split).
+
+    ``pretrained``: a model file from ``pretrain``, a published Crystal Twins ``.pth``, or
+    ``"default"`` for the encoder shipped with the package.
+
+    ``fold``: fold 0..4 of the matbench v0.1 protocol instead of a random split
+    (:func:`~crystaltwins.data.splits.matbench_split`: test = the fold, validation = a quarter of
+    the rest).
+
+    ``ensemble``: how many models to train (seeds ``seed`` .. ``seed + ensemble - 1``, all on
+    the split of ``split_seed``, by default ``seed``); see :mod:`crystaltwins.training.ensemble`.
+    ``members_together``: train them in one process and loop (:mod:`crystaltwins.training.members`)."""
+
+    data: str = setting(help="labelled data source", cli=False)
+    target: str = setting(help="label column")
+    out: str = setting(help="run folder")
+    pretrained: str | None = setting(
+        None,
+        "our model.pt (or its run folder), a published Crystal Twins .pth, or 'default'",
+        default_text="none: give this or --from-scratch",
+    )
+    from_scratch: bool = setting(False, "supervised CGCNN baseline (a new encoder)")
+    task: str = setting("regression", "what the head predicts", choices=TASKS)
+    unit: str = setting("", "unit of the target (e.g. eV/atom), recorded with the results")
+    target_transform: str = setting(
+        "none", "transform of the target before training", choices=("none", "log10")
+    )
+    lr: float = setting(1e-3, "learning rate of the head (Adam)")
+    encoder_lr_factor: float = setting(
+        PAPER_ENCODER_LR_FACTOR,
+        "learning-rate factor of a pre-trained encoder (the published code's; "
+        f"{SCRATCH_ENCODER_LR_FACTOR:g} when training from scratch)",
+    )
+    weight_decay: float = setting(0.0, "weight decay (Adam)")
+    batch_size: int = setting(128, "crystals per batch")
+    epochs: int = setting(200, "training epochs (the best validation epoch is kept)")
+    split: tuple[float, float, float] = setting(
+        (0.6, 0.2, 0.2), "random split fractions", metavar=("TRAIN", "VAL", "TEST")
+    )
+    split_column: str | None = setting(
+        None, "column holding train/val/test", default_text="a random split"
+    )
+    fold: int | None = setting(
+        None,
+        "fold 0-4 of the matbench v0.1 protocol (KFold(5, shuffle, random_state=18012019) over "
+        "the crystals in file order; validation: a quarter of the training folds)",
+        default_text="a random split",
+    )
+    split_files: tuple[str, str, str] | None = setting(
+        None, "files of ids", metavar=("TRAIN", "VAL", "TEST"), default_text="a random split"
+    )
+    seed: int = setting(0, "random seed (split, initialisation, batch order)")
+    split_seed: int | None = setting(
+        None, "seed of the random split and of subsets", default_text="--seed"
+    )
+    max_train: int | None = setting(None, "cap on training crystals", default_text="all")
+    max_eval: int | None = setting(
+        None, "cap on validation and test crystals each", default_text="all"
+    )
+    early_stopping: int | None = setting(
+        None, "patience in epochs on validation MAE", default_text="off"
+    )
+    head_hidden: int | None = setting(
+        None, "hidden width of the head", default_text="the encoder's output width"
+    )
+    plots: bool = setting(True, "draw parity and learning-curve plots in OUT")
+    data_on_device: str = setting(
+        "auto",
+        "GPU runs: keep the training data on the GPU when it takes at most half its free "
+        "memory (auto), or stream batches from the cache (never)",
+        choices=("auto", "never"),
+    )
+    ensemble: int = setting(
+        1,
+        "train K models (seeds SEED..SEED+K-1, one split) in OUT/members; predictions are "
+        "their mean, with their std and each member's value",
+        metavar="K",
+    )
+    members_together: bool = setting(
+        False,
+        "with --ensemble: train the members in one loop with stacked weights (faster on a GPU; "
+        "CGCNN encoders, no early stopping, no mid-run resume)",
+    )
+
+    @property
+    def split_seed_value(self) -> int:
+        """The seed of the random split (and of ``max_train`` / ``max_eval`` subsets)."""
+        return self.seed if self.split_seed is None else self.split_seed
+
+    @property
+    def effective_encoder_lr_factor(self) -> float:
+        """``encoder_lr_factor`` for a pre-trained encoder, 1.0 for a new one."""
+        return SCRATCH_ENCODER_LR_FACTOR if self.from_scratch else self.encoder_lr_factor
+
+    def validate(self) -> None:
+        """Check every setting before any work (one-line ValueError / FileNotFoundError)."""
+        for name in ("data", "target", "out"):
+            if not getattr(self, name):
+                raise ValueError(f"finetune needs {name}")
+        if bool(self.pretrained) == bool(self.from_scratch):
+            raise ValueError(
+                "give exactly one of --pretrained MODEL and --from-scratch "
+                "(pretrained=... or from_scratch=True in Python)"
+            )
+        super().validate()
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.target_transform not in ("none", "log10"):
+            raise ValueError(
+                f"target_transform must be 'none' or 'log10', got {self.target_transform!r}"
+            )
+        if isinstance(self.ensemble, int) and self.ensemble < 1:
+            raise ValueError(f"ensemble must be a whole number >= 1, got {self.ensemble!r}")
+        for name in ("epochs", "batch_size", "ensemble"):
+            _whole(self, name, 1)
+        for name in ("max_train", "max_eval", "early_stopping", "head_hidden"):
+            _whole(self, name, 1, optional=True)
+        _positive(self, "lr")
+        if self.members_together and self.early_stopping:
+            raise ValueError("members trained together run every epoch: no early stopping")
+        if self.members_together and self.from_scratch and self.encoder != "cgcnn":
+            raise ValueError(f"only CGCNN encoders train together, not {self.encoder!r}")
+        if self.encoder_lr_factor < 0 or self.weight_decay < 0:
+            raise ValueError("encoder_lr_factor and weight_decay must be >= 0")
+        if self.data_on_device not in ("auto", "never"):
+            raise ValueError(
+                f"data_on_device must be 'auto' or 'never', got {self.data_on_device!r}"
+            )
+        ways = [
+            name
+            for name, value in (
+                ("split_files", self.split_files),
+                ("split_column", self.split_column),
+                ("fold", self.fold),
+            )
+            if value is not None
+        ]
+        if len(ways) > 1:
+            raise ValueError(f"give one way to split, not {' and '.join(ways)}")
+        split = tuple(self.split)
+        if len(split) != 3 or any(not f >= 0 for f in split):
+            raise ValueError(f"split must be 3 fractions >= 0, got {list(split)}")
+        if abs(sum(split) - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must add up to 1, got {sum(split):g}")
+        if self.fold is not None and self.fold not in range(5):
+            raise ValueError(f"fold must be 0-4 (matbench v0.1), got {self.fold!r}")
+        for name in self.split_files or ():
+            if not Path(name).is_file():
+                raise ValueError(f"--split-files: no such file {name!r}")
+
+
+def config_from_settings(
+    config_cls: type, file_settings: dict[str, Any] | None = None, **given: Any
+) -> Any:
+    """A config of ``config_cls`` from a settings file's mapping, then ``given`` (``None``
+    values mean "not given"), checking names and required fields (one-line ValueError)."""
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    values = dict(file_settings or {})
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown settings {unknown}")
+    values.update({k: v for k, v in given.items() if v is not None})
+    required = [
+        f.name
+        for f in dataclasses.fields(config_cls)
+        if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    missing = [name for name in required if values.get(name) is None]
+    if missing:
+        flags = ", ".join("--" + name.replace("_", "-") for name in missing)
+        raise ValueError(f"give {flags} (on the command line or in --config)")
+    for name in ("split", "split_files"):
+        if isinstance(values.get(name), list):
+            values[name] = tuple(values[name])
+    if (
+        "data" in values
+        and isinstance(values["data"], (str, os.PathLike))
+        and names
+        >= {
+            "data",
+            "init_from",
+        }
+    ):
+        values["data"] = [str(values["data"])]
+    return config_cls(**values)

@@ -1,0 +1,105 @@
+"""What a user sees: units on the console and in files, `info`, `cache`, `plot` messages."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crystaltwins.cli.main import main
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_info_prints_what_a_model_is_and_refuses_other_files(tmp_path: Path) -> None:
+    code, out, _ = run("info", "default")
+    assert code == 0 and "type: pre-trained encoder" in out and "objective: barlow_twins" in out
+    (tmp_path / "notes.pt").write_text("not a model")
+    code, _, err = run("info", str(tmp_path / "notes.pt"))
+    assert code == 2 and err.startswith("crystaltwins info: error: ") and err.count("\n") == 1
+
+
+def test_cache_list_and_clean(data_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "caches"
+    code, out, _ = run("cache", "list", "--cache-root", str(root))
+    assert code == 0 and out.startswith("no graph caches under")
+    sample = data_dir / "samples" / "cgcnn_regression"
+    assert run("featurize", str(sample), "--out", str(root / "sample"), "--no-progress")[0] == 0
+    code, out, _ = run("cache", "list", "--cache-root", str(root))
+    assert "sample" in out and "1 caches" in out and str(sample) in out
+    code, out, _ = run("cache", "clean", "--cache-root", str(root), "--older-than", "1")
+    assert "removed 0 caches" in out and (root / "sample").exists()  # used today
+    code, out, _ = run("cache", "clean", "--cache-root", str(root), "--dry-run")
+    assert "would remove 1 caches" in out and (root / "sample").exists()
+    code, out, _ = run("cache", "clean", "--cache-root", str(root))
+    assert code == 0 and "removed 1 caches" in out and not (root / "sample").exists()
+
+
+def test_plot_says_how_many_crystals_were_left_out(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    gap = rng.uniform(0.1, 3.0, size=30)
+    gap[:4] = np.nan
+    np.savez(
+        tmp_path / "emb.npz",
+        ids=np.array([f"c{k}" for k in range(30)]),
+        embeddings=rng.normal(size=(30, 6)),
+        label_gap=gap,
+    )
+    code, out, _ = run("plot", str(tmp_path / "emb.npz"), "--out", str(tmp_path / "map.png"),
+                       "--method", "pca", "--log-color")  # fmt: skip
+    assert code == 0 and "4 of 30 crystals have no usable value of 'gap'" in out
+    assert (tmp_path / "map.png").stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_finetune_predict_info_show_the_unit_of_a_shared_file(
+    perovskite_subset: Path, cache_root: Path, tmp_path: Path
+) -> None:
+    """A file named like a shared one (perovskites.csv.gz) gets its target's unit without
+    --unit: on the console, in the model file, in predictions and on the figures."""
+    import matplotlib.image as mpimg
+
+    data = tmp_path / "perovskites.csv.gz"
+    with gzip.open(perovskite_subset, "rt") as source, gzip.open(data, "wt") as target:
+        target.writelines(line for k, line in zip(range(2_000), source, strict=False))
+    run_dir = tmp_path / "ct"
+    common = ["--cache-root", str(cache_root), "--accelerator", "cpu", "--no-progress"]
+    code, out, _ = run("finetune", str(data), "--target", "e_form", "--out", str(run_dir),
+                       "--from-scratch", "--epochs", "2", *common)  # fmt: skip
+    assert code == 0 and " eV/cell on " in out.strip().splitlines()[-1]
+    assert mpimg.imread(run_dir / "learning_curves.png").shape[1] > 500
+    code, out, _ = run("info", str(run_dir))
+    assert "target: e_form (eV/cell)" in out and "started from: random weights" in out
+    assert "test metrics: MAE " in out and " eV/cell, RMSE" in out
+    code, _, _ = run("predict", str(run_dir), str(data), "--out", str(tmp_path / "p.csv"),
+                     "--cache-root", str(cache_root))  # fmt: skip
+    with open(tmp_path / "p.csv", newline="") as handle:
+        row = next(csv.DictReader(handle))
+    assert row["unit"] == "eV/cell" and row["property"] == "e_form" and row["true_value"]
+
+
+@pytest.mark.slow
+def test_pretrain_draws_its_loss_curves(data_dir: Path, cache_root: Path, tmp_path: Path) -> None:
+    folder = data_dir / "samples" / "jarvis_poscar"
+    out = tmp_path / "pre"
+    code, _, _ = run("pretrain", str(folder), "--out", str(out), "--epochs", "2",
+                     "--batch-size", "16", "--cache-root", str(cache_root), "--no-progress",
+                     "--accelerator", "cpu", "--val-fraction", "0.2")  # fmt: skip
+    assert code == 0
+    with open(out / "history.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 2
+    from crystaltwins.evaluation.plots import learning_curves_figure
+
+    figure = learning_curves_figure(out / "history.csv", loss_name="Barlow Twins loss")
+    assert [line.get_label() for line in figure.axes[0].lines] == ["training", "validation"]
+    assert (out / "learning_curves.png").stat().st_size > 5000

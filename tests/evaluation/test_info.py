@@ -1,0 +1,39 @@
+"""`crystaltwins info MODEL`: what a model file is, from the file (and its run folder)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from crystaltwins.evaluation.info import describe_model
+
+
+def test_the_shipped_encoder_is_described() -> None:
+    info = describe_model("default")
+    text = "\n".join(info.lines())
+    assert info.kind.startswith("pre-trained encoder") and info.objective == "barlow_twins"
+    assert "encoder: CGCNN, 3 convolutions, atom features 64, crystal embedding 128" in text
+    assert "graphs: 12 nearest neighbours within 8 Å" in text
+    assert info.crystals["train"] > 80_000 and "perovskites.csv.gz" in text
+    assert not info.target and "test metrics" not in text
+
+
+def test_a_published_checkpoint_is_described(reference_dir: Path) -> None:
+    path = reference_dir / "CGCNNBarlow_model.pth"
+    if not path.exists():
+        pytest.skip(f"no published checkpoint at {path}")
+    info = describe_model(path)
+    assert info.kind.startswith("published Crystal Twins encoder") and info.parameters > 0
+
+
+def test_a_run_folder_fills_in_what_an_older_model_file_lacks(tmp_path: Path) -> None:
+    from crystaltwins.evaluation.info import _run_metrics
+
+    (tmp_path / "model.pt").write_bytes(b"")
+    (tmp_path / "metrics.json").write_text(json.dumps({"unit": "eV", "test": {"mae": 0.1}}))
+    assert _run_metrics(tmp_path / "model.pt")["unit"] == "eV"
+    assert _run_metrics(tmp_path / "other.pt") == {}
+    with pytest.raises(ValueError, match="not a crystaltwins model file"):
+        describe_model(tmp_path)  # an empty model.pt is refused, not described

@@ -1,0 +1,154 @@
+"""Every setting has one owner: the configs hold the defaults, check themselves before any work,
+and the CLI's options are made from them."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+
+from crystaltwins.cli.main import build_parser, main
+from crystaltwins.evaluation.bench import PRESETS, BenchConfig
+from crystaltwins.graph.settings import GraphSettings
+from crystaltwins.models.checkpoint import load_model
+from crystaltwins.training.configs import (
+    PAPER_ENCODER_LR_FACTOR,
+    FinetuneConfig,
+    PretrainConfig,
+)
+
+TINY = ["--epochs", "1", "--accelerator", "cpu", "--devices", "1", "--no-progress"]
+
+
+def _subparser(name):
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return action.choices[name]
+
+
+@pytest.mark.parametrize(
+    ("command", "config_cls"),
+    [("pretrain", PretrainConfig), ("finetune", FinetuneConfig), ("bench", BenchConfig)],
+)
+def test_every_setting_is_an_option_with_its_default_in_the_help(command, config_cls):
+    sub = _subparser(command)
+    dests = {a.dest: a for a in sub._actions}
+    for f in dataclasses.fields(config_cls):
+        if f.metadata.get("cli", True) is False:
+            continue
+        assert f.name in dests, f"{command}: no option for {f.name}"
+        action = dests[f.name]
+        assert action.default is None or action.default is False or action.const is not None
+        shows = f.default not in (None, False, True, dataclasses.MISSING, "")
+        if shows:
+            assert "default:" in action.help, f"{command} --{f.name}: default not shown"
+    text = sub.format_help()
+    assert "(default: 0.2)" in text if command == "finetune" else True
+    if command == "bench":
+        for preset in PRESETS.values():
+            assert re.search(rf"{preset.name}: ", text.replace("\n", " "))
+
+
+def test_positionals_have_help():
+    for name in ("featurize", "graph", "pretrain", "finetune", "predict", "embed", "plot"):
+        for action in _subparser(name)._actions:
+            if not action.option_strings and action.dest != "help":
+                assert action.help, f"{name} {action.dest}: no help"
+
+
+def test_encoder_lr_factor_has_one_default_and_one_scratch_rule():
+    fields = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}
+    assert (
+        fields["encoder_lr_factor"] == PAPER_ENCODER_LR_FACTOR == PRESETS["paper"].encoder_lr_factor
+    )
+    ct = FinetuneConfig(data="d", target="t", out="o", pretrained="m", encoder_lr_factor=0.3)
+    scratch = dataclasses.replace(ct, pretrained=None, from_scratch=True)
+    assert ct.effective_encoder_lr_factor == 0.3 and scratch.effective_encoder_lr_factor == 1.0
+    # the paper preset is the configs' defaults
+    assert PRESETS["paper"].pretrain_epochs == 15 and PRESETS["paper"].finetune_epochs == 200
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"pretrained": "m", "from_scratch": True}, "exactly one of --pretrained"),
+        ({"from_scratch": True, "epochs": 0}, "epochs must be at least 1"),
+        ({"from_scratch": True, "split": (0.5, 0.2, 0.2)}, "add up to 1"),
+        ({"from_scratch": True, "fold": 1, "split_column": "s"}, "one way to split"),
+        ({"from_scratch": True, "fold": 5}, "fold must be 0-4"),
+        ({"from_scratch": True, "target_transform": "log"}, "target_transform"),
+        ({"from_scratch": True, "radius": -1.0}, "radius must be positive"),
+        ({"from_scratch": True, "ensemble": 0}, "ensemble must be a whole number"),
+    ],
+)
+def test_finetune_config_is_checked_before_any_work(tmp_path, settings, message):
+    from crystaltwins.api import finetune
+
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=message):
+        finetune(tmp_path / "missing.csv", "t", out, **settings)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"epochs": 0}, "epochs must be at least 1"),
+        ({"val_fraction": 1.5}, "val_fraction"),
+        ({"augment": "rp,xx"}, "unknown augmentation"),
+        ({"objective": "vicreg2"}, "unknown objective"),
+    ],
+)
+def test_pretrain_config_is_checked_before_any_cache_is_built(
+    perovskite_subset, tmp_path, settings, message
+):
+    from crystaltwins.api import pretrain
+
+    caches = tmp_path / "caches"
+    with pytest.raises(ValueError, match=message):
+        pretrain(perovskite_subset, tmp_path / "run", cache_root=str(caches), **settings)
+    assert not (tmp_path / "run").exists() and not caches.exists()
+
+
+def test_graph_settings_default_is_written_once():
+    """The configs say "not given" (None); GraphSettings holds the numbers."""
+    config = FinetuneConfig(data="d", target="t", out="o", from_scratch=True)
+    assert config.graph_settings() == GraphSettings()
+    assert config.graph_settings(GraphSettings(radius=6.0)).radius == 6.0
+    asked = dataclasses.replace(config, radius=5.0)
+    assert asked.graph_settings(GraphSettings(radius=6.0)).radius == 5.0
+
+
+@pytest.mark.slow
+def test_a_6_angstrom_graph_trains_end_to_end(perovskite_subset, cache_root, tmp_path, capsys):
+    """pretrain --radius 6; a 6 Å cache from featurize fine-tunes without repeating the radius;
+    a pre-trained model's own settings win, and asking for others says so."""
+    pre = tmp_path / "pre"
+    code = main(
+        ["pretrain", str(perovskite_subset), "--out", str(pre), "--radius", "6"]
+        + ["--max-neighbors", "8", "--max-crystals", "120", "--batch-size", "32"]
+        + ["--cache-root", str(cache_root), *TINY]
+    )
+    assert code == 0, capsys.readouterr().err
+    settings = load_model(pre / "model.pt").graph_settings
+    assert (settings.radius, settings.max_neighbors) == (6.0, 8)
+
+    cache = tmp_path / "cache6"
+    assert main(["featurize", str(perovskite_subset), "--out", str(cache), "--radius", "6"]) == 0
+    scratch = tmp_path / "scratch"
+    code = main(
+        ["finetune", str(cache), "--target", "e_form", "--from-scratch", "--out", str(scratch)]
+        + ["--max-train", "60", "--max-eval", "40", *TINY]
+    )
+    assert code == 0, capsys.readouterr().err
+    assert load_model(scratch / "model.pt").graph_settings.radius == 6.0
+
+    capsys.readouterr()
+    code = main(
+        ["finetune", str(perovskite_subset), "--target", "e_form", "--pretrained", str(pre)]
+        + ["--out", str(tmp_path / "ct8"), "--radius", "8", *TINY]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "brings its own graph settings" in err and "radius 8" in err
+    assert not (tmp_path / "ct8" / "model.pt").exists()
