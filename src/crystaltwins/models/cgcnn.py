@@ -1,4 +1,4 @@
-"""The CGCNN encoder used by Crystal Twins, on :class:`~crystaltwins.data.batch.CrystalGraphBatch`."""
+"""The CGCNN encoder used by Crystal Twins, on :class:`~crystaltwins.graph.batch.CrystalGraphBatch`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crystaltwins.data.batch import CrystalGraphBatch
+from crystaltwins.graph.batch import CrystalGraphBatch
 from crystaltwins.layers import cgcnn_conv
 from crystaltwins.layers.cgcnn_conv import CGConv, EdgeGraph
 from crystaltwins.layers.gaussian import GaussianExpansion

@@ -24,7 +24,6 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from crystaltwins.data.batch import CrystalGraphBatch
 from crystaltwins.data.cache import GraphCache
 from crystaltwins.data.dataset import CrystalGraphDataset, GraphCollator
 from crystaltwins.data.sources import prepare_caches
@@ -39,6 +38,7 @@ from crystaltwins.data.splits import (
     split_from_labels,
 )
 from crystaltwins.graph.atom_features import AtomFeaturizer, featurizer_for
+from crystaltwins.graph.batch import CrystalGraphBatch
 from crystaltwins.graph.settings import GraphSettings
 from crystaltwins.models.checkpoint import ModelBundle, load_model, resolve_model_path, save_model
 from crystaltwins.models.heads import PropertyHead
