@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from crystaltwins.cli.main import main
-from crystaltwins.data.batch import CrystalGraphBatch, GraphArrays
+from crystaltwins.graph.batch import CrystalGraphBatch, GraphArrays
 from crystaltwins.losses import OBJECTIVES
 from crystaltwins.models.checkpoint import load_model
 from crystaltwins.models.registry import ENCODERS

@@ -1,14 +1,12 @@
 """The data flow has no import running back up it (scanned with ``ast``, lazy imports included).
 
-Layers, lowest first: io → graph → data + transforms → layers → models → losses → training →
+Layers, lowest first: io → graph → transforms → data → layers → models → losses → training →
 evaluation → api → cli (``demo`` and the package's ``__init__`` / ``__main__`` sit on top). A
 module may import its own layer and any layer below it.
 
-``data`` and ``transforms`` are one layer (the data layer: graphs in arrays, and the
-augmentations of those arrays), with one rule inside it: ``transforms`` may import only
-:mod:`crystaltwins.data.batch` (the plain array container the augmentations work on), never a
-cache, dataset or loader; ``data.dataset`` may name the transform protocol
-(:class:`~crystaltwins.transforms.base.GraphTransform`) that its pair collator applies.
+The augmentations (``transforms``) work on the plain batch containers of
+:mod:`crystaltwins.graph.batch` and never import ``data`` (caches, datasets, loaders); ``data``'s
+pair collator applies them to the crystals it gathers.
 """
 
 from __future__ import annotations
@@ -24,7 +22,8 @@ PACKAGE = Path(crystaltwins.__file__).parent
 LAYERS: list[str | tuple[str, ...]] = [
     "io",
     "graph",
-    ("data", "transforms"),
+    "transforms",
+    "data",
     "layers",
     "models",
     "losses",
@@ -88,7 +87,7 @@ def test_no_import_runs_back_up_the_data_flow():
 )
 def test_named_arrows(layer, forbidden):
     """Training stops at a trained model; augmentations see only the array container."""
-    allowed = {"crystaltwins.data.batch"}
+    allowed = {"crystaltwins.graph.batch"}
     found = [
         f"{module} imports {imported}"
         for module, path in _modules()

@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from crystaltwins.data.batch import GraphArrays
 from crystaltwins.data.cache import GraphCache, build_graph_cache
 from crystaltwins.data.dataset import CrystalGraphDataset, GraphCollator, collate_graphs
 from crystaltwins.data.gather import GraphStore, ragged_rows
+from crystaltwins.graph.batch import GraphArrays
 
 
 def test_ragged_rows_in_request_order_with_repeats() -> None:

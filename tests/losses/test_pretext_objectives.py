@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from crystaltwins.data.batch import GraphArrays
 from crystaltwins.graph.atom_features import AtomFeaturizer
+from crystaltwins.graph.batch import GraphArrays
 from crystaltwins.graph.crystal_graph import build_crystal_graph
 from crystaltwins.graph.settings import GraphSettings
 from crystaltwins.losses import (

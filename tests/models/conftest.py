@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from crystaltwins.data.batch import CrystalGraphBatch
+from crystaltwins.graph.batch import CrystalGraphBatch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

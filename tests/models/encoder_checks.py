@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from crystaltwins.data.batch import CrystalGraphBatch
+from crystaltwins.graph.batch import CrystalGraphBatch
 from crystaltwins.losses.barlow_twins import BarlowTwinsLoss
 from crystaltwins.models import CrystalTwinsModel, ProjectionHead, PropertyHead, PropertyModel
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from crystaltwins.data.batch import GraphArrays
+from crystaltwins.graph.batch import GraphArrays
 from crystaltwins.graph.crystal_graph import build_crystal_graph
 from crystaltwins.models import CrystalTwinsModel, load_published_crystal_twins
 from tests.graph.test_neighbors import FAST_SAMPLES, SAMPLES, _read

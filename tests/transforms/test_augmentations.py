@@ -139,7 +139,7 @@ def test_build_augmentation_parses_names():
 
 def test_batch_augmentation_equals_rebuild_and_masks_per_crystal(graphs):
     """The vectorised batch versions: RP re-selects exactly, AM/EM mask per crystal."""
-    from crystaltwins.data.batch import GraphArrays
+    from crystaltwins.graph.batch import GraphArrays
 
     structures = [s for s, _ in graphs]
     arrays = GraphArrays.from_graphs([g for _, g in graphs])

@@ -11,12 +11,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from crystaltwins.data.batch import CrystalGraphBatch, GraphArrays
 from crystaltwins.data.cache import GraphCache
 from crystaltwins.data.gather import GraphStore
+from crystaltwins.graph.batch import CrystalGraphBatch, GraphArrays
 from crystaltwins.graph.crystal_graph import CrystalGraph
 
-if TYPE_CHECKING:  # data comes before transforms in the data flow: no import at run time
+if TYPE_CHECKING:
     from crystaltwins.transforms.base import BatchTransform
 
 

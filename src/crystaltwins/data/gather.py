@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from crystaltwins.data.batch import CrystalGraphBatch, GraphArrays
 from crystaltwins.data.cache import GraphCache
+from crystaltwins.graph.batch import CrystalGraphBatch, GraphArrays
 
 #: Arrays the encoder needs (a plain batch); the augmentations also need positions, lattices,
 #: periodic images and the candidate edges.

@@ -141,6 +141,10 @@ class BenchConfig:
     accelerator: str = same_setting(PretrainConfig, "accelerator")
     devices: str = same_setting(PretrainConfig, "devices")
     cache_root: str | None = same_setting(PretrainConfig, "cache_root")
+    members_together: bool = setting(
+        False,
+        "fine-tune a task's seeds x methods in one loop with stacked weights (faster on a GPU)",
+    )
     overwrite: bool = setting(
         False, "remove an earlier benchmark in OUT first (default: continue it)"
     )
@@ -366,6 +370,34 @@ def finetune_for_bench(
     return metrics
 
 
+def _method(label: str) -> str:
+    """The run folder name of a pre-trained variant's fine-tuning (``ct`` for RP+AM+EM)."""
+    return "ct" if label == "RP+AM+EM" else f"ct_{label.replace('+', '_').lower()}"
+
+
+def finetune_task_together(ctx: BenchContext, task: BenchmarkTask, models: dict[str, Path]) -> None:
+    """The task's unfinished runs (every seed, scratch and each pre-trained variant) trained in
+    one loop (:func:`~crystaltwins.evaluation.runs.finetune_together`); the results table then
+    reads their ``metrics.json`` as those of runs finished earlier."""
+    from crystaltwins.evaluation.runs import finetune_together
+
+    configs = []
+    for seed in ctx.seeds:
+        configs.append(_finetune_config(ctx, task, seed, "scratch", None))
+        for label, model in models.items():
+            configs.append(_finetune_config(ctx, task, seed, _method(label), model))
+    pending = [c for c in configs if not (Path(c.out) / "metrics.json").exists()]
+    if not pending:
+        return
+    ctx.progress(
+        f"{task.name}: {len(pending)} runs trained together, {ctx.preset.finetune_epochs} epochs"
+    )
+    started = time.time()
+    finetune_together(pending)
+    ctx.runs_timed += len(pending)
+    ctx.run_seconds += time.time() - started
+
+
 def _use_subsets(ctx: BenchContext, corpus: list[Path]) -> list[Path]:
     """Point ``ctx`` at subsets of its files (see :attr:`Preset.subset_rows`) in ``OUT/data``;
     returns the new corpus. Existing subsets are reused."""
@@ -537,6 +569,8 @@ def _task_rows(
         if not task.available:
             rows.append({**base, "skipped": True})
             continue
+        if ctx.config.members_together:
+            finetune_task_together(ctx, task, models)
         scratch, ct = [], []
         sizes = ""
         for seed in ctx.seeds:
@@ -544,8 +578,7 @@ def _task_rows(
             scratch.append(m["test"]["mae"])
             sizes = f"{m['crystals']['train']}/{m['crystals']['val']}/{m['crystals']['test']}"
             for label, model in models.items():
-                method = "ct" if label == "RP+AM+EM" else f"ct_{label.replace('+', '_').lower()}"
-                m = finetune_for_bench(ctx, task, seed, method, model)
+                m = finetune_for_bench(ctx, task, seed, _method(label), model)
                 ablation_rows[label].setdefault(task.name, []).append(m["test"]["mae"])
                 if label == "RP+AM+EM":
                     ct.append(m["test"]["mae"])

@@ -9,7 +9,7 @@ pre-training module owns and saves with the model.
 An *atom-level* objective (class attribute ``uses_atoms = True``: masked-element prediction,
 distance denoising) is called once per view as ``forward(atom_embeddings, view, head)`` with the
 encoder's atom embeddings ``(n_atoms, A)`` of the view, the view itself
-(:class:`~crystaltwins.data.batch.CrystalGraphBatch`) and its head, which the objective makes
+(:class:`~crystaltwins.graph.batch.CrystalGraphBatch`) and its head, which the objective makes
 (``make_head(atom_dim, num_elements, radius)``) and the pre-training module owns;
 ``needs_augmentation`` names the augmentations (any one) its views need.
 

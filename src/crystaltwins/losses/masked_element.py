@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crystaltwins.data.batch import CrystalGraphBatch
+from crystaltwins.graph.batch import CrystalGraphBatch
 from crystaltwins.models.pretext_heads import ElementHead
 
 

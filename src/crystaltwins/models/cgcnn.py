@@ -1,4 +1,4 @@
-"""The CGCNN encoder used by Crystal Twins, on :class:`~crystaltwins.data.batch.CrystalGraphBatch`."""
+"""The CGCNN encoder used by Crystal Twins, on :class:`~crystaltwins.graph.batch.CrystalGraphBatch`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crystaltwins.data.batch import CrystalGraphBatch
+from crystaltwins.graph.batch import CrystalGraphBatch
 from crystaltwins.layers import cgcnn_conv
 from crystaltwins.layers.cgcnn_conv import CGConv, EdgeGraph
 from crystaltwins.layers.gaussian import GaussianExpansion
@@ -202,7 +202,9 @@ class CGCNNEncoder(nn.Module):
 
     def _atom_embeddings_fp32(self, batch: CrystalGraphBatch) -> Tensor:
         # embedding(table[Z]) == embedding(table)[Z]: embed the ~100 table rows, not every atom
-        x = self.embedding(self.atom_features.float()).index_select(0, batch.atomic_numbers)
+        # (in the weights' dtype: float32, or float64 for a model made double)
+        table = self.atom_features.to(self.embedding.weight.dtype)
+        x = self.embedding(table).index_select(0, batch.atomic_numbers)
         if len(self.convs) == 0:
             return x
         distance = batch.edge_distance.to(x.dtype)

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crystaltwins.data.batch import CrystalGraphBatch
+from crystaltwins.graph.batch import CrystalGraphBatch
 from crystaltwins.graph.ofm import N_ORBITALS, valence_table
 from crystaltwins.layers import cgcnn_conv
 from crystaltwins.layers.cgcnn_conv import CGConv, EdgeGraph

@@ -282,7 +282,8 @@ class FinetuneConfig(RunOptions):
     the rest).
 
     ``ensemble``: how many models to train (seeds ``seed`` .. ``seed + ensemble - 1``, all on
-    the split of ``split_seed``, by default ``seed``); see :mod:`crystaltwins.training.ensemble`."""
+    the split of ``split_seed``, by default ``seed``); see :mod:`crystaltwins.training.ensemble`.
+    ``members_together``: train them in one process and loop (:mod:`crystaltwins.training.members`)."""
 
     data: str = setting(help="labelled data source", cli=False)
     target: str = setting(help="label column")
@@ -349,6 +350,11 @@ class FinetuneConfig(RunOptions):
         "their mean, with their std and each member's value",
         metavar="K",
     )
+    members_together: bool = setting(
+        False,
+        "with --ensemble: train the members in one loop with stacked weights (faster on a GPU; "
+        "CGCNN encoders, no early stopping, no mid-run resume)",
+    )
 
     @property
     def split_seed_value(self) -> int:
@@ -384,6 +390,10 @@ class FinetuneConfig(RunOptions):
         for name in ("max_train", "max_eval", "early_stopping", "head_hidden"):
             _whole(self, name, 1, optional=True)
         _positive(self, "lr")
+        if self.members_together and self.early_stopping:
+            raise ValueError("members trained together run every epoch: no early stopping")
+        if self.members_together and self.from_scratch and self.encoder != "cgcnn":
+            raise ValueError(f"only CGCNN encoders train together, not {self.encoder!r}")
         if self.encoder_lr_factor < 0 or self.weight_decay < 0:
             raise ValueError("encoder_lr_factor and weight_decay must be >= 0")
         if self.data_on_device not in ("auto", "never"):

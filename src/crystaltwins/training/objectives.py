@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from crystaltwins.data.batch import CrystalGraphBatch
+from crystaltwins.graph.batch import CrystalGraphBatch
 from crystaltwins.losses import OBJECTIVES, build_objective, objective_class
 
 #: Weight of an objective that ``--objective-weights`` does not name.

@@ -1,7 +1,7 @@
 """Augmentations of crystal graphs: written once, on a whole batch (PyG style composition).
 
 An augmentation follows :class:`GraphTransform`: one method, ``batch(arrays, rng)``, taking the
-:class:`~crystaltwins.data.batch.GraphArrays` of a batch and a NumPy random generator and
+:class:`~crystaltwins.graph.batch.GraphArrays` of a batch and a NumPy random generator and
 returning new arrays (the input is never modified: cached graphs are read-only memory maps).
 That is what training calls. One crystal is a batch of one: :func:`apply_to_graph` (and
 ``__call__`` of every :class:`BatchTransform`) gives the view of a single
@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from crystaltwins.data.batch import GraphArrays
+from crystaltwins.graph.batch import GraphArrays
 from crystaltwins.graph.crystal_graph import CrystalGraph
 from crystaltwins.graph.neighbors import NeighborList
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from crystaltwins.data.batch import GraphArrays
+from crystaltwins.graph.batch import GraphArrays
 from crystaltwins.transforms.base import BatchTransform
 
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from crystaltwins.data.batch import GraphArrays
+from crystaltwins.graph.batch import GraphArrays
 from crystaltwins.graph.neighbors import within_cutoff
 from crystaltwins.graph.settings import GraphSettings
 from crystaltwins.transforms.base import BatchTransform
@@ -108,7 +108,7 @@ class GaussianNoise(RandomPerturbation):
     that length, so that the cached candidate neighbours still give the exact new neighbours:
     ``max_distance`` may not exceed the cache's ``perturbation_margin``. The view keeps the
     positions before the move, and with them every kept edge's clean length
-    (:meth:`~crystaltwins.data.batch.GraphArrays.clean_edge_distance`).
+    (:meth:`~crystaltwins.graph.batch.GraphArrays.clean_edge_distance`).
 
     :param sigma: standard deviation of each component of a move, Å.
     :param max_distance: longest move in Å; ``None``: ``3·sigma``.
