@@ -46,6 +46,7 @@ from crystaltwins.models.property_model import PropertyModel, Target
 from crystaltwins.models.targets import TRANSFORMS
 from crystaltwins.training.common import (
     AtomicCheckpointIO,
+    check_pretrained_encoder,
     check_resumed_state,
     fit,
     is_main_process,
@@ -230,6 +231,7 @@ def starting_point(config: FinetuneConfig) -> StartingPoint:
         bundle = load_model(path, atom_init=config.atom_init)
         if config.atom_init and not bundle.info.get("published"):
             main_print(f"note: --atom-init ignored: {path} carries its own element features")
+        check_pretrained_encoder(config, bundle.encoder, path)
         settings = run_graph_settings(config, config.data, bundle.graph_settings)
         return StartingPoint(bundle.featurizer, bundle.encoder, settings, str(path))
     featurizer = featurizer_for(config.data, config.atom_init)
