@@ -3,6 +3,7 @@
 #   1. environment (GPU, driver, torch);
 #   2. fine-tuning epoch time, perovskites (all 18,928) and mp36k (8,000): the original CGCNN loop,
 #      ours streaming per-crystal batches (the old path) and ours with the data resident on the GPU;
+#   2b. 6 fine-tuning members (8,000 perovskites) trained together (stacked weights) vs one after another;
 #   3. one pre-training epoch over the corpus files in .device/data (cache build timed separately);
 #   4. `crystaltwins bench --preset paper --pretrained default` on as many tasks and seeds as fit
 #      in what is left of BUDGET_S (bench resumes: rerun to continue).
@@ -34,6 +35,10 @@ echo "== fine-tuning epoch (2 timed epochs after the first)" | tee -a "$log"
 timeout $(( $(left) / 2 )) python3 benchmarks/bench_finetune_epoch.py --accelerator gpu --threads 8 \
   --data-root "$DATA" --reference "$REF" --epochs 3 \
   --sets perovskites:e_form:all mp36k:formation_energy_per_atom:8000 2>&1 | grep -v Warning | tee -a "$log"
+
+echo "== 6 fine-tuning members together vs one after another (8,000 perovskites)" | tee -a "$log"
+timeout $(( $(left) / 4 )) python3 benchmarks/bench_members.py --accelerator gpu --threads 16 \
+  --data-root "$DATA" --crystals 8000 --members 6 --epochs 3 --repeat 1 2>&1 | grep -v Warning | tee -a "$log"
 
 echo "== pre-training epoch over $(ls "$DATA"/*.csv.gz | wc -l) corpus files" | tee -a "$log"
 t0=$(date +%s)

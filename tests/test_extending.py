@@ -111,11 +111,12 @@ def test_toy_encoder_objective_and_augmentation_from_the_cli(
         capsys,
     )
     saved = torch.load(pre / "model.pt", weights_only=True)
-    assert saved["encoder"]["type"] == "toy" and saved["encoder"]["init_args"] == {"h_fea_len": 128}
+    # no size asked for: the encoder keeps its own default
+    assert saved["encoder"]["type"] == "toy" and saved["encoder"]["init_args"] == {"h_fea_len": 8}
     bundle = load_model(pre)
     assert isinstance(bundle.encoder, MeanElementEncoder)
     assert bundle.info["objective"] == "alignment" and bundle.info["augmentations"] == "jitter,am"
-    assert bundle.head is not None and bundle.head.in_dim == 128 and bundle.predictor is None
+    assert bundle.head is not None and bundle.head.in_dim == 8 and bundle.predictor is None
 
     tuned = tmp_path / "tuned"
     _run(

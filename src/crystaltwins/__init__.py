@@ -1,8 +1,9 @@
 """crystaltwins: self-supervised learning on crystal structures (Crystal Twins).
 
 ``import crystaltwins as ct`` gives the user-facing functions (:mod:`crystaltwins.api`):
-``ct.featurize``, ``ct.pretrain``, ``ct.finetune``, ``ct.predict``, ``ct.embed`` and
-``ct.load_model``; they are imported on first use, so that ``import crystaltwins`` stays light.
+``ct.featurize``, ``ct.pretrain``, ``ct.finetune``, ``ct.predict``, ``ct.embed``,
+``ct.load_model``, ``ct.bench`` and ``ct.plot_embeddings``; they are imported on first use, so
+that ``import crystaltwins`` stays light.
 """
 
 from __future__ import annotations
@@ -11,7 +12,16 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_API = ("embed", "featurize", "finetune", "load_model", "predict", "pretrain")
+_API = (
+    "bench",
+    "embed",
+    "featurize",
+    "finetune",
+    "load_model",
+    "plot_embeddings",
+    "predict",
+    "pretrain",
+)
 
 
 def __getattr__(name: str) -> Any:

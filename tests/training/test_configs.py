@@ -152,3 +152,43 @@ def test_a_6_angstrom_graph_trains_end_to_end(perovskite_subset, cache_root, tmp
     err = capsys.readouterr().err
     assert code == 2 and "brings its own graph settings" in err and "radius 8" in err
     assert not (tmp_path / "ct8" / "model.pt").exists()
+
+
+def test_a_pretrained_model_brings_its_own_encoder(perovskite_subset, cache_root, tmp_path, capsys):
+    """Asking the shipped CGCNN model for another encoder or other sizes is one line, exit 2,
+    before any training (as for graph settings); nothing is silently ignored."""
+    for extra, words in (
+        (["--encoder", "gin"], "encoder gin (the model's: cgcnn)"),
+        (["--h-fea-len", "64"], "h_fea_len 64"),
+    ):
+        out = tmp_path / extra[0].strip("-")
+        code = main(
+            ["finetune", str(perovskite_subset), "--target", "e_form", "--pretrained", "default"]
+            + ["--out", str(out), "--cache-root", str(cache_root), *extra, *TINY]
+        )
+        err = capsys.readouterr().err
+        assert code == 2 and "brings its own encoder" in err and words in err, err
+        assert len(err.strip().splitlines()) == 1
+        assert not (out / "model.pt").exists()
+
+
+def test_a_size_the_encoder_does_not_take_is_refused(
+    perovskite_subset, cache_root, tmp_path, capsys
+):
+    """GATGNN has no convolution count: --n-conv is refused by name, not dropped."""
+    code = main(
+        ["finetune", str(perovskite_subset), "--target", "e_form", "--from-scratch"]
+        + ["--encoder", "gatgnn", "--n-conv", "5", "--out", str(tmp_path / "g")]
+        + ["--cache-root", str(cache_root), *TINY]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "encoder 'gatgnn' takes no n_conv" in err, err
+
+
+def test_encoder_sizes_default_to_the_encoders_own():
+    """No size asked for: each encoder builds with its own defaults (CGCNN: 64 / 3 / 128)."""
+    config = FinetuneConfig(data="d", target="t", out="o", from_scratch=True)
+    assert config.encoder_sizes() == {} and config.encoder_name == "cgcnn"
+    asked = dataclasses.replace(config, encoder="gin", n_conv=2)
+    assert asked.encoder_sizes() == {"n_conv": 2}
+    assert asked.encoder_conflicts("cgcnn") == ["encoder gin (the model's: cgcnn)", "n_conv 2"]

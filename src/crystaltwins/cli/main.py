@@ -78,14 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["csv", "json"], default="csv", help="(default: csv)")
     _add_graph_options(p)
 
-    p = sub.add_parser("pretrain", help="self-supervised pre-training (Barlow Twins / SimSiam)")
+    p = sub.add_parser(
+        "pretrain", help="self-supervised pre-training (Barlow Twins and other objectives)"
+    )
     p.add_argument("data", nargs="+", help="one or more data sources (labels are ignored)")
     _add_config_file_option(p)
     add_config_options(p, PretrainConfig)
 
-    p = sub.add_parser(
-        "finetune", help="fine-tune on a labelled dataset (or train CGCNN from scratch)"
-    )
+    p = sub.add_parser("finetune", help="fine-tune on a labelled dataset (or train from scratch)")
     p.add_argument("data", help="labelled data: " + _DATA_HELP)
     _add_config_file_option(p)
     add_config_options(p, FinetuneConfig)
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cif_column_option(p)
 
     p = sub.add_parser("bench", help="reproduce the paper's comparison (Table 2, ablation, t-SNE)")
-    add_config_options(p, BenchConfig)
+    add_config_options(p, BenchConfig, required_here=False)
     from crystaltwins.cli import cache, info
 
     info.add_info_parser(sub), cache.add_cache_parser(sub)

@@ -25,6 +25,7 @@ import numpy as np
 
 from crystaltwins.evaluation.tasks import PAPER_TASKS, TASKS, BenchmarkTask
 from crystaltwins.training.configs import (
+    DEFAULT_ENCODER,
     FinetuneConfig,
     PretrainConfig,
     RunOptions,
@@ -34,8 +35,6 @@ from crystaltwins.training.configs import (
 )
 from crystaltwins.training.run_folder import BENCH_FILES, claim_run_folder
 
-#: The encoder of a benchmark without ``encoders`` (its run folders carry no encoder suffix).
-DEFAULT_ENCODER: str = field_default(RunOptions, "encoder")
 #: The augmentation variant of the CT column (the paper's RP+AM+EM).
 CT_VARIANT = "RP+AM+EM"
 #: The encoder of the paper's Crystal Twins (its "paper CT" numbers).
@@ -166,6 +165,10 @@ class BenchConfig:
     accelerator: str = same_setting(PretrainConfig, "accelerator")
     devices: str = same_setting(PretrainConfig, "devices")
     cache_root: str | None = same_setting(PretrainConfig, "cache_root")
+    members_together: bool = setting(
+        False,
+        "fine-tune a task's seeds x methods in one loop with stacked weights (faster on a GPU)",
+    )
     overwrite: bool = setting(
         False, "remove an earlier benchmark in OUT first (default: continue it)"
     )
@@ -303,7 +306,8 @@ def _finetune_config(
     encoder: str = DEFAULT_ENCODER,
 ) -> FinetuneConfig:
     """The settings of one (task, seed, method) run; CT and scratch differ only in the start
-    (``encoder``: the new encoder of a run from scratch; a pre-trained model brings its own)."""
+    (``encoder``: the new encoder of a run from scratch; a pre-trained model brings its own).
+    The default encoder is left unnamed, as in the runs of benchmarks before ``encoders``."""
     part = f"fold{seed}" if ctx.config.protocol == "matbench" else f"seed{seed}"
     options = ctx.config._run_options()
     if pretrained is not None:  # the model brings its graph settings
@@ -314,7 +318,7 @@ def _finetune_config(
         out=str(ctx.out / "runs" / task.name / part / method),
         pretrained=str(pretrained) if pretrained else None,
         from_scratch=pretrained is None,
-        encoder=encoder,
+        encoder=None if pretrained is not None or encoder == DEFAULT_ENCODER else encoder,
         target_transform=task.transform,
         unit=task.unit,
         lr=ctx.preset.finetune_lr,
@@ -446,7 +450,7 @@ def pretrain_for_bench(
         exclude_ids_file=str(exclude_file) if exclude_file else None,
         resume=True,
         progress=False,
-        encoder=encoder,
+        encoder=None if encoder == DEFAULT_ENCODER else encoder,
         **ctx.config._run_options(),
     )
     return pretrain(config)
@@ -475,6 +479,44 @@ def finetune_for_bench(
     ctx.runs_timed += 1
     ctx.run_seconds += time.time() - started
     return metrics
+
+
+#: The encoders whose runs ``members_together`` trains in one loop (what
+#: :mod:`crystaltwins.training.members` stacks); the others' runs go one by one.
+TRAINED_TOGETHER = ("cgcnn",)
+
+
+def finetune_task_together(
+    ctx: BenchContext, task: BenchmarkTask, models: dict[str, dict[str, Path]]
+) -> None:
+    """The task's unfinished runs of :data:`TRAINED_TOGETHER` encoders (every seed, scratch
+    and each pre-trained variant) trained in one loop
+    (:func:`~crystaltwins.evaluation.runs.finetune_together`); the results table then reads
+    their ``metrics.json`` as those of runs finished earlier."""
+    from crystaltwins.evaluation.runs import finetune_together
+
+    configs = []
+    for seed in ctx.seeds:
+        for encoder in ctx.config.encoders:
+            if encoder in TRAINED_TOGETHER:
+                configs.append(
+                    _finetune_config(ctx, task, seed, run_method(encoder), None, encoder)
+                )
+        for encoder, variants in models.items():
+            if encoder in TRAINED_TOGETHER:
+                for label, model in variants.items():
+                    method = run_method(encoder, label)
+                    configs.append(_finetune_config(ctx, task, seed, method, model, encoder))
+    pending = [c for c in configs if not (Path(c.out) / "metrics.json").exists()]
+    if not pending:
+        return
+    ctx.progress(
+        f"{task.name}: {len(pending)} runs trained together, {ctx.preset.finetune_epochs} epochs"
+    )
+    started = time.time()
+    finetune_together(pending)
+    ctx.runs_timed += len(pending)
+    ctx.run_seconds += time.time() - started
 
 
 def _use_subsets(ctx: BenchContext, corpus: list[Path]) -> list[Path]:
@@ -713,6 +755,8 @@ def _task_rows(
         if not task.available:
             rows.append({**base, "skipped": True})
             continue
+        if ctx.config.members_together:
+            finetune_task_together(ctx, task, models)
         scratch: dict[str, list[float]] = {e: [] for e in ctx.config.encoders}
         ct: dict[str, list[float]] = {e: [] for e in models}
         sizes = ""

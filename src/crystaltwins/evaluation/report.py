@@ -86,6 +86,7 @@ def score(run: TrainedRun) -> Scores:
         "epochs_run": run.epochs_run,
         "best_epoch": best_epoch(out),
         "seconds": run.seconds,
+        **run.notes,
     }
     predictions: dict[str, np.ndarray] = {}
     head_outputs: dict[str, np.ndarray] = {}

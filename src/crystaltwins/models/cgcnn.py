@@ -202,7 +202,9 @@ class CGCNNEncoder(nn.Module):
 
     def _atom_embeddings_fp32(self, batch: CrystalGraphBatch) -> Tensor:
         # embedding(table[Z]) == embedding(table)[Z]: embed the ~100 table rows, not every atom
-        x = self.embedding(self.atom_features.float()).index_select(0, batch.atomic_numbers)
+        # (in the weights' dtype: float32, or float64 for a model made double)
+        table = self.atom_features.to(self.embedding.weight.dtype)
+        x = self.embedding(table).index_select(0, batch.atomic_numbers)
         if len(self.convs) == 0:
             return x
         distance = batch.edge_distance.to(x.dtype)

@@ -437,34 +437,54 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
 def new_encoder(
     featurizer: Any,
     settings: Any,
-    atom_fea_len: int = 64,
-    n_conv: int = 3,
-    h_fea_len: int = 128,
-    name: str = "cgcnn",
+    atom_fea_len: int | None = None,
+    n_conv: int | None = None,
+    h_fea_len: int | None = None,
+    name: str | None = None,
 ) -> Any:
     """A freshly initialised encoder for a featurizer and graph settings.
 
-    :param name: a registered encoder (:data:`~crystaltwins.models.registry.ENCODERS`). The
-        CGCNN sizes and the graph settings' Gaussian expansion are given to it when its
-        constructor takes them (``gaussian`` for the edge distances).
-    :raises ValueError: for an unknown name.
+    :param name: a registered encoder (:data:`~crystaltwins.models.registry.ENCODERS`; default
+        :data:`~crystaltwins.training.configs.DEFAULT_ENCODER`). It gets the graph settings'
+        Gaussian expansion when its constructor takes ``gaussian``.
+    :param atom_fea_len: / :param n_conv: / :param h_fea_len: sizes asked for (``None``: the
+        encoder's own default).
+    :raises ValueError: an unknown name, or a size the encoder does not take.
     """
     import inspect
 
     from crystaltwins.models.registry import ENCODERS, lookup
+    from crystaltwins.training.configs import DEFAULT_ENCODER
 
+    name = name or DEFAULT_ENCODER
     cls = lookup(ENCODERS, "encoder", name)
-    offered: dict[str, Any] = {
-        "atom_fea_len": atom_fea_len,
-        "n_conv": n_conv,
-        "h_fea_len": h_fea_len,
-        "gaussian": {
+    accepted = inspect.signature(cls).parameters
+    sizes = {"atom_fea_len": atom_fea_len, "n_conv": n_conv, "h_fea_len": h_fea_len}
+    kwargs: dict[str, Any] = {k: v for k, v in sizes.items() if v is not None}
+    refused = sorted(set(kwargs) - set(accepted))
+    if refused:
+        takes = [k for k in accepted if k not in ("atom_features", "gaussian")]
+        raise ValueError(
+            f"encoder {name!r} takes no {', '.join(refused)} (its settings: {', '.join(takes)})"
+        )
+    if "gaussian" in accepted:
+        kwargs["gaussian"] = {
             "dmin": settings.gaussian_dmin,
             "dmax": settings.gaussian_dmax,
             "step": settings.gaussian_step,
             "var": settings.gaussian_width,
-        },
-    }
-    accepted = inspect.signature(cls).parameters
-    kwargs = {k: v for k, v in offered.items() if k in accepted}
+        }
     return cls(torch.tensor(featurizer.table), **kwargs)
+
+
+def check_pretrained_encoder(config: RunOptions, encoder: torch.nn.Module, source: Any) -> None:
+    """A pre-trained model brings its own encoder: asking for another one, or for other sizes,
+    is an error (one line), as asking for other graph settings is."""
+    from crystaltwins.models.registry import ENCODERS, name_of
+
+    conflicts = config.encoder_conflicts(name_of(ENCODERS, "encoder", encoder))
+    if conflicts:
+        raise ValueError(
+            f"{source}: the pre-trained model brings its own encoder; asked for "
+            f"{', '.join(conflicts)}: leave --encoder / sizes out, or train from scratch"
+        )

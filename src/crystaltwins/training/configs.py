@@ -110,6 +110,12 @@ def check_accelerator(name: str | None) -> None:
             raise ValueError("no Apple MPS device available; use cpu")
 
 
+#: The encoder of a new model when none is named.
+DEFAULT_ENCODER = "cgcnn"
+#: The encoder sizes a run may set (each encoder takes those its constructor names).
+ENCODER_SIZES = ("atom_fea_len", "n_conv", "h_fea_len")
+
+
 def _check_encoder(name: str) -> None:
     """``ValueError`` unless ``name`` is a registered encoder."""
     from crystaltwins.models.registry import ENCODERS, lookup
@@ -132,14 +138,23 @@ class RunOptions:
         "neighbours kept per atom",
         default_text=f"a pre-trained model's or a graph cache's own, else {_GRAPH.max_neighbors}",
     )
-    encoder: str = setting(
-        "cgcnn",
+    encoder: str | None = setting(
+        None,
         "encoder of a new model: cgcnn, gin, gatgnn, ogcnn or another name registered in "
         "crystaltwins.models.registry.ENCODERS",
+        default_text=f"a pre-trained model's own, else {DEFAULT_ENCODER}",
     )
-    atom_fea_len: int = setting(64, "encoder: atom embedding width (new encoders)")
-    n_conv: int = setting(3, "encoder: number of graph convolutions (new encoders)")
-    h_fea_len: int = setting(128, "encoder: crystal embedding width (new encoders)")
+    atom_fea_len: int | None = setting(
+        None, "new encoder: atom embedding width", default_text="the encoder's own (CGCNN: 64)"
+    )
+    n_conv: int | None = setting(
+        None, "new encoder: number of graph layers", default_text="the encoder's own (CGCNN: 3)"
+    )
+    h_fea_len: int | None = setting(
+        None,
+        "new encoder: crystal embedding width",
+        default_text="the encoder's own (CGCNN: 128)",
+    )
     atom_init: str | None = setting(
         None,
         "CGCNN atom_init.json defining the element features",
@@ -169,14 +184,34 @@ class RunOptions:
     def validate(self) -> None:
         """Check the shared settings (raises ValueError / FileNotFoundError, one line)."""
         self.graph_settings()  # radius > 0, max_neighbors >= 1
-        for name in ("atom_fea_len", "n_conv", "h_fea_len", "featurize_workers"):
-            _whole(self, name, 1)
+        for name in ENCODER_SIZES:
+            if getattr(self, name) is not None:
+                _whole(self, name, 1)
+        _whole(self, "featurize_workers", 1)
         _whole(self, "loader_workers", 0)
         _existing_file("atom_init", self.atom_init)
         if self.resume and self.overwrite:
             raise ValueError("give resume or overwrite, not both")
         check_accelerator(self.accelerator)
-        _check_encoder(self.encoder)
+        if self.encoder is not None:
+            _check_encoder(self.encoder)
+
+    @property
+    def encoder_name(self) -> str:
+        """The encoder of a new model (``encoder``, else :data:`DEFAULT_ENCODER`)."""
+        return self.encoder or DEFAULT_ENCODER
+
+    def encoder_sizes(self) -> dict[str, int]:
+        """The encoder sizes asked for (the others are the encoder's own defaults)."""
+        return {k: getattr(self, k) for k in ENCODER_SIZES if getattr(self, k) is not None}
+
+    def encoder_conflicts(self, model_encoder: str) -> list[str]:
+        """Encoder settings asked for that a pre-trained model (whose encoder is registered as
+        ``model_encoder``) does not have: it brings its own encoder."""
+        asked = [f"{k} {v}" for k, v in self.encoder_sizes().items()]
+        if self.encoder is not None and self.encoder != model_encoder:
+            asked.insert(0, f"encoder {self.encoder} (the model's: {model_encoder})")
+        return asked
 
     def graph_settings(self, given: GraphSettings | None = None, **more: Any) -> GraphSettings:
         """The graph settings of this run: ``radius`` / ``max_neighbors`` where set, the rest
@@ -282,7 +317,8 @@ class FinetuneConfig(RunOptions):
     the rest).
 
     ``ensemble``: how many models to train (seeds ``seed`` .. ``seed + ensemble - 1``, all on
-    the split of ``split_seed``, by default ``seed``); see :mod:`crystaltwins.training.ensemble`."""
+    the split of ``split_seed``, by default ``seed``); see :mod:`crystaltwins.training.ensemble`.
+    ``members_together``: train them in one process and loop (:mod:`crystaltwins.training.members`)."""
 
     data: str = setting(help="labelled data source", cli=False)
     target: str = setting(help="label column")
@@ -292,7 +328,7 @@ class FinetuneConfig(RunOptions):
         "our model.pt (or its run folder), a published Crystal Twins .pth, or 'default'",
         default_text="none: give this or --from-scratch",
     )
-    from_scratch: bool = setting(False, "supervised CGCNN baseline (a new encoder)")
+    from_scratch: bool = setting(False, "train a new encoder (the supervised baseline)")
     task: str = setting("regression", "what the head predicts", choices=TASKS)
     unit: str = setting("", "unit of the target (e.g. eV/atom), recorded with the results")
     target_transform: str = setting(
@@ -349,6 +385,11 @@ class FinetuneConfig(RunOptions):
         "their mean, with their std and each member's value",
         metavar="K",
     )
+    members_together: bool = setting(
+        False,
+        "with --ensemble: train the members in one loop with stacked weights (faster on a GPU; "
+        "CGCNN encoders, no early stopping, no mid-run resume)",
+    )
 
     @property
     def split_seed_value(self) -> int:
@@ -384,6 +425,10 @@ class FinetuneConfig(RunOptions):
         for name in ("max_train", "max_eval", "early_stopping", "head_hidden"):
             _whole(self, name, 1, optional=True)
         _positive(self, "lr")
+        if self.members_together and self.early_stopping:
+            raise ValueError("members trained together run every epoch: no early stopping")
+        if self.members_together and self.from_scratch and self.encoder_name != "cgcnn":
+            raise ValueError(f"only CGCNN encoders train together, not {self.encoder!r}")
         if self.encoder_lr_factor < 0 or self.weight_decay < 0:
             raise ValueError("encoder_lr_factor and weight_decay must be >= 0")
         if self.data_on_device not in ("auto", "never"):

@@ -25,6 +25,7 @@ number of epochs) and continues the others.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +36,7 @@ import yaml
 
 from crystaltwins.training.common import is_main_process, main_print, write_config
 from crystaltwins.training.configs import FinetuneConfig
-from crystaltwins.training.run_folder import claimed_run_folder
+from crystaltwins.training.run_folder import claimed_folder_of, claimed_run_folder
 
 #: The folder of an ensemble's members, in its run folder.
 MEMBERS = "members"
@@ -74,13 +75,26 @@ def train_members(
     config: FinetuneConfig,
     run_member: Callable[[FinetuneConfig, list[L.Callback] | None], Any],
     callbacks: list[L.Callback] | None = None,
+    run_together: Callable[[list[FinetuneConfig]], Any] | None = None,
 ) -> list[Path]:
     """Train (or finish) the members of ``config`` (its run folder claimed), each by
     ``run_member(member_config, callbacks)`` in its own claimed folder (a run that trains and
     writes its results: :func:`crystaltwins.evaluation.runs.finetune_in_claimed_folder`);
-    returns the members' folders (combined by :func:`crystaltwins.evaluation.report.combine_members`)."""
+    returns the members' folders (combined by :func:`crystaltwins.evaluation.report.combine_members`).
+
+    :param run_together: with ``config.members_together``: runs the unfinished members at once,
+        their folders claimed (:func:`crystaltwins.evaluation.runs.finetune_together`)."""
     write_config(Path(config.out), config)
     members = [member_config(config, k) for k in range(config.ensemble)]
+    if config.members_together and run_together is not None:
+        pending = [m for m in members if not _finished(m)]
+        main_print(f"ensemble: {len(pending)} of {len(members)} members trained together")
+        if pending:
+            with contextlib.ExitStack() as claimed:
+                for member in pending:
+                    claimed.enter_context(claimed_folder_of(member, is_main_process()))
+                run_together(pending)
+        return [Path(m.out) for m in members]
     for k, member in enumerate(members):
         where = f"ensemble member {k + 1}/{config.ensemble} (seed {member.seed}, {member.out})"
         if _finished(member):

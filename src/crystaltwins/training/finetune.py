@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from crystaltwins.models.property_model import PropertyModel, Target
 from crystaltwins.models.targets import TRANSFORMS
 from crystaltwins.training.common import (
     AtomicCheckpointIO,
+    check_pretrained_encoder,
     check_resumed_state,
     fit,
     is_main_process,
@@ -66,8 +67,10 @@ __all__ = [
     "FinetuneConfig",
     "FinetuneModule",
     "PlannedSplit",
+    "PreparedRun",
     "TrainedRun",
     "plan_split",
+    "prepare_run",
     "save_property_model",
     "split_seed",
     "train_property_model",
@@ -228,6 +231,7 @@ def starting_point(config: FinetuneConfig) -> StartingPoint:
         bundle = load_model(path, atom_init=config.atom_init)
         if config.atom_init and not bundle.info.get("published"):
             main_print(f"note: --atom-init ignored: {path} carries its own element features")
+        check_pretrained_encoder(config, bundle.encoder, path)
         settings = run_graph_settings(config, config.data, bundle.graph_settings)
         return StartingPoint(bundle.featurizer, bundle.encoder, settings, str(path))
     featurizer = featurizer_for(config.data, config.atom_init)
@@ -282,6 +286,7 @@ class TrainedRun:
 
     :param values: ``(N,)`` the (transformed) targets the model learned, NaN where unusable.
     :param main: whether this process writes the run's files (rank 0).
+    :param notes: more entries for its ``metrics.json`` (e.g. how it was trained).
     """
 
     config: FinetuneConfig
@@ -295,6 +300,7 @@ class TrainedRun:
     seconds: float
     epochs_run: int
     main: bool
+    notes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def out(self) -> Path:
@@ -306,12 +312,51 @@ class TrainedRun:
         return self.module.model
 
 
-def train_property_model(
-    config: FinetuneConfig, callbacks: list[L.Callback] | None = None
-) -> TrainedRun:
-    """Train the property model of ``config`` in its (claimed) run folder: the graph cache,
-    the split, then fitting (resumed from ``last.ckpt`` if asked); ends with the best
-    validation epoch's weights loaded."""
+@dataclass
+class PreparedRun:
+    """A run set up to train, before any step: its (claimed) folder has ``config.yaml``, the
+    seeds are set, the graph cache is built, the split planned and checked, and the property
+    model freshly made (:func:`prepare_run`); every way of training starts here.
+
+    :param values: ``(N,)`` the (transformed) targets the model learns, NaN where unusable.
+    :param parts: train / val / test datasets (after the ``max_train`` / ``max_eval`` caps).
+    """
+
+    config: FinetuneConfig
+    start: StartingPoint
+    cache: GraphCache
+    planned: PlannedSplit
+    values: np.ndarray
+    target_name: str
+    parts: dict[str, CrystalGraphDataset]
+    module: FinetuneModule
+
+    def trained(
+        self, seconds: float, epochs_run: int, main: bool = True, **notes: Any
+    ) -> TrainedRun:
+        """This run once its module holds the trained (best validation epoch's) weights.
+
+        :param notes: more entries for the run's ``metrics.json``."""
+        return TrainedRun(
+            self.config,
+            self.module,
+            self.start,
+            self.cache,
+            self.planned,
+            self.values,
+            self.target_name,
+            self.parts,
+            seconds,
+            epochs_run,
+            main,
+            notes,
+        )
+
+
+def prepare_run(config: FinetuneConfig) -> PreparedRun:
+    """Set up the run of ``config`` in its (claimed) run folder: ``config.yaml``, the seeds
+    (``config.seed``, drawn from in the same order by every way of training), the starting
+    point, the graph cache, the split (invalid labels listed), the datasets and the model."""
     out = Path(config.out)
     write_config(out, config)
     L.seed_everything(config.seed, workers=True, verbose=False)
@@ -333,13 +378,24 @@ def train_property_model(
     _check_split(config, planned.split, len(planned.keep))
     split = cap_split(planned.split, config.split_seed_value, config.max_train, config.max_eval)
     values, target_name = _transformed_targets(config, planned)
-    parts = {
+    parts: dict[str, CrystalGraphDataset] = {
         name: _TargetDataset(cache, planned.keep[positions], values, target_name)
         for name, positions in (("train", split.train), ("val", split.val), ("test", split.test))
     }
     module = _property_module(config, start, values[parts["train"].indices])
+    return PreparedRun(config, start, cache, planned, values, target_name, parts, module)
+
+
+def train_property_model(
+    config: FinetuneConfig, callbacks: list[L.Callback] | None = None
+) -> TrainedRun:
+    """Train the property model of ``config`` in its (claimed) run folder: the graph cache,
+    the split (:func:`prepare_run`), then fitting (resumed from ``last.ckpt`` if asked); ends
+    with the best validation epoch's weights loaded."""
+    run = prepare_run(config)
+    out, module, parts = Path(config.out), run.module, run.parts
     trainer = _trainer(config, callbacks, len(parts["train"]))
-    train_loader, val_loader = _loaders(config, parts["train"], parts["val"], target_name)
+    train_loader, val_loader = _loaders(config, parts["train"], parts["val"], run.target_name)
     fit(
         trainer,
         module,
@@ -348,22 +404,11 @@ def train_property_model(
         ckpt_path=resume_path(out, config.resume),
         weights_only=True,
     )
-    seconds = training_seconds(trainer)
     best = out / "checkpoints" / "best.ckpt"
     if best.exists():
         module.load_state_dict(AtomicCheckpointIO().load_checkpoint(best)["state_dict"])
-    return TrainedRun(
-        config,
-        module,
-        start,
-        cache,
-        planned,
-        values,
-        target_name,
-        parts,
-        seconds,
-        int(trainer.current_epoch),
-        bool(trainer.is_global_zero),
+    return run.trained(
+        training_seconds(trainer), int(trainer.current_epoch), bool(trainer.is_global_zero)
     )
 
 

@@ -22,6 +22,7 @@ from crystaltwins.models.checkpoint import ModelBundle, load_model, save_model
 from crystaltwins.models.heads import ProjectionHead, SimSiamPredictor
 from crystaltwins.training.common import (
     AtomicCheckpointIO,
+    check_pretrained_encoder,
     check_resumed_state,
     fit,
     is_main_process,
@@ -179,6 +180,8 @@ def pretrain(config: PretrainConfig) -> Path:
     model (``init_from``) read, before any work."""
     config.validate()
     start = load_model(config.init_from) if config.init_from else None
+    if start is not None:
+        check_pretrained_encoder(config, start.encoder, config.init_from)
     with claimed_folder_of(config, is_main_process()):
         return _pretrain_in_claimed_folder(config, start)
 

@@ -80,6 +80,7 @@ RESUMABLE_CHANGES = frozenset(
         "devices",
         "plots",
         "data_on_device",
+        "members_together",
     }
 )
 

@@ -1,0 +1,213 @@
+"""Members trained together (one process, one loop, stacked parameters) on real perovskites:
+the same losses, best-validation weights and BatchNorm statistics as each member trained alone
+with ``FinetuneModule``'s step and ``torch.optim.Adam`` (whole runs: tests/evaluation/test_runs_together.py)."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import gzip
+import itertools
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from crystaltwins.data.cache import GraphCache, build_graph_cache
+from crystaltwins.data.dataset import CrystalGraphDataset
+from crystaltwins.data.splits import random_split
+from crystaltwins.graph.atom_features import AtomFeaturizer
+from crystaltwins.models.grouped import GroupedPropertyModels, MemberBatch
+from crystaltwins.models.heads import PropertyHead
+from crystaltwins.models.property_model import PropertyModel, Target
+from crystaltwins.training.common import new_encoder
+from crystaltwins.training.configs import FinetuneConfig
+from crystaltwins.training.finetune import FinetuneModule
+from crystaltwins.training.members import (
+    MemberData,
+    _batches,
+    check_together,
+    train_together,
+)
+
+CRYSTALS = 150
+BATCH = 32
+EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def perovskites_150(perovskite_subset, tmp_path_factory) -> Path:
+    csv.field_size_limit(2**31 - 1)
+    path = tmp_path_factory.mktemp("data") / "perovskites_150.csv"
+    with gzip.open(perovskite_subset, "rt", newline="") as src, open(path, "w", newline="") as dst:
+        csv.writer(dst).writerows(itertools.islice(csv.reader(src), CRYSTALS + 1))
+    return path
+
+
+@pytest.fixture(scope="module")
+def featurizer() -> AtomFeaturizer:
+    return AtomFeaturizer.builtin()
+
+
+@pytest.fixture(scope="module")
+def cache(perovskites_150, featurizer, tmp_path_factory) -> GraphCache:
+    out = tmp_path_factory.mktemp("members_cache") / "cache"
+    build_graph_cache(perovskites_150, out, featurizer=featurizer, progress=False)
+    return GraphCache(out)
+
+
+class _Targets(CrystalGraphDataset):
+    def __init__(self, cache: GraphCache, indices: np.ndarray, values: np.ndarray) -> None:
+        super().__init__(cache, indices)
+        self.values = values
+
+    def target_values(self) -> np.ndarray:
+        return self.values
+
+
+def _members(cache: GraphCache, featurizer: AtomFeaturizer, dtype: torch.dtype) -> list[MemberData]:
+    """Three members: own split (split seeds 0, 1, 2), own seed, own initialisation; member 1
+    with another encoder learning-rate factor and weight decay, as CT vs scratch differ."""
+    values = cache.labels(["e_form"])[:, 0].astype(np.float64)
+    members = []
+    for k in range(3):
+        split = random_split(len(cache), (0.6, 0.2, 0.2), seed=k)
+        L.seed_everything(10 + k, verbose=False)
+        encoder = new_encoder(featurizer, cache.settings, 16, 2, 24)
+        y = values[split.train]
+        target = Target("e_form", mean=float(y.mean()), std=float(y.std()))
+        module = FinetuneModule(
+            PropertyModel(encoder, PropertyHead(24, 12, 1), target),
+            lr=1e-2,
+            encoder_lr_factor=0.2 if k == 1 else 1.0,
+            weight_decay=1e-4 if k == 1 else 0.0,
+        ).to(dtype)
+        members.append(
+            MemberData(
+                module,
+                _Targets(cache, split.train, values),
+                _Targets(cache, split.val, values),
+                seed=10 + k,
+            )
+        )
+    return members
+
+
+def _alone(member: MemberData, dtype: torch.dtype) -> tuple[list[dict], dict, int]:
+    """One member trained by itself: ``FinetuneModule._step`` and its own ``Adam``, on the
+    batches a ``DataLoader`` over ``EpochSampler`` gives it; best-validation weights kept."""
+    module = member.module
+    optimizer = module.configure_optimizers()
+    history, best, best_state, best_epoch = [], float("inf"), None, None
+
+    def batch_of(dataset, positions):
+        batch = dataset.__getitems__(positions)
+        batch.targets = batch.targets.to(dtype)
+        return batch
+
+    for epoch in range(EPOCHS):
+        module.train()
+        for positions in _batches(len(member.train), BATCH, member.seed, epoch, True):
+            loss = module._step(batch_of(member.train, positions), "train")
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        module.eval()
+        with torch.no_grad():
+            for positions in _batches(len(member.val), BATCH, 0, 0, False):
+                module._step(batch_of(member.val, positions), "val")
+        row = {}
+        for stage in ("train", "val"):
+            sums = module.epoch_metrics._sums.pop(stage)
+            means = sums[:-1] / sums[-1]
+            row.update(
+                {f"{stage}_{n}": float(v) for n, v in zip(("loss", "mae"), means, strict=True)}
+            )
+        history.append(row)
+        if row["val_mae"] < best:
+            best, best_epoch = row["val_mae"], epoch
+            best_state = copy.deepcopy(module.state_dict())
+    return history, best_state, best_epoch
+
+
+@pytest.mark.parametrize(
+    "dtype,rtol,val_rtol",
+    [(torch.float64, 1e-9, 2e-7), (torch.float32, 1e-5, 5e-3)],
+    ids=["float64", "float32"],
+)
+def test_together_equals_alone(cache, featurizer, dtype, rtol, val_rtol):
+    """K=3 members with different splits, seeds and learning rates: epoch losses and MAEs,
+    best epochs, and the best weights with BatchNorm running statistics all agree.
+
+    float32 validation metrics get a looser tolerance: there the existing single-model path is
+    itself ~1e-3 from its float64 result (running statistics folded into the edge tables)."""
+    members = _members(cache, featurizer, dtype)
+    alone = [_alone(copy.deepcopy(m), dtype) for m in members]
+    results = train_together(members, EPOCHS, BATCH, dtype=dtype)
+    for member, result, (history, best_state, best_epoch) in zip(
+        members, results, alone, strict=True
+    ):
+        for got, want in zip(result.history, history, strict=True):
+            for name, value in want.items():
+                # the single run's EpochMeans sums in float32: 1e-7 at best
+                tol = val_rtol if name.startswith("val") else max(rtol, 2e-7)
+                assert got[name] == pytest.approx(value, rel=tol), name
+        if dtype == torch.float32 and result.best_epoch != best_epoch:
+            continue  # a near-tie of validation MAEs broken the other way by rounding
+        assert result.best_epoch == best_epoch
+        state = dict(member.module.state_dict())
+        assert set(state) == set(best_state)
+        if dtype == torch.float32:
+            # fc_full's bias comes before a BatchNorm: its gradient is rounding noise, which Adam
+            # scales to steps of the learning rate, and the edge BatchNorm's running mean follows
+            # it; the single-model path's own float32 run differs from its float64 run there as
+            # much. Both are compared in float64 above.
+            for conv in ("encoder.convs.0", "encoder.convs.1"):
+                for s in (state, best_state):
+                    del s[f"{conv}.fc_full.bias"], s[f"{conv}.bn1.running_mean"]
+        for name, want in best_state.items():
+            got = state[name]
+            assert got.dtype == want.dtype, name
+            if want.is_floating_point():
+                scale = float(want.abs().max()) or 1.0
+                assert float((got - want).abs().max()) <= 10 * rtol * scale, name
+            else:
+                assert torch.equal(got, want), name  # num_batches_tracked
+    # the members did learn and differ (not a comparison of untouched copies)
+    first = [r.history[0]["train_loss"] for r in results]
+    assert len(set(first)) == 3
+    assert all(r.history[-1]["train_loss"] < r.history[0]["train_loss"] for r in results)
+
+
+def test_padding_does_not_leak(cache, featurizer):
+    """A member's outputs do not depend on the other members' batch sizes (padding)."""
+    members = _members(cache, featurizer, torch.float64)
+    model = GroupedPropertyModels(
+        [m.module.encoder for m in members], [m.module.head for m in members]
+    ).to(dtype=torch.float64)
+    small = members[0].train.__getitems__(np.arange(5))
+    big = members[1].train.__getitems__(np.arange(40))
+    model.eval()
+    with torch.no_grad():
+        alone = model(MemberBatch.stack([small, small, small], torch.float64))[0, :5]
+        padded = model(MemberBatch.stack([small, big, big], torch.float64))[0, :5]
+    assert torch.allclose(alone, padded, rtol=1e-12, atol=1e-12)
+
+
+def test_unequal_batch_counts_refused(cache, featurizer):
+    members = _members(cache, featurizer, torch.float32)
+    members[2].train = members[2].train.subset(np.arange(20))
+    with pytest.raises(ValueError, match="same number of training batches"):
+        train_together(members, 1, BATCH)
+
+
+def test_check_together_refuses_mixed_settings(tmp_path):
+    def config(**kw):
+        return FinetuneConfig(data="x", target="y", out=str(tmp_path), from_scratch=True, **kw)
+
+    with pytest.raises(ValueError, match="same epochs"):
+        check_together([config(epochs=2), config(epochs=3)])
+    with pytest.raises(ValueError, match="early stopping"):
+        check_together([config(early_stopping=3)])
