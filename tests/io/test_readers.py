@@ -626,8 +626,16 @@ def test_frames_take_their_ids_from_ase_info(tmp_path: Path) -> None:
     # a key chosen by the caller; an ASE database's key-value pairs count too
     ase.io.write(path, _frames_with([{"tag": "x"}, {"tag": "y"}]))
     assert [e.id for e in iter_entries(path, id_key="tag")] == ["x", "y"]
-    with pytest.raises(CrystalInputError, match="no 'label' in the info of frame 0"):
+    with pytest.raises(CrystalInputError, match="no 'label' in the info of any frame.*found: tag"):
         list(iter_entries(path, id_key="label"))
+    # a frame without the key is a bad entry, named by its position; the others keep their ids
+    ase.io.write(path, _frames_with([{"tag": "x"}, {}, {"tag": "z"}]))
+    entries = list(iter_entries(path, id_key="tag"))
+    assert [(e.id, e.error) for e in entries] == [
+        ("x", None),
+        ("traj:1", "no 'tag' in the info of this frame (id_key='tag')"),
+        ("z", None),
+    ]
     database = tmp_path / "rows.db"
     with ase.db.connect(database) as db:
         for atoms, key in zip(_frames_with([{}, {}]), ("jvasp-7", "jvasp-9"), strict=True):

@@ -34,6 +34,17 @@ def _add_cif_column_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_id_key_option(p: argparse.ArgumentParser) -> None:
+    """``--id-key``, with the help text of the run setting of the same name."""
+    import dataclasses
+
+    from crystaltwins.cli.options import field_help
+    from crystaltwins.training.configs import RunOptions
+
+    (field,) = (f for f in dataclasses.fields(RunOptions) if f.name == "id_key")
+    p.add_argument("--id-key", metavar="KEY", help=field_help(field))
+
+
 _DATA_HELP = "CSV(.gz) with a CIF column, CGCNN folder, structure file or folder, or graph cache"
 
 
@@ -72,11 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     _add_cif_column_option(p)
+    _add_id_key_option(p)
 
     p = sub.add_parser("graph", help="print one crystal's graph, one row per edge")
     p.add_argument("structure", help="a structure file (CIF, POSCAR, extxyz, ...)")
     p.add_argument("--format", choices=["csv", "json"], default="csv", help="(default: csv)")
     _add_graph_options(p)
+    _add_id_key_option(p)
 
     p = sub.add_parser(
         "pretrain", help="self-supervised pre-training (Barlow Twins and other objectives)"
@@ -115,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--atom-init", help="for a published .pth: its atom_init.json (default: beside it)"
         )
         _add_cif_column_option(p)
+        _add_id_key_option(p)
 
     p = sub.add_parser("plot", help="2-D map of embeddings coloured by a property (paper Fig. 3)")
     p.add_argument(
@@ -132,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--atom-init", help="for a published .pth: its atom_init.json (default: beside it)"
     )
     _add_cif_column_option(p)
+    _add_id_key_option(p)
 
     p = sub.add_parser("bench", help="reproduce the paper's comparison (Table 2, ablation, t-SNE)")
     add_config_options(p, BenchConfig, required_here=False)
@@ -185,6 +200,7 @@ def _cmd_featurize(args: argparse.Namespace) -> int:
         progress=args.progress,
         force=args.force,
         cif_column=args.cif_column,
+        id_key=args.id_key,
     )
     print(f"element features: {featurizer_for(args.data, args.atom_init).name}")
     print("\n".join(summary.lines()))
@@ -196,7 +212,7 @@ def _cmd_graph(args: argparse.Namespace) -> int:
     from crystaltwins.graph.settings import GraphSettings
     from crystaltwins.io.readers import iter_entries, parse_entry
 
-    entries = list(iter_entries(args.structure))
+    entries = list(iter_entries(args.structure, id_key=args.id_key))
     if not entries:
         raise ValueError(f"{args.structure}: no structure found")
     record = parse_entry(entries[0])
@@ -278,6 +294,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         device=args.device,
         cache_root=args.cache_root,
         cif_column=args.cif_column,
+        id_key=args.id_key,
     )
     api.write_predictions_csv(result, args.out)
     _report(result, args.out)
@@ -297,6 +314,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         device=args.device,
         cache_root=args.cache_root,
         cif_column=args.cif_column,
+        id_key=args.id_key,
     )
     api.write_embeddings_npz(result, args.out)
     _report(result, args.out)
@@ -325,6 +343,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
         color=args.color,
         seed=args.seed,
         cif_column=args.cif_column,
+        id_key=args.id_key,
         log_color=args.log_color,
     )
     print("\n".join(summary.lines()))

@@ -251,6 +251,7 @@ def _manifest_key(
     featurizer_fp: str,
     targets: Sequence[str],
     cif_column: str | None = None,
+    id_key: str | None = None,
 ) -> dict[str, Any]:
     key = {
         "version": CACHE_VERSION,
@@ -262,6 +263,8 @@ def _manifest_key(
     }
     if cif_column is not None:  # absent by default: keys of existing caches stay valid
         key["cif_column"] = cif_column
+    if id_key is not None:  # the same
+        key["id_key"] = id_key
     return key
 
 
@@ -284,6 +287,7 @@ def build_graph_cache(
     progress: bool = True,
     force: bool = False,
     cif_column: str | None = None,
+    id_key: str | None = None,
 ) -> CacheSummary:
     """Build (or reuse) the graph cache of ``source``.
 
@@ -295,6 +299,8 @@ def build_graph_cache(
     :param targets: label columns that must be present and numeric (others are kept when present).
     :param workers: processes building graphs in parallel.
     :param cif_column: the structure column of a CSV source (default ``cif`` / ``structure``).
+    :param id_key: the ``Atoms.info`` key holding each frame's id in an extxyz / ASE database /
+        multi-frame source (default: detected, see :func:`~crystaltwins.io.readers.iter_entries`).
     """
     from crystaltwins.io.readers import iter_entries
 
@@ -306,7 +312,7 @@ def build_graph_cache(
         raise CrystalInputError(str(source), "no such file or folder")
     check_cache_target(cache_dir, source)
     supported, feat_name, feat_fp = _supported_elements(featurizer)
-    key = _manifest_key(source, settings, feat_name, feat_fp, targets or [], cif_column)
+    key = _manifest_key(source, settings, feat_name, feat_fp, targets or [], cif_column, id_key)
     if not force and (reused := _reusable(cache_dir, key, start)) is not None:
         return reused
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -334,6 +340,7 @@ def build_graph_cache(
             start,
             iter_entries,
             cif_column,
+            id_key,
         )
 
 
@@ -449,12 +456,13 @@ def _build_locked(
     start: float,
     iter_entries: Any,
     cif_column: str | None,
+    id_key: str | None = None,
 ) -> CacheSummary:
     """Build the cache while holding its lock and after :func:`_check_partial` (see
     :func:`build_graph_cache`)."""
     # Errors about the whole source (no CIF column, unknown format, ...) surface here, when the
     # first entry is read, before anything is written for it.
-    entries = iter_entries(source, targets=targets, cif_column=cif_column)
+    entries = iter_entries(source, targets=targets, cif_column=cif_column, id_key=id_key)
     first = next(entries, None)
     entries = itertools.chain([] if first is None else [first], entries)
     key_file = partial / "key.json"

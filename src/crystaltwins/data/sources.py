@@ -26,13 +26,16 @@ def cache_dir_for(
     featurizer: Any = None,
     cache_root: str | os.PathLike | None = None,
     cif_column: str | None = None,
+    id_key: str | None = None,
 ) -> Path:
     """A cache directory named after the source (its first 64 characters), one per (source path,
-    settings, featurizer, CIF column)."""
+    settings, featurizer, CIF column, id key)."""
     source = Path(source).resolve()
     key = f"{source}|{sorted(settings.cache_key().items())}|{featurizer.fingerprint() if featurizer else ''}"
     if cif_column is not None:
         key += f"|cif_column={cif_column}"
+    if id_key is not None:
+        key += f"|id_key={id_key}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     stem = source.name.split(".")[0][:64] or "data"  # the digest keeps long names apart
     return Path(cache_root or default_cache_root()) / f"{stem}-{digest}"
@@ -48,6 +51,7 @@ def prepare_caches(
     progress: bool = True,
     log: Any = print,
     cif_column: str | None = None,
+    id_key: str | None = None,
 ) -> list[GraphCache]:
     """Build (or reuse) the graph cache of every source and open them.
 
@@ -67,13 +71,14 @@ def prepare_caches(
             continue
         summary: CacheSummary = build_graph_cache(
             source,
-            cache_dir_for(source, settings, featurizer, cache_root, cif_column),
+            cache_dir_for(source, settings, featurizer, cache_root, cif_column, id_key),
             settings=settings,
             featurizer=featurizer,
             targets=targets,
             workers=workers,
             progress=progress,
             cif_column=cif_column,
+            id_key=id_key,
         )
         if log is not None:
             state = "reused" if summary.reused else f"built in {summary.seconds:.1f} s"

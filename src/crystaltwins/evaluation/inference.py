@@ -91,6 +91,7 @@ def _open(
     cache_root: Any,
     workers: int,
     cif_column: str | None = None,
+    id_key: str | None = None,
 ) -> tuple[ModelBundle, GraphCache]:
     bundle = model if isinstance(model, ModelBundle) else load_model(model)
     (cache,) = prepare_caches(
@@ -102,6 +103,7 @@ def _open(
         progress=False,
         log=None,
         cif_column=cif_column,
+        id_key=id_key,
     )
     return bundle, cache
 
@@ -229,14 +231,17 @@ def embed(
     cache_root: str | os.PathLike | None = None,
     workers: int = 1,
     cif_column: str | None = None,
+    id_key: str | None = None,
 ) -> InferenceResult:
     """Crystal embeddings ``(N, H)`` (the encoder's output, before any head).
 
     :param data: a path (any format the readers read), a pymatgen ``Structure``, an ASE
         ``Atoms``, a list of them, or a pandas ``DataFrame`` with a structure column.
     :param cif_column: the structure column of a CSV ``data`` (default ``cif`` / ``structure``).
+    :param id_key: the ``Atoms.info`` key holding each crystal's id in an extxyz / ASE database
+        ``data`` (default: detected; a frame without it is skipped).
     """
-    bundle, cache = _open(model, data, cache_root, workers, cif_column)
+    bundle, cache = _open(model, data, cache_root, workers, cif_column, id_key)
     result = _result(cache, _run(bundle, cache, bundle.encoder, batch_size, device))
     result.task = "embedding"
     return result
@@ -251,6 +256,7 @@ def predict(
     cache_root: str | os.PathLike | None = None,
     workers: int = 1,
     cif_column: str | None = None,
+    id_key: str | None = None,
 ) -> InferenceResult:
     """Property predictions of a fine-tuned model, in the target's units (the inverse of any
     target transform applied), or P(class 1) for a classifier.
@@ -259,13 +265,13 @@ def predict(
     their standard deviation (``std``, ddof 0) and each member's value (``members``).
 
     :param data: as for :func:`embed`.
-    :param cif_column: the structure column of a CSV ``data`` (default ``cif`` / ``structure``).
+    :param cif_column: / :param id_key: as for :func:`embed`.
     """
     loaded = model if isinstance(model, (ModelBundle, EnsembleBundle)) else load_predictor(model)
     if isinstance(loaded, EnsembleBundle):
-        options = (batch_size, device, cache_root, workers, cif_column)
+        options = (batch_size, device, cache_root, workers, cif_column, id_key)
         return _predict_ensemble(loaded, data, *options)
-    bundle, cache = _open(loaded, data, cache_root, workers, cif_column)
+    bundle, cache = _open(loaded, data, cache_root, workers, cif_column, id_key)
     try:
         property_model = bundle.property_model()
     except ValueError as error:
@@ -286,10 +292,11 @@ def _predict_ensemble(
     cache_root: str | os.PathLike | None,
     workers: int,
     cif_column: str | None,
+    id_key: str | None,
 ) -> InferenceResult:
     """:func:`predict` of every member, combined: their mean, std (ddof 0) and values."""
     results = [
-        predict(member, data, batch_size, device, cache_root, workers, cif_column)
+        predict(member, data, batch_size, device, cache_root, workers, cif_column, id_key)
         for member in ensemble.members
     ]
     first = results[0]

@@ -20,6 +20,7 @@ def draw_embedding_map(
     color: str | None = None,
     seed: int = 0,
     cif_column: str | None = None,
+    id_key: str | None = None,
     log_color: bool = False,
 ) -> MapSummary:
     """Reduce embeddings to 2-D (``tsne``, ``umap`` or ``pca``) and draw them, coloured by the
@@ -27,6 +28,7 @@ def draw_embedding_map(
 
     :param source: an ``embeddings.npz``, or a model (file, run folder or loaded) to embed ``data``.
     :param out: the picture (``.png``); the coordinates go beside it as ``.csv``.
+    :param cif_column: / :param id_key: how to read ``data`` (see :func:`~crystaltwins.evaluation.inference.embed`).
     :param log_color: a logarithmic colour scale.
     """
     from crystaltwins.evaluation.tasks import known_unit
@@ -41,7 +43,7 @@ def draw_embedding_map(
             raise ValueError("give --data DATA when SOURCE is a model")
         from crystaltwins.evaluation.inference import embed
 
-        result = embed(source, data, cif_column=cif_column)
+        result = embed(source, data, cif_column=cif_column, id_key=id_key)
         ids, vectors, labels = result.ids, result.values, result.labels
     on_disk = isinstance(data, (str, os.PathLike))
     units = {name: known_unit(data, name) for name in labels} if on_disk else {}

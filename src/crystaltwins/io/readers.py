@@ -145,7 +145,9 @@ def iter_entries(
     :param id_key: for a single structure file (extxyz, ASE database, ...): the ``Atoms.info``
         (or key-value) entry holding each frame's id. By default a file of several frames takes
         its ids from the first of ``id``, ``material_id``, ``mp_id``, ``mpid``, ``jid``, ``name``
-        that every frame has with no value repeated, else ``<stem>:<frame>``.
+        that every frame has with no value repeated, else ``<stem>:<frame>``. With ``id_key``, a
+        frame without it is a bad entry (id ``<stem>:<frame>``); no frame with it is an error.
+        Other sources ignore it.
     :raises CrystalInputError: (when iteration starts) for a missing path, an unknown file format,
         an empty CSV file, a CSV file without CIF column, a folder without structure files, or a
         target that is not a column of the source; the message names the path and lists the
@@ -684,8 +686,11 @@ def _frame_entries(
             if math.isinf(labels[t]):
                 error = f"label '{t}' is not a finite number: {labels[t]!r}"
                 break
+        positional = stem if single else f"{stem}:{frame}"
+        if own_ids is not None and not own_ids[k]:  # only with id_key: named by position
+            error = f"no {id_key!r} in the info of this frame (id_key={id_key!r})"
         yield RawEntry(
-            id=own_ids[k] if own_ids else stem if single else f"{stem}:{frame}",
+            id=(own_ids[k] or positional) if own_ids is not None else positional,
             source=str(path) if single else f"{path}:{kind} {frame}",
             payload=str(path),
             fmt=fmt,
@@ -717,15 +722,22 @@ def _frame_ids(
     automatic: bool,
 ) -> list[str] | None:
     """The ids the frames of a file carry in their ASE ``info`` (or database key-value pairs):
-    under ``id_key`` when given (every frame must have one), else, for a file of several frames
-    (``automatic``), under the first of :data:`ID_COLUMN_NAMES` that every frame has, with no
-    value repeated. ``None``: use positions (``<stem>:<frame>``)."""
+    under ``id_key`` when given (``""`` for a frame without one, which is then skipped as a bad
+    entry), else, for a file of several frames (``automatic``), under the first of
+    :data:`ID_COLUMN_NAMES` that every frame has, with no value repeated. ``None``: use positions
+    (``<stem>:<frame>``).
+
+    :raises CrystalInputError: no frame has ``id_key`` (a misspelt key stops before any work,
+        like a target that is no column of the source).
+    """
     if id_key is not None:
         ids = [_frame_value(labels, metadata, id_key) for _, labels, metadata in frames]
-        missing = [frame for (frame, _, _), i in zip(frames, ids, strict=True) if not i]
-        if missing:
+        if not any(ids):
+            found = sorted({k for _, labels, metadata in frames for k in (*labels, *metadata)})
             raise CrystalInputError(
-                str(path), f"no {id_key!r} in the info of frame {missing[0]} (id_key={id_key!r})"
+                str(path),
+                f"no {id_key!r} in the info of any frame (id_key={id_key!r}); "
+                f"keys found: {', '.join(found) or 'none'}",
             )
         return ids
     if not automatic:

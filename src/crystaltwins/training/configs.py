@@ -166,6 +166,11 @@ class RunOptions:
     cif_column: str | None = setting(
         None, "CSV column holding the structures", default_text="the column named cif or structure"
     )
+    id_key: str | None = setting(
+        None,
+        "extxyz / ASE database: the Atoms.info key holding each crystal's id",
+        default_text="the first of id, material_id, mp_id, mpid, jid, name every frame has",
+    )
     featurize_workers: int = setting(1, "processes building graph caches")
     loader_workers: int = setting(0, "data-loader worker processes")
     accelerator: str = setting("auto", "cpu, gpu or auto")

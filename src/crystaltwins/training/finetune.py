@@ -370,6 +370,7 @@ def prepare_run(config: FinetuneConfig) -> PreparedRun:
         progress=config.progress and is_main_process(),
         log=main_print,
         cif_column=config.cif_column,
+        id_key=config.id_key,
     )
     planned = plan_split(config, cache, check=False)
     (out / "invalid_targets.csv").unlink(missing_ok=True)  # not a stale list from an earlier run

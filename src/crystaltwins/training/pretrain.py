@@ -310,6 +310,7 @@ def _pretrain_in_claimed_folder(config: PretrainConfig, start: ModelBundle | Non
         progress=config.progress and is_main_process(),
         log=main_print,
         cif_column=config.cif_column,
+        id_key=config.id_key,
     )
     positions = _selected_crystals(config, caches)
     split = _train_val(config, len(positions))
