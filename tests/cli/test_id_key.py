@@ -12,17 +12,11 @@ from pathlib import Path
 import ase.io
 import numpy as np
 import pytest
-import torch
 import yaml
 from ase import Atoms
 
 from crystaltwins.cli.main import main
 from crystaltwins.data.cache import GraphCache
-from crystaltwins.graph.atom_features import AtomFeaturizer
-from crystaltwins.graph.settings import GraphSettings
-from crystaltwins.models.cgcnn import CGCNNEncoder
-from crystaltwins.models.checkpoint import ModelBundle, save_model
-from crystaltwins.models.heads import PropertyHead
 
 #: Frame 3 has no "structure_name": it is skipped and named, the others keep their names.
 NAMES = ["NaCl-a", "NaCl-b", "NaCl-c", None, "NaCl-e", "NaCl-f", "NaCl-g", "NaCl-h"]
@@ -67,21 +61,6 @@ def frames(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def model(tmp_path: Path) -> Path:
-    """A small (untrained) fine-tuned model file on the built-in element features."""
-    featurizer = AtomFeaturizer.builtin()
-    torch.manual_seed(0)
-    encoder = CGCNNEncoder(torch.tensor(featurizer.table), atom_fea_len=16, n_conv=1, h_fea_len=16)
-    info = {"target_mean": 0.0, "target_std": 1.0, "task": "regression", "targets": ["e_form"]}
-    bundle = ModelBundle(
-        encoder, PropertyHead(16, 8, 1), "finetuned", featurizer, GraphSettings(), info
-    )
-    path = tmp_path / "model.pt"
-    save_model(path, bundle)
-    return path
-
-
 def _skipped(cache: Path) -> list[dict[str, str]]:
     with (cache / "skipped.csv").open(newline="") as handle:
         return list(csv.DictReader(handle))
@@ -123,16 +102,16 @@ def test_graph_prints_the_id_from_the_key(frames, capsys):
     assert json.loads(capsys.readouterr().out)["id"] == "n0"
 
 
-def test_predict_and_embed_take_the_key(frames, model, tmp_path):
+def test_predict_and_embed_take_the_key(frames, tiny_model, tmp_path):
     common = ["--cache-root", str(tmp_path / "caches"), "--id-key", "structure_name"]
     out = tmp_path / "p.csv"
-    code, printed = run("predict", str(model), str(frames), "--out", str(out), *common)
+    code, printed = run("predict", str(tiny_model), str(frames), "--out", str(out), *common)
     assert code == 0, printed
     with out.open(newline="") as handle:
         assert [r["id"] for r in csv.DictReader(handle)] == [n for n in NAMES if n]
     assert "frames.extxyz:frame 3: no 'structure_name'" in printed
     npz = tmp_path / "e.npz"
-    assert run("embed", str(model), str(frames), "--out", str(npz), *common)[0] == 0
+    assert run("embed", str(tiny_model), str(frames), "--out", str(npz), *common)[0] == 0
     with np.load(npz) as arrays:
         assert list(arrays["ids"]) == [n for n in NAMES if n]
 

@@ -283,6 +283,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from crystaltwins import api
+    from crystaltwins.evaluation.inference import check_some_usable
     from crystaltwins.training.configs import check_accelerator
 
     check_accelerator(args.device)
@@ -296,6 +297,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         cif_column=args.cif_column,
         id_key=args.id_key,
     )
+    check_some_usable(result, args.data)  # nothing written (nor an earlier file replaced)
     api.write_predictions_csv(result, args.out)
     _report(result, args.out)
     return 0
@@ -303,6 +305,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_embed(args: argparse.Namespace) -> int:
     from crystaltwins import api
+    from crystaltwins.evaluation.inference import check_some_usable
     from crystaltwins.training.configs import check_accelerator
 
     check_accelerator(args.device)
@@ -316,6 +319,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         cif_column=args.cif_column,
         id_key=args.id_key,
     )
+    check_some_usable(result, args.data)  # nothing written (nor an earlier file replaced)
     api.write_embeddings_npz(result, args.out)
     _report(result, args.out)
     return 0
@@ -324,7 +328,8 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 def _report(result: Any, out: str) -> None:
     print(f"{len(result.ids)} crystals -> {out}")
     if result.skipped:
-        print(f"{len(result.skipped)} crystals could not be used:")
+        listed = f" (all listed in {result.skipped_file})" if result.skipped_file else ""
+        print(f"{len(result.skipped)} crystals could not be used{listed}:")
         for bad in result.skipped[:20]:
             print(f"  {bad}")
 

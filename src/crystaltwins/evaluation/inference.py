@@ -47,6 +47,9 @@ class InferenceResult:
     #: the input's own value of the target ``(N,)`` (NaN where it has none); ``None`` when the
     #: input has no such column
     truth: np.ndarray | None = None
+    #: where ``skipped`` is listed (the graph cache's ``skipped.csv``); ``None`` when nothing
+    #: was skipped or the cache was a temporary one
+    skipped_file: Path | None = None
 
     def columns(self) -> dict[str, list[Any]]:
         """The result as columns, in file order: ``id``, ``formula``, then for predictions
@@ -146,7 +149,29 @@ def _result(cache: GraphCache, values: np.ndarray) -> InferenceResult:
     labels = {name: cache.labels([name])[:, 0] for name in cache.label_names}
     result = InferenceResult(cache.ids, values, labels, _skipped(cache))
     result.formulas = formulas(cache)
+    if result.skipped:
+        result.skipped_file = cache.cache_dir / "skipped.csv"
     return result
+
+
+def check_some_usable(result: InferenceResult, data: Any) -> None:
+    """Refuse a result without a single crystal (every crystal of ``data`` was skipped, or it
+    holds none), before anything is written.
+
+    :raises ValueError: one line: how many were skipped and where they are listed (else the
+        first one's reason)."""
+    if len(result.ids):
+        return
+    if not result.skipped:
+        raise ValueError(f"{data}: no crystals found in it; nothing was written")
+    n = len(result.skipped)
+    if result.skipped_file is not None:
+        where = f"listed in {result.skipped_file}"
+    else:  # a temporary cache: its list is gone
+        where = str(result.skipped[0]) if n == 1 else f"the first: {result.skipped[0]}"
+    raise ValueError(
+        f"{data}: none of its crystals could be used ({n} skipped, {where}); nothing was written"
+    )
 
 
 def formulas(cache: GraphCache) -> np.ndarray:
@@ -196,11 +221,11 @@ def _in_memory(call: Any) -> Any:
                 return call(model, data, *args, **kwargs)
             with tempfile.TemporaryDirectory(prefix="crystaltwins-") as tmp:
                 bound.arguments["cache_root"] = tmp  # one crystal: no cache left behind
-                return call(*bound.args, **bound.kwargs)
+                return replace(call(*bound.args, **bound.kwargs), skipped_file=None)
         with as_source(data) as source:
             bound.arguments["data"] = source
             bound.arguments["cache_root"] = source.parent / "cache"
-            return call(*bound.args, **bound.kwargs)
+            return replace(call(*bound.args, **bound.kwargs), skipped_file=None)
 
     return wrapper
 
