@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,12 @@ from crystaltwins.training.configs import (
     same_setting,
     setting,
 )
-from crystaltwins.training.run_folder import BENCH_FILES, claim_run_folder
+from crystaltwins.training.run_folder import (
+    BENCH_FILES,
+    RESUMABLE_CHANGES,
+    claim_run_folder,
+    config_differences,
+)
 
 #: The augmentation variant of the CT column (the paper's RP+AM+EM).
 CT_VARIANT = "RP+AM+EM"
@@ -356,20 +362,49 @@ def _test_ids(task: BenchmarkTask, seed: int, ctx: BenchContext) -> list[str]:
     return [str(i) for i in cache.ids[planned.keep[planned.split.test]]]
 
 
+#: The list of crystals a pre-training run left out (``exclude_test``), in its run folder.
+EXCLUDED_IDS_NAME = "excluded_test_ids.json"
+
+
+def _excluded_ids(ctx: BenchContext) -> list[list[str]]:
+    """``[source file, id]`` of every task's test crystals, sorted."""
+    pairs = {
+        (str((ctx.data_root / t.file).resolve()), i)
+        for t in ctx.tasks
+        for s in ctx.seeds
+        for i in _test_ids(t, s, ctx)
+    }
+    return [list(pair) for pair in sorted(pairs)]
+
+
 def _excluded_ids_file(ctx: BenchContext, out: Path) -> Path:
     """``OUT/excluded_test_ids.json``: (source file, id) of every task's test crystals."""
-    pairs = sorted(
-        {
-            (str((ctx.data_root / t.file).resolve()), i)
-            for t in ctx.tasks
-            for s in ctx.seeds
-            for i in _test_ids(t, s, ctx)
-        }
-    )
-    path = out / "excluded_test_ids.json"
+    path = out / EXCLUDED_IDS_NAME
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(pairs))
+    path.write_text(json.dumps(_excluded_ids(ctx)))
     return path
+
+
+#: What may differ between a finished run and the run a benchmark would make now for it to be
+#: reused: how it ran, not what it computed (unlike ``--resume``, not its number of epochs).
+REUSE_MAY_DIFFER = RESUMABLE_CHANGES - {"epochs"}
+
+
+def check_reusable(
+    out: Path, config: PretrainConfig | FinetuneConfig, more: Sequence[str] = ()
+) -> None:
+    """Refuse to reuse the finished run in ``out`` when it was made with other settings than
+    ``config`` (its ``config.yaml``: a benchmark with another preset, encoder, data, ...).
+
+    :param more: differences found otherwise, as ``what: before -> now``.
+    :raises ValueError: one line naming the differences; nothing was changed."""
+    differences = [*config_differences(out, config, REUSE_MAY_DIFFER), *more]
+    if differences:
+        raise ValueError(
+            f"{out}: holds a finished run with other settings than this benchmark's "
+            f"({'; '.join(differences)}); nothing was changed; run the benchmark with "
+            "--overwrite to replace the earlier one, or give another --out"
+        )
 
 
 def run_method(encoder: str, variant: str | None = None) -> str:
@@ -434,11 +469,6 @@ def pretrain_for_bench(
 
     out = ctx.out / "pretrain" / name
     model = out / "model.pt"
-    if model.exists():
-        ctx.progress(f"pre-training {name}: reusing {model}")
-        return model
-    exclude_file = _excluded_ids_file(ctx, out) if exclude_test else None
-    ctx.progress(f"pre-training {name} ({encoder}, {augment}) on {len(corpus)} files")
     config = PretrainConfig(
         data=[str(c) for c in corpus],
         out=str(out),
@@ -447,13 +477,32 @@ def pretrain_for_bench(
         batch_size=ctx.preset.pretrain_batch,
         epochs=ctx.preset.pretrain_epochs,
         max_crystals=ctx.preset.pretrain_max_crystals,
-        exclude_ids_file=str(exclude_file) if exclude_file else None,
+        exclude_ids_file=str(out / EXCLUDED_IDS_NAME) if exclude_test else None,
         resume=True,
         progress=False,
         encoder=None if encoder == DEFAULT_ENCODER else encoder,
         **ctx.config._run_options(),
     )
+    if model.exists():
+        check_reusable(out, config, _exclusion_differences(ctx, out, exclude_test))
+        ctx.progress(f"pre-training {name}: reusing {model}")
+        return model
+    if exclude_test:
+        _excluded_ids_file(ctx, out)
+    ctx.progress(f"pre-training {name} ({encoder}, {augment}) on {len(corpus)} files")
     return pretrain(config)
+
+
+def _exclusion_differences(ctx: BenchContext, out: Path, exclude_test: bool) -> list[str]:
+    """How the test crystals a finished pre-training run left out (``exclude_test``) differ
+    from those of this benchmark's tasks and seeds (``[]``: the same)."""
+    stored = out / EXCLUDED_IDS_NAME
+    if not exclude_test or not stored.exists():
+        return []  # without the exclusion, config.yaml says so (exclude_ids_file)
+    before, now = json.loads(stored.read_text()), _excluded_ids(ctx)
+    if before == now:
+        return []
+    return [f"excluded test crystals of other tasks or seeds: {len(before)} -> {len(now)}"]
 
 
 def finetune_for_bench(
@@ -469,6 +518,7 @@ def finetune_for_bench(
     config = _finetune_config(ctx, task, seed, method, pretrained, encoder)
     metrics_file = Path(config.out) / "metrics.json"
     if metrics_file.exists():
+        check_reusable(Path(config.out), config)
         ctx.runs_done += 1
         return json.loads(metrics_file.read_text())
     ctx.progress(f"{task.name} seed {seed} {method}: {ctx.preset.finetune_epochs} epochs")
@@ -507,7 +557,12 @@ def finetune_task_together(
                 for label, model in variants.items():
                     method = run_method(encoder, label)
                     configs.append(_finetune_config(ctx, task, seed, method, model, encoder))
-    pending = [c for c in configs if not (Path(c.out) / "metrics.json").exists()]
+    pending = []
+    for config in configs:
+        if (Path(config.out) / "metrics.json").exists():
+            check_reusable(Path(config.out), config)  # before any training
+        else:
+            pending.append(config)
     if not pending:
         return
     ctx.progress(

@@ -171,9 +171,11 @@ def _same_setting(name: str, stored: Any, wanted: Any) -> bool:
     return resolved(stored) == resolved(wanted)
 
 
-def config_differences(out: Path, config: Any) -> list[str]:
+def config_differences(
+    out: Path, config: Any, may_differ: frozenset[str] = RESUMABLE_CHANGES
+) -> list[str]:
     """The settings of ``config`` that differ from the run stored in ``out/config.yaml``,
-    as ``name: stored -> new`` (settings in :data:`RESUMABLE_CHANGES` may differ)."""
+    as ``name: stored -> new`` (settings in ``may_differ`` may differ)."""
     path = out / "config.yaml"
     if not path.exists():
         return []
@@ -182,7 +184,7 @@ def config_differences(out: Path, config: Any) -> list[str]:
     defaults = _defaults(config)
     differences = []
     for name in sorted(set(stored) | set(wanted)):
-        if name in RESUMABLE_CHANGES:
+        if name in may_differ:
             continue
         if name not in stored and name in defaults and defaults[name] == wanted.get(name):
             continue  # a setting added since that run was written, at its default
