@@ -348,6 +348,19 @@ class FinetuneConfig(RunOptions):
     weight_decay: float = setting(0.0, "weight decay (Adam)")
     batch_size: int = setting(128, "crystals per batch")
     epochs: int = setting(200, "training epochs (the best validation epoch is kept)")
+    freeze_encoder_epochs: int = setting(
+        0,
+        "pre-trained encoder: keep it frozen (no updates, BatchNorm statistics fixed) for the "
+        "first N epochs while the head learns, then train it at lr * encoder_lr_factor "
+        "(linear probe, then fine-tune); N = epochs: a linear probe",
+        metavar="N",
+    )
+    warmup_epochs: int = setting(
+        0,
+        "raise every learning rate linearly over the first N epochs, optimiser step by step: "
+        "lr/S at the first of their S steps up to lr at the last (then constant)",
+        metavar="N",
+    )
     split: tuple[float, float, float] = setting(
         (0.6, 0.2, 0.2), "random split fractions", metavar=("TRAIN", "VAL", "TEST")
     )
@@ -432,6 +445,18 @@ class FinetuneConfig(RunOptions):
         _positive(self, "lr")
         if self.members_together and self.early_stopping:
             raise ValueError("members trained together run every epoch: no early stopping")
+        for name in ("freeze_encoder_epochs", "warmup_epochs"):
+            _whole(self, name, 0)
+            if getattr(self, name) > self.epochs:
+                raise ValueError(
+                    f"{name} ({getattr(self, name)}) is more than epochs ({self.epochs})"
+                )
+        if self.freeze_encoder_epochs and self.from_scratch:
+            raise ValueError("freeze_encoder_epochs needs a pre-trained encoder, not from_scratch")
+        if self.members_together and (self.freeze_encoder_epochs or self.warmup_epochs):
+            raise ValueError(
+                "members trained together take no freeze_encoder_epochs or warmup_epochs"
+            )
         if self.members_together and self.from_scratch and self.encoder_name != "cgcnn":
             raise ValueError(f"only CGCNN encoders train together, not {self.encoder!r}")
         if self.encoder_lr_factor < 0 or self.weight_decay < 0:

@@ -59,7 +59,7 @@ from crystaltwins.training.common import (
     training_seconds,
     write_config,
 )
-from crystaltwins.training.configs import PAPER_ENCODER_LR_FACTOR, FinetuneConfig
+from crystaltwins.training.configs import PAPER_ENCODER_LR_FACTOR, FinetuneConfig, field_default
 from crystaltwins.training.epoch_metrics import EpochMeans
 from crystaltwins.training.sampling import EpochSampler
 
@@ -90,6 +90,15 @@ class FinetuneModule(L.LightningModule):
     The model's encoder and head are this module's ``encoder`` and ``head`` (the names of the
     checkpoints' weights); :attr:`model` is the property model itself, whose conversions give the
     metrics' and the user's units.
+
+    ``freeze_encoder_epochs``: in epochs ``0 .. N-1`` the encoder is a fixed feature extractor
+    (eval mode, so BatchNorm normalises with its stored statistics and leaves them unchanged; no
+    gradients, so Adam neither moves it nor starts its moments); from epoch ``N`` on it trains
+    like an unfrozen one. ``warmup_epochs``: every group's learning rate is ``lr_group *
+    min(1, (s + 1) / S)`` at optimiser step ``s`` (0-based), ``S`` the steps of the warm-up
+    epochs (a Lightning step scheduler, checkpointed with the run). Both follow the epoch
+    and step counters that a resumed run restores, so a resumed run trains as an uninterrupted
+    one.
     """
 
     def __init__(
@@ -98,6 +107,8 @@ class FinetuneModule(L.LightningModule):
         lr: float = 1e-3,
         encoder_lr_factor: float = PAPER_ENCODER_LR_FACTOR,
         weight_decay: float = 0.0,
+        freeze_encoder_epochs: int = field_default(FinetuneConfig, "freeze_encoder_epochs"),
+        warmup_epochs: int = field_default(FinetuneConfig, "warmup_epochs"),
     ) -> None:
         super().__init__()
         self.encoder = model.encoder
@@ -107,6 +118,10 @@ class FinetuneModule(L.LightningModule):
         self.lr = lr
         self.encoder_lr_factor = encoder_lr_factor
         self.weight_decay = weight_decay
+        self.freeze_encoder_epochs = freeze_encoder_epochs
+        self.warmup_epochs = warmup_epochs
+        # The encoder's trainable weights (a frozen epoch switches off only these).
+        self._encoder_trainable = [p for p in self.encoder.parameters() if p.requires_grad]
 
     model: PropertyModel
 
@@ -151,12 +166,59 @@ class FinetuneModule(L.LightningModule):
         """A resumed checkpoint must fit this model (one line naming it otherwise)."""
         check_resumed_state(self, checkpoint, self.trainer.ckpt_path)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    @property
+    def encoder_frozen(self) -> bool:
+        """Whether the current epoch is one of the first ``freeze_encoder_epochs``."""
+        return self.current_epoch < self.freeze_encoder_epochs
+
+    def _freeze_by_requires_grad(self) -> bool:
+        """Whether a frozen epoch skips the encoder's backward pass (one process); a
+        data-parallel run keeps every gradient its DDP wrapper expects and drops the encoder's
+        before each optimiser step instead (the same updates)."""
+        return self.trainer.world_size == 1
+
+    def on_train_epoch_start(self) -> None:
+        if not self.freeze_encoder_epochs:
+            return
+        frozen = self.encoder_frozen
+        self.encoder.train(not frozen)  # frozen: BatchNorm uses and keeps its statistics
+        if self._freeze_by_requires_grad():
+            for parameter in self._encoder_trainable:
+                parameter.requires_grad_(not frozen)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.freeze_encoder_epochs and self.encoder_frozen:
+            for parameter in self._encoder_trainable:
+                parameter.grad = None  # Adam skips it: no step, no weight decay, no moments
+
+    def on_train_end(self) -> None:
+        if self.freeze_encoder_epochs:  # a linear probe leaves a trainable model behind
+            for parameter in self._encoder_trainable:
+                parameter.requires_grad_(True)
+            self.encoder.train(self.training)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         groups = [
             {"params": self.encoder.parameters(), "lr": self.lr * self.encoder_lr_factor},
             {"params": self.head.parameters(), "lr": self.lr},
         ]
-        return torch.optim.Adam(groups, lr=self.lr, weight_decay=self.weight_decay, foreach=True)
+        optimizer = torch.optim.Adam(
+            groups, lr=self.lr, weight_decay=self.weight_decay, foreach=True
+        )
+        if not self.warmup_epochs:
+            return optimizer
+        # Optimiser steps per epoch (this process's batches): the run's steps over its epochs.
+        per_epoch = int(self.trainer.estimated_stepping_batches) // max(self.trainer.max_epochs, 1)
+        steps = max(1, self.warmup_epochs * per_epoch)
+
+        def warmup_factor(step: int) -> float:
+            return min(1.0, (step + 1) / steps)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_factor)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
 
 
 def _split(config: FinetuneConfig, dataset: CrystalGraphDataset, keep: np.ndarray) -> Split:
@@ -439,6 +501,8 @@ def _property_module(
         config.lr,
         config.effective_encoder_lr_factor,
         config.weight_decay,
+        config.freeze_encoder_epochs,
+        config.warmup_epochs,
     )
 
 

@@ -1,0 +1,248 @@
+"""Fine-tuning knobs on real perovskites and the shipped encoder: a frozen encoder (linear
+probe, then fine-tune) and a learning-rate warm-up; both resume exactly; refused where they
+cannot apply; offered by ``finetune --help``."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import itertools
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from crystaltwins.cli.main import main
+from crystaltwins.evaluation.runs import finetune
+from crystaltwins.training.common import AtomicCheckpointIO
+from crystaltwins.training.finetune import FinetuneConfig, FinetuneModule
+
+FROZEN = 2  # frozen epochs
+WARMUP = 2  # warm-up epochs
+EPOCHS = 3
+LR, FACTOR = 2e-3, 0.5
+
+
+def _config(source: Path, out: Path, cache_root: Path, **kw) -> FinetuneConfig:
+    base = dict(
+        data=str(source),
+        target="e_form",
+        out=str(out),
+        pretrained="default",
+        epochs=EPOCHS,
+        batch_size=16,
+        lr=LR,
+        encoder_lr_factor=FACTOR,
+        freeze_encoder_epochs=FROZEN,
+        warmup_epochs=WARMUP,
+        cache_root=str(cache_root),
+        progress=False,
+        accelerator="cpu",
+        devices="1",
+        plots=False,
+        seed=5,
+    )
+    base.update(kw)
+    return FinetuneConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def small_perovskites(perovskite_subset, tmp_path_factory) -> Path:
+    """The first 100 real perovskites (60 train: 3 steps of 16 an epoch)."""
+    csv.field_size_limit(2**31 - 1)
+    path = tmp_path_factory.mktemp("data") / "perovskites_100.csv"
+    with gzip.open(perovskite_subset, "rt", newline="") as src, open(path, "w", newline="") as dst:
+        csv.writer(dst).writerows(itertools.islice(csv.reader(src), 101))
+    return path
+
+
+class _Record(L.Callback):
+    """The weights (BatchNorm statistics included) before training and after every epoch, and
+    the learning rate of each group at every optimiser step."""
+
+    def __init__(self) -> None:
+        self.states: list[dict[str, torch.Tensor]] = []
+        self.lrs: list[tuple[int, list[float]]] = []
+        self.steps_per_epoch = 0
+
+    def _keep(self, module: L.LightningModule) -> None:
+        self.states.append({k: v.detach().clone() for k, v in module.state_dict().items()})
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._keep(pl_module)
+        self.steps_per_epoch = trainer.num_training_batches
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.lrs.append((trainer.global_step, [g["lr"] for g in optimizer.param_groups]))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._keep(pl_module)
+
+
+class _StopAt(L.Callback):
+    """A Ctrl-C at the start of epoch ``epoch``."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def _last(out: Path) -> dict:
+    return AtomicCheckpointIO().load_checkpoint(out / "checkpoints" / "last.ckpt")
+
+
+def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[str]:
+    """Names whose tensors differ (or are missing from one side)."""
+    return sorted(
+        k for k in set(a) | set(b) if k not in a or k not in b or not torch.equal(a[k], b[k])
+    )
+
+
+@pytest.fixture(scope="module")
+def knob_run(small_perovskites, cache_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("knobs") / "run"
+    record = _Record()
+    finetune(_config(small_perovskites, out, cache_root), callbacks=[record])
+    return out, record
+
+
+def _part(state: dict[str, torch.Tensor], prefix: str, buffers: bool | None = None):
+    return {
+        k: v
+        for k, v in state.items()
+        if k.startswith(prefix)
+        and (buffers is None or ("running_" in k or "num_batches" in k) == buffers)
+    }
+
+
+def test_frozen_encoder_is_unchanged_while_the_head_learns(knob_run):
+    _, record = knob_run
+    states = record.states
+    assert len(states) == EPOCHS + 1
+    assert _part(states[0], "encoder.", buffers=True), "the encoder has BatchNorm statistics"
+    for epoch in range(1, FROZEN + 1):  # after frozen epochs 0 .. FROZEN-1
+        assert _same_tensors(_part(states[0], "encoder."), _part(states[epoch], "encoder.")) == []
+        changed = _same_tensors(_part(states[epoch - 1], "head."), _part(states[epoch], "head."))
+        assert changed, f"the head did not learn in frozen epoch {epoch - 1}"
+    after = _same_tensors(_part(states[FROZEN], "encoder."), _part(states[-1], "encoder."))
+    weights = _part(states[0], "encoder.", buffers=False)
+    statistics = _part(states[0], "encoder.", buffers=True)
+    assert set(weights) <= set(after), "every encoder weight trains after the frozen epochs"
+    assert set(statistics) & set(after), "BatchNorm statistics update after the frozen epochs"
+
+
+def test_warmup_learning_rates_follow_the_formula(knob_run):
+    _, record = knob_run
+    per_epoch = record.steps_per_epoch
+    assert per_epoch == 3 and len(record.lrs) == EPOCHS * per_epoch
+    total = WARMUP * per_epoch
+    for step, (global_step, lrs) in enumerate(record.lrs):
+        assert global_step == step
+        factor = min(1.0, (step + 1) / total)
+        assert lrs == pytest.approx([LR * FACTOR * factor, LR * factor], rel=1e-12), step
+    assert record.lrs[total - 1][1] == record.lrs[-1][1] == [LR * FACTOR, LR]  # then constant
+
+
+@pytest.mark.parametrize("stop", [1, FROZEN], ids=["in-frozen-and-warmup", "at-unfreezing"])
+def test_resumed_run_equals_uninterrupted(knob_run, small_perovskites, cache_root, tmp_path, stop):
+    expected, _ = knob_run
+    out = tmp_path / "resumed"
+    config = _config(small_perovskites, out, cache_root)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(config, callbacks=[_StopAt(stop)])
+    assert _last(out)["epoch"] == stop - 1
+    config.resume = True
+    finetune(config)
+    got, want = _last(out), _last(expected)
+    assert _same_tensors(got["state_dict"], want["state_dict"]) == []
+    assert got["lr_schedulers"] == want["lr_schedulers"]
+    assert got["optimizer_states"][0]["param_groups"] == want["optimizer_states"][0]["param_groups"]
+
+
+def test_data_parallel_way_of_freezing_makes_the_same_updates(
+    knob_run, small_perovskites, cache_root, tmp_path, monkeypatch
+):
+    """Keeping the encoder's gradients (as DDP needs) and dropping them before each step trains
+    exactly as skipping the encoder's backward pass does."""
+    expected, _ = knob_run
+    monkeypatch.setattr(FinetuneModule, "_freeze_by_requires_grad", lambda self: False)
+    out = tmp_path / "ddp-way"
+    finetune(_config(small_perovskites, out, cache_root))
+    assert _same_tensors(_last(out)["state_dict"], _last(expected)["state_dict"]) == []
+
+
+def test_defaults_keep_a_plain_adam_and_a_trainable_encoder(
+    small_perovskites, cache_root, tmp_path
+):
+    from crystaltwins.training.finetune import prepare_run
+
+    config = _config(
+        small_perovskites, tmp_path / "plain", cache_root, freeze_encoder_epochs=0, warmup_epochs=0
+    )
+    module = prepare_run(config).module
+    optimizer = module.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.Adam)
+    assert [g["lr"] for g in optimizer.param_groups] == [LR * FACTOR, LR]
+    module.on_train_epoch_start()  # no trainer needed: nothing to do
+    assert module.encoder.training
+    assert all(p.requires_grad for p in module.parameters())
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            dict(pretrained=None, from_scratch=True),
+            "freeze_encoder_epochs needs a pre-trained encoder, not from_scratch",
+        ),
+        (
+            dict(ensemble=2, members_together=True),
+            "members trained together take no freeze_encoder_epochs or warmup_epochs",
+        ),
+        (
+            dict(ensemble=2, members_together=True, freeze_encoder_epochs=0),
+            "members trained together take no freeze_encoder_epochs or warmup_epochs",
+        ),
+        (dict(freeze_encoder_epochs=-1), "freeze_encoder_epochs must be at least 0, got -1"),
+        (dict(warmup_epochs=1.5), "warmup_epochs must be a whole number >= 0, got 1.5"),
+        (
+            dict(warmup_epochs=EPOCHS + 1),
+            f"warmup_epochs \\(4\\) is more than epochs \\({EPOCHS}\\)",
+        ),
+        (
+            dict(freeze_encoder_epochs=EPOCHS + 1),
+            f"freeze_encoder_epochs \\(4\\) is more than epochs \\({EPOCHS}\\)",
+        ),
+    ],
+)
+def test_settings_that_cannot_apply_are_refused_before_any_work(
+    small_perovskites, cache_root, tmp_path, settings, message
+):
+    out = tmp_path / "refused"
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        finetune(_config(small_perovskites, out, cache_root, **settings))
+    assert not out.exists()
+
+
+def test_scratch_run_may_warm_up(small_perovskites, cache_root, tmp_path):
+    _config(
+        small_perovskites,
+        tmp_path / "s",
+        cache_root,
+        pretrained=None,
+        from_scratch=True,
+        freeze_encoder_epochs=0,
+    ).validate()
+
+
+def test_finetune_help_offers_the_knobs_with_their_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--freeze-encoder-epochs N" in text and "--warmup-epochs N" in text
+    assert "linear probe, then fine-tune); N = epochs: a linear probe (default: 0)" in text
+    assert "up to lr at the last (then constant) (default: 0)" in text
