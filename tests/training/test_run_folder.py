@@ -207,7 +207,7 @@ def test_two_runs_into_one_folder_at_once(perovskite_subset, cache_root, tmp_pat
     out = tmp_path / "run"
     command = [
         sys.executable, "-m", "crystaltwins.cli.main", "finetune", str(perovskite_subset),
-        "--target", "e_form", "--from-scratch", "--epochs", "3", "--max-train", "200",
+        "--target", "e_form", "--from-scratch", "--epochs", "60", "--max-train", "200",
         "--out", str(out), "--cache-root", str(cache_root), "--no-progress", "--accelerator", "cpu",
     ]  # fmt: skip
     first = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=_env())
@@ -238,3 +238,28 @@ def test_ctrl_c_during_finetune_says_how_to_resume(perovskite_subset, cache_root
         "crystaltwins finetune: interrupted; run the same command again with --resume to "
         "continue after the last finished epoch"
     ]
+
+
+def test_settings_written_explicitly_by_earlier_versions_match_unset_ones(tmp_path):
+    """Runs written before radius / encoder sizes could be left unset stored their values
+    (radius 8.0, atom_fea_len 64, ...): the same run now (unset) is not a different one; another
+    value still is."""
+    import yaml
+
+    from crystaltwins.training.configs import FinetuneConfig
+    from crystaltwins.training.run_folder import config_differences
+
+    config = FinetuneConfig(data="d.csv", target="t", out=str(tmp_path), pretrained="default")
+    stored = {
+        **{k: v for k, v in vars(config).items() if not isinstance(v, tuple)},
+        "radius": 8.0,
+        "max_neighbors": 12,
+        "encoder": "cgcnn",
+        "atom_fea_len": 64,
+        "n_conv": 3,
+        "h_fea_len": 128,
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(stored))
+    assert config_differences(tmp_path, config) == []
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({**stored, "radius": 6.0, "n_conv": 4}))
+    assert config_differences(tmp_path, config) == ["n_conv: 4 -> None", "radius: 6.0 -> None"]

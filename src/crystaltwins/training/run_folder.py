@@ -157,9 +157,32 @@ def _defaults(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(found, default=str))
 
 
+def _unset_means(name: str) -> Any:
+    """What a setting left unset (``None``: "a pre-trained model's, a graph cache's or the
+    encoder's own") comes to by default, for the settings runs written before it could be unset
+    stored explicitly (``radius: 8.0``, ``atom_fea_len: 64``, ...); ``None`` for the others."""
+    import inspect
+
+    from crystaltwins.graph.settings import GraphSettings
+    from crystaltwins.training.configs import DEFAULT_ENCODER, ENCODER_SIZES
+
+    if name in ("radius", "max_neighbors"):
+        return getattr(GraphSettings(), name)
+    if name == "encoder":
+        return DEFAULT_ENCODER
+    if name in ENCODER_SIZES:
+        from crystaltwins.models.registry import ENCODERS
+
+        parameter = inspect.signature(ENCODERS[DEFAULT_ENCODER]).parameters.get(name)
+        return None if parameter is None else parameter.default
+    return None
+
+
 def _same_setting(name: str, stored: Any, wanted: Any) -> bool:
     if stored == wanted:
         return True
+    if wanted is None and stored is not None and stored == _unset_means(name):
+        return True  # written explicitly by an earlier version, left unset now: the same run
     if name not in _PATH_SETTINGS or stored is None or wanted is None:
         return False
 
