@@ -73,6 +73,8 @@ def run_point(
         epochs=epochs,
         batch_size=args.batch_size,
         encoder_lr_factor=args.encoder_lr_factor,
+        freeze_encoder_epochs=0 if method == "scratch" else args.freeze_encoder_epochs,
+        warmup_epochs=args.warmup_epochs,
         seed=seed,
         max_train=size,
         max_eval=args.max_eval,
@@ -167,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--encoder-lr-factor", type=float, default=0.2)
     p.add_argument("--max-eval", type=int, default=None, help="cap validation and test sizes")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--freeze-encoder-epochs", type=int, default=0, help="CT: encoder frozen first")
+    p.add_argument("--warmup-epochs", type=int, default=0, help="linear learning-rate warm-up")
     p.add_argument(
         "--all-from",
         type=Path,
@@ -192,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             size = None if label == "all" else int(label)
             point = points["sizes"][label] = {m: [] for m in METHODS}
             for seed in range(args.seeds):
-                for method in METHODS:
+                for method in args.methods:
                     point[method].append(run_point(args, task, size, seed, method))
                 results["minutes"] = (time.time() - started) / 60
                 (args.out / "results.json").write_text(json.dumps(results, indent=1))
