@@ -94,3 +94,19 @@ def test_resume_path_says_what_happens(tmp_path):
         said[-1]
         == f"{tmp_path}: holds an earlier run, which this one replaces (--resume continues it)"
     )
+
+
+def test_data_parallel_looks_for_unused_parameters_only_when_told():
+    """Several GPUs: plain DDP, or DDP that tolerates parameters without a gradient (pre-training
+    with atom-level objectives only leaves the projector out); one device or the CPU: Lightning's
+    own choice."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from crystaltwins.training.common import training_strategy
+
+    assert training_strategy("gpu", "auto", True) == "auto"
+    assert training_strategy("cpu", "2", True) == "auto"
+    assert training_strategy("gpu", "2", False) == "ddp"
+    strategy = training_strategy("gpu", "2", True)
+    assert isinstance(strategy, DDPStrategy)
+    assert strategy._ddp_kwargs.get("find_unused_parameters") is True

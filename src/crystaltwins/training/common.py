@@ -241,6 +241,16 @@ def resolve_precision(accelerator: str, precision: str | None) -> str:
     return "16-mixed" if on_gpu else "32-true"
 
 
+def training_strategy(accelerator: str, devices: str | int, unused_parameters: bool) -> Any:
+    """Lightning's strategy: data-parallel (DDP) on several accelerator devices, looking for
+    parameters without a gradient when ``unused_parameters``; otherwise Lightning's choice."""
+    if devices in ("auto", 1, "1") or accelerator == "cpu":
+        return "auto"
+    from lightning.pytorch.strategies import DDPStrategy
+
+    return DDPStrategy(find_unused_parameters=True) if unused_parameters else "ddp"
+
+
 def make_trainer(
     out: Path,
     *,
@@ -253,9 +263,13 @@ def make_trainer(
     progress: bool = True,
     callbacks: list[Any] | None = None,
     log_every_n_steps: int = 20,
+    unused_parameters: bool = False,
 ) -> L.Trainer:
     """A trainer writing ``history.csv`` (per-epoch metrics) and TensorBoard logs,
-    ``checkpoints/last.ckpt`` every epoch and ``checkpoints/best.ckpt`` for the best ``monitor``."""
+    ``checkpoints/last.ckpt`` every epoch and ``checkpoints/best.ckpt`` for the best ``monitor``.
+
+    :param unused_parameters: some parameters get no gradient in a step (e.g. the projector when
+        only atom-level objectives train): data-parallel runs must look for them."""
     quiet_lightning()
     best = ModelCheckpoint(
         dirpath=out / "checkpoints",
@@ -275,15 +289,12 @@ def make_trainer(
         every_n_epochs=1,
         enable_version_counter=False,
     )
-    strategy: Any = "auto"
-    if devices not in ("auto", 1, "1") and accelerator != "cpu":
-        strategy = "ddp"
     trainer = L.Trainer(
         default_root_dir=out,
         max_epochs=epochs,
         accelerator=accelerator,
         devices=devices,
-        strategy=strategy,
+        strategy=training_strategy(accelerator, devices, unused_parameters),
         precision=resolve_precision(accelerator, precision),  # type: ignore[arg-type]
         logger=TensorBoardLogger(out, name="tensorboard", version=""),
         callbacks=[

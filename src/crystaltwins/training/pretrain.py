@@ -333,6 +333,8 @@ def _pretrain_in_claimed_folder(config: PretrainConfig, start: ModelBundle | Non
         devices=config.devices,
         precision=config.precision,
         progress=config.progress,
+        # only atom-level objectives: the projector gets no gradient
+        unused_parameters=all(map(uses_atoms, module.terms)),
     )
     fit(
         trainer,
