@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from crystaltwins.data.batch import CrystalGraphBatch
+from crystaltwins.graph.batch import CrystalGraphBatch
 from crystaltwins.layers import fused_cgconv
 from crystaltwins.layers.gaussian import GaussianExpansion
 from crystaltwins.losses import BarlowTwinsLoss
