@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 from collections.abc import Mapping
@@ -16,6 +15,7 @@ from crystaltwins.graph.batch import CrystalGraphBatch
 from crystaltwins.layers import cgcnn_conv
 from crystaltwins.layers.cgcnn_conv import CGConv, EdgeGraph
 from crystaltwins.layers.gaussian import GaussianExpansion
+from crystaltwins.models.encoder_base import Encoder
 from crystaltwins.models.init_args import check_keys, positive_int, real
 
 DEFAULT_GAUSSIAN: dict[str, float | None] = {"dmin": 0.0, "dmax": 8.0, "step": 0.2, "var": None}
@@ -51,7 +51,7 @@ def _as_feature_table(atom_features: Tensor | Any) -> Tensor:
     return table
 
 
-class CGCNNEncoder(nn.Module):
+class CGCNNEncoder(Encoder):
     """CGCNN up to the crystal embedding (the part shared by pre-training and fine-tuning).
 
     ``atomic_numbers`` → element features (a fixed table lookup; Z = 0, a masked atom, has all-zero
@@ -114,24 +114,6 @@ class CGCNNEncoder(nn.Module):
         self.conv_to_fc = nn.Linear(atom_fea_len, h_fea_len)
 
     @classmethod
-    def from_config(
-        cls,
-        config: Mapping[str, Any],
-        atom_features: Tensor,
-        state_dict: Mapping[str, Tensor] | None = None,
-    ) -> CGCNNEncoder:
-        """Rebuild an encoder from :attr:`config`, the element table and (optionally) weights.
-
-        :param config: the :attr:`config` of the encoder to rebuild.
-        :param atom_features: ``(n_z, n_features)`` element-feature table.
-        :param state_dict: weights to load strictly, or ``None``.
-        """
-        encoder = cls(atom_features, **copy.deepcopy(dict(config)))
-        if state_dict is not None:
-            encoder.load_state_dict(state_dict, strict=True)
-        return encoder
-
-    @classmethod
     def check_init_args(
         cls, config: Any, n_features: int, state: Mapping[str, Any]
     ) -> tuple[dict[str, tuple[int, ...]], int]:
@@ -169,11 +151,6 @@ class CGCNNEncoder(nn.Module):
             for part, dims in _CONV_PARTS.items():
                 shapes[f"convs.{n}.{part}"] = tuple(sizes[d] for d in dims.split(",") if d)
         return shapes, h
-
-    @property
-    def num_features(self) -> int:
-        """Width of the element features (92 for CGCNN's ``atom_init.json``)."""
-        return int(self.atom_features.shape[1])
 
     @property
     def out_dim(self) -> int:

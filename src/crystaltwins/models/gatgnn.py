@@ -35,7 +35,6 @@ Computation: ``[x ‖ e] W = x W_x + e W_e``: the atom part is computed per atom
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -52,6 +51,7 @@ from crystaltwins.layers.graph_ops import (
     segment_softmax,
     segment_sum,
 )
+from crystaltwins.models.encoder_base import Encoder
 
 #: Elements of the composition vector (H..Lr, as GATGNN's ``ELEM_Encoder``).
 N_COMPOSITION_ELEMENTS = 103
@@ -98,7 +98,7 @@ class AugmentedGraphAttention(nn.Module):
         return summed.mean(dim=1) + self.bias
 
 
-class GATGNNEncoder(nn.Module):
+class GATGNNEncoder(Encoder):
     """GATGNN up to the crystal embedding: ``batch → (B, neurons)``.
 
     :param atom_features: ``(n_z, n_features)`` element table, row 0 (masked atom) zeros.
@@ -147,24 +147,6 @@ class GATGNNEncoder(nn.Module):
         if hidden_layers:
             self.linear1 = nn.Linear(n_h, n_h)
             self.linear2 = nn.Linear(n_h, n_h)
-
-    @classmethod
-    def from_config(
-        cls,
-        config: Mapping[str, Any],
-        atom_features: Tensor,
-        state_dict: Mapping[str, Tensor] | None = None,
-    ) -> GATGNNEncoder:
-        """Rebuild from :attr:`config`, the element table and (optionally) weights (strict)."""
-        encoder = cls(atom_features, **copy.deepcopy(dict(config)))
-        if state_dict is not None:
-            encoder.load_state_dict(state_dict, strict=True)
-        return encoder
-
-    @property
-    def num_features(self) -> int:
-        """Width of the element features."""
-        return int(self.atom_features.shape[1])
 
     @property
     def out_dim(self) -> int:

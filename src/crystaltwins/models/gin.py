@@ -33,7 +33,6 @@ writes the layer edge by edge, as published; tests check the two are equal.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,9 +50,10 @@ from crystaltwins.layers.graph_ops import (
     gaussian_settings,
     segment_sum,
 )
+from crystaltwins.models.encoder_base import Encoder
 
 
-class GINEncoder(nn.Module):
+class GINEncoder(Encoder):
     """GINE encoder: ``batch → (B, feat_dim)`` crystal embeddings.
 
     :param atom_features: ``(n_z, n_features)`` element table, row 0 (masked atom) zeros.
@@ -107,24 +107,6 @@ class GINEncoder(nn.Module):
         )
         self.batch_norms = nn.ModuleList(nn.BatchNorm1d(d) for _ in range(n_layers))
         self.feat_lin = nn.Linear(d, int(feat_dim))
-
-    @classmethod
-    def from_config(
-        cls,
-        config: Mapping[str, Any],
-        atom_features: Tensor,
-        state_dict: Mapping[str, Tensor] | None = None,
-    ) -> GINEncoder:
-        """Rebuild from :attr:`config`, the element table and (optionally) weights (strict)."""
-        encoder = cls(atom_features, **copy.deepcopy(dict(config)))
-        if state_dict is not None:
-            encoder.load_state_dict(state_dict, strict=True)
-        return encoder
-
-    @property
-    def num_features(self) -> int:
-        """Width of the element features."""
-        return int(self.atom_features.shape[1])
 
     @property
     def out_dim(self) -> int:

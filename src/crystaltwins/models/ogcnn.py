@@ -39,7 +39,6 @@ What differs, and why:
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -58,6 +57,7 @@ from crystaltwins.layers.graph_ops import (
     gaussian_settings,
     segment_sum,
 )
+from crystaltwins.models.encoder_base import Encoder
 
 #: Width of the flattened OFM, ``32 × (1 + 32)``.
 OFM_FEATURES = N_ORBITALS * (N_ORBITALS + 1)
@@ -85,7 +85,7 @@ def orbital_field_matrix(
     return (orbitals.unsqueeze(2) * right.unsqueeze(1)).reshape(orbitals.shape[0], -1)
 
 
-class OGCNNEncoder(nn.Module):
+class OGCNNEncoder(Encoder):
     """OGCNN up to the crystal embedding: ``batch → (B, h_fea_len)``.
 
     :param atom_features: ``(n_z, n_features)`` element table, row 0 (masked atom) zeros.
@@ -131,24 +131,6 @@ class OGCNNEncoder(nn.Module):
             CGConv(atom_fea_len, self.gaussian.num_features) for _ in range(n_conv)
         )
         self.conv_to_fc = nn.Linear(int(atom_fea_len), int(h_fea_len))
-
-    @classmethod
-    def from_config(
-        cls,
-        config: Mapping[str, Any],
-        atom_features: Tensor,
-        state_dict: Mapping[str, Tensor] | None = None,
-    ) -> OGCNNEncoder:
-        """Rebuild from :attr:`config`, the element table and (optionally) weights (strict)."""
-        encoder = cls(atom_features, **copy.deepcopy(dict(config)))
-        if state_dict is not None:
-            encoder.load_state_dict(state_dict, strict=True)
-        return encoder
-
-    @property
-    def num_features(self) -> int:
-        """Width of the element features."""
-        return int(self.atom_features.shape[1])
 
     @property
     def out_dim(self) -> int:
