@@ -68,6 +68,26 @@ def standardize(z: Tensor, eps: float = 1e-5) -> Tensor:
     return (z - mean) * torch.rsqrt(var + eps)
 
 
+def gathered_views(z_a: Tensor, z_b: Tensor, gather: bool, too_few: str) -> tuple[Tensor, Tensor]:
+    """Two views' projections ``(n_local, D)`` checked and, when ``gather`` and several ranks
+    run, concatenated from every rank (:func:`gather_from_all_ranks`).
+
+    :param too_few: the error when fewer than 2 rows remain.
+    :raises ValueError: views of another shape than ``(N, D)`` each, or fewer than 2 rows.
+    """
+    if z_a.ndim != 2 or z_a.shape != z_b.shape:
+        raise ValueError(
+            f"expected two (N, D) views of equal shape, got {tuple(z_a.shape)} and "
+            f"{tuple(z_b.shape)}"
+        )
+    if gather and _distributed_world_size() > 1:
+        z_a = gather_from_all_ranks(z_a)
+        z_b = gather_from_all_ranks(z_b)
+    if z_a.shape[0] < 2:
+        raise ValueError(too_few)
+    return z_a, z_b
+
+
 class BarlowTwinsLoss(nn.Module):
     r"""Barlow Twins redundancy-reduction loss.
 
@@ -114,16 +134,12 @@ class BarlowTwinsLoss(nn.Module):
         :param z_b: ``(n_local, D)`` projections of the second view, same crystals, same order.
         :returns: scalar loss.
         """
-        if z_a.ndim != 2 or z_a.shape != z_b.shape:
-            raise ValueError(
-                f"expected two (N, D) views of equal shape, got {tuple(z_a.shape)} and "
-                f"{tuple(z_b.shape)}"
-            )
-        if self.gather_distributed and _distributed_world_size() > 1:
-            z_a = gather_from_all_ranks(z_a)
-            z_b = gather_from_all_ranks(z_b)
-        if z_a.shape[0] < 2:
-            raise ValueError("Barlow Twins needs at least 2 samples to standardise over the batch")
+        z_a, z_b = gathered_views(
+            z_a,
+            z_b,
+            self.gather_distributed,
+            "Barlow Twins needs at least 2 samples to standardise over the batch",
+        )
         c = self.cross_correlation(z_a, z_b)
         diag = torch.diagonal(c)
         on_diag = (1.0 - diag).square().sum()

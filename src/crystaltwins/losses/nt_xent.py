@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crystaltwins.losses.barlow_twins import _distributed_world_size, gather_from_all_ranks
+from crystaltwins.losses.barlow_twins import gathered_views
 
 
 class NTXentLoss(nn.Module):
@@ -43,17 +43,13 @@ class NTXentLoss(nn.Module):
         :param z_b: ``(n_local, D)`` projections of the second view, same crystals, same order.
         :returns: scalar loss, at least 0.
         """
-        if z_a.ndim != 2 or z_a.shape != z_b.shape:
-            raise ValueError(
-                f"expected two (N, D) views of equal shape, got {tuple(z_a.shape)} and "
-                f"{tuple(z_b.shape)}"
-            )
-        if self.gather_distributed and _distributed_world_size() > 1:
-            z_a = gather_from_all_ranks(z_a)
-            z_b = gather_from_all_ranks(z_b)
+        z_a, z_b = gathered_views(
+            z_a,
+            z_b,
+            self.gather_distributed,
+            "NT-Xent needs at least 2 samples (the negatives are the others)",
+        )
         n = z_a.shape[0]
-        if n < 2:
-            raise ValueError("NT-Xent needs at least 2 samples (the negatives are the others)")
         z = F.normalize(torch.cat([z_a, z_b]), dim=1)
         logits = z @ z.t() / self.temperature
         self_pairs = torch.eye(2 * n, dtype=torch.bool, device=z.device)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crystaltwins.losses.barlow_twins import _distributed_world_size, gather_from_all_ranks
+from crystaltwins.losses.barlow_twins import gathered_views
 
 
 def _off_diagonal_square_sum(c: Tensor) -> Tensor:
@@ -76,16 +76,12 @@ class VICRegLoss(nn.Module):
         :param z_b: ``(n_local, D)`` projections of the second view, same crystals, same order.
         :returns: scalar loss.
         """
-        if z_a.ndim != 2 or z_a.shape != z_b.shape:
-            raise ValueError(
-                f"expected two (N, D) views of equal shape, got {tuple(z_a.shape)} and "
-                f"{tuple(z_b.shape)}"
-            )
-        if self.gather_distributed and _distributed_world_size() > 1:
-            z_a = gather_from_all_ranks(z_a)
-            z_b = gather_from_all_ranks(z_b)
-        if z_a.shape[0] < 2:
-            raise ValueError("VICReg needs at least 2 samples for the batch variance")
+        z_a, z_b = gathered_views(
+            z_a,
+            z_b,
+            self.gather_distributed,
+            "VICReg needs at least 2 samples for the batch variance",
+        )
         invariance, variance, covariance = self.terms(z_a, z_b)
         return (
             self.invariance_weight * invariance
