@@ -237,3 +237,32 @@ def test_matbench_fold_sets_the_test_crystals(perovskite_subset, cache_root, tmp
     assert tested == sorted(ids[k] for k in folds[1][1])
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["crystals"]["train"], metrics["crystals"]["val"]) == (900, 300)
+
+
+def test_a_finetuned_model_is_a_starting_point_for_another_property(
+    scratch_run, perovskite_subset, cache_root, tmp_path
+):
+    """Supervised transfer: the encoder of a model fine-tuned on one property (here e_form) starts
+    a run on another (the band gap); frozen throughout (a linear probe), it stays that encoder."""
+    source, _ = scratch_run
+    out = tmp_path / "gap"
+    metrics = finetune(
+        _config(
+            perovskite_subset,
+            out,
+            cache_root,
+            target="gap_gllbsc",
+            from_scratch=False,
+            pretrained=str(source / "model.pt"),
+            epochs=2,
+            freeze_encoder_epochs=2,
+            max_train=200,
+        )
+    )
+    assert metrics["init"] == str(source / "model.pt") and np.isfinite(metrics["test"]["mae"])
+    before, after = load_model(source / "model.pt"), load_model(out / "model.pt")
+    assert after.info["targets"] == ["gap_gllbsc"]
+    for name, value in before.encoder.state_dict().items():
+        assert np.array_equal(value.numpy(), after.encoder.state_dict()[name].numpy()), name
+    heads = before.head.state_dict(), after.head.state_dict()
+    assert any(not np.array_equal(heads[0][k].numpy(), heads[1][k].numpy()) for k in heads[0])
