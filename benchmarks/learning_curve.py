@@ -45,8 +45,9 @@ def epochs_for(size: int, batch: int, epochs: int, min_steps: int, max_epochs: i
 
 def run_point(
     args: argparse.Namespace, task: Any, size: int | None, seed: int, method: str
-) -> dict[str, Any]:
-    """Train (or read back) one run; returns its ``metrics.json``."""
+) -> dict[str, Any] | None:
+    """Train (or read back) one run; returns its ``metrics.json``. A method not asked for
+    (``--methods``) is only read back when an earlier call finished it (else ``None``)."""
     from crystaltwins.api import finetune
 
     label = "all" if size is None else str(size)
@@ -54,6 +55,8 @@ def run_point(
     done = out / "metrics.json"
     if done.exists():
         return json.loads(done.read_text())
+    if method not in args.methods:
+        return None
     if size is None and args.all_from is not None:
         earlier = args.all_from / "runs" / task.name / f"seed{seed}" / method / "metrics.json"
         if earlier.exists():
@@ -93,13 +96,15 @@ def run_point(
 
 def summarize(results: dict[str, Any]) -> str:
     """A markdown table per task: size, scratch and CT test MAE (mean ± std over seeds), gain."""
+    name = results["settings"].get("pretrained_label", "CT")
     lines = []
     for task_name, points in results["tasks"].items():
         unit = points["unit"]
         lines += [
             f"### {task_name} (test MAE, {unit}; mean ± std over seeds)",
             "",
-            "| training crystals | scratch | CT | CT vs scratch | validation MAE scratch / CT |",
+            f"| training crystals | scratch | {name} | {name} vs scratch "
+            f"| validation MAE scratch / {name} |",
             "|---|---|---|---|---|",
         ]
         for label, point in points["sizes"].items():
@@ -119,8 +124,11 @@ def summarize(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_curve(task_name: str, points: dict[str, Any], path: Path) -> None:
-    """Log-log test MAE vs training crystals, mean and standard deviation over seeds."""
+def plot_curve(
+    task_name: str, points: dict[str, Any], path: Path, pretrained_name: str = "Crystal Twins"
+) -> None:
+    """Log-log test MAE vs training crystals, mean and standard deviation over seeds;
+    ``pretrained_name`` names the pre-trained method."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,7 +137,7 @@ def plot_curve(task_name: str, points: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 4), dpi=150)
     for method, label, marker in (
         ("scratch", "CGCNN from scratch", "o"),
-        ("ct", "Crystal Twins", "s"),
+        ("ct", pretrained_name, "s"),
     ):
         xs, means, stds = [], [], []
         for point in points["sizes"].values():
@@ -163,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--pretrained", default="default", help="CT's encoder (default: shipped)")
+    p.add_argument(
+        "--pretrained-label",
+        default="CT",
+        help="the pre-trained method's name in the table and figure (e.g. 'MP e_form transfer')",
+    )
     p.add_argument("--epochs", type=int, default=200, help="epochs at every size (default 200)")
     p.add_argument("--min-steps", type=int, default=0, help="at least this many steps (default 0)")
     p.add_argument("--max-epochs", type=int, default=2000, help="cap (default 2000)")
@@ -197,12 +210,15 @@ def main(argv: list[str] | None = None) -> int:
             size = None if label == "all" else int(label)
             point = points["sizes"][label] = {m: [] for m in METHODS}
             for seed in range(args.seeds):
-                for method in args.methods:
-                    point[method].append(run_point(args, task, size, seed, method))
+                for method in METHODS:
+                    metrics = run_point(args, task, size, seed, method)
+                    if metrics is not None:
+                        point[method].append(metrics)
                 results["minutes"] = (time.time() - started) / 60
                 (args.out / "results.json").write_text(json.dumps(results, indent=1))
                 (args.out / "summary.md").write_text(summarize(results))
-        plot_curve(name, points, args.out / f"label_curve_{name}.png")
+        label = "Crystal Twins" if args.pretrained_label == "CT" else args.pretrained_label
+        plot_curve(name, points, args.out / f"label_curve_{name}.png", label)
     print(summarize(results))
     return 0
 
