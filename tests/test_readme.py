@@ -82,3 +82,35 @@ def test_extending_example_registers_and_pretrains(perovskite_subset, tmp_path, 
         for registry, before in saved:
             registry.clear()
             registry.update(before)
+
+
+def test_every_readme_command_line_parses():
+    """Each `crystaltwins ...` command of the README's shell examples is accepted by the parser
+    (options renamed or removed would fail here); nothing is run."""
+    import shlex
+
+    from crystaltwins.cli.main import build_parser
+
+    text = README.read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```bash\n")[1:]]
+    commands, current = [], ""
+    for block in blocks:
+        for line in block.splitlines():
+            line = line.split(" #", 1)[0].rstrip() if not line.lstrip().startswith("#") else ""
+            if current:
+                current += " " + line.strip()
+            elif line.startswith("crystaltwins "):
+                current = line
+            if current and not current.endswith("\\"):
+                commands.append(current)
+                current = ""
+            current = current[:-1] if current.endswith("\\") else current
+    assert len(commands) >= 20, commands
+    parser = build_parser()
+    for command in commands:
+        argv = shlex.split(command)[1:]
+        try:
+            parser.parse_args(argv)
+        except SystemExit as error:
+            if error.code != 0:  # `--help` / `--version` exit 0
+                raise AssertionError(f"README command does not parse: {command}") from error
