@@ -266,3 +266,13 @@ def test_a_finetuned_model_is_a_starting_point_for_another_property(
         assert np.array_equal(value.numpy(), after.encoder.state_dict()[name].numpy()), name
     heads = before.head.state_dict(), after.head.state_dict()
     assert any(not np.array_equal(heads[0][k].numpy(), heads[1][k].numpy()) for k in heads[0])
+
+
+def test_starting_from_a_model_trained_on_this_files_labels_warns():
+    from crystaltwins.training.finetune import labelled_source_overlap
+
+    info = {"data_source": "/data/mp36k.csv.gz", "target_column": "formation_energy_per_atom"}
+    warning = labelled_source_overlap(info, "other/place/mp36k.csv.gz")
+    assert warning and "formation_energy_per_atom" in warning and "mp36k.csv.gz" in warning
+    assert labelled_source_overlap(info, "perovskites.csv.gz") is None
+    assert labelled_source_overlap({}, "mp36k.csv.gz") is None  # a pre-trained (unlabelled) model

@@ -294,6 +294,9 @@ def starting_point(config: FinetuneConfig) -> StartingPoint:
         if config.atom_init and not bundle.info.get("published"):
             main_print(f"note: --atom-init ignored: {path} carries its own element features")
         check_pretrained_encoder(config, bundle.encoder, path)
+        overlap = labelled_source_overlap(bundle.info, config.data)
+        if overlap:
+            main_print(f"warning: {overlap}")
         settings = run_graph_settings(config, config.data, bundle.graph_settings)
         return StartingPoint(bundle.featurizer, bundle.encoder, settings, str(path))
     featurizer = featurizer_for(config.data, config.atom_init)
@@ -307,6 +310,23 @@ def starting_point(config: FinetuneConfig) -> StartingPoint:
         name=config.encoder,
     )
     return StartingPoint(featurizer, encoder, settings, "scratch")
+
+
+def labelled_source_overlap(info: dict[str, Any], data: str | Path | None) -> str | None:
+    """A warning when a starting model was itself fine-tuned on labels of the file now being
+    fine-tuned on (same file name): the new run's validation and test crystals may have been
+    among its training crystals, which makes their MAE optimistic. ``None`` when not."""
+    source = info.get("data_source")
+    if not source or not data:
+        return None
+    if Path(str(source)).name != Path(str(data)).name:
+        return None
+    target = info.get("target_column") or ", ".join(info.get("targets", []))
+    return (
+        f"the starting model was fine-tuned on labels ({target}) of {Path(str(source)).name}, "
+        "the data of this run: test crystals it trained on give an optimistic test MAE; "
+        "keep them out of its training data (e.g. --split-files), or start from another model"
+    )
 
 
 @dataclass
