@@ -6,6 +6,7 @@ import csv
 import gzip
 import itertools
 from pathlib import Path
+from typing import Any
 
 from pymatgen.core import Structure
 
@@ -25,3 +26,20 @@ def read_structures(path: Path, count: int, start: int = 0) -> list[tuple[str, S
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return [(i, Structure.from_str(cif, fmt="cif")) for i, cif in read_cifs(path, count, start)]
+
+
+def cpu_finetune_config(source: Path, out: Path, cache_root: Path, **settings: Any) -> Any:
+    """A quiet single-CPU :class:`FinetuneConfig` on ``source``'s ``e_form`` (no progress bar);
+    ``settings`` add to or override it."""
+    from crystaltwins.training.configs import FinetuneConfig
+
+    base = dict(
+        data=str(source),
+        target="e_form",
+        out=str(out),
+        cache_root=str(cache_root),
+        progress=False,
+        accelerator="cpu",
+        devices="1",
+    )
+    return FinetuneConfig(**{**base, **settings})

@@ -93,18 +93,8 @@ def test_every_readme_command_line_parses():
 
     text = README.read_text()
     blocks = [b.split("```", 1)[0] for b in text.split("```bash\n")[1:]]
-    commands, current = [], ""
-    for block in blocks:
-        for line in block.splitlines():
-            line = line.split(" #", 1)[0].rstrip() if not line.lstrip().startswith("#") else ""
-            if current:
-                current += " " + line.strip()
-            elif line.startswith("crystaltwins "):
-                current = line
-            if current and not current.endswith("\\"):
-                commands.append(current)
-                current = ""
-            current = current[:-1] if current.endswith("\\") else current
+    lines = [line for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+    commands = [line.split(" #", 1)[0] for line in lines if line.startswith("crystaltwins ")]
     assert len(commands) >= 20, commands
     parser = build_parser()
     for command in commands:

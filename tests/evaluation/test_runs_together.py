@@ -16,6 +16,7 @@ from crystaltwins.cli.main import build_parser, main
 from crystaltwins.evaluation.runs import finetune, finetune_together
 from crystaltwins.models.checkpoint import load_model
 from crystaltwins.training.configs import FinetuneConfig
+from tests.helpers import cpu_finetune_config
 
 CRYSTALS = 150
 
@@ -30,22 +31,8 @@ def perovskites_150(perovskite_subset, tmp_path_factory) -> Path:
 
 
 def _config(source: Path, out: Path, cache_root: Path, **kw) -> FinetuneConfig:
-    settings = dict(
-        data=str(source),
-        target="e_form",
-        out=str(out),
-        from_scratch=True,
-        epochs=2,
-        batch_size=32,
-        ensemble=2,
-        cache_root=str(cache_root),
-        progress=False,
-        accelerator="cpu",
-        devices="1",
-        plots=False,
-        seed=5,
-    )
-    return FinetuneConfig(**{**settings, **kw})
+    settings = dict(from_scratch=True, epochs=2, batch_size=32, ensemble=2, plots=False, seed=5)
+    return cpu_finetune_config(source, out, cache_root, **{**settings, **kw})
 
 
 def test_ensemble_members_together_matches_sequential(perovskites_150, cache_root, tmp_path):

@@ -22,27 +22,14 @@ from crystaltwins.models.checkpoint import EnsembleBundle, load_model, load_pred
 from crystaltwins.training.common import write_config
 from crystaltwins.training.finetune import FinetuneConfig
 from crystaltwins.training.run_folder import config_differences
+from tests.helpers import cpu_finetune_config
 
 MEMBERS = 2
 
 
 def _config(source: Path, out: Path, cache_root: Path, **kw) -> FinetuneConfig:
-    base = dict(
-        data=str(source),
-        target="e_form",
-        out=str(out),
-        from_scratch=True,
-        epochs=2,
-        batch_size=32,
-        cache_root=str(cache_root),
-        progress=False,
-        accelerator="cpu",
-        devices="1",
-        plots=False,
-        seed=3,
-    )
-    base.update(kw)
-    return FinetuneConfig(**base)
+    settings = dict(from_scratch=True, epochs=2, batch_size=32, plots=False, seed=3)
+    return cpu_finetune_config(source, out, cache_root, **{**settings, **kw})
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

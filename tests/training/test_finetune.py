@@ -13,24 +13,12 @@ import pytest
 from crystaltwins.evaluation.inference import predict, write_predictions_csv
 from crystaltwins.evaluation.runs import finetune
 from crystaltwins.models.checkpoint import load_model
-from crystaltwins.training.finetune import FinetuneConfig
+from tests.helpers import cpu_finetune_config
 
 
 def _config(source, out, cache_root, **kw):
-    base = dict(
-        data=str(source),
-        target="e_form",
-        out=str(out),
-        from_scratch=True,
-        epochs=12,
-        batch_size=64,
-        cache_root=str(cache_root),
-        progress=False,
-        accelerator="cpu",
-        devices="1",
-    )
-    base.update(kw)
-    return FinetuneConfig(**base)
+    settings = dict(from_scratch=True, epochs=12, batch_size=64)
+    return cpu_finetune_config(source, out, cache_root, **{**settings, **kw})
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from crystaltwins.cli.main import main
 from crystaltwins.evaluation.runs import finetune
 from crystaltwins.training.common import AtomicCheckpointIO
 from crystaltwins.training.finetune import FinetuneConfig, FinetuneModule
+from tests.helpers import cpu_finetune_config
 
 FROZEN = 2  # frozen epochs
 WARMUP = 2  # warm-up epochs
@@ -25,10 +26,7 @@ LR, FACTOR = 2e-3, 0.5
 
 
 def _config(source: Path, out: Path, cache_root: Path, **kw) -> FinetuneConfig:
-    base = dict(
-        data=str(source),
-        target="e_form",
-        out=str(out),
+    settings = dict(
         pretrained="default",
         epochs=EPOCHS,
         batch_size=16,
@@ -36,15 +34,10 @@ def _config(source: Path, out: Path, cache_root: Path, **kw) -> FinetuneConfig:
         encoder_lr_factor=FACTOR,
         freeze_encoder_epochs=FROZEN,
         warmup_epochs=WARMUP,
-        cache_root=str(cache_root),
-        progress=False,
-        accelerator="cpu",
-        devices="1",
         plots=False,
         seed=5,
     )
-    base.update(kw)
-    return FinetuneConfig(**base)
+    return cpu_finetune_config(source, out, cache_root, **{**settings, **kw})
 
 
 @pytest.fixture(scope="module")

@@ -317,13 +317,11 @@ def labelled_source_overlap(info: dict[str, Any], data: str | Path | None) -> st
     fine-tuned on (same file name): the new run's validation and test crystals may have been
     among its training crystals, which makes their MAE optimistic. ``None`` when not."""
     source = info.get("data_source")
-    if not source or not data:
-        return None
-    if Path(str(source)).name != Path(str(data)).name:
+    if not source or not data or Path(str(source)).name != Path(str(data)).name:
         return None
     target = info.get("target_column") or ", ".join(info.get("targets", []))
     return (
-        f"the starting model was fine-tuned on labels ({target}) of {Path(str(source)).name}, "
+        f"the starting model was fine-tuned on labels ({target}) of {Path(str(data)).name}, "
         "the data of this run: test crystals it trained on give an optimistic test MAE; "
         "keep them out of its training data (e.g. --split-files), or start from another model"
     )
