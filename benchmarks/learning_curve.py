@@ -163,6 +163,7 @@ def plot_curve(
 
 def main(argv: list[str] | None = None) -> int:
     from crystaltwins.evaluation.tasks import TASKS
+    from crystaltwins.io.atomic import write_json_atomic, write_text_atomic
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", nargs="+", default=["perovskites"], choices=sorted(TASKS))
@@ -215,8 +216,8 @@ def main(argv: list[str] | None = None) -> int:
                     if metrics is not None:
                         point[method].append(metrics)
                 results["minutes"] = (time.time() - started) / 60
-                (args.out / "results.json").write_text(json.dumps(results, indent=1))
-                (args.out / "summary.md").write_text(summarize(results))
+                write_json_atomic(args.out / "results.json", results)
+                write_text_atomic(args.out / "summary.md", summarize(results))
         label = "Crystal Twins" if args.pretrained_label == "CT" else args.pretrained_label
         plot_curve(name, points, args.out / f"label_curve_{name}.png", label)
     print(summarize(results))

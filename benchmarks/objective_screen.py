@@ -132,6 +132,7 @@ def summarize(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from crystaltwins.evaluation.tasks import TASKS
+    from crystaltwins.io.atomic import write_json_atomic, write_text_atomic
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", type=Path, required=True)
@@ -174,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             rows = results["tasks"].setdefault(name, {"unit": task.unit})
             rows[recipe] = [finetune_run(args, task, recipe, model, s) for s in range(args.seeds)]
             results["minutes"] = (time.time() - started) / 60
-            (args.out / "results.json").write_text(json.dumps(results, indent=1))
-            (args.out / "summary.md").write_text(summarize(results))
+            write_json_atomic(args.out / "results.json", results)
+            write_text_atomic(args.out / "summary.md", summarize(results))
     print(summarize(results))
     return 0
 

@@ -13,7 +13,6 @@ The data folder comes from ``--data``, else ``$CRYSTALTWINS_DATA``, else ``../sh
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -138,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     from crystaltwins import api
+    from crystaltwins.io.atomic import write_json_atomic
 
     out, source = Path(args.out), data / "perovskites.csv.gz"
     workers = os.cpu_count() or 1
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     results = _finetune_both(source, model, out, args)
     _tsne_map(source, out)
     _print_results(results, out, started)
-    (out / "summary.json").write_text(json.dumps(results, indent=1))
+    write_json_atomic(out / "summary.json", results)
     return 0
 
 

@@ -89,7 +89,7 @@ def test_stale_temporaries_of_dead_builds_are_removed(rows, tmp_path):
     (stale / "positions.npy").write_bytes(b"half")
     partial = tmp_path / "c.partial"
     partial.mkdir()
-    (partial / f"chunk_000000.npz.tmp-{dead.pid}").write_bytes(b"half")
+    (partial / f".chunk_000000.tmp-{dead.pid}-0123abcd.npz").write_bytes(b"half")
     build_graph_cache(source, tmp_path / "c", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "c.lock", "d.csv.gz"]
 

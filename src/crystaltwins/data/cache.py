@@ -52,6 +52,7 @@ from crystaltwins.graph.crystal_graph import CrystalGraph, build_crystal_graph
 from crystaltwins.graph.geometry import IMAGE_DTYPE
 from crystaltwins.graph.neighbors import NeighborList
 from crystaltwins.graph.settings import GraphSettings
+from crystaltwins.io.atomic import atomic_path, write_json_atomic
 from crystaltwins.io.locks import (
     FileLock,
     remove_stale_temporaries,
@@ -222,17 +223,12 @@ def _pack_chunk(
 
 def _write_chunk(partial: Path, index: int, chunk: dict[str, Any]) -> None:
     stem = partial / f"chunk_{index:06d}"
-    tmp = stem.with_suffix(f".npz.tmp-{os.getpid()}")
-    tmp_json = stem.with_suffix(f".json.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as handle:
+        with atomic_path(stem.with_suffix(".npz")) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, **chunk["arrays"])
-        os.replace(tmp, stem.with_suffix(".npz"))
-        tmp_json.write_text(json.dumps(chunk["info"]))
-        os.replace(tmp_json, stem.with_suffix(".json"))  # written last: marks the chunk done
+        # written last: marks the chunk done
+        write_json_atomic(stem.with_suffix(".json"), chunk["info"], indent=None)
     except OSError as error:
-        tmp.unlink(missing_ok=True)
-        tmp_json.unlink(missing_ok=True)
         if error.filename is None:  # e.g. a full disk: say where
             raise OSError(error.errno, error.strerror, str(partial)) from error
         raise
@@ -414,7 +410,7 @@ def check_cache_target(cache_dir: Path, source: Path | None = None) -> None:
         for n in entries
         if n not in _CACHE_FILES
         and not (n.startswith("meta_") and n.endswith(".npy"))
-        and not n.startswith("manifest.json.tmp")
+        and not n.startswith(".manifest.tmp-")  # being written by another process
     )
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
@@ -428,7 +424,7 @@ def _check_partial(partial: Path) -> None:
     if not partial.exists():
         return
     ours = partial.is_dir() and all(
-        p.name.startswith(("key.json", "chunk_")) for p in partial.iterdir()
+        p.name.startswith(("key.json", "chunk_", ".key.tmp-", ".chunk_")) for p in partial.iterdir()
     )
     if not ours:
         raise ValueError(
@@ -469,9 +465,9 @@ def _build_locked(
     if partial.exists() and (not key_file.exists() or json.loads(key_file.read_text()) != key):
         shutil.rmtree(partial)
     partial.mkdir(parents=True, exist_ok=True)
-    for stale in partial.glob("chunk_*.tmp*"):  # of a killed build (we hold the lock)
+    for stale in partial.glob(".chunk_*.tmp-*"):  # of a killed build (we hold the lock)
         stale.unlink(missing_ok=True)
-    _write_json_atomic(key_file, key)
+    write_json_atomic(key_file, key)
 
     done = {int(p.stem.split("_")[1]) for p in partial.glob("chunk_*.json")}
     jobs = (
@@ -511,7 +507,7 @@ def _build_locked(
 
     manifest = _assemble(partial, cache_dir, key, settings)
     manifest["build_seconds"] = time.perf_counter() - start
-    _write_json_atomic(cache_dir / "manifest.json", manifest)
+    write_json_atomic(cache_dir / "manifest.json", manifest)
     shutil.rmtree(partial)
     return _summary(cache_dir, manifest, manifest["build_seconds"], reused=False)
 
@@ -522,12 +518,6 @@ def _progress_bar(enabled: bool, description: str) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(desc=description, unit="crystal", dynamic_ncols=True)
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 def _assemble(
@@ -655,7 +645,7 @@ def _write_arrays(
         "metadata_names": meta_names,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    _write_json_atomic(tmp / "manifest.json", manifest)
+    write_json_atomic(tmp / "manifest.json", manifest)
     return manifest
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from crystaltwins.evaluation.tasks import PAPER_TASKS, TASKS, BenchmarkTask
+from crystaltwins.io.atomic import atomic_path, write_json_atomic, write_text_atomic
 from crystaltwins.training.configs import (
     DEFAULT_ENCODER,
     FinetuneConfig,
@@ -380,9 +381,7 @@ def _excluded_ids(ctx: BenchContext) -> list[list[str]]:
 def _excluded_ids_file(ctx: BenchContext, out: Path) -> Path:
     """``OUT/excluded_test_ids.json``: (source file, id) of every task's test crystals."""
     path = out / EXCLUDED_IDS_NAME
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_excluded_ids(ctx)))
-    return path
+    return write_json_atomic(path, _excluded_ids(ctx), indent=None)
 
 
 #: What may differ between a finished run and the run a benchmark would make now for it to be
@@ -602,17 +601,18 @@ def write_subset(source: Path, target: Path, rows: int) -> Path:
         return target
     if not source.is_file():
         raise FileNotFoundError(f"{source}: no such data file")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     csv.field_size_limit(2**31 - 1)  # CIF fields are long
     opener = gzip.open if source.suffix == ".gz" else open
-    with opener(source, "rt", newline="") as reader, gzip.open(tmp, "wt", newline="") as writer:
+    with (
+        atomic_path(target) as tmp,
+        opener(source, "rt", newline="") as reader,
+        gzip.open(tmp, "wt", newline="") as writer,
+    ):
         out = csv.writer(writer)
         for k, row in enumerate(csv.reader(reader)):
             if k > rows:
                 break
             out.writerow(row)
-    tmp.replace(target)
     return target
 
 
@@ -1004,9 +1004,9 @@ def _write_results(
 
         perovskite_tsne(ctx, ctx.out / "tsne_perovskites.png")
         results["tsne"] = str(ctx.out / "tsne_perovskites.png")
-    (ctx.out / "results.json").write_text(json.dumps(results, indent=1))
-    (ctx.out / "results.md").write_text(
-        summarize(results) + (_ablation_md(results) if ablation else "")
+    write_json_atomic(ctx.out / "results.json", results)
+    write_text_atomic(
+        ctx.out / "results.md", summarize(results) + (_ablation_md(results) if ablation else "")
     )
     ctx.progress(f"done: {ctx.out / 'results.md'}")
 

@@ -18,6 +18,7 @@ import torch
 from crystaltwins.data.cache import GraphCache
 from crystaltwins.data.dataset import CrystalGraphDataset, GraphCollator
 from crystaltwins.data.sources import prepare_caches
+from crystaltwins.io.atomic import atomic_path
 from crystaltwins.io.memory import as_source, is_path
 from crystaltwins.io.records import BadRecord
 from crystaltwins.models.checkpoint import EnsembleBundle, ModelBundle, load_model, load_predictor
@@ -353,19 +354,16 @@ def write_predictions_csv(
     """
     path = Path(path)
     check_output_file(path, "predictions", column)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     table = result.columns()
     if column != "prediction" and "prediction" in table:
         table = {column if k == "prediction" else k: v for k, v in table.items()}
     numeric = [name for name in table if name not in _TEXT_COLUMNS]
     for name in numeric:
         table[name] = [float32_text(v) for v in table[name]]
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(list(table))
         writer.writerows(zip(*table.values(), strict=True))
-    tmp.replace(path)
     return path
 
 
@@ -387,12 +385,10 @@ def write_embeddings_npz(result: InferenceResult, path: str | os.PathLike) -> Pa
     Written atomically; an existing file is replaced only if it is an earlier embeddings file."""
     path = Path(path)
     check_output_file(path, "embeddings")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
     arrays = {"ids": result.ids.astype(str), "embeddings": result.values}
     arrays.update({f"label_{k}": v for k, v in result.labels.items()})
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
     return path
 
 

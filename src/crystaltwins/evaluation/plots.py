@@ -14,14 +14,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from crystaltwins.io.atomic import atomic_path  # noqa: E402
+
 
 def _save(fig: plt.Figure, path: str | os.PathLike) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=150, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=150, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -378,13 +380,11 @@ def draw_map(
         log_color=log_color,
     )
     table = image.with_suffix(".csv")
-    tmp = table.with_name(f".{table.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(table) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", "x", "y", *([color_name] if color_name else [])])
         for k in range(len(ids)):
             extra = [] if values is None else ["" if np.isnan(values[k]) else values[k]]
             writer.writerow([ids[k], *projection.coordinates[k].tolist(), *extra])
-    tmp.replace(table)
     uncoloured = 0 if usable is None else int((~usable).sum())
     return MapSummary(image, table, len(ids), color_name, uncoloured, time.time() - started)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from crystaltwins.evaluation.metrics import (
     regression_metrics,
 )
 from crystaltwins.evaluation.plots import learning_curves, model_label, parity_plot
+from crystaltwins.io.atomic import atomic_path, write_text_atomic
 from crystaltwins.models.checkpoint import EnsembleBundle, load_model, save_ensemble
 from crystaltwins.models.property_model import PropertyModel
 from crystaltwins.models.targets import TRANSFORMS
@@ -134,7 +134,7 @@ def report_run(run: TrainedRun, member: bool = False) -> dict[str, Any]:
         return {}
     scores = score(run)
     write_test_predictions(run, scores)
-    (run.out / "metrics.json").write_text(metrics_json(scores.metrics))
+    write_text_atomic(run.out / "metrics.json", metrics_json(scores.metrics))
     if member:
         write_member_predictions(
             run.out / MEMBER_PREDICTIONS,
@@ -189,9 +189,8 @@ def write_member_predictions(
         arrays[f"{name}_target"] = raw[part.indices]
         arrays[f"{name}_truth"] = values[part.indices]
         arrays[f"{name}_prediction"] = prediction
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
 
 
 def best_epoch(out: Path) -> int | None:
@@ -219,8 +218,7 @@ def write_predictions(
         ``<name>_prediction`` (the values the metrics are computed on).
     :param extra: more columns, last (an ensemble's ``std`` and ``member_<k>``).
     """
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         if task == "classification":
             writer.writerow(
@@ -257,7 +255,6 @@ def write_predictions(
             columns = np.column_stack(list(extra.values())).tolist()
             rows = ((*row, *more) for row, more in zip(rows, columns, strict=True))
         writer.writerows(rows)
-    tmp.replace(path)
 
 
 def _load_predictions(folder: Path) -> dict[str, np.ndarray]:
@@ -341,7 +338,7 @@ def combine_members(config: FinetuneConfig, folders: list[Path]) -> dict[str, An
         transformed,
         extra,
     )
-    (out / "metrics.json").write_text(metrics_json(metrics))
+    write_text_atomic(out / "metrics.json", metrics_json(metrics))
     listing = folders[0] / "invalid_targets.csv"
     (out / "invalid_targets.csv").unlink(missing_ok=True)
     if listing.exists():

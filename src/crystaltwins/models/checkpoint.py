@@ -29,6 +29,7 @@ from torch import nn
 
 from crystaltwins.graph.atom_features import AtomFeaturizer
 from crystaltwins.graph.settings import GraphSettings
+from crystaltwins.io.atomic import atomic_path
 from crystaltwins.models.file_check import (
     ENSEMBLE_KIND,
     check_ensemble_payload,
@@ -114,10 +115,8 @@ def save_ensemble(path: str | os.PathLike, ensemble: EnsembleBundle) -> Path:
 
 
 def _save(path: Path, payload: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

@@ -21,6 +21,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from crystaltwins.graph.settings import GraphSettings
+from crystaltwins.io.atomic import atomic_path, write_text_atomic
 from crystaltwins.training.configs import RunOptions
 
 
@@ -119,12 +120,10 @@ class EpochHistory(Callback):
             row[name.removesuffix("_epoch")] = f"{float(value):.8g}"
         rows = [r for r in self._rows() if int(r["epoch"]) < epoch] + [row]
         columns = ["epoch", *sorted({k for r in rows for k in r} - {"epoch"})]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w", newline="") as handle:
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, self.path)
 
 
 #: What Lightning reads when it resumes from a checkpoint written by :func:`make_trainer`.
@@ -147,13 +146,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
     ) -> None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
-            torch.save(checkpoint, tmp)
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:  # a full disk leaves no half-written file behind
+                torch.save(checkpoint, tmp)
         except BaseException as error:
-            tmp.unlink(missing_ok=True)  # e.g. a full disk: no half-written file left behind
             if is_disk_full(error):
                 raise OSError(errno.ENOSPC, "No space left on device", str(path)) from error
             raise
@@ -430,11 +426,8 @@ def write_config(out: Path, config: Any) -> Path:
     """The resolved config as ``config.yaml`` in the run directory."""
     out.mkdir(parents=True, exist_ok=True)
     data = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
-    path = out / "config.yaml"
-    tmp = path.with_suffix(f".yaml.tmp-{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(json.loads(json.dumps(data, default=str)), sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    text = yaml.safe_dump(json.loads(json.dumps(data, default=str)), sort_keys=False)
+    return write_text_atomic(out / "config.yaml", text)
 
 
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:

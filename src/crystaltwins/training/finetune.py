@@ -40,6 +40,7 @@ from crystaltwins.data.splits import (
 from crystaltwins.graph.atom_features import AtomFeaturizer, featurizer_for
 from crystaltwins.graph.batch import CrystalGraphBatch
 from crystaltwins.graph.settings import GraphSettings
+from crystaltwins.io.atomic import atomic_path
 from crystaltwins.models.checkpoint import ModelBundle, load_model, resolve_model_path, save_model
 from crystaltwins.models.heads import PropertyHead
 from crystaltwins.models.property_model import PropertyModel, Target
@@ -261,9 +262,8 @@ def _report_invalid_targets(
     bad = np.flatnonzero(~usable)
     ids = cache.ids
     need = "a finite value > 0 (log10)" if config.target_transform == "log10" else "a number"
-    out.mkdir(parents=True, exist_ok=True)
     listing = out / "invalid_targets.csv"
-    with open(listing, "w", newline="") as handle:
+    with atomic_path(listing) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", config.target])
         writer.writerows((ids[k], raw[k]) for k in bad)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ import torch.nn.functional as F
 
 from crystaltwins.data.batch import CrystalGraphBatch
 from crystaltwins.data.dataset import CrystalGraphDataset
+from crystaltwins.io.atomic import atomic_path
 from crystaltwins.models.cgcnn import CGCNNEncoder
 from crystaltwins.models.grouped import GroupedPropertyModels, MemberBatch
 from crystaltwins.training.common import resident_device
@@ -200,8 +200,7 @@ class _Losses:
 def _write_history(path: Path, rows: list[dict[str, float]]) -> None:
     """``history.csv`` as :class:`~crystaltwins.training.common.EpochHistory` writes it."""
     columns = ["epoch", *sorted({k for r in rows for k in r} - {"epoch"})]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
         for row in rows:
@@ -209,7 +208,6 @@ def _write_history(path: Path, rows: list[dict[str, float]]) -> None:
                 [str(int(row["epoch"]))]
                 + [f"{row[c]:.8g}" if c in row else "" for c in columns[1:]]
             )
-    os.replace(tmp, path)
 
 
 def train_together(
