@@ -378,6 +378,15 @@ def _excluded_ids(ctx: BenchContext) -> list[list[str]]:
     return [list(pair) for pair in sorted(pairs)]
 
 
+def benchmark_test_ids(config: BenchConfig) -> list[list[str]]:
+    """``[source file, id]`` of the test crystals of every task and seed ``config`` runs: the
+    crystals whose labels a model given as ``--pretrained`` to that benchmark must not have
+    trained on (see ``benchmarks/transfer_source.py``)."""
+    config.validate()
+    tasks = [TASKS[t] for t in config.tasks if TASKS[t].available]
+    return _excluded_ids(BenchContext(config, PRESETS[config.preset], tasks))
+
+
 def _excluded_ids_file(ctx: BenchContext, out: Path) -> Path:
     """``OUT/excluded_test_ids.json``: (source file, id) of every task's test crystals."""
     path = out / EXCLUDED_IDS_NAME
