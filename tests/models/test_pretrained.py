@@ -1,4 +1,5 @@
-"""The pre-trained encoder shipped in the package (``--pretrained default``)."""
+"""The models shipped in the package: the pre-trained encoder (``--pretrained default``) and the
+formation-energy transfer model (``--pretrained mp-eform``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from crystaltwins.evaluation.inference import embed
+from crystaltwins.evaluation.info import describe_model
 from crystaltwins.models import pretrained
 from crystaltwins.models.checkpoint import load_model, resolve_model_path
 
@@ -65,7 +67,49 @@ def test_default_model_embeds_real_crystals(perovskite_subset: Path, cache_root:
 
 def test_missing_default_model_says_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(pretrained.resources, "files", lambda _package: tmp_path)
-    with pytest.raises(FileNotFoundError, match="ships no default pre-trained encoder"):
+    with pytest.raises(FileNotFoundError, match="lacks the shipped model 'default'"):
         load_model("default")
+    with pytest.raises(KeyError, match="shipped: default, mp-eform"):
+        pretrained.shipped_model_path("mp-efrom")
     with pytest.raises(FileNotFoundError, match="no such model file"):
         load_model(tmp_path / "absent.pt")
+
+
+def test_mp_eform_model_is_a_formation_energy_model_that_never_saw_the_mp_test_crystals() -> None:
+    path = resolve_model_path("mp-eform")
+    assert path.stat().st_size < 1_000_000
+    bundle = load_model("mp-eform")
+    assert bundle.kind == "finetuned"
+    info = bundle.info
+    assert info["target_column"] == "formation_energy_per_atom" and info["unit"] == "eV/atom"
+    assert info["data_source"] == "mp36k.csv.gz"  # no path of the machine it was made on
+    # held out: the test crystals of bench's three MP tasks, seeds 0-2 (its test set)
+    assert info["crystals"]["test"] == info["held_out"]["crystals"] > 20_000
+    assert info["test_metrics"]["mae"] < 0.15  # eV/atom, on those held-out crystals
+    assert bundle.encoder.config["n_conv"] == 3 and bundle.encoder.out_dim == 128
+    lines = "\n".join(describe_model("mp-eform").lines())
+    assert "target: formation_energy_per_atom (eV/atom)" in lines
+    assert f"held out: {info['held_out']['crystals']:,} crystals, the test crystals of" in lines
+
+
+def test_mp_eform_model_predicts_real_formation_energies(
+    data_dir: Path, tmp_path: Path, cache_root: Path
+) -> None:
+    import csv
+    import gzip
+    import itertools
+
+    from crystaltwins.evaluation.inference import predict
+
+    csv.field_size_limit(2**31 - 1)
+    subset = tmp_path / "mp36k_300.csv.gz"
+    with (
+        gzip.open(data_dir / "mp36k.csv.gz", "rt", newline="") as src,
+        gzip.open(subset, "wt", newline="") as dst,
+    ):
+        csv.writer(dst).writerows(itertools.islice(csv.reader(src), 301))
+    result = predict("mp-eform", subset, cache_root=cache_root)
+    truth = np.asarray(result.truth, dtype=np.float64)
+    error = np.abs(np.ravel(result.values) - truth).mean()
+    spread = np.abs(truth - truth.mean()).mean()
+    assert len(truth) == 300 and error < 0.2 and error < 0.2 * spread

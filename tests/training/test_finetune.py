@@ -264,3 +264,7 @@ def test_starting_from_a_model_trained_on_this_files_labels_warns():
     assert warning and "formation_energy_per_atom" in warning and "mp36k.csv.gz" in warning
     assert labelled_source_overlap(info, "perovskites.csv.gz") is None
     assert labelled_source_overlap({}, "mp36k.csv.gz") is None  # a pre-trained (unlabelled) model
+    shipped = {**info, "held_out": {"what": "test crystals of bench's MP tasks"}}
+    assert "(it held out the test crystals of bench's MP tasks)" in labelled_source_overlap(
+        shipped, "mp36k.csv.gz"
+    )

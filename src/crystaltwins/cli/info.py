@@ -12,7 +12,8 @@ def add_info_parser(subparsers: Any) -> argparse.ArgumentParser:
         "info", help="what a model file is: type, encoder, target and unit, data, metrics"
     )
     p.add_argument(
-        "model", help="model.pt, the run folder holding it, a published .pth, or 'default'"
+        "model",
+        help="model.pt, the run folder holding it, a published .pth, or 'default' / 'mp-eform'",
     )
     p.add_argument(
         "--atom-init", help="for a published .pth: its atom_init.json (default: beside it)"

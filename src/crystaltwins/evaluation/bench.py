@@ -144,7 +144,8 @@ class BenchConfig:
     )
     pretrained: str | None = setting(
         None,
-        "use this pre-trained model instead of pre-training ('default': the shipped one)",
+        "use this pre-trained model instead of pre-training ('default': the shipped Crystal Twins "
+        "encoder; 'mp-eform': the shipped MP formation-energy model)",
         default_text="pre-train one",
     )
     encoders: list[str] = setting(
@@ -1052,8 +1053,11 @@ def _corpus_description(model: Path | None) -> str:
     info = load_model(model).info
     if info.get("published"):
         return f"published Crystal Twins weights ({model.name})"
-    sources = ", ".join(Path(s).name for s in info.get("data_sources", []))
     n = info.get("crystals", {})
+    if info.get("target_column"):  # a fine-tuned model: supervised transfer
+        source = Path(str(info.get("data_source", "?"))).name
+        return f"supervised on {info['target_column']} of {source} ({n.get('train', '?')} training crystals)"
+    sources = ", ".join(Path(s).name for s in info.get("data_sources", []))
     return f"{sources}: {n.get('train', '?')} training + {n.get('val', '?')} validation crystals, {info.get('epochs')} epochs"
 
 

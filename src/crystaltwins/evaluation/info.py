@@ -46,6 +46,8 @@ class ModelInfo:
     data: list[str] = field(default_factory=list)
     crystals: dict[str, int] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    #: what its training left out on purpose (a shipped model: the benchmark's test crystals)
+    held_out: str = ""
 
     def lines(self) -> list[str]:
         """The description, one ``name: value`` per line."""
@@ -74,6 +76,8 @@ class ModelInfo:
         if self.crystals:
             sizes = ", ".join(f"{k} {v:,}" for k, v in self.crystals.items())
             rows.append(("crystals", sizes))
+        if self.held_out:
+            rows.append(("held out", self.held_out))
         if self.metrics:
             rows.append(("test metrics", self._metrics_text()))
         return [f"{name}: {value}" for name, value in rows]
@@ -97,7 +101,7 @@ class ModelInfo:
 def describe_model(
     model: str | os.PathLike, atom_init: str | os.PathLike | None = None
 ) -> ModelInfo:
-    """Describe a model file, a run folder holding ``model.pt``, or ``"default"``.
+    """Describe a model file, a run folder holding ``model.pt``, or a shipped model's name.
 
     A run folder's ``metrics.json`` fills in what older model files did not record (unit, sizes).
 
@@ -144,6 +148,11 @@ def describe_model(
         )
         described.data = [str(info["data_source"])] if info.get("data_source") else []
         described.metrics = dict(info.get("test_metrics") or run_metrics.get("test") or {})
+        held_out = info.get("held_out")
+        if isinstance(held_out, dict) and held_out.get("what"):
+            described.held_out = (
+                f"{int(held_out.get('crystals', 0)):,} crystals, the {held_out['what']}"
+            )
     else:
         described.objective = str(info.get("objective", ""))
         augment = info.get("augmentations")

@@ -314,8 +314,9 @@ class FinetuneConfig(RunOptions):
     """Settings of a fine-tuning run; defaults follow the paper (Adam 1e-3, batch 128,
     200 epochs, 60/20/20 split, best validation MAE evaluated once on the test split).
 
-    ``pretrained``: a model file from ``pretrain``, a published Crystal Twins ``.pth``, or
-    ``"default"`` for the encoder shipped with the package.
+    ``pretrained``: a model file from ``pretrain`` or ``finetune``, a published Crystal Twins
+    ``.pth``, or a shipped model: ``"default"`` (the Crystal Twins encoder) or ``"mp-eform"``
+    (supervised transfer from MP formation energies).
 
     ``fold``: fold 0..4 of the matbench v0.1 protocol instead of a random split
     (:func:`~crystaltwins.data.splits.matbench_split`: test = the fold, validation = a quarter of
@@ -330,7 +331,8 @@ class FinetuneConfig(RunOptions):
     out: str = setting(help="run folder")
     pretrained: str | None = setting(
         None,
-        "our model.pt (or its run folder), a published Crystal Twins .pth, or 'default'",
+        "our model.pt (or its run folder), a published Crystal Twins .pth, or a shipped model: "
+        "'default' (Crystal Twins encoder) or 'mp-eform' (MP formation-energy transfer)",
         default_text="none: give this or --from-scratch",
     )
     from_scratch: bool = setting(False, "train a new encoder (the supervised baseline)")

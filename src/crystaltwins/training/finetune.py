@@ -320,9 +320,15 @@ def labelled_source_overlap(info: dict[str, Any], data: str | Path | None) -> st
     if not source or not data or Path(str(source)).name != Path(str(data)).name:
         return None
     target = info.get("target_column") or ", ".join(info.get("targets", []))
+    held_out = info.get("held_out", {})
+    held = (
+        f" (it held out the {held_out['what']})"
+        if isinstance(held_out, dict) and held_out.get("what")
+        else ""
+    )
     return (
         f"the starting model was fine-tuned on labels ({target}) of {Path(str(data)).name}, "
-        "the data of this run: test crystals it trained on give an optimistic test MAE; "
+        f"the data of this run{held}: test crystals it trained on give an optimistic test MAE; "
         "keep them out of its training data (e.g. --split-files), or start from another model"
     )
 
