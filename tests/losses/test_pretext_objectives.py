@@ -148,11 +148,11 @@ def test_denoising_loss_is_the_mse_of_the_standardised_change(crystals):
     objective = DistanceDenoisingLoss()
     head = objective.make_head(8, 101, 8.0)
     h = torch.randn(batch.num_atoms, 8)
-    predicted = head(h, batch.edge_index, batch.edge_distance).double()
+    predicted = head(h, batch.edge_index, batch.edge_distance).detach().double()
     change = (batch.clean_edge_distance - batch.edge_distance).double()
     target = (change - change.mean()) / torch.sqrt(change.var(correction=0) + 1e-8)
     expected = sum(float(p - t) ** 2 for p, t in zip(predicted, target, strict=True))
-    assert abs(float(objective(h, batch, head)) - expected / batch.num_edges) < 1e-4
+    assert abs(objective(h, batch, head).item() - expected / batch.num_edges) < 1e-4
     assert abs(float(objective(h, batch, lambda *_: torch.zeros(batch.num_edges))) - 1) < 1e-4
     with pytest.raises(ValueError, match="add gn"):
         objective(h, _view(crystals, "am")[1].to_batch(), head)
