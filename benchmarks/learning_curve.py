@@ -61,6 +61,8 @@ def run_point(
         earlier = args.all_from / "runs" / task.name / f"seed{seed}" / method / "metrics.json"
         if earlier.exists():
             return json.loads(earlier.read_text())
+    if args.only_finished:
+        return None
     train_size = size if size is not None else 10**9
     epochs = epochs_for(train_size, args.batch_size, args.epochs, args.min_steps, args.max_epochs)
     print(f"{task.name} n={label} seed {seed} {method}: {epochs} epochs", flush=True)
@@ -108,6 +110,8 @@ def summarize(results: dict[str, Any]) -> str:
             "|---|---|---|---|---|",
         ]
         for label, point in points["sizes"].items():
+            if not any(point[method] for method in METHODS):
+                continue  # not run (e.g. --only-finished, or a size above the whole training set)
             row = [label]
             means = {}
             for method in METHODS:
@@ -186,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--freeze-encoder-epochs", type=int, default=0, help="CT: encoder frozen first")
     p.add_argument("--warmup-epochs", type=int, default=0, help="linear learning-rate warm-up")
+    p.add_argument(
+        "--only-finished",
+        action="store_true",
+        help="train nothing: read back the finished runs and redraw the table and figures",
+    )
     p.add_argument(
         "--all-from",
         type=Path,

@@ -50,8 +50,9 @@ def test_bench_smoke_runs_resumes_and_reports(perovskite_subset, tmp_path, capsy
     assert again["tasks"][0]["ct"]["values"] == perovskites["ct"]["values"]
 
 
-def test_bench_matbench_protocol_runs_folds(perovskite_subset, cache_root, tmp_path):
-    """--protocol matbench: 'seeds' are folds; each run tests on its matbench fold."""
+def test_bench_matbench_protocol_runs_folds(perovskite_subset, cache_root, tmp_path, capsys):
+    """--protocol matbench: 'seeds' are folds; each run tests on its matbench fold; the report
+    says folds and gives the leaderboard's numbers on the same folds."""
     import csv
 
     import pytest
@@ -73,6 +74,11 @@ def test_bench_matbench_protocol_runs_folds(perovskite_subset, cache_root, tmp_p
         run_bench(data_root, tmp_path / "bad", seeds=3, first_seed=3, **kwargs)
     results = run_bench(data_root, tmp_path / "out", seeds=1, first_seed=3, **kwargs)
     assert results["protocol"].startswith("matbench")
+    assert "perovskites fold 3 scratch: epoch" in capsys.readouterr().out
+    assert results["tasks"][0]["matbench_leaderboard"]["CGCNN"] == 0.0452
+    report = (tmp_path / "out" / "results.md").read_text()
+    assert "mean ± std over folds" in report
+    assert "matbench v0.1 leaderboard on the same 5 folds" in report and "coGN 0.0269" in report
     run = tmp_path / "out" / "runs" / "perovskites" / "fold3"
     with open(run / "scratch" / "test_predictions.csv", newline="") as handle:
         tested = {row["id"] for row in csv.DictReader(handle)}

@@ -530,9 +530,10 @@ def finetune_for_bench(
         check_reusable(Path(config.out), config)
         ctx.runs_done += 1
         return json.loads(metrics_file.read_text())
-    ctx.progress(f"{task.name} seed {seed} {method}: {ctx.preset.finetune_epochs} epochs")
+    split = "fold" if ctx.config.protocol == "matbench" else "seed"
+    label = f"{task.name} {split} {seed} {method}"
+    ctx.progress(f"{label}: {ctx.preset.finetune_epochs} epochs")
     started = time.time()
-    label = f"{task.name} seed {seed} {method}"
     metrics = finetune(config, callbacks=[epoch_progress(ctx, label)])
     ctx.runs_done += 1
     ctx.runs_timed += 1
@@ -647,7 +648,8 @@ def summarize(results: dict[str, Any]) -> str:
         f"Pre-training corpus: {results['corpus_description']}  ",
         f"Preset: {results['preset']['description']}",
         "",
-        f"Test MAE, mean ± std over seeds (our {name} from scratch vs our CT fine-tuned; paper's numbers beside).",
+        f"Test MAE, mean ± std over {'folds' if 'matbench' in results['protocol'] else 'seeds'} "
+        f"(our {name} from scratch vs our CT fine-tuned; paper's numbers beside).",
         "",
         f"| task | unit | n train/val/test | {name} (ours) | CT (ours) | CT vs {name} | paper {name} | paper CT | paper gain | data |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -667,6 +669,20 @@ def summarize(results: dict[str, Any]) -> str:
             f"| {row['task']} | {row['unit']} | {row['sizes']} | {s['mean']:.4f} ± {s['std']:.4f} | {c['mean']:.4f} ± {c['std']:.4f} | "
             f"{gain:+.1f}% | {paper_scratch or '–'} | {paper_ct or '–'} | {f'{pg:+.1f}%' if pg is not None else '–'} | {row['note']} |"
         )
+    leaderboard = [
+        f"{row['task']}: "
+        + ", ".join(f"{model} {mae:g}" for model, mae in row["matbench_leaderboard"].items())
+        + f" {row['unit']}"
+        for row in results["tasks"]
+        if row.get("matbench_leaderboard")
+    ]
+    if leaderboard:
+        lines += [
+            "",
+            "matbench v0.1 leaderboard on the same 5 folds (test MAE, mean over folds): "
+            + "; ".join(leaderboard)
+            + ".",
+        ]
     if results.get("average_improvement_percent") is not None:
         lines += [
             "",
@@ -817,6 +833,8 @@ def _task_rows(
             "paper_baselines": dict(task.paper_baselines),
             "note": task.note,
         }
+        if ctx.config.protocol == "matbench" and task.matbench_leaderboard:
+            base["matbench_leaderboard"] = dict(task.matbench_leaderboard)
         if not task.available:
             rows.append({**base, "skipped": True})
             continue
