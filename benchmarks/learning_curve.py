@@ -5,7 +5,9 @@ For every task, training-set size and seed, both methods train on the *same* cry
 scored on the *same* validation and test crystals: the split is made once per seed (60/20/20, as
 in the paper's protocol) and only the training part is subsampled (``max_train``), so that every
 point of a curve shares its validation and test sets. Runs resume: a finished run (its
-``metrics.json``) is read back, an interrupted one continues from its last checkpoint.
+``metrics.json``) is read back, an interrupted one continues from its last checkpoint;
+``--only-finished`` trains nothing and redraws the table and figures from the finished runs. A size at
+or above the training set of a known "all" point (finished, or in ``--all-from``) is skipped.
 
 Epochs: ``--epochs`` at every size, raised to ``--min-steps`` optimiser steps for small training
 sets (``ceil(min_steps / ceil(n / batch))`` epochs, at most ``--max-epochs``); the rule is chosen on
@@ -43,6 +45,22 @@ def epochs_for(size: int, batch: int, epochs: int, min_steps: int, max_epochs: i
     return int(min(max_epochs, max(epochs, math.ceil(min_steps / steps_per_epoch))))
 
 
+def finished_point(
+    args: argparse.Namespace, task: Any, size: int | None, seed: int, method: str
+) -> dict[str, Any] | None:
+    """The ``metrics.json`` of a finished run of this point (here, or the "all" point in
+    ``--all-from``), or ``None``; trains nothing."""
+    label = "all" if size is None else str(size)
+    done = args.out / task.name / f"n{label}" / f"seed{seed}" / method / "metrics.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    if size is None and args.all_from is not None:
+        earlier = args.all_from / "runs" / task.name / f"seed{seed}" / method / "metrics.json"
+        if earlier.exists():
+            return json.loads(earlier.read_text())
+    return None
+
+
 def run_point(
     args: argparse.Namespace, task: Any, size: int | None, seed: int, method: str
 ) -> dict[str, Any] | None:
@@ -52,17 +70,9 @@ def run_point(
 
     label = "all" if size is None else str(size)
     out = args.out / task.name / f"n{label}" / f"seed{seed}" / method
-    done = out / "metrics.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    if method not in args.methods:
-        return None
-    if size is None and args.all_from is not None:
-        earlier = args.all_from / "runs" / task.name / f"seed{seed}" / method / "metrics.json"
-        if earlier.exists():
-            return json.loads(earlier.read_text())
-    if args.only_finished:
-        return None
+    finished = finished_point(args, task, size, seed, method)
+    if finished is not None or method not in args.methods or args.only_finished:
+        return finished
     train_size = size if size is not None else 10**9
     epochs = epochs_for(train_size, args.batch_size, args.epochs, args.min_steps, args.max_epochs)
     print(f"{task.name} n={label} seed {seed} {method}: {epochs} epochs", flush=True)
@@ -216,8 +226,16 @@ def main(argv: list[str] | None = None) -> int:
         task = TASKS[name]
         points: dict[str, Any] = {"unit": task.unit, "sizes": {}}
         results["tasks"][name] = points
+        whole = finished_point(args, task, None, 0, "scratch")  # the "all" point, if known
         for label in args.sizes:
             size = None if label == "all" else int(label)
+            if size is not None and whole is not None and size >= whole["crystals"]["train"]:
+                print(
+                    f"{task.name}: {size} >= the {whole['crystals']['train']} training crystals "
+                    "of the 'all' point: skipped",
+                    flush=True,
+                )
+                continue
             point = points["sizes"][label] = {m: [] for m in METHODS}
             for seed in range(args.seeds):
                 for method in METHODS:
