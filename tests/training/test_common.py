@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from crystaltwins.training.common import make_trainer, resume_path, training_seconds
+from crystaltwins.training.common import adam, make_trainer, resume_path, training_seconds
 
 
 class _WorseningModel(L.LightningModule):
@@ -110,3 +110,40 @@ def test_data_parallel_looks_for_unused_parameters_only_when_told():
     strategy = training_strategy("gpu", "2", True)
     assert isinstance(strategy, DDPStrategy)
     assert strategy._ddp_kwargs.get("find_unused_parameters") is True
+
+
+def test_adam_is_fused_on_cpu_and_steps_as_the_foreach_one() -> None:
+    """Training's Adam: fused on the CPU, parameter groups (given as generators) kept with their
+    own learning rates, and the same update as ``torch.optim.Adam(foreach=True)``."""
+    torch.manual_seed(0)
+    encoder, head = torch.nn.Linear(8, 16), torch.nn.Linear(16, 1)
+    twin_encoder, twin_head = torch.nn.Linear(8, 16), torch.nn.Linear(16, 1)
+    twin_encoder.load_state_dict(encoder.state_dict())
+    twin_head.load_state_dict(head.state_dict())
+    ours = adam(
+        [{"params": encoder.parameters(), "lr": 2e-4}, {"params": head.parameters()}],
+        lr=1e-3,
+        weight_decay=1e-4,
+    )
+    reference = torch.optim.Adam(
+        [{"params": twin_encoder.parameters(), "lr": 2e-4}, {"params": twin_head.parameters()}],
+        lr=1e-3,
+        weight_decay=1e-4,
+        foreach=True,
+    )
+    assert ours.defaults["fused"] and [g["lr"] for g in ours.param_groups] == [2e-4, 1e-3]
+    assert [len(g["params"]) for g in ours.param_groups] == [2, 2]
+    x, start = torch.randn(32, 8), encoder.weight.detach().clone()
+    for _ in range(5):
+        for model, optimizer in ((encoder, ours), (twin_encoder, reference)):
+            net_head = head if model is encoder else twin_head
+            optimizer.zero_grad()
+            net_head(torch.tanh(model(x))).square().mean().backward()
+            optimizer.step()
+    ours_params = [*encoder.parameters(), *head.parameters()]
+    reference_params = [*twin_encoder.parameters(), *twin_head.parameters()]
+    for a, b in zip(ours_params, reference_params, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(encoder.weight, start)  # it trained
+    meta = torch.nn.Linear(2, 2, device="meta")
+    assert adam(meta.parameters(), lr=1e-3).defaults["foreach"]  # no fused kernel there

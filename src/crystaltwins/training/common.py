@@ -338,6 +338,29 @@ def keep_freed_memory() -> bool:
     )
 
 
+#: Devices where ``torch.optim.Adam(fused=True)`` runs (one kernel for all parameters).
+FUSED_ADAM_DEVICES = ("cpu", "cuda")
+
+
+def adam(params: Any, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """Adam (no amsgrad) as training uses it: the fused implementation where every parameter is
+    on a device that has it, else the ``foreach`` one. Same update; on 2 CPU cores the fused step
+    of a CGCNN with a head (97k parameters in 26 tensors) takes 0.4-0.6 ms instead of 0.9-1.1 ms
+    (``docs/benchmarks.md``).
+
+    :param params: parameters, or parameter groups (dicts with ``params`` and options).
+    """
+    groups = [{**g, "params": list(g["params"])} if isinstance(g, dict) else g for g in params]
+    tensors = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
+    fused = bool(tensors) and all(p.device.type in FUSED_ADAM_DEVICES for p in tensors)
+    return torch.optim.Adam(
+        groups,
+        lr=lr,
+        weight_decay=weight_decay,
+        **({"fused": True} if fused else {"foreach": True}),
+    )
+
+
 def resident_device(accelerator: str, mode: str, store: Any) -> torch.device | None:
     """The CUDA device to keep a run's training data on, or ``None`` to stream it from the
     memory-mapped cache.

@@ -47,6 +47,7 @@ from crystaltwins.models.property_model import PropertyModel, Target
 from crystaltwins.models.targets import TRANSFORMS
 from crystaltwins.training.common import (
     AtomicCheckpointIO,
+    adam,
     check_pretrained_encoder,
     check_resumed_state,
     fit,
@@ -203,9 +204,7 @@ class FinetuneModule(L.LightningModule):
             {"params": self.encoder.parameters(), "lr": self.lr * self.encoder_lr_factor},
             {"params": self.head.parameters(), "lr": self.lr},
         ]
-        optimizer = torch.optim.Adam(
-            groups, lr=self.lr, weight_decay=self.weight_decay, foreach=True
-        )
+        optimizer = adam(groups, lr=self.lr, weight_decay=self.weight_decay)
         if not self.warmup_epochs:
             return optimizer
         # Optimiser steps per epoch (this process's batches): the run's steps over its epochs.

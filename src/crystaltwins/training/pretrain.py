@@ -22,6 +22,7 @@ from crystaltwins.models.checkpoint import ModelBundle, load_model, save_model
 from crystaltwins.models.heads import ProjectionHead, SimSiamPredictor
 from crystaltwins.training.common import (
     AtomicCheckpointIO,
+    adam,
     check_pretrained_encoder,
     check_resumed_state,
     fit,
@@ -130,9 +131,7 @@ class PretrainModule(L.LightningModule):
         check_resumed_state(self, checkpoint, self.trainer.ckpt_path)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(
-            self.parameters(), lr=self.lr, weight_decay=self.weight_decay, foreach=True
-        )
+        return adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
 
 def _loader(
