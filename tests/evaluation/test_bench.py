@@ -77,7 +77,11 @@ def test_bench_matbench_protocol_runs_folds(perovskite_subset, cache_root, tmp_p
     assert "perovskites fold 3 scratch: epoch" in capsys.readouterr().out
     assert results["tasks"][0]["matbench_leaderboard"]["CGCNN"] == 0.0452
     report = (tmp_path / "out" / "results.md").read_text()
-    assert "mean ± std over folds" in report
+    assert (
+        "mean ± std over folds" in report
+        and "Splits: matbench (matbench v0.1 folds: KFold(5" in report
+    )
+    assert results["wall_minutes"] > 0  # the fold runs' training time is counted
     assert "matbench v0.1 leaderboard on the same 5 folds" in report and "coGN 0.0269" in report
     run = tmp_path / "out" / "runs" / "perovskites" / "fold3"
     with open(run / "scratch" / "test_predictions.csv", newline="") as handle:

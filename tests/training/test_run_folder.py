@@ -139,6 +139,27 @@ def test_resume_accepts_the_folder_written_another_way(tmp_path):
         assert config_differences(out, _config(Path(other))) == []
 
 
+def test_the_same_model_file_at_another_path_is_the_same_start(tmp_path):
+    """A shipped model moves with the installation that holds it: a finished run started from it
+    is still reusable when the file at the new path holds the same bytes, not when it differs."""
+    old_install, new_install = tmp_path / "venv_a", tmp_path / "venv_b"
+    for folder, content in ((old_install, b"weights"), (new_install, b"weights")):
+        folder.mkdir()
+        (folder / "model.pt").write_bytes(content)
+    out = tmp_path / "run"
+    start = dict(from_scratch=False, pretrained=str(old_install / "model.pt"))
+    _earlier_run(out, **start)
+    moved = _config(out, from_scratch=False, pretrained=str(new_install / "model.pt"))
+    assert config_differences(out, moved) == []
+    (new_install / "model.pt").write_bytes(b"weightz")  # same size, other bytes
+    assert config_differences(out, moved) == [
+        f"pretrained: {str(old_install / 'model.pt')!r} -> {str(new_install / 'model.pt')!r}"
+    ]
+    (old_install / "model.pt").unlink()  # the old file is gone: nothing to compare with
+    (new_install / "model.pt").write_bytes(b"weights")
+    assert len(config_differences(out, moved)) == 1
+
+
 def test_resume_of_another_run_is_refused_naming_the_differences(tmp_path):
     out = tmp_path / "run"
     before = _earlier_run(out, target="gap_gllbsc")

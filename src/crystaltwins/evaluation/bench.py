@@ -646,7 +646,8 @@ def summarize(results: dict[str, Any]) -> str:
         f"Command: `{results['command']}`  ",
         f"Date: {results['date']}; machine: {results['machine']}; training time of all runs {results['wall_minutes']:.0f} min  ",
         f"Pre-training corpus: {results['corpus_description']}  ",
-        f"Preset: {results['preset']['description']}",
+        f"Preset: {results['preset']['description']}  ",
+        f"Splits: {results['protocol']}",
         "",
         f"Test MAE, mean ± std over {'folds' if 'matbench' in results['protocol'] else 'seeds'} "
         f"(our {name} from scratch vs our CT fine-tuned; paper's numbers beside).",
@@ -1083,7 +1084,10 @@ def _compute_minutes(out: Path) -> float:
     """Training time of every run of this results directory (pre-training + fine-tuning), in
     minutes: what the benchmark costs, also when it was run in several sittings."""
     seconds = 0.0
-    for path in out.glob("runs/*/seed*/*/metrics.json"):
+    for path in [
+        *out.glob("runs/*/seed*/*/metrics.json"),
+        *out.glob("runs/*/fold*/*/metrics.json"),
+    ]:
         seconds += float(json.loads(path.read_text()).get("seconds", 0.0))
     for path in out.glob("pretrain/*/model.pt"):
         from crystaltwins.models.checkpoint import load_model

@@ -88,6 +88,27 @@ RESUMABLE_CHANGES = frozenset(
 _PATH_SETTINGS = frozenset(
     {"data", "pretrained", "init_from", "atom_init", "split_files", "exclude_ids_file"}
 )
+#: Settings naming a model file: the same model when the two files hold the same bytes (a
+#: shipped model's path changes with the installation that holds it).
+_MODEL_FILE_SETTINGS = frozenset({"pretrained", "init_from"})
+
+
+def _same_file_content(first: str, second: str) -> bool:
+    """Whether two existing regular files hold the same bytes (size first, then SHA-256)."""
+    import hashlib
+
+    paths = [Path(first), Path(second)]
+    if not all(p.is_file() for p in paths) or len({p.stat().st_size for p in paths}) != 1:
+        return False
+
+    def digest(path: Path) -> str:
+        sha = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                sha.update(block)
+        return sha.hexdigest()
+
+    return digest(paths[0]) == digest(paths[1])
 
 
 def _is_temporary(name: str) -> bool:
@@ -191,7 +212,11 @@ def _same_setting(name: str, stored: Any, wanted: Any) -> bool:
             return [os.path.realpath(v) for v in value]
         return os.path.realpath(str(value))
 
-    return resolved(stored) == resolved(wanted)
+    if resolved(stored) == resolved(wanted):
+        return True
+    if name in _MODEL_FILE_SETTINGS and isinstance(stored, str) and isinstance(wanted, str):
+        return _same_file_content(stored, wanted)
+    return False
 
 
 def config_differences(
