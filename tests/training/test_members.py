@@ -100,6 +100,16 @@ def _alone(member: MemberData, dtype: torch.dtype) -> tuple[list[dict], dict, in
     batches a ``DataLoader`` over ``EpochSampler`` gives it; best-validation weights kept."""
     module = member.module
     optimizer = module.configure_optimizers()
+    if dtype == torch.float32:
+        # The run's fused Adam and StackedAdam round differently, and fc_full's bias gradient is
+        # rounding noise that Adam amplifies (see below): in float32 compare with the foreach
+        # implementation, whose operation order StackedAdam follows. float64 compares with the
+        # run's own optimizer.
+        groups = [
+            {k: v for k, v in g.items() if k not in ("fused", "foreach")}
+            for g in optimizer.param_groups
+        ]
+        optimizer = torch.optim.Adam(groups, foreach=True)
     history, best, best_state, best_epoch = [], float("inf"), None, None
 
     def batch_of(dataset, positions):
