@@ -344,9 +344,9 @@ FUSED_ADAM_DEVICES = ("cpu", "cuda")
 
 def adam(params: Any, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
     """Adam (no amsgrad) as training uses it: the fused implementation where every parameter is
-    on a device that has it, else the ``foreach`` one. Same update; on 2 CPU cores the fused step
-    of a CGCNN with a head (97k parameters in 26 tensors) takes 0.4-0.6 ms instead of 0.9-1.1 ms
-    (``docs/benchmarks.md``).
+    on a device that has it, else the ``foreach`` one. Same update; one step over a CGCNN with a
+    head (97k parameters in 26 tensors) took 0.45 ms instead of 1.16 ms on one CPU thread
+    (``benchmarks/bench_optimizer.py``, ``docs/benchmarks.md``).
 
     :param params: parameters, or parameter groups (dicts with ``params`` and options).
     """

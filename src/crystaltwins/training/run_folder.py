@@ -15,6 +15,7 @@ claimed before anything is written:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -95,8 +96,6 @@ _MODEL_FILE_SETTINGS = frozenset({"pretrained", "init_from"})
 
 def _same_file_content(first: str, second: str) -> bool:
     """Whether two existing regular files hold the same bytes (size first, then SHA-256)."""
-    import hashlib
-
     paths = [Path(first), Path(second)]
     if not all(p.is_file() for p in paths) or len({p.stat().st_size for p in paths}) != 1:
         return False
