@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crystaltwins.data.cache import CacheSummary, build_graph_cache
 from crystaltwins.evaluation.inference import (
@@ -36,11 +36,15 @@ from crystaltwins.graph.atom_features import AtomFeaturizer, featurizer_for
 from crystaltwins.graph.settings import GraphSettings
 from crystaltwins.models.checkpoint import ModelBundle, load_model
 
+if TYPE_CHECKING:
+    from crystaltwins.evaluation.bench import BenchConfig
+    from crystaltwins.training.configs import FinetuneConfig, PretrainConfig
+
 
 def featurize(
     data: str | os.PathLike,
     out: str | os.PathLike,
-    workers: int = 1,
+    workers: int | None = None,
     *,
     radius: float | None = None,
     max_neighbors: int | None = None,
@@ -52,6 +56,7 @@ def featurize(
     """Build (or reuse) the graph cache of ``data`` in the folder ``out``; a cache folder is
     itself a data source for the other functions (its graph settings go with it).
 
+    :param workers: processes building graphs (default: all cores).
     :param radius: / :param max_neighbors: graph settings (default: :class:`GraphSettings`'s),
         or give whole ``settings``.
     :param atom_init: element features (default: :func:`featurizer_for`'s rule), or give a
@@ -62,6 +67,7 @@ def featurize(
         asked = {"radius": radius, "max_neighbors": max_neighbors}
         settings = GraphSettings(**{k: v for k, v in asked.items() if v is not None})
     featurizer = featurizer or featurizer_for(data, atom_init)
+    workers = workers if workers is not None else os.cpu_count() or 1
     return build_graph_cache(data, out, settings, featurizer=featurizer, workers=workers, **options)
 
 
@@ -69,7 +75,7 @@ def pretrain(
     data: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     out: str | os.PathLike | None = None,
     *,
-    config: Any = None,
+    config: PretrainConfig | None = None,
     **settings: Any,
 ) -> Path:
     """Pre-train an encoder without labels; returns the path of its model file.
@@ -103,7 +109,7 @@ def finetune(
     target: str | None = None,
     out: str | os.PathLike | None = None,
     *,
-    config: Any = None,
+    config: FinetuneConfig | None = None,
     callbacks: list[Any] | None = None,
     **settings: Any,
 ) -> dict[str, Any]:
@@ -132,7 +138,7 @@ def finetune(
 
 
 def bench(
-    out: str | os.PathLike | None = None, *, config: Any = None, **settings: Any
+    out: str | os.PathLike | None = None, *, config: BenchConfig | None = None, **settings: Any
 ) -> dict[str, Any]:
     """Reproduce the paper's comparison (CT vs CGCNN from scratch); returns ``results.json``'s
     content. ``settings``: the fields of :class:`~crystaltwins.evaluation.bench.BenchConfig`."""
@@ -141,8 +147,7 @@ def bench(
     if config is None:
         if out is None:
             raise ValueError("bench needs out (or a whole config)")
-        settings.setdefault("data_root", os.environ.get("CRYSTALTWINS_DATA"))
-        config = BenchConfig(out=str(out), **settings)
+        config = BenchConfig(out=str(out), **settings)  # data_root: run_bench reads the default
     elif out is not None or settings:
         raise ValueError("give either a config or out and settings, not both")
     return run_bench(config=config)

@@ -4,6 +4,7 @@ and the CLI's options are made from them."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 
 import pytest
@@ -118,6 +119,38 @@ def test_graph_settings_default_is_written_once():
     assert config.graph_settings(GraphSettings(radius=6.0)).radius == 6.0
     asked = dataclasses.replace(config, radius=5.0)
     assert asked.graph_settings(GraphSettings(radius=6.0)).radius == 5.0
+
+
+def _default(callable_, name):
+    return inspect.signature(callable_).parameters[name].default
+
+
+def test_config_defaults_are_the_library_defaults():
+    """``configs`` stays torch-free, so the settings that mirror a loss's or an augmentation's
+    constructor repeat its default: they must not drift apart."""
+    from crystaltwins.data.splits import random_split
+    from crystaltwins.losses import BarlowTwinsLoss
+    from crystaltwins.training.finetune import FinetuneModule
+    from crystaltwins.training.pretrain import PretrainModule
+    from crystaltwins.transforms import AtomMasking, EdgeMasking, GaussianNoise, RandomPerturbation
+
+    pre = PretrainConfig(data=["d"], out="o")
+    assert pre.barlow_lambda == _default(BarlowTwinsLoss, "lambda_")
+    assert pre.perturbation == _default(RandomPerturbation, "distance")
+    assert pre.perturbation == GraphSettings().perturbation_margin
+    assert pre.noise_sigma == _default(GaussianNoise, "sigma")
+    assert pre.atom_mask_fraction == _default(AtomMasking, "fraction")
+    assert pre.edge_mask_fraction == _default(EdgeMasking, "fraction")
+    assert (pre.lr, pre.weight_decay) == (
+        _default(PretrainModule, "lr"),
+        _default(PretrainModule, "weight_decay"),
+    )
+    fine = FinetuneConfig(data="d", target="t", out="o", from_scratch=True)
+    assert tuple(fine.split) == tuple(_default(random_split, "fractions"))
+    assert (fine.lr, fine.weight_decay) == (
+        _default(FinetuneModule, "lr"),
+        _default(FinetuneModule, "weight_decay"),
+    )
 
 
 @pytest.mark.slow

@@ -58,7 +58,12 @@ def _add_config_file_option(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from crystaltwins.cli.options import add_config_options
     from crystaltwins.evaluation.bench import BenchConfig
-    from crystaltwins.training.configs import FinetuneConfig, PretrainConfig
+    from crystaltwins.training.configs import (
+        INFERENCE_BATCH,
+        INFERENCE_DEVICE,
+        FinetuneConfig,
+        PretrainConfig,
+    )
 
     parser = argparse.ArgumentParser(
         prog="crystaltwins",
@@ -71,9 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help=_DATA_HELP)
     p.add_argument("--out", required=True, help="cache folder")
     _add_graph_options(p)
-    p.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)"
-    )
+    p.add_argument("--workers", type=int, help="processes (default: all cores)")
     p.add_argument(
         "--atom-init", help="atom_init.json (default: the one in a CGCNN folder, else built-in)"
     )
@@ -118,8 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
             required=True,
             help="predictions.csv" if name == "predict" else "embeddings.npz",
         )
-        p.add_argument("--batch-size", type=int, default=256, help="(default: 256)")
-        p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+        p.add_argument(
+            "--batch-size",
+            type=int,
+            default=INFERENCE_BATCH,
+            help=f"(default: {INFERENCE_BATCH})",
+        )
+        p.add_argument(
+            "--device",
+            default=INFERENCE_DEVICE,
+            help=f"cpu, cuda, cuda:1, ... (default: {INFERENCE_DEVICE})",
+        )
         p.add_argument(
             "--cache-root",
             help="where graph caches live (default: $CRYSTALTWINS_CACHE or ~/.cache/crystaltwins)",

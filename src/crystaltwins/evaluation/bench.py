@@ -28,6 +28,7 @@ from crystaltwins.evaluation.tasks import PAPER_TASKS, TASKS, BenchmarkTask
 from crystaltwins.io.atomic import atomic_path, write_json_atomic, write_text_atomic
 from crystaltwins.training.configs import (
     DEFAULT_ENCODER,
+    TRAINED_TOGETHER,
     FinetuneConfig,
     PretrainConfig,
     RunOptions,
@@ -36,7 +37,7 @@ from crystaltwins.training.configs import (
     setting,
 )
 from crystaltwins.training.run_folder import (
-    BENCH_FILES,
+    LOCK_NAME,
     RESUMABLE_CHANGES,
     claim_run_folder,
     config_differences,
@@ -46,6 +47,20 @@ from crystaltwins.training.run_folder import (
 CT_VARIANT = "RP+AM+EM"
 #: The encoder of the paper's Crystal Twins (its "paper CT" numbers).
 PAPER_CT_ENCODER = "cgcnn"
+
+#: What ``bench`` writes in its results folder (the runs themselves are in runs/ and pretrain/).
+BENCH_FILES = frozenset(
+    {
+        "runs",
+        "pretrain",
+        "results.json",
+        "results.md",
+        "ablation.png",
+        "tsne_perovskites.png",
+        "data",  # the smoke preset's subsets of the data files
+        LOCK_NAME,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -539,11 +554,6 @@ def finetune_for_bench(
     ctx.runs_timed += 1
     ctx.run_seconds += time.time() - started
     return metrics
-
-
-#: The encoders whose runs ``members_together`` trains in one loop (what
-#: :mod:`crystaltwins.training.members` stacks); the others' runs go one by one.
-TRAINED_TOGETHER = ("cgcnn",)
 
 
 def finetune_task_together(

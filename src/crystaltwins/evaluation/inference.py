@@ -23,6 +23,7 @@ from crystaltwins.io.memory import as_source, is_path
 from crystaltwins.io.records import BadRecord
 from crystaltwins.models.checkpoint import EnsembleBundle, ModelBundle, load_model, load_predictor
 from crystaltwins.models.property_model import Target
+from crystaltwins.training.configs import INFERENCE_BATCH, INFERENCE_DEVICE
 
 
 @dataclass
@@ -125,8 +126,8 @@ def batched_outputs(
     fn: Any,
     modules: list[torch.nn.Module],
     dataset: Any,
-    batch_size: int = 256,
-    device: str = "cpu",
+    batch_size: int = INFERENCE_BATCH,
+    device: str = INFERENCE_DEVICE,
 ) -> np.ndarray:
     """``fn(batch)`` for every crystal of ``dataset``, in order, with ``modules`` in eval mode on
     ``device``; returns the rows concatenated, ``(N, ...)``."""
@@ -252,8 +253,8 @@ def is_single_structure(data: str | os.PathLike) -> bool:
 def embed(
     model: str | os.PathLike | ModelBundle,
     data: Any,
-    batch_size: int = 256,
-    device: str = "cpu",
+    batch_size: int = INFERENCE_BATCH,
+    device: str = INFERENCE_DEVICE,
     cache_root: str | os.PathLike | None = None,
     workers: int = 1,
     cif_column: str | None = None,
@@ -277,8 +278,8 @@ def embed(
 def predict(
     model: str | os.PathLike | ModelBundle,
     data: Any,
-    batch_size: int = 256,
-    device: str = "cpu",
+    batch_size: int = INFERENCE_BATCH,
+    device: str = INFERENCE_DEVICE,
     cache_root: str | os.PathLike | None = None,
     workers: int = 1,
     cif_column: str | None = None,

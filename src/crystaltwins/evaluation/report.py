@@ -29,7 +29,7 @@ from crystaltwins.io.atomic import atomic_path, write_text_atomic
 from crystaltwins.models.checkpoint import EnsembleBundle, load_model, save_ensemble
 from crystaltwins.models.property_model import PropertyModel
 from crystaltwins.models.targets import TRANSFORMS
-from crystaltwins.training.configs import FinetuneConfig
+from crystaltwins.training.configs import INFERENCE_BATCH, INFERENCE_DEVICE, FinetuneConfig
 from crystaltwins.training.ensemble import MEMBER_PREDICTIONS, STD_DDOF
 from crystaltwins.training.finetune import TrainedRun, save_property_model
 
@@ -39,8 +39,8 @@ _SPLITS = ("train", "val", "test")
 def predict_dataset(
     model: PropertyModel,
     dataset: CrystalGraphDataset,
-    batch_size: int = 256,
-    device: str = "cpu",
+    batch_size: int = INFERENCE_BATCH,
+    device: str = INFERENCE_DEVICE,
 ) -> np.ndarray:
     """Raw head outputs ``(N, out_dim)`` for every crystal of ``dataset``, in order (eval mode);
     ``model.transformed`` / ``model.in_target_units`` convert them."""
@@ -48,7 +48,7 @@ def predict_dataset(
 
 
 def predict_embeddings(
-    encoder: nn.Module, dataset: CrystalGraphDataset, batch_size: int = 256
+    encoder: nn.Module, dataset: CrystalGraphDataset, batch_size: int = INFERENCE_BATCH
 ) -> np.ndarray:
     """Crystal embeddings ``(N, H)`` of ``dataset`` in order (eval mode, CPU)."""
     return batched_outputs(encoder, [encoder], dataset, batch_size)

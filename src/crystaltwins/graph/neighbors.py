@@ -27,6 +27,7 @@ import numpy as np
 from pymatgen.optimization.neighbors import find_points_in_spheres
 
 from crystaltwins.graph.geometry import IMAGE_DTYPE
+from crystaltwins.graph.settings import DEFAULT_MAX_NEIGHBORS, DEFAULT_RADIUS
 
 #: pymatgen's ``numerical_tol``: pairs closer than this (Å) are an atom and itself, and the kernel
 #: keeps pairs with ``d² < r² + SELF_TOLERANCE`` (Å²).
@@ -157,8 +158,8 @@ def _edge_keys(src: np.ndarray, dst: np.ndarray, image: np.ndarray) -> np.ndarra
 def find_neighbors(
     positions: np.ndarray,
     lattice: np.ndarray,
-    radius: float = 8.0,
-    max_neighbors: int = 12,
+    radius: float = DEFAULT_RADIUS,
+    max_neighbors: int = DEFAULT_MAX_NEIGHBORS,
     margin: float = 0.0,
 ) -> tuple[NeighborList, NeighborList]:
     """The nearest neighbours of every atom, and the candidates needed to re-select them.
@@ -253,24 +254,3 @@ def find_neighbors(
         np.concatenate([candidates.distance, w_distance[new]]),
     )
     return selected, candidates.take(order_edges(candidates.src, candidates.distance))
-
-
-def reselect_neighbors(
-    positions: np.ndarray,
-    lattice: np.ndarray,
-    edges: NeighborList,
-    num_atoms: int,
-    radius: float,
-    max_neighbors: int,
-) -> NeighborList:
-    """Recompute the distances of ``edges`` (selected + candidates) for moved atoms and keep the
-    ``max_neighbors`` nearest within ``radius`` of each atom.
-
-    Equal distances keep the order of ``edges``. After random displacements the only exact ties
-    left are between images of an atom and itself (``|n·L| = |m·L|``): such edges carry the same
-    atom and the same distance, so whichever is kept, the graph's features are the same.
-    """
-    distance = edge_distances(positions, lattice, edges.src, edges.dst, edges.image)
-    order = order_edges(edges.src, distance)
-    moved = NeighborList(edges.src[order], edges.dst[order], edges.image[order], distance[order])
-    return moved.take(select_nearest(moved, num_atoms, radius, max_neighbors))

@@ -4,6 +4,18 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+#: Neighbour cutoff in Å (CGCNN / Crystal Twins).
+DEFAULT_RADIUS = 8.0
+#: Neighbours kept per atom, the nearest first (CGCNN / Crystal Twins).
+DEFAULT_MAX_NEIGHBORS = 12
+#: CT's random perturbation in Å (the augmentation's default, and the cache's margin for it).
+DEFAULT_PERTURBATION = 0.05
+#: CGCNN's Gaussian expansion of the edge distances: centres ``dmin .. dmax`` every ``step`` Å
+#: (41 features), width ``step``.
+DEFAULT_GAUSSIAN_DMIN = 0.0
+DEFAULT_GAUSSIAN_DMAX = 8.0
+DEFAULT_GAUSSIAN_STEP = 0.2
+
 
 @dataclass(frozen=True)
 class GraphSettings:
@@ -20,13 +32,13 @@ class GraphSettings:
     :param gaussian_width: Gaussian width ``var`` in Å (CGCNN uses the step).
     """
 
-    radius: float = 8.0
-    max_neighbors: int = 12
-    perturbation_margin: float = 0.05
-    gaussian_dmin: float = 0.0
-    gaussian_dmax: float = 8.0
-    gaussian_step: float = 0.2
-    gaussian_width: float = 0.2
+    radius: float = DEFAULT_RADIUS
+    max_neighbors: int = DEFAULT_MAX_NEIGHBORS
+    perturbation_margin: float = DEFAULT_PERTURBATION
+    gaussian_dmin: float = DEFAULT_GAUSSIAN_DMIN
+    gaussian_dmax: float = DEFAULT_GAUSSIAN_DMAX
+    gaussian_step: float = DEFAULT_GAUSSIAN_STEP
+    gaussian_width: float = DEFAULT_GAUSSIAN_STEP
 
     def __post_init__(self) -> None:
         if self.radius <= 0:

@@ -30,6 +30,7 @@ the fallback and computes the same function.
 from __future__ import annotations
 
 from functools import cached_property
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -236,13 +237,15 @@ class _EdgeLinear(torch.autograd.Function):
     """:func:`_edge_linear` as an autograd node (used with fixed normalisation)."""
 
     @staticmethod
-    def forward(ctx, table_i: Tensor, table_j: Tensor, w_u: Tensor, graph: EdgeGraph) -> Tensor:
+    def forward(
+        ctx: Any, table_i: Tensor, table_j: Tensor, w_u: Tensor, graph: EdgeGraph
+    ) -> Tensor:
         ctx.graph = graph
         return _edge_linear(table_i, table_j, w_u, graph)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor):
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
         g_i, g_j, g_u = _edge_linear_transpose(grad.contiguous(), ctx.graph)
         return g_i, g_j, g_u.t(), None
 
@@ -270,7 +273,7 @@ class _EdgeLinearBatchNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx,
+        ctx: Any,
         h_i: Tensor,
         h_j: Tensor,
         w_u: Tensor,
@@ -278,7 +281,7 @@ class _EdgeLinearBatchNorm(torch.autograd.Function):
         beta: Tensor,
         graph: EdgeGraph,
         eps: float,
-    ):
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         c = h_i.shape[1] // 2
         halves, means, variances = [], [], []
         for sl in (slice(0, c), slice(c, 2 * c)):
@@ -297,7 +300,9 @@ class _EdgeLinearBatchNorm(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_first: Tensor, grad_second: Tensor, _grad_mean, _grad_var):
+    def backward(
+        ctx: Any, grad_first: Tensor, grad_second: Tensor, _grad_mean: Any, _grad_var: Any
+    ) -> tuple[Tensor | None, ...]:
         z_first, z_second, h_i, h_j, w_u, gamma, beta, mean, inv_std = ctx.saved_tensors
         graph: EdgeGraph = ctx.graph
         m = graph.moments
@@ -357,7 +362,7 @@ class _GatedSum(torch.autograd.Function):
     """``Σ_{e: centre_e = i} sigmoid(f_e) * softplus(c_e)``, ``(N, C)``."""
 
     @staticmethod
-    def forward(ctx, nbr_filter: Tensor, nbr_core: Tensor, graph: EdgeGraph) -> Tensor:
+    def forward(ctx: Any, nbr_filter: Tensor, nbr_core: Tensor, graph: EdgeGraph) -> Tensor:
         gate = torch.sigmoid(nbr_filter)
         core = F.softplus(nbr_core)
         message = gate * core
@@ -366,7 +371,7 @@ class _GatedSum(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor):
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:
         nbr_core, centre, gate, core = ctx.saved_tensors
         grad_msg = grad.index_select(0, centre)  # (E, C)
         # d/dc: g * sigmoid(f) * sigmoid(c)

@@ -30,6 +30,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -248,7 +249,7 @@ class FusedGatedConvolution(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx,
+        ctx: Any,
         h_i: Tensor,
         h_j: Tensor,
         w_u: Tensor,
@@ -258,7 +259,7 @@ class FusedGatedConvolution(torch.autograd.Function):
         neighbour: Tensor,
         centre_offsets: Tensor,
         eps: float,
-    ):
+    ) -> tuple[Tensor, Tensor, Tensor]:
         lib = load_library()
         if lib is None:
             raise RuntimeError("the fused CGCNN kernels are not available (see available())")
@@ -293,7 +294,9 @@ class FusedGatedConvolution(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_summed: Tensor, _grad_mean, _grad_var):
+    def backward(
+        ctx: Any, grad_summed: Tensor, _grad_mean: Any, _grad_var: Any
+    ) -> tuple[Tensor | None, ...]:
         lib = load_library()
         x, gate, core, core_slope, gamma, inv_std, index, value, neighbour, offsets = (
             ctx.saved_tensors

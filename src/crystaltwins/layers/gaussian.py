@@ -8,6 +8,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from crystaltwins.graph.settings import (
+    DEFAULT_GAUSSIAN_DMAX,
+    DEFAULT_GAUSSIAN_DMIN,
+    DEFAULT_GAUSSIAN_STEP,
+)
+
 #: Features below ``exp(-CUTOFF_EXPONENT)`` ≈ 9.4e-14 are set to exactly zero.
 CUTOFF_EXPONENT = 30.0
 
@@ -39,7 +45,11 @@ class GaussianExpansion(nn.Module):
     centres: Tensor
 
     def __init__(
-        self, dmin: float = 0.0, dmax: float = 8.0, step: float = 0.2, var: float | None = None
+        self,
+        dmin: float = DEFAULT_GAUSSIAN_DMIN,
+        dmax: float = DEFAULT_GAUSSIAN_DMAX,
+        step: float = DEFAULT_GAUSSIAN_STEP,
+        var: float | None = None,
     ) -> None:
         super().__init__()
         if dmin >= dmax:

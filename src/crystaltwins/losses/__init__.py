@@ -26,8 +26,9 @@ from typing import Any
 
 from torch import nn
 
-from crystaltwins.losses.barlow_twins import BarlowTwinsLoss, gather_from_all_ranks, standardize
+from crystaltwins.losses.barlow_twins import BarlowTwinsLoss, standardize
 from crystaltwins.losses.denoising import DistanceDenoisingLoss
+from crystaltwins.losses.distributed import gather_from_all_ranks
 from crystaltwins.losses.masked_element import MaskedElementLoss
 from crystaltwins.losses.nt_xent import NTXentLoss
 from crystaltwins.losses.simsiam import SimSiamLoss

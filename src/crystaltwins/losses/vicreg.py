@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crystaltwins.losses.barlow_twins import gathered_views
+from crystaltwins.losses.distributed import gathered_views
 
 
 def _off_diagonal_square_sum(c: Tensor) -> Tensor:

@@ -15,10 +15,10 @@ from crystaltwins.graph.batch import CrystalGraphBatch
 from crystaltwins.layers import cgcnn_conv
 from crystaltwins.layers.cgcnn_conv import CGConv, EdgeGraph
 from crystaltwins.layers.gaussian import GaussianExpansion
+from crystaltwins.layers.graph_ops import DEFAULT_GAUSSIAN, gaussian_settings
 from crystaltwins.models.encoder_base import Encoder
 from crystaltwins.models.init_args import check_keys, positive_int, real
 
-DEFAULT_GAUSSIAN: dict[str, float | None] = {"dmin": 0.0, "dmax": 8.0, "step": 0.2, "var": None}
 #: Largest number of Gaussian centres accepted from a model file.
 MAX_GAUSSIANS = 10_000
 
@@ -91,12 +91,6 @@ class CGCNNEncoder(Encoder):
     ) -> None:
         super().__init__()
         table = _as_feature_table(atom_features)
-        gaussian_kw = dict(DEFAULT_GAUSSIAN)
-        if gaussian is not None:
-            unknown = set(gaussian) - set(DEFAULT_GAUSSIAN)
-            if unknown:
-                raise ValueError(f"unknown gaussian arguments {sorted(unknown)}")
-            gaussian_kw.update(gaussian)
         if n_conv < 0:
             raise ValueError(f"n_conv must be >= 0, got {n_conv}")
 
@@ -104,7 +98,7 @@ class CGCNNEncoder(Encoder):
             "atom_fea_len": int(atom_fea_len),
             "n_conv": int(n_conv),
             "h_fea_len": int(h_fea_len),
-            "gaussian": {k: (None if v is None else float(v)) for k, v in gaussian_kw.items()},
+            "gaussian": gaussian_settings(gaussian),
         }
         self.register_buffer("atom_features", table, persistent=False)
         self.gaussian = GaussianExpansion(**self.config["gaussian"])

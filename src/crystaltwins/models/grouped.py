@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crystaltwins.data.batch import CrystalGraphBatch
+from crystaltwins.graph.batch import CrystalGraphBatch
 from crystaltwins.layers.gaussian import GaussianExpansion
 from crystaltwins.models.cgcnn import CGCNNEncoder
 
@@ -185,7 +185,9 @@ class GroupedPropertyModels:
     def dtype(self) -> torch.dtype:
         return self.params["encoder.embedding.weight"].dtype
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> GroupedPropertyModels:
         """Move (and cast floating tensors) in place; returns ``self``."""
 
         def move(t: Tensor) -> Tensor:
@@ -209,7 +211,9 @@ class GroupedPropertyModels:
         """Every stacked tensor (parameters and buffers), detached."""
         return {n: t.detach() for n, t in {**self.params, **self.buffers}.items()}
 
-    def member_state(self, k: int, state: dict[str, Tensor] | None = None):
+    def member_state(
+        self, k: int, state: dict[str, Tensor] | None = None
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Member ``k``'s ``(encoder_state_dict, head_state_dict)`` (copies), from
         :meth:`state` or ``state`` (a saved copy of it)."""
         state = self.state() if state is None else state

@@ -11,6 +11,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from crystaltwins.graph.settings import (
+    DEFAULT_GAUSSIAN_DMAX,
+    DEFAULT_GAUSSIAN_DMIN,
+    DEFAULT_GAUSSIAN_STEP,
+)
 from crystaltwins.layers.gaussian import GaussianExpansion
 from crystaltwins.models.heads import _MLPHead
 
@@ -40,10 +45,14 @@ class EdgeDistanceHead(nn.Module):
     """
 
     def __init__(
-        self, atom_dim: int, hidden_dim: int, dmax: float = 8.0, step: float = 0.2
+        self,
+        atom_dim: int,
+        hidden_dim: int,
+        dmax: float = DEFAULT_GAUSSIAN_DMAX,
+        step: float = DEFAULT_GAUSSIAN_STEP,
     ) -> None:
         super().__init__()
-        self.gaussian = GaussianExpansion(0.0, dmax, step)
+        self.gaussian = GaussianExpansion(DEFAULT_GAUSSIAN_DMIN, dmax, step)
         self.mlp = nn.Sequential(
             nn.Linear(2 * atom_dim + self.gaussian.num_features, hidden_dim),
             nn.Softplus(),

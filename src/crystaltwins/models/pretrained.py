@@ -22,8 +22,6 @@ SHIPPED_MODELS: dict[str, tuple[str, str]] = {
     ),
 }
 
-DEFAULT_MODEL = SHIPPED_MODELS["default"][0]
-
 
 def shipped_model_path(name: str = "default") -> Path:
     """Path of the shipped model ``name`` (a key of :data:`SHIPPED_MODELS`).

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crystaltwins.graph.settings import GraphSettings
+from crystaltwins.graph.settings import DEFAULT_PERTURBATION, GraphSettings
 
 #: The published Crystal Twins fine-tuning code's learning-rate factor of the pre-trained
 #: encoder (the head learns at ``lr``, the encoder at ``lr * 0.2``): the paper protocol.
@@ -26,6 +26,12 @@ PAPER_ENCODER_LR_FACTOR = 0.2
 SCRATCH_ENCODER_LR_FACTOR = 1.0
 #: Tasks a property model is trained for.
 TASKS = ("regression", "classification")
+#: Encoders whose members ``members_together`` stacks (:mod:`crystaltwins.training.members`);
+#: the others' runs go one by one.
+TRAINED_TOGETHER = ("cgcnn",)
+#: Crystals per batch and device of ``predict`` / ``embed`` (no gradients: larger batches).
+INFERENCE_BATCH = 256
+INFERENCE_DEVICE = "cpu"
 _GRAPH = GraphSettings()
 
 
@@ -263,7 +269,9 @@ class PretrainConfig(RunOptions):
     noise_sigma: float = setting(0.1, "Gaussian noise (gn): σ of each coordinate's move in Å")
     barlow_lambda: float = setting(0.0051, "Barlow Twins off-diagonal weight λ")
     augment: str = setting("rp,am,em", "comma-separated augmentations: rp, gn, am, em")
-    perturbation: float = setting(0.05, "random perturbation (rp): largest displacement in Å")
+    perturbation: float = setting(
+        DEFAULT_PERTURBATION, "random perturbation (rp): largest displacement in Å"
+    )
     atom_mask_fraction: float = setting(0.1, "atom masking (am): fraction of atoms masked")
     edge_mask_fraction: float = setting(0.1, "edge masking (em): fraction of edges masked")
     lr: float = setting(1e-5, "learning rate (Adam)")
@@ -459,8 +467,11 @@ class FinetuneConfig(RunOptions):
             raise ValueError(
                 "members trained together take no freeze_encoder_epochs or warmup_epochs"
             )
-        if self.members_together and self.from_scratch and self.encoder_name != "cgcnn":
-            raise ValueError(f"only CGCNN encoders train together, not {self.encoder!r}")
+        alone = self.from_scratch and self.encoder_name not in TRAINED_TOGETHER
+        if self.members_together and alone:
+            raise ValueError(
+                f"only {', '.join(TRAINED_TOGETHER)} encoders train together, not {self.encoder!r}"
+            )
         if self.encoder_lr_factor < 0 or self.weight_decay < 0:
             raise ValueError("encoder_lr_factor and weight_decay must be >= 0")
         if self.data_on_device not in ("auto", "never"):

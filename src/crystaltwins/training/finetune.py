@@ -106,9 +106,9 @@ class FinetuneModule(L.LightningModule):
     def __init__(
         self,
         model: PropertyModel,
-        lr: float = 1e-3,
+        lr: float = field_default(FinetuneConfig, "lr"),
         encoder_lr_factor: float = PAPER_ENCODER_LR_FACTOR,
-        weight_decay: float = 0.0,
+        weight_decay: float = field_default(FinetuneConfig, "weight_decay"),
         freeze_encoder_epochs: int = field_default(FinetuneConfig, "freeze_encoder_epochs"),
         warmup_epochs: int = field_default(FinetuneConfig, "warmup_epochs"),
     ) -> None:

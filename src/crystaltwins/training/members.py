@@ -40,8 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from crystaltwins.data.batch import CrystalGraphBatch
 from crystaltwins.data.dataset import CrystalGraphDataset
+from crystaltwins.graph.batch import CrystalGraphBatch
 from crystaltwins.io.atomic import atomic_path
 from crystaltwins.models.cgcnn import CGCNNEncoder
 from crystaltwins.models.grouped import GroupedPropertyModels, MemberBatch
@@ -172,7 +172,9 @@ def _empty_like(batch: CrystalGraphBatch) -> CrystalGraphBatch:
 class _Losses:
     """Per-member losses and metrics of a stacked batch (the values of ``FinetuneModule._step``)."""
 
-    def __init__(self, modules: Sequence[FinetuneModule], device: torch.device, dtype) -> None:
+    def __init__(
+        self, modules: Sequence[FinetuneModule], device: torch.device, dtype: torch.dtype
+    ) -> None:
         self.classification = modules[0].task == "classification"
         if any((m.task == "classification") != self.classification for m in modules):
             raise ValueError("models trained together need the same task")

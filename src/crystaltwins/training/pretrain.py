@@ -35,7 +35,7 @@ from crystaltwins.training.common import (
     training_seconds,
     write_config,
 )
-from crystaltwins.training.configs import PretrainConfig
+from crystaltwins.training.configs import PretrainConfig, field_default
 from crystaltwins.training.objectives import (
     ObjectiveTerm,
     as_terms,
@@ -74,8 +74,8 @@ class PretrainModule(L.LightningModule):
         encoder: nn.Module,
         projector: nn.Module,
         objective: nn.Module | Sequence[ObjectiveTerm],
-        lr: float = 1e-5,
-        weight_decay: float = 1e-6,
+        lr: float = field_default(PretrainConfig, "lr"),
+        weight_decay: float = field_default(PretrainConfig, "weight_decay"),
         predictor: nn.Module | None = None,
         pretext_heads: Mapping[str, nn.Module] | None = None,
     ) -> None:

@@ -52,20 +52,6 @@ RUN_FILES = frozenset(
     }
 )
 
-#: What ``bench`` writes in its results folder (the runs themselves are in runs/ and pretrain/).
-BENCH_FILES = frozenset(
-    {
-        "runs",
-        "pretrain",
-        "results.json",
-        "results.md",
-        "ablation.png",
-        "tsne_perovskites.png",
-        "data",  # the smoke preset's subsets of the data files
-        LOCK_NAME,
-    }
-)
-
 #: Settings that may change when a run is resumed: how it executes, not what it computes.
 RESUMABLE_CHANGES = frozenset(
     {

@@ -8,7 +8,7 @@ import numpy as np
 
 from crystaltwins.graph.batch import GraphArrays
 from crystaltwins.graph.neighbors import within_cutoff
-from crystaltwins.graph.settings import GraphSettings
+from crystaltwins.graph.settings import DEFAULT_PERTURBATION, GraphSettings
 from crystaltwins.transforms.base import BatchTransform
 
 
@@ -39,7 +39,7 @@ class RandomPerturbation(BatchTransform):
 
     def __init__(
         self,
-        distance: float = 0.05,
+        distance: float = DEFAULT_PERTURBATION,
         min_distance: float | None = None,
         settings: GraphSettings | None = None,
     ) -> None:
@@ -62,8 +62,8 @@ class RandomPerturbation(BatchTransform):
         """Every atom of the batch moved, the edges re-selected: one distance computation and
         one sort.
 
-        Ordered by (centre, distance), stably, as
-        :func:`~crystaltwins.graph.neighbors.reselect_neighbors`. After a random
+        Ordered by (centre, distance), stably (:func:`~crystaltwins.graph.neighbors.order_edges`),
+        the nearest ``max_neighbors`` within the radius kept. After a random
         displacement the only exact ties left are images of an atom and itself at equal
         ``|n·L|``: the same atom at the same distance, so either choice gives the same features.
         """
