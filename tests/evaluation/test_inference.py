@@ -143,3 +143,35 @@ def test_a_single_structure_leaves_no_cache_behind(model, data_dir, tmp_path, mo
     # a folder of structures is worth its cache
     predict(model, data_dir / "samples" / "cgcnn_regression")
     assert any(p.is_dir() for p in root.iterdir())
+
+
+def test_out_writes_the_file_after_the_checks_of_the_cli(model, data_dir, cache_root, tmp_path):
+    """``predict(..., out=)`` / ``embed(..., out=)``: the file the CLI writes; a user's other
+    file is refused before any work, and input without one usable crystal writes nothing."""
+    from pymatgen.core import Lattice, Structure
+
+    folder = data_dir / "samples" / "cgcnn_regression"
+    out = tmp_path / "predictions.csv"
+    result = predict(model, folder, cache_root=cache_root, out=out)
+    assert out.read_text() == write_predictions_csv(result, tmp_path / "same.csv").read_text()
+    again = embed(model, folder, cache_root=cache_root, out=tmp_path / "emb.npz")
+    with np.load(tmp_path / "emb.npz") as saved:
+        np.testing.assert_array_equal(saved["embeddings"], again.values)
+
+    notes = tmp_path / "notes.csv"
+    notes.write_text("my,own\n1,2\n")
+    with pytest.raises(ValueError, match="notes.csv"):
+        predict(model, folder, cache_root=cache_root, out=notes)
+    assert notes.read_text() == "my,own\n1,2\n"
+
+    written = out.read_text()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "broken.cif").write_text("data_x\nnot a crystal\n")
+    with pytest.raises(ValueError, match="nothing was written"):
+        predict(model, empty, cache_root=tmp_path / "cache", out=out)
+    assert out.read_text() == written  # the earlier predictions stay
+
+    lonely = Structure(Lattice.cubic(3.9), ["Sr", "Ti"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    single = embed(model, [lonely], out=tmp_path / "one.npz")
+    assert single.values.shape == (1, 128) and (tmp_path / "one.npz").exists()

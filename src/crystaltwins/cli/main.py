@@ -295,11 +295,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from crystaltwins import api
-    from crystaltwins.evaluation.inference import check_some_usable
-    from crystaltwins.training.configs import check_accelerator
 
-    check_accelerator(args.device)
-    api.check_output_file(args.out, "predictions")  # before the work, not after
     result = api.predict(
         _model_argument(args, args.model, ensemble=True),
         args.data,
@@ -308,20 +304,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         cache_root=args.cache_root,
         cif_column=args.cif_column,
         id_key=args.id_key,
+        out=args.out,
     )
-    check_some_usable(result, args.data)  # nothing written (nor an earlier file replaced)
-    api.write_predictions_csv(result, args.out)
     _report(result, args.out)
     return 0
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
     from crystaltwins import api
-    from crystaltwins.evaluation.inference import check_some_usable
-    from crystaltwins.training.configs import check_accelerator
 
-    check_accelerator(args.device)
-    api.check_output_file(args.out, "embeddings")
     result = api.embed(
         _model_argument(args, args.model),
         args.data,
@@ -330,9 +321,8 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         cache_root=args.cache_root,
         cif_column=args.cif_column,
         id_key=args.id_key,
+        out=args.out,
     )
-    check_some_usable(result, args.data)  # nothing written (nor an earlier file replaced)
-    api.write_embeddings_npz(result, args.out)
     _report(result, args.out)
     return 0
 

@@ -23,7 +23,7 @@ from crystaltwins.io.memory import as_source, is_path
 from crystaltwins.io.records import BadRecord
 from crystaltwins.models.checkpoint import EnsembleBundle, ModelBundle, load_model, load_predictor
 from crystaltwins.models.property_model import Target
-from crystaltwins.training.configs import INFERENCE_BATCH, INFERENCE_DEVICE
+from crystaltwins.training.configs import INFERENCE_BATCH, INFERENCE_DEVICE, check_accelerator
 
 
 @dataclass
@@ -249,6 +249,41 @@ def is_single_structure(data: str | os.PathLike) -> bool:
         return False  # the normal path reports it
 
 
+def _to_file(kind: str) -> Any:
+    """Let ``call`` take ``out=``: the ``kind`` file (``"predictions"`` CSV or ``"embeddings"``
+    npz) written there, atomically, after the same checks as the CLI's, each before any work
+    it would waste: the device exists, ``out`` is not something else's file
+    (:func:`check_output_file`), and at least one crystal was usable (:func:`check_some_usable`;
+    else nothing is written and an earlier file stays)."""
+
+    def decorate(call: Any) -> Any:
+        signature = inspect.signature(call)
+
+        @functools.wraps(call)
+        def wrapper(
+            model: Any, data: Any, *args: Any, out: str | os.PathLike | None = None, **kwargs: Any
+        ) -> InferenceResult:
+            if out is None:
+                return call(model, data, *args, **kwargs)
+            bound = signature.bind(model, data, *args, **kwargs)
+            bound.apply_defaults()
+            check_accelerator(bound.arguments["device"])
+            check_output_file(out, kind)
+            result = call(model, data, *args, **kwargs)
+            check_some_usable(result, data if is_path(data) else "the given crystals")
+            _WRITERS[kind](result, out)
+            return result
+
+        written = inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, default=None)
+        wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[*signature.parameters.values(), written]
+        )
+        return wrapper
+
+    return decorate
+
+
+@_to_file("embeddings")
 @_in_memory
 def embed(
     model: str | os.PathLike | ModelBundle,
@@ -267,6 +302,8 @@ def embed(
     :param cif_column: the structure column of a CSV ``data`` (default ``cif`` / ``structure``).
     :param id_key: the ``Atoms.info`` key holding each crystal's id in an extxyz / ASE database
         ``data`` (default: detected; a frame without it is skipped).
+    :param out: also write the embeddings there (:func:`write_embeddings_npz`), after the
+        checks of the CLI (see ``_to_file``).
     """
     bundle, cache = _open(model, data, cache_root, workers, cif_column, id_key)
     result = _result(cache, _run(bundle, cache, bundle.encoder, batch_size, device))
@@ -274,6 +311,7 @@ def embed(
     return result
 
 
+@_to_file("predictions")
 @_in_memory
 def predict(
     model: str | os.PathLike | ModelBundle,
@@ -293,6 +331,8 @@ def predict(
 
     :param data: as for :func:`embed`.
     :param cif_column: / :param id_key: as for :func:`embed`.
+    :param out: also write the predictions there (:func:`write_predictions_csv`), after the
+        checks of the CLI (see ``_to_file``).
     """
     loaded = model if isinstance(model, (ModelBundle, EnsembleBundle)) else load_predictor(model)
     if isinstance(loaded, EnsembleBundle):
@@ -437,3 +477,10 @@ def check_output_file(path: str | os.PathLike, kind: str, column: str = "predict
             f"{path}: exists and is not an earlier {kind} file of crystaltwins; nothing was "
             "written; give a new file name (or remove that file yourself)"
         )
+
+
+#: What ``out=`` of :func:`predict` / :func:`embed` writes.
+_WRITERS: dict[str, Any] = {
+    "predictions": write_predictions_csv,
+    "embeddings": write_embeddings_npz,
+}
