@@ -22,7 +22,8 @@ from crystaltwins.models.init_args import check_keys, positive_int, real
 #: Largest number of Gaussian centres accepted from a model file.
 MAX_GAUSSIANS = 10_000
 
-_CONV_KEY = re.compile(r"^convs\.(\d+)\.")
+#: A state-dict key of the ``k``-th convolution (``convs.<k>.``).
+CONV_KEY = re.compile(r"^convs\.(\d+)\.")
 _CONV_PARTS: dict[str, str] = {  # parameter of a CGConv -> its shape (A atom, K edge features)
     "fc_full.weight": "2A,2A+K",
     "fc_full.bias": "2A",
@@ -128,7 +129,7 @@ class CGCNNEncoder(Encoder):
         h = positive_int("init_args.h_fea_len", config["h_fea_len"])
         n_conv = positive_int("init_args.n_conv", config["n_conv"], minimum=0)
         k = _gaussian_count(config["gaussian"])
-        conv_ids = {int(m.group(1)) for key in state if (m := _CONV_KEY.match(str(key)))}
+        conv_ids = {int(m.group(1)) for key in state if (m := CONV_KEY.match(str(key)))}
         if n_conv != len(conv_ids):
             raise ValueError(
                 f"init_args.n_conv is {n_conv} but the stored weights hold {len(conv_ids)} "

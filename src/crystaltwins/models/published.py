@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from crystaltwins.models.cgcnn import CGCNNEncoder
+from crystaltwins.models.cgcnn import CONV_KEY, CGCNNEncoder
 from crystaltwins.models.heads import ProjectionHead
 
 #: :func:`atom_features_fingerprint` of the table built from the Crystal Twins / CGCNN
@@ -32,7 +31,6 @@ PUBLISHED_ATOM_INIT_FINGERPRINT = "f59721d3cc872e8691a13b1432cf68125a0bb50c0a417
 #: Largest Z in the published ``atom_init.json``.
 PUBLISHED_MAX_Z = 100
 
-_CONV_KEY = re.compile(r"^convs\.(\d+)\.")
 _HEAD_PREFIX = "fc_head."
 
 
@@ -151,7 +149,7 @@ def _infer_dims(state: Mapping[str, Tensor], path: Path) -> dict[str, Any]:
     head2 = shape(_HEAD_PREFIX + "2.weight")
     if len(emb) != 2 or len(fc) != 2 or len(head0) != 2 or len(head2) != 2:
         raise ValueError(f"{path}: embedding/conv_to_fc/fc_head weights must be matrices")
-    conv_ids = sorted({int(m.group(1)) for k in state if (m := _CONV_KEY.match(k))})
+    conv_ids = sorted({int(m.group(1)) for k in state if (m := CONV_KEY.match(k))})
     if conv_ids != list(range(len(conv_ids))):
         raise ValueError(f"{path}: convolution indices {conv_ids} are not 0..n-1")
     atom_fea_len, n_features = emb
