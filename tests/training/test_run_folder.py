@@ -43,6 +43,7 @@ def _config(out: Path, **kw) -> FinetuneConfig:
 def _earlier_run(out: Path, **kw) -> dict[str, bytes]:
     """A folder holding a finished run (as ``finetune`` leaves it); returns its files' bytes."""
     write_config(out, _config(out, **kw))
+    (out / LOCK_NAME).touch()  # every run leaves its (unlocked) lock file
     (out / "checkpoints").mkdir()
     (out / "checkpoints" / "best.ckpt").write_bytes(b"old best")
     (out / "checkpoints" / "last.ckpt").write_bytes(b"old last")
@@ -90,6 +91,25 @@ def test_a_folder_of_user_files_is_refused_and_gets_no_lock_file(tmp_path):
     assert sorted(p.name for p in data.iterdir()) == ["1.cif", "id_prop.csv"]
 
 
+@pytest.mark.parametrize("flags", [{}, {"overwrite": True}, {"resume": True}])
+def test_user_files_named_like_the_tools_are_never_taken_for_a_run(tmp_path, flags):
+    """A folder without the lock file every run leaves holds the user's files, whatever their
+    names: a config.yaml, history.csv or invalid_targets.csv of theirs is neither replaced nor
+    removed, with or without --overwrite / --resume."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.yaml").write_text("my_experiment: 42\n")
+    (out / "history.csv").write_text("a,b\n")
+    (out / "invalid_targets.csv").write_text("mine\n")
+    before = _contents(out)
+    named = "config.yaml, history.csv, invalid_targets.csv"
+    with pytest.raises(ValueError, match=f"{named}.*; nothing was changed"):
+        finetune(_config(out, **flags))
+    with pytest.raises(ValueError, match=f"{named}.*; nothing was changed"):
+        pretrain(PretrainConfig(data=["x.csv"], out=str(out), progress=False, **flags))
+    assert _contents(out) == before and not (out / LOCK_NAME).exists()
+
+
 def test_overwrite_removes_only_the_tools_files(tmp_path):
     out = tmp_path / "run"
     _earlier_run(out)
@@ -126,6 +146,7 @@ def test_an_attempt_that_stopped_before_its_first_epoch_does_not_block_a_rerun(t
     run again (with better data) is not asked for --resume or --overwrite."""
     out = tmp_path / "run"
     write_config(out, _config(out))
+    (out / LOCK_NAME).touch()
     (out / "tensorboard").mkdir()
     with pytest.raises(ValueError, match="missing.csv: no such file"):  # got past the folder
         finetune(_config(out, data=str(tmp_path / "missing.csv")))
@@ -214,6 +235,9 @@ def test_bench_continues_its_folder_and_refuses_a_foreign_one(tmp_path):
     (out / "thesis.tex").unlink()
     (out / "runs" / "perovskites").mkdir(parents=True)
     (out / "results.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"results.json, runs; nothing was changed"):
+        run_bench(data_root, out, tasks=["perovskites"], overwrite=True)  # no bench's lock file
+    (out / LOCK_NAME).touch()  # as every bench leaves it
     with pytest.raises(FileNotFoundError, match="no \\*.csv.gz files"):
         run_bench(data_root, out, tasks=["perovskites"], overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]

@@ -5,7 +5,9 @@ claimed before anything is written:
 
 - it is locked for the whole run (a second run into it stops with a message);
 - a folder that already holds files is refused unless the run resumes (``resume``) or starts
-  clean (``overwrite``);
+  clean (``overwrite``); files count as a run's only in a folder holding the lock file every
+  run leaves (``.crystaltwins.lock``), so a user's ``config.yaml`` or ``history.csv`` is never
+  taken for a run's;
 - ``overwrite`` removes only the files crystaltwins writes in a run folder, and is refused
   when the folder holds anything else;
 - ``resume`` is refused when the stored ``config.yaml`` describes another run (other data,
@@ -250,17 +252,23 @@ def check_run_folder(
     overwrite: bool,
     known: frozenset[str] = RUN_FILES,
     continues: bool = False,
+    marked: bool = True,
 ) -> None:
     """Apply the rules of the module docstring to ``out`` (call it holding the folder's lock).
 
     :param continues: the folder's owner always continues what is there (``bench``): no refusal
         of a non-empty folder, and no config check here.
+    :param marked: whether ``out`` held crystaltwins' lock file before this claim; in a folder
+        without it, files with the names crystaltwins writes are the user's, not a run's.
     :raises ValueError: the folder cannot be used; nothing was changed.
     """
     if resume and overwrite:
         raise ValueError("give --resume or --overwrite, not both")
     entries = _unknown_entries(out, known)
     ours = _tool_entries(out, known)
+    if not marked:
+        entries = sorted({*entries, *(p.name for p in ours)})
+        ours = []
     if overwrite:
         if entries:
             raise ValueError(
@@ -314,17 +322,17 @@ def claim_run_folder(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: exists and is not a folder; give a folder for the run")
-    if out.is_dir() and _unknown_entries(out, known):
+    # A folder is a run's only when it holds the lock file a run leaves (else the files are
+    # the user's, whatever their names).
+    marked = (out / LOCK_NAME).exists()
+    rules = {"resume": resume, "overwrite": overwrite, "known": known, "continues": continues}
+    if out.is_dir() and (_unknown_entries(out, known) or (not marked and any(out.iterdir()))):
         # Refuse a user's folder before creating the lock file in it.
-        check_run_folder(
-            out, config, resume=resume, overwrite=overwrite, known=known, continues=continues
-        )
+        check_run_folder(out, config, marked=marked, **rules)
     out.mkdir(parents=True, exist_ok=True)
     lock = FileLock(out / LOCK_NAME, str(out)).acquire(wait=False)
     try:
-        check_run_folder(
-            out, config, resume=resume, overwrite=overwrite, known=known, continues=continues
-        )
+        check_run_folder(out, config, marked=marked, **rules)
     except BaseException:
         lock.release()
         raise
