@@ -103,3 +103,42 @@ def test_pretrain_draws_its_loss_curves(data_dir: Path, cache_root: Path, tmp_pa
     figure = learning_curves_figure(out / "history.csv", loss_name="Barlow Twins loss")
     assert [line.get_label() for line in figure.axes[0].lines] == ["training", "validation"]
     assert (out / "learning_curves.png").stat().st_size > 5000
+
+
+def test_a_device_or_accelerator_name_is_checked_in_one_line(
+    tiny_model: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    """``--device auto`` picks the GPU or the CPU; an unknown device or accelerator is one line
+    naming the choices, before any work (no cache, no output)."""
+    import torch
+
+    data = str(data_dir / "samples" / "cgcnn_regression")
+    cache = str(tmp_path / "cache")
+    out = tmp_path / "p.csv"
+    code, stdout, err = run(
+        "predict",
+        str(tiny_model),
+        data,
+        "--out",
+        str(out),
+        "--device",
+        "auto",
+        "--cache-root",
+        cache,
+    )
+    assert code == 0 and out.exists(), err
+    if not torch.cuda.is_available():
+        code, _, err = run("predict", str(tiny_model), data, "--out", str(out), "--device", "cuda")
+        assert code == 2 and "no CUDA GPU available" in err and err.count("\n") == 1
+    for command, flag in (("predict", "--device"), ("embed", "--device")):
+        code, _, err = run(
+            command, str(tiny_model), data, "--out", str(tmp_path / "x"), flag, "tpu"
+        )
+        assert code == 2 and "unknown device 'tpu'" in err and err.count("\n") == 1
+    code, _, err = run(
+        "finetune", data, "--target", "target", "--from-scratch", "--out", str(tmp_path / "r"),
+        "--accelerator", "tpu", "--cache-root", str(tmp_path / "cache2"),
+    )  # fmt: skip
+    assert code == 2 and "unknown accelerator 'tpu'; choose from auto, cpu" in err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "cache2").exists()
+    assert not (tmp_path / "x").exists()

@@ -84,6 +84,26 @@ def test_published_crystal_twins_checkpoint_finetunes(
     assert bundle.featurizer.name.startswith("atom_init.json")
 
 
+def test_a_class_label_other_than_0_or_1_is_left_out_and_listed(data_dir, cache_root, tmp_path):
+    """Binary classification: a label of 2 or 0.5 is a bad row (skipped, named, counted), not
+    a crash in the loss nor a silent class 0."""
+    import shutil
+
+    folder = tmp_path / "cls"
+    shutil.copytree(data_dir / "samples" / "cgcnn_classification", folder)
+    rows = (folder / "id_prop.csv").read_text().splitlines()
+    rows[0], rows[1] = "1000041,2", "1000050,0.5"
+    (folder / "id_prop.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    metrics = finetune(
+        _config(folder, out, tmp_path / "cache", target="target", task="classification", epochs=1)
+    )
+    assert metrics["crystals"]["dropped_invalid_target"] == 2
+    assert sum(metrics["crystals"][k] for k in ("train", "val", "test")) == 8
+    listed = list(csv.reader((out / "invalid_targets.csv").open()))
+    assert listed == [["id", "target"], ["1000041", "2.0"], ["1000050", "0.5"]]
+
+
 def test_classification_and_log10_targets(data_dir, cache_root, tmp_path):
     metrics = finetune(
         _config(

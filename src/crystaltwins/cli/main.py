@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--device",
             default=INFERENCE_DEVICE,
-            help=f"cpu, cuda, cuda:1, ... (default: {INFERENCE_DEVICE})",
+            help=f"cpu, cuda, cuda:1, mps or auto (default: {INFERENCE_DEVICE})",
         )
         p.add_argument(
             "--cache-root",

@@ -23,7 +23,7 @@ from crystaltwins.io.memory import as_source, is_path
 from crystaltwins.io.records import BadRecord
 from crystaltwins.models.checkpoint import EnsembleBundle, ModelBundle, load_model, load_predictor
 from crystaltwins.models.property_model import Target
-from crystaltwins.training.configs import INFERENCE_BATCH, INFERENCE_DEVICE, check_accelerator
+from crystaltwins.training.configs import INFERENCE_BATCH, INFERENCE_DEVICE, inference_device
 
 
 @dataclass
@@ -250,9 +250,10 @@ def is_single_structure(data: str | os.PathLike) -> bool:
 
 
 def _to_file(kind: str) -> Any:
-    """Let ``call`` take ``out=``: the ``kind`` file (``"predictions"`` CSV or ``"embeddings"``
-    npz) written there, atomically, after the same checks as the CLI's, each before any work
-    it would waste: the device exists, ``out`` is not something else's file
+    """Check ``call``'s device (:func:`~crystaltwins.training.configs.inference_device`: ``auto``
+    resolved) and let it take ``out=``: the ``kind`` file (``"predictions"`` CSV or
+    ``"embeddings"`` npz) written there, atomically, after the checks of the CLI, each before
+    any work it would waste: the device exists, ``out`` is not something else's file
     (:func:`check_output_file`), and at least one crystal was usable (:func:`check_some_usable`;
     else nothing is written and an earlier file stays)."""
 
@@ -263,13 +264,13 @@ def _to_file(kind: str) -> Any:
         def wrapper(
             model: Any, data: Any, *args: Any, out: str | os.PathLike | None = None, **kwargs: Any
         ) -> InferenceResult:
-            if out is None:
-                return call(model, data, *args, **kwargs)
             bound = signature.bind(model, data, *args, **kwargs)
             bound.apply_defaults()
-            check_accelerator(bound.arguments["device"])
+            bound.arguments["device"] = inference_device(bound.arguments["device"])
+            if out is None:
+                return call(*bound.args, **bound.kwargs)
             check_output_file(out, kind)
-            result = call(model, data, *args, **kwargs)
+            result = call(*bound.args, **bound.kwargs)
             check_some_usable(result, data if is_path(data) else "the given crystals")
             _WRITERS[kind](result, out)
             return result

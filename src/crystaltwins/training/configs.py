@@ -97,11 +97,18 @@ def _existing_file(name: str, path: str | None) -> None:
         raise FileNotFoundError(f"{name}: no such file {path!r}")
 
 
+#: Lightning accelerators a run may ask for (``cuda`` is ``gpu``).
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
+
 def check_accelerator(name: str | None) -> None:
-    """A clear error for a GPU request on a machine without one (before any work)."""
+    """A clear error for an unknown accelerator, or a GPU request on a machine without one
+    (before any work)."""
     if not name:
         return
     name = str(name).lower()
+    if name not in ACCELERATORS and not name.startswith("cuda:"):
+        raise ValueError(f"unknown accelerator {name!r}; choose from {', '.join(ACCELERATORS)}")
     if name in ("gpu", "cuda") or name.startswith("cuda:"):
         import torch
 
@@ -114,6 +121,24 @@ def check_accelerator(name: str | None) -> None:
 
         if not torch.backends.mps.is_available():
             raise ValueError("no Apple MPS device available; use cpu")
+
+
+def inference_device(name: str) -> str:
+    """The torch device of ``predict`` / ``embed``: ``auto`` is the CUDA GPU where there is one,
+    else the CPU; another name must be a torch device that exists here.
+
+    :raises ValueError: one line, before any work."""
+    import torch
+
+    name = str(name).lower()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"unknown device {name!r}; give cpu, cuda, cuda:1, mps or auto") from None
+    check_accelerator(name)
+    return name
 
 
 #: The encoder of a new model when none is named.

@@ -260,7 +260,12 @@ def _report_invalid_targets(
         return
     bad = np.flatnonzero(~usable)
     ids = cache.ids
-    need = "a finite value > 0 (log10)" if config.target_transform == "log10" else "a number"
+    if config.task == "classification":
+        need = "a class label 0 or 1"
+    elif config.target_transform == "log10":
+        need = "a finite value > 0 (log10)"
+    else:
+        need = "a number"
     listing = out / "invalid_targets.csv"
     with atomic_path(listing) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -357,6 +362,8 @@ def plan_split(config: FinetuneConfig, cache: GraphCache, check: bool = True) ->
         )
     raw = cache.labels([config.target])[:, 0]
     usable = TRANSFORMS[config.target_transform][2](raw)
+    if config.task == "classification":  # binary: the classes are 0 and 1
+        usable &= (raw == 0) | (raw == 1)
     keep = np.flatnonzero(usable)
     split = _split(config, CrystalGraphDataset(cache), keep)
     if check:
