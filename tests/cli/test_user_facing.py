@@ -142,3 +142,20 @@ def test_a_device_or_accelerator_name_is_checked_in_one_line(
     assert code == 2 and "unknown accelerator 'tpu'; choose from auto, cpu" in err
     assert not (tmp_path / "r").exists() and not (tmp_path / "cache2").exists()
     assert not (tmp_path / "x").exists()
+
+
+def test_a_config_file_that_is_not_yaml_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "settings.yaml"
+    config.write_text("epochs: 3\ntarget: [\n")
+    code, _, err = run(
+        "finetune",
+        "data.csv",
+        "--target",
+        "t",
+        "--out",
+        str(tmp_path / "r"),
+        "--config",
+        str(config),
+    )
+    assert code == 2 and err.count("\n") == 1
+    assert "settings.yaml: not valid YAML (line 3)" in err

@@ -35,6 +35,9 @@ def test_split_from_labels_and_files(tmp_path):
     (tmp_path / "te").write_text("zz\n")
     with pytest.raises(ValueError, match="not in the data"):
         split_from_files(ids, tmp_path / "tr", tmp_path / "va", tmp_path / "te")
+    (tmp_path / "te").write_text("c\nd\n")  # d is a training crystal too
+    with pytest.raises(ValueError, match=r"1 ids are in both the train and the test .*\['d'\]"):
+        split_from_files(ids, tmp_path / "tr", tmp_path / "va", tmp_path / "te")
 
 
 PARTS = ("train", "val", "test")

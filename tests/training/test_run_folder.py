@@ -110,6 +110,18 @@ def test_user_files_named_like_the_tools_are_never_taken_for_a_run(tmp_path, fla
     assert _contents(out) == before and not (out / LOCK_NAME).exists()
 
 
+def test_resume_with_fewer_epochs_than_trained_is_refused_untouched(tmp_path):
+    import torch
+
+    out = tmp_path / "run"
+    _earlier_run(out, epochs=20)
+    torch.save({"epoch": 9}, out / "checkpoints" / "last.ckpt")  # 10 epochs done
+    before = _contents(out)
+    with pytest.raises(ValueError, match="has trained 10 epochs, more than the 5 asked for"):
+        finetune(_config(out, epochs=5, resume=True))
+    assert _contents(out) == before  # config.yaml not rewritten
+
+
 def test_overwrite_removes_only_the_tools_files(tmp_path):
     out = tmp_path / "run"
     _earlier_run(out)

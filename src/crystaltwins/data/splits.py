@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -93,7 +94,9 @@ def split_from_files(
     val: str | os.PathLike,
     test: str | os.PathLike,
 ) -> Split:
-    """A split from three text files of crystal ids (one per line; ``#`` comments allowed)."""
+    """A split from three text files of crystal ids (one per line; ``#`` comments allowed).
+
+    :raises ValueError: an id not in the data, or in two of the files."""
     position = {str(i): k for k, i in enumerate(ids)}
     parts = []
     for path in (train, val, test):
@@ -106,6 +109,15 @@ def split_from_files(
         if missing:
             raise ValueError(f"{path}: {len(missing)} ids not in the data, e.g. {missing[:3]}")
         parts.append(np.sort(np.array([position[w] for w in wanted], dtype=np.int64)))
+    names = ("train", "val", "test")
+    for (a, first), (b, second) in itertools.combinations(zip(names, parts, strict=True), 2):
+        shared = np.intersect1d(first, second)
+        if len(shared):
+            example = [str(ids[k]) for k in shared[:3]]
+            raise ValueError(
+                f"{len(shared)} ids are in both the {a} and the {b} split file, e.g. {example}; "
+                "a crystal may be in one part only"
+            )
     return Split(*parts)
 
 

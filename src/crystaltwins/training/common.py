@@ -23,6 +23,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from crystaltwins.graph.settings import GraphSettings
 from crystaltwins.io.atomic import atomic_path, write_text_atomic
 from crystaltwins.training.configs import RunOptions
+from crystaltwins.training.run_folder import epochs_done
 
 
 def cache_graph_settings(source: str | os.PathLike) -> GraphSettings | None:
@@ -394,7 +395,7 @@ def resume_path(out: Path, resume: bool, log: Any = main_print) -> Path | None:
     last = out / "checkpoints" / "last.ckpt"
     if resume and last.exists():
         if log is not None:
-            epochs = _epochs_done(last)
+            epochs = epochs_done(last)
             done = f"after epoch {epochs}" if epochs is not None else "from its last checkpoint"
             log(f"{out}: resuming the run {done} ({last})")
         return last
@@ -404,15 +405,6 @@ def resume_path(out: Path, resume: bool, log: Any = main_print) -> Path | None:
         elif last.exists() or (out / "model.pt").exists():
             log(f"{out}: holds an earlier run, which this one replaces (--resume continues it)")
     return None
-
-
-def _epochs_done(checkpoint: Path) -> int | None:
-    """How many epochs a Lightning checkpoint has finished (``None`` if unreadable)."""
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-        return int(state["epoch"]) + 1
-    except Exception:
-        return None
 
 
 class _InterruptSeen(Callback):
@@ -455,7 +447,14 @@ def write_config(out: Path, config: Any) -> Path:
 
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Settings from a YAML file (keys are the flag names, with ``_`` or ``-``)."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise ValueError(
+            f"{path}: not valid YAML{line}; give one 'setting: value' per line"
+        ) from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of settings")
     return {str(k).replace("-", "_"): v for k, v in data.items()}

@@ -236,6 +236,31 @@ def _has_results(out: Path) -> bool:
     )
 
 
+def epochs_done(checkpoint: Path) -> int | None:
+    """How many epochs a Lightning checkpoint has finished (``None`` if unreadable)."""
+    import torch
+
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        return int(state["epoch"]) + 1
+    except Exception:
+        return None
+
+
+def _check_epochs_left(out: Path, config: Any) -> None:
+    """Refuse to resume a run with fewer ``epochs`` than its last checkpoint has trained."""
+    epochs = getattr(config, "epochs", None)
+    last = out / "checkpoints" / "last.ckpt"
+    if epochs is None or not last.exists():
+        return
+    done = epochs_done(last)
+    if done is not None and done > epochs:
+        raise ValueError(
+            f"{out}: --resume continues the run, which has trained {done} epochs, more than "
+            f"the {epochs} asked for; nothing was changed; give --epochs {done} or more"
+        )
+
+
 def _remove(paths: list[Path]) -> None:
     for path in paths:
         if path.is_dir() and not path.is_symlink():
@@ -291,6 +316,7 @@ def check_run_folder(
                     f"with other settings ({'; '.join(differences)}); nothing was changed; "
                     "use another --out, or --overwrite to replace that run"
                 )
+            _check_epochs_left(out, config)
         return
     if ours and not entries and known is RUN_FILES and not _has_results(out):
         _remove(ours)  # an earlier attempt that stopped before its first epoch: nothing to keep
