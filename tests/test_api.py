@@ -86,6 +86,22 @@ def test_predict_and_embed_take_crystals_built_in_python(perovskite_subset, tmp_
     assert list(result.ids) == [r.id for r in records]
     assert result.labels["e_form"].tolist() == [1.0] * 5
     assert ct.embed(tmp_path / "run", structures).values.shape[0] == 5
-    assert not (tmp_path / "cache_root").exists()  # nothing left behind
+    left = tmp_path / "cache_root"  # nothing left behind (but the compiled CPU kernels)
+    assert not left.exists() or [p.name for p in left.iterdir()] == ["kernels"]
     with pytest.raises(ValueError, match="expected a path"):
         ct.predict(tmp_path / "run", [1, 2])
+    # One bad crystal among good ones is skipped and named by its list position, not a failure.
+    from ase import Atoms
+
+    molecule = Atoms("CO", positions=[[0, 0, 0], [1.1, 0, 0]])  # no cell
+    disordered = structures[1].copy()
+    disordered.replace_species({disordered[0].specie: {disordered[0].specie: 0.5, "Ba": 0.5}})
+    mixed = ct.predict(tmp_path / "run", [structures[0], molecule, disordered, structures[2]])
+    assert list(mixed.ids) == ["0", "3"]
+    np.testing.assert_allclose(mixed.values, expected[[0, 2]], rtol=1e-5)
+    assert [(bad.id, bad.source) for bad in mixed.skipped] == [("1", "item 1"), ("2", "item 2")]
+    assert "no periodic cell" in mixed.skipped[0].reason
+    with pytest.raises(ValueError, match="none of the 1 crystals could be used; the first: item 0"):
+        ct.predict(tmp_path / "run", [molecule])
+    with pytest.raises(ValueError, match="no crystals given"):
+        ct.predict(tmp_path / "run", [])

@@ -667,4 +667,4 @@ def test_non_periodic_atoms_built_in_python_warn_too(monkeypatch) -> None:
     cluster = Atoms("Pt2", positions=[[5, 5, 5], [7, 5, 5]], cell=[12, 12, 12], pbc=False)
     monkeypatch.setattr(readers, "_warned_non_periodic", False)
     with pytest.warns(UserWarning, match="treated as periodic"), as_source([cluster]) as source:
-        assert source.exists()
+        assert source.path.exists() and not source.skipped

@@ -225,9 +225,11 @@ def _in_memory(call: Any) -> Any:
                 bound.arguments["cache_root"] = tmp  # one crystal: no cache left behind
                 return replace(call(*bound.args, **bound.kwargs), skipped_file=None)
         with as_source(data) as source:
-            bound.arguments["data"] = source
-            bound.arguments["cache_root"] = source.parent / "cache"
-            return replace(call(*bound.args, **bound.kwargs), skipped_file=None)
+            bound.arguments["data"] = source.path
+            bound.arguments["cache_root"] = source.path.parent / "cache"
+            result = call(*bound.args, **bound.kwargs)
+            skipped = [*source.skipped, *(source.rename(bad) for bad in result.skipped)]
+            return replace(result, skipped=skipped, skipped_file=None)
 
     return wrapper
 

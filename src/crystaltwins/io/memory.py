@@ -8,10 +8,11 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crystaltwins.io.records import CrystalInputError
+from crystaltwins.io.records import BadRecord, CrystalInputError
 
 #: Column names taken as the structure column of a DataFrame, in this order.
 STRUCTURE_COLUMNS = ("structure", "structures", "atoms", "cif")
@@ -73,19 +74,56 @@ def _rows(data: Any) -> tuple[list[str], list[Any], dict[str, list[Any]]]:
     return [str(k) for k in range(len(items))], items, {}
 
 
+@dataclass
+class MemorySource:
+    """In-memory crystals as a data source: ``path`` (the temporary CSV, or the path given) and
+    the crystals that could not be written to it (``skipped``, named by their id: the list
+    position or the DataFrame's id)."""
+
+    path: Path
+    skipped: list[BadRecord] = field(default_factory=list)
+    #: what an id names: ``"item"`` of a list, ``"DataFrame row"``
+    kind: str = "item"
+
+    def rename(self, bad: BadRecord) -> BadRecord:
+        """A reader's record of the temporary CSV, named as the user's data instead."""
+        if not bad.source.startswith(str(self.path)):
+            return bad
+        return BadRecord(bad.id, f"{self.kind} {bad.id}", bad.reason)
+
+
 @contextmanager
-def as_source(data: Any) -> Iterator[Path]:
+def as_source(data: Any) -> Iterator[MemorySource]:
     """``data`` itself when it is a path; else a temporary CSV (id, CIF, labels) of the crystals,
-    removed on exit. The CIFs keep 12 significant figures."""
+    removed on exit. The CIFs keep 12 significant figures. A crystal that has no CIF (an
+    ``Atoms`` without a cell, ...) is left out and listed; one bad crystal never fails the
+    others.
+
+    :raises CrystalInputError: no crystal at all, or none usable."""
     if is_path(data):
-        yield Path(data)
+        yield MemorySource(Path(data))
         return
     ids, structures, labels = _rows(data)
+    kind = "DataFrame row" if hasattr(data, "columns") else "item"
+    if not ids:
+        raise CrystalInputError("data", "no crystals given")
     with tempfile.TemporaryDirectory(prefix="crystaltwins-") as tmp:
-        path = Path(tmp) / "structures.csv"
-        with open(path, "w", newline="") as handle:
+        source = MemorySource(Path(tmp) / "structures.csv", kind=kind)
+        with open(source.path, "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["id", "cif", *labels])
             for k, (crystal_id, structure) in enumerate(zip(ids, structures, strict=True)):
-                writer.writerow([crystal_id, _cif(structure), *(labels[c][k] for c in labels)])
-        yield path
+                try:
+                    cif = _cif(structure)
+                except CrystalInputError as error:
+                    source.skipped.append(
+                        BadRecord(crystal_id, f"{kind} {crystal_id}", error.reason)
+                    )
+                    continue
+                writer.writerow([crystal_id, cif, *(labels[c][k] for c in labels)])
+        if len(source.skipped) == len(ids):
+            raise CrystalInputError(
+                "data",
+                f"none of the {len(ids)} crystals could be used; the first: {source.skipped[0]}",
+            )
+        yield source
