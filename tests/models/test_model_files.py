@@ -460,3 +460,16 @@ def test_hollow_published_state_dict_is_refused_before_building(
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert "embedding.weight is not a dense tensor" in err and str(path) in err
+
+
+def test_a_training_checkpoint_given_as_a_model_points_to_model_pt(tmp_path):
+    """``checkpoints/best.ckpt`` is what a user may try first: the message says what to give."""
+    import lightning
+
+    checkpoint = tmp_path / "best.ckpt"
+    torch.save(
+        {"pytorch-lightning_version": lightning.__version__, "epoch": 3, "state_dict": {}},
+        checkpoint,
+    )
+    with pytest.raises(ValueError, match="a training checkpoint .*give the run's model.pt"):
+        load_model(checkpoint)

@@ -238,6 +238,11 @@ def _bundle(path: Path, payload: Any, atom_init: str | os.PathLike | None) -> Mo
     """The model of a loaded file's ``payload``, checked before it is built."""
     if _is_published_state_dict(payload):
         return _load_published(path, atom_init)
+    if isinstance(payload, dict) and "pytorch-lightning_version" in payload:
+        raise ValueError(
+            f"{path}: a training checkpoint (for --resume), not a model file; give the run's "
+            "model.pt or its folder"
+        )
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         raise ValueError(f"{path}: not a crystaltwins model file nor a Crystal Twins state dict")
     # every size checked against the stored weights before anything is allocated
