@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import gzip
+import itertools
 import math
 import pickle
 import shutil
@@ -668,3 +669,16 @@ def test_non_periodic_atoms_built_in_python_warn_too(monkeypatch) -> None:
     monkeypatch.setattr(readers, "_warned_non_periodic", False)
     with pytest.warns(UserWarning, match="treated as periodic"), as_source([cluster]) as source:
         assert source.path.exists() and not source.skipped
+
+
+def test_a_non_periodic_structure_file_warns_once(data_dir, monkeypatch) -> None:
+    """The parsers' own warnings are silenced, ours is not: a file of a cluster in a box says
+    so (once), and reading it does not use up the warning silently."""
+    from crystaltwins.io import read_records
+
+    monkeypatch.setattr(readers, "_warned_non_periodic", False)
+    folder = data_dir / "samples" / "ase_json"
+    with pytest.warns(readers.NonPeriodicWarning, match="treated as periodic") as caught:
+        records = list(itertools.islice(read_records(folder), 3))
+    assert len(records) == 3
+    assert sum(issubclass(w.category, readers.NonPeriodicWarning) for w in caught) == 1

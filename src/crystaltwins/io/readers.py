@@ -849,9 +849,12 @@ def parse_entry(entry: RawEntry) -> CrystalRecord:
         if structure is not None:
             return _record(entry, structure)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(record=True) as caught:  # the parsers' noise, not ours
+            warnings.simplefilter("always")
             structure = _load_structure(entry)
+        for warning in caught:
+            if issubclass(warning.category, NonPeriodicWarning):
+                warnings.warn(warning.message, NonPeriodicWarning, stacklevel=2)
     except CrystalInputError:
         raise
     except CifParseError as exc:
@@ -980,6 +983,10 @@ def _structure_from_dict(data: Any, source: str) -> Structure:
 _warned_non_periodic = False
 
 
+class NonPeriodicWarning(UserWarning):
+    """ASE ``Atoms`` that are not periodic in every direction were read as a crystal."""
+
+
 def image_gap(atoms: Any) -> float:
     """Shortest distance (Å) between the atoms of an ASE ``Atoms`` and their periodic images
     across the directions its ``pbc`` flags mark as not periodic: the vacuum its cell leaves
@@ -1011,7 +1018,7 @@ def _warn_non_periodic_once(source: str, atoms: Any) -> None:
         "neighbour radius of an image get it as a neighbour. For an isolated molecule or "
         "cluster, give it more vacuum than the radius (e.g. atoms.center(vacuum=...) in ASE). "
         "This applies to every such structure read in this process.",
-        UserWarning,
+        NonPeriodicWarning,
         stacklevel=3,
     )
 
