@@ -225,3 +225,34 @@ def test_encoder_sizes_default_to_the_encoders_own():
     asked = dataclasses.replace(config, encoder="gin", n_conv=2)
     assert asked.encoder_sizes() == {"n_conv": 2}
     assert asked.encoder_conflicts("cgcnn") == ["encoder gin (the model's: cgcnn)", "n_conv 2"]
+
+
+def test_a_config_file_takes_the_flag_names_and_a_runs_own_config_yaml(tmp_path, capsys):
+    """``no_progress: true`` is ``--no-progress``; ``data:`` stands for the positional argument;
+    ``resume`` / ``overwrite`` (recorded in every run's config.yaml) do not carry over."""
+    from crystaltwins.training.configs import config_from_settings
+
+    settings = {"data": "x.csv", "target": "t", "out": "o", "from_scratch": True}
+    config = config_from_settings(
+        FinetuneConfig, {**settings, "no_progress": True, "resume": True, "overwrite": True}
+    )
+    assert (config.data, config.progress, config.resume, config.overwrite) == (
+        "x.csv",
+        False,
+        False,
+        False,
+    )
+    with pytest.raises(ValueError, match=r"unknown settings \['no_such'\]"):
+        config_from_settings(FinetuneConfig, {**settings, "no_such": True})
+    file = tmp_path / "settings.yaml"
+    file.write_text(f"data: {tmp_path / 'missing.csv'}\ntarget: t\nout: {tmp_path / 'r'}\n")
+    code = main(["finetune", "--config", str(file), "--from-scratch", "--no-progress"])
+    assert code == 2 and "missing.csv: no such file" in capsys.readouterr().err  # file's data
+    code = main(["finetune", "--target", "t", "--out", str(tmp_path / "r2"), "--from-scratch"])
+    assert code == 2 and not (tmp_path / "r2").exists()
+    assert "give the data (on the command line or in --config)" in capsys.readouterr().err
+
+
+def test_a_config_file_without_data_names_what_is_missing(tmp_path, capsys):
+    assert main(["pretrain", "--out", str(tmp_path / "p")]) == 2
+    assert "give the data (on the command line or in --config)" in capsys.readouterr().err

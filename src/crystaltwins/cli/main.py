@@ -97,12 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "pretrain", help="self-supervised pre-training (Barlow Twins and other objectives)"
     )
-    p.add_argument("data", nargs="+", help="one or more data sources (labels are ignored)")
+    p.add_argument(
+        "data",
+        nargs="*",
+        help="one or more data sources (labels are ignored; or data: in --config)",
+    )
     _add_config_file_option(p)
     add_config_options(p, PretrainConfig)
 
     p = sub.add_parser("finetune", help="fine-tune on a labelled dataset (or train from scratch)")
-    p.add_argument("data", help="labelled data: " + _DATA_HELP)
+    p.add_argument("data", nargs="?", help="labelled data (or data: in --config): " + _DATA_HELP)
     _add_config_file_option(p)
     add_config_options(p, FinetuneConfig)
 
@@ -261,7 +265,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     from crystaltwins.training.common import main_print
     from crystaltwins.training.configs import PretrainConfig
 
-    config = _config_from_args(PretrainConfig, args, data=list(args.data))
+    config = _config_from_args(PretrainConfig, args, data=list(args.data) or None)
     path = api.pretrain(config=config)
     main_print(f"pre-trained model: {path}")
     return 0

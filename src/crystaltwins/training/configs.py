@@ -526,13 +526,30 @@ class FinetuneConfig(RunOptions):
                 raise ValueError(f"--split-files: no such file {name!r}")
 
 
+#: Settings a ``--config`` file does not set: they say how to run this time, and a run's own
+#: ``config.yaml`` (which records them) may start another run.
+FILE_IGNORED = frozenset({"resume", "overwrite"})
+
+
 def config_from_settings(
     config_cls: type, file_settings: dict[str, Any] | None = None, **given: Any
 ) -> Any:
     """A config of ``config_cls`` from a settings file's mapping, then ``given`` (``None``
-    values mean "not given"), checking names and required fields (one-line ValueError)."""
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    values = dict(file_settings or {})
+    values mean "not given"), checking names and required fields (one-line ValueError).
+
+    In the file, ``no_<name>: true`` sets the flag ``--no-<name>`` (``<name>: false``), and
+    :data:`FILE_IGNORED` settings are skipped."""
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    names = set(fields)
+    values = {}
+    for key, value in (file_settings or {}).items():
+        if key in FILE_IGNORED:
+            continue  # how to run, not what: a run's own config.yaml can start another run
+        flag = key.removeprefix("no_")
+        if key != flag and flag in fields and fields[flag].type in (bool, "bool"):
+            values[flag] = not value  # no_progress: true, as the flag --no-progress
+        else:
+            values[key] = value
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"unknown settings {unknown}")
@@ -544,7 +561,9 @@ def config_from_settings(
     ]
     missing = [name for name in required if values.get(name) is None]
     if missing:
-        flags = ", ".join("--" + name.replace("_", "-") for name in missing)
+        flags = ", ".join(
+            "the data" if name == "data" else "--" + name.replace("_", "-") for name in missing
+        )
         raise ValueError(f"give {flags} (on the command line or in --config)")
     for name in ("split", "split_files"):
         if isinstance(values.get(name), list):
