@@ -165,6 +165,21 @@ def test_an_attempt_that_stopped_before_its_first_epoch_does_not_block_a_rerun(t
     assert not (out / "config.yaml").exists() or "missing.csv" in (out / "config.yaml").read_text()
 
 
+def test_a_run_that_fails_before_its_first_epoch_leaves_no_new_folder(tmp_path):
+    """A typo (here: a data file that does not exist) leaves no half-made run folder; a folder
+    that existed before the command stays."""
+    out = tmp_path / "typo"
+    with pytest.raises(ValueError, match="missing.csv: no such file"):
+        finetune(_config(out, data=str(tmp_path / "missing.csv")))
+    assert not out.exists()
+    code, _, err = cli("pretrain", str(tmp_path / "missing.csv"), "--out", str(out))
+    assert code == 2 and "missing.csv" in err and not out.exists()
+    out.mkdir()
+    with pytest.raises(ValueError, match="missing.csv: no such file"):
+        finetune(_config(out, data=str(tmp_path / "missing.csv")))
+    assert out.is_dir()
+
+
 def test_resume_accepts_the_folder_written_another_way(tmp_path):
     out = tmp_path / "run"
     _earlier_run(out)

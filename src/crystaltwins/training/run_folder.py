@@ -384,13 +384,28 @@ def claimed_run_folder(
     if not main_process:
         yield Path(out)
         return
+    created = not Path(out).exists()
     lock = claim_run_folder(
         out, config, resume=resume, overwrite=overwrite, known=known, continues=continues
     )
     try:
         yield Path(out)
+    except Exception:
+        lock.release()
+        if created and known is RUN_FILES:
+            _remove_failed_start(Path(out))
+        raise
     finally:
         lock.release()
+
+
+def _remove_failed_start(out: Path) -> None:
+    """Remove the folder a run created and that holds nothing of value (it failed before its
+    first checkpoint: a wrong model name, unusable data, ...), so a typo leaves no folder behind.
+    Anything else in it (results, a file put there meanwhile) keeps the whole folder."""
+    if _has_results(out) or _unknown_entries(out, RUN_FILES):
+        return
+    shutil.rmtree(out, ignore_errors=True)
 
 
 def claimed_folder_of(config: Any, main_process: bool = True) -> Any:
