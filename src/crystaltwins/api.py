@@ -33,12 +33,47 @@ from crystaltwins.evaluation.inference import (
 from crystaltwins.evaluation.maps import draw_embedding_map
 from crystaltwins.evaluation.plots import MapSummary
 from crystaltwins.graph.atom_features import AtomFeaturizer, featurizer_for
+from crystaltwins.graph.crystal_graph import CrystalGraph
 from crystaltwins.graph.settings import GraphSettings
 from crystaltwins.models.checkpoint import ModelBundle, load_model
 
 if TYPE_CHECKING:
     from crystaltwins.evaluation.bench import BenchConfig
     from crystaltwins.training.configs import FinetuneConfig, PretrainConfig
+
+
+def graph(
+    structure: str | os.PathLike,
+    crystal_id: str | None = None,
+    *,
+    radius: float | None = None,
+    max_neighbors: int | None = None,
+    id_key: str | None = None,
+) -> tuple[CrystalGraph, int]:
+    """The crystal graph of one crystal of a structure file (CIF, POSCAR, extxyz, a table...):
+    the one named ``crystal_id``, else the first; returns it and how many crystals the file
+    holds.
+
+    :param radius: / :param max_neighbors: graph settings (default: :class:`GraphSettings`'s).
+    :raises ValueError: no crystal in the file, or none named ``crystal_id``.
+    """
+    from crystaltwins.graph.crystal_graph import build_crystal_graph
+    from crystaltwins.io.readers import iter_entries, parse_entry
+
+    entries = list(iter_entries(structure, id_key=id_key))
+    if not entries:
+        raise ValueError(f"{structure}: no structure found")
+    chosen = entries[0]
+    if crystal_id is not None:
+        named = [e for e in entries if str(e.id) == str(crystal_id)]
+        if not named:
+            raise ValueError(f"{structure}: no crystal with the id {crystal_id!r}")
+        chosen = named[0]
+    record = parse_entry(chosen)
+    asked = {"radius": radius, "max_neighbors": max_neighbors}
+    settings = GraphSettings(**{k: v for k, v in asked.items() if v is not None})
+    built = build_crystal_graph(record.structure, settings, id=record.id, source=record.source)
+    return built, len(entries)
 
 
 def featurize(
@@ -172,6 +207,7 @@ __all__ = [
     "embed",
     "featurize",
     "finetune",
+    "graph",
     "load_model",
     "plot_embeddings",
     "predict",

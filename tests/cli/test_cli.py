@@ -37,6 +37,19 @@ def test_graph_prints_one_row_per_edge(data_dir):
     assert len(data["edges"]) == 4 * len(data["species"])
 
 
+def test_graph_of_a_file_of_several_crystals_says_which_and_takes_an_id(data_dir, capsys):
+    folder = str(data_dir / "samples" / "cgcnn_regression")
+    assert main(["graph", folder, "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    first = json.loads(captured.out)["id"]
+    assert f"holds 10 crystals; this is the first ({first}); --id ID shows another" in captured.err
+    assert main(["graph", folder, "--format", "json", "--id", "9012304"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["id"] == "9012304" and captured.err == ""
+    assert main(["graph", folder, "--id", "nope"]) == 2
+    assert "no crystal with the id 'nope'" in capsys.readouterr().err
+
+
 def test_featurize_prints_the_summary(data_dir, tmp_path):
     code, out = run(
         "featurize",

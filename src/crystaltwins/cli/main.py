@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("graph", help="print one crystal's graph, one row per edge")
     p.add_argument("structure", help="a structure file (CIF, POSCAR, extxyz, ...)")
+    p.add_argument("--id", help="the crystal to show, in a file of several (default: the first)")
     p.add_argument("--format", choices=["csv", "json"], default="csv", help="(default: csv)")
     _add_graph_options(p)
     _add_id_key_option(p)
@@ -224,29 +225,31 @@ def _cmd_featurize(args: argparse.Namespace) -> int:
 
 
 def _cmd_graph(args: argparse.Namespace) -> int:
-    from crystaltwins.graph.crystal_graph import build_crystal_graph
-    from crystaltwins.graph.settings import GraphSettings
-    from crystaltwins.io.readers import iter_entries, parse_entry
+    from crystaltwins import api
 
-    entries = list(iter_entries(args.structure, id_key=args.id_key))
-    if not entries:
-        raise ValueError(f"{args.structure}: no structure found")
-    record = parse_entry(entries[0])
-    asked = {"radius": args.radius, "max_neighbors": args.max_neighbors}
-    graph = build_crystal_graph(
-        record.structure,
-        GraphSettings(**{k: v for k, v in asked.items() if v is not None}),
-        id=record.id,
-        source=record.source,
+    graph, count = api.graph(
+        args.structure,
+        args.id,
+        radius=args.radius,
+        max_neighbors=args.max_neighbors,
+        id_key=args.id_key,
     )
+    if count > 1 and args.id is None:
+        print(
+            f"{args.structure}: holds {count} crystals; this is the first ({graph.id}); "
+            "--id ID shows another",
+            file=sys.stderr,
+        )
     columns = ["atom", "neighbor", "distance_A", "image_a", "image_b", "image_c"]
     rows = graph.edge_table()
     if args.format == "json":
-        species = [str(s.specie) for s in record.structure]
+        from pymatgen.core import Element
+
+        species = [Element.from_Z(int(z)).symbol for z in graph.atomic_numbers]
         print(
             json.dumps(
                 {
-                    "id": record.id,
+                    "id": graph.id,
                     "species": species,
                     "edges": [dict(zip(columns, r, strict=True)) for r in rows],
                 },
