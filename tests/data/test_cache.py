@@ -83,6 +83,11 @@ def test_cache_is_reused_and_rebuilt_when_settings_or_source_change(
         source, tmp_path / "cache", GraphSettings(max_neighbors=8), progress=False
     )
     assert not rebuilt.reused and rebuilt.crystals == 50
+    assert rebuilt.replaced and "earlier graph cache of this data" in rebuilt.replaced
+    assert again.replaced is None
+    other = write_csv(tmp_path / "other.csv.gz", perovskite_rows[:20])
+    replaced = build_graph_cache(other, tmp_path / "cache", progress=False)
+    assert f"replaced: the graph cache of {source.resolve()}" in replaced.lines()
 
 
 def test_interrupted_build_leaves_no_cache_and_resumes(source, tmp_path, monkeypatch):

@@ -32,6 +32,7 @@ of dead processes are removed by the next build.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -113,10 +114,13 @@ class CacheSummary:
     bytes_on_disk: int
     seconds: float
     reused: bool = False
+    #: what the folder held before this build replaced it (``None``: nothing)
+    replaced: str | None = None
 
     def lines(self) -> list[str]:
         out = [
             f"cache: {self.cache_dir}" + (" (reused, up to date)" if self.reused else ""),
+            *([f"replaced: {self.replaced}"] if self.replaced else []),
             f"crystals built: {self.crystals}",
             f"skipped: {len(self.skipped)}",
         ]
@@ -322,7 +326,8 @@ def build_graph_cache(
             if (partial / "key.json").exists():
                 shutil.rmtree(partial)  # left by a build killed after its last rename
             return reused
-        return _build_locked(
+        replaced = _replaced_cache(cache_dir, key)
+        built = _build_locked(
             source,
             cache_dir,
             partial,
@@ -338,6 +343,18 @@ def build_graph_cache(
             cif_column,
             id_key,
         )
+        return dataclasses.replace(built, replaced=replaced)
+
+
+def _replaced_cache(cache_dir: Path, key: dict[str, Any]) -> str | None:
+    """What the cache in ``cache_dir`` (about to be rebuilt for ``key``) was, for the summary."""
+    try:
+        old = json.loads((cache_dir / "manifest.json").read_text())["key"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if old.get("source") != key["source"]:
+        return f"the graph cache of {old.get('source')}"
+    return "the earlier graph cache of this data (its contents or the settings changed)"
 
 
 def _reusable(cache_dir: Path, key: dict[str, Any], start: float) -> CacheSummary | None:
