@@ -159,3 +159,19 @@ def test_a_config_file_that_is_not_yaml_is_one_line(tmp_path: Path) -> None:
     )
     assert code == 2 and err.count("\n") == 1
     assert "settings.yaml: not valid YAML (line 3)" in err
+
+
+def test_a_run_stopped_by_sigterm_says_how_to_resume(monkeypatch) -> None:
+    """Lightning turns SIGTERM (``kill``, a scheduler's preemption) into ``SIGTERMException``
+    after saving nothing more: the command says how to continue, exit status 143."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from crystaltwins.cli import main as cli_main
+
+    def stopped(args):
+        raise SIGTERMException(1)
+
+    monkeypatch.setitem(cli_main.COMMANDS, "finetune", stopped)
+    code, _, err = run("finetune", "data.csv", "--target", "t", "--out", "o")
+    assert code == 143 and err.count("\n") == 1
+    assert "stopped by SIGTERM; " in err and "--resume" in err

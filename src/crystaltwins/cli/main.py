@@ -405,6 +405,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    except SystemExit as error:
+        if type(error).__name__ != "SIGTERMException":  # Lightning's, after a `kill` / preemption
+            raise
+        print(
+            f"crystaltwins {args.command}: stopped by SIGTERM; "
+            f"{_RESUME_HINTS.get(args.command, 'run it again')}",
+            file=sys.stderr,
+        )
+        return 143
     except OSError as error:
         print(f"crystaltwins {args.command}: error: {_os_error_message(error)}", file=sys.stderr)
         return 2
