@@ -105,3 +105,14 @@ def test_predict_and_embed_take_crystals_built_in_python(perovskite_subset, tmp_
         ct.predict(tmp_path / "run", [molecule])
     with pytest.raises(ValueError, match="no crystals given"):
         ct.predict(tmp_path / "run", [])
+
+
+def test_crystal_graph_from_the_package(data_dir, tmp_path):
+    """``ct.crystal_graph`` stays the function after the subpackages are imported (``ct.graph``
+    is the ``crystaltwins.graph`` package)."""
+    folder = data_dir / "samples" / "cgcnn_regression"
+    ct.featurize(folder, tmp_path / "cache", workers=1)  # imports crystaltwins.graph.*
+    for _ in range(2):
+        graph, count = ct.crystal_graph(folder, "9012304", max_neighbors=4)
+        assert (graph.id, count) == ("9012304", 10)
+        assert graph.num_edges == 4 * graph.num_atoms

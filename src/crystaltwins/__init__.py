@@ -1,7 +1,7 @@
 """crystaltwins: self-supervised learning on crystal structures (Crystal Twins).
 
 ``import crystaltwins as ct`` gives the user-facing functions (:mod:`crystaltwins.api`):
-``ct.featurize``, ``ct.graph``, ``ct.pretrain``, ``ct.finetune``, ``ct.predict``, ``ct.embed``,
+``ct.featurize``, ``ct.crystal_graph``, ``ct.pretrain``, ``ct.finetune``, ``ct.predict``, ``ct.embed``,
 ``ct.load_model``, ``ct.bench`` and ``ct.plot_embeddings``; they are imported on first use, so
 that ``import crystaltwins`` stays light.
 """
@@ -16,8 +16,8 @@ _API = (
     "bench",
     "embed",
     "featurize",
+    "crystal_graph",
     "finetune",
-    "graph",
     "load_model",
     "plot_embeddings",
     "predict",

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from crystaltwins.training.configs import FinetuneConfig, PretrainConfig
 
 
-def graph(
+def crystal_graph(
     structure: str | os.PathLike,
     crystal_id: str | None = None,
     *,
@@ -207,7 +207,7 @@ __all__ = [
     "embed",
     "featurize",
     "finetune",
-    "graph",
+    "crystal_graph",
     "load_model",
     "plot_embeddings",
     "predict",

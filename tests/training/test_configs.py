@@ -242,6 +242,9 @@ def test_a_config_file_takes_the_flag_names_and_a_runs_own_config_yaml(tmp_path,
         False,
         False,
     )
+    for wrong in (None, "false"):
+        with pytest.raises(ValueError, match="no_plots takes true or false"):
+            config_from_settings(FinetuneConfig, {**settings, "no_plots": wrong})
     with pytest.raises(ValueError, match=r"unknown settings \['no_such'\]"):
         config_from_settings(FinetuneConfig, {**settings, "no_such": True})
     file = tmp_path / "settings.yaml"

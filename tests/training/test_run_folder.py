@@ -180,6 +180,37 @@ def test_a_run_that_fails_before_its_first_epoch_leaves_no_new_folder(tmp_path):
     assert out.is_dir()
 
 
+def test_a_failed_start_keeps_what_has_value_and_names_a_lost_lock_file(tmp_path):
+    """Removed after a failure: only a folder the run created holding nothing of value. Kept:
+    one with trained epochs in its history (runs trained together keep no checkpoints). A run
+    folder whose lock file was lost is refused with the way to mark it again."""
+    from crystaltwins.training.run_folder import claimed_run_folder
+
+    out = tmp_path / "together"
+    with pytest.raises(RuntimeError), claimed_run_folder(out):
+        (out / "history.csv").write_text("epoch,train_loss\n0,1.5\n")
+        raise RuntimeError("failed at epoch 2")
+    assert (out / "history.csv").exists()
+    out = tmp_path / "early"
+    with pytest.raises(RuntimeError), claimed_run_folder(out):
+        write_config(out, _config(out))
+        (out / "history.csv").write_text("epoch,train_loss\n")
+        raise RuntimeError("failed before the first epoch")
+    assert not out.exists()
+    out = tmp_path / "copied"
+    _earlier_run(out)
+    (out / LOCK_NAME).unlink()  # e.g. copied without hidden files
+    with pytest.raises(ValueError, match=re.escape(f"touch {out / LOCK_NAME}")):
+        finetune(_config(out, resume=True))
+
+
+def test_an_ensemble_that_fails_in_its_first_member_leaves_nothing(tmp_path):
+    out = tmp_path / "ensemble"
+    with pytest.raises(ValueError, match="missing.csv: no such file"):
+        finetune(_config(out, data=str(tmp_path / "missing.csv"), ensemble=2))
+    assert not out.exists()
+
+
 def test_resume_accepts_the_folder_written_another_way(tmp_path):
     out = tmp_path / "run"
     _earlier_run(out)
@@ -262,7 +293,7 @@ def test_bench_continues_its_folder_and_refuses_a_foreign_one(tmp_path):
     (out / "thesis.tex").unlink()
     (out / "runs" / "perovskites").mkdir(parents=True)
     (out / "results.json").write_text("{}")
-    with pytest.raises(ValueError, match=r"results.json, runs; nothing was changed"):
+    with pytest.raises(ValueError, match=r"results.json, runs \(if it is a crystaltwins run"):
         run_bench(data_root, out, tasks=["perovskites"], overwrite=True)  # no bench's lock file
     (out / LOCK_NAME).touch()  # as every bench leaves it
     with pytest.raises(FileNotFoundError, match="no \\*.csv.gz files"):

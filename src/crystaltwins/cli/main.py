@@ -227,7 +227,7 @@ def _cmd_featurize(args: argparse.Namespace) -> int:
 def _cmd_graph(args: argparse.Namespace) -> int:
     from crystaltwins import api
 
-    graph, count = api.graph(
+    graph, count = api.crystal_graph(
         args.structure,
         args.id,
         radius=args.radius,

@@ -404,7 +404,11 @@ def benchmark_test_ids(config: BenchConfig) -> list[list[str]]:
 
 
 def _excluded_ids_file(ctx: BenchContext, out: Path) -> Path:
-    """``OUT/excluded_test_ids.json``: (source file, id) of every task's test crystals."""
+    """``OUT/excluded_test_ids.json``: (source file, id) of every task's test crystals, written
+    before the pre-training run claims ``OUT``: the folder (inside the benchmark's own) is marked
+    as a run's first, so that the run takes the list for its own file."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / LOCK_NAME).touch()
     path = out / EXCLUDED_IDS_NAME
     return write_json_atomic(path, _excluded_ids(ctx), indent=None)
 

@@ -547,6 +547,8 @@ def config_from_settings(
             continue  # how to run, not what: a run's own config.yaml can start another run
         flag = key.removeprefix("no_")
         if key != flag and flag in fields and fields[flag].type in (bool, "bool"):
+            if not isinstance(value, bool):
+                raise ValueError(f"{key} takes true or false, got {value!r}")
             values[flag] = not value  # no_progress: true, as the flag --no-progress
         else:
             values[key] = value

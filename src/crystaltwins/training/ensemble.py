@@ -36,7 +36,11 @@ import yaml
 
 from crystaltwins.training.common import is_main_process, main_print, write_config
 from crystaltwins.training.configs import FinetuneConfig
-from crystaltwins.training.run_folder import claimed_folder_of, claimed_run_folder
+from crystaltwins.training.run_folder import (
+    check_epochs_left,
+    claimed_folder_of,
+    claimed_run_folder,
+)
 
 #: The folder of an ensemble's members, in its run folder.
 MEMBERS = "members"
@@ -84,8 +88,11 @@ def train_members(
 
     :param run_together: with ``config.members_together``: runs the unfinished members at once,
         their folders claimed (:func:`crystaltwins.evaluation.runs.finetune_together`)."""
-    write_config(Path(config.out), config)
     members = [member_config(config, k) for k in range(config.ensemble)]
+    if config.resume:  # refused before the ensemble's config.yaml is rewritten
+        for member in members:
+            check_epochs_left(Path(member.out), member)
+    write_config(Path(config.out), config)
     if config.members_together and run_together is not None:
         pending = [m for m in members if not _finished(m)]
         main_print(f"ensemble: {len(pending)} of {len(members)} members trained together")

@@ -16,8 +16,10 @@ claimed before anything is written:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -230,10 +232,21 @@ def config_differences(
 
 
 def _has_results(out: Path) -> bool:
-    """Whether a run folder holds anything of value: a checkpoint, a model, metrics, members."""
-    return any((out / "checkpoints").glob("*.ckpt")) or any(
-        (out / name).exists() for name in ("model.pt", "metrics.json", "members")
-    )
+    """Whether a run folder holds anything of value: a checkpoint, a model, metrics, a member
+    that holds any of these, or a history of trained epochs (runs trained together keep no
+    checkpoints)."""
+    if any((out / "checkpoints").glob("*.ckpt")) or any(
+        (out / name).exists() for name in ("model.pt", "metrics.json")
+    ):
+        return True
+    members = out / "members"
+    if members.is_dir() and any(_has_results(m) for m in members.iterdir() if m.is_dir()):
+        return True
+    try:
+        with open(out / "history.csv") as handle:
+            return len(list(itertools.islice(handle, 2))) > 1  # a header and an epoch
+    except OSError:
+        return False
 
 
 def epochs_done(checkpoint: Path) -> int | None:
@@ -247,7 +260,7 @@ def epochs_done(checkpoint: Path) -> int | None:
         return None
 
 
-def _check_epochs_left(out: Path, config: Any) -> None:
+def check_epochs_left(out: Path, config: Any) -> None:
     """Refuse to resume a run with fewer ``epochs`` than its last checkpoint has trained."""
     epochs = getattr(config, "epochs", None)
     last = out / "checkpoints" / "last.ckpt"
@@ -291,22 +304,29 @@ def check_run_folder(
         raise ValueError("give --resume or --overwrite, not both")
     entries = _unknown_entries(out, known)
     ours = _tool_entries(out, known)
+    lost_lock = ""
     if not marked:
+        if ours and not entries:
+            lost_lock = (
+                f" (if it is a crystaltwins run whose lock file was lost, e.g. by a copy without "
+                f"hidden files, `touch {out / LOCK_NAME}` marks it as one again)"
+            )
         entries = sorted({*entries, *(p.name for p in ours)})
         ours = []
     if overwrite:
         if entries:
             raise ValueError(
                 f"{out}: --overwrite removes only crystaltwins' own files, and this folder also "
-                f"holds {_shown(entries)}; nothing was changed; give a new or empty folder"
+                f"holds {_shown(entries)}{lost_lock}; nothing was changed; give a new or empty "
+                "folder"
             )
         _remove(ours)
         return
     if resume or continues:
         if entries and not ours:
             raise ValueError(
-                f"{out}: holds files crystaltwins did not write ({_shown(entries)}) and no earlier "
-                "run to continue; nothing was changed; give a new or empty folder"
+                f"{out}: holds files crystaltwins did not write ({_shown(entries)}){lost_lock} and "
+                "no earlier run to continue; nothing was changed; give a new or empty folder"
             )
         if resume and not continues:
             differences = config_differences(out, config)
@@ -316,13 +336,17 @@ def check_run_folder(
                     f"with other settings ({'; '.join(differences)}); nothing was changed; "
                     "use another --out, or --overwrite to replace that run"
                 )
-            _check_epochs_left(out, config)
+            check_epochs_left(out, config)
         return
     if ours and not entries and known is RUN_FILES and not _has_results(out):
         _remove(ours)  # an earlier attempt that stopped before its first epoch: nothing to keep
         return
     if entries or ours:
-        what = "an earlier run" if ours else f"files crystaltwins did not write ({_shown(entries)})"
+        what = (
+            "an earlier run"
+            if ours
+            else f"files crystaltwins did not write ({_shown(entries)}){lost_lock}"
+        )
         hint = (
             "--resume continues it, --overwrite replaces it"
             if ours and not entries
@@ -391,21 +415,26 @@ def claimed_run_folder(
     try:
         yield Path(out)
     except Exception:
+        removed = created and known is RUN_FILES and _empty_failed_start(Path(out))
         lock.release()
-        if created and known is RUN_FILES:
-            _remove_failed_start(Path(out))
+        if removed:  # the lock file last, once released: nothing else was left
+            (Path(out) / LOCK_NAME).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                Path(out).rmdir()
         raise
     finally:
         lock.release()
 
 
-def _remove_failed_start(out: Path) -> None:
-    """Remove the folder a run created and that holds nothing of value (it failed before its
-    first checkpoint: a wrong model name, unusable data, ...), so a typo leaves no folder behind.
-    Anything else in it (results, a file put there meanwhile) keeps the whole folder."""
+def _empty_failed_start(out: Path) -> bool:
+    """Empty the folder a run created when it holds nothing of value (the run failed before its
+    first epoch: a wrong model name, unusable data, ...), so that a typo leaves no folder behind;
+    called holding the folder's lock, which stays. Anything else in it (results, a file put there
+    meanwhile) keeps the whole folder. Returns whether it was emptied."""
     if _has_results(out) or _unknown_entries(out, RUN_FILES):
-        return
-    shutil.rmtree(out, ignore_errors=True)
+        return False
+    _remove(_tool_entries(out, RUN_FILES))
+    return True
 
 
 def claimed_folder_of(config: Any, main_process: bool = True) -> Any:
