@@ -22,6 +22,7 @@ from crystaltwins.models import cgcnn
 from crystaltwins.models.cgcnn import CGCNNEncoder
 from crystaltwins.models.checkpoint import ModelBundle, load_model, save_model
 from crystaltwins.models.heads import PropertyHead
+from crystaltwins.training.run_folder import LOCK_NAME
 
 ATOM_FEA_LEN, H_FEA_LEN = 16, 32
 
@@ -390,6 +391,7 @@ def test_malicious_resume_checkpoint_is_one_line(data_dir, cache_root, tmp_path,
     run = tmp_path / "run"
     last = run / "checkpoints" / "last.ckpt"
     _write_malicious("lightning checkpoint", last, marker)
+    (run / LOCK_NAME).touch()  # a run folder, as a run leaves it
     code = main(
         ["finetune", str(data_dir / "samples" / "cgcnn_regression"), "--target", "target"]
         + ["--from-scratch", "--out", str(run), "--resume", "--epochs", "1"]
@@ -408,6 +410,7 @@ def test_damaged_resume_checkpoint_is_one_line(damage, data_dir, cache_root, tmp
     run = tmp_path / "run"
     last = run / "checkpoints" / "last.ckpt"
     last.parent.mkdir(parents=True)
+    (run / LOCK_NAME).touch()
     torch.save({"state_dict": {}, "epoch": 0}, last)
     if damage == "truncated":
         last.write_bytes(last.read_bytes()[:100])
@@ -427,6 +430,7 @@ def test_resume_checkpoint_of_another_model_is_one_line(data_dir, cache_root, tm
     run = tmp_path / "run"
     last = run / "checkpoints" / "last.ckpt"
     last.parent.mkdir(parents=True)
+    (run / LOCK_NAME).touch()
     wrong = {"encoder.embedding.weight": torch.zeros(12000, 92)}
     entries = ["pytorch-lightning_version", "epoch", "global_step", "loops", "optimizer_states"]
     checkpoint = {key: None for key in [*entries, "lr_schedulers", "callbacks"]}
