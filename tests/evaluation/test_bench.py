@@ -39,6 +39,7 @@ def test_bench_smoke_runs_resumes_and_reports(perovskite_subset, tmp_path, capsy
     assert len(excluded) == 100  # the whole 20% test split of the smoke subset's 500 crystals
     report = (out / "results.md").read_text()
     assert report.count("| perovskites |") == 1
+    assert report.count(" (1 run) |") == 2 and "± 0.0000" not in report  # one seed: no spread
     assert report.startswith("# Pipeline check (smoke preset): these numbers mean nothing")
     # only the first 500 rows of the data were used, and only they got a graph cache
     caches = [json.loads(p.read_text()) for p in cache_root.glob("*/manifest.json")]

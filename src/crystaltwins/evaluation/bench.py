@@ -646,6 +646,13 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
 
 
+def _mean_cell(stats: dict[str, Any]) -> str:
+    """``mean ± std`` of a results cell, or ``mean (1 run)`` when one value has no spread."""
+    if len(stats.get("values", [])) == 1:
+        return f"{stats['mean']:.4f} (1 run)"
+    return f"{stats['mean']:.4f} ± {stats['std']:.4f}"
+
+
 def summarize(results: dict[str, Any]) -> str:
     """``results.md``: the table of test MAEs, ours beside the paper's (and, with several
     encoders, :func:`encoders_md`)."""
@@ -681,7 +688,7 @@ def summarize(results: dict[str, Any]) -> str:
         gain = row["improvement_percent"]
         pg = row.get("paper_improvement_percent")
         lines.append(
-            f"| {row['task']} | {row['unit']} | {row['sizes']} | {s['mean']:.4f} ± {s['std']:.4f} | {c['mean']:.4f} ± {c['std']:.4f} | "
+            f"| {row['task']} | {row['unit']} | {row['sizes']} | {_mean_cell(s)} | {_mean_cell(c)} | "
             f"{gain:+.1f}% | {paper_scratch or '–'} | {paper_ct or '–'} | {f'{pg:+.1f}%' if pg is not None else '–'} | {row['note']} |"
         )
     leaderboard = [
@@ -730,7 +737,7 @@ def encoders_md(results: dict[str, Any]) -> str:
     ]
 
     def cell(stats: dict[str, Any] | None) -> str:
-        return f"{stats['mean']:.4f} ± {stats['std']:.4f}" if stats else "–"
+        return _mean_cell(stats) if stats else "–"
 
     for row in results["tasks"]:
         cells = [row["task"], row["unit"]]
