@@ -21,8 +21,6 @@ Run (nothing else heavy on the machine)::
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
 import itertools
 import statistics
 import sys
@@ -35,6 +33,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data import add_data_arguments  # noqa: E402
+from bench_finetune_epoch import subset_csv  # noqa: E402
 
 from crystaltwins.data.cache import GraphCache, build_graph_cache  # noqa: E402
 from crystaltwins.data.dataset import CrystalGraphDataset  # noqa: E402
@@ -98,14 +97,8 @@ def main() -> None:
     torch.manual_seed(0)
     featurizer = AtomFeaturizer.builtin()
     with tempfile.TemporaryDirectory() as tmp:
-        subset = Path(tmp) / "perovskites.csv.gz"
-        csv.field_size_limit(2**31 - 1)
         source = Path(args.data_root) / "perovskites.csv.gz"
-        with gzip.open(source, "rt", newline="") as src, gzip.open(subset, "wt", newline="") as dst:
-            writer = csv.writer(dst)
-            writer.writerow(["id", "cif", "y"])
-            for row in itertools.islice(csv.DictReader(src), args.crystals):
-                writer.writerow([row["id"], row["cif"], row["e_form"]])
+        subset = subset_csv(source, "e_form", args.crystals, Path(tmp) / "perovskites.csv.gz")
         build_graph_cache(subset, Path(tmp) / "cache", progress=False, workers=1)
         cache = GraphCache(Path(tmp) / "cache")
         encoder = new_encoder(featurizer, cache.settings)
