@@ -10,7 +10,7 @@ beforehand, then profiles ``--steps`` steps with ``torch.profiler`` and prints
 * the operators by self CPU time per step, the fused kernel's forward and backward named
   (``FusedGatedConvolution``), with their share of the step;
 * the step's arithmetic (multiply-adds of the linear maps and the per-edge work) and the bytes the
-  kernel writes and reads back, against this machine's measured float32 matrix-product rate and
+  kernel keeps for its backward, against this machine's measured float32 matrix-product rate and
   memory copy bandwidth: how far the step is from what the hardware allows.
 
 Run (nothing else heavy on the machine)::
@@ -79,7 +79,9 @@ def step_arithmetic(
     # per convolution: W_i h and W_j h per atom (2 x (A x 2A)); the sparse band features' map per
     # edge (bands x 2A); the gate and the sum per edge (a few per channel)
     forward += n_conv * (2 * n * a * 2 * a + e * bands * 2 * a + e * 4 * a)
-    stored = n_conv * e * (2 * a + 3 * a) * 4  # x (E, 2A) + gate, core, slope (E, A) float32
+    # the kernel keeps nothing per edge between forward and backward (it recomputes the edges:
+    # the backward's edge work is about the forward's again), only per-atom sums (N, 4A) float32
+    stored = n_conv * n * 4 * a * 4
     return 3 * forward, 2 * stored
 
 

@@ -28,7 +28,7 @@ def fresh_library(monkeypatch, tmp_path):
     fused_cgconv.load_library.cache_clear()
 
 
-def sorted_banded_graph(n_atoms=30, edges_per_atom=12, seed=3, empty=(0, 10, 29)):
+def sorted_banded_graph(n_atoms=30, edges_per_atom=12, seed=3, empty=(0, 10, 29), features=16):
     """Edges grouped by centre (as the data pipeline makes them), some atoms without edges."""
     gen = torch.Generator().manual_seed(seed)
     centres = [i for i in range(n_atoms) if i not in empty]
@@ -37,7 +37,7 @@ def sorted_banded_graph(n_atoms=30, edges_per_atom=12, seed=3, empty=(0, 10, 29)
     dist = 0.5 + 7.5 * torch.rand(centre.numel(), generator=gen)
     gaussian = GaussianExpansion()
     edge_index = torch.stack((centre, neighbour))
-    atom_fea = torch.randn(n_atoms, 16, generator=gen) * 2.0 + 1.0
+    atom_fea = torch.randn(n_atoms, features, generator=gen) * 2.0 + 1.0
     return atom_fea, gaussian(dist), edge_index, gaussian.banded(dist)
 
 
@@ -63,14 +63,15 @@ def assert_close_to_max(actual, expected, tol, msg=""):
 @needs_kernel
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("bias_shift", [0.0, 50.0])
-def test_fused_matches_naive_training(monkeypatch, threads, bias_shift):
+@pytest.mark.parametrize("features", [16, 24])  # 2A = 48: the kernel's 32-channel blocks and a rest
+def test_fused_matches_naive_training(monkeypatch, threads, bias_shift, features):
     """Outputs, gradients and running statistics as CGCNN's code computes them in float64."""
-    ours, naive = pair()
+    ours, naive = pair(a=features)
     naive = naive.double()
     with torch.no_grad():
         ours.fc_full.bias.add_(bias_shift)
         naive.fc_full.bias.add_(bias_shift)
-    atom_fea, edge_fea, edge_index, band = sorted_banded_graph()
+    atom_fea, edge_fea, edge_index, band = sorted_banded_graph(features=features)
     calls = count_fused_calls(monkeypatch)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)

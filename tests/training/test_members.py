@@ -155,9 +155,12 @@ def test_together_equals_alone(cache, featurizer, dtype, rtol, val_rtol):
     itself ~1e-3 from its float64 result (running statistics folded into the edge tables)."""
     members = _members(cache, featurizer, dtype)
     alone = [_alone(copy.deepcopy(m), dtype) for m in members]
+    exact = [None] * len(members)
+    if dtype == torch.float32:  # each member's float64 run: where float32 rounding alone takes it
+        exact = [_alone(m, torch.float64) for m in _members(cache, featurizer, torch.float64)]
     results = train_together(members, EPOCHS, BATCH, dtype=dtype)
-    for member, result, (history, best_state, best_epoch) in zip(
-        members, results, alone, strict=True
+    for member, result, (history, best_state, best_epoch), reference in zip(
+        members, results, alone, exact, strict=True
     ):
         for got, want in zip(result.history, history, strict=True):
             for name, value in want.items():
@@ -182,7 +185,15 @@ def test_together_equals_alone(cache, featurizer, dtype, rtol, val_rtol):
             assert got.dtype == want.dtype, name
             if want.is_floating_point():
                 scale = float(want.abs().max()) or 1.0
-                assert float((got - want).abs().max()) <= 10 * rtol * scale, name
+                allowed = torch.full_like(want, 10 * rtol * scale, dtype=torch.float64)
+                if reference is not None and reference[2] == best_epoch:
+                    # float32: besides the floor, as far from the float64 run as the single
+                    # path is itself (Adam turns a near-zero gradient's rounding into steps of
+                    # the learning rate, in either path: a BatchNorm bias channel at times)
+                    own_error = (want.double() - reference[1][name]).abs()
+                    allowed = torch.maximum(allowed, 2 * own_error)
+                deviation = (got.double() - want.double()).abs()
+                assert bool((deviation <= allowed).all()), (name, float(deviation.max()))
             else:
                 assert torch.equal(got, want), name  # num_batches_tracked
     # the members did learn and differ (not a comparison of untouched copies)

@@ -3,8 +3,9 @@
 In training, a convolution's per-edge work (the split ``fc_full`` map, the edge BatchNorm with
 batch statistics, the sigmoid × softplus gate and the sum over each atom's edges, and all their
 gradients) is memory-bound when done as separate PyTorch operations: every operation reads and
-writes ``(E, 2A)`` tensors again. ``csrc/cgconv_fused.cpp`` does it in 3 passes over the edges
-forward and 2 backward, parallel over atoms with OpenMP.
+writes ``(E, 2A)`` tensors again. ``csrc/cgconv_fused.cpp`` does it in 2 passes over the edges
+forward and 1 backward, parallel over atoms with OpenMP, and stores nothing per edge in between
+(the backward recomputes each edge's value and gate from the ``(N, 2A)`` inputs).
 
 The C++ source ships with the package and is compiled on first use with the system's C++
 compiler (``$CXX``, else ``c++``) into ``$CRYSTALTWINS_CACHE/kernels`` (default
@@ -37,7 +38,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 SOURCE = Path(__file__).with_name("csrc") / "cgconv_fused.cpp"
-ABI_VERSION = 2
+ABI_VERSION = 3
 ENV_SWITCH = "CRYSTALTWINS_FUSED_KERNELS"
 
 _I64 = ctypes.c_int64
@@ -149,10 +150,10 @@ def load_library() -> ctypes.CDLL | None:
         return None
     lib.ct_cgconv_forward.restype = None
     lib.ct_cgconv_forward.argtypes = (
-        [_I64] * 4 + [_PTR] * 9 + [ctypes.c_float] + [_PTR] * 7 + [ctypes.c_int]
+        [_I64] * 4 + [_PTR] * 9 + [ctypes.c_float] + [_PTR] * 4 + [ctypes.c_int]
     )
     lib.ct_cgconv_backward.restype = None
-    lib.ct_cgconv_backward.argtypes = [_I64] * 5 + [_PTR] * 17 + [ctypes.c_int]
+    lib.ct_cgconv_backward.argtypes = [_I64] * 5 + [_PTR] * 19 + [ctypes.c_int]
     return lib
 
 
@@ -273,21 +274,20 @@ class FusedGatedConvolution(torch.autograd.Function):
         n, c2 = h_i.shape
         c = c2 // 2
         e, width = index.shape
-        x = h_i.new_empty(e, c2)
-        gate, core, core_slope = (h_i.new_empty(e, c) for _ in range(3))
         summed = h_i.new_empty(n, c)
         mean, var = h_i.new_empty(c2), h_i.new_empty(c2)
+        atom_sums = h_i.new_empty(n, 2 * c2)  # the backward's BatchNorm sums, per atom
         lib.ct_cgconv_forward(
             n, e, c, width,
             _ptr(h_i), _ptr(h_j), _ptr(w_ut), _ptr(index), _ptr(value), _ptr(neighbour),
             _ptr(centre_offsets), _ptr(gamma), _ptr(beta), float(eps),
-            _ptr(x), _ptr(gate), _ptr(core), _ptr(core_slope), _ptr(summed), _ptr(mean), _ptr(var),
-            torch.get_num_threads(),
+            _ptr(summed), _ptr(mean), _ptr(var), _ptr(atom_sums), torch.get_num_threads(),
         )  # fmt: skip
         inv_std = torch.rsqrt(var + eps)
         ctx.save_for_backward(
-            x, gate, core, core_slope, gamma, inv_std, index, value, neighbour, centre_offsets
-        )
+            h_i, h_j, w_ut, gamma, beta, mean.clone(), inv_std, atom_sums,
+            index, value, neighbour, centre_offsets,
+        )  # fmt: skip
         ctx.num_features = w_ut.shape[0]
         ctx.mark_non_differentiable(mean, var)
         return summed, mean, var
@@ -298,23 +298,22 @@ class FusedGatedConvolution(torch.autograd.Function):
         ctx: Any, grad_summed: Tensor, _grad_mean: Any, _grad_var: Any
     ) -> tuple[Tensor | None, ...]:
         lib = load_library()
-        x, gate, core, core_slope, gamma, inv_std, index, value, neighbour, offsets = (
-            ctx.saved_tensors
-        )
+        (h_i, h_j, w_ut, gamma, beta, mean, inv_std, atom_sums, index, value, neighbour,
+         offsets) = ctx.saved_tensors  # fmt: skip
         grad = grad_summed.contiguous()
         n, c = grad.shape
         e, width = index.shape
         k = ctx.num_features
         threads = torch.get_num_threads()
-        grad_h_i, grad_h_j = x.new_empty(n, 2 * c), x.new_empty(n, 2 * c)
-        grad_w_ut = x.new_empty(k, 2 * c)
-        grad_gamma, grad_beta = x.new_empty(2 * c), x.new_empty(2 * c)
-        scratch = x.new_empty(threads * (n + k) * 2 * c)
+        grad_h_i, grad_h_j = h_i.new_empty(n, 2 * c), h_i.new_empty(n, 2 * c)
+        grad_w_ut = h_i.new_empty(k, 2 * c)
+        grad_gamma, grad_beta = h_i.new_empty(2 * c), h_i.new_empty(2 * c)
+        scratch = h_i.new_empty(threads * (n + k) * 2 * c)
         lib.ct_cgconv_backward(
             n, e, c, k, width,
-            _ptr(grad), _ptr(x), _ptr(gate), _ptr(core), _ptr(core_slope), _ptr(gamma),
-            _ptr(inv_std), _ptr(index), _ptr(value), _ptr(neighbour), _ptr(offsets),
-            _ptr(grad_h_i), _ptr(grad_h_j), _ptr(grad_w_ut), _ptr(grad_gamma), _ptr(grad_beta),
-            _ptr(scratch), threads,
+            _ptr(grad), _ptr(h_i), _ptr(h_j), _ptr(w_ut), _ptr(gamma), _ptr(beta), _ptr(mean),
+            _ptr(inv_std), _ptr(atom_sums), _ptr(index), _ptr(value), _ptr(neighbour),
+            _ptr(offsets), _ptr(grad_h_i), _ptr(grad_h_j), _ptr(grad_w_ut), _ptr(grad_gamma),
+            _ptr(grad_beta), _ptr(scratch), threads,
         )  # fmt: skip
         return grad_h_i, grad_h_j, grad_w_ut.t(), grad_gamma, grad_beta, None, None, None, None

@@ -7,6 +7,12 @@
 //   out_i = sum_{e: centre i} sigmoid(f_e) * softplus(c_e)                    (C channels)
 // and the exact gradient of out with respect to h_i, h_j, w_uT, gamma and beta.
 //
+// Nothing per edge is kept between forward and backward: z costs ~W + 2 loads of 2C floats from
+// small, cache-resident arrays, so recomputing it (and the gate) is cheaper than writing and
+// reading back 5C floats per edge. The forward makes two passes over the edges (statistics;
+// gate and sums), the backward one (its BatchNorm sums come from per-atom sums the forward
+// leaves).
+//
 // Edges must be grouped by centre atom (ptr[i] .. ptr[i + 1] are the edges of atom i), so
 // per-atom sums need no atomics. Reductions use per-thread partial sums combined in thread
 // order: results depend on the thread count only through float rounding. Work is split by the
@@ -26,31 +32,61 @@ namespace {
 
 constexpr float kSoftplusThreshold = 20.0f;  // torch.nn.functional.softplus's default
 
+// 16 floats as one value (GCC/Clang vector extension): one AVX-512 register, two AVX ones, four
+// NEON ones. Loaded and stored with memcpy (no alignment needed).
+typedef float Lanes __attribute__((vector_size(64)));
+constexpr int64_t kLanes = 16;
+
+inline Lanes load(const float* p) {
+  Lanes v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+inline void store(float* p, Lanes v) { std::memcpy(p, &v, sizeof(v)); }
+
+// z (2C) of edge e with centre i. Channels in blocks of 16 held in registers across the band.
 inline void raw_edge(int64_t e, int64_t i, int64_t c2, int64_t w, const float* h_i,
                      const float* h_j, const float* w_ut, const int64_t* band_index,
                      const float* band_value, const int64_t* neighbour, float* z) {
   const float* a = h_i + i * c2;
   const float* b = h_j + neighbour[e] * c2;
-#pragma omp simd
-  for (int64_t k = 0; k < c2; ++k) z[k] = a[k] + b[k];
-  for (int64_t t = 0; t < w; ++t) {
-    const float v = band_value[e * w + t];
-    const float* r = w_ut + band_index[e * w + t] * c2;
-#pragma omp simd
-    for (int64_t k = 0; k < c2; ++k) z[k] += v * r[k];
+  const int64_t* index = band_index + e * w;
+  const float* value = band_value + e * w;
+  int64_t k0 = 0;
+  for (; k0 + 2 * kLanes <= c2; k0 += 2 * kLanes) {
+    Lanes acc0 = load(a + k0) + load(b + k0);
+    Lanes acc1 = load(a + k0 + kLanes) + load(b + k0 + kLanes);
+    for (int64_t t = 0; t < w; ++t) {
+      const float* r = w_ut + index[t] * c2 + k0;
+      acc0 += value[t] * load(r);
+      acc1 += value[t] * load(r + kLanes);
+    }
+    store(z + k0, acc0);
+    store(z + k0 + kLanes, acc1);
+  }
+  for (; k0 < c2; ++k0) {
+    float acc = a[k0] + b[k0];
+    for (int64_t t = 0; t < w; ++t) acc += value[t] * w_ut[index[t] * c2 + k0];
+    z[k0] = acc;
   }
 }
 
-// dL/dy of one edge, y = [f | c] (2C), from dL/dout of its centre atom (C): the gradient of
-// sigmoid(f) * softplus(c) given the saved gate = sigmoid(f), core = softplus(c) and
-// core_slope = sigmoid(c).
-inline void gate_grad(const float* grad_out, const float* gate, const float* core,
-                      const float* core_slope, int64_t c, float* grad_y) {
-#pragma omp simd
-  for (int64_t k = 0; k < c; ++k) {
-    grad_y[k] = grad_out[k] * core[k] * gate[k] * (1.0f - gate[k]);
-    grad_y[c + k] = grad_out[k] * gate[k] * core_slope[k];
-  }
+// The activations of one edge from its raw value z (2C channels) with the BatchNorm folded into
+// scale/shift: gate = sigmoid(f), core = softplus(c), core_slope = sigmoid(c), and x, the
+// normalised value (z - mean) * inv_std, in place of z.
+struct EdgeActivation {
+  float gate, core, core_slope, x_f, x_c;
+};
+
+inline EdgeActivation activate(float zf, float zc, float mf, float mc, float isf, float isc,
+                               float scf, float scc, float shf, float shc) {
+  const float f = zf * scf + shf;
+  const float cc = zc * scc + shc;
+  const float sig = 1.0f / (1.0f + std::exp(std::min(-f, 80.0f)));
+  const float ec = std::exp(std::min(cc, kSoftplusThreshold));
+  const float sp = cc > kSoftplusThreshold ? cc : std::log(1.0f + ec);
+  return {sig, sp, ec / (1.0f + ec), (zf - mf) * isf, (zc - mc) * isc};
 }
 
 // Static partition of [0, n) for thread t of nt.
@@ -74,23 +110,31 @@ inline void atom_chunk(int64_t n, const int64_t* ptr, int t, int nt, int64_t* lo
 
 extern "C" {
 
-int ct_cgconv_abi_version() { return 2; }
+int ct_cgconv_abi_version() { return 3; }
 
-// Forward. Writes x (E, 2C), gate = sigmoid(f) (E, C), core = softplus(c) (E, C),
-// core_slope = sigmoid(c) (E, C), out (N, C), mean and var (2C, biased).
+// Forward. Writes out (N, C), mean and var (2C, biased), and atom_sums (N, 4C): per atom the sums
+// over its edges of  gate (1 - gate) core,  gate (1 - gate) core x_f,  gate core_slope  and
+// gate core_slope x_c  (x: the normalised edge value), all the backward's BatchNorm sums need
+// besides dL/dout. Nothing per edge is stored: the backward recomputes the edges (two passes
+// over the edges here, one there, instead of writing and reading back 5C floats per edge).
 void ct_cgconv_forward(int64_t n, int64_t e, int64_t c, int64_t w, const float* h_i,
                        const float* h_j, const float* w_ut, const int64_t* band_index,
                        const float* band_value, const int64_t* neighbour, const int64_t* ptr,
-                       const float* gamma, const float* beta, float eps, float* x, float* gate,
-                       float* core, float* core_slope, float* out, float* mean_out,
-                       float* var_out, int nthreads) {
+                       const float* gamma, const float* beta, float eps, float* out,
+                       float* mean_out, float* var_out, float* atom_sums, int nthreads) {
   const int64_t c2 = 2 * c;
   const int nt = std::max(1, nthreads);
-  std::vector<double> partial(static_cast<size_t>(nt) * c2, 0.0);
+  std::vector<double> partial(static_cast<size_t>(nt) * 2 * c2, 0.0);
   std::vector<float> mean(c2), inv_std(c2), scale(c2), shift(c2);
   int team = 1;  // OpenMP may run fewer threads than asked (OMP_DYNAMIC, OMP_THREAD_LIMIT, ...)
 
-  // 1. raw edge values into x, and their per-channel sums
+  // 1. per-channel sums of the raw edge values and of their squares, shifted by the first
+  //    edge's value (so that a large common offset does not cost precision)
+  std::vector<float> origin(c2, 0.0f);
+  if (e > 0) {
+    const int64_t first = std::upper_bound(ptr, ptr + n + 1, int64_t{0}) - ptr - 1;
+    raw_edge(0, first, c2, w, h_i, h_j, w_ut, band_index, band_value, neighbour, origin.data());
+  }
 #pragma omp parallel num_threads(nt)
   {
     const int t = omp_get_thread_num(), tn = omp_get_num_threads();
@@ -98,82 +142,66 @@ void ct_cgconv_forward(int64_t n, int64_t e, int64_t c, int64_t w, const float* 
     team = tn;
     int64_t lo, hi;
     atom_chunk(n, ptr, t, tn, &lo, &hi);
-    double* s = partial.data() + t * c2;
+    double* s = partial.data() + t * 2 * c2;
+    double* q = s + c2;
+    const float* o = origin.data();
+    std::vector<float> buffer(c2);
+    float* z = buffer.data();
     for (int64_t i = lo; i < hi; ++i) {
       for (int64_t ed = ptr[i]; ed < ptr[i + 1]; ++ed) {
-        float* z = x + ed * c2;
         raw_edge(ed, i, c2, w, h_i, h_j, w_ut, band_index, band_value, neighbour, z);
 #pragma omp simd
-        for (int64_t k = 0; k < c2; ++k) s[k] += z[k];
+        for (int64_t k = 0; k < c2; ++k) {
+          const double d = static_cast<double>(z[k] - o[k]);
+          s[k] += d;
+          q[k] += d * d;
+        }
       }
     }
   }
   for (int64_t k = 0; k < c2; ++k) {
-    double total = 0.0;
-    for (int t = 0; t < team; ++t) total += partial[t * c2 + k];
-    mean[k] = static_cast<float>(total / static_cast<double>(e));
-  }
-
-  // 2. biased variance, two-pass as BatchNorm computes it
-  std::fill(partial.begin(), partial.end(), 0.0);
-#pragma omp parallel num_threads(nt)
-  {
-    const int t = omp_get_thread_num(), tn = omp_get_num_threads();
-#pragma omp single
-    team = tn;
-    int64_t lo, hi;
-    chunk(e, t, tn, &lo, &hi);
-    double* s = partial.data() + t * c2;
-    const float* m = mean.data();
-    for (int64_t ed = lo; ed < hi; ++ed) {
-      const float* z = x + ed * c2;
-#pragma omp simd
-      for (int64_t k = 0; k < c2; ++k) {
-        const float d = z[k] - m[k];
-        s[k] += static_cast<double>(d) * d;
-      }
+    double total = 0.0, total_sq = 0.0;
+    for (int t = 0; t < team; ++t) {
+      total += partial[t * 2 * c2 + k];
+      total_sq += partial[t * 2 * c2 + c2 + k];
     }
-  }
-  for (int64_t k = 0; k < c2; ++k) {
-    double total = 0.0;
-    for (int t = 0; t < team; ++t) total += partial[t * c2 + k];
-    const float var = static_cast<float>(total / static_cast<double>(e));
+    const double shifted_mean = total / static_cast<double>(e);
+    const double var = std::max(0.0, total_sq / static_cast<double>(e) - shifted_mean * shifted_mean);
+    mean[k] = static_cast<float>(origin[k] + shifted_mean);
     mean_out[k] = mean[k];
-    var_out[k] = var;
-    inv_std[k] = 1.0f / std::sqrt(var + eps);
+    var_out[k] = static_cast<float>(var);
+    inv_std[k] = 1.0f / std::sqrt(var_out[k] + eps);
     scale[k] = gamma[k] * inv_std[k];
     shift[k] = beta[k] - mean[k] * scale[k];
   }
 
-  // 3. normalise, gate, and sum over each atom's edges
+  // 2. normalise, gate, sum over each atom's edges, and the backward's per-atom sums
 #pragma omp parallel num_threads(nt)
   {
     const int t = omp_get_thread_num(), tn = omp_get_num_threads();
     int64_t lo, hi;
     atom_chunk(n, ptr, t, tn, &lo, &hi);
     const float *m = mean.data(), *is = inv_std.data(), *sc = scale.data(), *sh = shift.data();
+    std::vector<float> buffer(c2);
+    float* z = buffer.data();
     for (int64_t i = lo; i < hi; ++i) {
       float* o = out + i * c;
+      float* p = atom_sums + i * 4 * c;  // [gate' core | gate' core x_f | gate slope | ... x_c]
       std::memset(o, 0, sizeof(float) * c);
+      std::memset(p, 0, sizeof(float) * 4 * c);
       for (int64_t ed = ptr[i]; ed < ptr[i + 1]; ++ed) {
-        float* xe = x + ed * c2;
-        float* g = gate + ed * c;
-        float* co = core + ed * c;
-        float* cs = core_slope + ed * c;
+        raw_edge(ed, i, c2, w, h_i, h_j, w_ut, band_index, band_value, neighbour, z);
 #pragma omp simd
         for (int64_t k = 0; k < c; ++k) {
-          const float zf = xe[k], zc = xe[c + k];
-          xe[k] = (zf - m[k]) * is[k];
-          xe[c + k] = (zc - m[c + k]) * is[c + k];
-          const float f = zf * sc[k] + sh[k];
-          const float cc = zc * sc[c + k] + sh[c + k];
-          const float sig = 1.0f / (1.0f + std::exp(std::min(-f, 80.0f)));
-          const float ec = std::exp(std::min(cc, kSoftplusThreshold));
-          const float sp = cc > kSoftplusThreshold ? cc : std::log1p(ec);
-          g[k] = sig;
-          co[k] = sp;
-          cs[k] = ec / (1.0f + ec);
-          o[k] += sig * sp;
+          const EdgeActivation a = activate(z[k], z[c + k], m[k], m[c + k], is[k], is[c + k],
+                                            sc[k], sc[c + k], sh[k], sh[c + k]);
+          o[k] += a.gate * a.core;
+          const float df = a.gate * (1.0f - a.gate) * a.core;
+          const float dc = a.gate * a.core_slope;
+          p[k] += df;
+          p[c + k] += df * a.x_f;
+          p[2 * c + k] += dc;
+          p[3 * c + k] += dc * a.x_c;
         }
       }
     }
@@ -182,10 +210,12 @@ void ct_cgconv_forward(int64_t n, int64_t e, int64_t c, int64_t w, const float* 
 
 // Backward of ct_cgconv_forward given grad_out (N, C). Writes grad_h_i, grad_h_j (N, 2C),
 // grad_w_ut (K, 2C), grad_gamma, grad_beta (2C). scratch: nthreads * (N + K) * 2C floats.
+// mean and inv_std (2C) are the forward's batch statistics, atom_sums its per-atom sums.
 void ct_cgconv_backward(int64_t n, int64_t e, int64_t c, int64_t k_features, int64_t w,
-                        const float* grad_out, const float* x, const float* gate,
-                        const float* core, const float* core_slope, const float* gamma,
-                        const float* inv_std, const int64_t* band_index, const float* band_value,
+                        const float* grad_out, const float* h_i, const float* h_j,
+                        const float* w_ut, const float* gamma, const float* beta,
+                        const float* mean, const float* inv_std, const float* atom_sums,
+                        const int64_t* band_index, const float* band_value,
                         const int64_t* neighbour, const int64_t* ptr, float* grad_h_i,
                         float* grad_h_j, float* grad_w_ut, float* grad_gamma, float* grad_beta,
                         float* scratch, int nthreads) {
@@ -194,31 +224,30 @@ void ct_cgconv_backward(int64_t n, int64_t e, int64_t c, int64_t k_features, int
   std::vector<double> partial(static_cast<size_t>(nt) * 2 * c2, 0.0);
   int team = 1;
 
-  // 1. per-channel sums of g = dL/dy and of g * x
+  // 1. per-channel sums over the edges of g = dL/dy and of g x: per atom, dL/dout times the
+  //    forward's sums (g of an edge is dL/dout of its centre times a factor of the edge)
 #pragma omp parallel num_threads(nt)
   {
     const int t = omp_get_thread_num(), tn = omp_get_num_threads();
 #pragma omp single
     team = tn;
     int64_t lo, hi;
-    atom_chunk(n, ptr, t, tn, &lo, &hi);
+    chunk(n, t, tn, &lo, &hi);
     double* sg = partial.data() + t * 2 * c2;
     double* sgx = sg + c2;
-    std::vector<float> grad_y(c2);
-    float* gy = grad_y.data();
     for (int64_t i = lo; i < hi; ++i) {
-      for (int64_t ed = ptr[i]; ed < ptr[i + 1]; ++ed) {
-        gate_grad(grad_out + i * c, gate + ed * c, core + ed * c, core_slope + ed * c, c, gy);
-        const float* xe = x + ed * c2;
+      const float* go = grad_out + i * c;
+      const float* p = atom_sums + i * 4 * c;
 #pragma omp simd
-        for (int64_t k = 0; k < c2; ++k) {
-          sg[k] += gy[k];
-          sgx[k] += static_cast<double>(gy[k]) * xe[k];
-        }
+      for (int64_t k = 0; k < c; ++k) {
+        sg[k] += static_cast<double>(go[k]) * p[k];
+        sgx[k] += static_cast<double>(go[k]) * p[c + k];
+        sg[c + k] += static_cast<double>(go[k]) * p[2 * c + k];
+        sgx[c + k] += static_cast<double>(go[k]) * p[3 * c + k];
       }
     }
   }
-  std::vector<float> scale(c2), mean_g(c2), mean_gx(c2);
+  std::vector<float> scale(c2), shift(c2), mean_g(c2), mean_gx(c2);
   for (int64_t k = 0; k < c2; ++k) {
     double total_g = 0.0, total_gx = 0.0;
     for (int t = 0; t < team; ++t) {
@@ -228,14 +257,15 @@ void ct_cgconv_backward(int64_t n, int64_t e, int64_t c, int64_t k_features, int
     grad_beta[k] = static_cast<float>(total_g);
     grad_gamma[k] = static_cast<float>(total_gx);
     scale[k] = gamma[k] * inv_std[k];
+    shift[k] = beta[k] - mean[k] * scale[k];
     mean_g[k] = static_cast<float>(total_g / static_cast<double>(e));
     mean_gx[k] = static_cast<float>(total_gx / static_cast<double>(e));
   }
 
-  // 2. dz = scale * (g - mean(g) - x * mean(g x)), scattered to the centre, the neighbour
-  //    and the band features of every edge. Each thread sums its neighbour rows in its own
-  //    scratch block, zeroing and combining only the rows its edges reach (crystals are
-  //    contiguous, so that is about its own atom range).
+  // 2. dz = scale * (g - mean(g) - x * mean(g x)) of every edge, recomputed, scattered to the
+  //    centre, the neighbour and the band features of the edge. Each thread sums its neighbour
+  //    rows in its own scratch block, zeroing and combining only the rows its edges reach
+  //    (crystals are contiguous, so that is about its own atom range).
   const int64_t rows = n + k_features;
   std::vector<int64_t> first_row(nt, 0), end_row(nt, 0);
 #pragma omp parallel num_threads(nt)
@@ -255,17 +285,26 @@ void ct_cgconv_backward(int64_t n, int64_t e, int64_t c, int64_t k_features, int
     std::memset(own + nb_lo * c2, 0, sizeof(float) * (nb_hi - nb_lo) * c2);
     float* own_u = own + n * c2;
     std::memset(own_u, 0, sizeof(float) * k_features * c2);
-    const float *sc = scale.data(), *mg = mean_g.data(), *mgx = mean_gx.data();
-    std::vector<float> dz(c2);
-    float* d = dz.data();
+    const float *m = mean, *is = inv_std, *sc = scale.data(), *sh = shift.data();
+    const float *mg = mean_g.data(), *mgx = mean_gx.data();
+    std::vector<float> buffer(2 * c2);
+    float* z = buffer.data();
+    float* d = z + c2;
     for (int64_t i = lo; i < hi; ++i) {
       float* gi = grad_h_i + i * c2;
+      const float* go = grad_out + i * c;
       std::memset(gi, 0, sizeof(float) * c2);
       for (int64_t ed = ptr[i]; ed < ptr[i + 1]; ++ed) {
-        gate_grad(grad_out + i * c, gate + ed * c, core + ed * c, core_slope + ed * c, c, d);
-        const float* xe = x + ed * c2;
+        raw_edge(ed, i, c2, w, h_i, h_j, w_ut, band_index, band_value, neighbour, z);
 #pragma omp simd
-        for (int64_t k = 0; k < c2; ++k) d[k] = sc[k] * (d[k] - mg[k] - xe[k] * mgx[k]);
+        for (int64_t k = 0; k < c; ++k) {
+          const EdgeActivation a = activate(z[k], z[c + k], m[k], m[c + k], is[k], is[c + k],
+                                            sc[k], sc[c + k], sh[k], sh[c + k]);
+          const float gf = go[k] * a.gate * (1.0f - a.gate) * a.core;
+          const float gc = go[k] * a.gate * a.core_slope;
+          d[k] = sc[k] * (gf - mg[k] - a.x_f * mgx[k]);
+          d[c + k] = sc[c + k] * (gc - mg[c + k] - a.x_c * mgx[c + k]);
+        }
         float* gj = own + neighbour[ed] * c2;
 #pragma omp simd
         for (int64_t k = 0; k < c2; ++k) {
