@@ -17,13 +17,17 @@ from crystaltwins.models.heads import PropertyHead
 @pytest.fixture
 def tiny_model(tmp_path: Path) -> Path:
     """A small (untrained) fine-tuned model file on the built-in element features."""
+    return make_tiny_model(tmp_path / "model.pt", "e_form")
+
+
+def make_tiny_model(path: Path, target: str) -> Path:
+    """A small (untrained) model predicting ``target`` at ``path``."""
     featurizer = AtomFeaturizer.builtin()
     torch.manual_seed(0)
     encoder = CGCNNEncoder(torch.tensor(featurizer.table), atom_fea_len=16, n_conv=1, h_fea_len=16)
-    info = {"target_mean": 0.0, "target_std": 1.0, "task": "regression", "targets": ["e_form"]}
+    info = {"target_mean": 0.0, "target_std": 1.0, "task": "regression", "targets": [target]}
     bundle = ModelBundle(
         encoder, PropertyHead(16, 8, 1), "finetuned", featurizer, GraphSettings(), info
     )
-    path = tmp_path / "model.pt"
     save_model(path, bundle)
     return path

@@ -126,6 +126,7 @@ def test_finetune_settings_from_config_and_invalid_labels(perovskite_subset, cac
     assert "2 crystals without a number in 'e_form' are left out" in printed
     listed = list(csv.DictReader((out / "invalid_targets.csv").open()))
     assert [r["id"] for r in listed] == bad_ids
+    assert {(r["e_form"], r["problem"]) for r in listed} == {("", "missing or not a number")}
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["crystals"]["dropped_invalid_target"] == 2
 
@@ -221,3 +222,24 @@ def test_two_process_pretrain_on_cpu_says_things_once(data_dir, cache_root, tmp_
     assert not [line for line in lines if "Warning" in line], lines
     bundle = load_model(out / "model.pt")
     assert bundle.kind == "pretrained"
+
+
+def test_predict_says_where_true_values_come_from(
+    tiny_model, perovskite_subset, data_dir, cache_root, tmp_path
+):
+    """A CGCNN folder calls its label 'target' whatever it is: predict says so beside the true
+    values it fills from it; a named column is named plainly."""
+    from tests.cli.conftest import make_tiny_model
+
+    common = ["--cache-root", str(cache_root), "--device", "cpu"]
+    generic = make_tiny_model(tmp_path / "generic.pt", "target")
+    folder = str(data_dir / "samples" / "cgcnn_regression")
+    code, printed = run("predict", str(generic), folder, "--out", str(tmp_path / "a.csv"), *common)
+    assert code == 0
+    assert "true_value: the input's 'target' column (a generic label name: check" in printed
+    with open(tmp_path / "a.csv", newline="") as handle:
+        assert all(row["true_value"] for row in csv.DictReader(handle))
+    data = str(perovskite_subset)
+    code, printed = run("predict", str(tiny_model), data, "--out", str(tmp_path / "b.csv"), *common)
+    assert code == 0
+    assert "true_value: the input's 'e_form' column\n" in printed

@@ -306,6 +306,7 @@ def test_jarvis_poscar_folder(samples: Path) -> None:
     assert all(b.source.endswith(".vasp") for b in bad)
 
 
+@pytest.mark.filterwarnings("ignore::crystaltwins.io.readers.NonPeriodicWarning")  # tested below
 def test_ase_json_folder(samples: Path) -> None:
     folder = samples / "ase_json"
     energies = {row[0]: float(row[1]) for row in read_table(folder / "targets.csv")}

@@ -101,7 +101,11 @@ def test_a_class_label_other_than_0_or_1_is_left_out_and_listed(data_dir, cache_
     assert metrics["crystals"]["dropped_invalid_target"] == 2
     assert sum(metrics["crystals"][k] for k in ("train", "val", "test")) == 8
     listed = list(csv.reader((out / "invalid_targets.csv").open()))
-    assert listed == [["id", "target"], ["1000041", "2.0"], ["1000050", "0.5"]]
+    assert listed == [
+        ["id", "target", "problem"],
+        ["1000041", "2.0", "not a class label 0 or 1"],
+        ["1000050", "0.5", "not a class label 0 or 1"],
+    ]
 
 
 def test_classification_and_log10_targets(data_dir, cache_root, tmp_path):

@@ -336,6 +336,13 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 def _report(result: Any, out: str) -> None:
     print(f"{len(result.ids)} crystals -> {out}")
+    if getattr(result, "truth", None) is not None:
+        note = ""
+        from crystaltwins.io.readers import is_generic_label
+
+        if is_generic_label(result.target):  # e.g. every CGCNN folder's label
+            note = " (a generic label name: check that it is the property the model predicts)"
+        print(f"true_value: the input's {result.target!r} column{note}")
     if result.skipped:
         listed = f" (all listed in {result.skipped_file})" if result.skipped_file else ""
         print(f"{len(result.skipped)} crystals could not be used{listed}:")

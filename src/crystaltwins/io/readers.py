@@ -47,6 +47,7 @@ import json
 import lzma
 import math
 import os
+import re
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -60,9 +61,11 @@ from crystaltwins.io.cif import CifParseError, parse_cif_fast, parse_cif_p1, spl
 from crystaltwins.io.records import BadRecord, CrystalInputError, CrystalRecord
 
 __all__ = [
+    "GENERIC_LABEL",
     "LABEL_TABLE_NAMES",
     "RawEntry",
     "find_atom_init",
+    "is_generic_label",
     "iter_entries",
     "parse_entry",
     "read_records",
@@ -87,7 +90,14 @@ _FOLDER_SUFFIXES = frozenset(
 )
 _NON_STRUCTURE_FILES = frozenset({"atom_init.json", *LABEL_TABLE_NAMES})
 _PEEK_ROWS = 200
+GENERIC_LABEL = "target"  # the label of a table without a header (a CGCNN folder's id_prop.csv)
 _MAX_REASON = 300
+
+
+def is_generic_label(name: str) -> bool:
+    """Whether ``name`` is a name given to a label column without a header (``target``,
+    ``target_0``, ...), so says nothing about the property."""
+    return re.fullmatch(rf"{GENERIC_LABEL}(_\d+)?", name) is not None
 
 
 @dataclass(frozen=True)
@@ -515,7 +525,8 @@ def _read_label_table(path: Path) -> tuple[list[str], list[tuple[int, list[str]]
         names, data = first, raw[1:]
     else:
         n_labels = max(len(r) for r in raw) - 1
-        names = ["id"] + (["target"] if n_labels == 1 else [f"target_{k}" for k in range(n_labels)])
+        generic = [f"{GENERIC_LABEL}_{k}" for k in range(n_labels)]
+        names = ["id"] + ([GENERIC_LABEL] if n_labels == 1 else generic)
         data = raw
     return names, list(enumerate(data, start=1))
 

@@ -269,8 +269,13 @@ def _report_invalid_targets(
     listing = out / "invalid_targets.csv"
     with atomic_path(listing) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["id", config.target])
-        writer.writerows((ids[k], raw[k]) for k in bad)
+        writer.writerow(["id", config.target, "problem"])
+        for k in bad:
+            value = float(raw[k])
+            if np.isnan(value):  # the source's text is not kept: an empty cell, or not a number
+                writer.writerow([ids[k], "", "missing or not a number"])
+            else:
+                writer.writerow([ids[k], value, f"not {need}"])
     shown = ", ".join(str(ids[k]) for k in bad[:5]) + (", ..." if len(bad) > 5 else "")
     main_print(
         f"{config.data}: {len(bad)} crystals without {need} in {config.target!r} are left out "
