@@ -144,15 +144,18 @@ def _alone(member: MemberData, dtype: torch.dtype) -> tuple[list[dict], dict, in
 
 @pytest.mark.parametrize(
     "dtype,rtol,val_rtol",
-    [(torch.float64, 1e-9, 2e-7), (torch.float32, 1e-5, 5e-3)],
+    [(torch.float64, 1e-9, 2e-7), (torch.float32, 1e-5, 2e-2)],
     ids=["float64", "float32"],
 )
 def test_together_equals_alone(cache, featurizer, dtype, rtol, val_rtol):
     """K=3 members with different splits, seeds and learning rates: epoch losses and MAEs,
     best epochs, and the best weights with BatchNorm running statistics all agree.
 
-    float32 validation metrics get a looser tolerance: there the existing single-model path is
-    itself ~1e-3 from its float64 result (running statistics folded into the edge tables)."""
+    float32 validation metrics get a loose tolerance: fc_full's bias comes before a BatchNorm, its
+    gradient is rounding noise that Adam (lr 1e-2 here) turns into steps of the learning rate, and
+    the running mean, which eval mode uses, lags behind them. How far that takes a validation loss
+    depends on the CPU's rounding: up to 1.2e-3 between the two paths on the development VM, 5.6e-3
+    on CI's. float64 checks the validation computation itself (2e-7)."""
     members = _members(cache, featurizer, dtype)
     alone = [_alone(copy.deepcopy(m), dtype) for m in members]
     exact = [None] * len(members)
@@ -167,6 +170,11 @@ def test_together_equals_alone(cache, featurizer, dtype, rtol, val_rtol):
                 # the single run's EpochMeans sums in float32: 1e-7 at best
                 tol = val_rtol if name.startswith("val") else max(rtol, 2e-7)
                 assert got[name] == pytest.approx(value, rel=tol), name
+        if reference is not None:  # both float32 runs near where float64 takes the member
+            for got, want in zip(result.history, reference[0], strict=True):
+                for name, value in want.items():
+                    tol = val_rtol if name.startswith("val") else 1e-5
+                    assert got[name] == pytest.approx(value, rel=tol), name
         if dtype == torch.float32 and result.best_epoch != best_epoch:
             continue  # a near-tie of validation MAEs broken the other way by rounding
         assert result.best_epoch == best_epoch
