@@ -36,3 +36,37 @@ def test_a_featurized_folder_is_used_as_it_is(data_dir, reference_dir, tmp_path)
     no_oxygen = NoOxygen(published.table, name="no-oxygen")
     with pytest.raises(ValueError, match=r"elements \[8\] .* 'no-oxygen'"):
         prepare_caches([built], GraphSettings(), no_oxygen, log=None)
+
+
+def test_element_tables_of_one_coverage_share_a_cache(data_dir, reference_dir, tmp_path):
+    """The cache holds atomic numbers, not features: the built-in table and the published
+    ``atom_init.json`` (other numbers, the same elements) reuse one cache; a table covering fewer
+    elements gets its own, without the crystals it cannot encode."""
+    source = data_dir / "samples" / "jarvis_poscar"
+    builtin = AtomFeaturizer.builtin()
+    published = AtomFeaturizer.from_json(reference_dir / "atom_init.json")
+    assert builtin.fingerprint() != published.fingerprint()
+    logged: list[str] = []
+    root = tmp_path / "root"
+    (first,) = prepare_caches([source], GraphSettings(), builtin, root, log=logged.append)
+    (second,) = prepare_caches([source], GraphSettings(), published, root, log=logged.append)
+    assert second.cache_dir == first.cache_dir
+    assert "built in" in logged[0] and "(reused)" in logged[1]
+    assert first.manifest["key"]["featurizer"] == {"supported_elements": "1-100"}
+
+    z = first.array("atomic_numbers")
+    absent = int(np.bincount(z[z > 0]).argmax())  # the most common element of the samples
+
+    class Without(AtomFeaturizer):
+        def supports(self, element: int) -> bool:
+            return element != absent and super().supports(element)
+
+    (narrow,) = prepare_caches(
+        [source], GraphSettings(), Without(builtin.table, name="without"), root, log=None
+    )
+    assert narrow.cache_dir != first.cache_dir
+    assert 0 < len(narrow) < len(first)
+    assert absent not in set(narrow.array("atomic_numbers").tolist())
+    expected = f"1-{absent - 1},{absent + 1}-100" if 1 < absent < 100 else None
+    if expected:
+        assert narrow.manifest["key"]["featurizer"] == {"supported_elements": expected}

@@ -247,8 +247,7 @@ def _chunks(iterable: Iterable[Any], size: int) -> Iterator[list[Any]]:
 def _manifest_key(
     source: Path,
     settings: GraphSettings,
-    featurizer_name: str,
-    featurizer_fp: str,
+    elements: str,
     targets: Sequence[str],
     cif_column: str | None = None,
     id_key: str | None = None,
@@ -258,7 +257,7 @@ def _manifest_key(
         "source": str(source),
         "source_fingerprint": source_fingerprint(source),
         "graph_settings": settings.cache_key(),
-        "featurizer": {"name": featurizer_name, "fingerprint": featurizer_fp},
+        "featurizer": {"supported_elements": elements},
         "targets": list(targets),
     }
     if cif_column is not None:  # absent by default: keys of existing caches stay valid
@@ -268,12 +267,25 @@ def _manifest_key(
     return key
 
 
-def _supported_elements(featurizer: Any) -> tuple[frozenset[int], str, str]:
+def supported_elements(featurizer: Any) -> frozenset[int]:
+    """Atomic numbers ``featurizer`` has features for (every element 1-118 without one)."""
     if featurizer is None:
-        return frozenset(range(1, 119)), "none", ""
-    table = featurizer.table
-    supported = frozenset(z for z in range(1, table.shape[0]) if featurizer.supports(z))
-    return supported, featurizer.name, featurizer.fingerprint()
+        return frozenset(range(1, 119))
+    return frozenset(z for z in range(1, featurizer.table.shape[0]) if featurizer.supports(z))
+
+
+def element_coverage(featurizer: Any) -> str:
+    """What of ``featurizer`` a graph cache depends on: the elements it covers, as ranges
+    (``"1-100"``, ``"1-83,89-94"``). A cache holds atomic numbers, not features, so element
+    tables of the same coverage (CGCNN's ``atom_init.json``, a pre-trained model's copy of it,
+    the built-in one) share one cache; crystals with an element outside it are skipped."""
+    ranges: list[str] = []
+    for z in sorted(supported_elements(featurizer)):
+        if ranges and int(ranges[-1].split("-")[-1]) == z - 1:
+            ranges[-1] = f"{ranges[-1].split('-')[0]}-{z}"
+        else:
+            ranges.append(str(z))
+    return ",".join(ranges)
 
 
 def build_graph_cache(
@@ -293,7 +305,8 @@ def build_graph_cache(
 
     :param source: any data source :func:`crystaltwins.io.readers.iter_entries` reads.
     :param cache_dir: where the cache lives; reused when its manifest matches the source
-        fingerprint, the graph settings and the featurizer, rebuilt otherwise.
+        fingerprint, the graph settings and the elements the featurizer covers, rebuilt
+        otherwise.
     :param featurizer: an :class:`~crystaltwins.graph.atom_features.AtomFeaturizer`; crystals
         with an element it has no features for are skipped.
     :param targets: label columns that must be present and numeric (others are kept when present).
@@ -311,8 +324,10 @@ def build_graph_cache(
     if not source.exists():  # before any lock or folder is made for it
         raise CrystalInputError(str(source), "no such file or folder")
     check_cache_target(cache_dir, source)
-    supported, feat_name, feat_fp = _supported_elements(featurizer)
-    key = _manifest_key(source, settings, feat_name, feat_fp, targets or [], cif_column, id_key)
+    supported = supported_elements(featurizer)
+    key = _manifest_key(
+        source, settings, element_coverage(featurizer), targets or [], cif_column, id_key
+    )
     if not force and (reused := _reusable(cache_dir, key, start)) is not None:
         return reused
     cache_dir.parent.mkdir(parents=True, exist_ok=True)

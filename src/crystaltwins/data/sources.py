@@ -11,7 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from crystaltwins.data.cache import CacheSummary, GraphCache, build_graph_cache
+from crystaltwins.data.cache import (
+    CacheSummary,
+    GraphCache,
+    build_graph_cache,
+    element_coverage,
+)
 from crystaltwins.graph.settings import GraphSettings
 
 
@@ -29,9 +34,10 @@ def cache_dir_for(
     id_key: str | None = None,
 ) -> Path:
     """A cache directory named after the source (its first 64 characters), one per (source path,
-    settings, featurizer, CIF column, id key)."""
+    settings, elements the featurizer covers, CIF column, id key)."""
     source = Path(source).resolve()
-    key = f"{source}|{sorted(settings.cache_key().items())}|{featurizer.fingerprint() if featurizer else ''}"
+    settings_key = sorted(settings.cache_key().items())
+    key = f"{source}|{settings_key}|elements={element_coverage(featurizer)}"
     if cif_column is not None:
         key += f"|cif_column={cif_column}"
     if id_key is not None:
