@@ -6,7 +6,8 @@ scored on the *same* validation and test crystals: the split is made once per se
 in the paper's protocol) and only the training part is subsampled (``max_train``), so that every
 point of a curve shares its validation and test sets. Runs resume: a finished run (its
 ``metrics.json``) is read back, an interrupted one continues from its last checkpoint;
-``--only-finished`` trains nothing and redraws the table and figures from the finished runs. A size at
+``--only-finished`` trains nothing and redraws the table and figures from the finished runs;
+``--previous`` reuses the points of an earlier ``results.json`` (the committed one). A size at
 or above the training set of a known "all" point (finished, or in ``--all-from``) is skipped.
 
 Epochs: ``--epochs`` at every size, raised to ``--min-steps`` optimiser steps for small training
@@ -54,11 +55,30 @@ def finished_point(
     done = args.out / task.name / f"n{label}" / f"seed{seed}" / method / "metrics.json"
     if done.exists():
         return json.loads(done.read_text())
+    earlier_point = args.previous_points.get(task.name, {}).get(label, {}).get(method, [])
+    for metrics in earlier_point:
+        if metrics["seed"] == seed:
+            return metrics
     if size is None and args.all_from is not None:
         earlier = args.all_from / "runs" / task.name / f"seed{seed}" / method / "metrics.json"
         if earlier.exists():
             return json.loads(earlier.read_text())
     return None
+
+
+def previous_points(path: Path) -> dict[str, Any]:
+    """task → size label → method → list of ``metrics.json`` (each with its ``seed``) of an
+    earlier ``results.json``. Files written before seeds were recorded list each point's runs in
+    the order of their seeds, from 0: the script trains seeds in that order, and every point of
+    the committed table holds seeds 0..n-1."""
+    earlier = json.loads(path.read_text())
+    points: dict[str, Any] = {}
+    for task, values in earlier["tasks"].items():
+        for label, methods in values["sizes"].items():
+            for method, runs in methods.items():
+                kept = [{"seed": k, **m} for k, m in enumerate(runs)]  # a stored seed wins
+                points.setdefault(task, {}).setdefault(label, {})[method] = kept
+    return points
 
 
 def run_point(
@@ -212,7 +232,15 @@ def main(argv: list[str] | None = None) -> int:
         help="a `bench --preset paper` --out "
         "whose runs give the 'all' point (same seeds, same splits)",
     )
+    p.add_argument(
+        "--previous",
+        type=Path,
+        default=None,
+        help="the results.json of an earlier run of this script (same settings): its points are "
+        "reused where OUT has no finished run (a committed table grows without its run folders)",
+    )
     args = p.parse_args(argv)
+    args.previous_points = previous_points(args.previous) if args.previous else {}
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     results: dict[str, Any] = {
@@ -241,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                 for method in METHODS:
                     metrics = run_point(args, task, size, seed, method)
                     if metrics is not None:
-                        point[method].append(metrics)
+                        point[method].append({**metrics, "seed": seed})
                 results["minutes"] = (time.time() - started) / 60
                 write_json_atomic(args.out / "results.json", results)
                 write_text_atomic(args.out / "summary.md", summarize(results))
