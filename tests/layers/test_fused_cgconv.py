@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from crystaltwins.layers import GaussianExpansion, fused_cgconv
+from crystaltwins.layers import GaussianExpansion, cgcnn_conv, fused_cgconv
 from crystaltwins.layers.cgcnn_conv import EdgeGraph
 from tests.layers.test_cgconv import naive_cgconv, pair
 
@@ -23,9 +23,11 @@ def fresh_library(monkeypatch, tmp_path):
     """A separate kernel cache and a fresh load; the process-wide library is restored after."""
     monkeypatch.setenv("CRYSTALTWINS_CACHE", str(tmp_path))
     fused_cgconv.load_library.cache_clear()
+    cgcnn_conv._measured_choice.cache_clear()
     yield tmp_path
     monkeypatch.undo()
     fused_cgconv.load_library.cache_clear()
+    cgcnn_conv._measured_choice.cache_clear()
 
 
 def sorted_banded_graph(n_atoms=30, edges_per_atom=12, seed=3, empty=(0, 10, 29), features=16):
@@ -41,7 +43,11 @@ def sorted_banded_graph(n_atoms=30, edges_per_atom=12, seed=3, empty=(0, 10, 29)
     return atom_fea, gaussian(dist), edge_index, gaussian.banded(dist)
 
 
-def count_fused_calls(monkeypatch) -> list[int]:
+def count_fused_calls(monkeypatch, force: bool = True) -> list[int]:
+    """Count the kernel's calls; ``force``: take it wherever it applies, whether or not it was
+    measured faster on this machine (these tests are about the kernel)."""
+    if force:
+        monkeypatch.setenv(fused_cgconv.ENV_SWITCH, "1")
     calls = []
     apply = fused_cgconv.FusedGatedConvolution.apply
 
@@ -250,7 +256,7 @@ def test_fewer_openmp_threads_than_asked(environment, tmp_path):
         "print('ok')\n"
     )
     repo = Path(__file__).resolve().parents[2]
-    env = {**os.environ, **environment, "PYTHONPATH": str(repo)}
+    env = {**os.environ, **environment, "PYTHONPATH": str(repo), fused_cgconv.ENV_SWITCH: "1"}
     done = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300
     )
@@ -303,3 +309,57 @@ def test_inputs_the_kernel_cannot_take_use_the_pytorch_path(monkeypatch):
             torch.zeros(31, dtype=torch.long),
             1e-5,
         )
+
+
+@needs_kernel
+@pytest.mark.parametrize("faster", [True, False])
+def test_auto_takes_the_kernel_where_it_was_measured_faster(monkeypatch, fresh_library, faster):
+    """By default training takes the kernel only where the remembered measurement says it is the
+    faster implementation on this machine at this thread count."""
+    monkeypatch.setenv(fused_cgconv.ENV_SWITCH, "auto")
+    threads = torch.get_num_threads()
+    timings = {"fused_ms": 1.0 if faster else 3.0, "torch_ms": 2.0}
+    fused_cgconv.remember_choice(threads, {"fused": faster, **timings})
+    calls = count_fused_calls(monkeypatch, force=False)
+    conv, naive = pair()
+    atom_fea, edge_fea, edge_index, band = sorted_banded_graph()
+    graph = EdgeGraph(edge_fea, edge_index, 30, edge_band=band)
+    torch.testing.assert_close(
+        conv(atom_fea, edge_fea, edge_index, graph),
+        naive_cgconv(naive, atom_fea, edge_fea, edge_index),
+        atol=1e-5,
+        rtol=1e-5,
+    )
+    assert len(calls) == (1 if faster else 0)
+    with fused_cgconv.forced():  # what the measurement and the kernel tests use
+        conv(atom_fea, edge_fea, edge_index, graph)
+    assert len(calls) == (2 if faster else 1)
+
+
+@needs_kernel
+def test_the_measurement_is_made_once_and_remembered(monkeypatch, fresh_library):
+    monkeypatch.setenv(fused_cgconv.ENV_SWITCH, "auto")
+    threads = torch.get_num_threads()
+    assert fused_cgconv.remembered_choice(threads) is None
+    state = torch.get_rng_state()
+    chosen = cgcnn_conv.fused_kernel_pays()
+    assert torch.equal(torch.get_rng_state(), state)  # seeded runs are not disturbed
+    choice = fused_cgconv.remembered_choice(threads)
+    assert choice is not None and choice["fused"] is chosen and choice["threads"] == threads
+    assert choice["fused_ms"] > 0 and choice["torch_ms"] > 0
+    assert chosen == (choice["fused_ms"] < choice["torch_ms"])
+    files = list((fresh_library / "kernels").glob(f"*.choice-{threads}-threads.json"))
+    assert len(files) == 1
+
+    def no_second_measurement(*args, **kwargs):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(cgcnn_conv, "measure_kernel_choice", no_second_measurement)
+    cgcnn_conv._measured_choice.cache_clear()  # a new process: the file answers
+    assert cgcnn_conv.fused_kernel_pays() is chosen
+    files[0].write_text("{not json")  # a damaged file is measured again, not an error
+    cgcnn_conv._measured_choice.cache_clear()
+    with pytest.raises(AssertionError, match="measured again"):
+        cgcnn_conv.fused_kernel_pays()
+    monkeypatch.setenv(fused_cgconv.ENV_SWITCH, "1")  # forced: no measurement at all
+    assert cgcnn_conv.fused_kernel_pays()

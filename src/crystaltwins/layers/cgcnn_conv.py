@@ -29,6 +29,10 @@ the fallback and computes the same function.
 
 from __future__ import annotations
 
+import functools
+import logging
+import statistics
+import time
 from functools import cached_property
 from typing import Any
 
@@ -38,6 +42,9 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from crystaltwins.layers import fused_cgconv
+from crystaltwins.layers.gaussian import GaussianExpansion
+
+log = logging.getLogger(__name__)
 
 
 def _bags(index: Tensor, num_bags: int) -> tuple[Tensor, Tensor]:
@@ -389,6 +396,74 @@ def _autocast_on_cpu() -> bool:
         return torch.is_autocast_cpu_enabled()
 
 
+def fused_kernel_pays() -> bool:
+    """Whether training convolutions on this CPU take the fused kernel
+    (:mod:`~crystaltwins.layers.fused_cgconv`): it is built and not disabled, and forced
+    (``CRYSTALTWINS_FUSED_KERNELS=1``, :func:`~crystaltwins.layers.fused_cgconv.forced`) or, by
+    default, measured faster than the PyTorch operations at the current thread count
+    (:func:`measure_kernel_choice`, once per machine and thread count, remembered beside the
+    library)."""
+    if not fused_cgconv.available():
+        return False
+    return fused_cgconv.is_forced() or _measured_choice(torch.get_num_threads())
+
+
+@functools.cache
+def _measured_choice(threads: int) -> bool:
+    choice = fused_cgconv.remembered_choice(threads)
+    if choice is None:
+        choice = measure_kernel_choice()
+        fused_cgconv.remember_choice(threads, choice)
+        log.info(
+            "fused CGConv kernel %s here (%d threads: kernel %.1f ms, PyTorch %.1f ms)",
+            "used" if choice["fused"] else "not used",
+            threads,
+            choice["fused_ms"],
+            choice["torch_ms"],
+        )
+    return bool(choice["fused"])
+
+
+def measure_kernel_choice(rounds: int = 7, atoms: int = 640, features: int = 64) -> dict[str, Any]:
+    """Time one training convolution (forward + backward) by the fused kernel and by the PyTorch
+    operations, alternating, at the current thread count: a perovskite batch's size by default
+    (640 atoms, 12 edges each within 5-atom crystals, 64 features, 41 Gaussians). Leaves the
+    random number generators as they were.
+
+    :returns: ``{"fused": kernel median < PyTorch median, "fused_ms", "torch_ms" (medians),
+        "threads", "rounds", "torch"}``.
+    """
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():
+        gen = torch.Generator().manual_seed(0)
+        centre = torch.arange(atoms).repeat_interleave(12)
+        neighbour = (centre // 5) * 5 + torch.randint(0, 5, (centre.numel(),), generator=gen)
+        distance = 1.0 + 7.0 * torch.rand(centre.numel(), generator=gen)
+        gaussian = GaussianExpansion()
+        edge_fea = gaussian(distance)
+        edge_index = torch.stack((centre, neighbour))
+        graph = EdgeGraph(edge_fea, edge_index, atoms, edge_band=gaussian.banded(distance))
+        conv = CGConv(features, edge_fea.shape[1]).train()
+        atom_fea = torch.randn(atoms, features, generator=gen).requires_grad_(True)
+        grad = torch.randn(atoms, features, generator=gen)
+        times: dict[str, list[float]] = {"fused": [], "torch": []}
+        for round_ in range(rounds + 2):  # the first two rounds warm up
+            for name, context in (("fused", fused_cgconv.forced), ("torch", fused_cgconv.disabled)):
+                with context():
+                    start = time.perf_counter()
+                    conv(atom_fea, edge_fea, edge_index, graph).backward(grad)
+                    if round_ >= 2:
+                        times[name].append(1e3 * (time.perf_counter() - start))
+    fused_ms, torch_ms = (statistics.median(times[n]) for n in ("fused", "torch"))
+    return {
+        "fused": fused_ms < torch_ms,
+        "fused_ms": fused_ms,
+        "torch_ms": torch_ms,
+        "threads": torch.get_num_threads(),
+        "rounds": rounds,
+        "torch": torch.__version__,
+    }
+
+
 def plain_path(x: Tensor) -> bool:
     """Whether convolutions on ``x`` take the plain formulation (:meth:`CGConv.gated_sum`):
     on accelerators, where a few large kernels without host synchronisation are fastest; the
@@ -463,7 +538,7 @@ class CGConv(nn.Module):
     def _can_fuse(self, atom_fea: Tensor, graph: EdgeGraph) -> bool:
         """Whether the fused CPU kernel applies: training-mode batch statistics on float32 CPU
         tensors outside autocast, a graph that suits it (:attr:`EdgeGraph.fused_offsets`) and of
-        these atoms, and the kernel built."""
+        these atoms, the kernel built, and faster here (:func:`fused_kernel_pays`)."""
         bn = self.bn1
         params = (self.fc_full.weight, self.fc_full.bias, bn.weight, bn.bias)
         return (
@@ -475,6 +550,7 @@ class CGConv(nn.Module):
             and graph.num_atoms == atom_fea.shape[0]
             and fused_cgconv.available()
             and graph.fused_offsets is not None
+            and fused_kernel_pays()
         )
 
     def _fused_gated_sum(self, atom_fea: Tensor, graph: EdgeGraph) -> Tensor:

@@ -13,6 +13,13 @@ compiler (``$CXX``, else ``c++``) into ``$CRYSTALTWINS_CACHE/kernels`` (default
 :mod:`ctypes` (no Python headers or PyTorch build needed). Without a compiler with OpenMP, or
 with ``CRYSTALTWINS_FUSED_KERNELS=0``, the convolution uses its PyTorch implementation, which
 computes the same function (to float32 rounding).
+
+Whether the kernel is faster depends on the CPU: 1.1-1.45x faster than the PyTorch operations
+on an Intel Xeon with AVX-512, 2-3x slower on an AMD EPYC (Zen 1) VM (``docs/benchmarks.md``).
+So by default (``CRYSTALTWINS_FUSED_KERNELS=auto``) training takes it only where it was measured
+faster on this machine at this thread count: once, by
+:func:`crystaltwins.layers.cgcnn_conv.measure_kernel_choice`, remembered beside the library
+(:func:`remembered_choice`). ``CRYSTALTWINS_FUSED_KERNELS=1`` always takes it.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import contextlib
 import ctypes
 import functools
 import hashlib
+import json
 import os
 import platform
 import shlex
@@ -44,6 +52,18 @@ ENV_SWITCH = "CRYSTALTWINS_FUSED_KERNELS"
 _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
 _disabled_depth = 0
+_forced_depth = 0
+_library_file: Path | None = None  # the file load_library loaded
+
+
+def mode() -> str:
+    """``$CRYSTALTWINS_FUSED_KERNELS``: ``"off"`` (``0``, ``false``, ``no``, ``off``), ``"on"``
+    (``1``, ``true``, ``yes``, ``on``: always the kernel) or ``"auto"`` (the default: the kernel
+    where it was measured faster, see the module docstring)."""
+    value = os.environ.get(ENV_SWITCH, "auto").strip().lower()
+    if value in {"0", "false", "no", "off"}:
+        return "off"
+    return "on" if value in {"1", "true", "yes", "on"} else "auto"
 
 
 def kernel_cache_dir() -> Path:
@@ -123,7 +143,8 @@ def load_library() -> ctypes.CDLL | None:
 
     A failure to build is reported once as a :class:`RuntimeWarning`.
     """
-    if os.environ.get(ENV_SWITCH, "1").strip().lower() in {"0", "false", "no", "off"}:
+    global _library_file
+    if mode() == "off":
         return None
     compiler = shlex.split(os.environ.get("CXX") or "c++")  # e.g. CXX="ccache g++"
     if not compiler or shutil.which(compiler[0]) is None:
@@ -137,6 +158,7 @@ def load_library() -> ctypes.CDLL | None:
     ]
     key = hashlib.sha256("\0".join(signature).encode()).hexdigest()[:16]
     library = kernel_cache_dir() / f"cgconv_fused-{key}.so"
+    _library_file = library
     try:
         if not library.exists():
             _build(library, compiler)
@@ -180,6 +202,50 @@ def disabled() -> Iterator[None]:
         yield
     finally:
         _disabled_depth -= 1
+
+
+@contextlib.contextmanager
+def forced() -> Iterator[None]:
+    """Take the kernel inside the block wherever it applies, whatever was measured (for
+    measurements and tests; :func:`disabled` wins)."""
+    global _forced_depth
+    _forced_depth += 1
+    try:
+        yield
+    finally:
+        _forced_depth -= 1
+
+
+def is_forced() -> bool:
+    """Inside :func:`forced`, or ``$CRYSTALTWINS_FUSED_KERNELS`` on."""
+    return _forced_depth > 0 or mode() == "on"
+
+
+def _choice_file(threads: int) -> Path | None:
+    if load_library() is None or _library_file is None:
+        return None
+    return _library_file.with_name(f"{_library_file.stem}.choice-{threads}-threads.json")
+
+
+def remembered_choice(threads: int) -> dict[str, Any] | None:
+    """The measurement remembered for this library at ``threads`` threads (``{"fused": bool,
+    "fused_ms": ..., "torch_ms": ..., ...}``), or ``None`` (none yet, or unreadable)."""
+    path = _choice_file(threads)
+    try:
+        choice = json.loads(path.read_text()) if path is not None else None
+    except (OSError, ValueError):
+        return None
+    return choice if isinstance(choice, dict) and isinstance(choice.get("fused"), bool) else None
+
+
+def remember_choice(threads: int, choice: dict[str, Any]) -> None:
+    """Keep ``choice`` beside the library (atomic; a read-only cache only loses the memory)."""
+    from crystaltwins.io.atomic import write_json_atomic
+
+    path = _choice_file(threads)
+    if path is not None:
+        with contextlib.suppress(OSError):
+            write_json_atomic(path, choice)
 
 
 def _ptr(t: Tensor) -> int:
