@@ -7,7 +7,7 @@
   step, a validation pass), on inputs cached after the first epoch (CGCNN's ``CIFData`` keeps
   them in an ``lru_cache``), built here from the same graph cache as ours.
 * ``ours (per-crystal collate)``: ``crystaltwins`` fine-tuning (Lightning trainer with its
-  checkpoints, logs and history, the fused CPU kernel) with batches collated crystal by crystal,
+  checkpoints, logs and history, the fused CPU kernel where it was measured faster) with batches collated crystal by crystal,
   as before the batch gather existed.
 * ``ours``: the same with batches gathered by array arithmetic (:mod:`crystaltwins.data.gather`).
 * ``ours, model steps alone``: the floor of the two above: forward, backward and Adam steps (and the
