@@ -10,7 +10,9 @@ whose ``/proc/PID/status`` this script samples every 50 ms (Linux only):
 - ``VmHWM``: the peak of the two together, as the kernel counts it.
 
 The graph caches are built (or reused) before any measurement, so that the children only read
-them; their size on disk is printed beside the peaks. On a GPU (``--accelerator gpu``) the child
+them; their size on disk is printed beside the peaks. Run it once before measuring on a new
+machine: the first training process there also times the convolution kernel
+(:func:`crystaltwins.layers.cgcnn_conv.fused_kernel_pays`). On a GPU (``--accelerator gpu``) the child
 also reports ``torch.cuda.max_memory_allocated``.
 
     python benchmarks/bench_memory.py --data-root ../shared/data --threads 2
@@ -26,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 CHILD = """
@@ -73,12 +75,18 @@ def measure(argv: list[str], threads: int, log: Path) -> dict[str, float]:
             env=env,
         )
         peaks: dict[str, int] = {}
-        while child.poll() is None:
-            for name, kib in _status(child.pid).items():
-                peaks[name] = max(peaks.get(name, 0), kib)
-            time.sleep(0.05)
+        try:
+            while child.poll() is None:
+                for name, kib in _status(child.pid).items():
+                    peaks[name] = max(peaks.get(name, 0), kib)
+                time.sleep(0.05)
+        finally:
+            if child.poll() is None:  # interrupted: leave no training process behind
+                child.kill()
+                child.wait()
     if child.returncode != 0:
-        raise SystemExit(f"crystaltwins {' '.join(argv)} failed; see {log}")
+        tail = "\n".join(log.read_text().splitlines()[-20:])
+        raise SystemExit(f"crystaltwins {' '.join(argv)} failed:\n{tail}")
     result = {f"{name}_mib": kib / 1024 for name, kib in peaks.items()}
     result["seconds"] = time.perf_counter() - started
     for line in log.read_text().splitlines():
@@ -112,6 +120,7 @@ def main() -> None:
     from crystaltwins.data.sources import prepare_caches
     from crystaltwins.graph.atom_features import AtomFeaturizer
     from crystaltwins.graph.settings import GraphSettings
+    from crystaltwins.io.atomic import write_json_atomic
 
     mp36k = args.data_root / "mp36k.csv.gz"
     corpus = sorted(args.data_root.glob("*.csv.gz"))
@@ -157,7 +166,9 @@ def main() -> None:
             results[name] = result
             print(f"{name}: {' '.join(argv[:1])} ...", json.dumps(result, indent=None), flush=True)
     print()
-    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, {args.threads} threads")
+    print(
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, {args.threads} threads"
+    )
     print("| run | crystals in its caches | caches on disk | peak RssAnon | peak RssFile | VmHWM |")
     print("|---|---|---|---|---|---|")
     for name, r in results.items():
@@ -168,7 +179,7 @@ def main() -> None:
         )
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        write_json_atomic(args.out / "results.json", results)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def finished_point(
     done = args.out / task.name / f"n{label}" / f"seed{seed}" / method / "metrics.json"
     if done.exists():
         return json.loads(done.read_text())
-    earlier_point = args.previous_points.get(task.name, {}).get(label, {}).get(method, [])
+    earlier_point = PREVIOUS.get(task.name, {}).get(label, {}).get(method, [])
     for metrics in earlier_point:
         if metrics["seed"] == seed:
             return metrics
@@ -66,12 +66,29 @@ def finished_point(
     return None
 
 
-def previous_points(path: Path) -> dict[str, Any]:
+#: the runs of ``--previous``: task → size label → method → list of ``metrics.json``
+PREVIOUS: dict[str, Any] = {}
+#: settings that change a run's result: ``--previous`` must match them
+RESULT_SETTINGS = (
+    "pretrained", "epochs", "min_steps", "max_epochs", "batch_size", "encoder_lr_factor",
+    "max_eval", "freeze_encoder_epochs", "warmup_epochs",
+)  # fmt: skip
+
+
+def previous_points(path: Path, settings: dict[str, str] | None = None) -> dict[str, Any]:
     """task → size label → method → list of ``metrics.json`` (each with its ``seed``) of an
     earlier ``results.json``. Files written before seeds were recorded list each point's runs in
     the order of their seeds, from 0: the script trains seeds in that order, and every point of
     the committed table holds seeds 0..n-1."""
     earlier = json.loads(path.read_text())
+    if settings is not None:
+        differ = [
+            f"{k} {earlier['settings'].get(k)} (now {settings[k]})"
+            for k in RESULT_SETTINGS
+            if earlier["settings"].get(k) != settings[k]
+        ]
+        if differ:
+            raise SystemExit(f"--previous {path} was made with other settings: {', '.join(differ)}")
     points: dict[str, Any] = {}
     for task, values in earlier["tasks"].items():
         for label, methods in values["sizes"].items():
@@ -240,14 +257,18 @@ def main(argv: list[str] | None = None) -> int:
         "reused where OUT has no finished run (a committed table grows without its run folders)",
     )
     args = p.parse_args(argv)
-    args.previous_points = previous_points(args.previous) if args.previous else {}
     args.out.mkdir(parents=True, exist_ok=True)
+    settings = {k: str(v) for k, v in vars(args).items()}
+    if args.previous:
+        if args.previous.resolve() == (args.out / "results.json").resolve():
+            raise SystemExit("--previous must not be OUT/results.json (this run rewrites it)")
+        PREVIOUS.update(previous_points(args.previous, settings))
     started = time.time()
     results: dict[str, Any] = {
         "command": " ".join(["python", *sys.argv]),
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}",
         "date": time.strftime("%Y-%m-%d"),
-        "settings": {k: str(v) for k, v in vars(args).items()},
+        "settings": settings,
         "tasks": {},
     }
     for name in args.tasks:

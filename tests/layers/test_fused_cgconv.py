@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import warnings
 
 import numpy as np
@@ -319,7 +320,8 @@ def test_auto_takes_the_kernel_where_it_was_measured_faster(monkeypatch, fresh_l
     monkeypatch.setenv(fused_cgconv.ENV_SWITCH, "auto")
     threads = torch.get_num_threads()
     timings = {"fused_ms": 1.0 if faster else 3.0, "torch_ms": 2.0}
-    fused_cgconv.remember_choice(threads, {"fused": faster, **timings})
+    here = {"torch": torch.__version__, "cpu": fused_cgconv.cpu_model()}
+    fused_cgconv.remember_choice(threads, {"fused": faster, **timings, **here})
     calls = count_fused_calls(monkeypatch, force=False)
     conv, naive = pair()
     atom_fea, edge_fea, edge_index, band = sorted_banded_graph()
@@ -342,7 +344,10 @@ def test_the_measurement_is_made_once_and_remembered(monkeypatch, fresh_library)
     threads = torch.get_num_threads()
     assert fused_cgconv.remembered_choice(threads) is None
     state = torch.get_rng_state()
-    chosen = cgcnn_conv.fused_kernel_pays()
+    calls = count_fused_calls(monkeypatch, force=False)
+    with torch.inference_mode():  # as a first training-mode forward might run
+        chosen = cgcnn_conv.fused_kernel_pays()
+    assert calls  # the "fused" timings did run the kernel
     assert torch.equal(torch.get_rng_state(), state)  # seeded runs are not disturbed
     choice = fused_cgconv.remembered_choice(threads)
     assert choice is not None and choice["fused"] is chosen and choice["threads"] == threads
@@ -351,15 +356,38 @@ def test_the_measurement_is_made_once_and_remembered(monkeypatch, fresh_library)
     files = list((fresh_library / "kernels").glob(f"*.choice-{threads}-threads.json"))
     assert len(files) == 1
 
-    def no_second_measurement(*args, **kwargs):
-        raise AssertionError("measured again")
+    measured_again = []
 
-    monkeypatch.setattr(cgcnn_conv, "measure_kernel_choice", no_second_measurement)
+    def another_measurement(*args, **kwargs):
+        measured_again.append(1)
+        return {**choice, "fused": not chosen}
+
+    monkeypatch.setattr(cgcnn_conv, "measure_kernel_choice", another_measurement)
     cgcnn_conv._measured_choice.cache_clear()  # a new process: the file answers
     assert cgcnn_conv.fused_kernel_pays() is chosen
-    files[0].write_text("{not json")  # a damaged file is measured again, not an error
-    cgcnn_conv._measured_choice.cache_clear()
-    with pytest.raises(AssertionError, match="measured again"):
-        cgcnn_conv.fused_kernel_pays()
+    assert not measured_again
+    stale = {**choice, "torch": "0.0"}  # another torch (or CPU model): measured again
+    for content in ("{not json", json.dumps(stale)):  # a damaged file likewise, not an error
+        files[0].write_text(content)
+        cgcnn_conv._measured_choice.cache_clear()
+        assert cgcnn_conv.fused_kernel_pays() is (not chosen)
+    assert len(measured_again) == 2
+    measured_again.clear()
     monkeypatch.setenv(fused_cgconv.ENV_SWITCH, "1")  # forced: no measurement at all
+    cgcnn_conv._measured_choice.cache_clear()
+    files[0].unlink()
     assert cgcnn_conv.fused_kernel_pays()
+    assert not measured_again
+
+
+@needs_kernel
+def test_a_failed_measurement_keeps_the_pytorch_path(monkeypatch, fresh_library, caplog):
+    monkeypatch.setenv(fused_cgconv.ENV_SWITCH, "auto")
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("timer broke")
+
+    monkeypatch.setattr(cgcnn_conv, "measure_kernel_choice", failing)
+    assert cgcnn_conv.fused_kernel_pays() is False
+    assert "timer broke" in caplog.text
+    assert fused_cgconv.remembered_choice(torch.get_num_threads()) is None  # nothing kept

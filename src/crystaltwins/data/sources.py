@@ -115,8 +115,8 @@ def open_built_cache(
             f"{path}: graph cache built with settings {key.get('graph_settings')}, this run "
             f"needs {wanted}; rebuild it (crystaltwins featurize) or give the original data"
         )
-    built_with = key.get("featurizer", {})
-    if featurizer is not None and built_with.get("fingerprint") != featurizer.fingerprint():
+    built_with = key.get("featurizer", {}).get("supported_elements")
+    if featurizer is not None and built_with != element_coverage(featurizer):
         # The cache holds atomic numbers, not features: any table covering its elements works.
         elements = np.unique(cache.array("atomic_numbers"))
         missing = [int(z) for z in elements if z > 0 and not featurizer.supports(int(z))]

@@ -23,8 +23,8 @@ faults), so these nodes keep them to the minimum.
 
 In training on CPU (float32, banded edge features, edges grouped by centre atom) the edge map,
 the edge BatchNorm, the gate and the neighbour sum are instead one call of the fused C++ kernel of
-:mod:`crystaltwins.layers.fused_cgconv` when it could be built; the PyTorch implementation above is
-the fallback and computes the same function.
+:mod:`crystaltwins.layers.fused_cgconv` when it could be built and was measured faster on this
+machine (:func:`fused_kernel_pays`); the PyTorch implementation above computes the same function.
 """
 
 from __future__ import annotations
@@ -412,7 +412,11 @@ def fused_kernel_pays() -> bool:
 def _measured_choice(threads: int) -> bool:
     choice = fused_cgconv.remembered_choice(threads)
     if choice is None:
-        choice = measure_kernel_choice()
+        try:
+            choice = measure_kernel_choice()
+        except Exception as exc:  # never fail a user's step over a timing: keep PyTorch
+            log.warning("fused CGConv kernel not used: its timing failed (%s)", exc)
+            return False
         fused_cgconv.remember_choice(threads, choice)
         log.info(
             "fused CGConv kernel %s here (%d threads: kernel %.1f ms, PyTorch %.1f ms)",
@@ -427,24 +431,34 @@ def _measured_choice(threads: int) -> bool:
 def measure_kernel_choice(rounds: int = 7, atoms: int = 640, features: int = 64) -> dict[str, Any]:
     """Time one training convolution (forward + backward) by the fused kernel and by the PyTorch
     operations, alternating, at the current thread count: a perovskite batch's size by default
-    (640 atoms, 12 edges each within 5-atom crystals, 64 features, 41 Gaussians). Leaves the
-    random number generators as they were.
+    (640 atoms, 12 edges each within 5-atom crystals, 64 features, 41 Gaussians; float32 on the
+    CPU whatever the defaults). Leaves the random number generators as they were; works inside
+    ``no_grad`` and ``inference_mode``.
 
     :returns: ``{"fused": kernel median < PyTorch median, "fused_ms", "torch_ms" (medians),
-        "threads", "rounds", "torch"}``.
+        "threads", "rounds", "torch", "cpu"}``.
+    :raises RuntimeError: when the kernel does not apply to the timed convolution.
     """
-    with torch.random.fork_rng(devices=[]), torch.enable_grad():
+    cpu = {"dtype": torch.float32, "device": "cpu"}
+    with (
+        torch.random.fork_rng(devices=[]),
+        torch.inference_mode(False),
+        torch.enable_grad(),
+    ):
         gen = torch.Generator().manual_seed(0)
-        centre = torch.arange(atoms).repeat_interleave(12)
+        centre = torch.arange(atoms, device="cpu").repeat_interleave(12)
         neighbour = (centre // 5) * 5 + torch.randint(0, 5, (centre.numel(),), generator=gen)
-        distance = 1.0 + 7.0 * torch.rand(centre.numel(), generator=gen)
-        gaussian = GaussianExpansion()
+        distance = 1.0 + 7.0 * torch.rand(centre.numel(), generator=gen, **cpu)
+        gaussian = GaussianExpansion().to(**cpu)
         edge_fea = gaussian(distance)
         edge_index = torch.stack((centre, neighbour))
         graph = EdgeGraph(edge_fea, edge_index, atoms, edge_band=gaussian.banded(distance))
-        conv = CGConv(features, edge_fea.shape[1]).train()
-        atom_fea = torch.randn(atoms, features, generator=gen).requires_grad_(True)
-        grad = torch.randn(atoms, features, generator=gen)
+        conv = CGConv(features, edge_fea.shape[1]).to(**cpu).train()
+        atom_fea = torch.randn(atoms, features, generator=gen, **cpu).requires_grad_(True)
+        grad = torch.randn(atoms, features, generator=gen, **cpu)
+        with fused_cgconv.forced():
+            if not conv._can_fuse(atom_fea, graph):
+                raise RuntimeError("the kernel does not apply to the timed convolution")
         times: dict[str, list[float]] = {"fused": [], "torch": []}
         for round_ in range(rounds + 2):  # the first two rounds warm up
             for name, context in (("fused", fused_cgconv.forced), ("torch", fused_cgconv.disabled)):
@@ -461,6 +475,7 @@ def measure_kernel_choice(rounds: int = 7, atoms: int = 640, features: int = 64)
         "threads": torch.get_num_threads(),
         "rounds": rounds,
         "torch": torch.__version__,
+        "cpu": fused_cgconv.cpu_model(),
     }
 
 

@@ -182,14 +182,15 @@ def load_library() -> ctypes.CDLL | None:
 def _warn_unavailable(reason: str) -> None:
     warnings.warn(
         f"crystaltwins: fused CGCNN kernels unavailable, training on CPU uses the PyTorch "
-        f"implementation (slower; set {ENV_SWITCH}=0 to silence this): {reason}",
+        f"implementation (slower on some CPUs; set {ENV_SWITCH}=0 to silence this): {reason}",
         RuntimeWarning,
         stacklevel=3,
     )
 
 
 def available() -> bool:
-    """Whether the fused kernels are used in this process (built, and not :func:`disabled`)."""
+    """Whether the fused kernels can be used in this process (built, and not :func:`disabled`);
+    training takes them where :func:`crystaltwins.layers.cgcnn_conv.fused_kernel_pays`."""
     return _disabled_depth == 0 and load_library() is not None
 
 
@@ -227,15 +228,34 @@ def _choice_file(threads: int) -> Path | None:
     return _library_file.with_name(f"{_library_file.stem}.choice-{threads}-threads.json")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else :func:`platform.processor`."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def remembered_choice(threads: int) -> dict[str, Any] | None:
     """The measurement remembered for this library at ``threads`` threads (``{"fused": bool,
-    "fused_ms": ..., "torch_ms": ..., ...}``), or ``None`` (none yet, or unreadable)."""
+    "fused_ms": ..., "torch_ms": ..., ...}``), or ``None``: none yet, unreadable, or made with
+    another torch version or on another CPU model (a cache folder may be shared). Delete the
+    ``cgconv_fused-*.choice-*.json`` files of ``$CRYSTALTWINS_CACHE/kernels`` to measure again
+    (e.g. if the first measurement ran while the machine was busy)."""
     path = _choice_file(threads)
     try:
         choice = json.loads(path.read_text()) if path is not None else None
     except (OSError, ValueError):
         return None
-    return choice if isinstance(choice, dict) and isinstance(choice.get("fused"), bool) else None
+    if not (isinstance(choice, dict) and isinstance(choice.get("fused"), bool)):
+        return None
+    if choice.get("torch") != torch.__version__ or choice.get("cpu") != cpu_model():
+        return None
+    return choice
 
 
 def remember_choice(threads: int, choice: dict[str, Any]) -> None:
