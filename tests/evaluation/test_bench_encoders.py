@@ -147,20 +147,26 @@ def test_ranking_names_the_tasks_where_ours_differs_from_the_paper():
     assert alone["tasks"] == [] and ranking_sentence(alone) == ""
 
 
-def test_members_together_stacks_only_cgcnn_runs(perovskite_subset, cache_root, tmp_path):
-    """--members-together trains the CGCNN runs in one loop; GIN's run goes on its own."""
+def test_members_together_stacks_cgcnn_and_ogcnn_runs(perovskite_subset, cache_root, tmp_path):
+    """--members-together trains the CGCNN runs in one loop and the OGCNN runs in another (one
+    stack per architecture); GIN's run goes on its own."""
     out = tmp_path / "results"
     run_bench(
         _data_root(perovskite_subset, tmp_path),
         out,
         **_kwargs(
-            cache_root, encoders=["cgcnn", "gin"], pretrained="default", members_together=True
+            cache_root,
+            encoders=["cgcnn", "gin", "ogcnn"],
+            pretrained="default",
+            members_together=True,
         ),
     )
     runs = out / "runs" / "perovskites" / "seed0"
     metrics = {p.name: json.loads((p / "metrics.json").read_text()) for p in runs.iterdir()}
-    assert sorted(metrics) == ["ct", "scratch", "scratch_gin"]
+    assert sorted(metrics) == ["ct", "scratch", "scratch_gin", "scratch_ogcnn"]
     assert metrics["ct"]["trained_together"]["members"] == 2
     assert metrics["scratch"]["trained_together"]["members"] == 2
+    assert metrics["scratch_ogcnn"]["trained_together"]["members"] == 1
     assert "trained_together" not in metrics["scratch_gin"]
     assert _encoder_of(runs / "scratch_gin" / "model.pt") == "gin"
+    assert _encoder_of(runs / "scratch_ogcnn" / "model.pt") == "ogcnn"

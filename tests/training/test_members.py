@@ -67,7 +67,9 @@ class _Targets(CrystalGraphDataset):
         return self.values
 
 
-def _members(cache: GraphCache, featurizer: AtomFeaturizer, dtype: torch.dtype) -> list[MemberData]:
+def _members(
+    cache: GraphCache, featurizer: AtomFeaturizer, dtype: torch.dtype, encoder: str = "cgcnn"
+) -> list[MemberData]:
     """Three members: own split (split seeds 0, 1, 2), own seed, own initialisation; member 1
     with another encoder learning-rate factor and weight decay, as CT vs scratch differ."""
     values = cache.labels(["e_form"])[:, 0].astype(np.float64)
@@ -75,11 +77,11 @@ def _members(cache: GraphCache, featurizer: AtomFeaturizer, dtype: torch.dtype) 
     for k in range(3):
         split = random_split(len(cache), (0.6, 0.2, 0.2), seed=k)
         L.seed_everything(10 + k, verbose=False)
-        encoder = new_encoder(featurizer, cache.settings, 16, 2, 24)
+        network = new_encoder(featurizer, cache.settings, 16, 2, 24, name=encoder)
         y = values[split.train]
         target = Target("e_form", mean=float(y.mean()), std=float(y.std()))
         module = FinetuneModule(
-            PropertyModel(encoder, PropertyHead(24, 12, 1), target),
+            PropertyModel(network, PropertyHead(24, 12, 1), target),
             lr=1e-2,
             encoder_lr_factor=0.2 if k == 1 else 1.0,
             weight_decay=1e-4 if k == 1 else 0.0,
@@ -143,11 +145,15 @@ def _alone(member: MemberData, dtype: torch.dtype) -> tuple[list[dict], dict, in
 
 
 @pytest.mark.parametrize(
-    "dtype,rtol,val_rtol",
-    [(torch.float64, 1e-9, 2e-7), (torch.float32, 1e-5, 2e-2)],
-    ids=["float64", "float32"],
+    "dtype,rtol,val_rtol,encoder",
+    [
+        (torch.float64, 1e-9, 2e-7, "cgcnn"),
+        (torch.float32, 1e-5, 2e-2, "cgcnn"),
+        (torch.float64, 1e-9, 2e-7, "ogcnn"),
+    ],
+    ids=["float64", "float32", "ogcnn-float64"],
 )
-def test_together_equals_alone(cache, featurizer, dtype, rtol, val_rtol):
+def test_together_equals_alone(cache, featurizer, dtype, rtol, val_rtol, encoder):
     """K=3 members with different splits, seeds and learning rates: epoch losses and MAEs,
     best epochs, and the best weights with BatchNorm running statistics all agree.
 
@@ -156,11 +162,13 @@ def test_together_equals_alone(cache, featurizer, dtype, rtol, val_rtol):
     the running mean, which eval mode uses, lags behind them. How far that takes a validation loss
     depends on the CPU's rounding: up to 1.2e-3 between the two paths on the development VM, 5.6e-3
     on CI's. float64 checks the validation computation itself (2e-7)."""
-    members = _members(cache, featurizer, dtype)
+    members = _members(cache, featurizer, dtype, encoder)
     alone = [_alone(copy.deepcopy(m), dtype) for m in members]
     exact = [None] * len(members)
     if dtype == torch.float32:  # each member's float64 run: where float32 rounding alone takes it
-        exact = [_alone(m, torch.float64) for m in _members(cache, featurizer, torch.float64)]
+        exact = [
+            _alone(m, torch.float64) for m in _members(cache, featurizer, torch.float64, encoder)
+        ]
     results = train_together(members, EPOCHS, BATCH, dtype=dtype)
     for member, result, (history, best_state, best_epoch), reference in zip(
         members, results, alone, exact, strict=True
@@ -194,6 +202,10 @@ def test_together_equals_alone(cache, featurizer, dtype, rtol, val_rtol):
             if want.is_floating_point():
                 scale = float(want.abs().max()) or 1.0
                 allowed = torch.full_like(want, 10 * rtol * scale, dtype=torch.float64)
+                if name.endswith(("fc_full.bias", "bn1.running_mean")):
+                    # float64 too: the bias gradient is rounding noise (~1e-16) that Adam turns
+                    # into steps of lr * noise / eps ~ 1e-10 each, in either path alike
+                    allowed = allowed.clamp_min(1e-8)
                 if reference is not None and reference[2] == best_epoch:
                     # float32: besides the floor, as far from the float64 run as the single
                     # path is itself (Adam turns a near-zero gradient's rounding into steps of
@@ -210,9 +222,11 @@ def test_together_equals_alone(cache, featurizer, dtype, rtol, val_rtol):
     assert all(r.history[-1]["train_loss"] < r.history[0]["train_loss"] for r in results)
 
 
-def test_padding_does_not_leak(cache, featurizer):
-    """A member's outputs do not depend on the other members' batch sizes (padding)."""
-    members = _members(cache, featurizer, torch.float64)
+@pytest.mark.parametrize("encoder", ["cgcnn", "ogcnn"])
+def test_padding_does_not_leak(cache, featurizer, encoder):
+    """A member's outputs do not depend on the other members' batch sizes (padding: for OGCNN,
+    padded edges of distance 0 must not enter the orbital field)."""
+    members = _members(cache, featurizer, torch.float64, encoder)
     model = GroupedPropertyModels(
         [m.module.encoder for m in members], [m.module.head for m in members]
     ).to(dtype=torch.float64)

@@ -587,15 +587,18 @@ def finetune_task_together(
             check_reusable(Path(config.out), config)  # before any training
         else:
             pending.append(config)
-    if not pending:
-        return
-    ctx.progress(
-        f"{task.name}: {len(pending)} runs trained together, {ctx.preset.finetune_epochs} epochs"
-    )
-    started = time.time()
-    finetune_together(pending)
-    ctx.runs_timed += len(pending)
-    ctx.run_seconds += time.time() - started
+    by_encoder: dict[str, list[Any]] = {}  # one stack per architecture
+    for config in pending:
+        by_encoder.setdefault(config.encoder_name, []).append(config)
+    for encoder, group in by_encoder.items():
+        ctx.progress(
+            f"{task.name}: {len(group)} {encoder} runs trained together, "
+            f"{ctx.preset.finetune_epochs} epochs"
+        )
+        started = time.time()
+        finetune_together(group)
+        ctx.runs_timed += len(group)
+        ctx.run_seconds += time.time() - started
 
 
 def _use_subsets(ctx: BenchContext, corpus: list[Path]) -> list[Path]:

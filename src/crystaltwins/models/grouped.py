@@ -1,4 +1,4 @@
-"""K CGCNN property models evaluated as one: stacked parameters, batched matrix products.
+"""K CGCNN (or OGCNN) property models evaluated as one: stacked parameters, batched products.
 
 Several fine-tuning runs (seeds, CT and scratch, ensemble members) can share one process and
 the kernels of one step: the K members' parameters are stacked along a leading member axis
@@ -8,7 +8,9 @@ member sees its own batch, padded to the step's largest atom / edge / crystal co
 running) are masked means over each member's own edges or atoms, padded messages are zeroed
 before the neighbour sums, pooling counts real atoms only and the losses average over real
 crystals. Member ``k`` therefore computes exactly what its own
-:class:`~crystaltwins.models.cgcnn.CGCNNEncoder` + :class:`~crystaltwins.models.heads.PropertyHead`
+:class:`~crystaltwins.models.cgcnn.CGCNNEncoder` (or
+:class:`~crystaltwins.models.ogcnn.OGCNNEncoder`: the same convolutions on element + orbital-field
+matrix inputs, padded edges left out of the field) + :class:`~crystaltwins.models.heads.PropertyHead`
 compute on its batch (up to rounding; tests compare them in float64).
 
 The formulation is the plain one (gathers, batched products, masked reductions, one
@@ -29,6 +31,10 @@ from torch import Tensor, nn
 from crystaltwins.graph.batch import CrystalGraphBatch
 from crystaltwins.layers.gaussian import GaussianExpansion
 from crystaltwins.models.cgcnn import CGCNNEncoder
+from crystaltwins.models.ogcnn import OFM_DISTANCE_POWER, OGCNNEncoder
+
+#: Encoders whose members can be stacked (the same convolutions; OGCNN adds its OFM input).
+GROUPED_ENCODERS = (CGCNNEncoder, OGCNNEncoder)
 
 
 @dataclass
@@ -132,8 +138,8 @@ def _same(values: Sequence[object], what: str) -> None:
 class GroupedPropertyModels:
     """K (encoder, property head) pairs of one architecture, with stacked parameters.
 
-    :param encoders: the members' :class:`CGCNNEncoder` (same ``config``; element tables may
-        differ).
+    :param encoders: the members' :class:`CGCNNEncoder` or :class:`OGCNNEncoder` (one class,
+        the same ``config``; element tables may differ).
     :param heads: their :class:`~crystaltwins.models.heads.PropertyHead` (same sizes).
 
     :attr:`params` and :attr:`buffers` map the names of a member's ``encoder.*`` / ``head.*``
@@ -142,9 +148,15 @@ class GroupedPropertyModels:
     :meth:`member_state` gives member ``k``'s state dicts back.
     """
 
-    def __init__(self, encoders: Sequence[CGCNNEncoder], heads: Sequence[nn.Module]) -> None:
+    def __init__(
+        self, encoders: Sequence[CGCNNEncoder | OGCNNEncoder], heads: Sequence[nn.Module]
+    ) -> None:
         if len(encoders) != len(heads) or not encoders:
             raise ValueError("give one head per encoder, at least one member")
+        kinds = {type(e) for e in encoders}
+        if len(kinds) > 1 or not issubclass(kinds.pop(), GROUPED_ENCODERS):
+            names = sorted({type(e).__name__ for e in encoders})
+            raise ValueError(f"only CGCNN or OGCNN encoders of one kind stack; got {names}")
         _same([e.config for e in encoders], "encoder settings")
         _same([[tuple(p.shape) for p in h.parameters()] for h in heads], "head sizes")
         first = encoders[0]
@@ -174,6 +186,9 @@ class GroupedPropertyModels:
                 else:
                     self.buffers[prefix + name] = stacked
         self.tables = torch.stack([e.atom_features for e in encoders])  # (K, n_z, F)
+        self.ofm = isinstance(first, OGCNNEncoder)
+        # (n_z, 32) valence one-hot rows of the OFM, the same for every member
+        self.valence = first.valence if self.ofm else None
         self.training = True
 
     # ------------------------------------------------------------------ state
@@ -183,7 +198,7 @@ class GroupedPropertyModels:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.params["encoder.embedding.weight"].dtype
+        return self.params["encoder.conv_to_fc.weight"].dtype
 
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
@@ -197,6 +212,8 @@ class GroupedPropertyModels:
         self.params = {n: move(p).detach().requires_grad_(True) for n, p in self.params.items()}
         self.buffers = {n: move(b) for n, b in self.buffers.items()}
         self.tables = move(self.tables)
+        if self.valence is not None:
+            self.valence = move(self.valence)
         self.gaussian = self.gaussian.to(device=device)
         return self
 
@@ -274,14 +291,51 @@ class GroupedPropertyModels:
         )
         return F.softplus(x + summed)
 
+    def _element_rows(self, table: Tensor, batch: MemberBatch) -> Tensor:
+        """Each member's rows of its per-element ``table`` ``(K, n_z, C)`` for its atoms:
+        ``(K, N, C)``."""
+        k, n = batch.atomic_numbers.shape
+        offsets = torch.arange(k, device=self.device).unsqueeze(1) * table.shape[1]
+        rows = table.reshape(-1, table.shape[2]).index_select(
+            0, (batch.atomic_numbers + offsets).view(-1)
+        )
+        return rows.view(k, n, table.shape[2])
+
+    def _ofm_inputs(self, batch: MemberBatch) -> Tensor:
+        """OGCNN's atom inputs ``(K, N, A)``: ``embedding2(softplus(embedding1([element ‖
+        OFM])))``, the OFM (:func:`~crystaltwins.models.ogcnn.orbital_field_matrix`) summed over
+        each member's real edges only."""
+        k, n = batch.atomic_numbers.shape
+        w = self.params["encoder.embedding1.weight"]  # (K, hot, F + 1056)
+        n_elem = self.tables.shape[2]
+        element = torch.baddbmm(
+            self.params["encoder.embedding1.bias"].unsqueeze(1),
+            self.tables.to(self.dtype),
+            w[:, :, :n_elem].transpose(1, 2),
+        )  # (K, n_z, hot)
+        orbitals = self.valence.to(self.dtype).index_select(0, batch.atomic_numbers.view(-1))
+        mask = batch.edge_mask.view(-1, 1)
+        distance = torch.where(mask > 0, batch.edge_distance.view(-1, 1).to(self.dtype), 1.0)
+        weight = distance.pow(-OFM_DISTANCE_POWER) * mask  # padded edges weigh nothing
+        field = torch.zeros_like(orbitals).index_add_(
+            0, batch.centre, orbitals.index_select(0, batch.neighbour) * weight
+        )
+        right = torch.cat((torch.ones_like(field[:, :1]), field), dim=1)  # (K N, 33)
+        ofm = (orbitals.unsqueeze(2) * right.unsqueeze(1)).reshape(k, n, -1)  # (K, N, 1056)
+        hidden = torch.baddbmm(
+            self._element_rows(element, batch), ofm, w[:, :, n_elem:].transpose(1, 2)
+        )
+        return self._linear(F.softplus(hidden), "encoder.embedding2")
+
     def embeddings(self, batch: MemberBatch) -> Tensor:
         """Every member's crystal embeddings ``(K, B, H)`` (padded crystals: values to ignore)."""
         k, n = batch.atomic_numbers.shape
-        tables = self._linear(self.tables.to(self.dtype), "encoder.embedding")  # (K, n_z, A)
-        a = tables.shape[2]
-        offsets = torch.arange(k, device=self.device).unsqueeze(1) * tables.shape[1]
-        x = tables.reshape(-1, a).index_select(0, (batch.atomic_numbers + offsets).view(-1))
-        x = x.view(k, n, a)
+        if self.ofm:
+            x = self._ofm_inputs(batch)
+        else:
+            tables = self._linear(self.tables.to(self.dtype), "encoder.embedding")  # (K, n_z, A)
+            x = self._element_rows(tables, batch)
+        a = x.shape[2]
         if self.n_conv:
             edge_fea = self.gaussian(batch.edge_distance.to(self.dtype))  # (K, E, G)
             for i in range(self.n_conv):

@@ -43,8 +43,7 @@ import torch.nn.functional as F
 from crystaltwins.data.dataset import CrystalGraphDataset
 from crystaltwins.graph.batch import CrystalGraphBatch
 from crystaltwins.io.atomic import atomic_path
-from crystaltwins.models.cgcnn import CGCNNEncoder
-from crystaltwins.models.grouped import GroupedPropertyModels, MemberBatch
+from crystaltwins.models.grouped import GROUPED_ENCODERS, GroupedPropertyModels, MemberBatch
 from crystaltwins.training.common import resident_device
 from crystaltwins.training.configs import FinetuneConfig
 from crystaltwins.training.finetune import FinetuneModule, TrainedRun, prepare_run
@@ -242,9 +241,10 @@ def train_together(
             f"got {per_epoch} (training crystals {[len(m.train) for m in members]}, batch "
             f"{batch_size})"
         )
-    kinds = {type(m.encoder).__name__ for m in modules}
-    if kinds != {CGCNNEncoder.__name__}:
-        raise ValueError(f"only CGCNN encoders train together; got {sorted(kinds)}")
+    kinds = {type(m.encoder) for m in modules}
+    if len(kinds) > 1 or not issubclass(next(iter(kinds)), GROUPED_ENCODERS):
+        names = sorted(k.__name__ for k in kinds)
+        raise ValueError(f"only CGCNN or OGCNN encoders of one kind train together; got {names}")
     model = GroupedPropertyModels([m.encoder for m in modules], [m.head for m in modules])
     model.to(device, dtype)
     lrs = [_member_lrs(m) for m in modules]
