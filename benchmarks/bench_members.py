@@ -1,6 +1,6 @@
 """K fine-tuning members trained together (one loop, stacked weights) vs one after another.
 
-Both sides train the same K members (own seeds and splits, CGCNN from scratch, batch 128) on the
+Both sides train the same K members (own seeds and splits, from scratch, ``--encoder`` CGCNN by default, batch 128) on the
 same crystals for ``--epochs`` epochs and report the median epoch time (training + validation of
 all K members) after the first epoch:
 
@@ -52,14 +52,16 @@ class _Targets(CrystalGraphDataset):
         return self.values
 
 
-def make_members(cache: GraphCache, k: int, device: torch.device) -> list[MemberData]:
+def make_members(
+    cache: GraphCache, k: int, device: torch.device, encoder_name: str = "cgcnn"
+) -> list[MemberData]:
     values = cache.labels(["y"])[:, 0].astype(np.float64)
     featurizer = AtomFeaturizer.builtin()
     members = []
     for seed in range(k):
         split = random_split(len(cache), (0.6, 0.2, 0.2), seed=seed)
         L.seed_everything(seed, verbose=False)
-        encoder = new_encoder(featurizer, cache.settings)
+        encoder = new_encoder(featurizer, cache.settings, name=encoder_name)
         y = values[split.train]
         target = Target("y", mean=float(y.mean()), std=float(y.std()))
         head = PropertyHead(encoder.out_dim, encoder.out_dim, 1)
@@ -122,6 +124,10 @@ def main() -> None:
     parser.add_argument("--column", default="e_form")
     parser.add_argument("--crystals", type=int, default=2000, help="0: the whole file")
     parser.add_argument("--members", type=int, default=3)
+    parser.add_argument(
+        "--encoder", choices=("cgcnn", "gin", "gatgnn", "ogcnn"), default="cgcnn",
+        help="the members' architecture (default cgcnn)",
+    )  # fmt: skip
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu")
@@ -131,7 +137,8 @@ def main() -> None:
     device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(
-        f"torch {torch.__version__}, {name}, {args.threads} threads, {args.members} members, "
+        f"torch {torch.__version__}, {name}, {args.threads} threads, {args.members} "
+        f"{args.encoder} members, "
         f"batch {BATCH}, {args.epochs} epochs, {time.strftime('%Y-%m-%d')}"
     )
     csv.field_size_limit(2**31 - 1)
@@ -155,7 +162,8 @@ def main() -> None:
         results: dict[str, list[float]] = {"sequential": [], "together": []}
         for _ in range(args.repeat):  # alternate: the machine's load drifts
             for label, run in (("sequential", sequential_epochs), ("together", together_epochs)):
-                times = run(make_members(cache, args.members, device), args.epochs, device)
+                members = make_members(cache, args.members, device, args.encoder)
+                times = run(members, args.epochs, device)
                 results[label] += times[1:]
                 print(f"  {label:10s} epochs: {', '.join(f'{t:.2f}' for t in times)} s", flush=True)
         seq = statistics.median(results["sequential"])

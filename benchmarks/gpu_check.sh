@@ -3,7 +3,8 @@
 #   1. environment (GPU, driver, torch);
 #   2. fine-tuning epoch time, perovskites (all 18,928) and mp36k (8,000): the original CGCNN loop,
 #      ours streaming per-crystal batches (the old path) and ours with the data resident on the GPU;
-#   2b. 6 fine-tuning members (8,000 perovskites) trained together (stacked weights) vs one after another;
+#   2b. 6 fine-tuning members (8,000 perovskites) trained together (stacked weights) vs one after another,
+#       and the same for 6 GATGNN members (4,000 perovskites);
 #   2c. the fine-tuning epoch of each encoder (CGCNN, GIN, GATGNN, OGCNN) on all perovskites (issue 14);
 #   3. one pre-training epoch over the corpus files in .device/data (cache build timed separately);
 #   4. `crystaltwins bench --preset paper --pretrained default` on as many tasks and seeds as fit
@@ -40,6 +41,9 @@ timeout $(( $(left) / 2 )) python3 benchmarks/bench_finetune_epoch.py --accelera
 echo "== 6 fine-tuning members together vs one after another (8,000 perovskites)" | tee -a "$log"
 timeout $(( $(left) / 4 )) python3 benchmarks/bench_members.py --accelerator gpu --threads 16 \
   --data-root "$DATA" --crystals 8000 --members 6 --epochs 3 --repeat 1 2>&1 | grep -v Warning | tee -a "$log"
+echo "== 6 GATGNN members together vs one after another (4,000 perovskites)" | tee -a "$log"
+timeout $(( $(left) / 8 )) python3 benchmarks/bench_members.py --accelerator gpu --threads 16 \
+  --data-root "$DATA" --crystals 4000 --members 6 --epochs 2 --repeat 1 --encoder gatgnn 2>&1 | grep -v Warning | tee -a "$log"
 
 echo "== each encoder's fine-tuning epoch (all perovskites, data on the GPU)" | tee -a "$log"
 timeout $(( $(left) / 5 )) python3 benchmarks/bench_finetune_epoch.py --accelerator gpu --threads 8 \

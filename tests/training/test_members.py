@@ -8,6 +8,7 @@ import copy
 import csv
 import gzip
 import itertools
+import re
 from pathlib import Path
 
 import lightning as L
@@ -19,7 +20,7 @@ from crystaltwins.data.cache import GraphCache, build_graph_cache
 from crystaltwins.data.dataset import CrystalGraphDataset
 from crystaltwins.data.splits import random_split
 from crystaltwins.graph.atom_features import AtomFeaturizer
-from crystaltwins.models.grouped import GroupedPropertyModels, MemberBatch
+from crystaltwins.models.grouped import MemberBatch, stack_models
 from crystaltwins.models.heads import PropertyHead
 from crystaltwins.models.property_model import PropertyModel, Target
 from crystaltwins.training.common import new_encoder
@@ -35,6 +36,20 @@ from crystaltwins.training.members import (
 CRYSTALS = 150
 BATCH = 32
 EPOCHS = 3
+#: small sizes (atom_fea_len, n_conv, h_fea_len) where the encoder takes them; GIN and GATGNN at
+#: their defaults
+SIZES = {"cgcnn": (16, 2, 24), "ogcnn": (16, 2, 24)}
+#: GIN (128 wide, 5 layers) diverges at first at 1e-2 on these 90 crystals
+LEARNING_RATE = {"gin": 1e-3}
+#: a bias just before a BatchNorm, whose gradient is zero in exact arithmetic, and that
+#: BatchNorm's running mean, by encoder
+_CGCNN_BEFORE_BN = r"convs\.\d+\.(fc_full\.bias|bn1\.running_mean)$"
+BEFORE_BATCH_NORM = {
+    "cgcnn": _CGCNN_BEFORE_BN,
+    "ogcnn": _CGCNN_BEFORE_BN,
+    "gin": r"(mlps\.\d+\.2\.bias|batch_norms\.\d+\.running_mean)$",
+    "gatgnn": r"(node_att\.\d+\.bias|batch_norm\.\d+\.running_mean)$",
+}
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +92,12 @@ def _members(
     for k in range(3):
         split = random_split(len(cache), (0.6, 0.2, 0.2), seed=k)
         L.seed_everything(10 + k, verbose=False)
-        network = new_encoder(featurizer, cache.settings, 16, 2, 24, name=encoder)
+        network = new_encoder(featurizer, cache.settings, *SIZES.get(encoder, ()), name=encoder)
         y = values[split.train]
         target = Target("e_form", mean=float(y.mean()), std=float(y.std()))
         module = FinetuneModule(
-            PropertyModel(network, PropertyHead(24, 12, 1), target),
-            lr=1e-2,
+            PropertyModel(network, PropertyHead(network.out_dim, 12, 1), target),
+            lr=LEARNING_RATE.get(encoder, 1e-2),
             encoder_lr_factor=0.2 if k == 1 else 1.0,
             weight_decay=1e-4 if k == 1 else 0.0,
         ).to(dtype)
@@ -150,8 +165,10 @@ def _alone(member: MemberData, dtype: torch.dtype) -> tuple[list[dict], dict, in
         (torch.float64, 1e-9, 2e-7, "cgcnn"),
         (torch.float32, 1e-5, 2e-2, "cgcnn"),
         (torch.float64, 1e-9, 2e-7, "ogcnn"),
+        (torch.float64, 1e-9, 2e-7, "gin"),
+        (torch.float64, 1e-9, 2e-7, "gatgnn"),
     ],
-    ids=["float64", "float32", "ogcnn-float64"],
+    ids=["float64", "float32", "ogcnn-float64", "gin-float64", "gatgnn-float64"],
 )
 def test_together_equals_alone(cache, featurizer, dtype, rtol, val_rtol, encoder):
     """K=3 members with different splits, seeds and learning rates: epoch losses and MAEs,
@@ -202,10 +219,11 @@ def test_together_equals_alone(cache, featurizer, dtype, rtol, val_rtol, encoder
             if want.is_floating_point():
                 scale = float(want.abs().max()) or 1.0
                 allowed = torch.full_like(want, 10 * rtol * scale, dtype=torch.float64)
-                if name.endswith(("fc_full.bias", "bn1.running_mean")):
-                    # float64 too: the bias gradient is rounding noise (~1e-16) that Adam turns
-                    # into steps of lr * noise / eps ~ 1e-10 each, in either path alike
-                    allowed = allowed.clamp_min(1e-8)
+                if re.search(BEFORE_BATCH_NORM[encoder], name):
+                    # float64 too: the bias gradient is rounding noise (1e-16 to 1e-13) that
+                    # Adam turns into steps of lr * noise / eps (1e-10 to 1e-7) each, in either
+                    # path alike
+                    allowed = allowed.clamp_min(1e-6)
                 if reference is not None and reference[2] == best_epoch:
                     # float32: besides the floor, as far from the float64 run as the single
                     # path is itself (Adam turns a near-zero gradient's rounding into steps of
@@ -222,14 +240,15 @@ def test_together_equals_alone(cache, featurizer, dtype, rtol, val_rtol, encoder
     assert all(r.history[-1]["train_loss"] < r.history[0]["train_loss"] for r in results)
 
 
-@pytest.mark.parametrize("encoder", ["cgcnn", "ogcnn"])
+@pytest.mark.parametrize("encoder", ["cgcnn", "ogcnn", "gin", "gatgnn"])
 def test_padding_does_not_leak(cache, featurizer, encoder):
     """A member's outputs do not depend on the other members' batch sizes (padding: for OGCNN,
-    padded edges of distance 0 must not enter the orbital field)."""
+    padded edges of distance 0 must not enter the orbital field; for GATGNN, padded edges and
+    atoms must not enter the softmaxes)."""
     members = _members(cache, featurizer, torch.float64, encoder)
-    model = GroupedPropertyModels(
-        [m.module.encoder for m in members], [m.module.head for m in members]
-    ).to(dtype=torch.float64)
+    model = stack_models([m.module.encoder for m in members], [m.module.head for m in members]).to(
+        dtype=torch.float64
+    )
     small = members[0].train.__getitems__(np.arange(5))
     big = members[1].train.__getitems__(np.arange(40))
     model.eval()

@@ -27,8 +27,8 @@ SCRATCH_ENCODER_LR_FACTOR = 1.0
 #: Tasks a property model is trained for.
 TASKS = ("regression", "classification")
 #: Encoders whose members ``members_together`` stacks (:mod:`crystaltwins.training.members`);
-#: the others' runs go one by one.
-TRAINED_TOGETHER = ("cgcnn", "ogcnn")
+#: others (an encoder registered by a user) run one by one.
+TRAINED_TOGETHER = ("cgcnn", "ogcnn", "gin", "gatgnn")
 #: Crystals per batch and device of ``predict`` / ``embed`` (no gradients: larger batches).
 INFERENCE_BATCH = 256
 INFERENCE_DEVICE = "cpu"
@@ -441,7 +441,7 @@ class FinetuneConfig(RunOptions):
     members_together: bool = setting(
         False,
         "with --ensemble: train the members in one loop with stacked weights (faster on a GPU; "
-        "CGCNN and OGCNN encoders, no early stopping, no mid-run resume)",
+        "every built-in encoder, no early stopping, no mid-run resume)",
     )
 
     @property

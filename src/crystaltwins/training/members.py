@@ -2,7 +2,7 @@
 
 Each member is an ordinary fine-tuning run (:class:`~crystaltwins.training.finetune.FinetuneConfig`:
 its own data split, seed, initialisation, learning rates, BatchNorm statistics and run folder);
-:func:`train_together` stacks their models (:class:`~crystaltwins.models.grouped.GroupedPropertyModels`)
+:func:`train_together` stacks their models (:func:`~crystaltwins.models.grouped.stack_models`)
 and trains them in one loop: at every step each member draws its next batch from its own training
 crystals, in the order a separate run draws them (:class:`~crystaltwins.training.sampling.EpochSampler`
 with the member's seed), the batches are padded and stacked, and one forward, one backward and one
@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from crystaltwins.data.dataset import CrystalGraphDataset
 from crystaltwins.graph.batch import CrystalGraphBatch
 from crystaltwins.io.atomic import atomic_path
-from crystaltwins.models.grouped import GROUPED_ENCODERS, GroupedPropertyModels, MemberBatch
+from crystaltwins.models.grouped import GROUPED_ENCODERS, MemberBatch, stack_models
 from crystaltwins.training.common import resident_device
 from crystaltwins.training.configs import FinetuneConfig
 from crystaltwins.training.finetune import FinetuneModule, TrainedRun, prepare_run
@@ -244,8 +244,8 @@ def train_together(
     kinds = {type(m.encoder) for m in modules}
     if len(kinds) > 1 or not issubclass(next(iter(kinds)), GROUPED_ENCODERS):
         names = sorted(k.__name__ for k in kinds)
-        raise ValueError(f"only CGCNN or OGCNN encoders of one kind train together; got {names}")
-    model = GroupedPropertyModels([m.encoder for m in modules], [m.head for m in modules])
+        raise ValueError(f"only encoders of one stackable kind train together; got {names}")
+    model = stack_models([m.encoder for m in modules], [m.head for m in modules])
     model.to(device, dtype)
     lrs = [_member_lrs(m) for m in modules]
     encoder_lr = torch.tensor([e for e, _ in lrs], dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""K CGCNN (or OGCNN) property models evaluated as one: stacked parameters, batched products.
+"""K property models of one architecture evaluated as one: stacked parameters, batched products.
 
 Several fine-tuning runs (seeds, CT and scratch, ensemble members) can share one process and
 the kernels of one step: the K members' parameters are stacked along a leading member axis
@@ -6,14 +6,16 @@ the kernels of one step: the K members' parameters are stacked along a leading m
 member sees its own batch, padded to the step's largest atom / edge / crystal counts
 (:class:`MemberBatch`). Padded rows never reach a result: the BatchNorm statistics (batch and
 running) are masked means over each member's own edges or atoms, padded messages are zeroed
-before the neighbour sums, pooling counts real atoms only and the losses average over real
-crystals. Member ``k`` therefore computes exactly what its own
-:class:`~crystaltwins.models.cgcnn.CGCNNEncoder` (or
-:class:`~crystaltwins.models.ogcnn.OGCNNEncoder`: the same convolutions on element + orbital-field
-matrix inputs, padded edges left out of the field) + :class:`~crystaltwins.models.heads.PropertyHead`
-compute on its batch (up to rounding; tests compare them in float64).
+before the neighbour sums, softmaxes leave padded rows out, pooling counts real atoms only and
+the losses average over real crystals. Member ``k`` therefore computes exactly what its own
+encoder + :class:`~crystaltwins.models.heads.PropertyHead` compute on its batch (up to
+rounding; ``tests/training/test_members.py`` compares them in float64).
 
-The formulation is the plain one (gathers, batched products, masked reductions, one
+:class:`StackedModels` holds what every architecture shares (the stacked state, batched linear
+layers, masked BatchNorm, the property head); each architecture's module writes its encoder's
+forward pass on it (:mod:`.cgcnn` for CGCNN and OGCNN, :mod:`.gin`, :mod:`.gatgnn`).
+
+The formulation is the plain one (gathers, batched products, masked reductions,
 ``index_add_``): a handful of large kernels per layer whatever K, and no host synchronisation,
 which is what an accelerator wants. On the CPU the single-model path has a fused kernel instead;
 ``benchmarks/bench_members.py`` measures which is faster there.
@@ -21,7 +23,7 @@ which is what an accelerator wants. On the CPU the single-model path has a fused
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,12 +31,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crystaltwins.graph.batch import CrystalGraphBatch
-from crystaltwins.layers.gaussian import GaussianExpansion
-from crystaltwins.models.cgcnn import CGCNNEncoder
-from crystaltwins.models.ogcnn import OFM_DISTANCE_POWER, OGCNNEncoder
-
-#: Encoders whose members can be stacked (the same convolutions; OGCNN adds its OFM input).
-GROUPED_ENCODERS = (CGCNNEncoder, OGCNNEncoder)
 
 
 @dataclass
@@ -130,46 +126,71 @@ class MemberBatch:
         )
 
 
-def _same(values: Sequence[object], what: str) -> None:
+def same(values: Sequence[object], what: str) -> None:
+    """:raises ValueError: unless every value equals the first (``what`` names them)."""
     if any(v != values[0] for v in values[1:]):
         raise ValueError(f"models trained together need the same {what}; got {list(values)}")
 
 
-class GroupedPropertyModels:
+def masked_segment_softmax(scores: Tensor, index: Tensor, mask: Tensor, segments: int) -> Tensor:
+    """Softmax of ``scores`` ``(R, ...)`` within each group of rows sharing ``index``, rows with
+    ``mask`` 0 left out (they get 0 and change no other row), as
+    :func:`~crystaltwins.layers.graph_ops.segment_softmax` computes it on the real rows.
+
+    :param index: ``(R,)`` int64 group of every row; :param mask: ``(R,)`` 1 for real rows.
+    :param segments: number of groups.
+    """
+    real = (mask > 0).view(-1, *([1] * (scores.ndim - 1))).expand_as(scores)
+    kept = scores.detach().masked_fill(~real, float("-inf"))
+    expanded = index.view(-1, *([1] * (scores.ndim - 1))).expand_as(scores)
+    maximum = scores.new_full((segments, *scores.shape[1:]), float("-inf")).scatter_reduce(
+        0, expanded, kept, reduce="amax", include_self=True
+    )
+    shifted = torch.where(real, scores - maximum.index_select(0, index), float("-inf"))
+    exp = shifted.exp()
+    total = exp.new_zeros(segments, *scores.shape[1:]).index_add_(0, index, exp)
+    # a real row's group total is at least 1 (its maximum row); padded rows: 0 / tiny = 0
+    return exp / total.index_select(0, index).clamp_min(torch.finfo(exp.dtype).tiny)
+
+
+class StackedModels:
     """K (encoder, property head) pairs of one architecture, with stacked parameters.
 
-    :param encoders: the members' :class:`CGCNNEncoder` or :class:`OGCNNEncoder` (one class,
-        the same ``config``; element tables may differ).
+    :param encoders: the members' encoders (one class, the same ``config``; element tables may
+        differ).
     :param heads: their :class:`~crystaltwins.models.heads.PropertyHead` (same sizes).
 
     :attr:`params` and :attr:`buffers` map the names of a member's ``encoder.*`` / ``head.*``
     state to ``(K, ...)`` tensors (parameters are leaf tensors that require grad); BatchNorm
     running statistics and ``num_batches_tracked`` are buffers, updated in training mode.
-    :meth:`member_state` gives member ``k``'s state dicts back.
+    :meth:`member_state` gives member ``k``'s state dicts back. A subclass writes
+    :meth:`embeddings` for its architecture.
     """
 
-    def __init__(
-        self, encoders: Sequence[CGCNNEncoder | OGCNNEncoder], heads: Sequence[nn.Module]
-    ) -> None:
+    #: the encoder classes a subclass stacks
+    encoder_types: tuple[type[nn.Module], ...] = ()
+
+    def __init__(self, encoders: Sequence[nn.Module], heads: Sequence[nn.Module]) -> None:
         if len(encoders) != len(heads) or not encoders:
             raise ValueError("give one head per encoder, at least one member")
         kinds = {type(e) for e in encoders}
-        if len(kinds) > 1 or not issubclass(kinds.pop(), GROUPED_ENCODERS):
+        kind = next(iter(kinds))
+        if len(kinds) > 1 or not issubclass(kind, self.encoder_types):
             names = sorted({type(e).__name__ for e in encoders})
-            raise ValueError(f"only CGCNN or OGCNN encoders of one kind stack; got {names}")
-        _same([e.config for e in encoders], "encoder settings")
-        _same([[tuple(p.shape) for p in h.parameters()] for h in heads], "head sizes")
-        first = encoders[0]
+            wanted = " or ".join(t.__name__ for t in self.encoder_types)
+            raise ValueError(
+                f"{type(self).__name__} stacks {wanted} encoders of one kind; got {names}"
+            )
+        same([e.config for e in encoders], "encoder settings")
+        same([[tuple(p.shape) for p in h.parameters()] for h in heads], "head sizes")
         bns = [m for e in encoders for m in e.modules() if isinstance(m, nn.BatchNorm1d)]
-        _same([(m.eps, m.momentum, m.affine, m.track_running_stats) for m in bns], "BatchNorm")
+        same([(m.eps, m.momentum, m.affine, m.track_running_stats) for m in bns], "BatchNorm")
         if not all(m.affine and m.track_running_stats for m in bns):
             raise ValueError("models trained together need affine BatchNorm with running stats")
         self.members = len(encoders)
-        self.n_conv = first.config["n_conv"]
-        self.atom_fea_len = first.config["atom_fea_len"]
+        self.config = dict(encoders[0].config)
         self.bn_eps = float(bns[0].eps) if bns else 1e-5
         self.bn_momentum = bns[0].momentum if bns else 0.1
-        self.gaussian = GaussianExpansion(**first.config["gaussian"])
         heads = list(heads)
         names = [n for n, _ in heads[0].named_parameters()]
         if names != ["0.weight", "0.bias", "2.weight", "2.bias"]:
@@ -186,9 +207,6 @@ class GroupedPropertyModels:
                 else:
                     self.buffers[prefix + name] = stacked
         self.tables = torch.stack([e.atom_features for e in encoders])  # (K, n_z, F)
-        self.ofm = isinstance(first, OGCNNEncoder)
-        # (n_z, 32) valence one-hot rows of the OFM, the same for every member
-        self.valence = first.valence if self.ofm else None
         self.training = True
 
     # ------------------------------------------------------------------ state
@@ -198,11 +216,16 @@ class GroupedPropertyModels:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.params["encoder.conv_to_fc.weight"].dtype
+        return self.params["head.0.weight"].dtype
+
+    def _move_extra(
+        self, move: Callable[[Tensor], Tensor], device: torch.device | str | None
+    ) -> None:
+        """Move a subclass's own tensors and modules (none here)."""
 
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-    ) -> GroupedPropertyModels:
+    ) -> StackedModels:
         """Move (and cast floating tensors) in place; returns ``self``."""
 
         def move(t: Tensor) -> Tensor:
@@ -212,16 +235,14 @@ class GroupedPropertyModels:
         self.params = {n: move(p).detach().requires_grad_(True) for n, p in self.params.items()}
         self.buffers = {n: move(b) for n, b in self.buffers.items()}
         self.tables = move(self.tables)
-        if self.valence is not None:
-            self.valence = move(self.valence)
-        self.gaussian = self.gaussian.to(device=device)
+        self._move_extra(move, device)
         return self
 
-    def train(self, mode: bool = True) -> GroupedPropertyModels:
+    def train(self, mode: bool = True) -> StackedModels:
         self.training = mode
         return self
 
-    def eval(self) -> GroupedPropertyModels:
+    def eval(self) -> StackedModels:
         return self.train(False)
 
     def state(self) -> dict[str, Tensor]:
@@ -238,7 +259,7 @@ class GroupedPropertyModels:
         head = {n[5:]: t[k].clone() for n, t in state.items() if n.startswith("head.")}
         return encoder, head
 
-    # ------------------------------------------------------------------ forward
+    # ------------------------------------------------------------------ building blocks
     def _linear(self, x: Tensor, name: str, weight: Tensor | None = None) -> Tensor:
         """``x @ Wᵀ + b`` per member: ``(K, R, in)`` → ``(K, R, out)``."""
         w = self.params[f"{name}.weight"] if weight is None else weight
@@ -246,7 +267,9 @@ class GroupedPropertyModels:
 
     def _batch_norm(self, x: Tensor, name: str, mask: Tensor, count: Tensor) -> Tensor:
         """``BatchNorm1d`` over the real rows of every member's ``x`` ``(K, R, C)``; in training
-        batch statistics (biased variance) and running statistics updated as torch does."""
+        batch statistics (biased variance) and running statistics updated as torch does.
+
+        :param mask: ``(K, R)`` 1 for real rows; :param count: ``(K, 1)`` real rows."""
         gamma = self.params[f"{name}.weight"].unsqueeze(1)
         beta = self.params[f"{name}.bias"].unsqueeze(1)
         if not self.training:
@@ -271,26 +294,6 @@ class GroupedPropertyModels:
                 buf.mul_(1 - momentum).add_(momentum * value.to(buf.dtype))
         return centred * torch.rsqrt(var + self.bn_eps) * gamma + beta
 
-    def _conv(self, x: Tensor, edge_fea: Tensor, batch: MemberBatch, i: int) -> Tensor:
-        """One CGCNN convolution of every member, ``(K, N, A)`` → ``(K, N, A)``."""
-        k, n, a = x.shape
-        name = f"encoder.convs.{i}"
-        weight = self.params[f"{name}.fc_full.weight"]  # (K, 2A, 2A + G)
-        h_i = self._linear(x, f"{name}.fc_full", weight[:, :, :a])  # bias once, with the centre
-        h_j = torch.bmm(x, weight[:, :, a : 2 * a].transpose(1, 2))
-        e = edge_fea.shape[1]
-        z = torch.bmm(edge_fea, weight[:, :, 2 * a :].transpose(1, 2))  # (K, E, 2A)
-        z = z + h_i.reshape(k * n, 2 * a).index_select(0, batch.centre).view(k, e, 2 * a)
-        z = z + h_j.reshape(k * n, 2 * a).index_select(0, batch.neighbour).view(k, e, 2 * a)
-        z = self._batch_norm(z, f"{name}.bn1", batch.edge_mask, batch.edge_counts)
-        nbr_filter, nbr_core = z.chunk(2, dim=2)
-        message = torch.sigmoid(nbr_filter) * F.softplus(nbr_core) * batch.edge_mask.unsqueeze(2)
-        summed = x.new_zeros(k * n, a).index_add_(0, batch.centre, message.reshape(k * e, a))
-        summed = self._batch_norm(
-            summed.view(k, n, a), f"{name}.bn2", batch.atom_mask, batch.atom_counts
-        )
-        return F.softplus(x + summed)
-
     def _element_rows(self, table: Tensor, batch: MemberBatch) -> Tensor:
         """Each member's rows of its per-element ``table`` ``(K, n_z, C)`` for its atoms:
         ``(K, N, C)``."""
@@ -301,51 +304,33 @@ class GroupedPropertyModels:
         )
         return rows.view(k, n, table.shape[2])
 
-    def _ofm_inputs(self, batch: MemberBatch) -> Tensor:
-        """OGCNN's atom inputs ``(K, N, A)``: ``embedding2(softplus(embedding1([element ‖
-        OFM])))``, the OFM (:func:`~crystaltwins.models.ogcnn.orbital_field_matrix`) summed over
-        each member's real edges only."""
-        k, n = batch.atomic_numbers.shape
-        w = self.params["encoder.embedding1.weight"]  # (K, hot, F + 1056)
-        n_elem = self.tables.shape[2]
-        element = torch.baddbmm(
-            self.params["encoder.embedding1.bias"].unsqueeze(1),
-            self.tables.to(self.dtype),
-            w[:, :, :n_elem].transpose(1, 2),
-        )  # (K, n_z, hot)
-        orbitals = self.valence.to(self.dtype).index_select(0, batch.atomic_numbers.view(-1))
-        mask = batch.edge_mask.view(-1, 1)
-        distance = torch.where(mask > 0, batch.edge_distance.view(-1, 1).to(self.dtype), 1.0)
-        weight = distance.pow(-OFM_DISTANCE_POWER) * mask  # padded edges weigh nothing
-        field = torch.zeros_like(orbitals).index_add_(
-            0, batch.centre, orbitals.index_select(0, batch.neighbour) * weight
-        )
-        right = torch.cat((torch.ones_like(field[:, :1]), field), dim=1)  # (K N, 33)
-        ofm = (orbitals.unsqueeze(2) * right.unsqueeze(1)).reshape(k, n, -1)  # (K, N, 1056)
-        hidden = torch.baddbmm(
-            self._element_rows(element, batch), ofm, w[:, :, n_elem:].transpose(1, 2)
-        )
-        return self._linear(F.softplus(hidden), "encoder.embedding2")
+    @staticmethod
+    def _gather(x: Tensor, index: Tensor) -> Tensor:
+        """Rows of every member's ``x`` ``(K, N, ...)`` at the flattened ``index`` ``(K * E,)``
+        (:attr:`MemberBatch.centre` / ``neighbour`` convention): ``(K, E, ...)``."""
+        k = x.shape[0]
+        rows = x.reshape(k * x.shape[1], *x.shape[2:]).index_select(0, index)
+        return rows.view(k, -1, *x.shape[2:])
 
+    @staticmethod
+    def _scatter_sum(values: Tensor, index: Tensor, rows: int) -> Tensor:
+        """Every member's ``values`` ``(K, E, ...)`` summed onto the flattened ``index``
+        ``(K * E,)``: ``(K, rows, ...)``."""
+        k, e = values.shape[:2]
+        flat = values.reshape(k * e, *values.shape[2:])
+        out = flat.new_zeros(k * rows, *values.shape[2:]).index_add_(0, index, flat)
+        return out.view(k, rows, *values.shape[2:])
+
+    def _crystal_sum(self, x: Tensor, batch: MemberBatch) -> Tensor:
+        """Sum of each crystal's real atoms' ``x`` ``(K, N, C)``: ``(K, B, C)``."""
+        return self._scatter_sum(
+            x * batch.atom_mask.unsqueeze(2), batch.crystal, batch.crystal_mask.shape[1]
+        )
+
+    # ------------------------------------------------------------------ forward
     def embeddings(self, batch: MemberBatch) -> Tensor:
         """Every member's crystal embeddings ``(K, B, H)`` (padded crystals: values to ignore)."""
-        k, n = batch.atomic_numbers.shape
-        if self.ofm:
-            x = self._ofm_inputs(batch)
-        else:
-            tables = self._linear(self.tables.to(self.dtype), "encoder.embedding")  # (K, n_z, A)
-            x = self._element_rows(tables, batch)
-        a = x.shape[2]
-        if self.n_conv:
-            edge_fea = self.gaussian(batch.edge_distance.to(self.dtype))  # (K, E, G)
-            for i in range(self.n_conv):
-                x = self._conv(x, edge_fea, batch, i)
-        c = batch.crystal_mask.shape[1]
-        pooled = x.new_zeros(k * c, a).index_add_(
-            0, batch.crystal, (x * batch.atom_mask.unsqueeze(2)).view(k * n, a)
-        )
-        pooled = pooled.view(k, c, a) / batch.crystal_atoms.unsqueeze(2)
-        return F.softplus(self._linear(F.softplus(pooled), "encoder.conv_to_fc"))
+        raise NotImplementedError
 
     def __call__(self, batch: MemberBatch) -> Tensor:
         """Every member's head outputs ``(K, B, out_dim)``."""
