@@ -76,12 +76,19 @@ def test_bench_trains_each_encoder_on_the_same_split(perovskite_subset, cache_ro
     assert ("differs" in report) == (ours != ["cgcnn", "gin"])
 
 
-def test_bench_pretrain_all_pretrains_each_encoder(perovskite_subset, cache_root, tmp_path):
+@pytest.mark.parametrize("together", [False, True], ids=["alone", "members-together"])
+def test_bench_pretrain_all_pretrains_each_encoder(
+    perovskite_subset, cache_root, tmp_path, together
+):
+    """With --members-together each architecture's runs (scratch and CT) form one stack: a
+    pre-trained GIN run goes with GIN's scratch run, not with CGCNN's."""
     out = tmp_path / "results"
     results = run_bench(
         _data_root(perovskite_subset, tmp_path),
         out,
-        **_kwargs(cache_root, encoders=["cgcnn", "gin"], pretrain_all=True),
+        **_kwargs(
+            cache_root, encoders=["cgcnn", "gin"], pretrain_all=True, members_together=together
+        ),
     )
     pretrained = sorted((out / "pretrain").glob("*/model.pt"))
     assert [p.parent.name for p in pretrained] == ["rp_am_em", "rp_am_em_gin"]
@@ -92,6 +99,10 @@ def test_bench_pretrain_all_pretrains_each_encoder(perovskite_subset, cache_root
     (row,) = results["tasks"]
     assert row["encoders"]["gin"]["ct"]["values"]
     assert "| CT-GIN (ours) |" in (out / "results.md").read_text()
+    if together:
+        for run in ("ct", "scratch", "ct_gin", "scratch_gin"):
+            metrics = json.loads((runs / run / "metrics.json").read_text())
+            assert metrics["trained_together"]["members"] == 2, run
 
 
 def test_unknown_encoder_exits_2_before_any_work(tmp_path, capsys):

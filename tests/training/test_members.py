@@ -258,6 +258,71 @@ def test_padding_does_not_leak(cache, featurizer, encoder):
     assert torch.allclose(alone, padded, rtol=1e-12, atol=1e-12)
 
 
+@pytest.fixture(scope="module")
+def mp_cache(data_dir, featurizer, tmp_path_factory) -> GraphCache:
+    """The first 60 MP crystals: 1 to 60 atoms per cell, so member batches pad."""
+    csv.field_size_limit(2**31 - 1)
+    folder = tmp_path_factory.mktemp("mp60")
+    path = folder / "mp60.csv"
+    with (
+        gzip.open(data_dir / "mp36k.csv.gz", "rt", newline="") as src,
+        open(path, "w", newline="") as dst,
+    ):
+        csv.writer(dst).writerows(itertools.islice(csv.reader(src), 61))
+    build_graph_cache(path, folder / "cache", featurizer=featurizer, progress=False)
+    return GraphCache(folder / "cache")
+
+
+@pytest.mark.parametrize("encoder", ["cgcnn", "ogcnn", "gin", "gatgnn"])
+def test_padded_members_equal_single_models(mp_cache, featurizer, encoder):
+    """Members whose batches differ in crystals, atoms and edges (so every member but the
+    largest is padded): in training mode the outputs, every parameter's gradient and the
+    BatchNorm running statistics after the step equal each member's own model (float64); in eval
+    mode too, with a member that has no crystals at all (a validation step past its end)."""
+    from crystaltwins.training.members import _empty_like
+
+    dataset = CrystalGraphDataset(mp_cache, np.arange(len(mp_cache)))
+    batches = [dataset.__getitems__(np.arange(a, b)) for a, b in ((0, 6), (10, 30), (30, 41))]
+    assert len({(b.num_atoms, b.num_edges, b.num_crystals) for b in batches}) == 3
+    torch.manual_seed(0)
+    encoders = [
+        new_encoder(featurizer, mp_cache.settings, *SIZES.get(encoder, ()), name=encoder)
+        for _ in batches
+    ]
+    heads = [PropertyHead(e.out_dim, 12, 1) for e in encoders]
+    singles = [
+        (copy.deepcopy(e).double(), copy.deepcopy(h).double())
+        for e, h in zip(encoders, heads, strict=True)
+    ]
+    model = stack_models(encoders, heads).to(dtype=torch.float64)
+    stacked = MemberBatch.stack(batches, torch.float64)
+    out = model(stacked)
+    (out[..., 0].square() * stacked.crystal_mask).sum().backward()
+    states = [model.member_state(k) for k in range(len(batches))]
+    for k, ((enc, head), batch) in enumerate(zip(singles, batches, strict=True)):
+        alone = head(enc(batch))
+        assert torch.allclose(out[k, : batch.num_crystals], alone, rtol=1e-10, atol=1e-12)
+        alone[:, 0].square().sum().backward()
+        for name, param in enc.named_parameters():
+            got = model.params[f"encoder.{name}"].grad[k]
+            scale = float(param.grad.abs().max())
+            assert torch.allclose(got, param.grad, rtol=0, atol=1e-9 * max(scale, 1e-3)), name
+        for name, value in enc.state_dict().items():
+            if "running" in name or "tracked" in name:
+                assert torch.allclose(states[k][0][name].to(value.dtype), value, rtol=1e-12), name
+    model.eval()
+    for enc, head in singles:
+        enc.eval(), head.eval()
+    with torch.no_grad():
+        parts = [batches[0], _empty_like(batches[0]), batches[2]]
+        out = model(MemberBatch.stack(parts, torch.float64))
+        assert torch.isfinite(out).all()
+        for k in (0, 2):
+            enc, head = singles[k]
+            want = head(enc(parts[k]))
+            assert torch.allclose(out[k, : parts[k].num_crystals], want, rtol=1e-10, atol=1e-12)
+
+
 def test_unequal_batch_counts_refused(cache, featurizer):
     members = _members(cache, featurizer, torch.float32)
     members[2].train = members[2].train.subset(np.arange(20))

@@ -569,27 +569,24 @@ def finetune_task_together(
     their ``metrics.json`` as those of runs finished earlier."""
     from crystaltwins.evaluation.runs import finetune_together
 
-    configs = []
+    configs = []  # (architecture, config): a pre-trained run's config names no encoder
     for seed in ctx.seeds:
         for encoder in ctx.config.encoders:
             if encoder in TRAINED_TOGETHER:
-                configs.append(
-                    _finetune_config(ctx, task, seed, run_method(encoder), None, encoder)
-                )
+                config = _finetune_config(ctx, task, seed, run_method(encoder), None, encoder)
+                configs.append((encoder, config))
         for encoder, variants in models.items():
             if encoder in TRAINED_TOGETHER:
                 for label, model in variants.items():
                     method = run_method(encoder, label)
-                    configs.append(_finetune_config(ctx, task, seed, method, model, encoder))
-    pending = []
-    for config in configs:
+                    config = _finetune_config(ctx, task, seed, method, model, encoder)
+                    configs.append((encoder, config))
+    by_encoder: dict[str, list[Any]] = {}  # one stack per architecture
+    for encoder, config in configs:
         if (Path(config.out) / "metrics.json").exists():
             check_reusable(Path(config.out), config)  # before any training
         else:
-            pending.append(config)
-    by_encoder: dict[str, list[Any]] = {}  # one stack per architecture
-    for config in pending:
-        by_encoder.setdefault(config.encoder_name, []).append(config)
+            by_encoder.setdefault(encoder, []).append(config)
     for encoder, group in by_encoder.items():
         ctx.progress(
             f"{task.name}: {len(group)} {encoder} runs trained together, "

@@ -165,18 +165,20 @@ class GATGNNEncoder(Encoder):
         return x
 
     @staticmethod
-    def composition(batch: CrystalGraphBatch) -> Tensor:
-        """``(B, 103)`` fraction of each element H..Lr among each crystal's atoms."""
+    def composition(batch: CrystalGraphBatch, dtype: torch.dtype = torch.float32) -> Tensor:
+        """``(B, 103)`` fraction of each element H..Lr among each crystal's atoms, in ``dtype``
+        (float32 at least: the model's dtype in float64)."""
         z = batch.atomic_numbers
         known = (z >= 1) & (z <= N_COMPOSITION_ELEMENTS)
         one_hot = F.one_hot((z - 1).clamp(0, N_COMPOSITION_ELEMENTS - 1), N_COMPOSITION_ELEMENTS)
-        one_hot = one_hot.to(torch.float32) * known.unsqueeze(1)
+        one_hot = one_hot.to(dtype) * known.unsqueeze(1)
         return crystal_readout(one_hot, batch.crystal_index, batch.num_crystals, "mean")
 
     def forward(self, batch: CrystalGraphBatch) -> Tensor:
         """Crystal embeddings ``(num_crystals, neurons)``."""
         x = self.atom_embeddings(batch)
-        composition = self.composition(batch).to(x.dtype)
+        composition = self.composition(batch, torch.promote_types(x.dtype, torch.float32))
+        composition = composition.to(x.dtype)
         per_atom = torch.cat((x, composition.index_select(0, batch.crystal_index)), dim=1)
         score = self.comp_atten_layer(F.softplus(self.comp_node_layer(per_atom)))  # (N, 1)
         weights = segment_softmax(score, batch.crystal_index, batch.num_crystals)
