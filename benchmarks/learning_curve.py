@@ -68,31 +68,44 @@ def finished_point(
 
 #: the runs of ``--previous``: task → size label → method → list of ``metrics.json``
 PREVIOUS: dict[str, Any] = {}
-#: settings that change a run's result: ``--previous`` must match them
+#: settings that change every run's result: ``--previous`` must match them
 RESULT_SETTINGS = (
-    "pretrained", "epochs", "min_steps", "max_epochs", "batch_size", "encoder_lr_factor",
-    "max_eval", "freeze_encoder_epochs", "warmup_epochs",
+    "epochs", "min_steps", "max_epochs", "batch_size", "max_eval", "warmup_epochs",
 )  # fmt: skip
+#: settings that change only the pre-trained method's runs (a run from scratch ignores them):
+#: where they differ, ``--previous`` gives its scratch points only
+PRETRAINED_SETTINGS = ("pretrained", "encoder_lr_factor", "freeze_encoder_epochs")
+
+
+def _differing(earlier: dict[str, str], settings: dict[str, str], names: tuple[str, ...]) -> str:
+    return ", ".join(
+        f"{k} {earlier.get(k)} (now {settings[k]})" for k in names if earlier.get(k) != settings[k]
+    )
 
 
 def previous_points(path: Path, settings: dict[str, str] | None = None) -> dict[str, Any]:
     """task → size label → method → list of ``metrics.json`` (each with its ``seed``) of an
     earlier ``results.json``. Files written before seeds were recorded list each point's runs in
     the order of their seeds, from 0: the script trains seeds in that order, and every point of
-    the committed table holds seeds 0..n-1."""
+    the committed table holds seeds 0..n-1. With ``settings`` (this run's): refused unless
+    :data:`RESULT_SETTINGS` match; only the scratch points are kept when
+    :data:`PRETRAINED_SETTINGS` differ (another pre-trained model or fine-tuning of it)."""
     earlier = json.loads(path.read_text())
+    methods_kept = METHODS
     if settings is not None:
-        differ = [
-            f"{k} {earlier['settings'].get(k)} (now {settings[k]})"
-            for k in RESULT_SETTINGS
-            if earlier["settings"].get(k) != settings[k]
-        ]
+        differ = _differing(earlier["settings"], settings, RESULT_SETTINGS)
         if differ:
-            raise SystemExit(f"--previous {path} was made with other settings: {', '.join(differ)}")
+            raise SystemExit(f"--previous {path} was made with other settings: {differ}")
+        differ = _differing(earlier["settings"], settings, PRETRAINED_SETTINGS)
+        if differ:
+            print(f"--previous {path}: its scratch points only ({differ})", flush=True)
+            methods_kept = ("scratch",)
     points: dict[str, Any] = {}
     for task, values in earlier["tasks"].items():
         for label, methods in values["sizes"].items():
             for method, runs in methods.items():
+                if method not in methods_kept:
+                    continue
                 kept = [{"seed": k, **m} for k, m in enumerate(runs)]  # a stored seed wins
                 points.setdefault(task, {}).setdefault(label, {})[method] = kept
     return points
@@ -254,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=None,
         help="the results.json of an earlier run of this script (same settings): its points are "
-        "reused where OUT has no finished run (a committed table grows without its run folders)",
+        "reused where OUT has no finished run (a committed table grows without its run folders); "
+        "made with another pre-trained model or fine-tuning of it: its scratch points only",
     )
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
