@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crystaltwins.graph.batch import CrystalGraphBatch
+from crystaltwins.layers.gaussian import GaussianExpansion
 
 
 @dataclass
@@ -207,6 +208,8 @@ class StackedModels:
                 else:
                     self.buffers[prefix + name] = stacked
         self.tables = torch.stack([e.atom_features for e in encoders])  # (K, n_z, F)
+        # every encoder expands its edge distances with CGCNN's Gaussians
+        self.gaussian = GaussianExpansion(**self.config["gaussian"])
         self.training = True
 
     # ------------------------------------------------------------------ state
@@ -218,9 +221,7 @@ class StackedModels:
     def dtype(self) -> torch.dtype:
         return self.params["head.0.weight"].dtype
 
-    def _move_extra(
-        self, move: Callable[[Tensor], Tensor], device: torch.device | str | None
-    ) -> None:
+    def _move_extra(self, move: Callable[[Tensor], Tensor]) -> None:
         """Move a subclass's own tensors and modules (none here)."""
 
     def to(
@@ -235,7 +236,8 @@ class StackedModels:
         self.params = {n: move(p).detach().requires_grad_(True) for n, p in self.params.items()}
         self.buffers = {n: move(b) for n, b in self.buffers.items()}
         self.tables = move(self.tables)
-        self._move_extra(move, device)
+        self.gaussian = self.gaussian.to(device=device)
+        self._move_extra(move)
         return self
 
     def train(self, mode: bool = True) -> StackedModels:

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crystaltwins.layers.gaussian import GaussianExpansion
 from crystaltwins.models.cgcnn import CGCNNEncoder
 from crystaltwins.models.grouped.base import MemberBatch, StackedModels
 from crystaltwins.models.ogcnn import OFM_DISTANCE_POWER, OGCNNEncoder
@@ -35,17 +34,13 @@ class GroupedPropertyModels(StackedModels):
         super().__init__(encoders, heads)
         first = encoders[0]
         self.n_conv = first.config["n_conv"]
-        self.gaussian = GaussianExpansion(**first.config["gaussian"])
         self.ofm = isinstance(first, OGCNNEncoder)
         # (n_z, 32) valence one-hot rows of the OFM, the same for every member
         self.valence = first.valence if self.ofm else None
 
-    def _move_extra(
-        self, move: Callable[[Tensor], Tensor], device: torch.device | str | None
-    ) -> None:
+    def _move_extra(self, move: Callable[[Tensor], Tensor]) -> None:
         if self.valence is not None:
             self.valence = move(self.valence)
-        self.gaussian = self.gaussian.to(device=device)
 
     def _conv(self, x: Tensor, edge_fea: Tensor, batch: MemberBatch, i: int) -> Tensor:
         """One CGCNN convolution of every member, ``(K, N, A)`` → ``(K, N, A)``."""

@@ -4,13 +4,10 @@ for every member at once; the edge and atom softmaxes leave padded rows out."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from crystaltwins.layers.gaussian import GaussianExpansion
 from crystaltwins.models.gatgnn import (
     EDGE_NEGATIVE_SLOPE,
     N_COMPOSITION_ELEMENTS,
@@ -23,15 +20,6 @@ class GroupedGATGNN(StackedModels):
     """K :class:`GATGNNEncoder` + property head pairs with stacked parameters."""
 
     encoder_types = (GATGNNEncoder,)
-
-    def __init__(self, encoders: Sequence[GATGNNEncoder], heads: Sequence[nn.Module]) -> None:
-        super().__init__(encoders, heads)
-        self.gaussian = GaussianExpansion(**self.config["gaussian"])
-
-    def _move_extra(
-        self, move: Callable[[Tensor], Tensor], device: torch.device | str | None
-    ) -> None:
-        self.gaussian = self.gaussian.to(device=device)
 
     def _attention(self, x: Tensor, edge: Tensor, batch: MemberBatch, layer: int) -> Tensor:
         """One AGAT layer (:class:`~crystaltwins.models.gatgnn.AugmentedGraphAttention`) of every

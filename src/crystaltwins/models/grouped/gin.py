@@ -4,13 +4,10 @@ once, with the same formulation (the edge term from per-atom sums of the Gaussia
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from crystaltwins.layers.gaussian import GaussianExpansion
 from crystaltwins.models.gin import GINEncoder
 from crystaltwins.models.grouped.base import MemberBatch, StackedModels
 
@@ -19,15 +16,6 @@ class GroupedGIN(StackedModels):
     """K :class:`GINEncoder` + property head pairs with stacked parameters."""
 
     encoder_types = (GINEncoder,)
-
-    def __init__(self, encoders: Sequence[GINEncoder], heads: Sequence[nn.Module]) -> None:
-        super().__init__(encoders, heads)
-        self.gaussian = GaussianExpansion(**self.config["gaussian"])
-
-    def _move_extra(
-        self, move: Callable[[Tensor], Tensor], device: torch.device | str | None
-    ) -> None:
-        self.gaussian = self.gaussian.to(device=device)
 
     def embeddings(self, batch: MemberBatch) -> Tensor:
         """Every member's crystal embeddings ``(K, B, feat_dim)``."""
