@@ -14,7 +14,11 @@ are trained on.
 writes ``OUT/splits/{train,val,test}.txt`` and the run in ``OUT/run`` (resumable); with
 ``--ship FILE`` also the model as shipped (``src/crystaltwins/resources/crystaltwins_mp_eform.pt``):
 the same weights, its data source recorded by file name only, and what was held out
-(``docs/model_card.md``).
+(``docs/model_card.md``). The run's model file records (hashed) the ids of its training and
+validation crystals (:mod:`crystaltwins.models.provenance`), so that a run starting from it counts
+which of its own validation and test crystals those are. ``--record-labelled FILE`` adds that
+record to a model file shipped before files carried it (the splits are recomputed, not trained;
+the file's recorded numbers of training and validation crystals must match them).
 """
 
 from __future__ import annotations
@@ -46,6 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ship", type=Path, default=None, help="write the shipped model file here")
+    p.add_argument(
+        "--record-labelled",
+        type=Path,
+        default=None,
+        help="only add the hashed ids of the splits' training and validation crystals to this "
+        "(shipped) model file, trained with these settings; nothing is trained",
+    )
     args = p.parse_args(argv)
 
     source = args.data_root / SOURCE_FILE
@@ -90,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         f"validation {n_val}, training {len(rest) - n_val}",
         flush=True,
     )
+    if args.record_labelled is not None:
+        record_labelled(args.record_labelled, {n: list(parts[n]) for n in ("train", "val")})
+        return 0
     metrics = finetune(config=config)
     print(
         f"test MAE {metrics['test']['mae']:.4f} eV/atom on {metrics['test']['count']} held-out "
@@ -121,6 +135,30 @@ def ship(model: Path, target: Path, held_out: int, seeds: int) -> None:
         torch.save(payload, tmp)
     load_model(target)  # still a valid model file
     print(f"shipped: {target} ({target.stat().st_size:,} bytes)")
+
+
+def record_labelled(model: Path, parts: dict[str, list[str]]) -> None:
+    """Add the hashes of ``parts``' ids (training and validation) to ``model``'s info, after
+    checking that the file says it was trained on that many crystals."""
+    import torch
+
+    from crystaltwins.io.atomic import atomic_path
+    from crystaltwins.models.checkpoint import load_model
+    from crystaltwins.models.provenance import LABELLED_KEY, labelled_record
+
+    payload = torch.load(model, weights_only=True)
+    info = payload["info"]
+    recorded = {n: info["crystals"][n] for n in parts}
+    if recorded != {n: len(ids) for n, ids in parts.items()}:
+        raise SystemExit(
+            f"{model}: trained on {recorded} crystals, these splits have "
+            f"{ {n: len(ids) for n, ids in parts.items()} }: not its splits"
+        )
+    info[LABELLED_KEY] = labelled_record([i for ids in parts.values() for i in ids])
+    with atomic_path(model) as tmp:
+        torch.save(payload, tmp)
+    load_model(model)  # still a valid model file
+    print(f"{model}: {len(info[LABELLED_KEY]):,} labelled crystals recorded")
 
 
 if __name__ == "__main__":

@@ -199,6 +199,22 @@ FORGERIES = {
     "target_std zero": (_set("info|target_std", 0.0), ["info.target_std is 0.0"]),
     "unit not a string": (_set("info|unit", 3), ["info.unit is 3"]),
     "unknown target transform": (_set("info|target_transform", "exp"), ["target_transform"]),
+    "labelled-id hashes a list": (
+        _set("info|labelled_id_hashes", [1, 2]),
+        ["info.labelled_id_hashes is list"],
+    ),
+    "labelled-id hashes not int64": (
+        _set("info|labelled_id_hashes", torch.tensor([1.0, 2.0])),
+        ["1-d int64"],
+    ),
+    "labelled-id hashes a stride-0 view": (
+        _set("info|labelled_id_hashes", torch.tensor([7]).expand(10**9)),
+        ["labelled_id_hashes is not a dense tensor"],
+    ),
+    "labelled-id hashes unsorted": (
+        _set("info|labelled_id_hashes", torch.tensor([3, 1])),
+        ["not sorted and unique"],
+    ),
     "graph setting unknown": (_set("graph_settings|cutoff", 5.0), ["graph_settings has unknown"]),
     "graph setting invalid": (_set("graph_settings|radius", -1.0), ["radius must be positive"]),
     "featurizer fingerprint": (

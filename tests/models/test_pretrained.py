@@ -13,6 +13,7 @@ from crystaltwins.evaluation.inference import embed
 from crystaltwins.evaluation.info import describe_model
 from crystaltwins.models import pretrained
 from crystaltwins.models.checkpoint import load_model, resolve_model_path
+from crystaltwins.models.provenance import LABELLED_KEY
 
 CORPUS = {
     "hoip.csv.gz",
@@ -90,6 +91,10 @@ def test_mp_eform_model_is_a_formation_energy_model_that_never_saw_the_mp_test_c
     lines = "\n".join(describe_model("mp-eform").lines())
     assert "target: formation_energy_per_atom (eV/atom)" in lines
     assert f"held out: {info['held_out']['crystals']:,} crystals, the test crystals of" in lines
+    # the crystals whose labels it learned (training + validation), hashed: none held out
+    recorded = info[LABELLED_KEY]
+    assert len(recorded) == info["crystals"]["train"] + info["crystals"]["val"]
+    assert f"labels learned: {len(recorded):,} crystals' ids recorded" in lines
 
 
 def test_mp_eform_model_predicts_real_formation_energies(

@@ -292,3 +292,50 @@ def test_starting_from_a_model_trained_on_this_files_labels_warns():
     assert "(it held out the test crystals of bench's MP tasks)" in labelled_source_overlap(
         shipped, "mp36k.csv.gz"
     )
+
+
+def _ids(path, column="id"):
+    with open(path, newline="") as handle:
+        return [row[column] for row in csv.DictReader(handle)]
+
+
+def test_the_validation_and_test_crystals_a_starting_model_learned_are_counted(
+    scratch_run, perovskite_subset, cache_root, tmp_path
+):
+    """A fine-tuned model records (hashed) the ids whose labels it used; a run starting from it
+    on the same file counts, and lists, which of its validation and test crystals those are."""
+    from crystaltwins.models.provenance import LABELLED_KEY, id_hashes
+
+    source, _ = scratch_run
+    with gzip.open(perovskite_subset, "rt", newline="") as handle:
+        everything = [row["id"] for row in csv.DictReader(handle)]
+    source_test = set(_ids(source / "test_predictions.csv"))
+    labelled = set(everything) - source_test  # its training and validation crystals
+    record = load_model(source / "model.pt").info[LABELLED_KEY]
+    assert np.array_equal(record.numpy(), id_hashes(labelled)) and len(labelled) == 1200
+
+    def start_from_source(out, seed):
+        config = _config(
+            perovskite_subset,
+            out,
+            cache_root,
+            from_scratch=False,
+            pretrained=str(source / "model.pt"),
+            epochs=1,
+            max_train=100,
+            seed=seed,
+        )
+        return finetune(config)
+
+    same_split = start_from_source(tmp_path / "same", seed=0)  # the source's own split
+    assert same_split["seen_by_starting_model"] == {"val": 300, "test": 0}
+    listed = list(csv.DictReader((tmp_path / "same" / "seen_by_starting_model.csv").open()))
+    assert {r["part"] for r in listed} == {"val"} and len(listed) == 300
+
+    other = start_from_source(tmp_path / "other", seed=1)
+    tested = _ids(tmp_path / "other" / "test_predictions.csv")
+    expected = sorted(set(tested) & labelled)
+    assert 0 < len(expected) < len(tested)
+    assert other["seen_by_starting_model"]["test"] == len(expected)
+    listed = list(csv.DictReader((tmp_path / "other" / "seen_by_starting_model.csv").open()))
+    assert sorted(r["id"] for r in listed if r["part"] == "test") == expected

@@ -19,6 +19,7 @@ from crystaltwins.models.checkpoint import (
     load_predictor,
     resolve_model_path,
 )
+from crystaltwins.models.provenance import labelled_hashes
 
 
 @dataclass
@@ -48,6 +49,8 @@ class ModelInfo:
     metrics: dict[str, float] = field(default_factory=dict)
     #: what its training left out on purpose (a shipped model: the benchmark's test crystals)
     held_out: str = ""
+    #: how many crystals' labels its file records it learned from (hashed ids; -1: not recorded)
+    labelled_recorded: int = -1
 
     def lines(self) -> list[str]:
         """The description, one ``name: value`` per line."""
@@ -78,6 +81,14 @@ class ModelInfo:
             rows.append(("crystals", sizes))
         if self.held_out:
             rows.append(("held out", self.held_out))
+        if self.labelled_recorded >= 0:
+            rows.append(
+                (
+                    "labels learned",
+                    f"{self.labelled_recorded:,} crystals' ids recorded (hashed): a run starting "
+                    "from it on the same data counts its validation and test crystals among them",
+                )
+            )
         if self.metrics:
             rows.append(("test metrics", self._metrics_text()))
         return [f"{name}: {value}" for name, value in rows]
@@ -148,6 +159,9 @@ def describe_model(
         )
         described.data = [str(info["data_source"])] if info.get("data_source") else []
         described.metrics = dict(info.get("test_metrics") or run_metrics.get("test") or {})
+        labelled = labelled_hashes(info)
+        if labelled is not None:
+            described.labelled_recorded = len(labelled)
         held_out = info.get("held_out")
         if isinstance(held_out, dict) and held_out.get("what"):
             described.held_out = (

@@ -44,6 +44,7 @@ from crystaltwins.io.atomic import atomic_path
 from crystaltwins.models.checkpoint import ModelBundle, load_model, resolve_model_path, save_model
 from crystaltwins.models.heads import PropertyHead
 from crystaltwins.models.property_model import PropertyModel, Target
+from crystaltwins.models.provenance import LABELLED_KEY, labelled_hashes, labelled_record, seen_ids
 from crystaltwins.models.targets import TRANSFORMS
 from crystaltwins.training.common import (
     AtomicCheckpointIO,
@@ -286,12 +287,13 @@ def _report_invalid_targets(
 @dataclass
 class StartingPoint:
     """What a fine-tuning run starts from: element features, encoder, graph settings, and
-    where they came from (the model file, or ``"scratch"``)."""
+    where they came from (the model file, or ``"scratch"``) with that file's ``info``."""
 
     featurizer: AtomFeaturizer
     encoder: nn.Module
     settings: GraphSettings
     init: str
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 def starting_point(config: FinetuneConfig) -> StartingPoint:
@@ -304,10 +306,12 @@ def starting_point(config: FinetuneConfig) -> StartingPoint:
             main_print(f"note: --atom-init ignored: {path} carries its own element features")
         check_pretrained_encoder(config, bundle.encoder, path)
         overlap = labelled_source_overlap(bundle.info, config.data)
-        if overlap:
+        if overlap and labelled_hashes(bundle.info) is None:  # else counted once split
             main_print(f"warning: {overlap}")
         settings = run_graph_settings(config, config.data, bundle.graph_settings)
-        return StartingPoint(bundle.featurizer, bundle.encoder, settings, str(path))
+        return StartingPoint(
+            bundle.featurizer, bundle.encoder, settings, str(path), dict(bundle.info)
+        )
     featurizer = featurizer_for(config.data, config.atom_init)
     settings = run_graph_settings(config, config.data)
     encoder = new_encoder(
@@ -340,6 +344,44 @@ def labelled_source_overlap(info: dict[str, Any], data: str | Path | None) -> st
         f"the data of this run{held}: test crystals it trained on give an optimistic test MAE; "
         "keep them out of its training data (e.g. --split-files), or start from another model"
     )
+
+
+#: A run's list of its validation and test crystals whose labels its starting model learned.
+SEEN_BY_START_NAME = "seen_by_starting_model.csv"
+
+
+def check_seen_by_start(
+    config: FinetuneConfig, start: StartingPoint, ids: dict[str, np.ndarray]
+) -> dict[str, Any]:
+    """Count this run's validation and test crystals (``ids``: part → crystal ids) whose
+    labels the starting model learned from, when its file records them and it was fine-tuned
+    on the same data file; say so, and list them in ``OUT/seen_by_starting_model.csv``.
+    Returns the entry for ``metrics.json`` (``{}`` when nothing could be counted)."""
+    out = Path(config.out)
+    (out / SEEN_BY_START_NAME).unlink(missing_ok=True)  # not a stale list from an earlier run
+    if labelled_source_overlap(start.info, config.data) is None:
+        return {}
+    seen = {part: seen_ids(start.info, part_ids) for part, part_ids in ids.items()}
+    if any(found is None for found in seen.values()):
+        return {}
+    counts = {part: len(found or []) for part, found in seen.items()}
+    sizes = ", ".join(f"{len(ids[p]):,} {p}" for p in ids)
+    target = start.info.get("target_column") or ", ".join(start.info.get("targets", []))
+    if not any(counts.values()):
+        main_print(
+            f"checked: the starting model learned labels ({target}) of this data file, "
+            f"none of this run's {sizes} crystals among them"
+        )
+    else:
+        rows = [[i, part] for part, found in seen.items() for i in found or []]
+        with atomic_path(out / SEEN_BY_START_NAME) as tmp, open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows([["id", "part"], *rows])
+        found_text = ", ".join(f"{counts[p]:,} of {len(ids[p]):,} {p}" for p in ids)
+        main_print(
+            f"warning: the starting model learned the labels ({target}) of {found_text} "
+            f"crystals of this run: their MAE is optimistic; listed in {out / SEEN_BY_START_NAME}"
+        )
+    return {"seen_by_starting_model": counts}
 
 
 @dataclass
@@ -427,6 +469,7 @@ class PreparedRun:
     target_name: str
     parts: dict[str, CrystalGraphDataset]
     module: FinetuneModule
+    notes: dict[str, Any] = field(default_factory=dict)
 
     def trained(
         self, seconds: float, epochs_run: int, main: bool = True, **notes: Any
@@ -446,7 +489,7 @@ class PreparedRun:
             seconds,
             epochs_run,
             main,
-            notes,
+            {**self.notes, **notes},
         )
 
 
@@ -481,7 +524,9 @@ def prepare_run(config: FinetuneConfig) -> PreparedRun:
         for name, positions in (("train", split.train), ("val", split.val), ("test", split.test))
     }
     module = _property_module(config, start, values[parts["train"].indices])
-    return PreparedRun(config, start, cache, planned, values, target_name, parts, module)
+    evaluated = {name: np.asarray(cache.ids)[parts[name].indices] for name in ("val", "test")}
+    notes = check_seen_by_start(config, start, evaluated) if is_main_process() else {}
+    return PreparedRun(config, start, cache, planned, values, target_name, parts, module, notes)
 
 
 def train_property_model(
@@ -596,15 +641,20 @@ def _loaders(
 
 def save_property_model(run: TrainedRun, metrics: dict[str, Any]) -> Path:
     """``RUN_DIR/model.pt`` (the mark of a finished run): the model, its target
-    standardisation, transform and unit, the crystals it was trained on and its test metrics
-    (``metrics``: the run's ``metrics.json`` content)."""
+    standardisation, transform and unit, how many crystals it was trained on and the hashes of
+    the ids of those whose labels it used (training and validation:
+    :mod:`crystaltwins.models.provenance`), and its test metrics (``metrics``: the run's
+    ``metrics.json`` content)."""
     config = run.config
+    ids = np.asarray(run.cache.ids)
+    labelled = np.concatenate([run.parts["train"].indices, run.parts["val"].indices])
     info = {
         **run.model.target.to_info(),
         "init": run.start.init,
         "data_source": str(Path(config.data).resolve()),
         "crystals": metrics["crystals"],
         "test_metrics": metrics["test"],
+        LABELLED_KEY: labelled_record(ids[labelled]),
     }
     path = run.out / "model.pt"
     bundle = ModelBundle(
