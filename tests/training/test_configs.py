@@ -14,6 +14,7 @@ from crystaltwins.evaluation.bench import PRESETS, BenchConfig
 from crystaltwins.graph.settings import GraphSettings
 from crystaltwins.models.checkpoint import load_model
 from crystaltwins.training.configs import (
+    DEFAULT_ENCODER_LR_FACTOR,
     PAPER_ENCODER_LR_FACTOR,
     FinetuneConfig,
     PretrainConfig,
@@ -45,7 +46,8 @@ def test_every_setting_is_an_option_with_its_default_in_the_help(command, config
         if shows:
             assert "default:" in action.help, f"{command} --{f.name}: default not shown"
     text = sub.format_help()
-    assert "(default: 0.2)" in text if command == "finetune" else True
+    if command == "finetune":
+        assert dests["encoder_lr_factor"].help.endswith("(default: 1)")
     if command == "bench":
         for preset in PRESETS.values():
             assert re.search(rf"{preset.name}: ", text.replace("\n", " "))
@@ -60,9 +62,9 @@ def test_positionals_have_help():
 
 def test_encoder_lr_factor_has_one_default_and_one_scratch_rule():
     fields = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}
-    assert (
-        fields["encoder_lr_factor"] == PAPER_ENCODER_LR_FACTOR == PRESETS["paper"].encoder_lr_factor
-    )
+    assert fields["encoder_lr_factor"] == DEFAULT_ENCODER_LR_FACTOR == 1.0
+    assert PRESETS["paper"].encoder_lr_factor == PAPER_ENCODER_LR_FACTOR == 0.2
+    assert PRESETS["cpu"].encoder_lr_factor == DEFAULT_ENCODER_LR_FACTOR
     ct = FinetuneConfig(data="d", target="t", out="o", pretrained="m", encoder_lr_factor=0.3)
     scratch = dataclasses.replace(ct, pretrained=None, from_scratch=True)
     assert ct.effective_encoder_lr_factor == 0.3 and scratch.effective_encoder_lr_factor == 1.0

@@ -28,6 +28,7 @@ from crystaltwins.evaluation.tasks import PAPER_TASKS, TASKS, BenchmarkTask
 from crystaltwins.io.atomic import atomic_path, write_json_atomic, write_text_atomic
 from crystaltwins.training.configs import (
     DEFAULT_ENCODER,
+    PAPER_ENCODER_LR_FACTOR,
     TRAINED_TOGETHER,
     FinetuneConfig,
     PretrainConfig,
@@ -91,6 +92,7 @@ class Preset:
 PRESETS = {
     "paper": Preset(
         "paper",
+        encoder_lr_factor=PAPER_ENCODER_LR_FACTOR,
         description="the paper's protocol: 15 pre-training epochs (Adam 1e-5, batch 64), "
         "200 fine-tuning epochs (Adam 1e-3, batch 128), 60/20/20 splits, all crystals",
         summary="the paper's protocol (all crystals, 15 + 200 epochs; GPU-sized)",
@@ -101,7 +103,6 @@ PRESETS = {
         pretrain_lr=1e-4,
         pretrain_max_crystals=12_000,
         finetune_epochs=40,
-        encoder_lr_factor=1.0,
         max_train=1_000,
         max_eval=1_000,
         description="2-core CPU budget: pre-training on a random 12,000-crystal subset of the corpus for 4 epochs "

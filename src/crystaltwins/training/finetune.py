@@ -62,7 +62,7 @@ from crystaltwins.training.common import (
     training_seconds,
     write_config,
 )
-from crystaltwins.training.configs import PAPER_ENCODER_LR_FACTOR, FinetuneConfig, field_default
+from crystaltwins.training.configs import DEFAULT_ENCODER_LR_FACTOR, FinetuneConfig, field_default
 from crystaltwins.training.epoch_metrics import EpochMeans
 from crystaltwins.training.sampling import EpochSampler
 
@@ -108,7 +108,7 @@ class FinetuneModule(L.LightningModule):
         self,
         model: PropertyModel,
         lr: float = field_default(FinetuneConfig, "lr"),
-        encoder_lr_factor: float = PAPER_ENCODER_LR_FACTOR,
+        encoder_lr_factor: float = DEFAULT_ENCODER_LR_FACTOR,
         weight_decay: float = field_default(FinetuneConfig, "weight_decay"),
         freeze_encoder_epochs: int = field_default(FinetuneConfig, "freeze_encoder_epochs"),
         warmup_epochs: int = field_default(FinetuneConfig, "warmup_epochs"),
