@@ -11,7 +11,8 @@ are trained on.
 
     python benchmarks/transfer_source.py --data-root ../shared/data --out runs/mp_eform
 
-writes ``OUT/splits/{train,val,test}.txt`` and the run in ``OUT/run`` (resumable); with
+writes ``OUT/splits/{train,val,test}.txt`` and the run in ``OUT/run`` (resumable; ``--target
+band_gap`` or ``efermi`` trains a source on another label of the same crystals); with
 ``--ship FILE`` also the model as shipped (``src/crystaltwins/resources/crystaltwins_mp_eform.pt``):
 the same weights, its data source recorded by file name only, and what was held out
 (``docs/model_card.md``). The run's model file records (hashed) the ids of its training and
@@ -31,6 +32,8 @@ import numpy as np
 
 SOURCE_FILE = "mp36k.csv.gz"
 SOURCE_TARGET = "formation_energy_per_atom"
+#: Other label columns of the source file a source model can be trained on, and their units.
+SOURCE_UNITS = {SOURCE_TARGET: "eV/atom", "band_gap": "eV", "efermi": "eV"}
 HELD_OUT_TASKS = ("mp_formation_energy", "mp_band_gap", "mp_fermi_energy")
 
 
@@ -49,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds-held-out", type=int, default=3, help="bench seeds 0..N-1")
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--target",
+        default=SOURCE_TARGET,
+        choices=sorted(SOURCE_UNITS),
+        help="the label the source model learns (the shipped mp-eform: formation_energy_per_atom)",
+    )
     p.add_argument("--ship", type=Path, default=None, help="write the shipped model file here")
     p.add_argument(
         "--record-labelled",
@@ -71,10 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     splits = args.out / "splits"
     config = FinetuneConfig(
         data=str(source),
-        target=SOURCE_TARGET,
+        target=args.target,
         out=str(args.out / "run"),
         from_scratch=True,
-        unit="eV/atom",
+        unit=SOURCE_UNITS[args.target],
         epochs=args.epochs,
         seed=args.seed,
         split_files=tuple(str(splits / f"{n}.txt") for n in ("train", "val", "test")),
@@ -88,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         [source], start.settings, start.featurizer, config.cache_root, progress=False, log=None
     )
     ids = np.asarray(cache.ids).astype(str)
-    usable = np.isfinite(cache.labels([SOURCE_TARGET])[:, 0])
+    usable = np.isfinite(cache.labels([args.target])[:, 0])
     rest = np.array([i for i in ids[usable] if i not in held_out])
     rng = np.random.default_rng(args.seed)
     rng.shuffle(rest)
@@ -106,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     metrics = finetune(config=config)
     print(
-        f"test MAE {metrics['test']['mae']:.4f} eV/atom on {metrics['test']['count']} held-out "
+        f"test MAE {metrics['test']['mae']:.4f} {SOURCE_UNITS[args.target]} on {metrics['test']['count']} held-out "
         f"crystals (val {metrics['val']['mae']:.4f}); model: {args.out / 'run' / 'model.pt'}"
     )
     if args.ship is not None:
