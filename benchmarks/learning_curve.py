@@ -245,7 +245,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-steps", type=int, default=0, help="at least this many steps (default 0)")
     p.add_argument("--max-epochs", type=int, default=2000, help="cap (default 2000)")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--encoder-lr-factor", type=float, default=0.2)
+    p.add_argument(
+        "--encoder-lr-factor",
+        type=float,
+        default=0.2,
+        help="CT's encoder learning-rate factor (default 0.2, the paper's protocol, which the "
+        "committed curves use; finetune's own default is 1.0)",
+    )
     p.add_argument("--max-eval", type=int, default=None, help="cap validation and test sizes")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--freeze-encoder-epochs", type=int, default=0, help="CT: encoder frozen first")
