@@ -97,12 +97,19 @@ def main(argv: list[str] | None = None) -> int:
         [source], start.settings, start.featurizer, config.cache_root, progress=False, log=None
     )
     ids = np.asarray(cache.ids).astype(str)
-    usable = np.isfinite(cache.labels([args.target])[:, 0])
+    values = cache.labels([args.target])[:, 0]
+    usable = np.isfinite(values)
     rest = np.array([i for i in ids[usable] if i not in held_out])
     rng = np.random.default_rng(args.seed)
     rng.shuffle(rest)
     n_val = round(args.val_fraction * len(rest))
     parts = {"train": rest[n_val:], "val": rest[:n_val], "test": sorted(held_out)}
+    if args.record_labelled is not None:
+        position = {i: k for k, i in enumerate(ids)}
+        trained = values[[position[i] for i in parts["train"]]]
+        labelled = {n: list(parts[n]) for n in ("train", "val")}
+        record_labelled(args.record_labelled, labelled, trained)
+        return 0
     for name, part in parts.items():
         write_text_atomic(splits / f"{name}.txt", "\n".join(part) + "\n")
     print(
@@ -110,9 +117,6 @@ def main(argv: list[str] | None = None) -> int:
         f"validation {n_val}, training {len(rest) - n_val}",
         flush=True,
     )
-    if args.record_labelled is not None:
-        record_labelled(args.record_labelled, {n: list(parts[n]) for n in ("train", "val")})
-        return 0
     metrics = finetune(config=config)
     print(
         f"test MAE {metrics['test']['mae']:.4f} {SOURCE_UNITS[args.target]} on {metrics['test']['count']} held-out "
@@ -146,9 +150,10 @@ def ship(model: Path, target: Path, held_out: int, seeds: int) -> None:
     print(f"shipped: {target} ({target.stat().st_size:,} bytes)")
 
 
-def record_labelled(model: Path, parts: dict[str, list[str]]) -> None:
+def record_labelled(model: Path, parts: dict[str, list[str]], trained: np.ndarray) -> None:
     """Add the hashes of ``parts``' ids (training and validation) to ``model``'s info, after
-    checking that the file says it was trained on that many crystals."""
+    checking that the file says it was trained on that many crystals, whose labels
+    (``trained``, the training part's) had the mean and standard deviation it recorded."""
     import torch
 
     from crystaltwins.io.atomic import atomic_path
@@ -162,6 +167,13 @@ def record_labelled(model: Path, parts: dict[str, list[str]]) -> None:
         raise SystemExit(
             f"{model}: trained on {recorded} crystals, these splits have "
             f"{ {n: len(ids) for n, ids in parts.items()} }: not its splits"
+        )
+    moments = float(trained.mean()), float(trained.std())
+    if not np.allclose(moments, (info["target_mean"], info["target_std"]), rtol=1e-6, atol=0):
+        raise SystemExit(
+            f"{model}: its training labels had mean and std {info['target_mean']:.9g}, "
+            f"{info['target_std']:.9g}; these splits' {moments[0]:.9g}, {moments[1]:.9g}: "
+            "not its splits"
         )
     info[LABELLED_KEY] = labelled_record([i for ids in parts.values() for i in ids])
     with atomic_path(model) as tmp:

@@ -64,7 +64,6 @@ def _finetune_both(
 ) -> dict[str, dict]:
     """Step 3: fine-tune the pre-trained encoder, and train CGCNN from scratch, on one split."""
     from crystaltwins import api
-    from crystaltwins.evaluation.bench import PRESETS
 
     results = {}
     for method in ("scratch", "ct"):
@@ -80,10 +79,6 @@ def _finetune_both(
             max_train=args.max_train,
             max_eval=2000,
             resume=True,
-            # A short budget, like the bench's cpu preset: its encoder learning-rate factor
-            # (the published 0.2 leaves the encoder under-trained in 40 epochs;
-            # docs/results/cpu/README.md).
-            encoder_lr_factor=PRESETS["cpu"].encoder_lr_factor,
         )
     return results
 

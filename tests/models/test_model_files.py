@@ -211,6 +211,10 @@ FORGERIES = {
         _set("info|labelled_id_hashes", torch.tensor([7]).expand(10**9)),
         ["labelled_id_hashes is not a dense tensor"],
     ),
+    "earlier records not a list": (
+        _set("info|labelled_earlier", {"data_source": "x"}),
+        ["info.labelled_earlier is not a list"],
+    ),
     "labelled-id hashes unsorted": (
         _set("info|labelled_id_hashes", torch.tensor([3, 1])),
         ["not sorted and unique"],

@@ -230,3 +230,38 @@ def test_a_run_written_before_ensembles_still_resumes(tmp_path):
     assert config_differences(out, config) == []
     config.ensemble, config.split_seed = 3, 7
     assert config_differences(out, config) == ["ensemble: None -> 3", "split_seed: None -> 7"]
+
+
+@pytest.mark.parametrize("record", [torch.tensor(3), torch.tensor([[1, 2]]), torch.tensor([2, 1])])
+def test_a_malformed_label_record_of_an_ensemble_file_is_one_line(
+    ensemble_run, record, tmp_path, capsys
+):
+    out, _ = ensemble_run
+    payload = torch.load(out / "model.pt", weights_only=True)
+    payload["info"]["labelled_id_hashes"] = record
+    path = tmp_path / "model.pt"
+    torch.save(payload, path)
+    code = main(["info", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "info.labelled_id_hashes" in err
+
+
+def test_an_old_scratch_run_folder_resumes_after_the_encoder_factor_default_changed(tmp_path):
+    """The factor does nothing from scratch: a folder written when its default was 0.2 still
+    matches; a pre-trained run's does not."""
+    scratch = _config(tmp_path / "d.csv", tmp_path / "s", tmp_path, from_scratch=True)
+    write_config(tmp_path / "s", scratch)
+    config = tmp_path / "s" / "config.yaml"
+    config.write_text(
+        config.read_text().replace("encoder_lr_factor: 1.0", "encoder_lr_factor: 0.2")
+    )
+    assert "encoder_lr_factor: 0.2" in config.read_text()
+    assert config_differences(tmp_path / "s", scratch) == []
+    ct = _config(tmp_path / "d.csv", tmp_path / "c", tmp_path, from_scratch=False, pretrained="m")
+    write_config(tmp_path / "c", ct)
+    config = tmp_path / "c" / "config.yaml"
+    config.write_text(
+        config.read_text().replace("encoder_lr_factor: 1.0", "encoder_lr_factor: 0.2")
+    )
+    assert config_differences(tmp_path / "c", ct) == ["encoder_lr_factor: 0.2 -> 1.0"]

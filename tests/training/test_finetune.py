@@ -300,21 +300,20 @@ def _ids(path, column="id"):
 
 
 def test_the_validation_and_test_crystals_a_starting_model_learned_are_counted(
-    scratch_run, perovskite_subset, cache_root, tmp_path
+    perovskite_subset, cache_root, tmp_path
 ):
-    """A fine-tuned model records (hashed) the ids whose labels it used; a run starting from it
-    on the same file counts, and lists, which of its validation and test crystals those are."""
-    from crystaltwins.models.provenance import LABELLED_KEY, id_hashes
+    """A fine-tuned model records (hashed) the ids whose labels it used: its capped training
+    and validation crystals; a run starting from it on the same file counts, and lists, which
+    of its validation and test crystals those are; and its own file keeps the source's record."""
+    from crystaltwins.models.provenance import EARLIER_KEY, LABELLED_KEY, id_hashes
 
-    source, _ = scratch_run
-    with gzip.open(perovskite_subset, "rt", newline="") as handle:
-        everything = [row["id"] for row in csv.DictReader(handle)]
-    source_test = set(_ids(source / "test_predictions.csv"))
-    labelled = set(everything) - source_test  # its training and validation crystals
-    record = load_model(source / "model.pt").info[LABELLED_KEY]
-    assert np.array_equal(record.numpy(), id_hashes(labelled)) and len(labelled) == 1200
+    source = tmp_path / "source"
+    finetune(_config(perovskite_subset, source, cache_root, epochs=2, max_train=600, max_eval=200))
+    record = load_model(source / "model.pt").info[LABELLED_KEY].numpy()
+    assert len(record) == 800  # 600 training + 200 validation, not the uncapped 900 + 300
+    assert not np.isin(id_hashes(_ids(source / "test_predictions.csv")), record).any()
 
-    def start_from_source(out, seed):
+    def start_from(out, seed):
         config = _config(
             perovskite_subset,
             out,
@@ -325,17 +324,19 @@ def test_the_validation_and_test_crystals_a_starting_model_learned_are_counted(
             max_train=100,
             seed=seed,
         )
-        return finetune(config)
+        return finetune(config), list(csv.DictReader((out / "seen_by_starting_model.csv").open()))
 
-    same_split = start_from_source(tmp_path / "same", seed=0)  # the source's own split
-    assert same_split["seen_by_starting_model"] == {"val": 300, "test": 0}
-    listed = list(csv.DictReader((tmp_path / "same" / "seen_by_starting_model.csv").open()))
-    assert {r["part"] for r in listed} == {"val"} and len(listed) == 300
+    # the source's own split, uncapped: 200 of its 300 validation crystals, none of its test ones
+    same, listed = start_from(tmp_path / "same", seed=0)
+    assert same["seen_by_starting_model"] == {"val": 200, "test": 0}
+    assert {r["part"] for r in listed} == {"val"} and len(listed) == 200
 
-    other = start_from_source(tmp_path / "other", seed=1)
+    other, listed = start_from(tmp_path / "other", seed=1)  # another split
     tested = _ids(tmp_path / "other" / "test_predictions.csv")
-    expected = sorted(set(tested) & labelled)
+    expected = sorted(i for i in tested if np.isin(id_hashes([i]), record)[0])
     assert 0 < len(expected) < len(tested)
     assert other["seen_by_starting_model"]["test"] == len(expected)
-    listed = list(csv.DictReader((tmp_path / "other" / "seen_by_starting_model.csv").open()))
     assert sorted(r["id"] for r in listed if r["part"] == "test") == expected
+    # the second model's file keeps the source's record beside its own
+    chained = load_model(tmp_path / "other" / "model.pt").info
+    assert np.array_equal(chained[EARLIER_KEY][0][LABELLED_KEY].numpy(), record)

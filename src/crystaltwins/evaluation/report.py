@@ -31,7 +31,7 @@ from crystaltwins.models.property_model import PropertyModel
 from crystaltwins.models.targets import TRANSFORMS
 from crystaltwins.training.configs import INFERENCE_BATCH, INFERENCE_DEVICE, FinetuneConfig
 from crystaltwins.training.ensemble import MEMBER_PREDICTIONS, STD_DDOF
-from crystaltwins.training.finetune import TrainedRun, save_property_model
+from crystaltwins.training.finetune import SEEN_BY_START_NAME, TrainedRun, save_property_model
 
 _SPLITS = ("train", "val", "test")
 
@@ -291,6 +291,8 @@ def combine_members(config: FinetuneConfig, folders: list[Path]) -> dict[str, An
     classifier = config.task == "classification"
     forward = TRANSFORMS[config.target_transform][0]
     metrics: dict[str, Any] = {k: first[k] for k in ("target", "unit", "task", "init", "crystals")}
+    if "seen_by_starting_model" in first:  # one split: the members' counts are the same
+        metrics["seen_by_starting_model"] = first["seen_by_starting_model"]
     metrics["epochs_run"] = max(int(m["epochs_run"]) for m in member_metrics)
     metrics["best_epoch"] = None  # each member has its own: members/<k>/metrics.json
     metrics["seconds"] = float(sum(m["seconds"] for m in member_metrics))
@@ -339,10 +341,11 @@ def combine_members(config: FinetuneConfig, folders: list[Path]) -> dict[str, An
         extra,
     )
     write_text_atomic(out / "metrics.json", metrics_json(metrics))
-    listing = folders[0] / "invalid_targets.csv"
-    (out / "invalid_targets.csv").unlink(missing_ok=True)
-    if listing.exists():
-        shutil.copyfile(listing, out / "invalid_targets.csv")
+    for name in ("invalid_targets.csv", SEEN_BY_START_NAME):  # the same for every member
+        listing = folders[0] / name
+        (out / name).unlink(missing_ok=True)
+        if listing.exists():
+            shutil.copyfile(listing, out / name)
     bundles = [load_model(f / "model.pt") for f in folders]
     info = {k: v for k, v in bundles[0].info.items() if k != "test_metrics"}
     info.update(

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from crystaltwins.graph.atom_features import AtomFeaturizer
 from crystaltwins.graph.settings import GraphSettings
 from crystaltwins.models.init_args import check_keys, real, short
-from crystaltwins.models.provenance import LABELLED_KEY, check_labelled_record
+from crystaltwins.models.provenance import check_provenance
 from crystaltwins.models.published import _is_dense
 from crystaltwins.models.registry import ENCODERS, HEADS, lookup, on_meta_device
 from crystaltwins.models.targets import TRANSFORMS
@@ -209,10 +209,9 @@ def _check_heads(kind: str, heads: Any, encoder_out: int) -> dict[str, int]:
 def _check_info(kind: str, info: Any, head_out: int | None) -> None:
     if not isinstance(info, Mapping):
         raise _Problem(f"info is {type(info).__name__}, expected a dict")
-    if LABELLED_KEY in info:
-        problem = check_labelled_record(info[LABELLED_KEY])
-        if problem:
-            raise _Problem(f"info.{LABELLED_KEY} {problem}")
+    problem = check_provenance(info)
+    if problem:
+        raise _Problem(problem)
     if kind != "finetuned":
         return
     for key in ("unit", "target_column"):
@@ -321,6 +320,9 @@ def check_ensemble_payload(
             raise _Problem(f"members is {count}, expected a list of 2..{MAX_MEMBERS} model files")
         if not isinstance(payload["info"], Mapping):
             raise _Problem(f"info is {type(payload['info']).__name__}, expected a dict")
+        problem = check_provenance(payload["info"])
+        if problem:
+            raise _Problem(problem)
         checked = []
         for k, member in enumerate(members):
             try:

@@ -44,7 +44,15 @@ from crystaltwins.io.atomic import atomic_path
 from crystaltwins.models.checkpoint import ModelBundle, load_model, resolve_model_path, save_model
 from crystaltwins.models.heads import PropertyHead
 from crystaltwins.models.property_model import PropertyModel, Target
-from crystaltwins.models.provenance import LABELLED_KEY, labelled_hashes, labelled_record, seen_ids
+from crystaltwins.models.provenance import (
+    EARLIER_KEY,
+    LABELLED_KEY,
+    earlier_records,
+    labelled_hashes,
+    labelled_record,
+    seen_ids,
+    source_key,
+)
 from crystaltwins.models.targets import TRANSFORMS
 from crystaltwins.training.common import (
     AtomicCheckpointIO,
@@ -306,7 +314,7 @@ def starting_point(config: FinetuneConfig) -> StartingPoint:
             main_print(f"note: --atom-init ignored: {path} carries its own element features")
         check_pretrained_encoder(config, bundle.encoder, path)
         overlap = labelled_source_overlap(bundle.info, config.data)
-        if overlap and labelled_hashes(bundle.info) is None:  # else counted once split
+        if overlap and labelled_hashes(bundle.info, config.data) is None:  # else counted
             main_print(f"warning: {overlap}")
         settings = run_graph_settings(config, config.data, bundle.graph_settings)
         return StartingPoint(
@@ -330,7 +338,7 @@ def labelled_source_overlap(info: dict[str, Any], data: str | Path | None) -> st
     fine-tuned on (same file name): the new run's validation and test crystals may have been
     among its training crystals, which makes their MAE optimistic. ``None`` when not."""
     source = info.get("data_source")
-    if not source or not data or Path(str(source)).name != Path(str(data)).name:
+    if not source or not data or source_key(source) != source_key(data):
         return None
     target = info.get("target_column") or ", ".join(info.get("targets", []))
     held_out = info.get("held_out", {})
@@ -359,17 +367,14 @@ def check_seen_by_start(
     Returns the entry for ``metrics.json`` (``{}`` when nothing could be counted)."""
     out = Path(config.out)
     (out / SEEN_BY_START_NAME).unlink(missing_ok=True)  # not a stale list from an earlier run
-    if labelled_source_overlap(start.info, config.data) is None:
-        return {}
-    seen = {part: seen_ids(start.info, part_ids) for part, part_ids in ids.items()}
+    seen = {part: seen_ids(start.info, part_ids, config.data) for part, part_ids in ids.items()}
     if any(found is None for found in seen.values()):
         return {}
     counts = {part: len(found or []) for part, found in seen.items()}
     sizes = ", ".join(f"{len(ids[p]):,} {p}" for p in ids)
-    target = start.info.get("target_column") or ", ".join(start.info.get("targets", []))
     if not any(counts.values()):
         main_print(
-            f"checked: the starting model learned labels ({target}) of this data file, "
+            f"checked: the starting model learned labels of {source_key(config.data)}, "
             f"none of this run's {sizes} crystals among them"
         )
     else:
@@ -378,8 +383,9 @@ def check_seen_by_start(
             csv.writer(f).writerows([["id", "part"], *rows])
         found_text = ", ".join(f"{counts[p]:,} of {len(ids[p]):,} {p}" for p in ids)
         main_print(
-            f"warning: the starting model learned the labels ({target}) of {found_text} "
-            f"crystals of this run: their MAE is optimistic; listed in {out / SEEN_BY_START_NAME}"
+            f"warning: the starting model (or one it started from) learned the labels of "
+            f"{found_text} crystals of this run: their MAE is optimistic; listed in "
+            f"{out / SEEN_BY_START_NAME}"
         )
     return {"seen_by_starting_model": counts}
 
@@ -656,6 +662,9 @@ def save_property_model(run: TrainedRun, metrics: dict[str, Any]) -> Path:
         "test_metrics": metrics["test"],
         LABELLED_KEY: labelled_record(ids[labelled]),
     }
+    earlier = earlier_records(run.start.info)
+    if earlier:
+        info[EARLIER_KEY] = earlier
     path = run.out / "model.pt"
     bundle = ModelBundle(
         run.module.encoder,

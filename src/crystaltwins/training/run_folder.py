@@ -208,6 +208,10 @@ def _same_setting(name: str, stored: Any, wanted: Any) -> bool:
     return False
 
 
+#: Settings that do nothing when training from scratch (a new encoder learns at ``lr``).
+INERT_FROM_SCRATCH = frozenset({"encoder_lr_factor"})
+
+
 def config_differences(
     out: Path, config: Any, may_differ: frozenset[str] = RESUMABLE_CHANGES
 ) -> list[str]:
@@ -225,6 +229,8 @@ def config_differences(
             continue
         if name not in stored and name in defaults and defaults[name] == wanted.get(name):
             continue  # a setting added since that run was written, at its default
+        if name in INERT_FROM_SCRATCH and stored.get("from_scratch") and wanted.get("from_scratch"):
+            continue  # it does not act on a new encoder (e.g. a default changed since)
         old, new = stored.get(name), wanted.get(name)
         if not _same_setting(name, old, new):
             differences.append(f"{name}: {old!r} -> {new!r}")
