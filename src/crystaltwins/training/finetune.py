@@ -382,10 +382,15 @@ def check_seen_by_start(
         with atomic_path(out / SEEN_BY_START_NAME) as tmp, open(tmp, "w", newline="") as f:
             csv.writer(f).writerows([["id", "part"], *rows])
         found_text = ", ".join(f"{counts[p]:,} of {len(ids[p]):,} {p}" for p in ids)
+        effect = (
+            "their MAE is optimistic"
+            if counts.get("test")
+            else "none of the test crystals, but the validation MAE (which picks the best epoch) "
+            "is optimistic"
+        )
         main_print(
             f"warning: the starting model (or one it started from) learned the labels of "
-            f"{found_text} crystals of this run: their MAE is optimistic; listed in "
-            f"{out / SEEN_BY_START_NAME}"
+            f"{found_text} crystals of this run: {effect}; listed in {out / SEEN_BY_START_NAME}"
         )
     return {"seen_by_starting_model": counts}
 
