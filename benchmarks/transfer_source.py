@@ -118,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     metrics = finetune(config=config)
+    unit = SOURCE_UNITS[args.target]
     print(
-        f"test MAE {metrics['test']['mae']:.4f} {SOURCE_UNITS[args.target]} on {metrics['test']['count']} held-out "
+        f"test MAE {metrics['test']['mae']:.4f} {unit} on {metrics['test']['count']} held-out "
         f"crystals (val {metrics['val']['mae']:.4f}); model: {args.out / 'run' / 'model.pt'}"
     )
     if args.ship is not None:

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from crystaltwins.models.published import _is_dense
+
 #: Entry of a fine-tuned model file's ``info``: hashes of the ids of its labelled crystals
 #: (crystals of its ``info["data_source"]``).
 LABELLED_KEY = "labelled_id_hashes"
@@ -104,10 +106,7 @@ def check_labelled_record(record: Any) -> str | None:
         return f"is {type(record).__name__}, expected a tensor"
     if record.dtype != torch.int64 or record.dim() != 1:
         return f"is a {record.dim()}-d {record.dtype} tensor, expected 1-d int64"
-    if record.layout != torch.strided or not record.is_contiguous():
-        return "is not a dense tensor"
-    stored = record.untyped_storage().nbytes() // record.element_size()
-    if record.storage_offset() + record.numel() > stored:
+    if record.layout != torch.strided or not _is_dense(record):
         return "is not a dense tensor of the values it claims"
     if record.numel() > 1 and not bool((record[1:] > record[:-1]).all()):
         return "is not sorted and unique"

@@ -72,6 +72,7 @@ from crystaltwins.training.common import (
 )
 from crystaltwins.training.configs import DEFAULT_ENCODER_LR_FACTOR, FinetuneConfig, field_default
 from crystaltwins.training.epoch_metrics import EpochMeans
+from crystaltwins.training.run_folder import SEEN_BY_START_NAME
 from crystaltwins.training.sampling import EpochSampler
 
 __all__ = [
@@ -352,10 +353,6 @@ def labelled_source_overlap(info: dict[str, Any], data: str | Path | None) -> st
         f"the data of this run{held}: test crystals it trained on give an optimistic test MAE; "
         "keep them out of its training data (e.g. --split-files), or start from another model"
     )
-
-
-#: A run's list of its validation and test crystals whose labels its starting model learned.
-SEEN_BY_START_NAME = "seen_by_starting_model.csv"
 
 
 def check_seen_by_start(

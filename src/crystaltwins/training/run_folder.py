@@ -34,6 +34,9 @@ from crystaltwins.io.locks import FileLock
 
 #: The lock file of a run folder (kept: an unlocked file is harmless).
 LOCK_NAME = ".crystaltwins.lock"
+#: A fine-tuning run's list of its validation and test crystals whose labels its starting model
+#: learned (``finetune.check_seen_by_start``).
+SEEN_BY_START_NAME = "seen_by_starting_model.csv"
 
 #: What ``pretrain`` and ``finetune`` write in a run folder.
 RUN_FILES = frozenset(
@@ -47,6 +50,7 @@ RUN_FILES = frozenset(
         "metrics.json",
         "test_predictions.csv",
         "invalid_targets.csv",
+        SEEN_BY_START_NAME,
         "parity.png",
         "learning_curves.png",
         "excluded_test_ids.json",
