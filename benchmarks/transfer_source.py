@@ -12,7 +12,8 @@ are trained on.
     python benchmarks/transfer_source.py --data-root ../shared/data --out runs/mp_eform
 
 writes ``OUT/splits/{train,val,test}.txt`` and the run in ``OUT/run`` (resumable; ``--target
-band_gap`` or ``efermi`` trains a source on another label of the same crystals); with
+band_gap`` or ``efermi`` trains a source on another label of the same crystals, ``--aux-targets``
+on several at once, the splits those of ``--target``); with
 ``--ship FILE`` also the model as shipped (``src/crystaltwins/resources/crystaltwins_mp_eform.pt``):
 the same weights, its data source recorded by file name only, and what was held out
 (``docs/model_card.md``). The run's model file records (hashed) the ids of its training and
@@ -58,6 +59,14 @@ def main(argv: list[str] | None = None) -> int:
         choices=sorted(SOURCE_UNITS),
         help="the label the source model learns (the shipped mp-eform: formation_energy_per_atom)",
     )
+    p.add_argument(
+        "--aux-targets",
+        nargs="+",
+        default=[],
+        choices=sorted(SOURCE_UNITS),
+        help="more labels of the same crystals learned alongside --target (multi-task source: "
+        "extra head outputs, the crystals and splits of --target)",
+    )
     p.add_argument("--ship", type=Path, default=None, help="write the shipped model file here")
     p.add_argument(
         "--record-labelled",
@@ -81,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     config = FinetuneConfig(
         data=str(source),
         target=args.target,
+        aux_targets=list(args.aux_targets),
         out=str(args.out / "run"),
         from_scratch=True,
         unit=SOURCE_UNITS[args.target],

@@ -19,6 +19,7 @@ from crystaltwins.models.checkpoint import (
     load_predictor,
     resolve_model_path,
 )
+from crystaltwins.models.property_model import AUX_TARGETS_KEY
 from crystaltwins.models.provenance import labelled_hashes
 
 
@@ -41,6 +42,7 @@ class ModelInfo:
     unit: str = ""
     task: str = ""
     target_transform: str = "none"
+    aux_targets: list[str] = field(default_factory=list)
     started_from: str = ""
     objective: str = ""
     augmentations: str = ""
@@ -68,6 +70,13 @@ class ModelInfo:
             elif self.target_transform != "none":
                 what += f", learnt as {self.target_transform}"
             rows.append(("target", what))
+        if self.aux_targets:
+            rows.append(
+                (
+                    "also learned",
+                    ", ".join(self.aux_targets) + " (auxiliary targets, not predicted)",
+                )
+            )
         if self.started_from:
             rows.append(("started from", self.started_from))
         if self.objective:
@@ -153,6 +162,7 @@ def describe_model(
         described.unit = value_unit(str(unit or ""))
         described.task = str(info.get("task", "regression"))
         described.target_transform = str(info.get("target_transform", "none"))
+        described.aux_targets = [str(a["column"]) for a in info.get(AUX_TARGETS_KEY, [])]
         init = str(info.get("init", ""))
         described.started_from = (
             "random weights (CGCNN from scratch)" if init == "scratch" else init

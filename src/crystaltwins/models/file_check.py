@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from crystaltwins.graph.atom_features import AtomFeaturizer
 from crystaltwins.graph.settings import GraphSettings
 from crystaltwins.models.init_args import check_keys, real, short
+from crystaltwins.models.property_model import AUX_TARGETS_KEY
 from crystaltwins.models.provenance import check_provenance
 from crystaltwins.models.published import _is_dense
 from crystaltwins.models.registry import ENCODERS, HEADS, lookup, on_meta_device
@@ -65,6 +66,8 @@ ENSEMBLE_ENTRIES = frozenset({"format", "format_version", "kind", "members", "in
 ENSEMBLE_KIND = "ensemble"
 #: Largest number of members accepted in an ensemble's model file.
 MAX_MEMBERS = 1000
+#: At most this many auxiliary targets in a model file's ``info`` (a multi-task head).
+MAX_AUX_TARGETS = 100
 #: Settings every member of an ensemble must share (entries of ``info``).
 _SHARED_MEMBER_INFO = ("task", "targets", "target_transform")
 
@@ -236,11 +239,37 @@ def _check_info(kind: str, info: Any, head_out: int | None) -> None:
             raise _Problem(str(error)) from None
     if info["target_std"] <= 0:
         raise _Problem(f"info.target_std is {info['target_std']}, expected > 0")
+    aux = _check_aux_targets(info.get(AUX_TARGETS_KEY, []))
+    if head_out is not None and head_out != 1 + aux:
+        raise _Problem(
+            f"a regression head with {aux} auxiliary targets has {1 + aux} outputs, this one "
+            f"has {head_out}"
+        )
     transform = info.get("target_transform", "none")
     if transform not in TRANSFORMS:
         raise _Problem(
             f"info.target_transform is {short(transform)}, expected one of {sorted(TRANSFORMS)}"
         )
+
+
+def _check_aux_targets(entries: Any) -> int:
+    """How many auxiliary targets ``info.aux_targets`` lists (each ``column``, ``mean``,
+    ``std`` > 0)."""
+    where = f"info.{AUX_TARGETS_KEY}"
+    if not isinstance(entries, list) or len(entries) > MAX_AUX_TARGETS:
+        raise _Problem(f"{where} is {short(entries)}, expected a list of at most {MAX_AUX_TARGETS}")
+    for k, entry in enumerate(entries):
+        _keys_problem(f"{where}[{k}]", entry, {"column", "mean", "std"})
+        if not isinstance(entry["column"], str):
+            raise _Problem(f"{where}[{k}].column is {short(entry['column'])}, expected a string")
+        try:
+            real(f"{where}[{k}].mean", entry["mean"])
+            real(f"{where}[{k}].std", entry["std"])
+        except ValueError as error:
+            raise _Problem(str(error)) from None
+        if not entry["std"] > 0:
+            raise _Problem(f"{where}[{k}].std is {entry['std']}, expected > 0")
+    return len(entries)
 
 
 def _check_graph_settings(state: Any) -> None:

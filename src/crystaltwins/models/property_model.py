@@ -18,6 +18,10 @@ from crystaltwins.graph.batch import CrystalGraphBatch
 from crystaltwins.models.targets import TRANSFORMS, check_transform
 
 TASKS = ("regression", "classification")
+#: A model file's ``info`` entry listing the auxiliary targets a regression head learned in its
+#: outputs ``1, 2, ..`` (multi-task training): ``[{"column", "mean", "std"}, ...]``, the
+#: standardisation of each. Predictions use output 0 only.
+AUX_TARGETS_KEY = "aux_targets"
 
 
 @dataclass(frozen=True)

@@ -379,6 +379,17 @@ class FinetuneConfig(RunOptions):
     target_transform: str = setting(
         "none", "transform of the target before training", choices=("none", "log10")
     )
+    aux_targets: list[str] = setting(
+        [],
+        "more label columns learned alongside the target, by extra outputs of the head "
+        "(multi-task training, regression; standardised by their training values; a crystal "
+        "missing one is masked; only the target is evaluated and predicted)",
+        metavar="COLUMN",
+        default_text="none",
+    )
+    aux_weight: float = setting(
+        1.0, "weight of the auxiliary targets' loss (their mean squared error) beside the target's"
+    )
     lr: float = setting(1e-3, "learning rate of the head (Adam)")
     encoder_lr_factor: float = setting(
         DEFAULT_ENCODER_LR_FACTOR,
@@ -502,8 +513,20 @@ class FinetuneConfig(RunOptions):
             raise ValueError(
                 f"only {', '.join(TRAINED_TOGETHER)} encoders train together, not {self.encoder!r}"
             )
-        if self.encoder_lr_factor < 0 or self.weight_decay < 0:
-            raise ValueError("encoder_lr_factor and weight_decay must be >= 0")
+        if self.encoder_lr_factor < 0 or self.weight_decay < 0 or self.aux_weight < 0:
+            raise ValueError("encoder_lr_factor, weight_decay and aux_weight must be >= 0")
+        if self.aux_targets:
+            if self.task != "regression":
+                raise ValueError("aux_targets need a regression task")
+            if self.target in self.aux_targets or len(set(self.aux_targets)) < len(
+                self.aux_targets
+            ):
+                raise ValueError(
+                    f"aux_targets {list(self.aux_targets)} must be distinct and not the target "
+                    f"{self.target!r}"
+                )
+            if self.members_together:
+                raise ValueError("members trained together take no aux_targets")
         if self.data_on_device not in ("auto", "never"):
             raise ValueError(
                 f"data_on_device must be 'auto' or 'never', got {self.data_on_device!r}"

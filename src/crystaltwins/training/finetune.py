@@ -43,7 +43,7 @@ from crystaltwins.graph.settings import GraphSettings
 from crystaltwins.io.atomic import atomic_path
 from crystaltwins.models.checkpoint import ModelBundle, load_model, resolve_model_path, save_model
 from crystaltwins.models.heads import PropertyHead
-from crystaltwins.models.property_model import PropertyModel, Target
+from crystaltwins.models.property_model import AUX_TARGETS_KEY, PropertyModel, Target
 from crystaltwins.models.provenance import (
     EARLIER_KEY,
     LABELLED_KEY,
@@ -103,6 +103,10 @@ class FinetuneModule(L.LightningModule):
     checkpoints' weights); :attr:`model` is the property model itself, whose conversions give the
     metrics' and the user's units.
 
+    ``aux_targets``: more standardised targets the head learns in its outputs ``1, 2, ..``
+    (multi-task training): their masked mean squared error, times ``aux_weight``, is added to
+    the loss; the metrics are the target's alone.
+
     ``freeze_encoder_epochs``: in epochs ``0 .. N-1`` the encoder is a fixed feature extractor
     (eval mode, so BatchNorm normalises with its stored statistics and leaves them unchanged; no
     gradients, so Adam neither moves it nor starts its moments); from epoch ``N`` on it trains
@@ -121,6 +125,8 @@ class FinetuneModule(L.LightningModule):
         weight_decay: float = field_default(FinetuneConfig, "weight_decay"),
         freeze_encoder_epochs: int = field_default(FinetuneConfig, "freeze_encoder_epochs"),
         warmup_epochs: int = field_default(FinetuneConfig, "warmup_epochs"),
+        aux_targets: list[dict[str, Any]] | None = None,
+        aux_weight: float = field_default(FinetuneConfig, "aux_weight"),
     ) -> None:
         super().__init__()
         self.encoder = model.encoder
@@ -132,6 +138,10 @@ class FinetuneModule(L.LightningModule):
         self.weight_decay = weight_decay
         self.freeze_encoder_epochs = freeze_encoder_epochs
         self.warmup_epochs = warmup_epochs
+        #: Auxiliary targets (``column``, ``mean``, ``std``): head outputs ``1 ..``, trained
+        #: on standardised values in ``batch.targets[:, 1:]`` (NaN where missing).
+        self.aux_targets = list(aux_targets or [])
+        self.aux_weight = aux_weight
         # The encoder's trainable weights (a frozen epoch switches off only these).
         self._encoder_trainable = [p for p in self.encoder.parameters() if p.requires_grad]
 
@@ -154,12 +164,17 @@ class FinetuneModule(L.LightningModule):
             loss = F.mse_loss(out[:, 0], self.model.standardise(target))
             mae = (self.model.transformed(out) - target).abs().mean()
             values = (loss, mae)
+            if self.aux_targets:
+                aux = auxiliary_loss(out[:, 1:], batch.targets[:, 1:])
+                loss = loss + self.aux_weight * aux
+                values = (loss, mae, aux)
         self.epoch_metrics.add(stage, batch.num_crystals, values)
         return loss
 
     @cached_property
     def epoch_metrics(self) -> EpochMeans:
         names = ["loss", "mae"] + (["accuracy"] if self.task == "classification" else [])
+        names += ["aux_loss"] if self.aux_targets else []
         return EpochMeans(names, progress="mae")
 
     def training_step(self, batch: CrystalGraphBatch, batch_idx: int) -> torch.Tensor:
@@ -229,6 +244,14 @@ class FinetuneModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
+
+
+def auxiliary_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of ``outputs`` ``(B, K)`` against standardised ``targets`` ``(B, K)``
+    over the finite targets only (missing labels are NaN); 0 (with a gradient) when none is."""
+    known = torch.isfinite(targets)
+    squared = torch.where(known, outputs - torch.nan_to_num(targets), 0.0) ** 2
+    return squared.sum() / known.sum().clamp(min=1)
 
 
 def _split(config: FinetuneConfig, dataset: CrystalGraphDataset, keep: np.ndarray) -> Split:
@@ -527,11 +550,14 @@ def prepare_run(config: FinetuneConfig) -> PreparedRun:
     _check_split(config, planned.split, len(planned.keep))
     split = cap_split(planned.split, config.split_seed_value, config.max_train, config.max_eval)
     values, target_name = _transformed_targets(config, planned)
+    aux_values, aux_targets = _auxiliary_targets(config, cache, planned.keep[split.train])
+    learned = values if aux_values is None else np.column_stack([values, aux_values])
+    names = [target_name, *config.aux_targets]
     parts: dict[str, CrystalGraphDataset] = {
-        name: _TargetDataset(cache, planned.keep[positions], values, target_name)
+        name: _TargetDataset(cache, planned.keep[positions], learned, names)
         for name, positions in (("train", split.train), ("val", split.val), ("test", split.test))
     }
-    module = _property_module(config, start, values[parts["train"].indices])
+    module = _property_module(config, start, values[parts["train"].indices], aux_targets)
     evaluated = {name: np.asarray(cache.ids)[parts[name].indices] for name in ("val", "test")}
     notes = check_seen_by_start(config, start, evaluated) if is_main_process() else {}
     return PreparedRun(config, start, cache, planned, values, target_name, parts, module, notes)
@@ -546,7 +572,7 @@ def train_property_model(
     run = prepare_run(config)
     out, module, parts = Path(config.out), run.module, run.parts
     trainer = _trainer(config, callbacks, len(parts["train"]))
-    train_loader, val_loader = _loaders(config, parts["train"], parts["val"], run.target_name)
+    train_loader, val_loader = _loaders(config, parts["train"], parts["val"])
     fit(
         trainer,
         module,
@@ -572,18 +598,53 @@ def _transformed_targets(config: FinetuneConfig, planned: PlannedSplit) -> tuple
     return values, Target(config.target, config.unit, config.target_transform).name
 
 
+def _auxiliary_targets(
+    config: FinetuneConfig, cache: GraphCache, train_rows: np.ndarray
+) -> tuple[np.ndarray | None, list[dict[str, Any]]]:
+    """``(N, K)`` the auxiliary label columns standardised by the mean and std of their finite
+    values on the training crystals (cache rows ``train_rows``; NaN where missing), and
+    ``column``, ``mean``, ``std`` of each; ``None, []`` without ``aux_targets``."""
+    columns = list(config.aux_targets)
+    if not columns:
+        return None, []
+    missing = [c for c in columns if c not in cache.label_names]
+    if missing:
+        raise KeyError(
+            f"{config.data}: no numeric label column {missing} (aux_targets); available: "
+            f"{cache.label_names}"
+        )
+    raw = cache.labels(columns).astype(np.float64)
+    standardised = np.full_like(raw, np.nan)
+    stats = []
+    for k, column in enumerate(columns):
+        known = raw[train_rows, k]
+        known = known[np.isfinite(known)]
+        if not len(known):
+            raise ValueError(f"{config.data}: no training crystal has a number in {column!r}")
+        mean, std = float(known.mean()), float(known.std() or 1.0)
+        finite = np.isfinite(raw[:, k])
+        standardised[finite, k] = (raw[finite, k] - mean) / std
+        stats.append({"column": column, "mean": mean, "std": std})
+    return standardised, stats
+
+
 def _property_module(
-    config: FinetuneConfig, start: StartingPoint, y_train: np.ndarray
+    config: FinetuneConfig,
+    start: StartingPoint,
+    y_train: np.ndarray,
+    aux_targets: list[dict[str, Any]] | None = None,
 ) -> FinetuneModule:
     """Encoder + a new head, with the target standardised by the training targets' mean and
-    std (regression)."""
+    std (regression), and one more output per auxiliary target."""
     target = Target(config.target, config.unit, config.target_transform, task=config.task)
     if config.task == "regression":
         target = dataclasses.replace(
             target, mean=float(y_train.mean()), std=float(y_train.std() or 1.0)
         )
     encoder = start.encoder
-    head = PropertyHead(encoder.out_dim, config.head_hidden or encoder.out_dim, target.out_dim)
+    aux_targets = list(aux_targets or [])
+    outputs = target.out_dim + len(aux_targets)
+    head = PropertyHead(encoder.out_dim, config.head_hidden or encoder.out_dim, outputs)
     return FinetuneModule(
         PropertyModel(encoder, head, target),
         config.lr,
@@ -591,6 +652,8 @@ def _property_module(
         config.weight_decay,
         config.freeze_encoder_epochs,
         config.warmup_epochs,
+        aux_targets,
+        config.aux_weight,
     )
 
 
@@ -617,13 +680,12 @@ def _trainer(
 
 def _loaders(
     config: FinetuneConfig,
-    train: CrystalGraphDataset,
-    val: CrystalGraphDataset,
-    target_name: str,
+    train: _TargetDataset,
+    val: _TargetDataset,
 ) -> tuple[DataLoader, DataLoader]:
     """Training (shuffled every epoch) and validation loaders; on a GPU run whose data fits,
     batches gathered on the GPU from arrays copied there once."""
-    collate = GraphCollator([target_name])
+    collate = GraphCollator(train.names)
     device = resident_device(config.accelerator, config.data_on_device, train.store)
     if device is not None:
         main_print(f"training data resident on {device}")
@@ -664,6 +726,8 @@ def save_property_model(run: TrainedRun, metrics: dict[str, Any]) -> Path:
         "test_metrics": metrics["test"],
         LABELLED_KEY: labelled_record(ids[labelled]),
     }
+    if run.module.aux_targets:
+        info[AUX_TARGETS_KEY] = run.module.aux_targets
     earlier = earlier_records(run.start.info)
     if earlier:
         info[EARLIER_KEY] = earlier
@@ -681,16 +745,21 @@ def save_property_model(run: TrainedRun, metrics: dict[str, Any]) -> Path:
 
 
 class _TargetDataset(CrystalGraphDataset):
-    """A dataset whose graphs carry one (transformed) target value under ``name``."""
+    """A dataset whose graphs carry the values the model learns, by cache row: ``values``
+    ``(N,)`` or ``(N, 1 + K)`` (the transformed target, then any standardised auxiliary
+    targets), under ``names``."""
 
-    def __init__(self, cache: Any, indices: np.ndarray, values: np.ndarray, name: str) -> None:
+    def __init__(
+        self, cache: Any, indices: np.ndarray, values: np.ndarray, names: list[str]
+    ) -> None:
         super().__init__(cache, indices)
-        self.values = values
-        self.name = name
+        self.values = values if values.ndim == 2 else values[:, None]
+        self.names = names
 
     def __getitem__(self, i: int) -> Any:
         graph = super().__getitem__(i)
-        graph.labels = {self.name: float(self.values[self.indices[i]])}
+        row = self.values[self.indices[i]]
+        graph.labels = {name: float(v) for name, v in zip(self.names, row, strict=True)}
         return graph
 
     def target_values(self) -> np.ndarray:
