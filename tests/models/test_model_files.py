@@ -84,6 +84,19 @@ def _widen(key: str, rows: int):
     return edit
 
 
+def _wider_head(outputs: int):
+    """A property head of ``outputs`` outputs, its weights consistent with its init args."""
+
+    def edit(payload: dict[str, Any]) -> None:
+        head = payload["heads"]["property"]
+        head["init_args"]["out_dim"] = outputs
+        state = head["state"]
+        state["2.weight"] = torch.zeros(outputs, state["2.weight"].shape[1])
+        state["2.bias"] = torch.zeros(outputs)
+
+    return edit
+
+
 def _encoder_state(payload: dict[str, Any]) -> dict[str, Any]:
     return payload["encoder"]["state"] if "encoder" in payload else payload["encoder_state"]
 
@@ -198,6 +211,26 @@ FORGERIES = {
     ),
     "target_std zero": (_set("info|target_std", 0.0), ["info.target_std is 0.0"]),
     "unit not a string": (_set("info|unit", 3), ["info.unit is 3"]),
+    "auxiliary targets without head outputs": (
+        _set("info|aux_targets", [{"column": "gap", "mean": 1.0, "std": 0.5}]),
+        ["(1 in info.aux_targets): 2 expected, this one has 1"],
+    ),
+    "a wider regression head without auxiliary targets": (
+        _wider_head(3),
+        ["(0 in info.aux_targets): 1 expected, this one has 3"],
+    ),
+    "auxiliary target std zero": (
+        _set("info|aux_targets", [{"column": "gap", "mean": 1.0, "std": 0.0}]),
+        ["info.aux_targets[0].std is 0.0"],
+    ),
+    "auxiliary target without its mean": (
+        _set("info|aux_targets", [{"column": "gap", "std": 1.0}]),
+        ["info.aux_targets[0]"],
+    ),
+    "auxiliary targets not a list": (
+        _set("info|aux_targets", "gap"),
+        ["info.aux_targets is 'gap'"],
+    ),
     "unknown target transform": (_set("info|target_transform", "exp"), ["target_transform"]),
     "labelled-id hashes a list": (
         _set("info|labelled_id_hashes", [1, 2]),

@@ -9,10 +9,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
-from crystaltwins.evaluation.inference import predict, write_predictions_csv
+from crystaltwins.evaluation.inference import embed, predict, write_predictions_csv
 from crystaltwins.evaluation.runs import finetune
 from crystaltwins.models.checkpoint import load_model
+from crystaltwins.training.finetune import auxiliary_loss
 from tests.helpers import cpu_finetune_config
 
 
@@ -340,3 +342,71 @@ def test_the_validation_and_test_crystals_a_starting_model_learned_are_counted(
     # the second model's file keeps the source's record beside its own
     chained = load_model(tmp_path / "other" / "model.pt").info
     assert np.array_equal(chained[EARLIER_KEY][0][LABELLED_KEY].numpy(), record)
+
+
+def test_auxiliary_loss_averages_the_known_targets_only():
+    outputs = torch.tensor([[1.0, 2.0], [3.0, 5.0]], requires_grad=True)
+    targets = torch.tensor([[0.0, float("nan")], [1.0, 1.0]])
+    loss = auxiliary_loss(outputs, targets)
+    assert loss.item() == pytest.approx((1.0 + 4.0 + 16.0) / 3)
+    loss.backward()
+    assert outputs.grad[0, 1].item() == 0.0  # a missing label moves nothing
+    none_known = auxiliary_loss(outputs, torch.full((2, 2), float("nan")))
+    assert none_known.item() == 0.0
+
+
+def test_auxiliary_targets_are_learned_by_extra_head_outputs(
+    perovskite_subset, cache_root, tmp_path
+):
+    """Multi-task training: the head's second output learns the Fermi level beside e_form; the
+    model file records its standardisation; predictions are e_form's alone."""
+    out = tmp_path / "aux"
+    metrics = finetune(
+        _config(perovskite_subset, out, cache_root, aux_targets=["fermi_level"], max_train=600)
+    )
+    history = list(csv.DictReader((out / "history.csv").open()))
+    aux_losses = [float(row["train_aux_loss"]) for row in history]
+    assert aux_losses[-1] < 0.7 * aux_losses[0]
+    assert metrics["test"]["mae"] < 0.6 * metrics["mean_predictor_test_mae"]
+    bundle = load_model(out / "model.pt")
+    assert bundle.head.out_dim == 2 and bundle.info["targets"] == ["e_form"]
+    (aux,) = bundle.info["aux_targets"]
+    assert aux["column"] == "fermi_level" and aux["std"] > 0
+    rows = list(csv.DictReader((out / "test_predictions.csv").open()))
+    test_ids = [r["id"] for r in rows]
+    with gzip.open(perovskite_subset, "rt", newline="") as handle:
+        levels = {r["id"]: float(r["fermi_level"]) for r in csv.DictReader(handle)}
+    embedded = embed(bundle, perovskite_subset, cache_root=cache_root)
+    position = {i: k for k, i in enumerate(embedded.ids)}
+    features = torch.from_numpy(embedded.values[[position[i] for i in test_ids]])
+    with torch.no_grad():
+        level_predicted = bundle.head.eval()(features)[:, 1].numpy() * aux["std"] + aux["mean"]
+    truth = np.array([levels[i] for i in test_ids])
+    assert np.abs(level_predicted - truth).mean() < 0.5 * np.abs(truth - aux["mean"]).mean()
+    predicted = predict(bundle, perovskite_subset, cache_root=cache_root)
+    assert predicted.values.ndim == 1
+    by_id = dict(zip(predicted.ids, predicted.values, strict=True))
+    for row in rows[:20]:
+        assert by_id[row["id"]] == pytest.approx(float(row["prediction"]), rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("settings", "words"),
+    [
+        (dict(aux_targets=["e_form"]), "must be distinct and not the target"),
+        (dict(aux_targets=["gap_gllbsc"], task="classification"), "need a regression task"),
+        (dict(aux_targets=["gap_gllbsc"], aux_weight=-1.0), "aux_weight must be >= 0"),
+    ],
+)
+def test_auxiliary_targets_settings_are_checked(settings, words, tmp_path):
+    config = cpu_finetune_config(
+        tmp_path / "x.csv", tmp_path / "out", tmp_path, from_scratch=True, **settings
+    )
+    with pytest.raises(ValueError, match=words):
+        config.validate()
+
+
+def test_an_unknown_auxiliary_column_is_one_line(perovskite_subset, cache_root, tmp_path):
+    config = _config(perovskite_subset, tmp_path / "out", cache_root, aux_targets=["nope"])
+    with pytest.raises(KeyError, match=r"no numeric label column \['nope'\] \(aux_targets\)"):
+        finetune(config)

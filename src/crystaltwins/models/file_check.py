@@ -242,8 +242,8 @@ def _check_info(kind: str, info: Any, head_out: int | None) -> None:
     aux = _check_aux_targets(info.get(AUX_TARGETS_KEY, []))
     if head_out is not None and head_out != 1 + aux:
         raise _Problem(
-            f"a regression head with {aux} auxiliary targets has {1 + aux} outputs, this one "
-            f"has {head_out}"
+            f"a regression head has one output for the target and one per auxiliary target "
+            f"({aux} in info.{AUX_TARGETS_KEY}): {1 + aux} expected, this one has {head_out}"
         )
     transform = info.get("target_transform", "none")
     if transform not in TRANSFORMS:
