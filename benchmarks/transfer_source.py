@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         "(shipped) model file, trained with these settings; nothing is trained",
     )
     args = p.parse_args(argv)
+    if args.target in args.aux_targets:
+        p.error(f"--aux-targets must not repeat --target {args.target}")
 
     source = args.data_root / SOURCE_FILE
     bench = BenchConfig(

@@ -84,6 +84,16 @@ def _widen(key: str, rows: int):
     return edit
 
 
+def _both(*edits):
+    """The edits one after another."""
+
+    def edit(payload: dict[str, Any]) -> None:
+        for one in edits:
+            one(payload)
+
+    return edit
+
+
 def _wider_head(outputs: int):
     """A property head of ``outputs`` outputs, its weights consistent with its init args."""
 
@@ -226,6 +236,23 @@ FORGERIES = {
     "auxiliary target without its mean": (
         _set("info|aux_targets", [{"column": "gap", "std": 1.0}]),
         ["info.aux_targets[0]"],
+    ),
+    "auxiliary target listed twice": (
+        _set(
+            "info|aux_targets",
+            [
+                {"column": "gap", "mean": 1.0, "std": 0.5},
+                {"column": "gap", "mean": 1.0, "std": 0.5},
+            ],
+        ),
+        ["info.aux_targets[1].column 'gap' is the target's or listed twice"],
+    ),
+    "auxiliary targets of a classifier": (
+        _both(
+            _set("info|task", "classification"),
+            _set("info|aux_targets", [{"column": "gap", "mean": 1.0, "std": 0.5}]),
+        ),
+        ["info.aux_targets: a 'classification' model learns no auxiliary targets"],
     ),
     "auxiliary targets not a list": (
         _set("info|aux_targets", "gap"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import re
@@ -13,6 +14,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
+import yaml
 
 from crystaltwins.cli.main import main
 from crystaltwins.evaluation.runs import finetune
@@ -366,3 +368,16 @@ def test_settings_written_explicitly_by_earlier_versions_match_unset_ones(tmp_pa
     assert config_differences(tmp_path, config) == []
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({**stored, "radius": 6.0, "n_conv": 4}))
     assert config_differences(tmp_path, config) == ["n_conv: 4 -> None", "radius: 6.0 -> None"]
+
+
+def test_a_list_setting_added_since_a_run_was_written_is_not_a_difference(tmp_path):
+    """A run folder written before ``aux_targets`` existed resumes: the new list setting at its
+    default (an empty list, a factory's) is not a change; a non-default one is."""
+    config = FinetuneConfig(data="d.csv", target="y", out=str(tmp_path), from_scratch=True)
+    write_config(tmp_path, config)
+    stored = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    del stored["aux_targets"], stored["aux_weight"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(stored))
+    assert config_differences(tmp_path, config) == []
+    wanted = dataclasses.replace(config, aux_targets=["band_gap"])
+    assert config_differences(tmp_path, wanted) == ["aux_targets: None -> ['band_gap']"]

@@ -76,6 +76,11 @@ def score(run: TrainedRun) -> Scores:
         "target": run.target_name,
         "unit": config.unit,
         "task": config.task,
+        **(
+            {"aux_targets": list(config.aux_targets), "aux_weight": config.aux_weight}
+            if config.aux_targets
+            else {}
+        ),
         "init": run.start.init,
         "crystals": {
             "train": len(train),
@@ -166,6 +171,8 @@ def draw_run_plots(run: TrainedRun, scores: Scores) -> None:
             **shown,
         )
     loss = "cross-entropy" if config.task == "classification" else "MSE (standardised target)"
+    if config.aux_targets:
+        loss += f" + {config.aux_weight:g} x auxiliary MSE"
     learning_curves(
         out / "history.csv", out / "learning_curves.png", run.target_name, loss_name=loss, **shown
     )

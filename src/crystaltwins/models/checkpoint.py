@@ -52,7 +52,8 @@ class ModelBundle:
         (head = property head).
     :param info: provenance and task description: objective, augmentations, data sources,
         targets, target_column, unit, ``target_mean``/``target_std`` (standardisation),
-        ``target_transform``, task.
+        ``target_transform``, task; ``aux_targets`` (column, mean, std) of a head with more
+        outputs (multi-task training); the hashed ids of the labelled crystals.
     :param predictor: a pre-trained model's SimSiam predictor (applied to the projections).
     """
 

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from crystaltwins.graph.atom_features import AtomFeaturizer
 from crystaltwins.graph.settings import GraphSettings
 from crystaltwins.models.init_args import check_keys, real, short
-from crystaltwins.models.property_model import AUX_TARGETS_KEY
+from crystaltwins.models.property_model import AUX_TARGETS_KEY, MAX_AUX_TARGETS
 from crystaltwins.models.provenance import check_provenance
 from crystaltwins.models.published import _is_dense
 from crystaltwins.models.registry import ENCODERS, HEADS, lookup, on_meta_device
@@ -66,10 +66,8 @@ ENSEMBLE_ENTRIES = frozenset({"format", "format_version", "kind", "members", "in
 ENSEMBLE_KIND = "ensemble"
 #: Largest number of members accepted in an ensemble's model file.
 MAX_MEMBERS = 1000
-#: At most this many auxiliary targets in a model file's ``info`` (a multi-task head).
-MAX_AUX_TARGETS = 100
 #: Settings every member of an ensemble must share (entries of ``info``).
-_SHARED_MEMBER_INFO = ("task", "targets", "target_transform")
+_SHARED_MEMBER_INFO = ("task", "targets", "target_transform", AUX_TARGETS_KEY)
 
 
 class _Problem(ValueError):
@@ -224,6 +222,7 @@ def _check_info(kind: str, info: Any, head_out: int | None) -> None:
     if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
         raise _Problem(f"info.targets is {short(targets)}, expected a list of names")
     task = info.get("task", "regression")
+    aux = check_aux_targets(info, task)
     if task == "classification":
         if head_out != 2:
             raise _Problem(f"a classifier needs a head with 2 outputs, this one has {head_out}")
@@ -239,7 +238,6 @@ def _check_info(kind: str, info: Any, head_out: int | None) -> None:
             raise _Problem(str(error)) from None
     if info["target_std"] <= 0:
         raise _Problem(f"info.target_std is {info['target_std']}, expected > 0")
-    aux = _check_aux_targets(info.get(AUX_TARGETS_KEY, []))
     if head_out is not None and head_out != 1 + aux:
         raise _Problem(
             f"a regression head has one output for the target and one per auxiliary target "
@@ -252,12 +250,18 @@ def _check_info(kind: str, info: Any, head_out: int | None) -> None:
         )
 
 
-def _check_aux_targets(entries: Any) -> int:
-    """How many auxiliary targets ``info.aux_targets`` lists (each ``column``, ``mean``,
-    ``std`` > 0)."""
+def check_aux_targets(info: Mapping[str, Any], task: str = "regression") -> int:
+    """How many auxiliary targets ``info.aux_targets`` lists (each ``column``, distinct and not
+    the target's, ``mean``, ``std`` > 0; a regression model's only); 0 without the entry."""
+    if AUX_TARGETS_KEY not in info:
+        return 0
+    entries = info[AUX_TARGETS_KEY]
     where = f"info.{AUX_TARGETS_KEY}"
+    if task != "regression":
+        raise _Problem(f"{where}: a {short(task)} model learns no auxiliary targets")
     if not isinstance(entries, list) or len(entries) > MAX_AUX_TARGETS:
         raise _Problem(f"{where} is {short(entries)}, expected a list of at most {MAX_AUX_TARGETS}")
+    columns = [info.get("target_column")]
     for k, entry in enumerate(entries):
         _keys_problem(f"{where}[{k}]", entry, {"column", "mean", "std"})
         if not isinstance(entry["column"], str):
@@ -269,6 +273,11 @@ def _check_aux_targets(entries: Any) -> int:
             raise _Problem(str(error)) from None
         if not entry["std"] > 0:
             raise _Problem(f"{where}[{k}].std is {entry['std']}, expected > 0")
+        if entry["column"] in columns:
+            raise _Problem(
+                f"{where}[{k}].column {entry['column']!r} is the target's or listed twice"
+            )
+        columns.append(entry["column"])
     return len(entries)
 
 
@@ -352,6 +361,7 @@ def check_ensemble_payload(
         problem = check_provenance(payload["info"])
         if problem:
             raise _Problem(problem)
+        check_aux_targets(payload["info"], payload["info"].get("task", "regression"))
         checked = []
         for k, member in enumerate(members):
             try:

@@ -22,6 +22,8 @@ TASKS = ("regression", "classification")
 #: outputs ``1, 2, ..`` (multi-task training): ``[{"column", "mean", "std"}, ...]``, the
 #: standardisation of each. Predictions use output 0 only.
 AUX_TARGETS_KEY = "aux_targets"
+#: At most this many auxiliary targets (checked in a run's settings and in model files).
+MAX_AUX_TARGETS = 100
 
 
 @dataclass(frozen=True)

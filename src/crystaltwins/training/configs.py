@@ -12,6 +12,7 @@ This module is light (no torch): ``crystaltwins --help`` imports it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -470,6 +471,31 @@ class FinetuneConfig(RunOptions):
         """``encoder_lr_factor`` for a pre-trained encoder, 1.0 for a new one."""
         return SCRATCH_ENCODER_LR_FACTOR if self.from_scratch else self.encoder_lr_factor
 
+    def _check_aux_targets(self) -> None:
+        """``aux_targets``: a list of distinct column names other than the target, for a
+        regression trained one run at a time; ``aux_weight`` finite and >= 0."""
+        from crystaltwins.models.property_model import MAX_AUX_TARGETS
+
+        if not (math.isfinite(self.aux_weight) and self.aux_weight >= 0):
+            raise ValueError(f"aux_weight must be a finite number >= 0, got {self.aux_weight!r}")
+        columns = self.aux_targets
+        if not isinstance(columns, (list, tuple)) or not all(
+            isinstance(c, str) and c for c in columns
+        ):
+            raise ValueError(f"aux_targets must be a list of column names, got {columns!r}")
+        if not columns:
+            return
+        if len(columns) > MAX_AUX_TARGETS:
+            raise ValueError(f"at most {MAX_AUX_TARGETS} aux_targets, got {len(columns)}")
+        if self.task != "regression":
+            raise ValueError("aux_targets need a regression task")
+        if self.target in columns or len(set(columns)) < len(columns):
+            raise ValueError(
+                f"aux_targets {list(columns)} must be distinct and not the target {self.target!r}"
+            )
+        if self.members_together:
+            raise ValueError("members trained together take no aux_targets")
+
     def validate(self) -> None:
         """Check every setting before any work (one-line ValueError / FileNotFoundError)."""
         for name in ("data", "target", "out"):
@@ -513,20 +539,9 @@ class FinetuneConfig(RunOptions):
             raise ValueError(
                 f"only {', '.join(TRAINED_TOGETHER)} encoders train together, not {self.encoder!r}"
             )
-        if self.encoder_lr_factor < 0 or self.weight_decay < 0 or self.aux_weight < 0:
-            raise ValueError("encoder_lr_factor, weight_decay and aux_weight must be >= 0")
-        if self.aux_targets:
-            if self.task != "regression":
-                raise ValueError("aux_targets need a regression task")
-            if self.target in self.aux_targets or len(set(self.aux_targets)) < len(
-                self.aux_targets
-            ):
-                raise ValueError(
-                    f"aux_targets {list(self.aux_targets)} must be distinct and not the target "
-                    f"{self.target!r}"
-                )
-            if self.members_together:
-                raise ValueError("members trained together take no aux_targets")
+        if self.encoder_lr_factor < 0 or self.weight_decay < 0:
+            raise ValueError("encoder_lr_factor and weight_decay must be >= 0")
+        self._check_aux_targets()
         if self.data_on_device not in ("auto", "never"):
             raise ValueError(
                 f"data_on_device must be 'auto' or 'never', got {self.data_on_device!r}"

@@ -105,7 +105,9 @@ class FinetuneModule(L.LightningModule):
 
     ``aux_targets``: more standardised targets the head learns in its outputs ``1, 2, ..``
     (multi-task training): their masked mean squared error, times ``aux_weight``, is added to
-    the loss; the metrics are the target's alone.
+    the loss; the metrics are the target's alone. The logged ``aux_loss`` is the mean of the
+    batches' masked means weighted by their crystals (a batch with none of the labels counts
+    as 0: with sparse labels it reads low).
 
     ``freeze_encoder_epochs``: in epochs ``0 .. N-1`` the encoder is a fixed feature extractor
     (eval mode, so BatchNorm normalises with its stored statistics and leaves them unchanged; no

@@ -351,6 +351,8 @@ def check_together(configs: Sequence[FinetuneConfig]) -> None:
             raise ValueError(
                 f"runs trained together need the same {what}; got {sorted(map(str, seen))}"
             )
+    if any(c.aux_targets for c in configs):
+        raise ValueError("runs trained together take no aux_targets (train them one by one)")
     if any(c.early_stopping for c in configs):
         raise ValueError("runs trained together run every epoch: early stopping is not supported")
     if any(c.epochs < 1 for c in configs):

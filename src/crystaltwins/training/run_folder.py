@@ -160,14 +160,16 @@ def _normalised(config: Any) -> dict[str, Any]:
 
 
 def _defaults(config: Any) -> dict[str, Any]:
-    """The default of each setting of a dataclass ``config`` (those that have one)."""
+    """The default of each setting of a dataclass ``config`` (those that have one, a plain
+    default or a factory's, e.g. an empty list)."""
     if not dataclasses.is_dataclass(config):
         return {}
-    found = {
-        f.name: f.default
-        for f in dataclasses.fields(config)
-        if f.default is not dataclasses.MISSING
-    }
+    found = {}
+    for f in dataclasses.fields(config):
+        if f.default is not dataclasses.MISSING:
+            found[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            found[f.name] = f.default_factory()
     return json.loads(json.dumps(found, default=str))
 
 
