@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from crystaltwins.api import finetune
     from crystaltwins.data.sources import prepare_caches
     from crystaltwins.evaluation.bench import BenchConfig, benchmark_test_ids
-    from crystaltwins.io.atomic import write_text_atomic
+    from crystaltwins.io.atomic import write_json_atomic, write_text_atomic
     from crystaltwins.training.configs import FinetuneConfig
     from crystaltwins.training.finetune import starting_point
 
@@ -135,9 +135,52 @@ def main(argv: list[str] | None = None) -> int:
         f"test MAE {metrics['test']['mae']:.4f} {unit} on {metrics['test']['count']} held-out "
         f"crystals (val {metrics['val']['mae']:.4f}); model: {args.out / 'run' / 'model.pt'}"
     )
+    if args.aux_targets:
+        outputs = output_maes(args.out / "run" / "model.pt", source, parts["test"])
+        write_json_atomic(args.out / "source_outputs.json", outputs)
+        for column, score in outputs.items():
+            print(
+                f"  output {column}: MAE {score['mae']:.4f} on {score['count']} held-out crystals"
+            )
     if args.ship is not None:
         ship(args.out / "run" / "model.pt", args.ship, len(held_out), args.seeds_held_out)
     return 0
+
+
+def output_maes(model: Path, source: Path, test_ids: list[str]) -> dict[str, dict[str, float]]:
+    """MAE of each output of a multi-task source (the target, then each auxiliary target) on the
+    crystals ``test_ids`` of ``source``, beside that of predicting the training mean."""
+    import torch
+
+    from crystaltwins.data.sources import prepare_caches
+    from crystaltwins.evaluation.inference import embed
+    from crystaltwins.models.checkpoint import load_model
+
+    bundle = load_model(model)
+    info = bundle.info
+    columns = [(info["target_column"], info["target_mean"], info["target_std"])]
+    columns += [(a["column"], a["mean"], a["std"]) for a in info["aux_targets"]]
+    (cache,) = prepare_caches(
+        [source], bundle.graph_settings, bundle.featurizer, None, progress=False, log=None
+    )
+    labels = cache.labels([c for c, _, _ in columns])
+    row = {i: k for k, i in enumerate(np.asarray(cache.ids).astype(str))}
+    embedded = embed(bundle, cache.cache_dir)
+    chosen = set(test_ids)
+    keep = np.array([str(i) in chosen for i in embedded.ids])
+    with torch.no_grad():
+        outputs = bundle.head.eval()(torch.from_numpy(embedded.values[keep])).numpy()
+    truth = labels[[row[str(i)] for i in embedded.ids[keep]]]
+    scores = {}
+    for k, (column, mean, std) in enumerate(columns):
+        known = np.isfinite(truth[:, k])
+        predicted = outputs[known, k] * std + mean
+        scores[column] = {
+            "mae": float(np.abs(predicted - truth[known, k]).mean()),
+            "count": int(known.sum()),
+            "mean_predictor_mae": float(np.abs(truth[known, k] - mean).mean()),
+        }
+    return scores
 
 
 def ship(model: Path, target: Path, held_out: int, seeds: int) -> None:
