@@ -143,7 +143,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"  output {column}: MAE {score['mae']:.4f} on {score['count']} held-out crystals"
             )
     if args.ship is not None:
-        ship(args.out / "run" / "model.pt", args.ship, len(held_out), args.seeds_held_out)
+        recipe = "python benchmarks/transfer_source.py --data-root DATA --out OUT"
+        if args.target != SOURCE_TARGET:
+            recipe += f" --target {args.target}"
+        if args.aux_targets:
+            recipe += " --aux-targets " + " ".join(args.aux_targets)
+        if args.epochs != p.get_default("epochs"):
+            recipe += f" --epochs {args.epochs}"
+        ship(args.out / "run" / "model.pt", args.ship, len(held_out), args.seeds_held_out, recipe)
     return 0
 
 
@@ -183,9 +190,9 @@ def output_maes(model: Path, source: Path, test_ids: list[str]) -> dict[str, dic
     return scores
 
 
-def ship(model: Path, target: Path, held_out: int, seeds: int) -> None:
+def ship(model: Path, target: Path, held_out: int, seeds: int, recipe: str) -> None:
     """Copy ``model`` to ``target`` with its data source as a file name (no local path) and a
-    record of the crystals held out."""
+    record of the crystals held out and of the command that made it (``recipe``)."""
     import torch
 
     from crystaltwins.io.atomic import atomic_path
@@ -198,7 +205,7 @@ def ship(model: Path, target: Path, held_out: int, seeds: int) -> None:
         "crystals": held_out,
         "what": f"test crystals of crystaltwins bench's {', '.join(HELD_OUT_TASKS)} "
         f"(random 60/20/20 splits, seeds 0-{seeds - 1}): the test set",
-        "recipe": "python benchmarks/transfer_source.py --data-root DATA --out OUT",
+        "recipe": recipe,
     }
     with atomic_path(target) as tmp:
         torch.save(payload, tmp)

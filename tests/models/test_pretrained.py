@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from crystaltwins.evaluation.inference import embed
 from crystaltwins.evaluation.info import describe_model
@@ -70,7 +71,7 @@ def test_missing_default_model_says_so(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setattr(pretrained.resources, "files", lambda _package: tmp_path)
     with pytest.raises(FileNotFoundError, match="lacks the shipped model 'default'"):
         load_model("default")
-    with pytest.raises(KeyError, match="shipped: default, mp-eform"):
+    with pytest.raises(KeyError, match="shipped: default, mp-eform, mp-multi"):
         pretrained.shipped_model_path("mp-efrom")
     with pytest.raises(FileNotFoundError, match="no such model file"):
         load_model(tmp_path / "absent.pt")
@@ -95,6 +96,26 @@ def test_mp_eform_model_is_a_formation_energy_model_that_never_saw_the_mp_test_c
     recorded = info[LABELLED_KEY]
     assert len(recorded) == info["crystals"]["train"] + info["crystals"]["val"]
     assert f"labels learned: {len(recorded):,} crystals' ids recorded" in lines
+
+
+def test_mp_multi_model_learned_three_properties_of_the_same_crystals() -> None:
+    """The multi-task source: mp-eform's crystals, splits and held-out set, with the band gap
+    and the Fermi energy learned by two more head outputs (recorded, checked, shown)."""
+    eform, multi = load_model("mp-eform"), load_model("mp-multi")
+    assert resolve_model_path("mp-multi").stat().st_size < 1_000_000
+    info = multi.info
+    assert info["target_column"] == "formation_energy_per_atom" and info["unit"] == "eV/atom"
+    assert [a["column"] for a in info["aux_targets"]] == ["band_gap", "efermi"]
+    assert multi.head.out_dim == 3 and eform.head.out_dim == 1
+    assert info["data_source"] == "mp36k.csv.gz"
+    for key in ("crystals", "what"):
+        assert info["held_out"][key] == eform.info["held_out"][key]
+    assert "--aux-targets band_gap efermi" in info["held_out"]["recipe"]
+    assert info["crystals"] == eform.info["crystals"]
+    assert torch.equal(info[LABELLED_KEY], eform.info[LABELLED_KEY])  # the same crystals
+    assert info["test_metrics"]["mae"] < 0.15  # eV/atom, on the held-out crystals
+    lines = "\n".join(describe_model("mp-multi").lines())
+    assert "also learned: band_gap, efermi (auxiliary targets, not predicted)" in lines
 
 
 def test_mp_eform_model_predicts_real_formation_energies(

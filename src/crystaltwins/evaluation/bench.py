@@ -161,7 +161,7 @@ class BenchConfig:
     pretrained: str | None = setting(
         None,
         "use this pre-trained model instead of pre-training ('default': the shipped Crystal Twins "
-        "encoder; 'mp-eform': the shipped MP formation-energy model)",
+        "encoder; 'mp-eform' / 'mp-multi': the shipped MP formation-energy / multi-task models)",
         default_text="pre-train one",
     )
     encoders: list[str] = setting(

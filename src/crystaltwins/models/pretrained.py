@@ -1,4 +1,4 @@
-"""The models shipped with the package, by name (``--pretrained default``, ``--pretrained mp-eform``).
+"""The models shipped with the package, by name (``--pretrained default``, ``mp-eform``, ``mp-multi``).
 
 Each is a model file in ``crystaltwins/resources``; ``docs/model_card.md`` says how it was made and
 what it gives. A name is resolved before any path of the same spelling.
@@ -19,6 +19,11 @@ SHIPPED_MODELS: dict[str, tuple[str, str]] = {
         "crystaltwins_mp_eform.pt",
         "CGCNN trained on Materials Project formation energies (eV/atom), the benchmark's MP "
         "test crystals held out: the supervised transfer start",
+    ),
+    "mp-multi": (
+        "crystaltwins_mp_multi.pt",
+        "CGCNN trained on Materials Project formation energies (eV/atom) with band gaps and Fermi "
+        "energies as auxiliary targets, the same crystals held out: the multi-task transfer start",
     ),
 }
 

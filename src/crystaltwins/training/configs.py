@@ -354,8 +354,9 @@ class FinetuneConfig(RunOptions):
     200 epochs, 60/20/20 split, best validation MAE evaluated once on the test split).
 
     ``pretrained``: a model file from ``pretrain`` or ``finetune``, a published Crystal Twins
-    ``.pth``, or a shipped model: ``"default"`` (the Crystal Twins encoder) or ``"mp-eform"``
-    (supervised transfer from MP formation energies).
+    ``.pth``, or a shipped model: ``"default"`` (the Crystal Twins encoder), ``"mp-eform"``
+    (supervised transfer from MP formation energies) or ``"mp-multi"`` (from MP formation
+    energies, band gaps and Fermi energies at once)
 
     ``fold``: fold 0..4 of the matbench v0.1 protocol instead of a random split
     (:func:`~crystaltwins.data.splits.matbench_split`: test = the fold, validation = a quarter of
@@ -371,7 +372,8 @@ class FinetuneConfig(RunOptions):
     pretrained: str | None = setting(
         None,
         "our model.pt (or its run folder), a published Crystal Twins .pth, or a shipped model: "
-        "'default' (Crystal Twins encoder) or 'mp-eform' (MP formation-energy transfer)",
+        "'default' (Crystal Twins encoder), 'mp-eform' (MP formation-energy transfer) or "
+        "'mp-multi' (MP formation energy + band gap + Fermi energy)",
         default_text="none: give this or --from-scratch",
     )
     from_scratch: bool = setting(False, "train a new encoder (the supervised baseline)")
