@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         f"crystals (val {metrics['val']['mae']:.4f}); model: {args.out / 'run' / 'model.pt'}"
     )
     if args.aux_targets:
-        outputs = output_maes(args.out / "run" / "model.pt", source, parts["test"])
+        outputs = output_maes(args.out / "run" / "model.pt", cache, parts["test"])
         write_json_atomic(args.out / "source_outputs.json", outputs)
         for column, score in outputs.items():
             print(
@@ -154,12 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def output_maes(model: Path, source: Path, test_ids: list[str]) -> dict[str, dict[str, float]]:
+def output_maes(model: Path, cache: Any, test_ids: list[str]) -> dict[str, dict[str, float]]:
     """MAE of each output of a multi-task source (the target, then each auxiliary target) on the
-    crystals ``test_ids`` of ``source``, beside that of predicting the training mean."""
+    crystals ``test_ids`` of its graph ``cache`` (the run's), beside that of predicting the
+    training mean."""
     import torch
 
-    from crystaltwins.data.sources import prepare_caches
     from crystaltwins.evaluation.inference import embed
     from crystaltwins.models.checkpoint import load_model
 
@@ -167,9 +168,6 @@ def output_maes(model: Path, source: Path, test_ids: list[str]) -> dict[str, dic
     info = bundle.info
     columns = [(info["target_column"], info["target_mean"], info["target_std"])]
     columns += [(a["column"], a["mean"], a["std"]) for a in info["aux_targets"]]
-    (cache,) = prepare_caches(
-        [source], bundle.graph_settings, bundle.featurizer, None, progress=False, log=None
-    )
     labels = cache.labels([c for c, _, _ in columns])
     row = {i: k for k, i in enumerate(np.asarray(cache.ids).astype(str))}
     embedded = embed(bundle, cache.cache_dir)

@@ -356,7 +356,7 @@ class FinetuneConfig(RunOptions):
     ``pretrained``: a model file from ``pretrain`` or ``finetune``, a published Crystal Twins
     ``.pth``, or a shipped model: ``"default"`` (the Crystal Twins encoder), ``"mp-eform"``
     (supervised transfer from MP formation energies) or ``"mp-multi"`` (from MP formation
-    energies, band gaps and Fermi energies at once)
+    energies, band gaps and Fermi energies at once).
 
     ``fold``: fold 0..4 of the matbench v0.1 protocol instead of a random split
     (:func:`~crystaltwins.data.splits.matbench_split`: test = the fold, validation = a quarter of
