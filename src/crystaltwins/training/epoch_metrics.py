@@ -11,7 +11,8 @@ from torch import Tensor
 
 
 class EpochMeans:
-    """Crystal-weighted means over an epoch of per-batch metrics, one set per stage.
+    """Crystal-weighted (or otherwise weighted: :meth:`add`) means over an epoch of per-batch
+    metrics, one set per stage.
 
     :param names: the metrics, logged as ``{stage}_{name}``.
     :param progress: the metric shown in the progress bar.
@@ -22,11 +23,27 @@ class EpochMeans:
         self.progress = progress
         self._sums: dict[str, Tensor] = {}
 
-    def add(self, stage: str, count: int, values: Sequence[Tensor]) -> None:
+    def add(
+        self,
+        stage: str,
+        count: int,
+        values: Sequence[Tensor],
+        weights: Sequence[Tensor | float | None] | None = None,
+    ) -> None:
         """Add one batch: ``values`` (0-dim tensors, means over the batch's ``count`` crystals),
-        in the order of :attr:`names`."""
-        row = torch.stack([v.detach().float() for v in values]) * count
-        row = torch.cat((row, row.new_tensor([float(count)])))
+        in the order of :attr:`names`. ``weights``: what each value is a mean over instead of
+        ``count`` (e.g. the labels known in the batch; ``None`` entries mean ``count``), so that
+        the epoch's value is the mean over those."""
+        device = values[0].device
+        counts = [None] * len(values) if weights is None else weights
+        denominators = torch.stack(
+            [
+                torch.as_tensor(count if w is None else w, dtype=torch.float32, device=device)
+                for w in counts
+            ]
+        )
+        means = torch.stack([v.detach().float() for v in values])
+        row = torch.cat((means * denominators, denominators))
         sums = self._sums.get(stage)
         self._sums[stage] = row if sums is None else sums + row
 
@@ -36,7 +53,8 @@ class EpochMeans:
         if sums is None:
             return
         sums = module.trainer.strategy.reduce(sums, reduce_op="sum")
-        means = sums[:-1] / sums[-1].clamp_min(1.0)
+        totals, denominators = sums.chunk(2)
+        means = totals / denominators.clamp_min(1.0)
         for name, value in zip(self.names, means, strict=True):
             module.log(
                 f"{stage}_{name}",

@@ -105,9 +105,8 @@ class FinetuneModule(L.LightningModule):
 
     ``aux_targets``: more standardised targets the head learns in its outputs ``1, 2, ..``
     (multi-task training): their masked mean squared error, times ``aux_weight``, is added to
-    the loss; the metrics are the target's alone. The logged ``aux_loss`` is the mean of the
-    batches' masked means weighted by their crystals (a batch with none of the labels counts
-    as 0: with sparse labels it reads low).
+    the loss; the metrics are the target's alone. The logged ``aux_loss`` is the mean squared
+    error over the epoch's known auxiliary labels (batches weighted by how many they hold).
 
     ``freeze_encoder_epochs``: in epochs ``0 .. N-1`` the encoder is a fixed feature extractor
     (eval mode, so BatchNorm normalises with its stored statistics and leaves them unchanged; no
@@ -157,6 +156,7 @@ class FinetuneModule(L.LightningModule):
     def _step(self, batch: CrystalGraphBatch, stage: str) -> torch.Tensor:
         target = batch.targets[:, 0]
         out = self.model(batch)
+        weights: tuple[torch.Tensor | None, ...] | None = None
         if self.task == "classification":
             loss = F.cross_entropy(out, target.long())
             error_rate = (out.argmax(-1) != target.long()).float().mean()
@@ -170,7 +170,9 @@ class FinetuneModule(L.LightningModule):
                 aux = auxiliary_loss(out[:, 1:], batch.targets[:, 1:])
                 loss = loss + self.aux_weight * aux
                 values = (loss, mae, aux)
-        self.epoch_metrics.add(stage, batch.num_crystals, values)
+                # aux is a mean over the batch's known auxiliary labels: weighted by them
+                weights = (None, None, torch.isfinite(batch.targets[:, 1:]).sum())
+        self.epoch_metrics.add(stage, batch.num_crystals, values, weights)
         return loss
 
     @cached_property
