@@ -243,3 +243,24 @@ def test_predict_says_where_true_values_come_from(
     code, printed = run("predict", str(tiny_model), data, "--out", str(tmp_path / "b.csv"), *common)
     assert code == 0
     assert "true_value: the input's 'e_form' column\n" in printed
+
+
+def test_every_help_that_names_the_shipped_models_names_them_all():
+    """The parser stays free of torch, so the names are written in its help texts: a new shipped
+    model must be added to each."""
+    import argparse
+
+    from crystaltwins.cli.main import build_parser
+    from crystaltwins.models.pretrained import SHIPPED_MODELS
+
+    helps = []
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name in ("predict", "embed", "info", "finetune", "bench"):
+        for action in subparsers.choices[name]._actions:
+            if action.help and "mp-eform" in action.help:
+                helps.append((name, action.dest, action.help))
+    assert {name for name, _, _ in helps} >= {"predict", "embed", "info", "finetune", "bench"}
+    for name, dest, text in helps:
+        missing = [m for m in SHIPPED_MODELS if f"'{m}'" not in text]
+        assert not missing, f"{name} --{dest} help lacks {missing}"

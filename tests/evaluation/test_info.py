@@ -20,6 +20,23 @@ def test_the_shipped_encoder_is_described() -> None:
     assert not info.target and "test metrics" not in text
 
 
+def test_the_encoder_line_counts_the_encoder_and_another_line_the_whole_model() -> None:
+    """The shipped encoders are the same CGCNN: the same encoder count whatever sits on top."""
+    from crystaltwins.models.checkpoint import load_model
+
+    encoder_line = {}
+    for name in ("default", "mp-multi"):
+        info = describe_model(name)
+        model = load_model(name)
+        encoder = sum(p.numel() for p in model.encoder.parameters())
+        assert info.encoder_parameters == encoder < info.parameters
+        lines = dict(line.split(": ", 1) for line in info.lines())
+        encoder_line[name] = lines["encoder"]
+        assert lines["encoder"].endswith(f"{encoder:,} parameters")
+        assert lines["parameters"].startswith(f"{info.parameters:,} in all")
+    assert encoder_line["default"] == encoder_line["mp-multi"]
+
+
 def test_a_published_checkpoint_is_described(reference_dir: Path) -> None:
     path = reference_dir / "CGCNNBarlow_model.pth"
     if not path.exists():

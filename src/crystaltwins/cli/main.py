@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument(
             "model",
-            help="model.pt, or the run folder holding it (or a published .pth for embed)",
+            help="model.pt, the run folder holding it, or a shipped model: 'default', "
+            "'mp-eform', 'mp-multi' (a published .pth too for embed)",
         )
         p.add_argument("data", help="crystals: " + _DATA_HELP)
         p.add_argument(

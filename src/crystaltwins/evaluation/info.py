@@ -38,6 +38,8 @@ class ModelInfo:
     graph: str
     element_features: str
     parameters: int
+    #: the encoder's alone (of one member): ``parameters`` adds the head or projector (and members)
+    encoder_parameters: int = 0
     target: str = ""
     unit: str = ""
     task: str = ""
@@ -54,12 +56,22 @@ class ModelInfo:
     #: how many crystals' labels its file records it learned from (hashed ids; -1: not recorded)
     labelled_recorded: int = -1
 
+    def _whole(self) -> str:
+        """What ``parameters`` counts besides the encoder."""
+        if self.kind.startswith("ensemble"):
+            return "every member's encoder and head"
+        return "encoder and head" if self.kind.startswith("property") else "encoder and projector"
+
     def lines(self) -> list[str]:
         """The description, one ``name: value`` per line."""
         rows = [
             ("model", str(self.path)),
             ("type", self.kind),
-            ("encoder", f"{self.encoder}, {self.parameters:,} parameters"),
+            (
+                "encoder",
+                f"{self.encoder}, {self.encoder_parameters or self.parameters:,} parameters",
+            ),
+            ("parameters", f"{self.parameters:,} in all ({self._whole()})"),
             ("graphs", self.graph),
             ("element features", self.element_features),
         ]
@@ -149,6 +161,7 @@ def describe_model(
             for module in (member.encoder, member.head)
             if module is not None
         ),
+        encoder_parameters=sum(p.numel() for p in first.encoder.parameters()),
     )
     if first.kind == "finetuned":
         target = str((info.get("targets") or [""])[0])
