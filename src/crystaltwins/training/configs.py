@@ -391,7 +391,9 @@ class FinetuneConfig(RunOptions):
         default_text="none",
     )
     aux_weight: float = setting(
-        1.0, "weight of the auxiliary targets' loss (their mean squared error) beside the target's"
+        1.0,
+        "weight of the auxiliary targets' loss beside the target's (one mean squared error over "
+        "all their known values, in standard units, so a column with more labels counts for more)",
     )
     lr: float = setting(1e-3, "learning rate of the head (Adam)")
     encoder_lr_factor: float = setting(
