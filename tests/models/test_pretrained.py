@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -115,27 +116,77 @@ def test_mp_multi_model_learned_three_properties_of_the_same_crystals() -> None:
     assert torch.equal(info[LABELLED_KEY], eform.info[LABELLED_KEY])  # the same crystals
     assert info["test_metrics"]["mae"] < 0.15  # eV/atom, on the held-out crystals
     lines = "\n".join(describe_model("mp-multi").lines())
-    assert "also learned: band_gap, efermi (auxiliary targets, not predicted)" in lines
+    assert "also learned: band_gap, efermi (auxiliary targets: predict writes them" in lines
+
+
+def _mp36k_rows(data_dir: Path, folder: Path, rows: int) -> Path:
+    """The first ``rows`` crystals of mp36k, as a file of their own."""
+    import csv
+    import gzip
+    import itertools
+
+    csv.field_size_limit(2**31 - 1)
+    subset = folder / f"mp36k_{rows}.csv.gz"
+    with (
+        gzip.open(data_dir / "mp36k.csv.gz", "rt", newline="") as src,
+        gzip.open(subset, "wt", newline="") as dst,
+    ):
+        csv.writer(dst).writerows(itertools.islice(csv.reader(src), rows + 1))
+    return subset
+
+
+def _relative_error(predicted: Any, truth: Any) -> float:
+    """MAE of ``predicted`` over that of the mean predictor (NaN labels left out)."""
+    truth = np.asarray(truth, dtype=np.float64)
+    known = np.isfinite(truth)
+    error = np.abs(np.ravel(predicted)[known] - truth[known]).mean()
+    return float(error / np.abs(truth[known] - truth[known].mean()).mean())
 
 
 def test_mp_eform_model_predicts_real_formation_energies(
     data_dir: Path, tmp_path: Path, cache_root: Path
 ) -> None:
-    import csv
-    import gzip
-    import itertools
-
     from crystaltwins.evaluation.inference import predict
 
-    csv.field_size_limit(2**31 - 1)
-    subset = tmp_path / "mp36k_300.csv.gz"
-    with (
-        gzip.open(data_dir / "mp36k.csv.gz", "rt", newline="") as src,
-        gzip.open(subset, "wt", newline="") as dst,
-    ):
-        csv.writer(dst).writerows(itertools.islice(csv.reader(src), 301))
-    result = predict("mp-eform", subset, cache_root=cache_root)
+    result = predict("mp-eform", _mp36k_rows(data_dir, tmp_path, 300), cache_root=cache_root)
     truth = np.asarray(result.truth, dtype=np.float64)
     error = np.abs(np.ravel(result.values) - truth).mean()
-    spread = np.abs(truth - truth.mean()).mean()
-    assert len(truth) == 300 and error < 0.2 and error < 0.2 * spread
+    assert len(truth) == 300 and error < 0.2 and _relative_error(result.values, truth) < 0.2
+    assert result.auxiliary == {}  # a single-target model adds no column
+
+
+def test_mp_multi_model_predicts_the_band_gap_and_fermi_energy_too(
+    data_dir: Path, tmp_path: Path, cache_root: Path
+) -> None:
+    """Its two auxiliary outputs, standardisation undone, are real band gaps and Fermi energies
+    (eV) of MP crystals, as columns of the predictions file beside the formation energy."""
+    from crystaltwins.evaluation.inference import predict
+
+    out = tmp_path / "predictions.csv"
+    result = predict(
+        "mp-multi", _mp36k_rows(data_dir, tmp_path, 200), cache_root=cache_root, out=out
+    )
+    assert _relative_error(result.values, result.truth) < 0.3
+    assert list(result.auxiliary) == ["band_gap", "efermi"]
+    for column in ("band_gap", "efermi"):
+        assert _relative_error(result.auxiliary[column], result.labels[column]) < 0.6, column
+    header = out.read_text().splitlines()[0].split(",")
+    assert header[5:] == ["predicted_band_gap", "predicted_efermi", "true_value"]
+    # an ensemble predicts its members' mean of each (two members: one with its outputs doubled)
+    import copy
+
+    from crystaltwins.models.checkpoint import EnsembleBundle
+
+    doubled = copy.deepcopy(load_model("mp-multi"))
+    with torch.no_grad():
+        last = [m for m in doubled.head.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.weight.mul_(2), last.bias.mul_(2)
+    pair = EnsembleBundle([load_model("mp-multi"), doubled])
+    mean = predict(pair, _mp36k_rows(data_dir, tmp_path, 200), cache_root=cache_root)
+    for column, entry in zip(("band_gap", "efermi"), doubled.info["aux_targets"], strict=True):
+        # member 2's standardised output is twice member 1's: the mean is 1.5x it
+        standardised = (result.auxiliary[column] - entry["mean"]) / entry["std"]
+        expected = 1.5 * standardised * entry["std"] + entry["mean"]
+        np.testing.assert_allclose(mean.auxiliary[column], expected, rtol=1e-4, atol=1e-4)
+    # an earlier predictions file with those columns may be replaced
+    assert predict("mp-multi", _mp36k_rows(data_dir, tmp_path, 3), cache_root=cache_root, out=out)

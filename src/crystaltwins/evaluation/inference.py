@@ -8,7 +8,7 @@ import inspect
 import math
 import os
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from crystaltwins.io.atomic import atomic_path
 from crystaltwins.io.memory import as_source, is_path
 from crystaltwins.io.records import BadRecord
 from crystaltwins.models.checkpoint import EnsembleBundle, ModelBundle, load_model, load_predictor
-from crystaltwins.models.property_model import Target
+from crystaltwins.models.property_model import AUX_TARGETS_KEY, Target
 from crystaltwins.training.configs import INFERENCE_BATCH, INFERENCE_DEVICE, inference_device
 
 
@@ -52,12 +52,17 @@ class InferenceResult:
     #: where ``skipped`` is listed (the graph cache's ``skipped.csv``); ``None`` when nothing
     #: was skipped or the cache was a temporary one
     skipped_file: Path | None = None
+    #: predictions of the auxiliary targets the model also learned (``finetune --aux-targets``):
+    #: column name → ``(N,)`` in that column's own units (an ensemble: the members' mean); the
+    #: run that trained it evaluated only its target
+    auxiliary: dict[str, np.ndarray] = field(default_factory=dict)
 
     def columns(self) -> dict[str, list[Any]]:
         """The result as columns, in file order: ``id``, ``formula``, then for predictions
         ``property``, ``prediction`` (a classifier: ``predicted_class``, ``probability_class_1``),
-        ``unit``, an ensemble's ``std`` and ``member_<k>``, and ``true_value`` when the input has
-        the target; for embeddings ``e_0`` ... ``e_<H-1>`` and the input's labels."""
+        ``unit``, an ensemble's ``std`` and ``member_<k>``, ``predicted_<column>`` for each
+        auxiliary target, and ``true_value`` when the input has the target; for embeddings
+        ``e_0`` ... ``e_<H-1>`` and the input's labels."""
         n = len(self.ids)
         table: dict[str, list[Any]] = {"id": [str(i) for i in self.ids.tolist()]}
         table["formula"] = list(self.formulas) if self.formulas is not None else [""] * n
@@ -79,6 +84,8 @@ class InferenceResult:
             table["std"] = np.asarray(self.std).tolist()
             for k in range(self.members.shape[1]):
                 table[f"member_{k}"] = self.members[:, k].tolist()
+        for name, predicted in self.auxiliary.items():
+            table[f"predicted_{name}"] = np.asarray(predicted).tolist()
         if self.truth is not None:
             table["true_value"] = np.asarray(self.truth, dtype=np.float64).tolist()
         return table
@@ -351,7 +358,18 @@ def predict(
     )
     result = _result(cache, property_model.in_target_units(outputs))
     result.task = property_model.target.task
+    result.auxiliary = auxiliary_predictions(outputs, bundle.info)
     return _describe_target(result, bundle.info)
+
+
+def auxiliary_predictions(outputs: np.ndarray, info: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Head outputs ``(N, 1 + K)`` of a regression model with ``K`` auxiliary targets →
+    column → ``(N,)`` values in the column's units (the standardisation in ``info`` undone)."""
+    entries = info.get(AUX_TARGETS_KEY) or []
+    return {
+        str(entry["column"]): outputs[:, 1 + k] * float(entry["std"]) + float(entry["mean"])
+        for k, entry in enumerate(entries)
+    }
 
 
 def _predict_ensemble(
@@ -376,6 +394,10 @@ def _predict_ensemble(
     members = np.stack([np.asarray(r.values, dtype=np.float64) for r in results], axis=1)
     combined = replace(first, values=members.mean(axis=1), std=members.std(axis=1))
     combined.members = members
+    combined.auxiliary = {
+        name: np.mean([np.asarray(r.auxiliary[name], dtype=np.float64) for r in results], axis=0)
+        for name in first.auxiliary
+    }
     return combined
 
 
@@ -448,7 +470,10 @@ def _is_predictions_csv(path: Path, column: str) -> bool:
             return True  # written by crystaltwins before the formula and unit columns
     known = _TEXT_COLUMNS | {column, "probability_class_1", "std", "true_value"}
     return header[:3] == ["id", "formula", "property"] and all(
-        name in known or (name.startswith("member_") and name[7:].isdigit()) for name in header
+        name in known
+        or (name.startswith("member_") and name[7:].isdigit())
+        or (name.startswith("predicted_") and len(name) > 10)  # an auxiliary target's
+        for name in header
     )
 
 

@@ -86,7 +86,9 @@ class ModelInfo:
             rows.append(
                 (
                     "also learned",
-                    ", ".join(self.aux_targets) + " (auxiliary targets, not predicted)",
+                    ", ".join(self.aux_targets)
+                    + " (auxiliary targets: predict writes them as predicted_<column>, "
+                    "not validated by its run)",
                 )
             )
         if self.started_from:
