@@ -66,6 +66,16 @@ def test_no_usable_crystal_is_one_line_and_writes_nothing(
     assert not fresh.exists()
 
 
+def test_no_usable_crystal_for_a_model_with_auxiliary_targets_is_one_line(tmp_path, capsys):
+    """mp-multi (two auxiliary outputs): the same one line, not an error of its extra columns."""
+    bad = _table(tmp_path / "bad.csv", ["not a cif"])
+    out = tmp_path / "p.csv"
+    common = ["--cache-root", str(tmp_path / "caches")]
+    assert main(["predict", "mp-multi", str(bad), "--out", str(out), *common]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "none of its crystals could be used (1 skipped" in line and not out.exists()
+
+
 def test_one_unusable_structure_file_names_the_reason(tiny_model, tmp_path, capsys) -> None:
     """A single structure's cache is temporary (its list is gone): the reason is given instead."""
     path = tmp_path / "xx.extxyz"

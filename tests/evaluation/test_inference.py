@@ -128,6 +128,14 @@ def test_prediction_columns_of_an_ensemble_and_units_from_the_registry(tmp_path)
     ]  # fmt: skip
     assert rows[1]["member_1"] == "0.3" and rows[0]["unit"] == "eV/cell"
     assert float32_text(float("nan")) == "" and float32_text(1e-7) == "1e-07"
+    # an auxiliary target's column cannot become the name of the prediction column
+    result.auxiliary = {"efermi": np.array([0.5, 1.5])}
+    assert list(_read_csv(write_predictions_csv(result, tmp_path / "a.csv"))[0])[-1] == (
+        "predicted_efermi"
+    )
+    with pytest.raises(ValueError, match="cannot be named 'predicted_efermi': taken"):
+        write_predictions_csv(result, tmp_path / "b.csv", column="predicted_efermi")
+    assert not (tmp_path / "b.csv").exists()
     # a model saved with a unit keeps it; a log10 unit is that of its values
     _describe_target(result, {"targets": ["G_VRH"], "unit": "log10(GPa)"})
     assert result.unit == "GPa"

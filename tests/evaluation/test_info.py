@@ -43,6 +43,15 @@ def test_a_published_checkpoint_is_described(reference_dir: Path) -> None:
         pytest.skip(f"no published checkpoint at {path}")
     info = describe_model(path)
     assert info.kind.startswith("published Crystal Twins encoder") and info.parameters > 0
+    simsiam = reference_dir / "CGCNNSimSiam_model.pth"
+    if simsiam.exists():  # its predictor counts too
+        from crystaltwins.models.checkpoint import load_model
+
+        bundle = load_model(simsiam)
+        total = sum(p.numel() for m in (bundle.encoder, bundle.predictor) for p in m.parameters())
+        described = describe_model(simsiam)
+        assert described.parameters == total
+        assert f"parameters: {total:,} in all (encoder and predictor)" in described.lines()
 
 
 def test_a_run_folder_fills_in_what_an_older_model_file_lacks(tmp_path: Path) -> None:

@@ -254,6 +254,10 @@ FORGERIES = {
         ),
         ["info.aux_targets: a 'classification' model learns no auxiliary targets"],
     ),
+    "auxiliary target named class (its predictions would be a classifier's column)": (
+        _set("info|aux_targets", [{"column": "class", "mean": 1.0, "std": 0.5}]),
+        ["info.aux_targets[0].column 'class' is a reserved name"],
+    ),
     "auxiliary targets not a list": (
         _set("info|aux_targets", "gap"),
         ["info.aux_targets is 'gap'"],

@@ -189,4 +189,9 @@ def test_mp_multi_model_predicts_the_band_gap_and_fermi_energy_too(
         expected = 1.5 * standardised * entry["std"] + entry["mean"]
         np.testing.assert_allclose(mean.auxiliary[column], expected, rtol=1e-4, atol=1e-4)
     # an earlier predictions file with those columns may be replaced
-    assert predict("mp-multi", _mp36k_rows(data_dir, tmp_path, 3), cache_root=cache_root, out=out)
+    predict("mp-multi", _mp36k_rows(data_dir, tmp_path, 3), cache_root=cache_root, out=out)
+    assert len(out.read_text().splitlines()) == 1 + 3
+    # members that learned other auxiliary targets are refused, not silently mixed
+    mixed = EnsembleBundle([load_model("mp-multi"), load_model("mp-eform")])
+    with pytest.raises(ValueError, match=r"member 1 learned other auxiliary targets \(none\)"):
+        predict(mixed, _mp36k_rows(data_dir, tmp_path, 3), cache_root=cache_root)

@@ -55,3 +55,14 @@ def test_log_resets_the_stage_and_a_stage_without_batches_logs_nothing() -> None
     means.add("train", 1, [torch.tensor(1.0)])
     means.log(module, "train")
     assert module.logged["train_loss"] == 1.0
+
+
+def test_weights_must_match_the_values_and_may_be_fractional() -> None:
+    means = EpochMeans(["loss", "aux_loss"])
+    with pytest.raises(ValueError, match="1 weights for 2 values"):
+        means.add("train", 2, [torch.tensor(1.0), torch.tensor(2.0)], [None])
+    means.add("train", 2, [torch.tensor(1.0), torch.tensor(2.0)], [None, 0.5])
+    means.add("train", 2, [torch.tensor(3.0), torch.tensor(4.0)], [None, 0.25])
+    module = _Module()
+    means.log(module, "train")
+    assert module.logged["train_aux_loss"] == pytest.approx((0.5 * 2 + 0.25 * 4) / 0.75)

@@ -399,6 +399,7 @@ def test_auxiliary_targets_are_learned_by_extra_head_outputs(
         (dict(aux_targets=["gap_gllbsc"], aux_weight=float("nan")), "aux_weight must be a finite"),
         (dict(aux_targets="gap_gllbsc"), "aux_targets must be a list of column names"),
         (dict(aux_targets=["gap_gllbsc"], members_together=True, ensemble=2), "take no aux"),
+        (dict(aux_targets=["gap_gllbsc", "class"]), "cannot include class"),
     ],
 )
 def test_auxiliary_targets_settings_are_checked(settings, words, tmp_path):

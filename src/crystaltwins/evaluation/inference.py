@@ -366,6 +366,8 @@ def auxiliary_predictions(outputs: np.ndarray, info: dict[str, Any]) -> dict[str
     """Head outputs ``(N, 1 + K)`` of a regression model with ``K`` auxiliary targets →
     column → ``(N,)`` values in the column's units (the standardisation in ``info`` undone)."""
     entries = info.get(AUX_TARGETS_KEY) or []
+    if len(outputs) == 0:  # no usable crystal (reported by the caller)
+        return {str(entry["column"]): np.zeros(0, dtype=np.float32) for entry in entries}
     return {
         str(entry["column"]): outputs[:, 1 + k] * float(entry["std"]) + float(entry["mean"])
         for k, entry in enumerate(entries)
@@ -391,6 +393,12 @@ def _predict_ensemble(
     for k, result in enumerate(results[1:], start=1):
         if not np.array_equal(result.ids, first.ids):  # members share their graph settings
             raise ValueError(f"{data}: ensemble member {k} saw other crystals than member 0")
+        if list(result.auxiliary) != list(first.auxiliary):  # a file's members are checked
+            raise ValueError(
+                f"ensemble member {k} learned other auxiliary targets "
+                f"({', '.join(result.auxiliary) or 'none'}) than member 0 "
+                f"({', '.join(first.auxiliary) or 'none'})"
+            )
     members = np.stack([np.asarray(r.values, dtype=np.float64) for r in results], axis=1)
     combined = replace(first, values=members.mean(axis=1), std=members.std(axis=1))
     combined.members = members
@@ -422,6 +430,8 @@ def write_predictions_csv(
     check_output_file(path, "predictions", column)
     table = result.columns()
     if column != "prediction" and "prediction" in table:
+        if column in table:
+            raise ValueError(f"{path}: the prediction column cannot be named {column!r}: taken")
         table = {column if k == "prediction" else k: v for k, v in table.items()}
     numeric = [name for name in table if name not in _TEXT_COLUMNS]
     for name in numeric:

@@ -38,8 +38,10 @@ class ModelInfo:
     graph: str
     element_features: str
     parameters: int
-    #: the encoder's alone (of one member): ``parameters`` adds the head or projector (and members)
+    #: the encoder's alone (of one member): ``parameters`` adds the heads (and members)
     encoder_parameters: int = 0
+    #: the roles of the heads on the encoder: ``property``, or ``projection`` / ``predictor``
+    heads: list[str] = field(default_factory=list)
     target: str = ""
     unit: str = ""
     task: str = ""
@@ -57,10 +59,11 @@ class ModelInfo:
     labelled_recorded: int = -1
 
     def _whole(self) -> str:
-        """What ``parameters`` counts besides the encoder."""
-        if self.kind.startswith("ensemble"):
-            return "every member's encoder and head"
-        return "encoder and head" if self.kind.startswith("property") else "encoder and projector"
+        """What ``parameters`` counts: the encoder and its heads (every member's)."""
+        names = {"property": "head", "projection": "projector", "predictor": "predictor"}
+        parts = ["encoder", *(names.get(role, role) for role in self.heads)]
+        text = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+        return ("every member's " if self.kind.startswith("ensemble") else "") + text
 
     def lines(self) -> list[str]:
         """The description, one ``name: value`` per line."""
@@ -160,10 +163,10 @@ def describe_model(
         parameters=sum(
             sum(p.numel() for p in module.parameters())
             for member in members
-            for module in (member.encoder, member.head)
-            if module is not None
+            for module in (member.encoder, *member.heads().values())
         ),
         encoder_parameters=sum(p.numel() for p in first.encoder.parameters()),
+        heads=list(first.heads()),
     )
     if first.kind == "finetuned":
         target = str((info.get("targets") or [""])[0])

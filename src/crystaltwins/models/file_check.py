@@ -26,7 +26,11 @@ from torch import Tensor, nn
 from crystaltwins.graph.atom_features import AtomFeaturizer
 from crystaltwins.graph.settings import GraphSettings
 from crystaltwins.models.init_args import check_keys, real, short
-from crystaltwins.models.property_model import AUX_TARGETS_KEY, MAX_AUX_TARGETS
+from crystaltwins.models.property_model import (
+    AUX_TARGETS_KEY,
+    MAX_AUX_TARGETS,
+    RESERVED_AUX_NAMES,
+)
 from crystaltwins.models.provenance import check_provenance
 from crystaltwins.models.published import _is_dense
 from crystaltwins.models.registry import ENCODERS, HEADS, lookup, on_meta_device
@@ -277,6 +281,8 @@ def check_aux_targets(info: Mapping[str, Any], task: str = "regression") -> int:
             raise _Problem(
                 f"{where}[{k}].column {entry['column']!r} is the target's or listed twice"
             )
+        if entry["column"] in RESERVED_AUX_NAMES:
+            raise _Problem(f"{where}[{k}].column {entry['column']!r} is a reserved name")
         columns.append(entry["column"])
     return len(entries)
 

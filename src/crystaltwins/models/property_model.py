@@ -24,6 +24,9 @@ TASKS = ("regression", "classification")
 AUX_TARGETS_KEY = "aux_targets"
 #: At most this many auxiliary targets (checked in a run's settings and in model files).
 MAX_AUX_TARGETS = 100
+#: Column names an auxiliary target cannot have: ``predict`` writes each as ``predicted_<column>``,
+#: and ``predicted_class`` is a classifier's column.
+RESERVED_AUX_NAMES = frozenset({"class"})
 
 
 @dataclass(frozen=True)

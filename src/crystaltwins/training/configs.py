@@ -478,7 +478,7 @@ class FinetuneConfig(RunOptions):
     def _check_aux_targets(self) -> None:
         """``aux_targets``: a list of distinct column names other than the target, for a
         regression trained one run at a time; ``aux_weight`` finite and >= 0."""
-        from crystaltwins.models.property_model import MAX_AUX_TARGETS
+        from crystaltwins.models.property_model import MAX_AUX_TARGETS, RESERVED_AUX_NAMES
 
         if not (math.isfinite(self.aux_weight) and self.aux_weight >= 0):
             raise ValueError(f"aux_weight must be a finite number >= 0, got {self.aux_weight!r}")
@@ -496,6 +496,12 @@ class FinetuneConfig(RunOptions):
         if self.target in columns or len(set(columns)) < len(columns):
             raise ValueError(
                 f"aux_targets {list(columns)} must be distinct and not the target {self.target!r}"
+            )
+        reserved = sorted(RESERVED_AUX_NAMES.intersection(columns))
+        if reserved:
+            raise ValueError(
+                f"aux_targets cannot include {', '.join(reserved)} (predictions would be written "
+                "as predicted_class, a classifier's column): rename that column"
             )
         if self.members_together:
             raise ValueError("members trained together take no aux_targets")

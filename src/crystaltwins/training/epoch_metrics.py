@@ -34,15 +34,14 @@ class EpochMeans:
         in the order of :attr:`names`. ``weights``: what each value is a mean over instead of
         ``count`` (e.g. the labels known in the batch; ``None`` entries mean ``count``), so that
         the epoch's value is the mean over those."""
-        device = values[0].device
-        counts = [None] * len(values) if weights is None else weights
-        denominators = torch.stack(
-            [
-                torch.as_tensor(count if w is None else w, dtype=torch.float32, device=device)
-                for w in counts
-            ]
-        )
         means = torch.stack([v.detach().float() for v in values])
+        denominators = means.new_full((len(values),), float(count))  # no host-device copy
+        if weights is not None:
+            if len(weights) != len(values):
+                raise ValueError(f"{len(weights)} weights for {len(values)} values")
+            for k, weight in enumerate(weights):
+                if weight is not None:
+                    denominators[k] = weight
         row = torch.cat((means * denominators, denominators))
         sums = self._sums.get(stage)
         self._sums[stage] = row if sums is None else sums + row
@@ -54,7 +53,7 @@ class EpochMeans:
             return
         sums = module.trainer.strategy.reduce(sums, reduce_op="sum")
         totals, denominators = sums.chunk(2)
-        means = totals / denominators.clamp_min(1.0)
+        means = torch.where(denominators > 0, totals / denominators, 0.0)
         for name, value in zip(self.names, means, strict=True):
             module.log(
                 f"{stage}_{name}",
