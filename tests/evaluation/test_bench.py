@@ -94,3 +94,20 @@ def test_bench_matbench_protocol_runs_folds(perovskite_subset, cache_root, tmp_p
     fold = list(KFold(5, shuffle=True, random_state=18012019).split(ids))[3][1]
     assert tested <= {ids[k] for k in fold}  # the smoke preset caps the test part at 100
     assert len(tested) == 100
+
+
+def test_bench_names_the_tasks_whose_property_a_given_start_already_learned():
+    """mp-multi learned the MP formation energy, band gap and Fermi energy (of other crystals),
+    mp-eform the formation energy; a self-supervised encoder learned no label."""
+    from crystaltwins.evaluation.bench import tasks_with_learned_labels
+    from crystaltwins.evaluation.tasks import TASKS
+    from crystaltwins.models.checkpoint import resolve_model_path
+
+    tasks = list(TASKS.values())
+    assert tasks_with_learned_labels(resolve_model_path("mp-multi"), tasks) == [
+        "mp_formation_energy", "mp_band_gap", "mp_fermi_energy"
+    ]  # fmt: skip
+    assert tasks_with_learned_labels(resolve_model_path("mp-eform"), tasks) == [
+        "mp_formation_energy"
+    ]
+    assert tasks_with_learned_labels(resolve_model_path("default"), tasks) == []

@@ -793,12 +793,40 @@ def run_bench(
         runs_per_seed = len(config.encoders) + len(variants) + len(with_ct) - 1
         ctx.runs_total = len(ctx.tasks) * config.seeds * runs_per_seed
         models = _pretrained_models(ctx, variants, with_ct)
+        if config.pretrained:
+            _note_learned_labels(config.pretrained, models[primary][CT_VARIANT], ctx.tasks)
         rows, ablation_rows = _task_rows(ctx, chosen, models)
         results = _results(ctx, models, rows)
         _write_results(ctx, results, ablation_rows)
     finally:
         lock.release()
     return results
+
+
+def tasks_with_learned_labels(model: Path, tasks: Sequence[BenchmarkTask]) -> list[str]:
+    """The ``tasks`` whose property a fine-tuned starting ``model`` learned (its target or an
+    auxiliary target) on crystals of the same file: there it is a start with more labels of
+    that property, not pre-training. A pre-trained encoder learned no labels: none."""
+    from crystaltwins.models.checkpoint import load_model
+    from crystaltwins.models.property_model import AUX_TARGETS_KEY
+
+    info = load_model(model).info
+    source = Path(str(info.get("data_source") or "")).name
+    target = info.get("target_column") or (info.get("targets") or [None])[0]
+    learned = {target, *(a["column"] for a in info.get(AUX_TARGETS_KEY, []))} - {None}
+    return [t.name for t in tasks if t.file == source and t.target in learned]
+
+
+def _note_learned_labels(name: str, model: Path, tasks: Sequence[BenchmarkTask]) -> None:
+    """Say which tasks are not transfer for a given ``--pretrained`` model (one line)."""
+    learned = tasks_with_learned_labels(model, tasks)
+    if learned:
+        print(
+            f"note: --pretrained {name} learned the property of {', '.join(learned)} on other "
+            "crystals of the same file: there CT is a start with more labels, not pre-training "
+            "(each run counts the test crystals it saw: seen_by_starting_model in metrics.json)",
+            flush=True,
+        )
 
 
 def _pretrained_models(
