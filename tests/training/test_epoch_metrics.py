@@ -66,3 +66,14 @@ def test_weights_must_match_the_values_and_may_be_fractional() -> None:
     module = _Module()
     means.log(module, "train")
     assert module.logged["train_aux_loss"] == pytest.approx((0.5 * 2 + 0.25 * 4) / 0.75)
+
+
+def test_pop_means_gives_this_process_means_by_name_and_resets() -> None:
+    means = EpochMeans(["loss", "mae"])
+    means.add("val", 1, [torch.tensor(1.0), torch.tensor(4.0)])
+    means.add("val", 3, [torch.tensor(3.0), torch.tensor(8.0)])
+    popped = means.pop_means("val")
+    assert {k: float(v) for k, v in popped.items()} == {"loss": 2.5, "mae": 7.0}
+    module = _Module()
+    means.log(module, "val")
+    assert module.logged == {}

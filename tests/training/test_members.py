@@ -147,11 +147,8 @@ def _alone(member: MemberData, dtype: torch.dtype) -> tuple[list[dict], dict, in
                 module._step(batch_of(member.val, positions), "val")
         row = {}
         for stage in ("train", "val"):
-            sums = module.epoch_metrics._sums.pop(stage)
-            means = sums[:-1] / sums[-1]
-            row.update(
-                {f"{stage}_{n}": float(v) for n, v in zip(("loss", "mae"), means, strict=True)}
-            )
+            means = module.epoch_metrics.pop_means(stage)
+            row.update({f"{stage}_{n}": float(means[n]) for n in ("loss", "mae")})
         history.append(row)
         if row["val_mae"] < best:
             best, best_epoch = row["val_mae"], epoch

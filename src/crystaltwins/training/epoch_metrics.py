@@ -52,9 +52,7 @@ class EpochMeans:
         if sums is None:
             return
         sums = module.trainer.strategy.reduce(sums, reduce_op="sum")
-        totals, denominators = sums.chunk(2)
-        means = torch.where(denominators > 0, totals / denominators, 0.0)
-        for name, value in zip(self.names, means, strict=True):
+        for name, value in zip(self.names, self._means(sums), strict=True):
             module.log(
                 f"{stage}_{name}",
                 value,
@@ -63,3 +61,14 @@ class EpochMeans:
                 prog_bar=name == self.progress,
                 batch_size=1,
             )
+
+    def pop_means(self, stage: str) -> dict[str, Tensor]:
+        """The epoch's means of ``stage`` in this process alone (no reduction across processes),
+        by name; resets the stage. For loops that train without a Lightning trainer."""
+        return dict(zip(self.names, self._means(self._sums.pop(stage)), strict=True))
+
+    @staticmethod
+    def _means(sums: Tensor) -> Tensor:
+        """Weighted sums then their weights ``(2 N,)`` → the ``N`` means (0 without weight)."""
+        totals, denominators = sums.chunk(2)
+        return torch.where(denominators > 0, totals / denominators, 0.0)
