@@ -178,11 +178,13 @@ def summarize(results: dict[str, Any]) -> str:
                 values = [m["test"]["mae"] for m in point[method]]
                 means[method] = float(np.mean(values)) if values else math.nan
                 spread = float(np.std(values)) if len(values) > 1 else 0.0
-                row.append(f"{means[method]:.4f} ± {spread:.4f} (n={len(values)})")
+                row.append(
+                    f"{means[method]:.4f} ± {spread:.4f} (n={len(values)})" if values else "–"
+                )
             gain = 100 * (means["scratch"] - means["ct"]) / means["scratch"]
-            row.append(f"{gain:+.1f}% {'better' if gain > 0 else 'worse'}")
+            row.append(f"{gain:+.1f}% {'better' if gain > 0 else 'worse'}" if gain == gain else "–")
             val = [np.mean([m["val"]["mae"] for m in point[k]] or [math.nan]) for k in METHODS]
-            row.append(f"{val[0]:.4f} / {val[1]:.4f}")
+            row.append(" / ".join(f"{v:.4f}" if v == v else "–" for v in val))
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
     return "\n".join(lines)
