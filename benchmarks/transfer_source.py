@@ -156,34 +156,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def output_maes(model: Path, cache: Any, test_ids: list[str]) -> dict[str, dict[str, float]]:
-    """MAE of each output of a multi-task source (the target, then each auxiliary target) on the
-    crystals ``test_ids`` of its graph ``cache`` (the run's), beside that of predicting the
-    training mean."""
-    import torch
-
-    from crystaltwins.evaluation.inference import embed
+    """MAE of each output of a multi-task source (the target, then each auxiliary target, as
+    ``predict`` gives them) on the crystals ``test_ids`` of its graph ``cache`` (the run's),
+    beside that of predicting the training mean."""
+    from crystaltwins.evaluation.inference import predict
     from crystaltwins.models.checkpoint import load_model
 
     bundle = load_model(model)
     info = bundle.info
-    columns = [(info["target_column"], info["target_mean"], info["target_std"])]
-    columns += [(a["column"], a["mean"], a["std"]) for a in info["aux_targets"]]
-    labels = cache.labels([c for c, _, _ in columns])
-    row = {i: k for k, i in enumerate(np.asarray(cache.ids).astype(str))}
-    embedded = embed(bundle, cache.cache_dir)
-    chosen = set(test_ids)
-    keep = np.array([str(i) in chosen for i in embedded.ids])
-    with torch.no_grad():
-        outputs = bundle.head.eval()(torch.from_numpy(embedded.values[keep])).numpy()
-    truth = labels[[row[str(i)] for i in embedded.ids[keep]]]
+    result = predict(bundle, cache.cache_dir)
+    keep = np.isin(np.asarray(result.ids).astype(str), list(test_ids))
+    predicted = {str(info["target_column"]): np.asarray(result.values), **result.auxiliary}
+    means = {str(info["target_column"]): info["target_mean"]}
+    means.update({a["column"]: a["mean"] for a in info["aux_targets"]})
     scores = {}
-    for k, (column, mean, std) in enumerate(columns):
-        known = np.isfinite(truth[:, k])
-        predicted = outputs[known, k] * std + mean
+    for column, values in predicted.items():
+        truth = np.asarray(result.labels[column], dtype=np.float64)
+        known = keep & np.isfinite(truth)
         scores[column] = {
-            "mae": float(np.abs(predicted - truth[known, k]).mean()),
+            "mae": float(np.abs(values[known] - truth[known]).mean()),
             "count": int(known.sum()),
-            "mean_predictor_mae": float(np.abs(truth[known, k] - mean).mean()),
+            "mean_predictor_mae": float(np.abs(truth[known] - means[column]).mean()),
         }
     return scores
 

@@ -808,12 +808,13 @@ def tasks_with_learned_labels(model: Path, tasks: Sequence[BenchmarkTask]) -> li
     auxiliary target) on crystals of the same file: there it is a start with more labels of
     that property, not pre-training. A pre-trained encoder learned no labels: none."""
     from crystaltwins.models.checkpoint import load_model
-    from crystaltwins.models.property_model import AUX_TARGETS_KEY
+    from crystaltwins.models.property_model import Target, aux_target_columns
 
-    info = load_model(model).info
-    source = Path(str(info.get("data_source") or "")).name
-    target = info.get("target_column") or (info.get("targets") or [None])[0]
-    learned = {target, *(a["column"] for a in info.get(AUX_TARGETS_KEY, []))} - {None}
+    bundle = load_model(model)
+    if bundle.kind != "finetuned":
+        return []
+    source = Path(str(bundle.info.get("data_source") or "")).name
+    learned = {Target.from_info(bundle.info).column, *aux_target_columns(bundle.info)}
     return [t.name for t in tasks if t.file == source and t.target in learned]
 
 

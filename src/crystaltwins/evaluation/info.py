@@ -19,7 +19,7 @@ from crystaltwins.models.checkpoint import (
     load_predictor,
     resolve_model_path,
 )
-from crystaltwins.models.property_model import AUX_TARGETS_KEY
+from crystaltwins.models.property_model import aux_target_columns
 from crystaltwins.models.provenance import labelled_hashes
 
 
@@ -180,7 +180,7 @@ def describe_model(
         described.unit = value_unit(str(unit or ""))
         described.task = str(info.get("task", "regression"))
         described.target_transform = str(info.get("target_transform", "none"))
-        described.aux_targets = [str(a["column"]) for a in info.get(AUX_TARGETS_KEY, [])]
+        described.aux_targets = aux_target_columns(info)
         init = str(info.get("init", ""))
         described.started_from = (
             "random weights (CGCNN from scratch)" if init == "scratch" else init

@@ -29,6 +29,11 @@ MAX_AUX_TARGETS = 100
 RESERVED_AUX_NAMES = frozenset({"class"})
 
 
+def aux_target_columns(info: Mapping[str, Any]) -> list[str]:
+    """The auxiliary targets a model file's ``info`` records (``[]`` without any), in order."""
+    return [str(entry["column"]) for entry in info.get(AUX_TARGETS_KEY) or []]
+
+
 @dataclass(frozen=True)
 class Target:
     """What a property model predicts, and how its head's output relates to it.
