@@ -16,7 +16,10 @@ band_gap`` or ``efermi`` trains a source on another label of the same crystals, 
 on several at once, the splits those of ``--target``); with
 ``--ship FILE`` also the model as shipped (``src/crystaltwins/resources/crystaltwins_mp_eform.pt``):
 the same weights, its data source recorded by file name only, and what was held out
-(``docs/model_card.md``). The run's model file records (hashed) the ids of its training and
+(``docs/model_card.md``). ``--ship-run RUN --ship FILE`` ships an existing run instead (a
+``crystaltwins finetune`` run on the whole source file, ``--recipe`` the command that made it;
+nothing is trained), recording that only its own test split was held out: the shipped
+``mp-multi-33k``. The run's model file records (hashed) the ids of its training and
 validation crystals (:mod:`crystaltwins.models.provenance`), so that a run starting from it counts
 which of its own validation and test crystals those are. ``--record-labelled FILE`` adds that
 record to a model file shipped before files carried it (the splits are recomputed, not trained;
@@ -70,6 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--ship", type=Path, default=None, help="write the shipped model file here")
     p.add_argument(
+        "--ship-run",
+        type=Path,
+        default=None,
+        help="ship RUN/model.pt (a finetune run on the whole source file, nothing of the "
+        "benchmark held out) to --ship instead of training",
+    )
+    p.add_argument("--recipe", default="", help="with --ship-run: the command that made the run")
+    p.add_argument(
         "--record-labelled",
         type=Path,
         default=None,
@@ -79,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.target in args.aux_targets:
         p.error(f"--aux-targets must not repeat --target {args.target}")
+    if args.ship_run is not None:
+        if args.ship is None or not args.recipe:
+            p.error("--ship-run needs --ship FILE and --recipe COMMAND")
+        ship(args.ship_run / "model.pt", args.ship, own_split_held_out(args.ship_run, args.recipe))
+        return 0
 
     source = args.data_root / SOURCE_FILE
     bench = BenchConfig(
@@ -151,7 +167,12 @@ def main(argv: list[str] | None = None) -> int:
             recipe += " --aux-targets " + " ".join(args.aux_targets)
         if args.epochs != p.get_default("epochs"):
             recipe += f" --epochs {args.epochs}"
-        ship(args.out / "run" / "model.pt", args.ship, len(held_out), args.seeds_held_out, recipe)
+        what = (
+            f"test crystals of crystaltwins bench's {', '.join(HELD_OUT_TASKS)} "
+            f"(random 60/20/20 splits, seeds 0-{args.seeds_held_out - 1}): the test set"
+        )
+        record = {"crystals": len(held_out), "what": what, "recipe": recipe}
+        ship(args.out / "run" / "model.pt", args.ship, record)
     return 0
 
 
@@ -181,9 +202,24 @@ def output_maes(model: Path, cache: Any, test_ids: list[str]) -> dict[str, dict[
     return scores
 
 
-def ship(model: Path, target: Path, held_out: int, seeds: int, recipe: str) -> None:
-    """Copy ``model`` to ``target`` with its data source as a file name (no local path) and a
-    record of the crystals held out and of the command that made it (``recipe``)."""
+def own_split_held_out(run: Path, recipe: str) -> dict[str, Any]:
+    """The ``held_out`` record of a run that held out only its own test split: none of the
+    benchmark's test crystals (``crystaltwins info`` and ``finetune`` show it)."""
+    import torch
+
+    info = torch.load(run / "model.pt", weights_only=True)["info"]
+    return {
+        "crystals": int(info["crystals"]["test"]),
+        "what": "run's own random test split only, NOT the test crystals of crystaltwins "
+        f"bench's {', '.join(HELD_OUT_TASKS)}: not a start for benchmarking those tasks",
+        "recipe": recipe,
+    }
+
+
+def ship(model: Path, target: Path, held_out: dict[str, Any]) -> None:
+    """Copy ``model`` to ``target`` with its data source as a file name (no local path) and
+    ``held_out``: the crystals held out (``crystals``, ``what``) and the command that made it
+    (``recipe``)."""
     import torch
 
     from crystaltwins.io.atomic import atomic_path
@@ -192,12 +228,7 @@ def ship(model: Path, target: Path, held_out: int, seeds: int, recipe: str) -> N
     payload = torch.load(model, weights_only=True)
     info = payload["info"]
     info["data_source"] = Path(info["data_source"]).name
-    info["held_out"] = {
-        "crystals": held_out,
-        "what": f"test crystals of crystaltwins bench's {', '.join(HELD_OUT_TASKS)} "
-        f"(random 60/20/20 splits, seeds 0-{seeds - 1}): the test set",
-        "recipe": recipe,
-    }
+    info["held_out"] = held_out
     with atomic_path(target) as tmp:
         torch.save(payload, tmp)
     load_model(target)  # still a valid model file

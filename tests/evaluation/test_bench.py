@@ -107,6 +107,9 @@ def test_bench_names_the_tasks_whose_property_a_given_start_already_learned():
     assert tasks_with_learned_labels(resolve_model_path("mp-multi"), tasks) == [
         "mp_formation_energy", "mp_band_gap", "mp_fermi_energy"
     ]  # fmt: skip
+    assert tasks_with_learned_labels(resolve_model_path("mp-multi-33k"), tasks) == [
+        "mp_formation_energy", "mp_band_gap", "mp_fermi_energy"
+    ]  # fmt: skip
     assert tasks_with_learned_labels(resolve_model_path("mp-eform"), tasks) == [
         "mp_formation_energy"
     ]

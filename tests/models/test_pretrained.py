@@ -72,7 +72,7 @@ def test_missing_default_model_says_so(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setattr(pretrained.resources, "files", lambda _package: tmp_path)
     with pytest.raises(FileNotFoundError, match="lacks the shipped model 'default'"):
         load_model("default")
-    with pytest.raises(KeyError, match="shipped: default, mp-eform, mp-multi"):
+    with pytest.raises(KeyError, match="shipped: default, mp-eform, mp-multi, mp-multi-33k"):
         pretrained.shipped_model_path("mp-efrom")
     with pytest.raises(FileNotFoundError, match="no such model file"):
         load_model(tmp_path / "absent.pt")
@@ -117,6 +117,43 @@ def test_mp_multi_model_learned_three_properties_of_the_same_crystals() -> None:
     assert info["test_metrics"]["mae"] < 0.15  # eV/atom, on the held-out crystals
     lines = "\n".join(describe_model("mp-multi").lines())
     assert "also learned: band_gap, efermi (auxiliary targets: predict writes them" in lines
+
+
+def test_mp_multi_33k_model_says_it_held_out_only_its_own_test_split() -> None:
+    """mp-multi's recipe on 3x the crystals: the benchmark's MP test crystals were not held out,
+    which its file says (info, finetune's warning) and records (the hashed labelled ids)."""
+    multi, big = load_model("mp-multi"), load_model("mp-multi-33k")
+    assert resolve_model_path("mp-multi-33k").stat().st_size < 1_000_000
+    info = big.info
+    assert info["data_source"] == "mp36k.csv.gz"
+    assert info["target_column"] == multi.info["target_column"]
+    assert [a["column"] for a in info["aux_targets"]] == ["band_gap", "efermi"]
+    assert info["crystals"]["train"] > 3 * multi.info["crystals"]["train"] - 1_000
+    assert info["held_out"]["crystals"] == info["crystals"]["test"] < 2_000
+    assert "NOT the test crystals of crystaltwins bench" in info["held_out"]["what"]
+    assert "--aux-targets band_gap efermi" in info["held_out"]["recipe"]
+    assert len(info[LABELLED_KEY]) == info["crystals"]["train"] + info["crystals"]["val"]
+    assert info["test_metrics"]["mae"] < multi.info["test_metrics"]["mae"]  # eV/atom
+    lines = "\n".join(describe_model("mp-multi-33k").lines())
+    assert "held out: 1,836 crystals, the run's own random test split only, NOT" in lines
+
+
+def test_mp_multi_33k_learned_most_mp36k_labels_mp_multi_under_half(data_dir: Path) -> None:
+    """What a run starting from either on mp36k counts as seen, of its first 2,000 crystals:
+    95% for the 33k source (its 90/5/5 split), 43% for mp-multi (29% of the whole file: the
+    benchmark's test crystals held out)."""
+    import csv
+    import gzip
+    import itertools
+
+    from crystaltwins.models.provenance import seen_ids
+
+    csv.field_size_limit(2**31 - 1)
+    with gzip.open(data_dir / "mp36k.csv.gz", "rt", newline="") as handle:
+        ids = [row["id"] for row in itertools.islice(csv.DictReader(handle), 2_000)]
+    big = len(seen_ids(load_model("mp-multi-33k").info, ids, "mp36k.csv.gz") or []) / len(ids)
+    multi = len(seen_ids(load_model("mp-multi").info, ids, "mp36k.csv.gz") or []) / len(ids)
+    assert 0.9 < big < 0.99 and 0.2 < multi < 0.5
 
 
 def _mp36k_rows(data_dir: Path, folder: Path, rows: int) -> Path:

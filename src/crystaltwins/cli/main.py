@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "model",
             help="model.pt, the run folder holding it, or a shipped model: 'default', "
-            "'mp-eform', 'mp-multi' (a published .pth too for embed)",
+            "'mp-eform', 'mp-multi', 'mp-multi-33k' (a published .pth too for embed)",
         )
         p.add_argument("data", help="crystals: " + _DATA_HELP)
         p.add_argument(

@@ -161,7 +161,8 @@ class BenchConfig:
     pretrained: str | None = setting(
         None,
         "use this pre-trained model instead of pre-training ('default': the shipped Crystal Twins "
-        "encoder; 'mp-eform' / 'mp-multi': the shipped MP formation-energy / multi-task models, "
+        "encoder; 'mp-eform' / 'mp-multi' / 'mp-multi-33k': the shipped MP formation-energy / "
+        "multi-task models, "
         "which learned those properties of other MP crystals: on the mp_* tasks a start with "
         "more labels, not pre-training)",
         default_text="pre-train one",

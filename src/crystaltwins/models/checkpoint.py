@@ -141,7 +141,7 @@ def _is_published_state_dict(payload: Any) -> bool:
 
 def resolve_model_path(path: str | os.PathLike) -> Path:
     """``path`` as a :class:`~pathlib.Path`; a shipped model's name (``"default"``,
-    ``"mp-eform"``, ``"mp-multi"``: :data:`~crystaltwins.models.pretrained.SHIPPED_MODELS`) is
+    ``"mp-eform"``, ``"mp-multi"``, ``"mp-multi-33k"``: :data:`~crystaltwins.models.pretrained.SHIPPED_MODELS`) is
     its file and a run folder (of ``pretrain`` or ``finetune``) stands for its ``model.pt``.
 
     :raises FileNotFoundError: naming the file when it does not exist, or the folder when it
@@ -180,8 +180,8 @@ def load_model(path: str | os.PathLike, atom_init: str | os.PathLike | None = No
 
     :param path: the file, a run folder holding ``model.pt``, or the name of a model shipped
         with the package: ``"default"`` (the pre-trained encoder), ``"mp-eform"`` (the
-        formation-energy model used for supervised transfer) or ``"mp-multi"`` (its multi-task
-        sibling); see ``docs/model_card.md``.
+        formation-energy model used for supervised transfer), ``"mp-multi"`` (its multi-task
+        sibling) or ``"mp-multi-33k"`` (the same on 3x the crystals); see ``docs/model_card.md``.
     :param atom_init: for a published ``.pth``: the ``atom_init.json`` it was trained with; by
         default the one in the same folder.
     :raises ValueError: a file that is neither, or whose contents disagree with its weights,

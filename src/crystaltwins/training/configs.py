@@ -355,8 +355,9 @@ class FinetuneConfig(RunOptions):
 
     ``pretrained``: a model file from ``pretrain`` or ``finetune``, a published Crystal Twins
     ``.pth``, or a shipped model: ``"default"`` (the Crystal Twins encoder), ``"mp-eform"``
-    (supervised transfer from MP formation energies) or ``"mp-multi"`` (from MP formation
-    energies, band gaps and Fermi energies at once).
+    (supervised transfer from MP formation energies), ``"mp-multi"`` (from MP formation
+    energies, band gaps and Fermi energies at once) or ``"mp-multi-33k"`` (the same on 3x the
+    crystals, the benchmark's MP test crystals among them).
 
     ``fold``: fold 0..4 of the matbench v0.1 protocol instead of a random split
     (:func:`~crystaltwins.data.splits.matbench_split`: test = the fold, validation = a quarter of
@@ -372,8 +373,9 @@ class FinetuneConfig(RunOptions):
     pretrained: str | None = setting(
         None,
         "our model.pt (or its run folder), a published Crystal Twins .pth, or a shipped model: "
-        "'default' (Crystal Twins encoder), 'mp-eform' (MP formation-energy transfer) or "
-        "'mp-multi' (MP formation energy + band gap + Fermi energy)",
+        "'default' (Crystal Twins encoder), 'mp-eform' (MP formation-energy transfer), "
+        "'mp-multi' (MP formation energy + band gap + Fermi energy) or 'mp-multi-33k' (the same, "
+        "3x the MP crystals)",
         default_text="none: give this or --from-scratch",
     )
     from_scratch: bool = setting(False, "train a new encoder (the supervised baseline)")
