@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     from crystaltwins.training.finetune import starting_point
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-root", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--data-root", type=Path, help="the folder of mp36k.csv.gz (to train)")
+    p.add_argument("--out", type=Path, help="the source's folder (to train)")
     p.add_argument("--epochs", type=int, default=50, help="the best validation epoch is kept")
     p.add_argument("--seeds-held-out", type=int, default=3, help="bench seeds 0..N-1")
     p.add_argument("--val-fraction", type=float, default=0.05)
@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error("--ship-run needs --ship FILE and --recipe COMMAND")
         ship(args.ship_run / "model.pt", args.ship, own_split_held_out(args.ship_run, args.recipe))
         return 0
+    if args.data_root is None or args.out is None:
+        p.error("--data-root and --out are needed (except with --ship-run)")
 
     source = args.data_root / SOURCE_FILE
     bench = BenchConfig(
