@@ -1,4 +1,4 @@
-"""Train the supervised transfer source shipped as ``--pretrained mp-eform`` (issue 15 §5).
+"""Train the supervised transfer sources shipped as ``--pretrained mp-eform`` / ``mp-multi``, or ship a run (``mp-multi-33k``).
 
 CGCNN from scratch on the Materials Project formation energies of ``mp36k.csv.gz``, with every
 test crystal of the benchmark's MP tasks held out: the test parts of ``bench``'s random
@@ -17,9 +17,9 @@ on several at once, the splits those of ``--target``); with
 ``--ship FILE`` also the model as shipped (``src/crystaltwins/resources/crystaltwins_mp_eform.pt``):
 the same weights, its data source recorded by file name only, and what was held out
 (``docs/model_card.md``). ``--ship-run RUN --ship FILE`` ships an existing run instead (a
-``crystaltwins finetune`` run on the whole source file, ``--recipe`` the command that made it;
-nothing is trained), recording that only its own test split was held out: the shipped
-``mp-multi-33k``. The run's model file records (hashed) the ids of its training and
+``crystaltwins finetune`` run on the whole source file; nothing is trained), recording that only
+its own test split was held out and the command that made it (from its ``config.yaml``): the
+shipped ``mp-multi-33k``. The run's model file records (hashed) the ids of its training and
 validation crystals (:mod:`crystaltwins.models.provenance`), so that a run starting from it counts
 which of its own validation and test crystals those are. ``--record-labelled FILE`` adds that
 record to a model file shipped before files carried it (the splits are recomputed, not trained;
@@ -76,10 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         "--ship-run",
         type=Path,
         default=None,
-        help="ship RUN/model.pt (a finetune run on the whole source file, nothing of the "
-        "benchmark held out) to --ship instead of training",
+        help="ship this finetune run (its folder) on the whole source file, nothing of the "
+        "benchmark held out, to --ship instead of training (only --ship goes with it)",
     )
-    p.add_argument("--recipe", default="", help="with --ship-run: the command that made the run")
     p.add_argument(
         "--record-labelled",
         type=Path,
@@ -91,9 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.target in args.aux_targets:
         p.error(f"--aux-targets must not repeat --target {args.target}")
     if args.ship_run is not None:
-        if args.ship is None or not args.recipe:
-            p.error("--ship-run needs --ship FILE and --recipe COMMAND")
-        ship(args.ship_run / "model.pt", args.ship, own_split_held_out(args.ship_run, args.recipe))
+        given = [f"--{k.replace('_', '-')}" for k, v in vars(args).items() if v != p.get_default(k)]
+        if args.ship is None or set(given) != {"--ship-run", "--ship"}:
+            p.error(f"--ship-run goes with --ship FILE only (given: {' '.join(given)})")
+        try:
+            ship(args.ship_run / "model.pt", args.ship, held_out_own_test_split(args.ship_run))
+        except ValueError as error:
+            p.error(str(error))
         return 0
     if args.data_root is None or args.out is None:
         p.error("--data-root and --out are needed (except with --ship-run)")
@@ -204,17 +207,40 @@ def output_maes(model: Path, cache: Any, test_ids: list[str]) -> dict[str, dict[
     return scores
 
 
-def own_split_held_out(run: Path, recipe: str) -> dict[str, Any]:
-    """The ``held_out`` record of a run that held out only its own test split: none of the
-    benchmark's test crystals (``crystaltwins info`` and ``finetune`` show it)."""
-    import torch
+def held_out_own_test_split(run: Path) -> dict[str, Any]:
+    """The ``held_out`` record of a finetune ``run`` on the whole source file, which held out
+    only its own test split (none of the benchmark's test crystals), with the command that made
+    it (from its ``config.yaml``).
 
+    :raises ValueError: a run of another data file, or whose model records no labelled ids."""
+    import torch
+    import yaml
+
+    from crystaltwins.models.provenance import LABELLED_KEY
+    from crystaltwins.training.configs import FinetuneConfig
+
+    if not (run / "model.pt").is_file() or not (run / "config.yaml").is_file():
+        raise ValueError(f"{run}: not a finetune run folder (model.pt, config.yaml)")
     info = torch.load(run / "model.pt", weights_only=True)["info"]
+    if Path(str(info.get("data_source"))).name != SOURCE_FILE or LABELLED_KEY not in info:
+        raise ValueError(f"{run}: not a run on {SOURCE_FILE} whose model records its labelled ids")
+    settings = yaml.safe_load((run / "config.yaml").read_text())
+    defaults = FinetuneConfig(data="", target="", out="")
+    recipe = [f"crystaltwins finetune {SOURCE_FILE} --target {settings['target']}"]
+    for key, value in settings.items():
+        default = getattr(defaults, key, None)
+        default = list(default) if isinstance(default, tuple) else default
+        if key in ("data", "target", "out", "plots") or value == default:
+            continue
+        flag = "--" + key.replace("_", "-")
+        words = value if isinstance(value, list) else [] if value is True else [value]
+        recipe.append(" ".join([flag, *map(str, words)]))
     return {
         "crystals": int(info["crystals"]["test"]),
-        "what": "run's own random test split only, NOT the test crystals of crystaltwins "
-        f"bench's {', '.join(HELD_OUT_TASKS)}: not a start for benchmarking those tasks",
-        "recipe": recipe,
+        "what": "training run's own random test split only, NOT the test crystals of "
+        f"crystaltwins bench's {', '.join(HELD_OUT_TASKS)}: not a start for benchmarking those "
+        "tasks",
+        "recipe": " ".join(recipe),
     }
 
 

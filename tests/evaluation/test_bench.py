@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from crystaltwins.evaluation.bench import run_bench
 
 
@@ -97,7 +99,7 @@ def test_bench_matbench_protocol_runs_folds(perovskite_subset, cache_root, tmp_p
 
 
 def test_bench_names_the_tasks_whose_property_a_given_start_already_learned():
-    """mp-multi learned the MP formation energy, band gap and Fermi energy (of other crystals),
+    """mp-multi and mp-multi-33k learned the MP formation energy, band gap and Fermi energy,
     mp-eform the formation energy; a self-supervised encoder learned no label."""
     from crystaltwins.evaluation.bench import tasks_with_learned_labels
     from crystaltwins.evaluation.tasks import TASKS
@@ -114,3 +116,44 @@ def test_bench_names_the_tasks_whose_property_a_given_start_already_learned():
         "mp_formation_energy"
     ]
     assert tasks_with_learned_labels(resolve_model_path("default"), tasks) == []
+
+
+def test_bench_warns_when_a_given_start_learned_the_labels_of_its_test_crystals(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """mp-multi-33k learned most mp36k labels: a warning counts the test crystals it learned;
+    mp-multi held them out: the note says "other crystals". (The test ids here are the first
+    2,000 crystals of mp36k, standing for a benchmark's test set.)"""
+    import csv
+    import gzip
+    import itertools
+    from types import SimpleNamespace
+
+    from crystaltwins.evaluation import bench
+    from crystaltwins.evaluation.tasks import TASKS
+    from crystaltwins.models.checkpoint import load_model, resolve_model_path
+    from crystaltwins.models.provenance import seen_ids
+
+    csv.field_size_limit(2**31 - 1)
+    with gzip.open(data_dir / "mp36k.csv.gz", "rt", newline="") as handle:
+        ids = [row["id"] for row in itertools.islice(csv.DictReader(handle), 2_000)]
+    tasks = [TASKS["mp_band_gap"], TASKS["perovskites"]]
+    counts = bench.learned_test_labels(
+        resolve_model_path("mp-multi-33k"), tasks, {"mp_band_gap": ids}
+    )
+    assert list(counts) == ["mp_band_gap"] and counts["mp_band_gap"][1] == 2_000
+    assert 1_800 < counts["mp_band_gap"][0] < 2_000
+
+    ctx = SimpleNamespace(tasks=tasks, seeds=[0])
+    monkeypatch.setattr(bench, "_test_ids", lambda task, seed, ctx: ids)
+    bench._note_learned_labels("mp-multi-33k", resolve_model_path("mp-multi-33k"), ctx)
+    printed = capsys.readouterr().out
+    assert printed.startswith("warning: --pretrained mp-multi-33k learned the labels of ")
+    assert "of the 2,000 test crystals of mp_band_gap: its CT results there are not" in printed
+    learned_by_multi = seen_ids(load_model("mp-multi").info, ids, "mp36k.csv.gz") or []
+    test_ids = sorted(set(ids) - set(learned_by_multi))  # as bench's test crystals for mp-multi
+    monkeypatch.setattr(bench, "_test_ids", lambda task, seed, ctx: test_ids)
+    bench._note_learned_labels("mp-multi", resolve_model_path("mp-multi"), ctx)
+    printed = capsys.readouterr().out
+    assert printed.startswith("note: --pretrained mp-multi learned the property of mp_band_gap on")
+    assert "warning" not in printed

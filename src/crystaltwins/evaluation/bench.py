@@ -161,10 +161,10 @@ class BenchConfig:
     pretrained: str | None = setting(
         None,
         "use this pre-trained model instead of pre-training ('default': the shipped Crystal Twins "
-        "encoder; 'mp-eform' / 'mp-multi' / 'mp-multi-33k': the shipped MP formation-energy / "
-        "multi-task models, "
+        "encoder; 'mp-eform' / 'mp-multi': the shipped MP formation-energy / multi-task models, "
         "which learned those properties of other MP crystals: on the mp_* tasks a start with "
-        "more labels, not pre-training)",
+        "more labels, not pre-training; 'mp-multi-33k' learned them of most mp_* test crystals "
+        "too: not for benchmarking those tasks)",
         default_text="pre-train one",
     )
     encoders: list[str] = setting(
@@ -795,7 +795,7 @@ def run_bench(
         ctx.runs_total = len(ctx.tasks) * config.seeds * runs_per_seed
         models = _pretrained_models(ctx, variants, with_ct)
         if config.pretrained:
-            _note_learned_labels(config.pretrained, models[primary][CT_VARIANT], ctx.tasks)
+            _note_learned_labels(config.pretrained, models[primary][CT_VARIANT], ctx)
         rows, ablation_rows = _task_rows(ctx, chosen, models)
         results = _results(ctx, models, rows)
         _write_results(ctx, results, ablation_rows)
@@ -819,14 +819,61 @@ def tasks_with_learned_labels(model: Path, tasks: Sequence[BenchmarkTask]) -> li
     return [t.name for t in tasks if t.file == source and t.target in learned]
 
 
-def _note_learned_labels(name: str, model: Path, tasks: Sequence[BenchmarkTask]) -> None:
-    """Say which tasks are not transfer for a given ``--pretrained`` model (one line)."""
-    learned = tasks_with_learned_labels(model, tasks)
-    if learned:
+def learned_test_labels(
+    model: Path, tasks: Sequence[BenchmarkTask], test_ids: dict[str, list[str]]
+) -> dict[str, tuple[int, int]]:
+    """Task → (how many of its test crystals ``test_ids[task]`` the starting ``model`` learned
+    the labels of, how many there are), for the ``tasks`` whose property it learned
+    (:func:`tasks_with_learned_labels`); ``(-1, n)`` when its file records no crystal ids."""
+    from crystaltwins.models.checkpoint import load_model
+    from crystaltwins.models.provenance import seen_ids
+
+    info = load_model(model).info
+    learned = set(tasks_with_learned_labels(model, tasks))
+    counts: dict[str, tuple[int, int]] = {}
+    for task in tasks:
+        if task.name in learned:
+            ids = test_ids[task.name]
+            seen = seen_ids(info, ids, task.file)
+            counts[task.name] = (-1 if seen is None else len(seen), len(ids))
+    return counts
+
+
+def _note_learned_labels(name: str, model: Path, ctx: BenchContext) -> None:
+    """Say which tasks are not transfer for a given ``--pretrained`` model (one line), and
+    warn where it learned the labels of the benchmark's own test crystals."""
+    learned = tasks_with_learned_labels(model, ctx.tasks)
+    if not learned:
+        return
+    test_ids = {
+        t.name: sorted({i for s in ctx.seeds for i in _test_ids(t, s, ctx)})
+        for t in ctx.tasks
+        if t.name in learned
+    }
+    counts = learned_test_labels(model, ctx.tasks, test_ids)
+    seen = {task: count for task, count in counts.items() if count[0] > 0}
+    if seen:
+        listed = "; ".join(f"{k:,} of the {n:,} test crystals of {t}" for t, (k, n) in seen.items())
         print(
-            f"note: --pretrained {name} learned the property of {', '.join(learned)} on other "
+            f"warning: --pretrained {name} learned the labels of {listed}: "
+            "its CT results there are not benchmark results",
+            flush=True,
+        )
+    unknown = [task for task, (k, _) in counts.items() if k < 0]
+    if unknown:
+        print(
+            f"note: --pretrained {name} learned the property of {', '.join(unknown)} on crystals "
+            "of the same file, which its file does not record: their test crystals may be "
+            "among them",
+            flush=True,
+        )
+    clean = [task for task, (k, _) in counts.items() if k == 0]
+    if clean:
+        print(
+            f"note: --pretrained {name} learned the property of {', '.join(clean)} on other "
             "crystals of the same file: there CT is a start with more labels, not pre-training "
-            "(each run counts the test crystals it saw: seen_by_starting_model in metrics.json)",
+            "(each run counts the validation crystals it saw: seen_by_starting_model in "
+            "metrics.json)",
             flush=True,
         )
 
