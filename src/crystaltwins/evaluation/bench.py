@@ -840,8 +840,9 @@ def learned_test_labels(
 
 
 def _note_learned_labels(name: str, model: Path, ctx: BenchContext) -> None:
-    """Say which tasks are not transfer for a given ``--pretrained`` model (one line), and
-    warn where it learned the labels of the benchmark's own test crystals."""
+    """Say which tasks are not transfer for a given ``--pretrained`` model: a warning with the
+    counts where it learned the labels of the benchmark's own test crystals, a note where it
+    learned only other crystals' or its file does not say which (a line each)."""
     learned = tasks_with_learned_labels(model, ctx.tasks)
     if not learned:
         return
