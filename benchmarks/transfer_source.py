@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from crystaltwins.data.sources import prepare_caches
     from crystaltwins.evaluation.bench import BenchConfig, benchmark_test_ids
     from crystaltwins.io.atomic import write_json_atomic, write_text_atomic
-    from crystaltwins.training.configs import FinetuneConfig
+    from crystaltwins.training.configs import FinetuneConfig, field_default
     from crystaltwins.training.finetune import starting_point
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -70,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=sorted(SOURCE_UNITS),
         help="more labels of the same crystals learned alongside --target (multi-task source: "
         "extra head outputs, the crystals and splits of --target)",
+    )
+    p.add_argument(
+        "--aux-weight",
+        type=float,
+        default=field_default(FinetuneConfig, "aux_weight"),
+        help="weight of the auxiliary targets' loss (finetune's --aux-weight)",
     )
     p.add_argument("--ship", type=Path, default=None, help="write the shipped model file here")
     p.add_argument(
@@ -115,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         data=str(source),
         target=args.target,
         aux_targets=list(args.aux_targets),
+        aux_weight=args.aux_weight,
         out=str(args.out / "run"),
         from_scratch=True,
         unit=SOURCE_UNITS[args.target],
@@ -170,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             recipe += f" --target {args.target}"
         if args.aux_targets:
             recipe += " --aux-targets " + " ".join(args.aux_targets)
+        if args.aux_weight != p.get_default("aux_weight"):
+            recipe += f" --aux-weight {args.aux_weight}"
         if args.epochs != p.get_default("epochs"):
             recipe += f" --epochs {args.epochs}"
         what = (
