@@ -225,6 +225,7 @@ def held_out_own_test_split(run: Path) -> dict[str, Any]:
     import torch
     import yaml
 
+    from crystaltwins.cli.options import settings_as_flags
     from crystaltwins.models.provenance import LABELLED_KEY
     from crystaltwins.training.configs import FinetuneConfig
 
@@ -234,22 +235,14 @@ def held_out_own_test_split(run: Path) -> dict[str, Any]:
     if Path(str(info.get("data_source"))).name != SOURCE_FILE or LABELLED_KEY not in info:
         raise ValueError(f"{run}: not a run on {SOURCE_FILE} whose model records its labelled ids")
     settings = yaml.safe_load((run / "config.yaml").read_text())
-    defaults = FinetuneConfig(data="", target="", out="")
-    recipe = [f"crystaltwins finetune {SOURCE_FILE} --target {settings['target']}"]
-    for key, value in settings.items():
-        default = getattr(defaults, key, None)
-        default = list(default) if isinstance(default, tuple) else default
-        if key in ("data", "target", "out", "plots") or value == default:
-            continue
-        flag = "--" + key.replace("_", "-")
-        words = value if isinstance(value, list) else [] if value is True else [value]
-        recipe.append(" ".join([flag, *map(str, words)]))
+    flags = settings_as_flags(FinetuneConfig, settings, skip=("out",))
+    recipe = " ".join(["crystaltwins finetune", SOURCE_FILE, *flags])
     return {
         "crystals": int(info["crystals"]["test"]),
         "what": "training run's own random test split only, NOT the test crystals of "
         f"crystaltwins bench's {', '.join(HELD_OUT_TASKS)}: not a start for benchmarking those "
         "tasks",
-        "recipe": " ".join(recipe),
+        "recipe": recipe,
     }
 
 

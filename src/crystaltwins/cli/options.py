@@ -42,6 +42,13 @@ def field_help(f: dataclasses.Field, required: bool = False) -> str:
     return f"{text} (required here or in --config)" if required else text
 
 
+def _flag(f: dataclasses.Field) -> str:
+    """A field's option name: ``--name`` (``metadata["flag"]`` if set), ``--no-name`` for a
+    boolean that defaults to true."""
+    flag = "--" + f.metadata.get("flag", f.name.replace("_", "-"))
+    return "--no-" + flag[2:] if f.default is True else flag
+
+
 def add_config_options(
     parser: argparse.ArgumentParser | Any,
     config_cls: type,
@@ -61,12 +68,11 @@ def add_config_options(
     for f in ordered:  # the command's own settings first, then the shared run options
         if f.name in skip or f.metadata.get("cli", True) is False:
             continue
-        flag = "--" + f.metadata.get("flag", f.name.replace("_", "-"))
+        flag = _flag(f)
         kind, _ = _base_type(hints[f.name])
         kwargs: dict[str, Any] = {"dest": f.name, "default": None}
         if kind is bool:
             if f.default is True:
-                flag = "--no-" + flag[2:]
                 kwargs["action"] = "store_false"
                 text = f.metadata.get("help", "")
                 kwargs["help"] = f"do not {text}" if text else None
@@ -94,3 +100,27 @@ def given_settings(args: argparse.Namespace, config_cls: type) -> dict[str, Any]
     """The settings of ``config_cls`` given on the command line (``None``: not given)."""
     names = {f.name for f in dataclasses.fields(config_cls)}
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
+def settings_as_flags(
+    config_cls: type, settings: dict[str, Any], skip: tuple[str, ...] = ()
+) -> list[str]:
+    """The options of :func:`add_config_options` that give ``settings`` (a run's
+    ``config.yaml``), leaving out defaults, ``skip`` and fields the CLI does not offer: the
+    command line that made a run, in field order."""
+    words: list[str] = []
+    for f in dataclasses.fields(config_cls):
+        if f.name in skip or f.metadata.get("cli", True) is False or f.name not in settings:
+            continue
+        value = settings[f.name]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if value is None or (list(value) if isinstance(value, tuple) else value) == (
+            list(default) if isinstance(default, tuple) else default
+        ):
+            continue
+        if isinstance(value, bool):
+            words.append(_flag(f))
+        else:
+            values = value if isinstance(value, (list, tuple)) else [value]
+            words += [_flag(f), *(_shown(v) for v in values)]
+    return words
