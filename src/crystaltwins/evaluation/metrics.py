@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -53,3 +55,27 @@ def metrics_json(metrics: Any) -> str:
         return value
 
     return json.dumps(clean(metrics), indent=1, allow_nan=False)
+
+
+def labels_to_reach(sizes: Sequence[float], errors: Sequence[float], error: float) -> float:
+    """How many training crystals a learning curve needs to reach ``error``.
+
+    ``sizes`` (training crystals, ascending) and ``errors`` (the curve's MAE at each, any unit) are
+    the measured points; between two of them the curve is taken as a straight line in log-log
+    (a power law, as learning curves are). Returns the size at the first segment, from the small
+    end, where the curve comes down to ``error``; ``0.0`` when ``error`` is above the curve's
+    first point (fewer crystals than measured would do) and ``math.inf`` when the curve never
+    comes down to it (more crystals than measured are needed). Nothing is extrapolated.
+    """
+    points = [(float(n), float(e)) for n, e in zip(sizes, errors, strict=True)]
+    if not points or any(n <= 0 or e <= 0 or not math.isfinite(e) for n, e in points):
+        raise ValueError("labels_to_reach needs positive, finite sizes and errors")
+    if any(b[0] <= a[0] for a, b in pairwise(points)):
+        raise ValueError("labels_to_reach needs sizes in ascending order")
+    if error >= points[0][1]:
+        return 0.0 if error > points[0][1] else points[0][0]
+    for (n0, e0), (n1, e1) in pairwise(points):
+        if e1 <= error < e0:
+            fraction = math.log(e0 / error) / math.log(e0 / e1)
+            return math.exp(math.log(n0) + fraction * math.log(n1 / n0))
+    return math.inf
