@@ -68,8 +68,10 @@ def labels_to_reach(sizes: Sequence[float], errors: Sequence[float], error: floa
     comes down to it (more crystals than measured are needed). Nothing is extrapolated.
     """
     points = [(float(n), float(e)) for n, e in zip(sizes, errors, strict=True)]
-    if not points or any(n <= 0 or e <= 0 or not math.isfinite(e) for n, e in points):
+    if not points or not all(0 < v < math.inf for point in points for v in point):
         raise ValueError("labels_to_reach needs positive, finite sizes and errors")
+    if not 0 < error < math.inf:
+        raise ValueError(f"labels_to_reach needs a positive, finite error, not {error}")
     if any(b[0] <= a[0] for a, b in pairwise(points)):
         raise ValueError("labels_to_reach needs sizes in ascending order")
     if error >= points[0][1]:
