@@ -74,13 +74,16 @@ RESULT_SETTINGS = (
 )  # fmt: skip
 #: settings that change only the pre-trained method's runs (a run from scratch ignores them):
 #: where they differ, ``--previous`` gives its scratch points only
-PRETRAINED_SETTINGS = ("pretrained", "encoder_lr_factor", "freeze_encoder_epochs")
+PRETRAINED_SETTINGS = ("pretrained", "encoder_lr_factor", "freeze_encoder_epochs", "encoder_anchor")
+#: what a setting was before this script recorded it
+UNRECORDED = {"encoder_anchor": "0.0"}
 
 
 def _differing(earlier: dict[str, str], settings: dict[str, str], names: tuple[str, ...]) -> str:
-    return ", ".join(
-        f"{k} {earlier.get(k)} (now {settings[k]})" for k in names if earlier.get(k) != settings[k]
-    )
+    def was(k: str) -> str | None:
+        return earlier.get(k, UNRECORDED.get(k))
+
+    return ", ".join(f"{k} {was(k)} (now {settings[k]})" for k in names if was(k) != settings[k])
 
 
 def previous_points(path: Path, settings: dict[str, str] | None = None) -> dict[str, Any]:
@@ -139,6 +142,7 @@ def run_point(
         batch_size=args.batch_size,
         encoder_lr_factor=args.encoder_lr_factor,
         freeze_encoder_epochs=0 if method == "scratch" else args.freeze_encoder_epochs,
+        encoder_anchor=0.0 if method == "scratch" else args.encoder_anchor,
         warmup_epochs=args.warmup_epochs,
         seed=seed,
         max_train=size,
@@ -258,6 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--freeze-encoder-epochs", type=int, default=0, help="CT: encoder frozen first")
     p.add_argument("--warmup-epochs", type=int, default=0, help="linear learning-rate warm-up")
+    p.add_argument(
+        "--encoder-anchor",
+        type=float,
+        default=0.0,
+        help="CT: L2-SP weight pulling the encoder towards its pre-trained weights (default 0)",
+    )
     p.add_argument(
         "--only-finished",
         action="store_true",

@@ -1,6 +1,6 @@
 """Fine-tuning knobs on real perovskites and the shipped encoder: a frozen encoder (linear
-probe, then fine-tune) and a learning-rate warm-up; both resume exactly; refused where they
-cannot apply; offered by ``finetune --help``."""
+probe, then fine-tune), a learning-rate warm-up and an anchor to the pre-trained weights
+(L2-SP); they resume exactly; refused where they cannot apply; offered by ``finetune --help``."""
 
 from __future__ import annotations
 
@@ -200,6 +200,22 @@ def test_defaults_keep_a_plain_adam_and_a_trainable_encoder(
             dict(ensemble=2, members_together=True, freeze_encoder_epochs=0),
             "members trained together take no freeze_encoder_epochs or warmup_epochs",
         ),
+        (
+            dict(pretrained=None, from_scratch=True, freeze_encoder_epochs=0, encoder_anchor=1.0),
+            "encoder_anchor needs a pre-trained encoder, not from_scratch",
+        ),
+        (
+            dict(
+                ensemble=2,
+                members_together=True,
+                freeze_encoder_epochs=0,
+                warmup_epochs=0,
+                encoder_anchor=1.0,
+            ),
+            "members trained together take no encoder_anchor",
+        ),
+        (dict(encoder_anchor=-1.0), "encoder_anchor must be >= 0, got -1.0"),
+        (dict(encoder_anchor=float("nan")), "encoder_anchor must be >= 0, got nan"),
         (dict(freeze_encoder_epochs=-1), "freeze_encoder_epochs must be at least 0, got -1"),
         (dict(warmup_epochs=1.5), "warmup_epochs must be a whole number >= 0, got 1.5"),
         (
@@ -238,4 +254,71 @@ def test_finetune_help_offers_the_knobs_with_their_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--freeze-encoder-epochs N" in text and "--warmup-epochs N" in text
     assert "linear probe, then fine-tune); N = epochs: a linear probe (default: 0)" in text
+    assert "--encoder-anchor ALPHA" in text and "(L2-SP, Li et al. 2018)" in text
     assert "up to lr at the last (then constant) (default: 0)" in text
+
+
+def _encoder_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return _part(state, "encoder.", buffers=False)
+
+
+def _distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return float(sum(((a[k] - b[k]) ** 2).sum() for k in a))
+
+
+def test_anchored_encoder_stays_near_its_pretrained_weights(
+    small_perovskites, cache_root, tmp_path
+):
+    """With the anchor the encoder moves, but far less from the pre-trained weights than
+    without it; the penalty is the squared distance the module reports."""
+    moved = {}
+    for anchor in (0.0, 3000.0):
+        record = _Record()
+        finetune(
+            _config(
+                small_perovskites,
+                tmp_path / f"anchor{anchor:g}",
+                cache_root,
+                freeze_encoder_epochs=0,
+                warmup_epochs=0,
+                encoder_anchor=anchor,
+            ),
+            callbacks=[record],
+        )
+        start, end = (_encoder_weights(record.states[i]) for i in (0, -1))
+        moved[anchor] = _distance(start, end)
+    assert 0 < moved[3000.0] < 0.2 * moved[0.0], moved
+
+    from crystaltwins.training.finetune import prepare_run
+
+    config = _config(
+        small_perovskites,
+        tmp_path / "module",
+        cache_root,
+        freeze_encoder_epochs=0,
+        warmup_epochs=0,
+        encoder_anchor=2.0,
+    )
+    module = prepare_run(config).module
+    assert float(module.anchor_distance().detach()) == 0.0
+    start = {k: v.clone() for k, v in module.encoder.state_dict().items()}
+    with torch.no_grad():
+        for parameter in module.encoder.parameters():
+            parameter.add_(0.01)
+    weights = {k: v for k, v in module.encoder.named_parameters()}
+    expected = sum(((weights[k] - start[k]) ** 2).sum() for k in weights)
+    assert float(module.anchor_distance().detach()) == pytest.approx(float(expected), rel=1e-6)
+    assert "_anchor0" not in module.state_dict()  # not saved: taken from the pre-trained model
+
+
+def test_anchored_run_resumes_exactly(small_perovskites, cache_root, tmp_path):
+    settings = dict(freeze_encoder_epochs=0, warmup_epochs=0, encoder_anchor=50.0)
+    expected = tmp_path / "whole"
+    finetune(_config(small_perovskites, expected, cache_root, **settings))
+    out = tmp_path / "resumed"
+    config = _config(small_perovskites, out, cache_root, **settings)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(config, callbacks=[_StopAt(2)])
+    config.resume = True
+    finetune(config)
+    assert _same_tensors(_last(out)["state_dict"], _last(expected)["state_dict"]) == []

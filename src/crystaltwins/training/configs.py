@@ -419,6 +419,13 @@ class FinetuneConfig(RunOptions):
         "lr/S at the first of their S steps up to lr at the last (then constant)",
         metavar="N",
     )
+    encoder_anchor: float = setting(
+        0.0,
+        "pre-trained encoder: add encoder_anchor/2 times the squared distance of its weights from "
+        "the pre-trained ones to the training loss (L2-SP, Li et al. 2018), so that fine-tuning "
+        "keeps what pre-training learned; 0: off",
+        metavar="ALPHA",
+    )
     split: tuple[float, float, float] = setting(
         (0.6, 0.2, 0.2), "random split fractions", metavar=("TRAIN", "VAL", "TEST")
     )
@@ -546,6 +553,12 @@ class FinetuneConfig(RunOptions):
             raise ValueError(
                 "members trained together take no freeze_encoder_epochs or warmup_epochs"
             )
+        if not 0 <= self.encoder_anchor < math.inf:
+            raise ValueError(f"encoder_anchor must be >= 0, got {self.encoder_anchor!r}")
+        if self.encoder_anchor and self.from_scratch:
+            raise ValueError("encoder_anchor needs a pre-trained encoder, not from_scratch")
+        if self.encoder_anchor and self.members_together:
+            raise ValueError("members trained together take no encoder_anchor")
         alone = self.from_scratch and self.encoder_name not in TRAINED_TOGETHER
         if self.members_together and alone:
             raise ValueError(

@@ -108,6 +108,11 @@ class FinetuneModule(L.LightningModule):
     the loss; the metrics are the target's alone. The logged ``aux_loss`` is the mean squared
     error over the epoch's known auxiliary labels (batches weighted by how many they hold).
 
+    ``encoder_anchor`` (L2-SP, Li et al. 2018): ``encoder_anchor / 2`` times the squared
+    distance of the encoder's trainable weights from those it started with is added to the
+    training loss (not to the logged ``loss``); a resumed run anchors to the same starting
+    weights, taken again from the pre-trained model.
+
     ``freeze_encoder_epochs``: in epochs ``0 .. N-1`` the encoder is a fixed feature extractor
     (eval mode, so BatchNorm normalises with its stored statistics and leaves them unchanged; no
     gradients, so Adam neither moves it nor starts its moments); from epoch ``N`` on it trains
@@ -128,6 +133,7 @@ class FinetuneModule(L.LightningModule):
         warmup_epochs: int = field_default(FinetuneConfig, "warmup_epochs"),
         aux_targets: list[dict[str, Any]] | None = None,
         aux_weight: float = field_default(FinetuneConfig, "aux_weight"),
+        encoder_anchor: float = field_default(FinetuneConfig, "encoder_anchor"),
     ) -> None:
         super().__init__()
         self.encoder = model.encoder
@@ -145,6 +151,10 @@ class FinetuneModule(L.LightningModule):
         self.aux_weight = aux_weight
         # The encoder's trainable weights (a frozen epoch switches off only these).
         self._encoder_trainable = [p for p in self.encoder.parameters() if p.requires_grad]
+        self.encoder_anchor = encoder_anchor
+        if encoder_anchor:  # the starting weights, moved with the module, not checkpointed
+            for k, parameter in enumerate(self._encoder_trainable):
+                self.register_buffer(f"_anchor{k}", parameter.detach().clone(), persistent=False)
 
     model: PropertyModel
 
@@ -173,7 +183,16 @@ class FinetuneModule(L.LightningModule):
                 # aux is a mean over the batch's known auxiliary labels: weighted by them
                 weights = (None, None, torch.isfinite(batch.targets[:, 1:]).sum())
         self.epoch_metrics.add(stage, batch.num_crystals, values, weights)
+        if self.encoder_anchor and stage == "train":
+            loss = loss + self.encoder_anchor / 2 * self.anchor_distance()
         return loss
+
+    def anchor_distance(self) -> torch.Tensor:
+        """Squared distance of the encoder's trainable weights from its starting weights."""
+        return sum(
+            ((parameter - getattr(self, f"_anchor{k}")) ** 2).sum()
+            for k, parameter in enumerate(self._encoder_trainable)
+        )
 
     @cached_property
     def epoch_metrics(self) -> EpochMeans:
@@ -658,6 +677,7 @@ def _property_module(
         config.warmup_epochs,
         aux_targets,
         config.aux_weight,
+        config.encoder_anchor,
     )
 
 
