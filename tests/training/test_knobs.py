@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import gzip
 import itertools
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -214,8 +215,8 @@ def test_defaults_keep_a_plain_adam_and_a_trainable_encoder(
             ),
             "members trained together take no encoder_anchor",
         ),
-        (dict(encoder_anchor=-1.0), "encoder_anchor must be >= 0, got -1.0"),
-        (dict(encoder_anchor=float("nan")), "encoder_anchor must be >= 0, got nan"),
+        (dict(encoder_anchor=-1.0), "encoder_anchor must be a finite number >= 0, got -1.0"),
+        (dict(encoder_anchor=float("nan")), "encoder_anchor must be a finite number >= 0, got nan"),
         (dict(freeze_encoder_epochs=-1), "freeze_encoder_epochs must be at least 0, got -1"),
         (dict(warmup_epochs=1.5), "warmup_epochs must be a whole number >= 0, got 1.5"),
         (
@@ -289,7 +290,7 @@ def test_anchored_encoder_stays_near_its_pretrained_weights(
         moved[anchor] = _distance(start, end)
     assert 0 < moved[3000.0] < 0.2 * moved[0.0], moved
 
-    from crystaltwins.training.finetune import prepare_run
+    from crystaltwins.training.finetune import _loaders, prepare_run
 
     config = _config(
         small_perovskites,
@@ -299,16 +300,54 @@ def test_anchored_encoder_stays_near_its_pretrained_weights(
         warmup_epochs=0,
         encoder_anchor=2.0,
     )
-    module = prepare_run(config).module
+    run = prepare_run(config)
+    module = run.module
     assert float(module.anchor_distance().detach()) == 0.0
     start = {k: v.clone() for k, v in module.encoder.state_dict().items()}
     with torch.no_grad():
         for parameter in module.encoder.parameters():
             parameter.add_(0.01)
-    weights = {k: v for k, v in module.encoder.named_parameters()}
-    expected = sum(((weights[k] - start[k]) ** 2).sum() for k in weights)
-    assert float(module.anchor_distance().detach()) == pytest.approx(float(expected), rel=1e-6)
+    with torch.no_grad():
+        weights = dict(module.encoder.named_parameters())
+        expected = float(sum(((weights[k] - start[k]) ** 2).sum() for k in weights))
+    distance = float(module.anchor_distance().detach())
+    assert distance == pytest.approx(expected, rel=1e-6)
     assert "_anchor0" not in module.state_dict()  # not saved: taken from the pre-trained model
+    # the penalty (alpha/2 x distance) is in the training loss only; the logged loss is the data's
+    module.eval()
+    batch = next(iter(_loaders(config, run.parts["train"], run.parts["val"])[0]))
+    logged = []
+    module.epoch_metrics.add = lambda stage, n, values, weights=None: logged.append(values[0])
+    with torch.no_grad():
+        train, val = module._step(batch, "train"), module._step(batch, "val")
+    assert float(train - val) == pytest.approx(2.0 / 2 * distance, rel=1e-4)  # float32 sums
+    assert float(logged[0]) == pytest.approx(float(logged[1]))
+
+
+def test_anchored_run_refuses_to_resume_from_replaced_weights(
+    small_perovskites, cache_root, tmp_path
+):
+    """A resumed anchored run whose pre-trained file now holds other weights stops in one line
+    instead of pulling the encoder elsewhere."""
+    from crystaltwins.models.checkpoint import load_model, save_model
+    from crystaltwins.models.pretrained import shipped_model_path
+
+    start = tmp_path / "start.pt"
+    shutil.copy(shipped_model_path("default"), start)
+    settings = dict(
+        pretrained=str(start), freeze_encoder_epochs=0, warmup_epochs=0, encoder_anchor=1.0
+    )
+    out = tmp_path / "run"
+    config = _config(small_perovskites, out, cache_root, **settings)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(config, callbacks=[_StopAt(1)])
+    bundle = load_model(start)
+    with torch.no_grad():
+        next(bundle.encoder.parameters()).add_(0.1)
+    save_model(start, bundle)
+    config.resume = True
+    with pytest.raises(ValueError, match="other pre-trained weights than the model file now holds"):
+        finetune(config)
 
 
 def test_anchored_run_resumes_exactly(small_perovskites, cache_root, tmp_path):

@@ -335,3 +335,10 @@ def test_check_together_refuses_mixed_settings(tmp_path):
         check_together([config(epochs=2), config(epochs=3)])
     with pytest.raises(ValueError, match="early stopping"):
         check_together([config(early_stopping=3)])
+    for knob, value in (
+        ("freeze_encoder_epochs", 1),
+        ("warmup_epochs", 1),
+        ("encoder_anchor", 0.1),
+    ):
+        with pytest.raises(ValueError, match=f"take no {knob}"):
+            check_together([config(), config(**{knob: value})])

@@ -553,8 +553,10 @@ class FinetuneConfig(RunOptions):
             raise ValueError(
                 "members trained together take no freeze_encoder_epochs or warmup_epochs"
             )
-        if not 0 <= self.encoder_anchor < math.inf:
-            raise ValueError(f"encoder_anchor must be >= 0, got {self.encoder_anchor!r}")
+        if not (math.isfinite(self.encoder_anchor) and self.encoder_anchor >= 0):
+            raise ValueError(
+                f"encoder_anchor must be a finite number >= 0, got {self.encoder_anchor!r}"
+            )
         if self.encoder_anchor and self.from_scratch:
             raise ValueError("encoder_anchor needs a pre-trained encoder, not from_scratch")
         if self.encoder_anchor and self.members_together:

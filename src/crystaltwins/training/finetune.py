@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -188,11 +189,25 @@ class FinetuneModule(L.LightningModule):
         return loss
 
     def anchor_distance(self) -> torch.Tensor:
-        """Squared distance of the encoder's trainable weights from its starting weights."""
-        return sum(
-            ((parameter - getattr(self, f"_anchor{k}")) ** 2).sum()
-            for k, parameter in enumerate(self._encoder_trainable)
-        )
+        """Squared distance (a scalar) of the encoder's trainable weights from its starting
+        weights; 0 when the run has no ``encoder_anchor``."""
+        distance = torch.zeros((), device=self.device)
+        if self.encoder_anchor:
+            for k, parameter in enumerate(self._encoder_trainable):
+                distance = distance + ((parameter - getattr(self, f"_anchor{k}")) ** 2).sum()
+        return distance
+
+    def _anchor_digest(self) -> str:
+        """sha256 of the anchors: a resumed run must anchor to the weights it started from."""
+        digest = hashlib.sha256()
+        for k in range(len(self._encoder_trainable)):
+            anchor = getattr(self, f"_anchor{k}").detach().to("cpu", torch.float64).contiguous()
+            digest.update(anchor.numpy().tobytes())
+        return digest.hexdigest()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.encoder_anchor:
+            checkpoint["encoder_anchor_sha256"] = self._anchor_digest()
 
     @cached_property
     def epoch_metrics(self) -> EpochMeans:
@@ -213,8 +228,16 @@ class FinetuneModule(L.LightningModule):
         self.epoch_metrics.log(self, "val")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """A resumed checkpoint must fit this model (one line naming it otherwise)."""
+        """A resumed checkpoint must fit this model, and an anchored run must anchor to the
+        weights it started from (one line naming the checkpoint otherwise)."""
         check_resumed_state(self, checkpoint, self.trainer.ckpt_path)
+        saved = checkpoint.get("encoder_anchor_sha256")
+        if self.encoder_anchor and saved is not None and saved != self._anchor_digest():
+            raise ValueError(
+                f"{self.trainer.ckpt_path}: this run started from other pre-trained weights than "
+                "the model file now holds (replaced since?): its encoder_anchor would pull "
+                "elsewhere; start a new run"
+            )
 
     @property
     def encoder_frozen(self) -> bool:

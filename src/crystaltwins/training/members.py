@@ -355,6 +355,9 @@ def check_together(configs: Sequence[FinetuneConfig]) -> None:
         raise ValueError("runs trained together take no aux_targets (train them one by one)")
     if any(c.early_stopping for c in configs):
         raise ValueError("runs trained together run every epoch: early stopping is not supported")
+    for knob in ("freeze_encoder_epochs", "warmup_epochs", "encoder_anchor"):
+        if any(getattr(c, knob) for c in configs):
+            raise ValueError(f"runs trained together take no {knob} (train them one by one)")
     if any(c.epochs < 1 for c in configs):
         raise ValueError(f"epochs must be at least 1, got {configs[0].epochs}")
 
