@@ -110,3 +110,15 @@ def test_units_of_the_shared_files_come_from_the_task_registry() -> None:
     assert with_known_unit(config).unit == "eV/cell"
     given = FinetuneConfig(data="/x/perovskites.csv.gz", target="e_form", out="o", unit="meV")
     assert with_known_unit(given).unit == "meV"
+
+
+def test_model_label_names_the_start() -> None:
+    from crystaltwins.evaluation.plots import model_label
+    from crystaltwins.models.pretrained import shipped_model_path
+
+    assert model_label("scratch") == "CGCNN from scratch"
+    assert model_label("default") == model_label(str(shipped_model_path("default")))
+    assert model_label("default") == "CT fine-tuned"
+    assert model_label("mp-multi-33k") == "fine-tuned from mp-multi-33k"
+    assert model_label("/runs/my_pretrain/model.pt") == "fine-tuned from my_pretrain"
+    assert model_label("/models/source.pt") == "fine-tuned from source.pt"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import gzip
 import itertools
+import json
 import shutil
 from pathlib import Path
 
@@ -127,6 +128,11 @@ def test_frozen_encoder_is_unchanged_while_the_head_learns(knob_run):
     statistics = _part(states[0], "encoder.", buffers=True)
     assert set(weights) <= set(after), "every encoder weight trains after the frozen epochs"
     assert set(statistics) & set(after), "BatchNorm statistics update after the frozen epochs"
+
+
+def test_a_shipped_start_is_recorded_by_its_name(knob_run):
+    out, _ = knob_run
+    assert json.loads((out / "metrics.json").read_text())["init"] == "default"
 
 
 def test_warmup_learning_rates_follow_the_formula(knob_run):

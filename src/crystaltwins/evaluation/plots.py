@@ -33,9 +33,18 @@ def quantity_label(name: str, unit: str = "") -> str:
 
 
 def model_label(init: str) -> str:
-    """How a fine-tuned model is named on figures, from its ``init`` (``"scratch"`` or the
-    pre-trained model it started from)."""
-    return "CGCNN from scratch" if init == "scratch" else "CT fine-tuned"
+    """How a fine-tuned model is named on figures, from its ``init``: ``"scratch"``, a shipped
+    model's name, or the file it started from (a run folder's ``model.pt`` by its folder)."""
+    from crystaltwins.models.pretrained import SHIPPED_MODELS, shipped_model_path
+
+    if init == "scratch":
+        return "CGCNN from scratch"
+    if init == "default" or Path(init).name == shipped_model_path("default").name:
+        return "CT fine-tuned"
+    if init in SHIPPED_MODELS:
+        return f"fine-tuned from {init}"
+    path = Path(init)
+    return f"fine-tuned from {path.parent.name if path.name == 'model.pt' else path.name}"
 
 
 def parity_figure(

@@ -44,6 +44,7 @@ from crystaltwins.graph.settings import GraphSettings
 from crystaltwins.io.atomic import atomic_path
 from crystaltwins.models.checkpoint import ModelBundle, load_model, resolve_model_path, save_model
 from crystaltwins.models.heads import PropertyHead
+from crystaltwins.models.pretrained import SHIPPED_MODELS
 from crystaltwins.models.property_model import AUX_TARGETS_KEY, PropertyModel, Target
 from crystaltwins.models.provenance import (
     EARLIER_KEY,
@@ -387,9 +388,9 @@ def starting_point(config: FinetuneConfig) -> StartingPoint:
         if overlap and labelled_hashes(bundle.info, config.data) is None:  # else counted
             main_print(f"warning: {overlap}")
         settings = run_graph_settings(config, config.data, bundle.graph_settings)
-        return StartingPoint(
-            bundle.featurizer, bundle.encoder, settings, str(path), dict(bundle.info)
-        )
+        # a shipped model is recorded by its name (the same on every machine), a file by its path
+        init = str(config.pretrained) if str(config.pretrained) in SHIPPED_MODELS else str(path)
+        return StartingPoint(bundle.featurizer, bundle.encoder, settings, init, dict(bundle.info))
     featurizer = featurizer_for(config.data, config.atom_init)
     settings = run_graph_settings(config, config.data)
     encoder = new_encoder(
