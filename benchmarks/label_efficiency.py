@@ -172,22 +172,14 @@ def analyse(scratch: dict[str, dict[str, Any]], starts: list[Path]) -> dict[str,
     return analysis
 
 
-def _format_labels(value: float, curve: dict[str, Any]) -> str:
+def _format_labels(value: float, curve: dict[str, Any], per: float | None = None) -> str:
+    """Scratch crystals for an MAE, or with ``per`` their multiple of ``per`` labels ("x1.35");
+    a count outside the curve as a bound at its end ("> 1,915", "< x1.00")."""
     sizes = [p["train"] for p in curve["points"].values()]
-    if value == math.inf:
-        return f"> {max(sizes):,.0f}"
+    bound, shown = ("> ", max(sizes)) if value == math.inf else ("", value)
     if value == 0.0:
-        return f"< {min(sizes):,.0f}"
-    return f"{value:,.0f}"
-
-
-def _format_worth(value: float, labels: float, curve: dict[str, Any]) -> str:
-    sizes = [p["train"] for p in curve["points"].values()]
-    if value == math.inf:
-        return f"> x{max(sizes) / labels:.2f}"
-    if value == 0.0:
-        return f"< x{min(sizes) / labels:.2f}"
-    return f"x{value / labels:.2f}"
+        bound, shown = "< ", min(sizes)
+    return f"{bound}{shown:,.0f}" if per is None else f"{bound}x{shown / per:.2f}"
 
 
 def _format_seeds(worths: list[float | None]) -> str:
@@ -239,8 +231,8 @@ def summarize(scratch: dict[str, dict[str, Any]], analysis: dict[str, Any]) -> s
                     f"| {val['mae']:.4f} / {test['mae']:.4f} | {at} "
                     f"| {_format_labels(val['scratch_labels'], curve)} / "
                     f"{_format_labels(test['scratch_labels'], curve)} "
-                    f"| {_format_worth(val['scratch_labels'], row['labels'], curve)} / "
-                    f"{_format_worth(test['scratch_labels'], row['labels'], curve)} "
+                    f"| {_format_labels(val['scratch_labels'], curve, row['labels'])} / "
+                    f"{_format_labels(test['scratch_labels'], curve, row['labels'])} "
                     f"| {_format_seeds(val['seed_worths'])} |"
                 )
         lines.append("")
