@@ -84,7 +84,7 @@ def test_stale_temporaries_of_dead_builds_are_removed(rows, tmp_path):
     source = write_csv(tmp_path / "d.csv.gz", rows[:10])
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = tmp_path / f"c.tmp-{dead.pid}"
+    stale = tmp_path / f"c.tmp-{dead.pid}-89abcdef"
     stale.mkdir()
     (stale / "positions.npy").write_bytes(b"half")
     partial = tmp_path / "c.partial"

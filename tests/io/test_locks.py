@@ -83,12 +83,37 @@ def test_only_temporaries_of_dead_processes_are_removed(tmp_path):
     dead.wait()
     assert not pid_alive(dead.pid)
     stale = tmp_path / f"cache.tmp-{dead.pid}-0a1b2c3d"
-    stale_old = tmp_path / f"cache.old-{dead.pid}"
+    stale_old = tmp_path / f"cache.old-{dead.pid}-deadbeef"
     mine = temporary_sibling(cache)
     user = tmp_path / "cache.tmp-notes"
-    other = tmp_path / f"cachex.tmp-{dead.pid}"
-    for folder in (stale, stale_old, mine, user, other):
+    other = tmp_path / f"cachex.tmp-{dead.pid}-0a1b2c3d"
+    # A user's folders that only look like ours (a number where the process id goes):
+    # never removed, whatever they hold.
+    user_year = tmp_path / f"cache.old-{dead.pid}"
+    user_tagged = tmp_path / f"cache.tmp-{dead.pid}-final"
+    for folder in (stale, stale_old, mine, user, other, user_year, user_tagged):
         folder.mkdir()
         (folder / "f.npy").write_bytes(b"x")
     assert sorted(remove_stale_temporaries(cache)) == sorted([stale, stale_old])
-    assert mine.exists() and user.exists() and other.exists()
+    for kept in (mine, user, other, user_year, user_tagged):
+        assert (kept / "f.npy").exists()
+
+
+def test_a_waiting_lock_never_ends_up_on_a_removed_lock_file(tmp_path):
+    """The holder removes the lock file as it releases it (a failed start cleaning up): the
+    process that was waiting must lock the file now at the path, so that a third one is
+    refused; a lock on the removed file would let both run."""
+    import threading
+
+    path = tmp_path / "run.lock"
+    first = FileLock(path).acquire()
+    waiting = FileLock(path)
+    thread = threading.Thread(target=waiting.acquire)
+    thread.start()
+    time.sleep(0.3)  # the thread is blocked in flock on the first file
+    first.release_and_remove()
+    thread.join(timeout=10)
+    assert waiting.held and path.exists()
+    with pytest.raises(LockedError):
+        FileLock(path).acquire(wait=False)
+    waiting.release()

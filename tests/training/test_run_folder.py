@@ -112,6 +112,26 @@ def test_user_files_named_like_the_tools_are_never_taken_for_a_run(tmp_path, fla
     assert _contents(out) == before and not (out / LOCK_NAME).exists()
 
 
+@pytest.mark.parametrize("flags", [{}, {"overwrite": True}])
+def test_user_files_with_tmp_in_their_names_are_not_taken_for_temporaries(tmp_path, flags):
+    """Only the exact names of our atomic writes are temporaries: a user's ``notes.tmpl`` or
+    ``results.tmp/`` inside a run folder is neither removed nor ignored."""
+    out = tmp_path / "run"
+    out.mkdir()
+    write_config(out, _config(out))
+    (out / LOCK_NAME).touch()
+    (out / "my_notes.tmpl").write_text("mine\n")
+    (out / "results.tmp").mkdir()
+    (out / "results.tmp" / "figure.png").write_bytes(b"png")
+    with pytest.raises(ValueError, match="nothing was changed") as refused:
+        finetune(_config(out, **flags))
+    if flags:  # --overwrite names what it would not remove
+        assert "my_notes.tmpl, results.tmp" in str(refused.value)
+    assert (out / "my_notes.tmpl").read_text() == "mine\n"
+    assert (out / "results.tmp" / "figure.png").read_bytes() == b"png"
+    assert (out / "config.yaml").exists()
+
+
 def test_resume_with_fewer_epochs_than_trained_is_refused_untouched(tmp_path):
     import torch
 

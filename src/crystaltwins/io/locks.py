@@ -30,7 +30,7 @@ class LockedError(ValueError):
 
 
 class FileLock:
-    """An exclusive lock on ``path`` (created if missing, never deleted).
+    """An exclusive lock on ``path`` (created if missing; :meth:`release_and_remove` deletes it).
 
     ``acquire(wait=True)`` blocks until the lock is free; ``wait=False`` raises
     :class:`LockedError` at once. Usable as a context manager (waits).
@@ -48,8 +48,10 @@ class FileLock:
     def acquire(self, wait: bool = True) -> FileLock:
         if self._fd is not None:
             return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        if fcntl is not None:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            if fcntl is None:
+                break
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except OSError as error:
@@ -61,6 +63,11 @@ class FileLock:
                         f"{self.what}: in use by another crystaltwins run{by}"
                     ) from None
                 raise
+            if _same_file(fd, self.path):
+                break
+            # The holder removed the lock file while we waited: our lock is on a file nobody
+            # else can see any more. Lock the one now at the path.
+            os.close(fd)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
@@ -73,6 +80,13 @@ class FileLock:
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+    def release_and_remove(self) -> None:
+        """Delete the lock file, then release: a process waiting for it then finds it gone
+        (see :meth:`acquire`) and locks a new one, never the deleted file."""
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)
+        self.release()
 
     def __enter__(self) -> FileLock:
         return self.acquire(wait=True)
@@ -87,6 +101,15 @@ class FileLock:
 
     def __del__(self) -> None:
         self.release()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is still the file at ``path``."""
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def _read_pid(path: Path) -> int | None:
@@ -131,7 +154,9 @@ def remove_stale_temporaries(path: Path, kinds: tuple[str, ...] = ("tmp", "old")
     """
     digest = hashlib.sha256(path.name.encode()).hexdigest()[:16]
     stems = "|".join(re.escape(s) for s in (path.name, f"{path.name[:100]}-{digest}"))
-    pattern = re.compile(rf"^({stems})\.({'|'.join(kinds)})-(\d+)(-[0-9a-f]+)?$")
+    # Only the exact names temporary_sibling makes (pid and 8 hex digits): a user's
+    # ``<name>.old-2023`` is never taken for one.
+    pattern = re.compile(rf"^({stems})\.({'|'.join(kinds)})-(\d+)-[0-9a-f]{{8}}$")
     removed = []
     if not path.parent.is_dir():
         return removed

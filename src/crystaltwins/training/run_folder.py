@@ -22,6 +22,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -104,9 +105,13 @@ def _same_file_content(first: str, second: str) -> bool:
     return digest(paths[0]) == digest(paths[1])
 
 
+#: The names :func:`crystaltwins.io.atomic.temporary_path` makes: ``.<stem>.tmp-<pid>-<8 hex>...``.
+_TEMPORARY_NAME = re.compile(r"^\..+\.tmp-\d+-[0-9a-f]{8}")
+
+
 def _is_temporary(name: str) -> bool:
-    """A temporary file of an atomic write (``.x.tmp``, ``x.tmp``, ``.x.tmp-PID``, ...)."""
-    return ".tmp" in name
+    """A temporary file of one of our atomic writes (a user's ``notes.tmp`` is not one)."""
+    return _TEMPORARY_NAME.match(name) is not None
 
 
 def _unknown_entries(out: Path, known: frozenset[str]) -> list[str]:
@@ -428,11 +433,11 @@ def claimed_run_folder(
         yield Path(out)
     except Exception:
         removed = created and known is RUN_FILES and _empty_failed_start(Path(out))
-        lock.release()
-        if removed:  # the lock file last, once released: nothing else was left
-            (Path(out) / LOCK_NAME).unlink(missing_ok=True)
+        if removed:  # the lock file last, removed while held: nothing else was left
+            lock.release_and_remove()
             with contextlib.suppress(OSError):
                 Path(out).rmdir()
+        lock.release()
         raise
     finally:
         lock.release()
