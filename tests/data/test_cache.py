@@ -126,6 +126,30 @@ def test_interrupted_build_leaves_no_cache_and_resumes(source, tmp_path, monkeyp
         )
 
 
+def test_a_build_resumed_with_another_chunk_size_keeps_every_crystal(source, tmp_path, monkeypatch):
+    """Finished chunks are numbered by position: resumed with another chunk size they would
+    stand for other crystals, so the unfinished build starts again instead."""
+    original = cache_module._write_chunk
+    written = []
+
+    def failing_write(partial, index, chunk):
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        written.append(index)
+        original(partial, index, chunk)
+
+    monkeypatch.setattr(cache_module, "_write_chunk", failing_write)
+    with pytest.raises(KeyboardInterrupt):
+        build_graph_cache(source, tmp_path / "cache", chunk_size=30, progress=False)
+    monkeypatch.setattr(cache_module, "_write_chunk", original)
+    resumed = build_graph_cache(source, tmp_path / "cache", chunk_size=40, progress=False)
+    fresh = build_graph_cache(source, tmp_path / "fresh", progress=False)
+    assert resumed.crystals == fresh.crystals == 120
+    np.testing.assert_array_equal(
+        GraphCache(tmp_path / "cache").ids, GraphCache(tmp_path / "fresh").ids
+    )
+
+
 def test_bad_crystals_are_skipped_and_listed(tmp_path, perovskite_rows, reference_dir):
     good = perovskite_rows[:5]
     isolated = Structure(Lattice.cubic(12.0), ["Cu"], [[0, 0, 0]]).to(fmt="cif")

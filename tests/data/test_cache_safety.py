@@ -289,3 +289,24 @@ def test_user_files_beside_a_finished_cache_are_never_removed(data_dir, tmp_path
     with pytest.raises(ValueError, match="not an unfinished crystaltwins cache build"):
         build_graph_cache(source, cache, progress=False, force=True)
     assert (partial / "notes.txt").read_text() == "user"
+
+
+def test_an_open_cache_keeps_its_data_when_another_run_rebuilds_it(rows, tmp_path):
+    """Run A has the cache open; run B rebuilds it from changed data. A keeps reading the
+    crystals it opened (ids and atoms still match); a worker reopening A's cache after the
+    rebuild is refused with one line instead of mixing the two."""
+    import pickle
+
+    source = write_csv(tmp_path / "d.csv.gz", rows[:10])
+    cache = tmp_path / "c"
+    build_graph_cache(source, cache, progress=False)
+    opened = GraphCache(cache)
+    before = [(opened.ids[i], opened.graph(i).atomic_numbers.tolist()) for i in range(10)]
+    state = pickle.dumps(opened)
+    write_csv(source, rows[1:10])  # one crystal fewer: every index shifts
+    build_graph_cache(source, cache, progress=False)
+    assert len(GraphCache(cache)) == 9
+    after = [(opened.ids[i], opened.graph(i).atomic_numbers.tolist()) for i in range(10)]
+    assert after == before
+    with pytest.raises(RuntimeError, match="rebuilt or removed by another run"):
+        pickle.loads(state)

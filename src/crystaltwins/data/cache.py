@@ -31,6 +31,7 @@ of dead processes are removed by the next build.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -323,7 +324,8 @@ def build_graph_cache(
     cache_dir = Path(cache_dir)
     if not source.exists():  # before any lock or folder is made for it
         raise CrystalInputError(str(source), "no such file or folder")
-    check_cache_target(cache_dir, source)
+    with contextlib.suppress(FileNotFoundError):  # another build swapping it: checked again below
+        check_cache_target(cache_dir, source)
     supported = supported_elements(featurizer)
     key = _manifest_key(
         source, settings, element_coverage(featurizer), targets or [], cif_column, id_key
@@ -374,13 +376,16 @@ def _replaced_cache(cache_dir: Path, key: dict[str, Any]) -> str | None:
 
 def _reusable(cache_dir: Path, key: dict[str, Any], start: float) -> CacheSummary | None:
     """The summary of ``cache_dir`` if it is a finished cache of ``key``."""
-    manifest_path = cache_dir / "manifest.json"
-    if not manifest_path.exists():
+    try:  # read once, no exists() first: another process may be swapping the folder
+        manifest = json.loads((cache_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
         return None
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("key") != key:
+    if not isinstance(manifest, dict) or manifest.get("key") != key:
         return None
-    return _summary(cache_dir, manifest, time.perf_counter() - start, reused=True)
+    try:
+        return _summary(cache_dir, manifest, time.perf_counter() - start, reused=True)
+    except OSError:  # swapped while being read: the locked check decides
+        return None
 
 
 #: What a cache folder holds besides its ``.npy`` arrays.
@@ -494,12 +499,17 @@ def _build_locked(
     first = next(entries, None)
     entries = itertools.chain([] if first is None else [first], entries)
     key_file = partial / "key.json"
-    if partial.exists() and (not key_file.exists() or json.loads(key_file.read_text()) != key):
+    # Finished chunks are matched by their index: a build resumed with another chunk size
+    # would drop or repeat crystals, so the chunk size is part of what must match.
+    partial_key = {**key, "chunk_size": chunk_size}
+    if partial.exists() and (
+        not key_file.exists() or json.loads(key_file.read_text()) != partial_key
+    ):
         shutil.rmtree(partial)
     partial.mkdir(parents=True, exist_ok=True)
     for stale in partial.glob(".chunk_*.tmp-*"):  # of a killed build (we hold the lock)
         stale.unlink(missing_ok=True)
-    write_json_atomic(key_file, key)
+    write_json_atomic(key_file, partial_key)
 
     done = {int(p.stem.split("_")[1]) for p in partial.glob("chunk_*.json")}
     jobs = (
@@ -709,10 +719,12 @@ def _summary(
 
 @dataclass
 class GraphCache:
-    """Read access to a built cache: arrays memory-mapped lazily, per process.
+    """Read access to a built cache: every array memory-mapped when it is opened.
 
-    Opening is constant-time whatever the size; nothing per crystal is held in memory. Safe to
-    pass to data-loader workers (the memory maps are reopened after pickling).
+    Opening is constant-time whatever the size; nothing per crystal is held in memory. The maps
+    keep the data they opened even if another run rebuilds or cleans the cache meanwhile (the
+    folder is swapped, never written in place). Safe to pass to data-loader workers: the maps
+    are reopened after pickling, and a cache rebuilt in between is refused, never mixed.
     """
 
     cache_dir: Path
@@ -729,6 +741,23 @@ class GraphCache:
             raise ValueError(
                 f"{self.cache_dir}: cache version {self.manifest.get('version')} != {CACHE_VERSION}; rebuild it"
             )
+        self._open_all()
+
+    def _open_all(self) -> None:
+        """Map every array now, and check they belong to the manifest read (a rebuild by
+        another process between the two is refused with one line)."""
+        try:
+            for path in sorted(self.cache_dir.glob("*.npy")):
+                self.array(path.stem)
+            current = json.loads((self.cache_dir / "manifest.json").read_text())
+        except (OSError, ValueError):
+            current = None
+        if current != self.manifest:
+            self._arrays = {}
+            raise RuntimeError(
+                f"{self.cache_dir}: the graph cache was rebuilt or removed by another run while "
+                "this one was opening it; run again"
+            )
 
     def __getstate__(self) -> dict[str, Any]:
         return {"cache_dir": self.cache_dir, "manifest": self.manifest}
@@ -737,6 +766,7 @@ class GraphCache:
         self.cache_dir = state["cache_dir"]
         self.manifest = state["manifest"]
         self._arrays = {}
+        self._open_all()
 
     def array(self, name: str) -> np.ndarray:
         """The memory-mapped array ``name`` (see the module docstring)."""
