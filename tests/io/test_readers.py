@@ -415,6 +415,43 @@ def test_multi_block_cif_file(tmp_path: Path, data_dir: Path) -> None:
     assert [r.structure for r in records] == expected
 
 
+def test_a_block_that_is_not_utf8_spoils_only_itself(tmp_path: Path, data_dir: Path) -> None:
+    cifs = read_cifs(data_dir / "perovskites.csv.gz", 3)
+    path = tmp_path / "three.cif"
+    latin1 = cifs[2][1].replace("data_", "data_\n_publ_author_name 'M\xfcller'\n", 1)
+    path.write_bytes((cifs[0][1] + cifs[1][1]).encode() + latin1.encode("latin-1"))
+    entries = list(iter_entries(path))
+    assert len(entries) == 3
+    assert [len(parse_entry(e).structure) for e in entries[:2]] == [5, 5]
+    with pytest.raises(CrystalInputError, match=r"data block 2: not UTF-8 text: byte 0xfc"):
+        parse_entry(entries[2])
+
+
+def test_one_unreadable_extxyz_frame_is_skipped_alone(
+    tmp_path: Path, real_structure: Structure
+) -> None:
+    frames = []
+    for k in range(4):
+        atoms = AseAtomsAdaptor.get_atoms(real_structure)
+        atoms.info = {"energy_per_atom": -1.0 - k}
+        frames.append(atoms)
+    path = tmp_path / "md.extxyz"
+    ase.io.write(path, frames, format="extxyz")
+    lines = path.read_text().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.strip().isdigit()]
+    fields = lines[starts[2] + 2].split()
+    fields[1] = "abc"  # frame 2: a coordinate that is no number
+    lines[starts[2] + 2] = " ".join(fields)
+    path.write_text("\n".join(lines) + "\n")
+    entries = list(iter_entries(path, targets=["energy_per_atom"]))
+    assert [e.id for e in entries] == [f"md:{k}" for k in range(4)]
+    assert [e.error is None for e in entries] == [True, True, False, True]
+    assert "unreadable frame" in entries[2].error
+    assert entries[3].labels == {"energy_per_atom": -4.0}
+    for k in (0, 1, 3):
+        assert np.allclose(parse_entry(entries[k]).structure.cart_coords, frames[k].positions)
+
+
 def test_extxyz_frames(tmp_path: Path, real_structure: Structure) -> None:
     frames = []
     for k in range(3):

@@ -678,11 +678,13 @@ def _frame_entries(
     targets: list[str],
     kind: str,
     id_key: str | None = None,
+    unreadable: dict[int, str] | None = None,
 ) -> Iterator[RawEntry]:
     """Entries of the frames of one file: ``(frame, labels, metadata)`` each.
 
     Their ids: the file's stem for a single frame, else ``<stem>:<frame>``, unless the frames
-    carry their own ids (see :func:`_frame_ids`)."""
+    carry their own ids (see :func:`_frame_ids`). ``unreadable``: why frame ``k`` cannot be
+    read, for the frames that cannot (they are yielded with that error, to be skipped)."""
     available = sorted({k for _, labels, _ in frames for k in labels})
     _check_targets(path, targets, available)
     single = len(frames) == 1
@@ -698,7 +700,9 @@ def _frame_entries(
                 error = f"label '{t}' is not a finite number: {labels[t]!r}"
                 break
         positional = stem if single else f"{stem}:{frame}"
-        if own_ids is not None and not own_ids[k]:  # only with id_key: named by position
+        if unreadable and frame in unreadable:
+            error = unreadable[frame]
+        elif own_ids is not None and not own_ids[k]:  # only with id_key: named by position
             error = f"no {id_key!r} in the info of this frame (id_key={id_key!r})"
         yield RawEntry(
             id=(own_ids[k] or positional) if own_ids is not None else positional,
@@ -777,9 +781,9 @@ def _iter_structure_file(
             return
         fmt = "ase-db"
     if fmt == "cif-file":
-        try:
-            blocks = split_cif_blocks(_read_text(path))
-        except (OSError, UnicodeDecodeError, EOFError) as exc:
+        try:  # bytes that are not UTF-8 spoil only their own data block (see parse_entry)
+            blocks = split_cif_blocks(_read_text(path, "surrogateescape"))
+        except (OSError, EOFError) as exc:
             raise CrystalInputError(str(path), f"unreadable file: {exc}") from exc
         frames = [(k, {}, {}) for k in range(max(len(blocks), 1))]
         yield from _frame_entries(path, fmt, frames, targets, "data block")
@@ -817,6 +821,7 @@ def _iter_structure_file(
         raise CrystalInputError(str(path), f"{unknown}: {_short(exc)}") from exc
     if ase_format not in ioformats:
         raise CrystalInputError(str(path), unknown)
+    unreadable: dict[int, str] = {}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -824,13 +829,53 @@ def _iter_structure_file(
     except UnknownFileTypeError as exc:
         raise CrystalInputError(str(path), f"{unknown}: {_short(exc)}") from exc
     except Exception as exc:
-        raise CrystalInputError(str(path), f"unreadable structure file: {_short(exc)}") from exc
+        if ase_format not in ("extxyz", "xyz"):
+            raise CrystalInputError(str(path), f"unreadable structure file: {_short(exc)}") from exc
+        images, unreadable = _xyz_frames_one_by_one(path, ase_format)
+        if not images or all(atoms is None for atoms in images):
+            raise CrystalInputError(str(path), f"unreadable structure file: {_short(exc)}") from exc
     if not isinstance(images, list):
         images = [images]
     if not images:
         raise CrystalInputError(str(path), "no structure in the file")
-    frames = [(k, *_atoms_labels(atoms)) for k, atoms in enumerate(images)]
-    yield from _frame_entries(path, fmt, frames, targets, "frame", id_key)
+    frames = [
+        (k, *(_atoms_labels(atoms) if atoms is not None else ({}, {})))
+        for k, atoms in enumerate(images)
+    ]
+    yield from _frame_entries(path, fmt, frames, targets, "frame", id_key, unreadable)
+
+
+def _xyz_frames_one_by_one(path: Path, ase_format: str) -> tuple[list[Any], dict[int, str]]:
+    """The frames of an (ext)xyz file that ``ase.io.read`` cannot read as a whole: split by
+    their atom-count lines and read one at a time, ``None`` (and why, in the dict) for each
+    frame that cannot be read, so that one bad frame does not stop the file. A file whose
+    frame layout itself is broken (a count line that is no number) ends at that frame."""
+    import io
+
+    import ase.io
+
+    lines = _read_text(path, "replace").splitlines(keepends=True)
+    images: list[Any] = []
+    unreadable: dict[int, str] = {}
+    start = 0
+    while start < len(lines):
+        if not lines[start].strip():
+            start += 1
+            continue
+        try:
+            count = int(lines[start].split()[0])
+        except ValueError:
+            break  # no frame boundary to go on from
+        chunk = "".join(lines[start : start + count + 2])
+        start += count + 2
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                images.append(ase.io.read(io.StringIO(chunk), format=ase_format))
+        except Exception as exc:
+            unreadable[len(images)] = f"unreadable frame: {_short(exc)}"
+            images.append(None)
+    return images, unreadable
 
 
 # --------------------------------------------------------------------------------------------
@@ -937,12 +982,19 @@ def _load_structure(entry: RawEntry) -> Structure:
     if not path.is_file():
         raise CrystalInputError(entry.source, f"no such file: {path}")
     if fmt == "cif-file":
-        text = _read_text(path)
+        text = _read_text(path, "surrogateescape")
         if entry.frame is not None:
             blocks = split_cif_blocks(text)
             if entry.frame >= len(blocks):
                 raise CrystalInputError(entry.source, f"no data block {entry.frame} in {path}")
             text = blocks[entry.frame]
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a byte read by surrogateescape
+            byte = ord(text[exc.start]) - 0xDC00
+            raise CrystalInputError(
+                entry.source, f"not UTF-8 text: byte 0x{byte:02x} (character {exc.start + 1})"
+            ) from None
         return parse_cif_fast(text)
     if fmt == "poscar-file":
         return _poscar_structure(_read_text(path))
