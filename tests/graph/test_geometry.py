@@ -33,6 +33,26 @@ def test_tiny_cell_is_rejected_before_the_search(edge: float) -> None:
     assert f"heights {edge:.3g}" in info.value.reason
 
 
+@pytest.mark.parametrize("edge", [3000.0, 1e4])
+def test_huge_cell_is_rejected_before_the_search(edge: float) -> None:
+    """Two atoms at opposite corners of a huge cell: pymatgen's grid over them took 1.8 GB
+    (3,000 Å) or asked for 53 GB (10,000 Å); rejected at once instead."""
+    structure = Structure(Lattice.cubic(edge), ["Na", "Cl"], [[0, 0, 0], [0.9, 0.9, 0.9]])
+    start = time.perf_counter()
+    with pytest.raises(CrystalInputError, match="cell too large.*search cubes"):
+        build_crystal_graph(structure, source="huge")
+    assert time.perf_counter() - start < 1.0
+
+
+def test_a_large_real_sized_cell_is_accepted() -> None:
+    """A 120 Å cell with atoms spread through it (a large MOF's size) is searched as before."""
+    d = 2.8 / 120.0
+    coords = [[0.1, 0.1, 0.1], [0.1 + d, 0.1, 0.1], [0.9, 0.9, 0.9], [0.9 - d, 0.9, 0.9]]
+    structure = Structure(Lattice.cubic(120.0), ["Na", "Cl", "Na", "Cl"], coords)
+    graph = build_crystal_graph(structure, source="large")
+    assert len(graph.atomic_numbers) == 4
+
+
 def test_close_atoms_are_rejected() -> None:
     structure = Structure(Lattice.cubic(4), ["Na", "Cl"], [[0, 0, 0], [1e-6, 0, 0]])
     with pytest.raises(CrystalInputError, match=r"atom 0 \(Na\) and atom 1 \(Cl\) are 4e-06 Å"):

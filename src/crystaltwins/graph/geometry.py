@@ -6,7 +6,9 @@ number of atoms; it rejects a crystal when
 * its periodic images would not fit :data:`IMAGE_DTYPE` (the type graph caches store them in), or
 * the search would visit more than :data:`MAX_SEARCH_POINTS` atom images, or find more than
   :data:`MAX_SEARCH_PAIRS` pairs (e.g. one atom in a 0.05 Å cubic cell: 34 million images,
-  18 million pairs; 20 s and 5 GB before this check).
+  18 million pairs; 20 s and 5 GB before this check), or
+* its atoms are spread so far that the search's grid would exceed :data:`MAX_SEARCH_CELLS`
+  cubes (two atoms in a 10,000 Å cell: 53 GB asked for before this check).
 
 :func:`check_min_distance` runs on the search's result (bounded by the above) and rejects atoms
 closer than :data:`MIN_INTERATOMIC_DISTANCE` (an atom and a periodic image of itself included).
@@ -40,6 +42,11 @@ MAX_SEARCH_POINTS = 3_000_000
 #: Most neighbour pairs one search may find, estimated before it as
 #: ``n_atoms**2 * (4/3 pi R**3) / volume``. Real crystals need at most 97,899 (a qmof MOF).
 MAX_SEARCH_PAIRS = 3_000_000
+#: Most cubes of side ``R`` in the grid pymatgen's kernel lays over the atoms' bounding box
+#: (grown by ``R`` on each side); its memory grows with them, whatever the number of atoms:
+#: 5e7 cubes (two atoms in a 3,000 Å cell) took 1.8 GB. 1e7 is a cubic cell of ~1,700 Å edge;
+#: a 120 Å cell (larger than any MOF of the shared datasets) needs about 5,000.
+MAX_SEARCH_CELLS = 10_000_000
 
 
 def cell_heights(lattice: np.ndarray) -> np.ndarray:
@@ -102,6 +109,18 @@ def check_search_bounds(
             f"{shown} Å, radius {radius:g} Å): more than {limit}; the cell is too thin or the "
             "atoms lie far outside it",
         )
+    frac = np.asarray(frac_coords, dtype=np.float64).reshape(-1, 3)
+    if len(frac):
+        cart = frac @ lattice
+        extent = cart.max(axis=0) - cart.min(axis=0) + 2 * radius
+        cubes = math.prod(math.ceil(float(e) / radius) for e in extent)
+        if cubes > MAX_SEARCH_CELLS:
+            raise CrystalInputError(
+                where,
+                f"cell too large for a neighbour search within {radius:g} Å (heights {shown} Å, "
+                f"atoms spread over {' x '.join(f'{e:.3g}' for e in extent)} Å): about "
+                f"{cubes:.3g} search cubes, limit {MAX_SEARCH_CELLS:.0e}",
+            )
     images = math.prod(2 * math.ceil(radius / h) + 1 for h in heights)
     points = n_atoms * images
     pairs = n_atoms * n_atoms * (4.0 / 3.0 * math.pi * radius**3) / volume
