@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import itertools
 import json
 import shutil
@@ -367,3 +368,26 @@ def test_anchored_run_resumes_exactly(small_perovskites, cache_root, tmp_path):
     config.resume = True
     finetune(config)
     assert _same_tensors(_last(out)["state_dict"], _last(expected)["state_dict"]) == []
+
+
+def test_a_run_refuses_to_resume_on_edited_data(small_perovskites, cache_root, tmp_path):
+    """The data file was edited after the run stopped (one label changed): resuming would
+    train and test on a mix of two datasets, so it stops in one line; the file as it was
+    resumes."""
+    data = tmp_path / "data.csv"
+    shutil.copy(small_perovskites, data)
+    original = data.read_text()
+    settings = dict(pretrained=None, from_scratch=True, freeze_encoder_epochs=0, warmup_epochs=0)
+    config = _config(data, tmp_path / "run", cache_root, **settings)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(config, callbacks=[_StopAt(1)])
+    rows = list(csv.reader(io.StringIO(original)))
+    column = rows[0].index("e_form")
+    rows[7][column] = str(float(rows[7][column]) + 1.0)
+    with open(data, "w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    config.resume = True
+    with pytest.raises(ValueError, match="the data changed since this run started"):
+        finetune(config)
+    data.write_text(original)
+    assert finetune(config)["test"]["mae"] > 0

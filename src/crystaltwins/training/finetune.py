@@ -153,6 +153,9 @@ class FinetuneModule(L.LightningModule):
         self.aux_weight = aux_weight
         # The encoder's trainable weights (a frozen epoch switches off only these).
         self._encoder_trainable = [p for p in self.encoder.parameters() if p.requires_grad]
+        #: sha256 of the crystals and labels the run trains, selects and tests on (set by
+        #: :func:`prepare_run`): a resumed run must see the same data.
+        self.data_digest: str | None = None
         self.encoder_anchor = encoder_anchor
         if encoder_anchor:  # the starting weights, moved with the module, not checkpointed
             for k, parameter in enumerate(self._encoder_trainable):
@@ -209,6 +212,8 @@ class FinetuneModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.encoder_anchor:
             checkpoint["encoder_anchor_sha256"] = self._anchor_digest()
+        if self.data_digest is not None:
+            checkpoint["data_sha256"] = self.data_digest
 
     @cached_property
     def epoch_metrics(self) -> EpochMeans:
@@ -232,6 +237,13 @@ class FinetuneModule(L.LightningModule):
         """A resumed checkpoint must fit this model, and an anchored run must anchor to the
         weights it started from (one line naming the checkpoint otherwise)."""
         check_resumed_state(self, checkpoint, self.trainer.ckpt_path)
+        data = checkpoint.get("data_sha256")
+        if data is not None and self.data_digest is not None and data != self.data_digest:
+            raise ValueError(
+                f"{self.trainer.ckpt_path}: the data changed since this run started (other "
+                "crystals or labels in its training, validation or test set): resuming would "
+                "mix two datasets; give the data it started with, or start a new run"
+            )
         saved = checkpoint.get("encoder_anchor_sha256")
         if self.encoder_anchor and saved is not None and saved != self._anchor_digest():
             raise ValueError(
@@ -600,14 +612,29 @@ def prepare_run(config: FinetuneConfig) -> PreparedRun:
     aux_values, aux_targets = _auxiliary_targets(config, cache, planned.keep[split.train])
     learned = values if aux_values is None else np.column_stack([values, aux_values])
     names = [target_name, *config.aux_targets]
-    parts: dict[str, CrystalGraphDataset] = {
+    parts: dict[str, _TargetDataset] = {
         name: _TargetDataset(cache, planned.keep[positions], learned, names)
         for name, positions in (("train", split.train), ("val", split.val), ("test", split.test))
     }
     module = _property_module(config, start, values[parts["train"].indices], aux_targets)
+    module.data_digest = _data_digest(cache, parts)
     evaluated = {name: np.asarray(cache.ids)[parts[name].indices] for name in ("val", "test")}
     notes = check_seen_by_start(config, start, evaluated) if is_main_process() else {}
     return PreparedRun(config, start, cache, planned, values, target_name, parts, module, notes)
+
+
+def _data_digest(cache: GraphCache, parts: dict[str, _TargetDataset]) -> str:
+    """sha256 of each part's crystal ids and learned values (targets, auxiliary targets), in
+    order."""
+    digest = hashlib.sha256()
+    ids = np.asarray(cache.ids)
+    for name in ("train", "val", "test"):
+        part = parts[name]
+        digest.update(f"{name}:{len(part)}\n".encode())
+        digest.update("\n".join(str(i) for i in ids[part.indices]).encode())
+        learned = np.ascontiguousarray(part.values[part.indices], dtype=np.float64)
+        digest.update(learned.tobytes())
+    return digest.hexdigest()
 
 
 def train_property_model(
