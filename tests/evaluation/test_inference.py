@@ -72,13 +72,19 @@ def test_embeddings_export(model, data_dir, cache_root, tmp_path):
         assert "label_target" in data.files
 
 
-def test_a_pretrained_encoder_cannot_predict(reference_dir, data_dir, cache_root):
+def test_a_pretrained_encoder_cannot_predict(reference_dir, data_dir, cache_root, tmp_path):
     with pytest.raises(ValueError, match="no property head"):
         predict(
             reference_dir / "CGCNNBarlow_model.pth",
             data_dir / "samples" / "cgcnn_regression",
-            cache_root=cache_root,
+            cache_root=tmp_path / "cache",
         )
+    assert not (tmp_path / "cache").exists()  # refused before any graph was built
+    from crystaltwins.models.checkpoint import load_model
+
+    with pytest.raises(ValueError, match="^the given model: a pre-trained encoder") as refused:
+        predict(load_model("default"), data_dir / "samples" / "cgcnn_regression")
+    assert "\n" not in str(refused.value) and "ModelBundle(" not in str(refused.value)
     emb = embed(
         reference_dir / "CGCNNBarlow_model.pth",
         data_dir / "samples" / "cgcnn_regression",
@@ -183,3 +189,35 @@ def test_out_writes_the_file_after_the_checks_of_the_cli(model, data_dir, cache_
     lonely = Structure(Lattice.cubic(3.9), ["Sr", "Ti"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     single = embed(model, [lonely], out=tmp_path / "one.npz")
     assert single.values.shape == (1, 128) and (tmp_path / "one.npz").exists()
+
+
+def test_no_usable_crystal_still_gives_rows_of_the_right_width(model):
+    """An isolated atom is skipped: the embedding is ``(0, H)``, and the outputs of a
+    two-logit (classifier) head ``(0, 2)``, not a ``(0, 1)`` placeholder that a softmax
+    then fails on."""
+    from pymatgen.core import Lattice, Structure
+
+    from crystaltwins.evaluation.inference import batched_outputs
+    from crystaltwins.models.checkpoint import load_model
+    from crystaltwins.models.heads import PropertyHead
+    from crystaltwins.models.property_model import PropertyModel, Target
+
+    isolated = Structure(Lattice.cubic(30.0), ["Na"], [[0, 0, 0]])
+    bundle = load_model(model)
+    emb = embed(bundle, [isolated])
+    assert emb.values.shape == (0, bundle.encoder.out_dim) and len(emb.skipped) == 1
+    classifier = PropertyModel(
+        bundle.encoder, PropertyHead(bundle.encoder.out_dim, 16, 2), Target(task="classification")
+    )
+    outputs = batched_outputs(classifier, [classifier], [])
+    assert outputs.shape == (0, 2) and classifier.in_target_units(outputs).shape == (0,)
+
+
+def test_text_or_a_list_of_paths_is_named_clearly(model, data_dir):
+    from crystaltwins.io.records import CrystalInputError
+
+    cif = next((data_dir / "samples" / "cgcnn_regression").glob("*.cif"))
+    with pytest.raises(CrystalInputError, match="not a path: give the file's path"):
+        predict(model, cif.read_text())
+    with pytest.raises(CrystalInputError, match="item 0 of the list is a PosixPath.*folder"):
+        predict(model, [cif])

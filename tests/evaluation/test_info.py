@@ -63,3 +63,52 @@ def test_a_run_folder_fills_in_what_an_older_model_file_lacks(tmp_path: Path) ->
     assert _run_metrics(tmp_path / "other.pt") == {}
     with pytest.raises(ValueError, match="not a crystaltwins model file"):
         describe_model(tmp_path)  # an empty model.pt is refused, not described
+
+
+def test_malformed_info_entries_are_left_out_not_a_traceback(tmp_path: Path) -> None:
+    """Entries the loader does not check (metrics, counts, held-out set, sources) may hold
+    anything in an edited file: ``info`` leaves the malformed ones out."""
+    from crystaltwins.models.checkpoint import load_model, save_model
+
+    for name, edits in (
+        (
+            "mp-eform",
+            {"test_metrics": [1, 2], "crystals": [1], "held_out": {"what": "x", "crystals": None}},
+        ),
+        ("mp-eform", {"test_metrics": {"mae": "x", "count": 3}}),
+        ("default", {"data_sources": 5, "crystals": {"train": "many"}}),
+    ):
+        bundle = load_model(name)
+        bundle.info.update(edits)
+        path = save_model(tmp_path / f"{name}.pt", bundle)
+        described = describe_model(path)
+        text = "\n".join(described.lines())
+        assert text.startswith("model: ") and "mae" not in described.metrics
+        if "crystals" in edits:
+            assert described.crystals == {}
+
+
+def test_a_log10_model_names_its_label_column(tmp_path: Path) -> None:
+    from crystaltwins.models.checkpoint import load_model, save_model
+
+    bundle = load_model("mp-eform")
+    bundle.info.update(
+        {"targets": ["log10(G_VRH)"], "target_column": "G_VRH", "target_transform": "log10"}
+    )
+    described = describe_model(save_model(tmp_path / "gvrh.pt", bundle))
+    assert described.target == "G_VRH" and described.target_transform == "log10"
+
+
+def test_a_renamed_published_simsiam_file_is_still_simsiam(reference_dir: Path, tmp_path) -> None:
+    import shutil
+
+    source = reference_dir / "CGCNNSimSiam_model.pth"
+    if not source.exists():
+        pytest.skip(f"no published checkpoint at {source}")
+    shutil.copy(source, tmp_path / "crystal_twins_pretrained.pth")
+    shutil.copy(reference_dir / "atom_init.json", tmp_path / "atom_init.json")
+    described = describe_model(tmp_path / "crystal_twins_pretrained.pth")
+    assert described.objective == "simsiam" and described.heads == ["predictor"]
+    assert describe_model(source).objective == "simsiam"
+    barlow = describe_model(reference_dir / "CGCNNBarlow_model.pth")
+    assert barlow.objective == "barlow_twins"

@@ -20,7 +20,7 @@ from crystaltwins.data.dataset import CrystalGraphDataset, GraphCollator
 from crystaltwins.data.sources import prepare_caches
 from crystaltwins.io.atomic import atomic_path
 from crystaltwins.io.memory import as_source, is_path
-from crystaltwins.io.records import BadRecord
+from crystaltwins.io.records import BadRecord, CrystalInputError
 from crystaltwins.models.checkpoint import EnsembleBundle, ModelBundle, load_model, load_predictor
 from crystaltwins.models.property_model import AUX_TARGETS_KEY, Target
 from crystaltwins.training.configs import INFERENCE_BATCH, INFERENCE_DEVICE, inference_device
@@ -105,6 +105,11 @@ def _open(
     cif_column: str | None = None,
     id_key: str | None = None,
 ) -> tuple[ModelBundle, GraphCache]:
+    if isinstance(model, EnsembleBundle):
+        raise ValueError(
+            f"an ensemble of {len(model.members)} fine-tuned models, usable with predict; here "
+            "give one model, e.g. one of its members"
+        )
     bundle = model if isinstance(model, ModelBundle) else load_model(model)
     (cache,) = prepare_caches(
         [data],
@@ -144,7 +149,12 @@ def batched_outputs(
         dataset, batch_size=batch_size, shuffle=False, collate_fn=GraphCollator()
     )
     parts = [fn(batch.to(device)).float().cpu() for batch in loader]
-    return torch.cat(parts).numpy() if parts else np.zeros((0, 1), dtype=np.float32)
+    if parts:
+        return torch.cat(parts).numpy()
+    # No crystal: still the width of fn's rows (an encoder's H, a head's outputs), so that
+    # what comes next (a classifier's softmax, an (N, H) embedding) needs no special case.
+    width = getattr(fn, "out_dim", None) or getattr(getattr(fn, "head", None), "out_dim", 1)
+    return np.zeros((0, int(width)), dtype=np.float32)
 
 
 def _run(
@@ -224,6 +234,13 @@ def _in_memory(call: Any) -> Any:
     @functools.wraps(call)
     def wrapper(model: Any, data: Any, *args: Any, **kwargs: Any) -> InferenceResult:
         bound = signature.bind(model, data, *args, **kwargs)
+        if isinstance(data, str) and "\n" in data:  # a file's text, not its path
+            raise CrystalInputError(
+                "data",
+                "a text of several lines, not a path: give the file's path, or parse the text "
+                "first (pymatgen Structure.from_str(text, fmt='cif'), or a DataFrame with a "
+                "'cif' column)",
+            )
         if is_path(data):
             bound.apply_defaults()
             if bound.arguments["cache_root"] is not None or not is_single_structure(data):
@@ -247,7 +264,6 @@ def is_single_structure(data: str | os.PathLike) -> bool:
     import itertools
 
     from crystaltwins.io.readers import iter_entries
-    from crystaltwins.io.records import CrystalInputError
 
     path = Path(data)
     if not path.is_file() or ".csv" in path.name.lower() or ".tsv" in path.name.lower():
@@ -324,7 +340,7 @@ def embed(
 @_to_file("predictions")
 @_in_memory
 def predict(
-    model: str | os.PathLike | ModelBundle,
+    model: str | os.PathLike | ModelBundle | EnsembleBundle,
     data: Any,
     batch_size: int = INFERENCE_BATCH,
     device: str = INFERENCE_DEVICE,
@@ -348,11 +364,12 @@ def predict(
     if isinstance(loaded, EnsembleBundle):
         options = (batch_size, device, cache_root, workers, cif_column, id_key)
         return _predict_ensemble(loaded, data, *options)
-    bundle, cache = _open(loaded, data, cache_root, workers, cif_column, id_key)
-    try:
-        property_model = bundle.property_model()
+    try:  # before any graph is built: an encoder alone predicts nothing
+        property_model = loaded.property_model()
     except ValueError as error:
-        raise ValueError(f"{model}: {error}") from None
+        named = "the given model" if isinstance(model, ModelBundle) else str(model)
+        raise ValueError(f"{named}: {error}") from None
+    bundle, cache = _open(loaded, data, cache_root, workers, cif_column, id_key)
     outputs = batched_outputs(
         property_model, [property_model], CrystalGraphDataset(cache), batch_size, device
     )

@@ -169,14 +169,16 @@ def describe_model(
         heads=list(first.heads()),
     )
     if first.kind == "finetuned":
-        target = str((info.get("targets") or [""])[0])
-        column = str(info.get("target_column") or target)
+        targets = info.get("targets")
+        learned = str(targets[0]) if isinstance(targets, list) and targets else ""
+        # the label column (G_VRH), not the learned transform of it (log10(G_VRH))
+        column = str(info.get("target_column") or learned)
         unit = (
             info.get("unit")
             or run_metrics.get("unit")
             or known_unit(info.get("data_source"), column)
         )
-        described.target = target
+        described.target = column
         described.unit = value_unit(str(unit or ""))
         described.task = str(info.get("task", "regression"))
         described.target_transform = str(info.get("target_transform", "none"))
@@ -186,29 +188,41 @@ def describe_model(
             "random weights (CGCNN from scratch)" if init == "scratch" else init
         )
         described.data = [str(info["data_source"])] if info.get("data_source") else []
-        described.metrics = dict(info.get("test_metrics") or run_metrics.get("test") or {})
+        described.metrics = _numbers(info.get("test_metrics") or run_metrics.get("test"))
         labelled = labelled_hashes(info)
         if labelled is not None:
             described.labelled_recorded = len(labelled)
         held_out = info.get("held_out")
         if isinstance(held_out, dict) and held_out.get("what"):
-            described.held_out = (
-                f"{int(held_out.get('crystals', 0)):,} crystals, the {held_out['what']}"
-            )
+            count = held_out.get("crystals")
+            counted = f"{int(count):,} crystals, " if isinstance(count, (int, float)) else ""
+            described.held_out = f"{counted}the {held_out['what']}"
     else:
         described.objective = str(info.get("objective", ""))
         augment = info.get("augmentations")
         described.augmentations = (
             ",".join(augment) if isinstance(augment, list) else str(augment or "")
         )
-        described.data = [str(d) for d in info.get("data_sources", [])]
-        if info.get("source"):
-            described.data = described.data or []
-    crystals = info.get("crystals") or run_metrics.get("crystals") or {}
+        sources = info.get("data_sources")
+        described.data = [str(d) for d in sources] if isinstance(sources, list) else []
+        if info.get("source") and not described.data:  # a published file: where it came from
+            described.data = [str(info["source"])]
     described.crystals = {
-        str(k): int(v) for k, v in crystals.items() if isinstance(v, (int, float))
+        k: int(v) for k, v in _numbers(info.get("crystals") or run_metrics.get("crystals")).items()
     }
     return described
+
+
+def _numbers(entry: Any) -> dict[str, float]:
+    """The numeric entries of a dict from a model file or ``metrics.json`` (anything else in
+    it, or an entry that is no dict, is left out rather than trusted)."""
+    if not isinstance(entry, dict):
+        return {}
+    return {
+        str(k): float(v)
+        for k, v in entry.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 def _encoder_text(encoder: Any) -> str:

@@ -65,11 +65,18 @@ def _rows(data: Any) -> tuple[list[str], list[Any], dict[str, list[Any]]]:
         }
         return ids, list(data[column]), labels
     items = list(data)
-    if not all(_is_crystal(s) for s in items):
+    wrong = next((k for k, s in enumerate(items) if not _is_crystal(s)), None)
+    if wrong is not None:
+        kind = type(items[wrong]).__name__
         raise CrystalInputError(
             "data",
             "expected a path, a pymatgen Structure, an ASE Atoms, a list of them or a DataFrame "
-            f"with a structure column, got {type(data).__name__}",
+            f"with a structure column; item {wrong} of the {type(data).__name__} is a {kind}"
+            + (
+                " (a list of files: give their folder, or read them first)"
+                if is_path(items[wrong])
+                else ""
+            ),
         )
     return [str(k) for k in range(len(items))], items, {}
 

@@ -286,17 +286,21 @@ def _load_published(path: Path, atom_init: str | os.PathLike | None) -> ModelBun
     if not atom_init.exists():
         raise ValueError(
             f"{path}: a published Crystal Twins state dict needs the atom_init.json it was trained "
-            f"with; none at {atom_init} (give it: --atom-init on the command line, atom_init= in "
-            "Python)"
+            f"with; none at {atom_init} (give it: --atom-init on the command line, "
+            "crystaltwins.load_model(path, atom_init=...) in Python)"
         )
     featurizer = AtomFeaturizer.from_json(atom_init)
     encoder, head = load_published_crystal_twins(
         path, torch.tensor(featurizer.table), atom_init_path=atom_init
     )
-    objective = "simsiam" if "simsiam" in path.name.lower() else "barlow_twins"
+    # Told apart by the weights, not the file name (a renamed file stays what it is): the
+    # published SimSiam fc_head is its predictor (256 → 256), Barlow Twins' its projector
+    # (128 → 256).
+    square = head.in_dim == head.out_dim
+    objective = "simsiam" if square or "simsiam" in path.name.lower() else "barlow_twins"
     predictor = None
-    if objective == "simsiam":  # the published fc_head is SimSiam's predictor (dim → dim)
-        if head.in_dim != head.out_dim:
+    if objective == "simsiam":
+        if not square:
             raise ValueError(
                 f"{path}: a SimSiam fc_head must map {head.in_dim} features to as many, not "
                 f"{head.out_dim}"
