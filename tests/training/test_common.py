@@ -147,3 +147,20 @@ def test_adam_is_fused_on_cpu_and_steps_as_the_foreach_one() -> None:
     assert not torch.equal(encoder.weight, start)  # it trained
     meta = torch.nn.Linear(2, 2, device="meta")
     assert adam(meta.parameters(), lr=1e-3).defaults["foreach"]  # no fused kernel there
+
+
+def test_a_resume_on_another_number_of_devices_is_noted() -> None:
+    from types import SimpleNamespace
+
+    from crystaltwins.training.common import record_world_size, world_size_change
+
+    checkpoint: dict = {}
+    record_world_size(checkpoint, SimpleNamespace(world_size=4))
+    assert checkpoint["world_size"] == 4
+    same = SimpleNamespace(world_size=4, ckpt_path="run/checkpoints/last.ckpt")
+    assert world_size_change(checkpoint, same) is None
+    fewer = SimpleNamespace(world_size=1, ckpt_path="run/checkpoints/last.ckpt")
+    note = world_size_change(checkpoint, fewer)
+    assert note is not None and "trained on 4 device(s), resumed on 1" in note
+    assert "--devices 4" in note and "\n" not in note
+    assert world_size_change({}, fewer) is None  # older checkpoints: nothing to compare

@@ -381,6 +381,8 @@ def test_a_run_refuses_to_resume_on_edited_data(small_perovskites, cache_root, t
     config = _config(data, tmp_path / "run", cache_root, **settings)
     with pytest.raises(KeyboardInterrupt):
         finetune(config, callbacks=[_StopAt(1)])
+    saved = _last(tmp_path / "run")
+    assert saved["world_size"] == 1 and len(saved["data_sha256"]) == 64
     rows = list(csv.reader(io.StringIO(original)))
     column = rows[0].index("e_form")
     rows[7][column] = str(float(rows[7][column]) + 1.0)

@@ -218,6 +218,28 @@ def check_resumed_state(module: torch.nn.Module, checkpoint: dict[str, Any], pat
         )
 
 
+def record_world_size(checkpoint: dict[str, Any], trainer: Any) -> None:
+    """Note in ``checkpoint`` how many processes (devices) trained it; call it from
+    ``on_save_checkpoint``."""
+    checkpoint["world_size"] = int(getattr(trainer, "world_size", 1) or 1)
+
+
+def world_size_change(checkpoint: dict[str, Any], trainer: Any) -> str | None:
+    """A warning when a run resumes on another number of devices than it trained on (its
+    batch size is per device, so every later step averages over a different number of
+    crystals: the run no longer continues as it would have); ``None`` otherwise."""
+    saved = checkpoint.get("world_size")
+    now = int(getattr(trainer, "world_size", 1) or 1)
+    if not isinstance(saved, int) or saved == now:
+        return None
+    return (
+        f"warning: {trainer.ckpt_path}: trained on {saved} device(s), resumed on {now}: the "
+        f"batch size is per device, so each step now averages {now}/{saved} times as many "
+        "crystals and the run does not continue exactly; resume with --devices "
+        f"{saved} for that"
+    )
+
+
 def is_disk_full(error: BaseException) -> bool:
     """Whether ``error`` is a write that failed for lack of space, including PyTorch's way of
     saying it (``RuntimeError: ... unexpected pos ...`` / ``file write failed``)."""

@@ -30,9 +30,11 @@ from crystaltwins.training.common import (
     main_print,
     make_trainer,
     new_encoder,
+    record_world_size,
     resume_path,
     run_graph_settings,
     training_seconds,
+    world_size_change,
     write_config,
 )
 from crystaltwins.training.configs import PretrainConfig, field_default
@@ -126,9 +128,15 @@ class PretrainModule(L.LightningModule):
     def validation_step(self, pair: Any, batch_idx: int) -> None:
         self._step(pair, "val")
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        record_world_size(checkpoint, self.trainer)
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """A resumed checkpoint must fit this model (one line naming it otherwise)."""
+        """A resumed checkpoint must fit this model (one line naming it otherwise); a note when
+        it resumes on another number of devices."""
         check_resumed_state(self, checkpoint, self.trainer.ckpt_path)
+        if (changed := world_size_change(checkpoint, self.trainer)) is not None:
+            main_print(changed)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
