@@ -54,6 +54,13 @@ def finished_point(
     label = "all" if size is None else str(size)
     done = args.out / task.name / f"n{label}" / f"seed{seed}" / method / "metrics.json"
     if done.exists():
+        if (done.parent / "config.yaml").exists():  # made with this point's settings?
+            from crystaltwins.evaluation.bench import check_reusable
+            from crystaltwins.training.finetune import FinetuneConfig
+
+            check_reusable(
+                done.parent, FinetuneConfig(**finetune_settings(args, task, size, seed, method))
+            )
         return json.loads(done.read_text())
     earlier_point = PREVIOUS.get(task.name, {}).get(label, {}).get(method, [])
     for metrics in earlier_point:
@@ -114,31 +121,23 @@ def previous_points(path: Path, settings: dict[str, str] | None = None) -> dict[
     return points
 
 
-def run_point(
+def finetune_settings(
     args: argparse.Namespace, task: Any, size: int | None, seed: int, method: str
-) -> dict[str, Any] | None:
-    """Train (or read back) one run; returns its ``metrics.json``. A method not asked for
-    (``--methods``) is only read back when an earlier call finished it (else ``None``)."""
-    from crystaltwins.api import finetune
-
+) -> dict[str, Any]:
+    """The ``finetune`` arguments of one run (``size`` ``None``: all training crystals)."""
     label = "all" if size is None else str(size)
-    out = args.out / task.name / f"n{label}" / f"seed{seed}" / method
-    finished = finished_point(args, task, size, seed, method)
-    if finished is not None or method not in args.methods or args.only_finished:
-        return finished
     train_size = size if size is not None else 10**9
-    epochs = epochs_for(train_size, args.batch_size, args.epochs, args.min_steps, args.max_epochs)
-    print(f"{task.name} n={label} seed {seed} {method}: {epochs} epochs", flush=True)
-    started = time.time()
-    metrics = finetune(
-        str(args.data_root / task.file),
-        task.target,
-        str(out),
+    return dict(
+        data=str(args.data_root / task.file),
+        target=task.target,
+        out=str(args.out / task.name / f"n{label}" / f"seed{seed}" / method),
         pretrained=None if method == "scratch" else args.pretrained,
         from_scratch=method == "scratch",
         target_transform=task.transform,
         unit=task.unit,
-        epochs=epochs,
+        epochs=epochs_for(
+            train_size, args.batch_size, args.epochs, args.min_steps, args.max_epochs
+        ),
         batch_size=args.batch_size,
         encoder_lr_factor=args.encoder_lr_factor,
         freeze_encoder_epochs=0 if method == "scratch" else args.freeze_encoder_epochs,
@@ -152,6 +151,23 @@ def run_point(
         plots=False,
         featurize_workers=1,
     )
+
+
+def run_point(
+    args: argparse.Namespace, task: Any, size: int | None, seed: int, method: str
+) -> dict[str, Any] | None:
+    """Train (or read back) one run; returns its ``metrics.json``. A method not asked for
+    (``--methods``) is only read back when an earlier call finished it (else ``None``)."""
+    from crystaltwins.api import finetune
+
+    label = "all" if size is None else str(size)
+    finished = finished_point(args, task, size, seed, method)
+    if finished is not None or method not in args.methods or args.only_finished:
+        return finished
+    settings = finetune_settings(args, task, size, seed, method)
+    print(f"{task.name} n={label} seed {seed} {method}: {settings['epochs']} epochs", flush=True)
+    started = time.time()
+    metrics = finetune(**settings)
     print(
         f"  test MAE {metrics['test']['mae']:.4f} {task.unit} "
         f"(val {metrics['val']['mae']:.4f}) in {time.time() - started:.0f} s",
@@ -167,28 +183,49 @@ def summarize(results: dict[str, Any]) -> str:
     for task_name, points in results["tasks"].items():
         unit = points["unit"]
         lines += [
-            f"### {task_name} (test MAE, {unit}; mean ± std over seeds)",
+            f"### {task_name} (test MAE, {unit}; mean ± std over seeds, population std (ddof 0))",
             "",
             f"| training crystals | scratch | {name} | {name} vs scratch "
-            f"| validation MAE scratch / {name} |",
-            "|---|---|---|---|---|",
+            f"| validation MAE scratch / {name} | test crystals |",
+            "|---|---|---|---|---|---|",
         ]
         for label, point in points["sizes"].items():
             if not any(point[method] for method in METHODS):
                 continue  # not run (e.g. --only-finished, or a size above the whole training set)
             row = [label]
-            means = {}
             for method in METHODS:
                 values = [m["test"]["mae"] for m in point[method]]
-                means[method] = float(np.mean(values)) if values else math.nan
-                spread = float(np.std(values)) if len(values) > 1 else 0.0
+                mean = float(np.mean(values)) if values else math.nan
+                spread = f" ± {float(np.std(values)):.4f} (n={len(values)})"
                 row.append(
-                    f"{means[method]:.4f} ± {spread:.4f} (n={len(values)})" if values else "–"
+                    "–"
+                    if not values
+                    else f"{mean:.4f}" + (spread if len(values) > 1 else " (1 run)")
                 )
+            # the gain over the seeds both methods finished (a mean over other seeds would mix
+            # the seeds' spread into it)
+            common = set.intersection(
+                *({m.get("seed", k) for k, m in enumerate(point[method])} for method in METHODS)
+            )
+            means = {
+                method: np.mean(
+                    [
+                        m["test"]["mae"]
+                        for k, m in enumerate(point[method])
+                        if m.get("seed", k) in common
+                    ]
+                    or [math.nan]
+                )
+                for method in METHODS
+            }
             gain = 100 * (means["scratch"] - means["ct"]) / means["scratch"]
             row.append(f"{gain:+.1f}% {'better' if gain > 0 else 'worse'}" if gain == gain else "–")
             val = [np.mean([m["val"]["mae"] for m in point[k]] or [math.nan]) for k in METHODS]
             row.append(" / ".join(f"{v:.4f}" if v == v else "–" for v in val))
+            counts = sorted(
+                {int(m["test"]["count"]) for k in METHODS for m in point[k] if "count" in m["test"]}
+            )
+            row.append(", ".join(f"{c:,}" for c in counts) or "–")
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
     return "\n".join(lines)

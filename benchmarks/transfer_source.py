@@ -144,7 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     rng.shuffle(rest)
     n_val = round(args.val_fraction * len(rest))
-    parts = {"train": rest[n_val:], "val": rest[:n_val], "test": sorted(held_out)}
+    # the held-out crystals this property is known for (an MP crystal may lack, e.g., a Fermi
+    # energy: the split may only name crystals with a usable label)
+    parts = {
+        "train": rest[n_val:],
+        "val": rest[:n_val],
+        "test": sorted(held_out & set(ids[usable].tolist())),
+    }
     if args.record_labelled is not None:
         position = {i: k for k, i in enumerate(ids)}
         trained = values[[position[i] for i in parts["train"]]]
