@@ -393,3 +393,24 @@ def test_a_run_refuses_to_resume_on_edited_data(small_perovskites, cache_root, t
         finetune(config)
     data.write_text(original)
     assert finetune(config)["test"]["mae"] > 0
+
+
+def test_an_early_stopped_run_stays_stopped_when_resumed(small_perovskites, cache_root, tmp_path):
+    """The run stopped early, then crashed before writing its model: resumed, it trains no
+    further epoch and keeps its best epoch (Lightning restores the patience count, not the
+    decision)."""
+    settings = dict(
+        pretrained=None, from_scratch=True, freeze_encoder_epochs=0, warmup_epochs=0,
+        early_stopping=1, epochs=40, lr=0.05,
+    )  # fmt: skip
+    out = tmp_path / "run"
+    config = _config(small_perovskites, out, cache_root, **settings)
+    first = finetune(config)
+    history = (out / "history.csv").read_text()
+    assert len(history.splitlines()) - 1 < 40  # it did stop early
+    (out / "model.pt").unlink()
+    (out / "metrics.json").unlink()
+    config.resume = True
+    again = finetune(config)
+    assert (out / "history.csv").read_text() == history
+    assert again["test"]["mae"] == pytest.approx(first["test"]["mae"])

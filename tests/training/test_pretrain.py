@@ -89,3 +89,22 @@ def test_simsiam_and_augmentation_choice(perovskite_subset, cache_root, tmp_path
     )
     info = load_model(model).info
     assert info["objective"] == "simsiam" and info["augmentations"] == "am,em"
+
+
+def test_pre_training_from_a_fine_tuned_model_gets_a_new_projector(tmp_path):
+    """A fine-tuned model's head predicts its property (1 output for mp-eform): continuing
+    self-supervised training from it needs a projector of --projection-dim, not that head;
+    a pre-trained model's own projector goes on training."""
+    from crystaltwins.models.heads import ProjectionHead
+    from crystaltwins.training.pretrain import _pretrain_module
+
+    for name, reused in (("mp-eform", False), ("default", True)):
+        start = load_model(name)
+        config = PretrainConfig(
+            data=["x.csv"], out=str(tmp_path / name), init_from=name, projection_dim=96
+        )
+        module = _pretrain_module(config, start, start.featurizer, start.graph_settings, None)
+        assert (module.projector is start.head) == reused
+        if not reused:
+            assert isinstance(module.projector, ProjectionHead)
+            assert module.projector.out_dim == 96

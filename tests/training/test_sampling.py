@@ -35,3 +35,21 @@ def test_fixed_epoch_gives_the_same_mixed_order_and_views_every_epoch() -> None:
 def test_unshuffled_order_and_plain_indices() -> None:
     sampler = EpochSampler(10, shuffle=False, with_epoch=False)
     assert list(sampler) == list(range(10)) and len(sampler) == 10
+
+
+def test_the_rank_is_read_when_the_order_is_drawn(monkeypatch) -> None:
+    """Lightning starts the process group inside ``fit``, after the loaders (and their
+    samplers) are made: a sampler made before must still split the order between ranks."""
+    import torch.distributed as dist
+
+    sampler = EpochSampler(10, shuffle=True, seed=3, with_epoch=False)
+    whole = list(sampler)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    parts = []
+    for rank in (0, 1):
+        monkeypatch.setattr(dist, "get_rank", lambda rank=rank: rank)
+        assert len(sampler) == 5
+        parts.append(list(sampler))
+    assert parts[0] == whole[0::2] and parts[1] == whole[1::2]
+    assert sorted(parts[0] + parts[1]) == list(range(10))

@@ -737,13 +737,23 @@ def _property_module(
     )
 
 
+class _StaysStopped(EarlyStopping):
+    """Early stopping whose decision survives a resume: a run that had stopped (its patience
+    used up in the checkpoint) trains no further epoch when resumed, so its best epoch stays."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if self.wait_count >= self.patience:
+            trainer.should_stop = True
+
+
 def _trainer(
     config: FinetuneConfig, callbacks: list[L.Callback] | None, train_size: int
 ) -> L.Trainer:
     callbacks = list(callbacks or [])
     if config.early_stopping:
         callbacks.append(
-            EarlyStopping(monitor="val_mae", patience=config.early_stopping, mode="min")
+            _StaysStopped(monitor="val_mae", patience=config.early_stopping, mode="min")
         )
     return make_trainer(
         Path(config.out),

@@ -247,10 +247,13 @@ def _pretrain_module(
     predictor = None
     if start is not None:
         encoder = start.encoder
-        projector = start.head or ProjectionHead(
+        # A pre-trained model's projector goes on training; a fine-tuned model's head predicts
+        # its property (1-3 outputs), no projector: a new one is made, as from scratch.
+        own = start.head if start.kind == "pretrained" else None
+        projector = own or ProjectionHead(
             encoder.out_dim, config.projection_hidden, config.projection_dim
         )
-        if start.head is not None and start.predictor is not None:  # our own SimSiam model
+        if own is not None and start.predictor is not None:  # our own SimSiam model
             predictor = start.predictor
     else:
         encoder = new_encoder(

@@ -17,7 +17,10 @@ class EpochSampler(Sampler):
     validation set, augmented and ordered the same way at every evaluation.
 
     Under ``torch.distributed`` each rank takes every ``world_size``-th element of the (padded)
-    order, as ``DistributedSampler`` does. Lightning calls :meth:`set_epoch` every epoch.
+    order, as ``DistributedSampler`` does; the rank is read when the order is drawn, not when the
+    sampler is made (Lightning starts the process group inside ``fit``, after the loaders are
+    built). Padding repeats at most ``world_size - 1`` crystals so that every rank takes as many
+    steps. Lightning calls :meth:`set_epoch` every epoch.
     """
 
     def __init__(
@@ -34,9 +37,16 @@ class EpochSampler(Sampler):
         self.with_epoch = with_epoch
         self.fixed_epoch = fixed_epoch
         self.epoch = 0
+
+    @property
+    def world_size(self) -> int:
         distributed = dist.is_available() and dist.is_initialized()
-        self.world_size = dist.get_world_size() if distributed else 1
-        self.rank = dist.get_rank() if distributed else 0
+        return dist.get_world_size() if distributed else 1
+
+    @property
+    def rank(self) -> int:
+        distributed = dist.is_available() and dist.is_initialized()
+        return dist.get_rank() if distributed else 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -46,9 +56,10 @@ class EpochSampler(Sampler):
             order = np.random.default_rng([self.seed, epoch]).permutation(self.size)
         else:
             order = np.arange(self.size)
-        if self.world_size > 1:
-            per_rank = -(-self.size // self.world_size)
-            order = np.resize(order, per_rank * self.world_size)[self.rank :: self.world_size]
+        world_size = self.world_size
+        if world_size > 1:
+            per_rank = -(-self.size // world_size)
+            order = np.resize(order, per_rank * world_size)[self.rank :: world_size]
         return order
 
     def __iter__(self) -> Iterator:
@@ -57,4 +68,5 @@ class EpochSampler(Sampler):
             yield (index, epoch) if self.with_epoch else index
 
     def __len__(self) -> int:
-        return -(-self.size // self.world_size) if self.world_size > 1 else self.size
+        world_size = self.world_size
+        return -(-self.size // world_size) if world_size > 1 else self.size
