@@ -414,3 +414,24 @@ def test_an_early_stopped_run_stays_stopped_when_resumed(small_perovskites, cach
     again = finetune(config)
     assert (out / "history.csv").read_text() == history
     assert again["test"]["mae"] == pytest.approx(first["test"]["mae"])
+
+
+def test_matbench_folds_need_every_row(small_perovskites, cache_root, tmp_path):
+    """One unreadable row would shift matbench's KFold over the rest (another split than the
+    leaderboard's): --fold refuses, naming the count; the complete file runs."""
+    rows = list(csv.reader(io.StringIO(small_perovskites.read_text())))
+    rows[5][rows[0].index("cif")] = "not a CIF"
+    data = tmp_path / "one_bad.csv"
+    with open(data, "w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    settings = dict(
+        pretrained=None,
+        from_scratch=True,
+        fold=0,
+        epochs=1,
+        freeze_encoder_epochs=0,
+        warmup_epochs=0,
+    )
+    with pytest.raises(ValueError, match="all 100 rows in their order, and 1 of them"):
+        finetune(_config(data, tmp_path / "bad", cache_root, **settings))
+    assert finetune(_config(small_perovskites, tmp_path / "good", cache_root, **settings))

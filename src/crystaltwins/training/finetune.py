@@ -328,6 +328,15 @@ def _split(config: FinetuneConfig, dataset: CrystalGraphDataset, keep: np.ndarra
             dataset.cache.metadata(config.split_column)[keep], f"column {config.split_column!r}"
         )
     if config.fold is not None:
+        # matbench's folds are drawn over every row of the dataset, in its order: with any row
+        # dropped, KFold over the rest would reshuffle every fold (not the leaderboard's split)
+        rows = len(dataset.cache) + int(dataset.cache.manifest.get("skipped", 0))
+        if len(keep) != rows:
+            raise ValueError(
+                f"{config.data}: matbench folds are defined over all {rows:,} rows in their "
+                f"order, and {rows - len(keep):,} of them cannot be used here (unreadable, or "
+                f"no usable {config.target!r}): the folds would not be matbench's; use --split"
+            )
         return matbench_split(len(keep), config.fold, seed=config.split_seed_value)
     return random_split(len(keep), config.split, config.split_seed_value)
 
