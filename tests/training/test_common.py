@@ -152,15 +152,19 @@ def test_adam_is_fused_on_cpu_and_steps_as_the_foreach_one() -> None:
 def test_a_resume_on_another_number_of_devices_is_noted() -> None:
     from types import SimpleNamespace
 
-    from crystaltwins.training.common import record_world_size, world_size_change
+    from crystaltwins.training.common import execution_change, record_execution
 
     checkpoint: dict = {}
-    record_world_size(checkpoint, SimpleNamespace(world_size=4))
-    assert checkpoint["world_size"] == 4
-    same = SimpleNamespace(world_size=4, ckpt_path="run/checkpoints/last.ckpt")
-    assert world_size_change(checkpoint, same) is None
-    fewer = SimpleNamespace(world_size=1, ckpt_path="run/checkpoints/last.ckpt")
-    note = world_size_change(checkpoint, fewer)
+    record_execution(checkpoint, SimpleNamespace(world_size=4, precision="16-mixed"))
+    assert checkpoint["world_size"] == 4 and checkpoint["precision"] == "16-mixed"
+    path = "run/checkpoints/last.ckpt"
+    same = SimpleNamespace(world_size=4, precision="16-mixed", ckpt_path=path)
+    assert execution_change(checkpoint, same) is None
+    fewer = SimpleNamespace(world_size=1, precision="16-mixed", ckpt_path=path)
+    note = execution_change(checkpoint, fewer)
     assert note is not None and "trained on 4 device(s), resumed on 1" in note
-    assert "--devices 4" in note and "\n" not in note
-    assert world_size_change({}, fewer) is None  # older checkpoints: nothing to compare
+    assert "--devices 4" in note and "\n" not in note and "precision" not in note
+    on_cpu = SimpleNamespace(world_size=4, precision="32-true", ckpt_path=path)
+    note = execution_change(checkpoint, on_cpu)
+    assert note is not None and "precision 16-mixed, resumed at 32-true" in note
+    assert execution_change({}, fewer) is None  # older checkpoints: nothing to compare

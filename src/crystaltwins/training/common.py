@@ -218,26 +218,36 @@ def check_resumed_state(module: torch.nn.Module, checkpoint: dict[str, Any], pat
         )
 
 
-def record_world_size(checkpoint: dict[str, Any], trainer: Any) -> None:
-    """Note in ``checkpoint`` how many processes (devices) trained it; call it from
-    ``on_save_checkpoint``."""
+def record_execution(checkpoint: dict[str, Any], trainer: Any) -> None:
+    """Note in ``checkpoint`` how many processes (devices) trained it, and at what precision;
+    call it from ``on_save_checkpoint``."""
     checkpoint["world_size"] = int(getattr(trainer, "world_size", 1) or 1)
+    checkpoint["precision"] = str(getattr(trainer, "precision", ""))
 
 
-def world_size_change(checkpoint: dict[str, Any], trainer: Any) -> str | None:
+def execution_change(checkpoint: dict[str, Any], trainer: Any) -> str | None:
     """A warning when a run resumes on another number of devices than it trained on (its
     batch size is per device, so every later step averages over a different number of
-    crystals: the run no longer continues as it would have); ``None`` otherwise."""
+    crystals), or at another precision (``16-mixed`` on a GPU, ``32-true`` on a CPU): the run
+    no longer continues as it would have; ``None`` otherwise."""
+    notes = []
     saved = checkpoint.get("world_size")
     now = int(getattr(trainer, "world_size", 1) or 1)
-    if not isinstance(saved, int) or saved == now:
+    if isinstance(saved, int) and saved != now:
+        notes.append(
+            f"trained on {saved} device(s), resumed on {now}: the batch size is per device, so "
+            f"each step now averages {now}/{saved} times as many crystals (--devices {saved} "
+            "continues exactly)"
+        )
+    precision, precision_now = checkpoint.get("precision"), str(getattr(trainer, "precision", ""))
+    if isinstance(precision, str) and precision and precision != precision_now:
+        notes.append(
+            f"trained at precision {precision}, resumed at {precision_now} (--precision "
+            f"{precision} continues exactly)"
+        )
+    if not notes:
         return None
-    return (
-        f"warning: {trainer.ckpt_path}: trained on {saved} device(s), resumed on {now}: the "
-        f"batch size is per device, so each step now averages {now}/{saved} times as many "
-        "crystals and the run does not continue exactly; resume with --devices "
-        f"{saved} for that"
-    )
+    return f"warning: {trainer.ckpt_path}: {'; '.join(notes)}; the run does not continue exactly"
 
 
 def is_disk_full(error: BaseException) -> bool:

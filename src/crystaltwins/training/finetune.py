@@ -61,17 +61,17 @@ from crystaltwins.training.common import (
     adam,
     check_pretrained_encoder,
     check_resumed_state,
+    execution_change,
     fit,
     is_main_process,
     main_print,
     make_trainer,
     new_encoder,
-    record_world_size,
+    record_execution,
     resident_device,
     resume_path,
     run_graph_settings,
     training_seconds,
-    world_size_change,
     write_config,
 )
 from crystaltwins.training.configs import DEFAULT_ENCODER_LR_FACTOR, FinetuneConfig, field_default
@@ -216,7 +216,7 @@ class FinetuneModule(L.LightningModule):
             checkpoint["encoder_anchor_sha256"] = self._anchor_digest()
         if self.data_digest is not None:
             checkpoint["data_sha256"] = self.data_digest
-        record_world_size(checkpoint, self.trainer)
+        record_execution(checkpoint, self.trainer)
 
     @cached_property
     def epoch_metrics(self) -> EpochMeans:
@@ -240,7 +240,7 @@ class FinetuneModule(L.LightningModule):
         """A resumed checkpoint must fit this model, and an anchored run must anchor to the
         weights it started from (one line naming the checkpoint otherwise)."""
         check_resumed_state(self, checkpoint, self.trainer.ckpt_path)
-        if (changed := world_size_change(checkpoint, self.trainer)) is not None:
+        if (changed := execution_change(checkpoint, self.trainer)) is not None:
             main_print(changed)
         data = checkpoint.get("data_sha256")
         if data is not None and self.data_digest is not None and data != self.data_digest:

@@ -25,16 +25,16 @@ from crystaltwins.training.common import (
     adam,
     check_pretrained_encoder,
     check_resumed_state,
+    execution_change,
     fit,
     is_main_process,
     main_print,
     make_trainer,
     new_encoder,
-    record_world_size,
+    record_execution,
     resume_path,
     run_graph_settings,
     training_seconds,
-    world_size_change,
     write_config,
 )
 from crystaltwins.training.configs import PretrainConfig, field_default
@@ -129,13 +129,13 @@ class PretrainModule(L.LightningModule):
         self._step(pair, "val")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        record_world_size(checkpoint, self.trainer)
+        record_execution(checkpoint, self.trainer)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A resumed checkpoint must fit this model (one line naming it otherwise); a note when
         it resumes on another number of devices."""
         check_resumed_state(self, checkpoint, self.trainer.ckpt_path)
-        if (changed := world_size_change(checkpoint, self.trainer)) is not None:
+        if (changed := execution_change(checkpoint, self.trainer)) is not None:
             main_print(changed)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
