@@ -342,3 +342,7 @@ def test_check_together_refuses_mixed_settings(tmp_path):
     ):
         with pytest.raises(ValueError, match=f"take no {knob}"):
             check_together([config(), config(**{knob: value})])
+    for mixed in ("16-mixed", "bf16-mixed"):  # they would train in float32 all the same
+        with pytest.raises(ValueError, match=f"precision {mixed} is not supported"):
+            check_together([config(precision=mixed)])
+    check_together([config(precision="32-true"), config(precision="32-true")])

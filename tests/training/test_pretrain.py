@@ -108,3 +108,26 @@ def test_pre_training_from_a_fine_tuned_model_gets_a_new_projector(tmp_path):
         if not reused:
             assert isinstance(module.projector, ProjectionHead)
             assert module.projector.out_dim == 96
+
+
+def test_excluded_crystals_are_matched_by_resolved_path_and_counted(tmp_path, capsys, monkeypatch):
+    import json
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from crystaltwins.training.pretrain import _without_excluded
+
+    data = tmp_path / "d.csv"
+    data.write_text("")
+    cache = SimpleNamespace(
+        manifest={"key": {"source": str(data.resolve())}}, ids=np.array(["a", "b", "c"])
+    )
+    listed = tmp_path / "excluded.json"
+    monkeypatch.chdir(tmp_path)
+    listed.write_text(json.dumps([["d.csv", "b"], ["other.csv", "a"]]))  # a relative path
+    assert _without_excluded([cache], str(listed)).tolist() == [0, 2]
+    assert "excluded 1 of the 2 crystals listed" in capsys.readouterr().out
+    listed.write_text(json.dumps([["other.csv", "a"]]))
+    assert _without_excluded([cache], str(listed)).tolist() == [0, 1, 2]
+    assert "none is in the pre-training data" in capsys.readouterr().out

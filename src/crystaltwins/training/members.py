@@ -360,6 +360,12 @@ def check_together(configs: Sequence[FinetuneConfig]) -> None:
             raise ValueError(f"runs trained together take no {knob} (train them one by one)")
     if any(c.epochs < 1 for c in configs):
         raise ValueError(f"epochs must be at least 1, got {configs[0].epochs}")
+    precision = str(configs[0].precision)
+    if "mixed" in precision or precision.startswith(("16", "bf16")):
+        raise ValueError(
+            f"runs trained together train in 32 (or 64) bit: precision {precision} is not "
+            "supported (train them one by one, or give --precision 32-true)"
+        )
 
 
 def train_runs_together(

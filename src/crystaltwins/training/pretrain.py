@@ -168,15 +168,25 @@ def _loader(
 def _without_excluded(caches: list[Any], exclude_ids_file: str) -> np.ndarray:
     """Positions in the concatenated caches whose (source file, id) is not in the JSON list."""
     import json
+    import os
 
-    excluded = {(s, i) for s, i in json.loads(Path(exclude_ids_file).read_text())}
-    keep, offset = [], 0
+    listed = json.loads(Path(exclude_ids_file).read_text())
+    # sources compared as resolved paths (a list written with relative paths names the same files)
+    excluded = {(os.path.realpath(s), str(i)) for s, i in listed}
+    keep, offset, dropped = [], 0, 0
     for cache in caches:
-        source = cache.manifest["key"]["source"]
+        source = os.path.realpath(cache.manifest["key"]["source"])
         ids = cache.ids
         mask = np.array([(source, str(i)) not in excluded for i in ids.tolist()], dtype=bool)
         keep.append(np.flatnonzero(mask) + offset)
+        dropped += int((~mask).sum())
         offset += len(ids)
+    note = f"excluded {dropped:,} of the {len(excluded):,} crystals listed in {exclude_ids_file}"
+    if excluded and not dropped:  # a corpus without them, or a list naming other paths
+        sources = sorted({s for s, _ in excluded})
+        shown = ", ".join(sources[:3]) + (" ..." if len(sources) > 3 else "")
+        note += f" (none is in the pre-training data; the list names {shown})"
+    main_print(note)
     return np.concatenate(keep) if keep else np.zeros(0, dtype=np.int64)
 
 
