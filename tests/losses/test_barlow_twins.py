@@ -9,8 +9,14 @@ import torch.multiprocessing as mp
 from crystaltwins.losses import OBJECTIVES, BarlowTwinsLoss, build_objective
 
 
-def naive_barlow(z_a, z_b, lambd=0.0051, eps=1e-5):
-    """Barlow Twins written plainly, with the Crystal Twins BatchNorm1d(affine=False)."""
+def naive_barlow(z_a, z_b, lambd=0.0051, eps=1e-5, normalize=True):
+    """Barlow Twins written plainly, as the Crystal Twins code runs it: the projections
+    L2-normalised (contrast.py ``F.normalize(z, dim=1)``), then BatchNorm1d(affine=False)."""
+    if normalize:
+        z_a, z_b = (
+            torch.nn.functional.normalize(z_a, dim=1),
+            torch.nn.functional.normalize(z_b, dim=1),
+        )
     n, d = z_a.shape
     bn = torch.nn.BatchNorm1d(d, affine=False, eps=eps).to(z_a.dtype)
     c = bn(z_a).T @ bn(z_b) / n
@@ -35,6 +41,10 @@ def test_matches_naive_implementation():
     torch.testing.assert_close(
         BarlowTwinsLoss(lambda_=0.1)(z_a, z_b), naive_barlow(z_a, z_b, 0.1), rtol=1e-5, atol=1e-5
     )
+    # the original Barlow Twins (no normalisation) on request; the two differ
+    plain = BarlowTwinsLoss(l2_normalize=False)(z_a.double(), z_b.double())
+    torch.testing.assert_close(plain, naive_barlow(z_a.double(), z_b.double(), normalize=False))
+    assert abs(float(plain) - float(BarlowTwinsLoss()(z_a.double(), z_b.double()))) > 1e-3
 
 
 def test_gradient_matches_naive():
@@ -53,9 +63,10 @@ def test_identical_decorrelated_views_give_zero():
     z = h[:, 1:]  # (8, 7)
     loss = BarlowTwinsLoss(eps=0.0)(z, z)
     assert abs(float(loss)) < 1e-12
-    # any positive per-dimension affine change of a view leaves it unchanged
+    # without the L2 normalisation, any positive per-dimension affine change of a view leaves
+    # it unchanged
     scaled = z * torch.linspace(0.5, 3.0, 7, dtype=torch.float64) + 4.0
-    assert abs(float(BarlowTwinsLoss(eps=0.0)(z, scaled))) < 1e-12
+    assert abs(float(BarlowTwinsLoss(eps=0.0, l2_normalize=False)(z, scaled))) < 1e-12
 
 
 def test_identical_views_zero_on_diagonal_term():

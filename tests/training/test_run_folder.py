@@ -401,3 +401,26 @@ def test_a_list_setting_added_since_a_run_was_written_is_not_a_difference(tmp_pa
     assert config_differences(tmp_path, config) == []
     wanted = dataclasses.replace(config, aux_targets=["band_gap"])
     assert config_differences(tmp_path, wanted) == ["aux_targets: None -> ['band_gap']"]
+
+
+def test_a_run_written_before_a_recipe_setting_existed_is_not_the_same_run(tmp_path):
+    """Barlow Twins' L2 normalisation, the uniform perturbation and per-atom edge masking came
+    with settings whose defaults changed what pre-training computes: a run folder written
+    before them (no such keys) did the earlier thing, so it is not resumed as the same run."""
+    out = tmp_path / "run"
+    out.mkdir()
+    config = PretrainConfig(data=["x.csv"], out=str(out), progress=False)
+    write_config(out, config)
+    assert config_differences(out, config) == []
+    stored = yaml.safe_load((out / "config.yaml").read_text())
+    for name in ("barlow_l2_normalize", "perturbation_min", "edge_mask_per"):
+        del stored[name]
+    (out / "config.yaml").write_text(yaml.safe_dump(stored))
+    differences = config_differences(out, config)
+    assert "barlow_l2_normalize: False (before the setting) -> True" in differences
+    assert "perturbation_min: None (before the setting) -> 0.0" in differences
+    assert "edge_mask_per: 'crystal' (before the setting) -> 'atom'" in differences
+    earlier = dataclasses.replace(
+        config, barlow_l2_normalize=False, perturbation_min=None, edge_mask_per="crystal"
+    )
+    assert config_differences(out, earlier) == []

@@ -91,10 +91,17 @@ def test_atom_masking_zeroes_ten_percent_at_least_one(graphs):
 
 
 def test_edge_masking_removes_edges_without_padding(graphs):
+    """As Crystal Twins: floor(0.1 x degree) edges of every centre atom (one of 12: the
+    reference keeps ceil(0.9 x 12) = 11); per crystal on request (at least one)."""
     for _, graph in graphs:
         view = EdgeMasking(0.1)(graph, np.random.default_rng(2))
-        removed = len(graph.edges) - len(view.edges)
+        degree = np.bincount(graph.edges.src, minlength=len(graph.atomic_numbers))
+        kept = np.bincount(view.edges.src, minlength=len(graph.atomic_numbers))
+        np.testing.assert_array_equal(degree - kept, np.floor(0.1 * degree))
+        per_crystal = EdgeMasking(0.1, per="crystal")(graph, np.random.default_rng(2))
+        removed = len(graph.edges) - len(per_crystal.edges)
         assert removed == max(1, int(np.floor(0.1 * len(graph.edges))))
+        assert len(EdgeMasking(0.0)(graph, np.random.default_rng(2)).edges) == len(graph.edges)
         kept = {
             (a, b, tuple(n))
             for a, b, n in zip(
@@ -181,9 +188,28 @@ def test_batch_augmentation_equals_rebuild_and_masks_per_crystal(graphs):
     )
     sizes = np.bincount(arrays.atom_crystal)
     np.testing.assert_array_equal(per_crystal, np.maximum(1, np.floor(0.1 * sizes)))
-    dropped = EdgeMasking(0.1).batch(arrays, np.random.default_rng(5))
+    dropped = EdgeMasking(0.1, per="crystal").batch(arrays, np.random.default_rng(5))
     before = np.bincount(arrays.atom_crystal[arrays.edge_src], minlength=arrays.num_crystals)
     after = np.bincount(arrays.atom_crystal[dropped.edge_src], minlength=arrays.num_crystals)
     np.testing.assert_array_equal(before - after, np.maximum(1, np.floor(0.1 * before)))
+    per_atom = EdgeMasking(0.1).batch(arrays, np.random.default_rng(5))
+    atoms = len(arrays.atomic_numbers)
+    degree = np.bincount(arrays.edge_src, minlength=atoms)
+    kept = np.bincount(per_atom.edge_src, minlength=atoms)
+    np.testing.assert_array_equal(degree - kept, np.floor(0.1 * degree))
     batch = dropped.to_batch()
     assert batch.num_edges == len(dropped.edge_src) and batch.num_crystals == len(graphs)
+
+
+def test_perturbation_lengths_are_uniform_as_in_crystal_twins():
+    """pymatgen's PerturbStructureTransformation(distance=0.05, min_distance=0.0), as the
+    Crystal Twins code: lengths uniform in [0, 0.05] Å (mean 0.025); min_distance None: all
+    exactly 0.05 Å."""
+    from crystaltwins.transforms.perturbation import random_displacements
+
+    rng = np.random.default_rng(0)
+    lengths = np.linalg.norm(random_displacements(20_000, 0.05, 0.0, rng), axis=1)
+    assert lengths.min() < 0.001 and lengths.max() <= 0.05
+    assert abs(lengths.mean() - 0.025) < 0.001
+    fixed = np.linalg.norm(random_displacements(100, 0.05, None, rng), axis=1)
+    np.testing.assert_allclose(fixed, 0.05)

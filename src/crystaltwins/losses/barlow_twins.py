@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crystaltwins.losses.distributed import gathered_views
@@ -42,18 +43,28 @@ class BarlowTwinsLoss(nn.Module):
     *averaging* of DDP yields exactly the gradient of the single-process loss on the joint
     batch. Statistics always come from the current batch (train and eval alike).
 
+    With ``l2_normalize`` (the default) each projection is first scaled to unit length, as the
+    Crystal Twins code does before its Barlow Twins loss (``contrast.py``: ``F.normalize(z,
+    dim=1)`` on both views); the original Barlow Twins does not (``l2_normalize=False``).
+
     :param lambda_: weight :math:`\lambda` of the off-diagonal (redundancy) term.
     :param gather_distributed: gather the views across ranks when running distributed.
     :param eps: added to the variance before the square root.
+    :param l2_normalize: scale every projection to unit length first (Crystal Twins).
     """
 
     def __init__(
-        self, lambda_: float = 0.0051, gather_distributed: bool = True, eps: float = 1e-5
+        self,
+        lambda_: float = 0.0051,
+        gather_distributed: bool = True,
+        eps: float = 1e-5,
+        l2_normalize: bool = True,
     ) -> None:
         super().__init__()
         self.lambda_ = float(lambda_)
         self.gather_distributed = bool(gather_distributed)
         self.eps = float(eps)
+        self.l2_normalize = bool(l2_normalize)
 
     def cross_correlation(self, z_a: Tensor, z_b: Tensor) -> Tensor:
         """The ``(D, D)`` matrix C of the (already gathered) views ``(N, D)``."""
@@ -73,6 +84,8 @@ class BarlowTwinsLoss(nn.Module):
             self.gather_distributed,
             "Barlow Twins needs at least 2 samples to standardise over the batch",
         )
+        if self.l2_normalize:
+            z_a, z_b = F.normalize(z_a, dim=1), F.normalize(z_b, dim=1)
         c = self.cross_correlation(z_a, z_b)
         diag = torch.diagonal(c)
         on_diag = (1.0 - diag).square().sum()
@@ -80,4 +93,7 @@ class BarlowTwinsLoss(nn.Module):
         return on_diag + self.lambda_ * off_diag
 
     def extra_repr(self) -> str:
-        return f"lambda_={self.lambda_}, gather_distributed={self.gather_distributed}"
+        return (
+            f"lambda_={self.lambda_}, gather_distributed={self.gather_distributed}, "
+            f"l2_normalize={self.l2_normalize}"
+        )

@@ -299,12 +299,32 @@ class PretrainConfig(RunOptions):
     )
     noise_sigma: float = setting(0.1, "Gaussian noise (gn): σ of each coordinate's move in Å")
     barlow_lambda: float = setting(0.0051, "Barlow Twins off-diagonal weight λ")
+    barlow_l2_normalize: bool = setting(
+        True,
+        "L2-normalise each projection before the Barlow Twins loss (the Crystal Twins code "
+        "does; the original Barlow Twins does not)",
+    )
     augment: str = setting("rp,am,em", "comma-separated augmentations: rp, gn, am, em")
     perturbation: float = setting(
         DEFAULT_PERTURBATION, "random perturbation (rp): largest displacement in Å"
     )
+    perturbation_min: float | None = setting(
+        0.0,
+        "random perturbation (rp): smallest displacement in Å; each atom moves a length "
+        "uniform in [this, --perturbation] (Crystal Twins: 0; equal to --perturbation: every "
+        "atom moves exactly that, this package's earlier definition)",
+    )
     atom_mask_fraction: float = setting(0.1, "atom masking (am): fraction of atoms masked")
-    edge_mask_fraction: float = setting(0.1, "edge masking (em): fraction of edges masked")
+    edge_mask_fraction: float = setting(
+        0.1,
+        "edge masking (em): fraction of each atom's edges masked (floor of it, as Crystal "
+        "Twins keeps ceil(0.9 x 12) = 11 of 12)",
+    )
+    edge_mask_per: str = setting(
+        "atom",
+        "edge masking (em): count the masked edges per centre atom (Crystal Twins) or per crystal",
+        choices=("atom", "crystal"),
+    )
     lr: float = setting(1e-5, "learning rate (Adam)")
     weight_decay: float = setting(1e-6, "weight decay (Adam)")
     batch_size: int = setting(64, "crystals per batch")
@@ -339,6 +359,16 @@ class PretrainConfig(RunOptions):
         _fraction(self, "val_fraction", low_open=True)
         _fraction(self, "atom_mask_fraction")
         _fraction(self, "edge_mask_fraction")
+        if (
+            self.perturbation_min is not None
+            and not 0 <= self.perturbation_min <= self.perturbation
+        ):
+            raise ValueError(
+                f"perturbation_min must be in [0, perturbation ({self.perturbation:g})], got "
+                f"{self.perturbation_min:g}"
+            )
+        if self.edge_mask_per not in ("atom", "crystal"):
+            raise ValueError(f"edge_mask_per must be atom or crystal, got {self.edge_mask_per!r}")
         _positive(self, "noise_sigma")
         from crystaltwins.training.objectives import check_augmentations, parse_objectives
         from crystaltwins.transforms import parse_augmentations

@@ -276,7 +276,10 @@ def _pretrain_module(
         )
         projector = ProjectionHead(encoder.out_dim, config.projection_hidden, config.projection_dim)
     terms = build_objectives(
-        config.objective, config.objective_weights, lambda_=config.barlow_lambda
+        config.objective,
+        config.objective_weights,
+        lambda_=config.barlow_lambda,
+        l2_normalize=config.barlow_l2_normalize,
     )
     if not any(map(uses_predictor, terms)):
         predictor = None
@@ -340,7 +343,11 @@ def _pretrain_in_claimed_folder(config: PretrainConfig, start: ModelBundle | Non
         config.perturbation,
         config.atom_mask_fraction,
         config.edge_mask_fraction,
-        options={"gn": {"sigma": config.noise_sigma}},
+        options={
+            "gn": {"sigma": config.noise_sigma},
+            "rp": {"min_distance": config.perturbation_min},
+            "em": {"per": config.edge_mask_per},
+        },
     )
     train = ConcatGraphViews(caches, positions[split.train])
     val = ConcatGraphViews(caches, positions[split.val])

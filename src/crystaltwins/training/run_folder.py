@@ -80,6 +80,14 @@ RESUMABLE_CHANGES = frozenset(
     }
 )
 
+#: Settings added with a default that changed what a run computes: a run written before the
+#: setting existed did this (so its resume or reuse with the new default is refused).
+BEHAVIOUR_BEFORE_SETTING: dict[str, Any] = {
+    "barlow_l2_normalize": False,
+    "perturbation_min": None,
+    "edge_mask_per": "crystal",
+}
+
 #: Settings naming files: equal when they name the same file.
 _PATH_SETTINGS = frozenset(
     {"data", "pretrained", "init_from", "atom_init", "split_files", "exclude_ids_file"}
@@ -237,6 +245,11 @@ def config_differences(
     differences = []
     for name in sorted(set(stored) | set(wanted)):
         if name in may_differ:
+            continue
+        if name not in stored and name in BEHAVIOUR_BEFORE_SETTING:
+            old = BEHAVIOUR_BEFORE_SETTING[name]  # what the run did before the setting existed
+            if not _same_setting(name, old, wanted.get(name)):
+                differences.append(f"{name}: {old!r} (before the setting) -> {wanted.get(name)!r}")
             continue
         if name not in stored and name in defaults and defaults[name] == wanted.get(name):
             continue  # a setting added since that run was written, at its default

@@ -29,9 +29,10 @@ def random_displacements(
 class RandomPerturbation(BatchTransform):
     """Move every atom by a random vector and rebuild the edges exactly.
 
-    As in Crystal Twins (pymatgen ``Structure.perturb(0.05)``), each atom moves by ``distance`` Å
-    in a random direction; with ``min_distance`` set, the length is uniform in
-    ``[min_distance, distance]``. The nearest ``max_neighbors`` within ``radius`` are then
+    Each atom moves in a random direction by a length uniform in ``[min_distance, distance]``
+    Å, as pymatgen's ``PerturbStructureTransformation(distance=0.05, min_distance=0.0)`` of the
+    Crystal Twins code; with ``min_distance=None`` every atom moves exactly ``distance`` Å
+    (pymatgen's ``Structure.perturb(distance)``). The nearest ``max_neighbors`` within ``radius`` are then
     re-selected from the cached candidate edges, which gives the same graph as rebuilding it from
     the perturbed structure, as long as ``distance`` does not exceed the cache's
     ``perturbation_margin``.
