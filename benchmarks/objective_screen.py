@@ -37,6 +37,17 @@ RECIPES: dict[str, tuple[str, str | None, str]] = {
     "masked_element": ("masked_element", None, "am"),
     "denoise": ("denoise", None, "gn,em"),
     "bt+masked+denoise": ("barlow_twins+masked_element+denoise", None, "gn,am,em"),
+    # Barlow Twins with this package's definitions before 2026-12-01 (no L2 normalisation,
+    # every atom moved exactly 0.05 Å, edges masked per crystal), what the shipped encoder used
+    "barlow_twins_v0": ("barlow_twins", None, "rp,am,em"),
+}
+#: settings of a recipe besides its objective and augmentations
+RECIPE_SETTINGS: dict[str, dict[str, Any]] = {
+    "barlow_twins_v0": {
+        "barlow_l2_normalize": False,
+        "perturbation_min": 0.05,
+        "edge_mask_per": "crystal",
+    },
 }
 BASELINES = ("scratch", "shipped")
 
@@ -61,6 +72,7 @@ def pretrained_model(args: argparse.Namespace, name: str) -> str:
         lr=args.pretrain_lr,
         epochs=args.pretrain_epochs,
         max_crystals=args.pretrain_crystals,
+        **RECIPE_SETTINGS.get(name, {}),
         resume=(out / "checkpoints" / "last.ckpt").exists(),
         progress=False,
         featurize_workers=1,
