@@ -450,6 +450,18 @@ def test_one_unreadable_extxyz_frame_is_skipped_alone(
     assert entries[3].labels == {"energy_per_atom": -4.0}
     for k in (0, 1, 3):
         assert np.allclose(parse_entry(entries[k]).structure.cart_coords, frames[k].positions)
+    # a count line that is no count (or negative) ends the frames found: the rest is named, once
+    for count in ("abc", "-2"):
+        broken = lines[: starts[3]] + [count] + lines[starts[3] :]
+        path.write_text("\n".join(broken) + "\n")
+        entries = list(iter_entries(path, targets=["energy_per_atom"]))
+        assert len(entries) == 4 and [e.error is None for e in entries] == [
+            True,
+            True,
+            False,
+            False,
+        ]
+        assert "no atom count" in entries[3].error
 
 
 def test_extxyz_frames(tmp_path: Path, real_structure: Structure) -> None:

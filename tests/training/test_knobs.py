@@ -435,3 +435,14 @@ def test_matbench_folds_need_every_row(small_perovskites, cache_root, tmp_path):
     with pytest.raises(ValueError, match="all 100 rows in their order, and 1 of them"):
         finetune(_config(data, tmp_path / "bad", cache_root, **settings))
     assert finetune(_config(small_perovskites, tmp_path / "good", cache_root, **settings))
+
+
+def test_early_stopping_state_of_earlier_checkpoints_is_restored():
+    """Checkpoints written with Lightning's EarlyStopping file its state under its key: ours
+    uses the same key, so their patience count is restored, not dropped."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from crystaltwins.training.finetune import _StaysStopped
+
+    ours = _StaysStopped(monitor="val_mae", patience=3, mode="min")
+    assert ours.state_key == EarlyStopping(monitor="val_mae", patience=3, mode="min").state_key

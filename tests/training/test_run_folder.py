@@ -424,3 +424,19 @@ def test_a_run_written_before_a_recipe_setting_existed_is_not_the_same_run(tmp_p
         config, barlow_l2_normalize=False, perturbation_min=None, edge_mask_per="crystal"
     )
     assert config_differences(out, earlier) == []
+
+
+def test_a_recipe_setting_a_run_did_not_use_does_not_block_its_resume(tmp_path):
+    """A SimSiam run written before ``barlow_l2_normalize`` existed, without rp or em: none of
+    the three new settings acts on it, so it resumes as the same run."""
+    out = tmp_path / "run"
+    out.mkdir()
+    config = PretrainConfig(
+        data=["x.csv"], out=str(out), progress=False, objective="simsiam", augment="am"
+    )
+    write_config(out, config)
+    stored = yaml.safe_load((out / "config.yaml").read_text())
+    for name in ("barlow_l2_normalize", "perturbation_min", "edge_mask_per"):
+        del stored[name]
+    (out / "config.yaml").write_text(yaml.safe_dump(stored))
+    assert config_differences(out, config) == []

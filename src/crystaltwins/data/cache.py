@@ -721,7 +721,7 @@ def _summary(
 class GraphCache:
     """Read access to a built cache: every array memory-mapped when it is opened.
 
-    Opening is constant-time whatever the size; nothing per crystal is held in memory. The maps
+    Opening reads the ids and offsets (small, ``(N + 1,)``) and maps the rest. The maps
     keep the data they opened even if another run rebuilds or cleans the cache meanwhile (the
     folder is swapped, never written in place). Safe to pass to data-loader workers: the maps
     are reopened after pickling, and a cache rebuilt in between is refused, never mixed.
@@ -746,9 +746,13 @@ class GraphCache:
     def _open_all(self) -> None:
         """Map every array now, and check they belong to the manifest read (a rebuild by
         another process between the two is refused with one line)."""
+        damage = None
         try:
             for path in sorted(self.cache_dir.glob("*.npy")):
                 self.array(path.stem)
+        except (OSError, ValueError) as error:
+            damage = error
+        try:
             current = json.loads((self.cache_dir / "manifest.json").read_text())
         except (OSError, ValueError):
             current = None
@@ -757,6 +761,12 @@ class GraphCache:
             raise RuntimeError(
                 f"{self.cache_dir}: the graph cache was rebuilt or removed by another run while "
                 "this one was opening it; run again"
+            )
+        if damage is not None:
+            self._arrays = {}
+            raise ValueError(
+                f"{self.cache_dir}: damaged graph cache ({type(damage).__name__}: {damage}); "
+                "remove it (crystaltwins cache clean) or rebuild it (featurize --force)"
             )
 
     def __getstate__(self) -> dict[str, Any]:

@@ -865,7 +865,14 @@ def _xyz_frames_one_by_one(path: Path, ase_format: str) -> tuple[list[Any], dict
         try:
             count = int(lines[start].split()[0])
         except ValueError:
-            break  # no frame boundary to go on from
+            count = -1
+        if count < 0:  # no frame boundary to go on from: the rest is one unreadable entry, named
+            unreadable[len(images)] = (
+                f"unreadable from line {start + 1} on: {lines[start].strip()[:40]!r} is no atom "
+                "count (the frames after it cannot be found)"
+            )
+            images.append(None)
+            break
         chunk = "".join(lines[start : start + count + 2])
         start += count + 2
         try:

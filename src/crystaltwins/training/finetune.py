@@ -750,6 +750,12 @@ class _StaysStopped(EarlyStopping):
     """Early stopping whose decision survives a resume: a run that had stopped (its patience
     used up in the checkpoint) trains no further epoch when resumed, so its best epoch stays."""
 
+    @property
+    def state_key(self) -> str:
+        """Lightning's key for ``EarlyStopping`` itself, so that checkpoints written with it
+        (before this class) restore their patience count here too."""
+        return f"EarlyStopping{dict(monitor=self.monitor, mode=self.mode)!r}"
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         if self.wait_count >= self.patience:

@@ -88,6 +88,16 @@ BEHAVIOUR_BEFORE_SETTING: dict[str, Any] = {
     "edge_mask_per": "crystal",
 }
 
+
+def _acted_on(name: str, stored: dict[str, Any]) -> bool:
+    """Whether the setting ``name`` of :data:`BEHAVIOUR_BEFORE_SETTING` changes what the stored
+    run computes (Barlow Twins' normalisation a run without Barlow Twins does not)."""
+    if name == "barlow_l2_normalize":
+        return "barlow_twins" in str(stored.get("objective", "barlow_twins"))
+    augment = [a.strip() for a in str(stored.get("augment", "rp,am,em")).split(",")]
+    return ("rp" if name == "perturbation_min" else "em") in augment
+
+
 #: Settings naming files: equal when they name the same file.
 _PATH_SETTINGS = frozenset(
     {"data", "pretrained", "init_from", "atom_init", "split_files", "exclude_ids_file"}
@@ -248,7 +258,7 @@ def config_differences(
             continue
         if name not in stored and name in BEHAVIOUR_BEFORE_SETTING:
             old = BEHAVIOUR_BEFORE_SETTING[name]  # what the run did before the setting existed
-            if not _same_setting(name, old, wanted.get(name)):
+            if _acted_on(name, stored) and not _same_setting(name, old, wanted.get(name)):
                 differences.append(f"{name}: {old!r} (before the setting) -> {wanted.get(name)!r}")
             continue
         if name not in stored and name in defaults and defaults[name] == wanted.get(name):
