@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import gzip
+import importlib.util
 import itertools
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from pymatgen.core import Structure
@@ -43,3 +45,13 @@ def cpu_finetune_config(source: Path, out: Path, cache_root: Path, **settings: A
         devices="1",
     )
     return FinetuneConfig(**{**base, **settings})
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """The script ``benchmarks/<name>.py`` as a module (the scripts are not a package)."""
+    path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

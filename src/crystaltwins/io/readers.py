@@ -42,6 +42,7 @@ from __future__ import annotations
 import bz2
 import csv
 import gzip
+import io
 import itertools
 import json
 import lzma
@@ -849,9 +850,8 @@ def _xyz_frames_one_by_one(path: Path, ase_format: str) -> tuple[list[Any], dict
     """The frames of an (ext)xyz file that ``ase.io.read`` cannot read as a whole: split by
     their atom-count lines and read one at a time, ``None`` (and why, in the dict) for each
     frame that cannot be read, so that one bad frame does not stop the file. A file whose
-    frame layout itself is broken (a count line that is no number) ends at that frame."""
-    import io
-
+    frame layout itself is broken (a count line that is no non-negative number) ends the frames
+    there: the rest of the file is one unreadable entry, named."""
     import ase.io
 
     lines = _read_text(path, "replace").splitlines(keepends=True)

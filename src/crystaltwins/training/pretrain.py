@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -168,7 +169,6 @@ def _loader(
 def _without_excluded(caches: list[Any], exclude_ids_file: str) -> np.ndarray:
     """Positions in the concatenated caches whose (source file, id) is not in the JSON list."""
     import json
-    import os
 
     listed = json.loads(Path(exclude_ids_file).read_text())
     # sources compared as resolved paths (a list written with relative paths names the same files)
