@@ -78,12 +78,13 @@ PREVIOUS: dict[str, Any] = {}
 #: settings that change every run's result: ``--previous`` must match them
 RESULT_SETTINGS = (
     "epochs", "min_steps", "max_epochs", "batch_size", "max_eval", "warmup_epochs",
+    "lr_schedule",
 )  # fmt: skip
 #: settings that change only the pre-trained method's runs (a run from scratch ignores them):
 #: where they differ, ``--previous`` gives its scratch points only
 PRETRAINED_SETTINGS = ("pretrained", "encoder_lr_factor", "freeze_encoder_epochs", "encoder_anchor")
 #: what a setting was before this script recorded it
-UNRECORDED = {"encoder_anchor": "0.0"}
+UNRECORDED = {"encoder_anchor": "0.0", "lr_schedule": "constant"}
 
 
 def _differing(earlier: dict[str, str], settings: dict[str, str], names: tuple[str, ...]) -> str:
@@ -143,6 +144,7 @@ def finetune_settings(
         freeze_encoder_epochs=0 if method == "scratch" else args.freeze_encoder_epochs,
         encoder_anchor=0.0 if method == "scratch" else args.encoder_anchor,
         warmup_epochs=args.warmup_epochs,
+        lr_schedule=args.lr_schedule,
         seed=seed,
         max_train=size,
         max_eval=args.max_eval,
@@ -271,6 +273,7 @@ def plot_curve(
 def main(argv: list[str] | None = None) -> int:
     from crystaltwins.evaluation.tasks import TASKS
     from crystaltwins.io.atomic import write_json_atomic, write_text_atomic
+    from crystaltwins.training.configs import LR_SCHEDULES
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", nargs="+", default=["perovskites"], choices=sorted(TASKS))
@@ -299,6 +302,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--freeze-encoder-epochs", type=int, default=0, help="CT: encoder frozen first")
     p.add_argument("--warmup-epochs", type=int, default=0, help="linear learning-rate warm-up")
+    p.add_argument(
+        "--lr-schedule",
+        default="constant",
+        choices=LR_SCHEDULES,
+        help="learning rates over the epochs, every run (default constant, the paper's)",
+    )
     p.add_argument(
         "--encoder-anchor",
         type=float,

@@ -58,7 +58,7 @@ def test_a_finished_run_with_other_settings_is_not_reused(tmp_path: Path) -> Non
         out=tmp_path / "out", data_root=tmp_path, pretrained="mp-eform", batch_size=128,
         epochs=200, min_steps=0, max_epochs=2000, encoder_lr_factor=1.0,
         freeze_encoder_epochs=0, encoder_anchor=0.0, warmup_epochs=0, max_eval=1000,
-        all_from=None,
+        all_from=None, lr_schedule="constant",
     )  # fmt: skip
     task = TASKS["perovskites"]
     settings = script.finetune_settings(args, task, 1000, 0, "ct")
@@ -69,4 +69,7 @@ def test_a_finished_run_with_other_settings_is_not_reused(tmp_path: Path) -> Non
     assert script.finished_point(args, task, 1000, 0, "ct")["test"]["mae"] == 0.1
     write_config(folder, FinetuneConfig(**{**settings, "pretrained": "mp-multi-33k"}))
     with pytest.raises(ValueError, match="other settings than this benchmark's.*pretrained"):
+        script.finished_point(args, task, 1000, 0, "ct")
+    write_config(folder, FinetuneConfig(**{**settings, "lr_schedule": "cosine"}))
+    with pytest.raises(ValueError, match="other settings than this benchmark's.*lr_schedule"):
         script.finished_point(args, task, 1000, 0, "ct")

@@ -9,6 +9,7 @@ import gzip
 import io
 import itertools
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -222,6 +223,17 @@ def test_defaults_keep_a_plain_adam_and_a_trainable_encoder(
             ),
             "members trained together take no encoder_anchor",
         ),
+        (
+            dict(
+                ensemble=2,
+                members_together=True,
+                freeze_encoder_epochs=0,
+                warmup_epochs=0,
+                lr_schedule="cosine",
+            ),
+            "members trained together take only a constant lr_schedule",
+        ),  # fmt: skip
+        (dict(lr_schedule="step"), "lr_schedule must be one of constant, cosine, got 'step'"),
         (dict(encoder_anchor=-1.0), "encoder_anchor must be a finite number >= 0, got -1.0"),
         (dict(encoder_anchor=float("nan")), "encoder_anchor must be a finite number >= 0, got nan"),
         (dict(freeze_encoder_epochs=-1), "freeze_encoder_epochs must be at least 0, got -1"),
@@ -446,3 +458,49 @@ def test_early_stopping_state_of_earlier_checkpoints_is_restored():
 
     ours = _StaysStopped(monitor="val_mae", patience=3, mode="min")
     assert ours.state_key == EarlyStopping(monitor="val_mae", patience=3, mode="min").state_key
+
+
+def test_learning_rate_factor_warms_up_then_follows_half_a_cosine():
+    from crystaltwins.training.finetune import learning_rate_factor
+
+    def cosine(step: int) -> float:
+        return learning_rate_factor(step, warmup_steps=4, total_steps=14, schedule="cosine")
+
+    assert [cosine(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]  # the warm-up as before
+    assert cosine(4) == 1.0 and cosine(9) == pytest.approx(0.5) and cosine(14) == 0.0
+    assert cosine(6) == pytest.approx((1 + math.cos(math.pi * 0.2)) / 2)
+    assert all(cosine(s) > cosine(s + 1) for s in range(4, 14))  # decays at every step
+    assert cosine(20) == 0.0  # past the end (steps a resumed run may add): no rise again
+    assert learning_rate_factor(0, warmup_steps=0, total_steps=5, schedule="cosine") == 1.0
+    assert learning_rate_factor(9, warmup_steps=0, total_steps=5) == 1.0  # constant
+
+
+def test_cosine_run_follows_its_schedule_and_resumes_exactly(
+    small_perovskites, cache_root, tmp_path
+):
+    """Through a real run (1 warm-up epoch of 3 steps, then 6 cosine steps), and a run stopped
+    at its second epoch and resumed ends with the same weights and scheduler state."""
+    settings = dict(freeze_encoder_epochs=0, warmup_epochs=1, lr_schedule="cosine")
+    record = _Record()
+    whole = tmp_path / "whole"
+    finetune(_config(small_perovskites, whole, cache_root, **settings), callbacks=[record])
+    per_epoch = record.steps_per_epoch
+    total = EPOCHS * per_epoch
+    assert per_epoch == 3 and [s for s, _ in record.lrs] == list(range(total))
+    for step, (_, lrs) in enumerate(record.lrs):
+        if step < per_epoch:
+            factor = (step + 1) / per_epoch
+        else:
+            factor = (1 + math.cos(math.pi * (step - per_epoch) / (total - per_epoch))) / 2
+        assert lrs == pytest.approx([LR * FACTOR * factor, LR * factor], rel=1e-12), step
+    assert record.lrs[-1][1][1] < 0.1 * LR  # decayed, unlike the constant schedule
+
+    resumed = tmp_path / "resumed"
+    config = _config(small_perovskites, resumed, cache_root, **settings)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(config, callbacks=[_StopAt(2)])
+    config.resume = True
+    finetune(config)
+    got, want = _last(resumed), _last(whole)
+    assert _same_tensors(got["state_dict"], want["state_dict"]) == []
+    assert got["lr_schedulers"] == want["lr_schedulers"]

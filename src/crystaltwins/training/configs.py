@@ -32,6 +32,8 @@ DEFAULT_ENCODER_LR_FACTOR = 1.0
 SCRATCH_ENCODER_LR_FACTOR = 1.0
 #: Tasks a property model is trained for.
 TASKS = ("regression", "classification")
+#: Learning-rate schedules of fine-tuning (:meth:`FinetuneModule.configure_optimizers`).
+LR_SCHEDULES = ("constant", "cosine")
 #: Encoders whose members ``members_together`` stacks (:mod:`crystaltwins.training.members`);
 #: others (an encoder registered by a user) run one by one.
 TRAINED_TOGETHER = ("cgcnn", "ogcnn", "gin", "gatgnn")
@@ -449,6 +451,13 @@ class FinetuneConfig(RunOptions):
         "lr/S at the first of their S steps up to lr at the last (then constant)",
         metavar="N",
     )
+    lr_schedule: str = setting(
+        "constant",
+        "learning rates over the epochs: constant (the paper's), or cosine: each decays from its "
+        "value (after any warm-up) to 0 at the last step of the last epoch along half a cosine, "
+        "optimiser step by step",
+        choices=LR_SCHEDULES,
+    )
     encoder_anchor: float = setting(
         0.0,
         "pre-trained encoder: add encoder_anchor/2 times the squared distance of its weights from "
@@ -583,6 +592,12 @@ class FinetuneConfig(RunOptions):
             raise ValueError(
                 "members trained together take no freeze_encoder_epochs or warmup_epochs"
             )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"
+            )
+        if self.members_together and self.lr_schedule != "constant":
+            raise ValueError("members trained together take only a constant lr_schedule")
         if not (math.isfinite(self.encoder_anchor) and self.encoder_anchor >= 0):
             raise ValueError(
                 f"encoder_anchor must be a finite number >= 0, got {self.encoder_anchor!r}"

@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import math
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -122,9 +122,10 @@ class FinetuneModule(L.LightningModule):
     gradients, so Adam neither moves it nor starts its moments); from epoch ``N`` on it trains
     like an unfrozen one. ``warmup_epochs``: every group's learning rate is ``lr_group *
     min(1, (s + 1) / S)`` at optimiser step ``s`` (0-based), ``S`` the steps of the warm-up
-    epochs (a Lightning step scheduler, checkpointed with the run). Both follow the epoch
-    and step counters that a resumed run restores, so a resumed run trains as an uninterrupted
-    one.
+    epochs (a Lightning step scheduler, checkpointed with the run). ``lr_schedule="cosine"``:
+    after the warm-up's ``W`` steps, the factor is ``(1 + cos(pi (s - W) / (T - W))) / 2`` at
+    step ``s`` of the run's ``T`` steps (0 after the last). Both follow the epoch and step
+    counters that a resumed run restores, so a resumed run trains as an uninterrupted one.
     """
 
     def __init__(
@@ -135,6 +136,7 @@ class FinetuneModule(L.LightningModule):
         weight_decay: float = field_default(FinetuneConfig, "weight_decay"),
         freeze_encoder_epochs: int = field_default(FinetuneConfig, "freeze_encoder_epochs"),
         warmup_epochs: int = field_default(FinetuneConfig, "warmup_epochs"),
+        lr_schedule: str = field_default(FinetuneConfig, "lr_schedule"),
         aux_targets: list[dict[str, Any]] | None = None,
         aux_weight: float = field_default(FinetuneConfig, "aux_weight"),
         encoder_anchor: float = field_default(FinetuneConfig, "encoder_anchor"),
@@ -149,6 +151,7 @@ class FinetuneModule(L.LightningModule):
         self.weight_decay = weight_decay
         self.freeze_encoder_epochs = freeze_encoder_epochs
         self.warmup_epochs = warmup_epochs
+        self.lr_schedule = lr_schedule
         #: Auxiliary targets (``column``, ``mean``, ``std``): head outputs ``1 ..``, trained
         #: on standardised values in ``batch.targets[:, 1:]`` (NaN where missing).
         self.aux_targets = list(aux_targets or [])
@@ -294,20 +297,37 @@ class FinetuneModule(L.LightningModule):
             {"params": self.head.parameters(), "lr": self.lr},
         ]
         optimizer = adam(groups, lr=self.lr, weight_decay=self.weight_decay)
-        if not self.warmup_epochs:
+        if not self.warmup_epochs and self.lr_schedule == "constant":
             return optimizer
         # Optimiser steps per epoch (this process's batches): the run's steps over its epochs.
-        per_epoch = int(self.trainer.estimated_stepping_batches) // max(self.trainer.max_epochs, 1)
-        steps = max(1, self.warmup_epochs * per_epoch)
-
-        def warmup_factor(step: int) -> float:
-            return min(1.0, (step + 1) / steps)
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_factor)
+        total = int(self.trainer.estimated_stepping_batches)
+        per_epoch = total // max(self.trainer.max_epochs, 1)
+        factor = partial(
+            learning_rate_factor,
+            warmup_steps=self.warmup_epochs * per_epoch,
+            total_steps=per_epoch * max(self.trainer.max_epochs, 1),
+            schedule=self.lr_schedule,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
+
+
+def learning_rate_factor(
+    step: int, *, warmup_steps: int, total_steps: int, schedule: str = "constant"
+) -> float:
+    """Factor of every learning rate at optimiser step ``step`` (0-based): a linear warm-up
+    ``(step + 1) / warmup_steps`` over the first ``warmup_steps``, then 1 (``constant``) or half
+    a cosine from 1 down to 0 at ``total_steps`` (``cosine``)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def auxiliary_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -740,6 +760,7 @@ def _property_module(
         config.weight_decay,
         config.freeze_encoder_epochs,
         config.warmup_epochs,
+        config.lr_schedule,
         aux_targets,
         config.aux_weight,
         config.encoder_anchor,
