@@ -203,11 +203,7 @@ def test_defaults_keep_a_plain_adam_and_a_trainable_encoder(
         ),
         (
             dict(ensemble=2, members_together=True),
-            "members trained together take no freeze_encoder_epochs or warmup_epochs",
-        ),
-        (
-            dict(ensemble=2, members_together=True, freeze_encoder_epochs=0),
-            "members trained together take no freeze_encoder_epochs or warmup_epochs",
+            "members trained together take no freeze_encoder_epochs",
         ),
         (
             dict(pretrained=None, from_scratch=True, freeze_encoder_epochs=0, encoder_anchor=1.0),
@@ -223,16 +219,6 @@ def test_defaults_keep_a_plain_adam_and_a_trainable_encoder(
             ),
             "members trained together take no encoder_anchor",
         ),
-        (
-            dict(
-                ensemble=2,
-                members_together=True,
-                freeze_encoder_epochs=0,
-                warmup_epochs=0,
-                lr_schedule="cosine",
-            ),
-            "members trained together take only a constant lr_schedule",
-        ),  # fmt: skip
         (dict(lr_schedule="step"), "lr_schedule must be one of constant, cosine, got 'step'"),
         (dict(encoder_anchor=-1.0), "encoder_anchor must be a finite number >= 0, got -1.0"),
         (dict(encoder_anchor=float("nan")), "encoder_anchor must be a finite number >= 0, got nan"),

@@ -9,6 +9,7 @@ import csv
 import gzip
 import itertools
 import re
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -23,9 +24,9 @@ from crystaltwins.graph.atom_features import AtomFeaturizer
 from crystaltwins.models.grouped import MemberBatch, stack_models
 from crystaltwins.models.heads import PropertyHead
 from crystaltwins.models.property_model import PropertyModel, Target
-from crystaltwins.training.common import new_encoder
+from crystaltwins.training.common import adam, new_encoder
 from crystaltwins.training.configs import FinetuneConfig
-from crystaltwins.training.finetune import FinetuneModule
+from crystaltwins.training.finetune import FinetuneModule, learning_rate_factor
 from crystaltwins.training.members import (
     MemberData,
     _batches,
@@ -112,11 +113,15 @@ def _members(
     return members
 
 
-def _alone(member: MemberData, dtype: torch.dtype) -> tuple[list[dict], dict, int]:
+def _alone(
+    member: MemberData, dtype: torch.dtype, schedule: dict | None = None
+) -> tuple[list[dict], dict, int]:
     """One member trained by itself: ``FinetuneModule._step`` and its own ``Adam``, on the
-    batches a ``DataLoader`` over ``EpochSampler`` gives it; best-validation weights kept."""
+    batches a ``DataLoader`` over ``EpochSampler`` gives it; best-validation weights kept.
+    ``schedule`` (``warmup_epochs``, ``lr_schedule``): a ``LambdaLR`` of
+    ``learning_rate_factor`` stepped after every optimiser step, as the single run's."""
     module = member.module
-    optimizer = module.configure_optimizers()
+    optimizer = adam(module.param_groups(), lr=module.lr, weight_decay=module.weight_decay)
     if dtype == torch.float32:
         # The run's fused Adam and StackedAdam round differently, and fc_full's bias gradient is
         # rounding noise that Adam amplifies (see below): in float32 compare with the foreach
@@ -127,6 +132,16 @@ def _alone(member: MemberData, dtype: torch.dtype) -> tuple[list[dict], dict, in
             for g in optimizer.param_groups
         ]
         optimizer = torch.optim.Adam(groups, foreach=True)
+    scheduler = None
+    if schedule:
+        per_epoch = len(_batches(len(member.train), BATCH, member.seed, 0, True))
+        factor = partial(
+            learning_rate_factor,
+            warmup_steps=schedule["warmup_epochs"] * per_epoch,
+            total_steps=EPOCHS * per_epoch,
+            schedule=schedule["lr_schedule"],
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     history, best, best_state, best_epoch = [], float("inf"), None, None
 
     def batch_of(dataset, positions):
@@ -141,6 +156,8 @@ def _alone(member: MemberData, dtype: torch.dtype) -> tuple[list[dict], dict, in
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
         module.eval()
         with torch.no_grad():
             for positions in _batches(len(member.val), BATCH, 0, 0, False):
@@ -164,8 +181,9 @@ def _alone(member: MemberData, dtype: torch.dtype) -> tuple[list[dict], dict, in
         (torch.float64, 1e-9, 2e-7, "ogcnn"),
         (torch.float64, 1e-9, 2e-7, "gin"),
         (torch.float64, 1e-9, 2e-7, "gatgnn"),
+        (torch.float64, 1e-9, 2e-7, "cgcnn-scheduled"),
     ],
-    ids=["float64", "float32", "ogcnn-float64", "gin-float64", "gatgnn-float64"],
+    ids=["float64", "float32", "ogcnn-float64", "gin-float64", "gatgnn-float64", "cosine"],
 )
 def test_together_equals_alone(cache, featurizer, dtype, rtol, val_rtol, encoder):
     """K=3 members with different splits, seeds and learning rates: epoch losses and MAEs,
@@ -175,15 +193,21 @@ def test_together_equals_alone(cache, featurizer, dtype, rtol, val_rtol, encoder
     gradient is rounding noise that Adam (lr 1e-2 here) turns into steps of the learning rate, and
     the running mean, which eval mode uses, lags behind them. How far that takes a validation loss
     depends on the CPU's rounding: up to 1.2e-3 between the two paths on the development VM, 5.6e-3
-    on CI's. float64 checks the validation computation itself (2e-7)."""
+    on CI's. float64 checks the validation computation itself (2e-7).
+
+    ``cgcnn-scheduled``: CGCNN with a warm-up epoch, then a cosine decay of every learning rate
+    (a single run's ``LambdaLR`` against the members' factor at each step)."""
+    schedule = None
+    if encoder == "cgcnn-scheduled":
+        encoder, schedule = "cgcnn", dict(warmup_epochs=1, lr_schedule="cosine")
     members = _members(cache, featurizer, dtype, encoder)
-    alone = [_alone(copy.deepcopy(m), dtype) for m in members]
+    alone = [_alone(copy.deepcopy(m), dtype, schedule) for m in members]
     exact = [None] * len(members)
     if dtype == torch.float32:  # each member's float64 run: where float32 rounding alone takes it
         exact = [
             _alone(m, torch.float64) for m in _members(cache, featurizer, torch.float64, encoder)
         ]
-    results = train_together(members, EPOCHS, BATCH, dtype=dtype)
+    results = train_together(members, EPOCHS, BATCH, dtype=dtype, **(schedule or {}))
     for member, result, (history, best_state, best_epoch), reference in zip(
         members, results, alone, exact, strict=True
     ):
@@ -335,13 +359,15 @@ def test_check_together_refuses_mixed_settings(tmp_path):
         check_together([config(epochs=2), config(epochs=3)])
     with pytest.raises(ValueError, match="early stopping"):
         check_together([config(early_stopping=3)])
-    for knob, value in (
-        ("freeze_encoder_epochs", 1),
-        ("warmup_epochs", 1),
-        ("encoder_anchor", 0.1),
-    ):
+    for knob, value in (("freeze_encoder_epochs", 1), ("encoder_anchor", 0.1)):
         with pytest.raises(ValueError, match=f"take no {knob}"):
             check_together([config(), config(**{knob: value})])
+    with pytest.raises(ValueError, match="same warmup_epochs"):
+        check_together([config(), config(warmup_epochs=1)])
+    with pytest.raises(ValueError, match="same lr_schedule"):
+        check_together([config(), config(lr_schedule="cosine")])
+    scheduled = dict(warmup_epochs=1, lr_schedule="cosine")
+    check_together([config(**scheduled), config(**scheduled)])  # one schedule for all: trains
     for mixed in ("16-mixed", "bf16-mixed"):  # they would train in float32 all the same
         with pytest.raises(ValueError, match=f"precision {mixed} is not supported"):
             check_together([config(precision=mixed)])

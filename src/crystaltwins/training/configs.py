@@ -588,16 +588,12 @@ class FinetuneConfig(RunOptions):
                 )
         if self.freeze_encoder_epochs and self.from_scratch:
             raise ValueError("freeze_encoder_epochs needs a pre-trained encoder, not from_scratch")
-        if self.members_together and (self.freeze_encoder_epochs or self.warmup_epochs):
-            raise ValueError(
-                "members trained together take no freeze_encoder_epochs or warmup_epochs"
-            )
+        if self.members_together and self.freeze_encoder_epochs:
+            raise ValueError("members trained together take no freeze_encoder_epochs")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(
                 f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"
             )
-        if self.members_together and self.lr_schedule != "constant":
-            raise ValueError("members trained together take only a constant lr_schedule")
         if not (math.isfinite(self.encoder_anchor) and self.encoder_anchor >= 0):
             raise ValueError(
                 f"encoder_anchor must be a finite number >= 0, got {self.encoder_anchor!r}"

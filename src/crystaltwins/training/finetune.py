@@ -291,12 +291,16 @@ class FinetuneModule(L.LightningModule):
                 parameter.requires_grad_(True)
             self.encoder.train(self.training)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
-        groups = [
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The optimiser's two groups: the encoder's weights at ``lr * encoder_lr_factor``, the
+        head's at ``lr`` (before any schedule's factor)."""
+        return [
             {"params": self.encoder.parameters(), "lr": self.lr * self.encoder_lr_factor},
             {"params": self.head.parameters(), "lr": self.lr},
         ]
-        optimizer = adam(groups, lr=self.lr, weight_decay=self.weight_decay)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        optimizer = adam(self.param_groups(), lr=self.lr, weight_decay=self.weight_decay)
         if not self.warmup_epochs and self.lr_schedule == "constant":
             return optimizer
         # Optimiser steps per epoch (this process's batches): the run's steps over its epochs.

@@ -34,6 +34,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,12 @@ from crystaltwins.io.atomic import atomic_path
 from crystaltwins.models.grouped import GROUPED_ENCODERS, MemberBatch, stack_models
 from crystaltwins.training.common import resident_device
 from crystaltwins.training.configs import FinetuneConfig
-from crystaltwins.training.finetune import FinetuneModule, TrainedRun, prepare_run
+from crystaltwins.training.finetune import (
+    FinetuneModule,
+    TrainedRun,
+    learning_rate_factor,
+    prepare_run,
+)
 from crystaltwins.training.sampling import EpochSampler
 
 #: Adam's defaults, as ``torch.optim.Adam`` (what a single fine-tuning run uses).
@@ -90,7 +96,9 @@ class StackedAdam:
             p.grad = None
 
     @torch.no_grad()
-    def step(self) -> None:
+    def step(self, lr_factor: float = 1.0) -> None:
+        """One Adam step of every member, each learning rate times ``lr_factor`` (a schedule's
+        factor at this step; a Python float, so nothing crosses to the device)."""
         self.steps += 1
         beta1, beta2 = self.betas
         bias1 = 1 - beta1**self.steps
@@ -105,7 +113,8 @@ class StackedAdam:
             m.lerp_(grad, 1 - beta1)
             v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
             denom = (v.sqrt() / bias2_sqrt).add_(self.eps)
-            p.sub_(m * (self.lr[name] / bias1) / denom)
+            lr = self.lr[name] if lr_factor == 1.0 else self.lr[name] * lr_factor
+            p.sub_(m * (lr / bias1) / denom)
 
 
 @dataclass
@@ -136,8 +145,8 @@ class MemberResult:
 
 
 def _member_lrs(module: FinetuneModule) -> tuple[float, float]:
-    """(encoder, head) learning rates of a module, as its ``configure_optimizers`` sets them."""
-    groups = module.configure_optimizers().param_groups
+    """(encoder, head) learning rates of a module, as its optimiser's groups start them."""
+    groups = module.param_groups()
     return float(groups[0]["lr"]), float(groups[1]["lr"])
 
 
@@ -218,11 +227,16 @@ def train_together(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     on_epoch: Callable[[int, list[MemberResult]], None] | None = None,
+    warmup_epochs: int = 0,
+    lr_schedule: str = "constant",
 ) -> list[MemberResult]:
     """Train every member's module for ``epochs`` epochs in one loop (see the module docstring);
     at the end each module holds its best-validation weights (BatchNorm statistics included).
 
     :param batch_size: crystals per batch, for every member.
+    :param warmup_epochs, lr_schedule: every member's learning rates follow
+        :func:`~crystaltwins.training.finetune.learning_rate_factor`, step by step, as a single
+        run's do.
     :param device: where the models train; the members' datasets make their batches where their
         stores live (host or this device).
     :param dtype: floating dtype of the parameters and the computation.
@@ -255,6 +269,12 @@ def train_together(
         {n: encoder_lr if n.startswith("encoder.") else head_lr for n in model.params},
         torch.tensor([float(m.weight_decay) for m in modules], dtype=torch.float64),
     )
+    schedule = partial(
+        learning_rate_factor,
+        warmup_steps=warmup_epochs * per_epoch[0],
+        total_steps=epochs * per_epoch[0],
+        schedule=lr_schedule,
+    )
     losses = _Losses(modules, device, dtype)
     k = len(members)
     results = [MemberResult() for _ in members]
@@ -275,7 +295,7 @@ def train_together(
             loss, values = losses(model(batch), batch)
             optimizer.zero_grad()
             loss.sum().backward()
-            optimizer.step()
+            optimizer.step(schedule(epoch * per_epoch[0] + step))
             count = batch.crystal_counts.unsqueeze(1)
             sums += torch.cat((values.detach() * count, count), dim=1)
         train_sums = sums
@@ -345,7 +365,9 @@ def check_together(configs: Sequence[FinetuneConfig]) -> None:
     """Raise ``ValueError`` (one line) when ``configs`` cannot train in one loop."""
     if not configs:
         raise ValueError("no runs to train together")
-    for what in ("epochs", "batch_size", "accelerator", "precision", "task"):
+    for what in (
+        "epochs", "batch_size", "accelerator", "precision", "task", "warmup_epochs", "lr_schedule",
+    ):  # fmt: skip
         seen = {getattr(c, what) for c in configs}
         if len(seen) > 1:
             raise ValueError(
@@ -355,7 +377,7 @@ def check_together(configs: Sequence[FinetuneConfig]) -> None:
         raise ValueError("runs trained together take no aux_targets (train them one by one)")
     if any(c.early_stopping for c in configs):
         raise ValueError("runs trained together run every epoch: early stopping is not supported")
-    for knob in ("freeze_encoder_epochs", "warmup_epochs", "encoder_anchor"):
+    for knob in ("freeze_encoder_epochs", "encoder_anchor"):
         if any(getattr(c, knob) for c in configs):
             raise ValueError(f"runs trained together take no {knob} (train them one by one)")
     if any(c.epochs < 1 for c in configs):
@@ -394,7 +416,11 @@ def train_runs_together(
         history = Path(run.config.out) / "history.csv"
         members.append(MemberData(run.module, train, val, run.config.seed, history))
     started = time.perf_counter()
-    train_together(members, configs[0].epochs, configs[0].batch_size, device, dtype, on_epoch)
+    first = configs[0]
+    train_together(
+        members, first.epochs, first.batch_size, device, dtype, on_epoch,
+        first.warmup_epochs, first.lr_schedule,
+    )  # fmt: skip
     seconds = time.perf_counter() - started
     together = {"members": len(runs), "seconds": seconds, "device": str(device)}
     return [
