@@ -131,3 +131,19 @@ def test_excluded_crystals_are_matched_by_resolved_path_and_counted(tmp_path, ca
     listed.write_text(json.dumps([["other.csv", "a"]]))
     assert _without_excluded([cache], str(listed)).tolist() == [0, 1, 2]
     assert "none is in the pre-training data" in capsys.readouterr().out
+
+
+def test_cache_margin_covers_both_moves(perovskite_subset, tmp_path):
+    """RP then GN move an atom up to the sum of their longest moves: the cache's candidate
+    margin is that sum (each alone: the larger of it and the default)."""
+    from crystaltwins.training.pretrain import _graph_and_features
+
+    def margin(augment: str) -> float:
+        config = PretrainConfig(
+            data=[str(perovskite_subset)], out=str(tmp_path), augment=augment, noise_sigma=0.1
+        )
+        return _graph_and_features(config, None)[0].perturbation_margin
+
+    assert margin("rp,gn,am,em") == pytest.approx(0.05 + 0.3)
+    assert margin("gn,am,em") == pytest.approx(0.3)
+    assert margin("rp,am,em") == pytest.approx(0.05)

@@ -58,7 +58,7 @@ def assert_same_graph(view, rebuilt, atol=1e-9):
 
 
 def test_perturbation_equals_rebuild_from_perturbed_structure(graphs):
-    transform = RandomPerturbation(0.05)
+    transform = RandomPerturbation(0.05, None)
     swapped = 0
     for k, (structure, graph) in enumerate(graphs):
         view = transform(graph, np.random.default_rng(k))
@@ -150,7 +150,7 @@ def test_batch_augmentation_equals_rebuild_and_masks_per_crystal(graphs):
 
     structures = [s for s, _ in graphs]
     arrays = GraphArrays.from_graphs([g for _, g in graphs])
-    moved = RandomPerturbation(0.05).batch(arrays, np.random.default_rng(3))
+    moved = RandomPerturbation(0.05, None).batch(arrays, np.random.default_rng(3))
     shift = moved.positions - arrays.positions
     np.testing.assert_allclose(np.linalg.norm(shift, axis=1), 0.05)
     start = 0
@@ -213,3 +213,56 @@ def test_perturbation_lengths_are_uniform_as_in_crystal_twins():
     assert abs(lengths.mean() - 0.025) < 0.001
     fixed = np.linalg.norm(random_displacements(100, 0.05, None, rng), axis=1)
     np.testing.assert_allclose(fixed, 0.05)
+
+
+def test_two_moves_equal_a_rebuild_from_the_twice_moved_structure(data_dir):
+    """RP, then GN (as ``--augment rp,gn``): the second move re-selects from the whole pool
+    (no edge twice, none lost), and equals a rebuild from the structure moved by both; the
+    cache's margin must cover the moves' sum."""
+    from crystaltwins.graph.batch import GraphArrays
+
+    settings = GraphSettings(perturbation_margin=0.11)  # 0.05 (RP) + 3 x 0.02 (GN)
+    structures = read_structures(data_dir / "perovskites.csv.gz", 12)
+    structures += read_structures(data_dir / "mp36k.csv.gz", 12)
+    graphs = [build_crystal_graph(s, settings, id=i) for i, s in structures]
+    arrays = GraphArrays.from_graphs(graphs)
+    both = build_augmentation("rp,gn", settings, options={"gn": {"sigma": 0.02}})
+    for seed in range(3):
+        moved = both.batch(arrays, np.random.default_rng(seed))
+        edges = np.stack([moved.edge_src, moved.edge_dst, *moved.edge_shift.round(6).T], axis=1)
+        assert len(np.unique(edges, axis=0)) == len(edges), "an edge selected twice"
+        pool = len(arrays.edge_src) + len(arrays.cand_src)
+        assert len(moved.edge_src) + len(moved.cand_src) == pool  # the pool kept whole
+        np.testing.assert_array_equal(moved.clean_positions, arrays.positions)
+        start = 0
+        for (_, structure), graph in zip(structures, graphs, strict=True):
+            n = graph.num_atoms
+            shift = moved.positions[start : start + n] - arrays.positions[start : start + n]
+            rebuilt_structure = structure.copy()
+            for i in range(n):
+                rebuilt_structure.translate_sites(
+                    [i], shift[i], frac_coords=False, to_unit_cell=False
+                )
+            rebuilt = build_crystal_graph(rebuilt_structure)
+            mine = (moved.edge_src >= start) & (moved.edge_src < start + n)
+            ours = sorted(np.round(moved.edge_distance[mine], 6).tolist())
+            theirs = sorted(np.round(rebuilt.edges.distance, 6).tolist())
+            assert ours == theirs, (seed, graph.id)
+            start += n
+    too_far = build_augmentation(
+        "rp,gn", GraphSettings(perturbation_margin=0.06), options={"gn": {"sigma": 0.02}}
+    )
+    with pytest.raises(ValueError, match="moved .* in all, more than the graph cache's"):
+        too_far.batch(arrays, np.random.default_rng(0))
+
+
+def test_perturbation_defaults_are_the_pretrain_settings():
+    """One default: RandomPerturbation() moves as ``pretrain`` does (uniform lengths)."""
+    from crystaltwins.training.configs import PretrainConfig
+
+    transform = RandomPerturbation()
+    config = PretrainConfig(data=["x"], out="y")
+    assert (transform.distance, transform.min_distance) == (
+        config.perturbation,
+        config.perturbation_min,
+    )

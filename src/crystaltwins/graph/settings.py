@@ -10,6 +10,9 @@ DEFAULT_RADIUS = 8.0
 DEFAULT_MAX_NEIGHBORS = 12
 #: CT's random perturbation in Å (the augmentation's default, and the cache's margin for it).
 DEFAULT_PERTURBATION = 0.05
+#: Shortest move of the random perturbation (RP), Å: lengths uniform in
+#: ``[DEFAULT_PERTURBATION_MIN, DEFAULT_PERTURBATION]``, as the Crystal Twins code's perturber.
+DEFAULT_PERTURBATION_MIN = 0.0
 #: CGCNN's Gaussian expansion of the edge distances: centres ``dmin .. dmax`` every ``step`` Å
 #: (41 features), width ``step``.
 DEFAULT_GAUSSIAN_DMIN = 0.0

@@ -18,7 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crystaltwins.graph.settings import DEFAULT_PERTURBATION, GraphSettings
+from crystaltwins.graph.settings import (
+    DEFAULT_PERTURBATION,
+    DEFAULT_PERTURBATION_MIN,
+    GraphSettings,
+)
 
 #: The published Crystal Twins fine-tuning code's learning-rate factor of the pre-trained
 #: encoder (the head learns at ``lr``, the encoder at ``lr * 0.2``): the paper protocol.
@@ -311,7 +315,7 @@ class PretrainConfig(RunOptions):
         DEFAULT_PERTURBATION, "random perturbation (rp): largest displacement in Å"
     )
     perturbation_min: float | None = setting(
-        0.0,
+        DEFAULT_PERTURBATION_MIN,
         "random perturbation (rp): smallest displacement in Å; each atom moves a length "
         "uniform in [this, --perturbation] (Crystal Twins: 0; equal to --perturbation: every "
         "atom moves exactly that, this package's earlier definition)",

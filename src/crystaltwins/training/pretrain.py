@@ -208,10 +208,12 @@ def _graph_and_features(
 ) -> tuple[GraphSettings, AtomFeaturizer]:
     """The run's graph settings (with candidates for the perturbation) and element features:
     a starting model's own, else those asked for / of the first source."""
-    moves = [GraphSettings().perturbation_margin, config.perturbation]
-    if "gn" in parse_augmentations(config.augment):
-        moves.append(GaussianNoise.TRUNCATION * config.noise_sigma)
-    margin = max(moves)
+    chosen = parse_augmentations(config.augment)
+    margin = max(GraphSettings().perturbation_margin, config.perturbation)
+    if "gn" in chosen:
+        noise = GaussianNoise.TRUNCATION * config.noise_sigma
+        # RP then GN move an atom up to their sum
+        margin = config.perturbation + noise if "rp" in chosen else max(margin, noise)
     settings = run_graph_settings(
         config, config.data[0], start.graph_settings if start else None, perturbation_margin=margin
     )

@@ -8,7 +8,11 @@ import numpy as np
 
 from crystaltwins.graph.batch import GraphArrays
 from crystaltwins.graph.neighbors import within_cutoff
-from crystaltwins.graph.settings import DEFAULT_PERTURBATION, GraphSettings
+from crystaltwins.graph.settings import (
+    DEFAULT_PERTURBATION,
+    DEFAULT_PERTURBATION_MIN,
+    GraphSettings,
+)
 from crystaltwins.transforms.base import BatchTransform
 
 
@@ -35,13 +39,15 @@ class RandomPerturbation(BatchTransform):
     (pymatgen's ``Structure.perturb(distance)``). The nearest ``max_neighbors`` within ``radius`` are then
     re-selected from the cached candidate edges, which gives the same graph as rebuilding it from
     the perturbed structure, as long as ``distance`` does not exceed the cache's
-    ``perturbation_margin``.
+    ``perturbation_margin``. A view moved already (RP, then GN) is moved again from where it
+    is, its edges re-selected from the same pool (edges and candidates), exact as long as the
+    moves together stay within the margin (checked: ``ValueError`` otherwise).
     """
 
     def __init__(
         self,
         distance: float = DEFAULT_PERTURBATION,
-        min_distance: float | None = None,
+        min_distance: float | None = DEFAULT_PERTURBATION_MIN,
         settings: GraphSettings | None = None,
     ) -> None:
         if distance < 0 or (min_distance is not None and not 0 <= min_distance <= distance):
@@ -70,6 +76,14 @@ class RandomPerturbation(BatchTransform):
         """
         settings = self.settings
         positions = arrays.positions + self.displacements(arrays.positions.shape[0], rng)
+        if arrays.clean_positions is not None:  # moved before: the pool covers the moves' sum
+            moved = np.linalg.norm(positions - arrays.clean_positions, axis=1)
+            if moved.size and moved.max() > settings.perturbation_margin + 1e-9:
+                raise ValueError(
+                    f"atoms moved {moved.max():.3g} Å in all, more than the graph cache's "
+                    f"perturbation_margin ({settings.perturbation_margin} Å): rebuild the cache "
+                    "with a margin of at least the moves' sum"
+                )
         src = np.concatenate([arrays.edge_src, arrays.cand_src])
         dst = np.concatenate([arrays.edge_dst, arrays.cand_dst])
         shift = np.concatenate([arrays.edge_shift, arrays.cand_shift])
@@ -85,16 +99,20 @@ class RandomPerturbation(BatchTransform):
         np.cumsum(counts[:-1], out=starts[1:])
         rank = np.arange(src.shape[0]) - starts[src]
         keep = (rank < settings.max_neighbors) & within_cutoff(distance, settings.radius)
-        order = order[keep]
+        kept, rest = order[keep], order[~keep]
         clean = arrays.positions if arrays.clean_positions is None else arrays.clean_positions
         return replace(
             arrays,
             positions=positions,
             clean_positions=clean,
             edge_src=src[keep],
-            edge_dst=dst[order],
-            edge_shift=shift[order],
+            edge_dst=dst[kept],
+            edge_shift=shift[kept],
             edge_distance=distance[keep],
+            # the pool stays whole (edges + candidates) for a later move
+            cand_src=src[~keep],
+            cand_dst=dst[rest],
+            cand_shift=shift[rest],
         )
 
     def __repr__(self) -> str:
