@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from crystaltwins.losses import BarlowTwinsLoss
@@ -24,3 +25,19 @@ def test_encoder_trains_under_autocast(crystals_factory):
         and torch.isfinite(encoder.embedding.weight.grad).all()
     )
     torch.testing.assert_close(z_a.float(), full, atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("name", ["gin", "gatgnn"])
+def test_distances_are_expanded_in_float32_under_autocast(crystals_factory, name):
+    """GIN and GATGNN expand the edge lengths in float32 under autocast (CGCNN and OGCNN run
+    their message passing with autocast off, above): bfloat16 rounds 7.13-7.17 Å to steps of
+    0.03 Å, as large as a view's perturbation."""
+    from crystaltwins.models.registry import build_encoder
+
+    batch = collate(crystals_factory(4, seed=5))
+    encoder = build_encoder(name, random_table())
+    seen = []
+    encoder.gaussian.register_forward_pre_hook(lambda _, args: seen.append(args[0].dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        encoder(batch)
+    assert seen and set(seen) == {torch.float32}

@@ -158,7 +158,9 @@ class GATGNNEncoder(Encoder):
         x = self.embed_n(self.atom_features).index_select(0, batch.atomic_numbers)
         if not self.node_att:
             return x
-        distance = batch.edge_distance.to(x.dtype)
+        # at least float32: under autocast x is half precision, whose 0.03 Å steps near 8 Å
+        # (bfloat16) are as large as the perturbation of a view
+        distance = batch.edge_distance.to(torch.promote_types(x.dtype, torch.float32))
         edge = F.leaky_relu(self.embed_e(self.gaussian(distance)), EDGE_NEGATIVE_SLOPE)
         for attention, norm in zip(self.node_att, self.batch_norm, strict=True):
             x = F.softplus(norm(attention(x, edge, batch.edge_index)))

@@ -134,7 +134,9 @@ class GINEncoder(Encoder):
         n = batch.num_atoms
         x = self.embedding(self.atom_features).index_select(0, batch.atomic_numbers)
         centre = batch.edge_index[0]
-        distance = batch.edge_distance.to(x.dtype)
+        # at least float32: under autocast x is half precision, whose 0.03 Å steps near 8 Å
+        # (bfloat16) are as large as the perturbation of a view
+        distance = batch.edge_distance.to(torch.promote_types(x.dtype, torch.float32))
         # Σ_j u_ij and deg_i once: Σ_j Linear_l(u_ij) = W_l Σ_j u_ij + deg_i b_l for every layer
         gaussian_sum = segment_sum(self.gaussian(distance), centre, n)
         degree = torch.bincount(centre, minlength=n).to(x.dtype).unsqueeze(1)
