@@ -123,6 +123,24 @@ def test_graph_settings_default_is_written_once():
     assert asked.graph_settings(GraphSettings(radius=6.0)).radius == 5.0
 
 
+def test_gaussian_expansion_ends_at_the_radius():
+    """As CGCNN's GaussianDistance(dmin, dmax=radius, step): 41 centres at 8 Å, 51 at 10 Å
+    (a fixed 8 Å gave edges at 9-10 Å all the same near-zero features); an explicit end, as
+    stored by an earlier model, is kept."""
+    assert GraphSettings().gaussian_dmax == 8.0
+    assert GraphSettings(radius=10.0).gaussian_dmax == 10.0
+    stored = GraphSettings.from_dict({"radius": 10.0, "gaussian_dmax": 8.0})
+    assert stored.gaussian_dmax == 8.0
+    config = FinetuneConfig(data="d", target="t", out="o", from_scratch=True, radius=10.0)
+    settings = config.graph_settings(GraphSettings(radius=6.0))  # e.g. a cache's
+    assert (settings.radius, settings.gaussian_dmax) == (10.0, 10.0)
+    from crystaltwins.graph.atom_features import AtomFeaturizer
+    from crystaltwins.training.common import new_encoder
+
+    encoder = new_encoder(AtomFeaturizer.builtin(), settings)
+    assert encoder.gaussian.num_features == 51
+
+
 def _default(callable_, name):
     return inspect.signature(callable_).parameters[name].default
 

@@ -30,7 +30,9 @@ class GraphSettings:
         candidate neighbours beyond the ``max_neighbors``-th to re-select the nearest ones exactly
         after every atom moves (CT's random perturbation: 0.05). ``0`` keeps no candidates.
     :param gaussian_dmin: first Gaussian centre in Å.
-    :param gaussian_dmax: last Gaussian centre in Å.
+    :param gaussian_dmax: last Gaussian centre in Å; ``None``: the radius (CGCNN's
+        ``GaussianDistance(dmin, dmax=radius, step)``: 41 features at 8 Å; a fixed 8 would give
+        every edge beyond ~8.5 Å the same near-zero features).
     :param gaussian_step: spacing of the Gaussian centres in Å.
     :param gaussian_width: Gaussian width ``var`` in Å (CGCNN uses the step).
     """
@@ -39,11 +41,13 @@ class GraphSettings:
     max_neighbors: int = DEFAULT_MAX_NEIGHBORS
     perturbation_margin: float = DEFAULT_PERTURBATION
     gaussian_dmin: float = DEFAULT_GAUSSIAN_DMIN
-    gaussian_dmax: float = DEFAULT_GAUSSIAN_DMAX
+    gaussian_dmax: float | None = None
     gaussian_step: float = DEFAULT_GAUSSIAN_STEP
     gaussian_width: float = DEFAULT_GAUSSIAN_STEP
 
     def __post_init__(self) -> None:
+        if self.gaussian_dmax is None:
+            object.__setattr__(self, "gaussian_dmax", float(self.radius))
         if self.radius <= 0:
             raise ValueError(f"radius must be positive, got {self.radius}")
         if self.max_neighbors < 1:

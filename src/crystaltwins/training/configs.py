@@ -264,6 +264,8 @@ class RunOptions:
     def graph_settings(self, given: GraphSettings | None = None, **more: Any) -> GraphSettings:
         """The graph settings of this run: ``radius`` / ``max_neighbors`` where set, the rest
         from ``given`` (a pre-trained model's or a graph cache's settings), else the defaults.
+        A radius set here also ends the Gaussian expansion there
+        (:attr:`GraphSettings.gaussian_dmax`).
 
         :param more: other :class:`GraphSettings` fields (e.g. ``perturbation_margin``)."""
         base = dataclasses.asdict(given) if given is not None else {}
@@ -272,6 +274,8 @@ class RunOptions:
             for k, v in (("radius", self.radius), ("max_neighbors", self.max_neighbors))
             if v is not None
         }
+        if self.radius is not None:  # the expansion follows the radius asked for
+            base.pop("gaussian_dmax", None)
         return GraphSettings(**{**base, **more, **asked})
 
     def graph_conflicts(self, model_settings: GraphSettings) -> list[str]:
