@@ -74,7 +74,7 @@ def orbital_field_matrix(
     :param edge_index: ``(2, E)``, row 0 the centre *p*, row 1 the neighbour *k*.
     :param edge_distance: ``(E,)`` distances in Å (positive).
     :param valence: ``(n_z, 32)`` valence one-hot table (:func:`~crystaltwins.graph.ofm.valence_table`).
-    :returns: ``(N, 1056)``; row ``32 a + 0`` is ``o_p[a]``, ``32 a + 1 + b`` is
+    :returns: ``(N, 1056)``; column ``33 a + 0`` is ``o_p[a]``, ``33 a + 1 + b`` is
         ``o_p[a] Σ_k d⁻⁴ o_k[b]`` (the OGCNN code's ``(32, 33)`` matrix, ``reshape(-1)``).
     """
     orbitals = valence.index_select(0, atomic_numbers)  # (N, 32)
