@@ -41,3 +41,27 @@ def test_distances_are_expanded_in_float32_under_autocast(crystals_factory, name
     with torch.autocast("cpu", dtype=torch.bfloat16):
         encoder(batch)
     assert seen and set(seen) == {torch.float32}
+
+
+@pytest.mark.parametrize("name", ["gin", "gatgnn"])
+def test_half_precision_weights_still_run(crystals_factory, name):
+    """--precision bf16-true / 16-true: the float32 expansion is cast back to the weights'
+    dtype (it met bfloat16 weights in float32 and stopped)."""
+    from crystaltwins.models.registry import build_encoder
+
+    batch = collate(crystals_factory(4, seed=5))
+    encoder = build_encoder(name, random_table()).to(torch.bfloat16)
+    assert encoder(batch).dtype == torch.bfloat16
+
+
+def test_denoising_head_expands_float32_lengths_under_autocast():
+    from crystaltwins.models.pretext_heads import EdgeDistanceHead
+
+    head = EdgeDistanceHead(16, 8)
+    seen = []
+    head.gaussian.register_forward_pre_hook(lambda _, args: seen.append(args[0].dtype))
+    atoms = torch.randn(5, 16, dtype=torch.bfloat16)
+    edges = torch.tensor([[0, 1, 2], [1, 2, 3]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = head(atoms, edges, torch.tensor([7.13, 7.15, 7.17]))
+    assert seen == [torch.float32] and out.shape == (3,)

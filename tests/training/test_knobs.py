@@ -261,7 +261,8 @@ def test_finetune_help_offers_the_knobs_with_their_defaults(capsys):
     assert "--freeze-encoder-epochs N" in text and "--warmup-epochs N" in text
     assert "linear probe, then fine-tune); N = epochs: a linear probe (default: 0)" in text
     assert "--encoder-anchor ALPHA" in text and "(L2-SP, Li et al. 2018)" in text
-    assert "up to lr at the last (then constant) (default: 0)" in text
+    assert "up to lr at the last (then constant, or the cosine decay of --lr-schedule)" in text
+    assert "--lr-schedule {constant,cosine}" in text
 
 
 def _encoder_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -490,3 +491,23 @@ def test_cosine_run_follows_its_schedule_and_resumes_exactly(
     got, want = _last(resumed), _last(whole)
     assert _same_tensors(got["state_dict"], want["state_dict"]) == []
     assert got["lr_schedulers"] == want["lr_schedulers"]
+
+
+def test_cosine_run_resumed_over_other_steps_is_refused(small_perovskites, cache_root, tmp_path):
+    """Resumed with more epochs (or on other devices), the cosine would restart high (or end
+    early): refused in one line, the checkpoint untouched."""
+    settings = dict(freeze_encoder_epochs=0, warmup_epochs=0, lr_schedule="cosine")
+    out = tmp_path / "run"
+    config = _config(small_perovskites, out, cache_root, **settings)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(config, callbacks=[_StopAt(2)])
+    before = (out / "checkpoints" / "last.ckpt").read_bytes()
+    longer = _config(small_perovskites, out, cache_root, **{**settings, "epochs": EPOCHS + 2})
+    longer.resume = True
+    with pytest.raises(
+        ValueError, match="schedule was laid out over other steps .*total_steps 9 -> 15"
+    ):
+        finetune(longer)
+    assert (out / "checkpoints" / "last.ckpt").read_bytes() == before
+    config.resume = True
+    assert finetune(config)  # with the epochs it was made with: resumes

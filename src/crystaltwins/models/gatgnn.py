@@ -161,7 +161,7 @@ class GATGNNEncoder(Encoder):
         # at least float32: under autocast x is half precision, whose 0.03 Å steps near 8 Å
         # (bfloat16) are as large as the perturbation of a view
         distance = batch.edge_distance.to(torch.promote_types(x.dtype, torch.float32))
-        edge = F.leaky_relu(self.embed_e(self.gaussian(distance)), EDGE_NEGATIVE_SLOPE)
+        edge = F.leaky_relu(self.embed_e(self.gaussian(distance).to(x.dtype)), EDGE_NEGATIVE_SLOPE)
         for attention, norm in zip(self.node_att, self.batch_norm, strict=True):
             x = F.softplus(norm(attention(x, edge, batch.edge_index)))
         return x

@@ -138,7 +138,7 @@ class GINEncoder(Encoder):
         # (bfloat16) are as large as the perturbation of a view
         distance = batch.edge_distance.to(torch.promote_types(x.dtype, torch.float32))
         # Σ_j u_ij and deg_i once: Σ_j Linear_l(u_ij) = W_l Σ_j u_ij + deg_i b_l for every layer
-        gaussian_sum = segment_sum(self.gaussian(distance), centre, n)
+        gaussian_sum = segment_sum(self.gaussian(distance), centre, n).to(x.dtype)
         degree = torch.bincount(centre, minlength=n).to(x.dtype).unsqueeze(1)
         neighbour_sum = NeighbourSum(batch.edge_index, n)
         for layer, edge_embedding in enumerate(self.edge_embeddings):

@@ -62,5 +62,8 @@ class EdgeDistanceHead(nn.Module):
     def forward(self, atom_embeddings: Tensor, edge_index: Tensor, distance: Tensor) -> Tensor:
         centre = atom_embeddings.index_select(0, edge_index[0])
         neighbour = atom_embeddings.index_select(0, edge_index[1])
-        expanded = self.gaussian(distance.to(atom_embeddings.dtype))
+        # expanded from float32 lengths at least (half precision rounds them to ~0.03 Å near
+        # 8 Å, the size of the noise to be undone), then in the embeddings' dtype
+        dtype = atom_embeddings.dtype
+        expanded = self.gaussian(distance.to(torch.promote_types(dtype, torch.float32))).to(dtype)
         return self.mlp(torch.cat([centre, neighbour, expanded], dim=1)).squeeze(1)

@@ -456,14 +456,15 @@ class FinetuneConfig(RunOptions):
     warmup_epochs: int = setting(
         0,
         "raise every learning rate linearly over the first N epochs, optimiser step by step: "
-        "lr/S at the first of their S steps up to lr at the last (then constant)",
+        "lr/S at the first of their S steps up to lr at the last (then constant, or the "
+        "cosine decay of --lr-schedule)",
         metavar="N",
     )
     lr_schedule: str = setting(
         "constant",
         "learning rates over the epochs: constant (the paper's), or cosine: each decays from its "
-        "value (after any warm-up) to 0 at the last step of the last epoch along half a cosine, "
-        "optimiser step by step",
+        "value (after any warm-up) along half a cosine towards 0 at the end of the last epoch, "
+        "optimiser step by step (a resume must keep the epochs and devices)",
         choices=LR_SCHEDULES,
     )
     encoder_anchor: float = setting(

@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import math
 from dataclasses import dataclass, field
-from functools import cached_property, partial
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -252,6 +252,10 @@ class FinetuneModule(L.LightningModule):
                 "crystals or labels in its training, validation or test set): resuming would "
                 "mix two datasets; give the data it started with, or start a new run"
             )
+        schedulers = checkpoint.get("lr_schedulers") or [{}]
+        stored = (schedulers[0].get("lr_lambdas") or [None])[0] if schedulers[0] else None
+        # the schedule's step counts as trained so far (checked in configure_optimizers)
+        self._stored_schedule = stored if isinstance(stored, dict) and stored else None
         saved = checkpoint.get("encoder_anchor_sha256")
         if self.encoder_anchor and saved is not None and saved != self._anchor_digest():
             raise ValueError(
@@ -306,17 +310,47 @@ class FinetuneModule(L.LightningModule):
         # Optimiser steps per epoch (this process's batches): the run's steps over its epochs.
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = total // max(self.trainer.max_epochs, 1)
-        factor = partial(
-            learning_rate_factor,
+        factor = LearningRateSchedule(
             warmup_steps=self.warmup_epochs * per_epoch,
             total_steps=per_epoch * max(self.trainer.max_epochs, 1),
             schedule=self.lr_schedule,
         )
+        stored = getattr(self, "_stored_schedule", None)
+        if stored is not None and stored != dataclasses.asdict(factor):
+            differs = ", ".join(
+                f"{k} {stored.get(k)} -> {v}"
+                for k, v in dataclasses.asdict(factor).items()
+                if stored.get(k) != v
+            )
+            raise ValueError(
+                f"{self.trainer.ckpt_path}: this run's learning-rate schedule was laid out over "
+                f"other steps ({differs}: other epochs or devices): resumed, it would not train "
+                "as the run it continues; resume with the epochs and devices it was made with, "
+                "or start a new run"
+            )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
+
+
+@dataclass
+class LearningRateSchedule:
+    """:func:`learning_rate_factor` over a run's steps, as a ``LambdaLR`` factor whose step
+    counts go into the checkpoint (so a resume over other steps is refused)."""
+
+    warmup_steps: int
+    total_steps: int
+    schedule: str = "constant"
+
+    def __call__(self, step: int) -> float:
+        return learning_rate_factor(
+            step,
+            warmup_steps=self.warmup_steps,
+            total_steps=self.total_steps,
+            schedule=self.schedule,
+        )
 
 
 def learning_rate_factor(

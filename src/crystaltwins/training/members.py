@@ -34,7 +34,6 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +48,8 @@ from crystaltwins.training.common import resident_device
 from crystaltwins.training.configs import FinetuneConfig
 from crystaltwins.training.finetune import (
     FinetuneModule,
+    LearningRateSchedule,
     TrainedRun,
-    learning_rate_factor,
     prepare_run,
 )
 from crystaltwins.training.sampling import EpochSampler
@@ -235,7 +234,7 @@ def train_together(
 
     :param batch_size: crystals per batch, for every member.
     :param warmup_epochs, lr_schedule: every member's learning rates follow
-        :func:`~crystaltwins.training.finetune.learning_rate_factor`, step by step, as a single
+        :class:`~crystaltwins.training.finetune.LearningRateSchedule`, step by step, as a single
         run's do.
     :param device: where the models train; the members' datasets make their batches where their
         stores live (host or this device).
@@ -269,8 +268,7 @@ def train_together(
         {n: encoder_lr if n.startswith("encoder.") else head_lr for n in model.params},
         torch.tensor([float(m.weight_decay) for m in modules], dtype=torch.float64),
     )
-    schedule = partial(
-        learning_rate_factor,
+    schedule = LearningRateSchedule(
         warmup_steps=warmup_epochs * per_epoch[0],
         total_steps=epochs * per_epoch[0],
         schedule=lr_schedule,
