@@ -310,3 +310,30 @@ def test_an_open_cache_keeps_its_data_when_another_run_rebuilds_it(rows, tmp_pat
     assert after == before
     with pytest.raises(RuntimeError, match="rebuilt or removed by another run"):
         pickle.loads(state)
+
+
+def test_a_cache_inside_its_data_folder_is_reused(data_dir, tmp_path):
+    """``featurize cg --out cg/cache``: the cache, its lock and a second cache beside it are
+    not part of the folder's data (they changed its fingerprint: rebuilt every time); a new
+    data file still is."""
+    import shutil
+
+    from crystaltwins.data.cache import source_fingerprint
+
+    data = tmp_path / "cg"
+    shutil.copytree(data_dir / "samples" / "cgcnn_regression", data)
+    clean = source_fingerprint(data)
+    first = build_graph_cache(data, data / "cache", progress=False)
+    assert not first.reused and first.crystals == 10
+    assert build_graph_cache(data, data / "cache", progress=False).reused
+    assert build_graph_cache(data, data / "other", progress=False).crystals == 10
+    assert build_graph_cache(data, data / "cache", progress=False).reused
+    assert source_fingerprint(data) == clean
+    (data / "cache.tmp-1-0123abcd").mkdir()  # a writer's temporary: not data either
+    assert source_fingerprint(data) == clean
+    (data / "cache.notes").write_text("a user's file")  # near the name, but data
+    assert source_fingerprint(data) != clean
+    (data / "cache.notes").unlink()
+    (data / "extra.cif").write_text((data / "1000041.cif").read_text())
+    assert source_fingerprint(data) != clean
+    assert not build_graph_cache(data, data / "cache", progress=False).reused

@@ -39,6 +39,7 @@ import itertools
 import json
 import multiprocessing as mp
 import os
+import re
 import shutil
 import signal
 import time
@@ -77,20 +78,39 @@ _CAND_ARRAYS = ("cand_src", "cand_dst", "cand_image")
 _HASH_BLOCK = 1 << 20
 
 
-def source_fingerprint(source: str | os.PathLike) -> str:
+def _of_cache(path: Path, cache: Path) -> bool:
+    """Whether ``path`` is inside the graph cache folder ``cache`` or one of the files our
+    writers put beside it (its lock, partial build and temporaries)."""
+    try:
+        first = path.relative_to(cache.parent).parts[0]
+    except (ValueError, IndexError):
+        return False
+    name = cache.name
+    return first in (name, f"{name}.lock", f"{name}.partial") or (
+        re.fullmatch(rf"{re.escape(name)}\.(tmp|old)-\d+-[0-9a-f]{{8}}", first) is not None
+    )
+
+
+def source_fingerprint(source: str | os.PathLike, exclude: Sequence[Path] = ()) -> str:
     """The SHA-256 of a file's content, or of a folder's files (relative paths and contents).
 
     Content, not sizes and modification times: an edited label whose file kept its size and
     time (``touch -r``, a copy with ``cp -p``) still changes the fingerprint. Read in 1 MiB
-    blocks; about 0.2-0.5 s per 100 MB (``benchmarks/bench_fingerprint.py``).
+    blocks; about 0.2-0.5 s per 100 MB (``benchmarks/bench_fingerprint.py``). A folder's graph
+    caches (``featurize cg --out cg/cache``: any subfolder with a cache manifest, and the
+    folders in ``exclude``), with their locks and temporaries, are not part of its data.
     """
     path = Path(source).resolve()
     digest = hashlib.sha256()
     if path.is_file():
         files = [(path.name, path)]
     else:
+        caches = [Path(e).resolve() for e in exclude]
+        caches += [m.parent for m in path.rglob("manifest.json") if _is_cache_manifest(m)]
         files = [
-            (p.relative_to(path).as_posix(), p) for p in sorted(path.rglob("*")) if p.is_file()
+            (p.relative_to(path).as_posix(), p)
+            for p in sorted(path.rglob("*"))
+            if p.is_file() and not any(_of_cache(p, c) for c in caches)
         ]
     buffer = bytearray(_HASH_BLOCK)
     view = memoryview(buffer)
@@ -252,11 +272,12 @@ def _manifest_key(
     targets: Sequence[str],
     cif_column: str | None = None,
     id_key: str | None = None,
+    cache_dir: Path | None = None,
 ) -> dict[str, Any]:
     key = {
         "version": CACHE_VERSION,
         "source": str(source),
-        "source_fingerprint": source_fingerprint(source),
+        "source_fingerprint": source_fingerprint(source, [cache_dir] if cache_dir else []),
         "graph_settings": settings.cache_key(),
         "featurizer": {"supported_elements": elements},
         "targets": list(targets),
@@ -328,7 +349,7 @@ def build_graph_cache(
         check_cache_target(cache_dir, source)
     supported = supported_elements(featurizer)
     key = _manifest_key(
-        source, settings, element_coverage(featurizer), targets or [], cif_column, id_key
+        source, settings, element_coverage(featurizer), targets or [], cif_column, id_key, cache_dir
     )
     if not force and (reused := _reusable(cache_dir, key, start)) is not None:
         return reused
