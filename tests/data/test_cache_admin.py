@@ -69,3 +69,34 @@ def test_clean_skips_a_cache_whose_lock_is_held(root: Path) -> None:
     assert [e.path.name for e in report.removed] == ["old-cache"]
     assert (root / "new-cache" / "manifest.json").exists()
     assert "in use by another process" in "\n".join(report.lines())
+
+
+def test_clean_skips_a_cache_another_run_is_reading(root: Path) -> None:
+    """A run reading a cache holds no lock, but maps its arrays: clean keeps that cache (it
+    was removed under the run)."""
+    import subprocess
+    import sys
+
+    reader = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from crystaltwins.data.cache import GraphCache; "
+            f"c = GraphCache({str(root / 'new-cache')!r}); print(len(c), flush=True); "
+            "sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert reader.stdout.readline().strip() == "10"  # the cache is open
+        entries = {e.path.name: e for e in list_caches(root)}
+        assert entries["new-cache"].locked and not entries["old-cache"].locked
+        report = clean_caches(root)
+        assert [e.path.name for e in report.skipped_locked] == ["new-cache"]
+        assert (root / "new-cache" / "manifest.json").exists()
+    finally:
+        reader.stdin.close()
+        reader.wait(timeout=60)
+    assert [e.path.name for e in clean_caches(root).removed] == ["new-cache"]  # once it ended

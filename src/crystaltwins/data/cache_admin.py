@@ -119,8 +119,29 @@ def _last_used(stats: dict[str, os.stat_result]) -> float:
     )
 
 
+def mapped_by_a_process(folder: Path, proc: Path = Path("/proc")) -> bool:
+    """Whether a running process has one of ``folder``'s files mapped (a run reading the
+    cache: :class:`~crystaltwins.data.cache.GraphCache` maps every array at open). Read from
+    ``/proc/<pid>/maps`` where there is one (Linux; the processes this user may see); ``False``
+    elsewhere."""
+    prefix = f"{folder.resolve()}/"
+    if not proc.is_dir():
+        return False
+    for maps in proc.glob("[0-9]*/maps"):
+        try:
+            text = maps.read_text(errors="replace")
+        except OSError:  # gone, or not ours to read
+            continue
+        if prefix in text:
+            return True
+    return False
+
+
 def _is_locked(folder: Path) -> bool:
-    """Whether another process holds ``folder``'s lock (a build in progress); never waits."""
+    """Whether another process holds ``folder``'s lock (a build in progress) or reads the cache
+    (:func:`mapped_by_a_process`); never waits."""
+    if mapped_by_a_process(folder):
+        return True
     path = sibling(folder, ".lock")
     if not path.exists():
         return False
@@ -200,7 +221,8 @@ def clean_caches(
 
 
 def _remove(entry: CacheEntry) -> bool:
-    """Remove one cache under its lock; ``False`` when another process holds the lock."""
+    """Remove one cache under its lock; ``False`` when another process holds the lock or has
+    the cache open."""
     lock = FileLock(sibling(entry.path, ".lock"), str(entry.path))
     try:
         lock.acquire(wait=False)
@@ -208,6 +230,8 @@ def _remove(entry: CacheEntry) -> bool:
         return False
     try:
         if read_cache_entry(entry.path) is None:  # changed since it was listed: leave it
+            return False
+        if mapped_by_a_process(entry.path):  # a run is reading it
             return False
         doomed = temporary_sibling(entry.path, "old")
         entry.path.rename(doomed)
