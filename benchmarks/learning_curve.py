@@ -82,9 +82,11 @@ RESULT_SETTINGS = (
 )  # fmt: skip
 #: settings that change only the pre-trained method's runs (a run from scratch ignores them):
 #: where they differ, ``--previous`` gives its scratch points only
-PRETRAINED_SETTINGS = ("pretrained", "encoder_lr_factor", "freeze_encoder_epochs", "encoder_anchor")
+PRETRAINED_SETTINGS = (
+    "pretrained", "encoder_lr_factor", "freeze_encoder_epochs", "encoder_anchor", "head_init",
+)  # fmt: skip
 #: what a setting was before this script recorded it
-UNRECORDED = {"encoder_anchor": "0.0", "lr_schedule": "constant"}
+UNRECORDED = {"encoder_anchor": "0.0", "lr_schedule": "constant", "head_init": "new"}
 
 
 def _differing(earlier: dict[str, str], settings: dict[str, str], names: tuple[str, ...]) -> str:
@@ -143,6 +145,7 @@ def finetune_settings(
         encoder_lr_factor=args.encoder_lr_factor,
         freeze_encoder_epochs=0 if method == "scratch" else args.freeze_encoder_epochs,
         encoder_anchor=0.0 if method == "scratch" else args.encoder_anchor,
+        head_init="new" if method == "scratch" else args.head_init,
         warmup_epochs=args.warmup_epochs,
         lr_schedule=args.lr_schedule,
         seed=seed,
@@ -302,6 +305,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--freeze-encoder-epochs", type=int, default=0, help="CT: encoder frozen first")
     p.add_argument("--warmup-epochs", type=int, default=0, help="linear learning-rate warm-up")
+    p.add_argument(
+        "--head-init",
+        default="new",
+        choices=("new", "source"),
+        help="CT: the property head new, or from a fine-tuned start's (default new)",
+    )
     p.add_argument(
         "--lr-schedule",
         default="constant",

@@ -58,7 +58,7 @@ def test_a_finished_run_with_other_settings_is_not_reused(tmp_path: Path) -> Non
         out=tmp_path / "out", data_root=tmp_path, pretrained="mp-eform", batch_size=128,
         epochs=200, min_steps=0, max_epochs=2000, encoder_lr_factor=1.0,
         freeze_encoder_epochs=0, encoder_anchor=0.0, warmup_epochs=0, max_eval=1000,
-        all_from=None, lr_schedule="constant",
+        all_from=None, lr_schedule="constant", head_init="new",
     )  # fmt: skip
     task = TASKS["perovskites"]
     settings = script.finetune_settings(args, task, 1000, 0, "ct")

@@ -511,3 +511,43 @@ def test_cosine_run_resumed_over_other_steps_is_refused(small_perovskites, cache
     assert (out / "checkpoints" / "last.ckpt").read_bytes() == before
     config.resume = True
     assert finetune(config)  # with the epochs it was made with: resumes
+
+
+def test_head_from_a_fine_tuned_start_fits_its_outputs(small_perovskites, cache_root, tmp_path):
+    """--head-init source from mp-multi-33k: the hidden layer is the source's, and the new
+    output is the least-squares combination of its three outputs (MP formation energy, band
+    gap, Fermi energy) that best gives the training targets: better than the mean at epoch 0."""
+    import numpy as np
+
+    from crystaltwins.training.finetune import prepare_run
+
+    settings = dict(freeze_encoder_epochs=0, warmup_epochs=0, head_init="source")
+    run = prepare_run(
+        _config(
+            small_perovskites, tmp_path / "r", cache_root, pretrained="mp-multi-33k", **settings
+        )
+    )
+    module, source, train = run.module, run.start.head, run.parts["train"]
+    assert torch.equal(module.head[0].weight, source[0].weight)
+    module.eval()
+    with torch.no_grad():
+        batch = train.__getitems__(np.arange(len(train)))
+        predicted = module.model(batch)[:, 0].double()
+        outputs = source(module.encoder(batch)).double()
+    target = module.model.standardise(batch.targets[:, 0].double())
+    design = torch.cat([outputs, torch.ones(len(train), 1, dtype=torch.float64)], 1)
+    best = torch.linalg.lstsq(design, target.unsqueeze(1)).solution
+    residual = float(((design @ best)[:, 0] - target).pow(2).mean())
+    assert float((predicted - target).pow(2).mean()) == pytest.approx(residual, rel=1e-4)
+    assert residual < 0.9 * float(target.pow(2).mean())  # the source's outputs explain some
+
+
+def test_head_from_an_encoder_only_start_is_refused(small_perovskites, cache_root, tmp_path):
+    settings = dict(freeze_encoder_epochs=0, warmup_epochs=0, head_init="source")
+    with pytest.raises(ValueError, match="has no property head"):
+        finetune(_config(small_perovskites, tmp_path / "r", cache_root, **settings))
+    with pytest.raises(ValueError, match="head_init source needs a fine-tuned starting model"):
+        _config(
+            small_perovskites, tmp_path / "s", cache_root, pretrained=None, from_scratch=True,
+            **settings,
+        ).validate()  # fmt: skip

@@ -36,6 +36,8 @@ DEFAULT_ENCODER_LR_FACTOR = 1.0
 SCRATCH_ENCODER_LR_FACTOR = 1.0
 #: Tasks a property model is trained for.
 TASKS = ("regression", "classification")
+#: How a fine-tuning run's property head starts (:func:`~crystaltwins.training.finetune.head_from_source`).
+HEAD_INITS = ("new", "source")
 #: Learning-rate schedules of fine-tuning (:meth:`FinetuneModule.configure_optimizers`).
 LR_SCHEDULES = ("constant", "cosine")
 #: Encoders whose members ``members_together`` stacks (:mod:`crystaltwins.training.members`);
@@ -503,6 +505,13 @@ class FinetuneConfig(RunOptions):
     head_hidden: int | None = setting(
         None, "hidden width of the head", default_text="the encoder's output width"
     )
+    head_init: str = setting(
+        "new",
+        "the property head: new (random, as the paper), or source: a fine-tuned starting "
+        "model's head, its hidden layer copied and its outputs (e.g. an MP band gap) combined "
+        "into the target by a least-squares fit on the training crystals",
+        choices=HEAD_INITS,
+    )
     plots: bool = setting(True, "draw parity and learning-curve plots in OUT")
     data_on_device: str = setting(
         "auto",
@@ -599,6 +608,15 @@ class FinetuneConfig(RunOptions):
             raise ValueError("freeze_encoder_epochs needs a pre-trained encoder, not from_scratch")
         if self.members_together and self.freeze_encoder_epochs:
             raise ValueError("members trained together take no freeze_encoder_epochs")
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(
+                f"head_init must be one of {', '.join(HEAD_INITS)}, got {self.head_init!r}"
+            )
+        if self.head_init == "source" and (self.from_scratch or self.task != "regression"):
+            raise ValueError(
+                "head_init source needs a fine-tuned starting model (--pretrained) and a "
+                "regression task"
+            )
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(
                 f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"

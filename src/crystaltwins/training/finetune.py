@@ -457,6 +457,8 @@ class StartingPoint:
     settings: GraphSettings
     init: str
     info: dict[str, Any] = field(default_factory=dict)
+    #: a fine-tuned starting model's property head (``None`` otherwise)
+    head: nn.Module | None = None
 
 
 def starting_point(config: FinetuneConfig) -> StartingPoint:
@@ -474,7 +476,10 @@ def starting_point(config: FinetuneConfig) -> StartingPoint:
         settings = run_graph_settings(config, config.data, bundle.graph_settings)
         # a shipped model is recorded by its name (the same on every machine), a file by its path
         init = str(config.pretrained) if str(config.pretrained) in SHIPPED_MODELS else str(path)
-        return StartingPoint(bundle.featurizer, bundle.encoder, settings, init, dict(bundle.info))
+        head = bundle.head if bundle.kind == "finetuned" else None
+        return StartingPoint(
+            bundle.featurizer, bundle.encoder, settings, init, dict(bundle.info), head
+        )
     featurizer = featurizer_for(config.data, config.atom_init)
     settings = run_graph_settings(config, config.data)
     encoder = new_encoder(
@@ -689,10 +694,62 @@ def prepare_run(config: FinetuneConfig) -> PreparedRun:
         for name, positions in (("train", split.train), ("val", split.val), ("test", split.test))
     }
     module = _property_module(config, start, values[parts["train"].indices], aux_targets)
+    if config.head_init == "source":
+        head_from_source(module, start, parts["train"], values[parts["train"].indices])
     module.data_digest = _data_digest(cache, parts)
     evaluated = {name: np.asarray(cache.ids)[parts[name].indices] for name in ("val", "test")}
     notes = check_seen_by_start(config, start, evaluated) if is_main_process() else {}
     return PreparedRun(config, start, cache, planned, values, target_name, parts, module, notes)
+
+
+@torch.no_grad()
+def head_from_source(
+    module: FinetuneModule,
+    start: StartingPoint,
+    train: _TargetDataset,
+    y_train: np.ndarray,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """Start ``module``'s head from the starting model's: its hidden layer copied, its
+    target output the least-squares combination ``a · o + c`` of the source's ``K`` outputs
+    ``o`` (standardised, e.g. MP formation energy, band gap, Fermi energy) that best gives the
+    standardised training targets. Returns ``[a_1 .. a_K, c]``.
+
+    The encoder and the source head are evaluated once over the training crystals (eval mode:
+    BatchNorm statistics untouched); outputs past the first (auxiliary targets) keep their
+    fresh weights.
+
+    :raises ValueError: the starting model has no property head, or one of another width.
+    """
+    source = start.head
+    if source is None:
+        raise ValueError(
+            f"head_init source: {start.init} has no property head (a pre-trained encoder); "
+            "give a fine-tuned model, or leave head_init new"
+        )
+    head = module.head
+    if source[0].weight.shape != head[0].weight.shape:
+        raise ValueError(
+            f"head_init source: {start.init}'s head is {tuple(source[0].weight.shape)} wide, "
+            f"this run's {tuple(head[0].weight.shape)} (leave --head-hidden at its default)"
+        )
+    encoder = module.encoder
+    was_training = encoder.training
+    encoder.eval()
+    outputs = []
+    for begin in range(0, len(train), batch_size):
+        batch = train.__getitems__(np.arange(begin, min(begin + batch_size, len(train))))
+        outputs.append(source(encoder(batch)).double())
+    encoder.train(was_training)
+    design = torch.cat([torch.cat(outputs), torch.ones(len(train), 1, dtype=torch.float64)], 1)
+    target = module.model.standardise(torch.as_tensor(y_train, dtype=torch.float64))
+    solution = torch.linalg.lstsq(design, target.unsqueeze(1), driver="gelsd").solution[:, 0]
+    combine, offset = solution[:-1], solution[-1]
+    head[0].load_state_dict(source[0].state_dict())
+    weight, bias = source[2].weight.double(), source[2].bias.double()
+    head[2].weight[0] = (combine @ weight).to(head[2].weight.dtype)
+    head[2].bias[0] = (combine @ bias + offset).to(head[2].bias.dtype)
+    return solution.numpy()
 
 
 def _data_digest(cache: GraphCache, parts: dict[str, _TargetDataset]) -> str:
