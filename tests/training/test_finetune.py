@@ -147,12 +147,15 @@ def test_classification_and_log10_targets(data_dir, cache_root, tmp_path):
             cache_root,
             target="G_VRH",
             target_transform="log10",
+            unit="GPa",
             epochs=1,
             max_train=200,
             max_eval=100,
         )
     )
     assert metrics["target"] == "log10(G_VRH)"
+    # the MAEs are log10(GPa), the values (predictions) GPa: the CLI prints the former
+    assert (metrics["metric_unit"], metrics["unit"]) == ("log10(GPa)", "GPa")
     with gzip.open(data_dir / "mp_elasticity.csv.gz", "rt", newline="") as handle:
         raw = {r["id"]: float(r["G_VRH"]) for r in csv.DictReader(handle)}
     rows = list(csv.DictReader((tmp_path / "gvrh" / "test_predictions.csv").open()))

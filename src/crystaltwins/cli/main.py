@@ -287,7 +287,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         key = "mae" if "mae" in test else "accuracy"
         ensemble = metrics.get("ensemble")
         of = f", mean of {ensemble['members']} models" if ensemble else ""
-        unit = f" {metrics['unit']}" if key == "mae" and metrics.get("unit") else ""
+        shown = metrics.get("metric_unit", metrics.get("unit"))  # log10(GPa) for a log10 run
+        unit = f" {shown}" if key == "mae" and shown else ""
         main_print(
             f"test {key} {test[key]:.4f}{unit} on {test['count']} crystals "
             f"({metrics['target']}{of}); run: {config.out}"

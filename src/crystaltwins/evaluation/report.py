@@ -25,6 +25,7 @@ from crystaltwins.evaluation.metrics import (
     regression_metrics,
 )
 from crystaltwins.evaluation.plots import learning_curves, model_label, parity_plot
+from crystaltwins.evaluation.tasks import metric_unit
 from crystaltwins.io.atomic import atomic_path, write_text_atomic
 from crystaltwins.models.checkpoint import EnsembleBundle, load_model, save_ensemble
 from crystaltwins.models.property_model import PropertyModel
@@ -75,6 +76,8 @@ def score(run: TrainedRun) -> Scores:
     metrics: dict[str, Any] = {
         "target": run.target_name,
         "unit": config.unit,
+        # the MAEs' unit: the target's after its transform (log10(GPa) for a log10 run)
+        "metric_unit": metric_unit(config.unit, config.target_transform),
         "task": config.task,
         **(
             {"aux_targets": list(config.aux_targets), "aux_weight": config.aux_weight}
