@@ -88,6 +88,10 @@ def test_plot_never_replaces_a_users_image_or_table(tmp_path):
         "plot", str(embeddings), "--out", str(tmp_path / "fig.png"), "--method", "pca"
     )
     assert code == 2 and (tmp_path / "fig.png").read_bytes() == b"\x89PNG the user's own figure"
+    for kind in ("pdf", "jpg"):  # its own earlier map of any format is replaced (was refused)
+        again = tmp_path / f"again.{kind}"
+        assert cli("plot", str(embeddings), "--out", str(again), "--method", "pca")[0] == 0
+        assert cli("plot", str(embeddings), "--out", str(again), "--method", "pca")[0] == 0
 
 
 def test_metrics_json_is_strict_json() -> None:

@@ -43,6 +43,8 @@ def test_bench_smoke_runs_resumes_and_reports(perovskite_subset, tmp_path, capsy
     assert report.count("| perovskites |") == 1
     assert report.count(" (1 run) |") == 2 and "± 0.0000" not in report  # one seed: no spread
     assert report.startswith("# Pipeline check (smoke preset): these numbers mean nothing")
+    # the paper's gain over the same tasks (perovskites: 0.057 -> 0.046), beside its claim
+    assert "(paper, the same tasks: +19.3%; its claim: +15.6% over 7 tasks)" in report
     # only the first 500 rows of the data were used, and only they got a graph cache
     caches = [json.loads(p.read_text()) for p in cache_root.glob("*/manifest.json")]
     assert caches and all(m["crystals"] == 500 for m in caches)
@@ -55,7 +57,7 @@ def test_bench_smoke_runs_resumes_and_reports(perovskite_subset, tmp_path, capsy
 
 def test_bench_matbench_protocol_runs_folds(perovskite_subset, cache_root, tmp_path, capsys):
     """--protocol matbench: 'seeds' are folds; each run tests on its matbench fold; the report
-    says folds and gives the leaderboard's numbers on the same folds."""
+    says folds and gives the leaderboard's numbers (comparable only over all 5 uncapped folds)."""
     import csv
 
     import pytest
@@ -75,7 +77,12 @@ def test_bench_matbench_protocol_runs_folds(perovskite_subset, cache_root, tmp_p
     )
     with pytest.raises(ValueError, match="runs folds 0-4"):
         run_bench(data_root, tmp_path / "bad", seeds=3, first_seed=3, **kwargs)
-    results = run_bench(data_root, tmp_path / "out", seeds=1, first_seed=3, **kwargs)
+    for refused in ("exclude_test", "ablation"):  # they act on a pre-training not run here
+        with pytest.raises(ValueError, match="--pretrained uses a model as it is"):
+            run_bench(data_root, tmp_path / "bad", seeds=1, **{refused: True}, **kwargs)
+    # the t-SNE map of the first fold's runs (it looked for seed0 and lost the tables)
+    results = run_bench(data_root, tmp_path / "out", seeds=1, first_seed=3, tsne=True, **kwargs)
+    assert (tmp_path / "out" / "tsne_perovskites.png").stat().st_size > 10_000
     assert results["protocol"].startswith("matbench")
     assert "perovskites fold 3 scratch: epoch" in capsys.readouterr().out
     assert results["tasks"][0]["matbench_leaderboard"]["CGCNN"] == 0.0452
@@ -85,7 +92,9 @@ def test_bench_matbench_protocol_runs_folds(perovskite_subset, cache_root, tmp_p
         and "Splits: matbench (matbench v0.1 folds: KFold(5" in report
     )
     assert results["wall_minutes"] > 0  # the fold runs' training time is counted
-    assert "matbench v0.1 leaderboard on the same 5 folds" in report and "coGN 0.0269" in report
+    # one fold of a capped preset: the leaderboard is given, said not comparable
+    assert "matbench v0.1 leaderboard (not comparable with this run" in report
+    assert "coGN 0.0269" in report and "on the same 5 folds" not in report
     run = tmp_path / "out" / "runs" / "perovskites" / "fold3"
     with open(run / "scratch" / "test_predictions.csv", newline="") as handle:
         tested = {row["id"] for row in csv.DictReader(handle)}
@@ -157,3 +166,34 @@ def test_bench_warns_when_a_given_start_learned_the_labels_of_its_test_crystals(
     printed = capsys.readouterr().out
     assert printed.startswith("note: --pretrained mp-multi learned the property of mp_band_gap on")
     assert "warning" not in printed
+
+
+def test_results_json_stays_strict_json_with_a_diverged_seed(tmp_path, monkeypatch):
+    """A NaN MAE (a diverged seed) is written null: a strict JSON parser reads the file."""
+    from types import SimpleNamespace
+
+    import crystaltwins.evaluation.bench as bench
+
+    monkeypatch.setattr(bench, "summarize", lambda results: "table\n")
+    config = SimpleNamespace(ablation=False, tsne=False)
+    ctx = SimpleNamespace(config=config, tasks=[], out=tmp_path, progress=print, seeds=range(1))
+    nan = float("nan")
+    bench._write_results(ctx, {"tasks": [{"ct": {"mean": nan, "values": [0.05, nan]}}]}, {})
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"not strict JSON: {constant}")
+
+    loaded = json.loads((tmp_path / "results.json").read_text(), parse_constant=refuse)
+    assert loaded["tasks"][0]["ct"] == {"mean": None, "values": [0.05, None]}
+
+
+def test_ablation_table_of_one_seed_shows_no_spread():
+    from crystaltwins.evaluation.bench import _ablation_md
+
+    results = {
+        "ablation": {"RP": {"perovskites": (0.05, 0.0)}, "AM+EM": {"perovskites": (0.052, 0.0)}},
+        "tasks": [{"task": "perovskites", "scratch": {"mean": 0.06, "std": 0.0, "values": [0.06]}}],
+    }
+    table = _ablation_md(results)
+    assert "| perovskites | 0.0600 (1 run) | 0.0500 (1 run) | 0.0520 (1 run) |" in table
+    assert "± 0.0000" not in table

@@ -61,3 +61,11 @@ def test_labels_to_reach_rejects_curves_it_cannot_read(
 def test_labels_to_reach_rejects_an_error_that_is_no_mae(error: float) -> None:
     with pytest.raises(ValueError, match="positive, finite error"):
         labels_to_reach([100, 300], [0.4, 0.2], error)
+
+
+def test_accuracy_reads_a_probability_of_one_half_as_the_predictions_file_does() -> None:
+    """class 1 above 0.5 (the predictions files' ``predicted_class``), 0.5 itself class 0."""
+    from crystaltwins.evaluation.metrics import classification_metrics
+
+    assert classification_metrics(np.array([0]), np.array([0.5]))["accuracy"] == 1.0
+    assert classification_metrics(np.array([1]), np.array([0.51]))["accuracy"] == 1.0

@@ -49,8 +49,9 @@ def ablation_chart(
     return _save(fig, path)
 
 
-def perovskite_tsne(ctx: Any, path: Path, seed: int = 0) -> Path:
-    """t-SNE of the perovskites test crystals' embeddings: supervised CGCNN vs CT fine-tuned."""
+def perovskite_tsne(ctx: Any, path: Path, part: str = "seed0") -> Path:
+    """t-SNE of the perovskites test crystals' embeddings: supervised CGCNN vs CT fine-tuned,
+    of the runs in ``runs/perovskites/<part>`` (the first seed's or fold's)."""
     from crystaltwins.data.dataset import CrystalGraphDataset
     from crystaltwins.evaluation.report import predict_embeddings
     from crystaltwins.models.checkpoint import load_model
@@ -58,7 +59,7 @@ def perovskite_tsne(ctx: Any, path: Path, seed: int = 0) -> Path:
     panels = []
     color = None
     for method, title in (("scratch", "CGCNN (supervised)"), ("ct", "Crystal Twins (fine-tuned)")):
-        run = ctx.out / "runs" / "perovskites" / f"seed{seed}" / method
+        run = ctx.out / "runs" / "perovskites" / part / method
         bundle = load_model(run / "model.pt")
         ids = [
             line.split(",")[0]
@@ -77,5 +78,5 @@ def perovskite_tsne(ctx: Any, path: Path, seed: int = 0) -> Path:
         dataset = CrystalGraphDataset(cache, [position[i] for i in ids])
         vectors = predict_embeddings(bundle.encoder, dataset)
         color = cache.labels(["e_form"])[dataset.indices, 0]
-        panels.append((title, reduce_2d(vectors, "tsne", seed)))
+        panels.append((title, reduce_2d(vectors, "tsne", 0)))  # t-SNE's own seed
     return side_by_side_maps(panels, color, path, "formation energy (eV/cell)")

@@ -32,7 +32,8 @@ def classification_metrics(target: np.ndarray, probability: np.ndarray) -> dict[
 
     target = np.asarray(target).ravel().astype(int)
     probability = np.asarray(probability, dtype=np.float64).ravel()
-    accuracy = float(np.mean((probability >= 0.5) == target)) if len(target) else float("nan")
+    # class 1 above 0.5, as the predictions files write it (0.5 itself: class 0)
+    accuracy = float(np.mean((probability > 0.5) == target)) if len(target) else float("nan")
     auc = (
         float(roc_auc_score(target, probability))
         if len(set(target.tolist())) == 2

@@ -189,6 +189,23 @@ def learning_curves(
     return None if fig is None else _save(fig, path)
 
 
+#: Largest image searched whole for matplotlib's mark (a PDF names its producer at the end).
+_MARK_SEARCH_BYTES = 64 * 2**20
+
+
+def _written_with(image: Path, table: Path) -> bool:
+    """Whether ``image`` is the map drawn with the coordinates ``table``: matplotlib's mark in
+    it (PNG and SVG near the start, PDF anywhere), or, for formats that carry none (JPEG, TIFF),
+    written within a minute of the table (``plot`` writes the two together)."""
+    size = image.stat().st_size
+    with open(image, "rb") as handle:
+        head = handle.read(8192 if size > _MARK_SEARCH_BYTES else _MARK_SEARCH_BYTES)
+    if b"atplotlib" in head:
+        return True
+    unmarked = head.startswith((b"\xff\xd8\xff", b"II*\x00", b"MM\x00*"))  # JPEG, TIFF
+    return unmarked and abs(image.stat().st_mtime - table.stat().st_mtime) < 60
+
+
 def check_map_output(path: str | os.PathLike) -> None:
     """Refuse (``ValueError``) a map path whose image or ``.csv`` of coordinates exists and is
     not an earlier map of ``crystaltwins plot`` (a pair whose CSV starts ``id,x,y``)."""
@@ -201,9 +218,8 @@ def check_map_output(path: str | os.PathLike) -> None:
     if table.is_file():
         with open(table, newline="", errors="replace") as handle:
             earlier = next(csv.reader(handle), [])[:3] == ["id", "x", "y"]
-    if earlier and image.exists():  # the image too must be one matplotlib wrote
-        with open(image, "rb") as handle:
-            earlier = b"atplotlib" in handle.read(8192)
+    if earlier and image.exists():  # the image too must be the one written with that CSV
+        earlier = _written_with(image, table)
     if not earlier:
         raise ValueError(
             f"{image}: it or {table.name} exists and is not an earlier map of crystaltwins; "
