@@ -81,8 +81,18 @@ def test_bench_matbench_protocol_runs_folds(perovskite_subset, cache_root, tmp_p
         with pytest.raises(ValueError, match="--pretrained uses a model as it is"):
             run_bench(data_root, tmp_path / "bad", seeds=1, **{refused: True}, **kwargs)
     # the t-SNE map of the first fold's runs (it looked for seed0 and lost the tables)
-    results = run_bench(data_root, tmp_path / "out", seeds=1, first_seed=3, tsne=True, **kwargs)
+    results = run_bench(
+        data_root,
+        tmp_path / "out",
+        seeds=1,
+        first_seed=3,
+        tsne=True,
+        lr_schedule="cosine",
+        **kwargs,
+    )
     assert (tmp_path / "out" / "tsne_perovskites.png").stat().st_size > 10_000
+    run_config = tmp_path / "out" / "runs" / "perovskites" / "fold3" / "ct" / "config.yaml"
+    assert "lr_schedule: cosine" in run_config.read_text()  # bench --lr-schedule reaches the runs
     assert results["protocol"].startswith("matbench")
     assert "perovskites fold 3 scratch: epoch" in capsys.readouterr().out
     assert results["tasks"][0]["matbench_leaderboard"]["CGCNN"] == 0.0452
@@ -92,6 +102,7 @@ def test_bench_matbench_protocol_runs_folds(perovskite_subset, cache_root, tmp_p
         and "Splits: matbench (matbench v0.1 folds: KFold(5" in report
     )
     assert results["wall_minutes"] > 0  # the fold runs' training time is counted
+    assert "(learning rates: cosine)" in report
     # one fold of a capped preset: the leaderboard is given, said not comparable
     assert "matbench v0.1 leaderboard (not comparable with this run" in report
     assert "coGN 0.0269" in report and "on the same 5 folds" not in report

@@ -197,6 +197,7 @@ class BenchConfig:
         False,
         "fine-tune a task's seeds x methods in one loop with stacked weights (faster on a GPU)",
     )
+    lr_schedule: str = same_setting(FinetuneConfig, "lr_schedule")
     overwrite: bool = setting(
         False, "remove an earlier benchmark in OUT first (default: continue it)"
     )
@@ -362,6 +363,7 @@ def _finetune_config(
         unit=task.unit,
         lr=ctx.preset.finetune_lr,
         encoder_lr_factor=ctx.preset.encoder_lr_factor,
+        lr_schedule=ctx.config.lr_schedule,
         batch_size=ctx.preset.finetune_batch,
         epochs=ctx.preset.finetune_epochs,
         seed=seed,
@@ -687,7 +689,13 @@ def summarize(results: dict[str, Any]) -> str:
         f"Command: `{results['command']}`  ",
         f"Date: {results['date']}; machine: {results['machine']}; training time of all runs {results['wall_minutes']:.0f} min  ",
         f"Pre-training corpus: {results['corpus_description']}  ",
-        f"Preset: {results['preset']['description']}  ",
+        f"Preset: {results['preset']['description']}"
+        + (
+            f" (learning rates: {results['lr_schedule']})"
+            if results.get("lr_schedule", "constant") != "constant"
+            else ""
+        )
+        + "  ",
         f"Splits: {results['protocol']}",
         "",
         f"Test MAE, mean ± std over {'folds' if 'matbench' in results['protocol'] else 'seeds'} "
@@ -1118,6 +1126,7 @@ def _results(
             },
         },
         "seeds": config.seeds,
+        "lr_schedule": config.lr_schedule,
         "protocol": config.protocol
         + (
             " (matbench v0.1 folds: KFold(5, shuffle=True, random_state=18012019), validation a "
