@@ -88,6 +88,14 @@ class _StopAt(L.Callback):
             raise KeyboardInterrupt
 
 
+def _interrupted(config: FinetuneConfig, epoch: int) -> FinetuneConfig:
+    """Train ``config`` until a Ctrl-C at the start of ``epoch``; returns it set to resume."""
+    with pytest.raises(KeyboardInterrupt):
+        finetune(config, callbacks=[_StopAt(epoch)])
+    config.resume = True
+    return config
+
+
 def _last(out: Path) -> dict:
     return AtomicCheckpointIO().load_checkpoint(out / "checkpoints" / "last.ckpt")
 
@@ -154,10 +162,8 @@ def test_resumed_run_equals_uninterrupted(knob_run, small_perovskites, cache_roo
     expected, _ = knob_run
     out = tmp_path / "resumed"
     config = _config(small_perovskites, out, cache_root)
-    with pytest.raises(KeyboardInterrupt):
-        finetune(config, callbacks=[_StopAt(stop)])
+    _interrupted(config, stop)
     assert _last(out)["epoch"] == stop - 1
-    config.resume = True
     finetune(config)
     got, want = _last(out), _last(expected)
     assert _same_tensors(got["state_dict"], want["state_dict"]) == []
@@ -345,13 +351,11 @@ def test_anchored_run_refuses_to_resume_from_replaced_weights(
     )
     out = tmp_path / "run"
     config = _config(small_perovskites, out, cache_root, **settings)
-    with pytest.raises(KeyboardInterrupt):
-        finetune(config, callbacks=[_StopAt(1)])
+    _interrupted(config, 1)
     bundle = load_model(start)
     with torch.no_grad():
         next(bundle.encoder.parameters()).add_(0.1)
     save_model(start, bundle)
-    config.resume = True
     with pytest.raises(ValueError, match="other pre-trained weights than the model file now holds"):
         finetune(config)
 
@@ -361,11 +365,7 @@ def test_anchored_run_resumes_exactly(small_perovskites, cache_root, tmp_path):
     expected = tmp_path / "whole"
     finetune(_config(small_perovskites, expected, cache_root, **settings))
     out = tmp_path / "resumed"
-    config = _config(small_perovskites, out, cache_root, **settings)
-    with pytest.raises(KeyboardInterrupt):
-        finetune(config, callbacks=[_StopAt(2)])
-    config.resume = True
-    finetune(config)
+    finetune(_interrupted(_config(small_perovskites, out, cache_root, **settings), 2))
     assert _same_tensors(_last(out)["state_dict"], _last(expected)["state_dict"]) == []
 
 
@@ -378,8 +378,7 @@ def test_a_run_refuses_to_resume_on_edited_data(small_perovskites, cache_root, t
     original = data.read_text()
     settings = dict(pretrained=None, from_scratch=True, freeze_encoder_epochs=0, warmup_epochs=0)
     config = _config(data, tmp_path / "run", cache_root, **settings)
-    with pytest.raises(KeyboardInterrupt):
-        finetune(config, callbacks=[_StopAt(1)])
+    _interrupted(config, 1)
     saved = _last(tmp_path / "run")
     assert saved["world_size"] == 1 and len(saved["data_sha256"]) == 64
     rows = list(csv.reader(io.StringIO(original)))
@@ -387,7 +386,6 @@ def test_a_run_refuses_to_resume_on_edited_data(small_perovskites, cache_root, t
     rows[7][column] = str(float(rows[7][column]) + 1.0)
     with open(data, "w", newline="") as handle:
         csv.writer(handle).writerows(rows)
-    config.resume = True
     with pytest.raises(ValueError, match="the data changed since this run started"):
         finetune(config)
     data.write_text(original)
@@ -483,11 +481,7 @@ def test_cosine_run_follows_its_schedule_and_resumes_exactly(
     assert record.lrs[-1][1][1] < 0.1 * LR  # decayed, unlike the constant schedule
 
     resumed = tmp_path / "resumed"
-    config = _config(small_perovskites, resumed, cache_root, **settings)
-    with pytest.raises(KeyboardInterrupt):
-        finetune(config, callbacks=[_StopAt(2)])
-    config.resume = True
-    finetune(config)
+    finetune(_interrupted(_config(small_perovskites, resumed, cache_root, **settings), 2))
     got, want = _last(resumed), _last(whole)
     assert _same_tensors(got["state_dict"], want["state_dict"]) == []
     assert got["lr_schedulers"] == want["lr_schedulers"]
@@ -499,8 +493,7 @@ def test_cosine_run_resumed_over_other_steps_is_refused(small_perovskites, cache
     settings = dict(freeze_encoder_epochs=0, warmup_epochs=0, lr_schedule="cosine")
     out = tmp_path / "run"
     config = _config(small_perovskites, out, cache_root, **settings)
-    with pytest.raises(KeyboardInterrupt):
-        finetune(config, callbacks=[_StopAt(2)])
+    _interrupted(config, 2)
     before = (out / "checkpoints" / "last.ckpt").read_bytes()
     longer = _config(small_perovskites, out, cache_root, **{**settings, "epochs": EPOCHS + 2})
     longer.resume = True
@@ -509,7 +502,6 @@ def test_cosine_run_resumed_over_other_steps_is_refused(small_perovskites, cache
     ):
         finetune(longer)
     assert (out / "checkpoints" / "last.ckpt").read_bytes() == before
-    config.resume = True
     assert finetune(config)  # with the epochs it was made with: resumes
 
 

@@ -9,7 +9,6 @@ import csv
 import gzip
 import itertools
 import re
-from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -26,7 +25,7 @@ from crystaltwins.models.heads import PropertyHead
 from crystaltwins.models.property_model import PropertyModel, Target
 from crystaltwins.training.common import adam, new_encoder
 from crystaltwins.training.configs import FinetuneConfig
-from crystaltwins.training.finetune import FinetuneModule, learning_rate_factor
+from crystaltwins.training.finetune import FinetuneModule, LearningRateSchedule
 from crystaltwins.training.members import (
     MemberData,
     _batches,
@@ -135,8 +134,7 @@ def _alone(
     scheduler = None
     if schedule:
         per_epoch = len(_batches(len(member.train), BATCH, member.seed, 0, True))
-        factor = partial(
-            learning_rate_factor,
+        factor = LearningRateSchedule(
             warmup_steps=schedule["warmup_epochs"] * per_epoch,
             total_steps=EPOCHS * per_epoch,
             schedule=schedule["lr_schedule"],

@@ -119,28 +119,37 @@ def _last_used(stats: dict[str, os.stat_result]) -> float:
     )
 
 
-def mapped_by_a_process(folder: Path, proc: Path = Path("/proc")) -> bool:
-    """Whether a running process has one of ``folder``'s files mapped (a run reading the
-    cache: :class:`~crystaltwins.data.cache.GraphCache` maps every array at open). Read from
-    ``/proc/<pid>/maps`` where there is one (Linux; the processes this user may see); ``False``
-    elsewhere."""
-    prefix = f"{folder.resolve()}/"
+def mapped_files(proc: Path = Path("/proc")) -> frozenset[str]:
+    """Paths of the files the running processes have mapped, read once from
+    ``/proc/<pid>/maps`` (Linux; the processes this user may see); empty elsewhere. A run
+    reading a cache maps its arrays (:class:`~crystaltwins.data.cache.GraphCache` maps every
+    array at open)."""
+    paths: set[str] = set()
     if not proc.is_dir():
-        return False
+        return frozenset()
     for maps in proc.glob("[0-9]*/maps"):
         try:
             text = maps.read_text(errors="replace")
         except OSError:  # gone, or not ours to read
             continue
-        if prefix in text:
-            return True
-    return False
+        for line in text.splitlines():
+            fields = line.split(maxsplit=5)  # address perms offset device inode path
+            if len(fields) == 6 and fields[5].startswith("/"):
+                paths.add(fields[5])
+    return frozenset(paths)
 
 
-def _is_locked(folder: Path) -> bool:
+def mapped_by_a_process(folder: Path, mapped: frozenset[str] | None = None) -> bool:
+    """Whether a running process has one of ``folder``'s files mapped (``mapped``: the result
+    of :func:`mapped_files`, read now when not given)."""
+    prefix = f"{folder.resolve()}/"
+    return any(path.startswith(prefix) for path in (mapped_files() if mapped is None else mapped))
+
+
+def _is_locked(folder: Path, mapped: frozenset[str] | None = None) -> bool:
     """Whether another process holds ``folder``'s lock (a build in progress) or reads the cache
     (:func:`mapped_by_a_process`); never waits."""
-    if mapped_by_a_process(folder):
+    if mapped_by_a_process(folder, mapped):
         return True
     path = sibling(folder, ".lock")
     if not path.exists():
@@ -156,8 +165,9 @@ def _is_locked(folder: Path) -> bool:
     return False
 
 
-def read_cache_entry(folder: Path) -> CacheEntry | None:
-    """``folder`` described if it is a crystaltwins graph cache, else ``None``."""
+def read_cache_entry(folder: Path, mapped: frozenset[str] | None = None) -> CacheEntry | None:
+    """``folder`` described if it is a crystaltwins graph cache, else ``None`` (``mapped``: see
+    :func:`mapped_by_a_process`)."""
     if not folder.is_dir() or folder.is_symlink() or not (folder / "manifest.json").is_file():
         return None
     try:
@@ -175,7 +185,7 @@ def read_cache_entry(folder: Path) -> CacheEntry | None:
         crystals=int(manifest.get("crystals", 0)),
         created=str(manifest.get("created", "")),
         last_used=_last_used(stats),
-        locked=_is_locked(folder),
+        locked=_is_locked(folder, mapped),
     )
 
 
@@ -185,7 +195,8 @@ def list_caches(cache_root: str | os.PathLike | None = None) -> list[CacheEntry]
     root = Path(cache_root) if cache_root else default_cache_root()
     if not root.is_dir():
         return []
-    entries = [read_cache_entry(p) for p in sorted(root.iterdir())]
+    mapped = mapped_files()  # once for every entry
+    entries = [read_cache_entry(p, mapped) for p in sorted(root.iterdir())]
     return sorted((e for e in entries if e is not None), key=lambda e: e.last_used)
 
 
@@ -229,9 +240,10 @@ def _remove(entry: CacheEntry) -> bool:
     except LockedError:
         return False
     try:
-        if read_cache_entry(entry.path) is None:  # changed since it was listed: leave it
+        mapped = mapped_files()  # now, under the lock
+        if read_cache_entry(entry.path, mapped) is None:  # changed since it was listed: leave it
             return False
-        if mapped_by_a_process(entry.path):  # a run is reading it
+        if mapped_by_a_process(entry.path, mapped):  # a run is reading it
             return False
         doomed = temporary_sibling(entry.path, "old")
         entry.path.rename(doomed)

@@ -152,6 +152,8 @@ class FinetuneModule(L.LightningModule):
         self.freeze_encoder_epochs = freeze_encoder_epochs
         self.warmup_epochs = warmup_epochs
         self.lr_schedule = lr_schedule
+        #: a resumed checkpoint's schedule step counts (set by :meth:`on_load_checkpoint`)
+        self._stored_schedule: dict[str, Any] | None = None
         #: Auxiliary targets (``column``, ``mean``, ``std``): head outputs ``1 ..``, trained
         #: on standardised values in ``batch.targets[:, 1:]`` (NaN where missing).
         self.aux_targets = list(aux_targets or [])
@@ -308,14 +310,14 @@ class FinetuneModule(L.LightningModule):
         if not self.warmup_epochs and self.lr_schedule == "constant":
             return optimizer
         # Optimiser steps per epoch (this process's batches): the run's steps over its epochs.
-        total = int(self.trainer.estimated_stepping_batches)
-        per_epoch = total // max(self.trainer.max_epochs, 1)
+        epochs = max(self.trainer.max_epochs, 1)
+        per_epoch = int(self.trainer.estimated_stepping_batches) // epochs
         factor = LearningRateSchedule(
             warmup_steps=self.warmup_epochs * per_epoch,
-            total_steps=per_epoch * max(self.trainer.max_epochs, 1),
+            total_steps=per_epoch * epochs,
             schedule=self.lr_schedule,
         )
-        stored = getattr(self, "_stored_schedule", None)
+        stored = self._stored_schedule
         if stored is not None and stored != dataclasses.asdict(factor):
             differs = ", ".join(
                 f"{k} {stored.get(k)} -> {v}"
