@@ -45,9 +45,11 @@ def test_an_earlier_predictions_file_is_replaced_a_user_table_is_not(tmp_path):
         "a,,,1.0,",
         "b,,,2.0,",
     ]
-    path.write_text("id,prediction\na,1.0\n")  # a predictions file of an earlier version
-    write_predictions_csv(result, path)
-    assert path.read_text().startswith("id,formula,property,prediction,unit\n")
+    # a bare id,prediction table: an early version's output, or a user's own predictions
+    path.write_text("id,prediction\na,1.0\n")
+    with pytest.raises(ValueError, match="not an earlier predictions file"):
+        write_predictions_csv(result, path)
+    assert path.read_text() == "id,prediction\na,1.0\n"
     labels = tmp_path / "id_prop.csv"
     labels.write_text("id,e_form\na,0.5\n")  # two columns with an id, but the user's labels
     with pytest.raises(ValueError, match="not an earlier predictions file"):

@@ -147,6 +147,12 @@ def test_duplicate_ids_are_bad(tmp_path: Path, data_dir: Path) -> None:
     good, bad = split(list(read_records(path)))
     assert len(good) == 1
     assert str(bad[0]) == f"{path}:row 2: duplicate id 'x' (also at {path}:row 1)"
+    # a first row unusable from the start (no label) claims no id: the second is read
+    rows = [["x", cifs[0][1], ""], ["x", cifs[1][1], "1.5"]]
+    path = write_csv(tmp_path / "dup_label.csv", ["id", "cif", "e_form"], rows)
+    good, bad = split(list(read_records(path, targets=["e_form"])))
+    assert [(r.id, r.labels["e_form"]) for r in good] == [("x", 1.5)]
+    assert [b.source for b in bad] == [f"{path}:row 1"] and "missing" in bad[0].reason
 
 
 def test_csv_structure_column_names(tmp_path: Path, data_dir: Path) -> None:
@@ -236,6 +242,22 @@ def test_cgcnn_regression_folder(samples: Path) -> None:
     assert find_atom_init(folder) == folder / "atom_init.json"
     assert find_atom_init(folder / "id_prop.csv") == folder / "atom_init.json"
     assert find_atom_init(samples / "hmof_cif") is None
+
+
+@pytest.mark.parametrize("first_row", ["{id},", "{id}"])
+def test_a_headerless_table_whose_first_row_lacks_its_label(
+    tmp_path: Path, samples: Path, first_row: str
+) -> None:
+    """The first row with an empty label (or none) is a data row, not a header: that crystal
+    is skipped as missing its label, the others keep theirs."""
+    folder = tmp_path / "folder"
+    shutil.copytree(samples / "cgcnn_regression", folder)
+    table = read_table(folder / "id_prop.csv")
+    lines = [first_row.format(id=table[0][0])] + [",".join(row) for row in table[1:]]
+    (folder / "id_prop.csv").write_text("\n".join(lines) + "\n")
+    good, bad = split(list(read_records(folder, targets=["target"])))
+    assert [b.id for b in bad] == [table[0][0]] and "label 'target' is missing" in bad[0].reason
+    assert [r.labels["target"] for r in good] == [float(row[1]) for row in table[1:]]
 
 
 def test_cgcnn_classification_folder(samples: Path) -> None:
@@ -462,6 +484,9 @@ def test_one_unreadable_extxyz_frame_is_skipped_alone(
             False,
         ]
         assert "no atom count" in entries[3].error
+        # the good frames are read from their own text: the file as a whole breaks ase.io.read
+        for k in (0, 1):
+            assert np.allclose(parse_entry(entries[k]).structure.cart_coords, frames[k].positions)
 
 
 def test_extxyz_frames(tmp_path: Path, real_structure: Structure) -> None:

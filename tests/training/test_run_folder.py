@@ -240,6 +240,19 @@ def test_resume_accepts_the_folder_written_another_way(tmp_path):
         assert config_differences(out, _config(Path(other))) == []
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("epochs: [1\n", "unreadable run settings"), ("- a list\n", "holds no run settings")],
+)
+def test_a_broken_config_yaml_is_one_line_not_a_traceback(tmp_path, text, message):
+    out = tmp_path / "run"
+    _earlier_run(out)
+    (out / "config.yaml").write_text(text)
+    with pytest.raises(ValueError, match=f"config.yaml: {message}.*nothing was changed") as caught:
+        config_differences(out, _config(out))
+    assert "\n" not in str(caught.value)
+
+
 def test_the_same_model_file_at_another_path_is_the_same_start(tmp_path):
     """A shipped model moves with the installation that holds it: a finished run started from it
     is still reusable when the file at the new path holds the same bytes, not when it differs."""

@@ -426,11 +426,6 @@ def _predict_ensemble(
     return combined
 
 
-def ensemble_columns(members: int) -> list[str]:
-    """The columns an ensemble adds to a predictions file: ``std``, ``member_0`` ... ."""
-    return ["std", *(f"member_{k}" for k in range(members))]
-
-
 def write_predictions_csv(
     result: InferenceResult, path: str | os.PathLike, column: str = "prediction"
 ) -> Path:
@@ -491,10 +486,8 @@ def _is_predictions_csv(path: Path, column: str) -> bool:
             header = next(csv.reader(handle), [])
     except (OSError, UnicodeDecodeError, csv.Error):
         return False
-    for start in (["id", column], ["id", "predicted_class", "probability_class_1"]):
-        rest = header[len(start) :]
-        if header[: len(start)] == start and (not rest or rest == ensemble_columns(len(rest) - 1)):
-            return True  # written by crystaltwins before the formula and unit columns
+    # Only this layout: a bare ``id,prediction`` header (this tool's before its formula and unit
+    # columns) may as well be a user's own table, and is never replaced.
     known = _TEXT_COLUMNS | {column, "probability_class_1", "std", "true_value"}
     return header[:3] == ["id", "formula", "property"] and all(
         name in known
@@ -515,8 +508,8 @@ def _is_embeddings_npz(path: Path) -> bool:
 def check_output_file(path: str | os.PathLike, kind: str, column: str = "prediction") -> None:
     """Refuse (``ValueError``) an output path that would overwrite something this command did
     not write: a folder, or an existing file that is not an earlier ``kind`` file
-    (``"predictions"``: a CSV with the header ``id,<column>`` or the classifier's header, either
-    followed by an ensemble's columns;
+    (``"predictions"``: a CSV whose header starts ``id,formula,property`` and holds only
+    the columns this command writes;
     ``"embeddings"``: an ``.npz`` holding ``ids`` and ``embeddings``)."""
     path = Path(path)
     if path.is_dir():

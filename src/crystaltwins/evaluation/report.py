@@ -353,9 +353,11 @@ def combine_members(config: FinetuneConfig, folders: list[Path]) -> dict[str, An
     write_text_atomic(out / "metrics.json", metrics_json(metrics))
     for name in ("invalid_targets.csv", SEEN_BY_START_NAME):  # the same for every member
         listing = folders[0] / name
-        (out / name).unlink(missing_ok=True)
         if listing.exists():
-            shutil.copyfile(listing, out / name)
+            with atomic_path(out / name) as tmp:
+                shutil.copyfile(listing, tmp)
+        else:
+            (out / name).unlink(missing_ok=True)
     bundles = [load_model(f / "model.pt") for f in folders]
     info = {k: v for k, v in bundles[0].info.items() if k != "test_metrics"}
     info.update(

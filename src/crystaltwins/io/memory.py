@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -34,15 +35,31 @@ def _is_crystal(obj: Any) -> bool:
     return isinstance(obj, Atoms)
 
 
+def _not_a_crystal(obj: Any) -> str:
+    """Why ``obj`` is no crystal, in a few words."""
+    if obj is None or (isinstance(obj, float) and math.isnan(obj)):
+        return "no structure (an empty cell)"
+    hint = " (no periodic cell)" if type(obj).__name__ in ("Molecule", "IMolecule") else ""
+    return f"not a crystal: a {type(obj).__name__}{hint}"
+
+
 def _cif(obj: Any) -> str:
+    """The CIF text of one crystal (a DataFrame's CIF text as it is).
+
+    :raises CrystalInputError: ``obj`` is no crystal, or has no CIF."""
     if isinstance(obj, str):
         return obj  # a DataFrame's CIF text
+    if not _is_crystal(obj):
+        raise CrystalInputError("data", _not_a_crystal(obj))
     from pymatgen.io.cif import CifWriter
 
     from crystaltwins.io.readers import atoms_to_structure
 
     structure = obj if not hasattr(obj, "get_positions") else atoms_to_structure(obj, "Atoms")
-    return str(CifWriter(structure, significant_figures=12))
+    try:
+        return str(CifWriter(structure, significant_figures=12))
+    except Exception as error:  # noqa: BLE001 - one crystal's failure is reported, never raised
+        raise CrystalInputError("data", f"no CIF could be written ({error})") from error
 
 
 def _rows(data: Any) -> tuple[list[str], list[Any], dict[str, list[Any]]]:
@@ -65,7 +82,11 @@ def _rows(data: Any) -> tuple[list[str], list[Any], dict[str, list[Any]]]:
         }
         return ids, list(data[column]), labels
     items = list(data)
-    wrong = next((k for k, s in enumerate(items) if not _is_crystal(s)), None)
+    # A path among the items, or no crystal at all, is a wrong kind of input; other items that
+    # are no crystal (None, a Molecule) are skipped one by one, as bad rows of a file are.
+    wrong = next((k for k, s in enumerate(items) if is_path(s)), None)
+    if wrong is None and not any(_is_crystal(s) for s in items):
+        wrong = next((k for k, s in enumerate(items) if not _is_crystal(s)), None)
     if wrong is not None:
         kind = type(items[wrong]).__name__
         raise CrystalInputError(

@@ -109,8 +109,8 @@ class RawEntry:
     :param source: where it is, for error reports: ``"/path/mp36k.csv.gz:row 17"``,
         ``"/path/POSCAR-JVASP-1.vasp"``, ``"/path/traj.xyz:frame 3"``.
     :param payload: the structure text for CSV sources; a file path for file-based sources.
-    :param fmt: how to read ``payload``: ``"cif-text"``, ``"poscar-text"``, ``"pymatgen-json"``
-        (text formats) or ``"cif-file"``, ``"poscar-file"``, ``"ase-file"`` (any file
+    :param fmt: how to read ``payload``: ``"cif-text"``, ``"poscar-text"``, ``"pymatgen-json"``,
+        ``"xyz-text"``, ``"extxyz-text"`` (text formats) or ``"cif-file"``, ``"poscar-file"``, ``"ase-file"`` (any file
         ``ase.io.read`` reads, ASE/pymatgen JSON included), ``"ase-db"`` (file formats).
     :param labels: numeric labels by column name (units of the source); NaN where empty.
     :param metadata: non-numeric column values (formula, split, ...), as text.
@@ -174,11 +174,12 @@ def iter_entries(
         entries = _iter_csv(path, targets, cif_column)
     else:
         entries = _iter_structure_file(path, targets, id_key)
-    first_seen: dict[str, str] = {}
+    first_seen: dict[str, str] = {}  # the first usable entry of each id (a bad one claims none)
     for entry in entries:
-        where = first_seen.setdefault(entry.id, entry.source)
-        if where != entry.source and entry.error is None:
-            entry = replace(entry, error=f"duplicate id {entry.id!r} (also at {where})")
+        if entry.error is None:
+            where = first_seen.setdefault(entry.id, entry.source)
+            if where != entry.source:
+                entry = replace(entry, error=f"duplicate id {entry.id!r} (also at {where})")
         yield entry
 
 
@@ -502,6 +503,21 @@ def _file_format(path: Path) -> str:
     return "ase-file"
 
 
+def _is_header(first: Sequence[str]) -> bool:
+    """Whether the first row of a label table names its columns: its first label is no number
+    (a missing-value marker counts as one), or, where that label is empty, it names its id
+    column or another column."""
+    if len(first) == 1:
+        return first[0].lower() in ID_COLUMN_NAMES
+    if first[1].strip():
+        return _parse_label(first[1]) is None
+    if first[0].lower() in ID_COLUMN_NAMES:
+        return True
+    if _parse_label(first[0]) is not None:  # a number (a CGCNN id) or empty: a data row
+        return False
+    return any(field.strip() and _parse_label(field) is None for field in first[2:])
+
+
 def _read_label_table(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """Column names and numbered data rows of a label table (header detected).
 
@@ -514,15 +530,12 @@ def _read_label_table(path: Path) -> tuple[list[str], list[tuple[int, list[str]]
     lines = [line for line in text.splitlines() if line.strip()]
     if not lines:
         return [], []
-    if "," in lines[0]:
+    if any("," in line for line in lines[:20]):  # not the first line alone: it may lack a label
         raw = [[field.strip() for field in row] for row in csv.reader(lines)]
     else:  # whitespace- or tab-separated
         raw = [line.split() for line in lines]
     first = raw[0]
-    has_header = not (len(first) >= 2 and _parse_label(first[1]) is not None and first[1].strip())
-    if len(first) == 1:
-        has_header = first[0].lower() in ID_COLUMN_NAMES
-    if has_header:
+    if _is_header(first):
         names, data = first, raw[1:]
     else:
         n_labels = max(len(r) for r in raw) - 1
@@ -680,12 +693,15 @@ def _frame_entries(
     kind: str,
     id_key: str | None = None,
     unreadable: dict[int, str] | None = None,
+    texts: Mapping[int, tuple[str, str]] | None = None,
 ) -> Iterator[RawEntry]:
     """Entries of the frames of one file: ``(frame, labels, metadata)`` each.
 
     Their ids: the file's stem for a single frame, else ``<stem>:<frame>``, unless the frames
     carry their own ids (see :func:`_frame_ids`). ``unreadable``: why frame ``k`` cannot be
-    read, for the frames that cannot (they are yielded with that error, to be skipped)."""
+    read, for the frames that cannot (they are yielded with that error, to be skipped).
+    ``texts``: frame ``k``'s own text and its format (``"extxyz-text"``), for a file that cannot
+    be read again frame by frame (its entries carry that text instead of the path)."""
     available = sorted({k for _, labels, _ in frames for k in labels})
     _check_targets(path, targets, available)
     single = len(frames) == 1
@@ -705,11 +721,12 @@ def _frame_entries(
             error = unreadable[frame]
         elif own_ids is not None and not own_ids[k]:  # only with id_key: named by position
             error = f"no {id_key!r} in the info of this frame (id_key={id_key!r})"
+        payload, frame_fmt = (texts or {}).get(frame, (str(path), fmt))
         yield RawEntry(
             id=(own_ids[k] or positional) if own_ids is not None else positional,
             source=str(path) if single else f"{path}:{kind} {frame}",
-            payload=str(path),
-            fmt=fmt,
+            payload=payload,
+            fmt=frame_fmt,
             labels=labels,
             metadata=metadata,
             error=error,
@@ -823,6 +840,7 @@ def _iter_structure_file(
     if ase_format not in ioformats:
         raise CrystalInputError(str(path), unknown)
     unreadable: dict[int, str] = {}
+    texts: dict[int, tuple[str, str]] | None = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -832,7 +850,9 @@ def _iter_structure_file(
     except Exception as exc:
         if ase_format not in ("extxyz", "xyz"):
             raise CrystalInputError(str(path), f"unreadable structure file: {_short(exc)}") from exc
-        images, unreadable = _xyz_frames_one_by_one(path, ase_format)
+        images, unreadable, chunks = _xyz_frames_one_by_one(path, ase_format)
+        # ase.io.read(path, index=k) fails on this file as a whole: each frame keeps its text
+        texts = {k: (chunk, f"{ase_format}-text") for k, chunk in chunks.items()}
         if not images or all(atoms is None for atoms in images):
             raise CrystalInputError(str(path), f"unreadable structure file: {_short(exc)}") from exc
     if not isinstance(images, list):
@@ -843,13 +863,16 @@ def _iter_structure_file(
         (k, *(_atoms_labels(atoms) if atoms is not None else ({}, {})))
         for k, atoms in enumerate(images)
     ]
-    yield from _frame_entries(path, fmt, frames, targets, "frame", id_key, unreadable)
+    yield from _frame_entries(path, fmt, frames, targets, "frame", id_key, unreadable, texts)
 
 
-def _xyz_frames_one_by_one(path: Path, ase_format: str) -> tuple[list[Any], dict[int, str]]:
+def _xyz_frames_one_by_one(
+    path: Path, ase_format: str
+) -> tuple[list[Any], dict[int, str], dict[int, str]]:
     """The frames of an (ext)xyz file that ``ase.io.read`` cannot read as a whole: split by
-    their atom-count lines and read one at a time, ``None`` (and why, in the dict) for each
-    frame that cannot be read, so that one bad frame does not stop the file. A file whose
+    their atom-count lines and read one at a time, ``None`` (and why, in the first dict) for
+    each frame that cannot be read, so that one bad frame does not stop the file; the second
+    dict holds the text of each frame that was read. A file whose
     frame layout itself is broken (a count line that is no non-negative number) ends the frames
     there: the rest of the file is one unreadable entry, named."""
     import ase.io
@@ -857,6 +880,7 @@ def _xyz_frames_one_by_one(path: Path, ase_format: str) -> tuple[list[Any], dict
     lines = _read_text(path, "replace").splitlines(keepends=True)
     images: list[Any] = []
     unreadable: dict[int, str] = {}
+    chunks: dict[int, str] = {}
     start = 0
     while start < len(lines):
         if not lines[start].strip():
@@ -879,10 +903,11 @@ def _xyz_frames_one_by_one(path: Path, ase_format: str) -> tuple[list[Any], dict
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 images.append(ase.io.read(io.StringIO(chunk), format=ase_format))
+            chunks[len(images) - 1] = chunk
         except Exception as exc:
             unreadable[len(images)] = f"unreadable frame: {_short(exc)}"
             images.append(None)
-    return images, unreadable
+    return images, unreadable, chunks
 
 
 # --------------------------------------------------------------------------------------------
@@ -984,6 +1009,11 @@ def _load_structure(entry: RawEntry) -> Structure:
         return _poscar_structure(entry.payload)
     if fmt == "pymatgen-json":
         return _structure_from_dict(json.loads(entry.payload), entry.source)
+    if fmt in ("xyz-text", "extxyz-text"):  # one frame of a file ASE cannot read as a whole
+        import ase.io
+
+        atoms = ase.io.read(io.StringIO(entry.payload), format=fmt.removesuffix("-text"))
+        return atoms_to_structure(atoms, entry.source)
 
     path = Path(entry.payload)
     if not path.is_file():

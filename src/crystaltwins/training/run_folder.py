@@ -249,7 +249,19 @@ def config_differences(
     path = out / "config.yaml"
     if not path.exists():
         return []
-    stored = yaml.safe_load(path.read_text()) or {}
+    try:
+        stored = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"{path}: unreadable run settings ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}); nothing was changed; "
+            "restore the file, or give another --out"
+        ) from None
+    if not isinstance(stored, dict):
+        raise ValueError(
+            f"{path}: holds no run settings (a {type(stored).__name__}); nothing was changed; "
+            "restore the file, or give another --out"
+        )
     wanted = _normalised(config)
     defaults = _defaults(config)
     differences = []

@@ -1,0 +1,47 @@
+"""Crystals built in Python as a data source: one bad item never stops the others."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+from pymatgen.core import Lattice, Molecule, Structure
+
+from crystaltwins.io.memory import as_source
+from crystaltwins.io.readers import read_records
+from crystaltwins.io.records import CrystalInputError, CrystalRecord
+
+
+def rocksalt() -> Structure:
+    return Structure(Lattice.cubic(4.2), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        (None, "no structure (an empty cell)"),
+        (math.nan, "no structure (an empty cell)"),
+        (Molecule(["C", "O"], [[0, 0, 0], [1.1, 0, 0]]), "a Molecule (no periodic cell)"),
+        (3, "not a crystal: a int"),
+    ],
+)
+def test_a_bad_dataframe_row_is_skipped_and_named(bad: object, reason: str) -> None:
+    frame = pd.DataFrame({"id": ["a", "b", "c"], "structure": [rocksalt(), bad, rocksalt()]})
+    with as_source(frame) as source:
+        records = list(read_records(source.path))
+        assert [(s.id, s.source) for s in source.skipped] == [("b", "DataFrame row b")]
+        assert reason in source.skipped[0].reason
+    assert [r.id for r in records if isinstance(r, CrystalRecord)] == ["a", "c"]
+
+
+def test_a_list_skips_what_is_no_crystal_but_refuses_paths_and_lists_without_one() -> None:
+    with as_source([rocksalt(), None, rocksalt()]) as source:
+        assert [s.source for s in source.skipped] == ["item 1"]
+    refusals = [
+        ([rocksalt(), "POSCAR"], "item 1 of the list is a str"),  # a path: read its file
+        ([None, None], "item 0 of the list is a NoneType"),  # no crystal at all
+    ]
+    for items, message in refusals:
+        with pytest.raises(CrystalInputError, match=f"expected a path.*{message}"):
+            as_source(items).__enter__()
