@@ -36,4 +36,5 @@ bench-data: venv
 	$(BIN)/python benchmarks/bench_data.py --data-root $(DATA) --reference $(REFERENCE)
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	# never runs/: it holds the user's runs
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

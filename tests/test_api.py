@@ -58,6 +58,17 @@ def test_finetune_and_featurize_from_keywords(perovskite_subset, tmp_path) -> No
     assert bundle.kind == "finetuned"
 
 
+def test_a_wrong_target_is_refused_before_any_graph_is_built(perovskite_subset, tmp_path):
+    """A typo in the target column costs no featurization and leaves no folder behind."""
+    with pytest.raises(ValueError, match="unknown target column.*'eform'.*available columns"):
+        ct.finetune(perovskite_subset, "eform", tmp_path / "a" / "run", from_scratch=True,
+                    cache_root=tmp_path / "cache")  # fmt: skip
+    with pytest.raises(ValueError, match="unknown target column.*'gap'"):
+        ct.finetune(perovskite_subset, "e_form", tmp_path / "a" / "run", from_scratch=True,
+                    aux_targets=["gap"], cache_root=tmp_path / "cache")  # fmt: skip
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "a").exists()
+
+
 def test_predict_and_embed_take_crystals_built_in_python(perovskite_subset, tmp_path, monkeypatch):
     """Structures, Atoms, lists and DataFrames predict as their file does, leaving no cache."""
     import pandas as pd

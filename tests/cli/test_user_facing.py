@@ -57,7 +57,7 @@ def test_plot_says_how_many_crystals_were_left_out(tmp_path: Path) -> None:
     )
     code, out, _ = run("plot", str(tmp_path / "emb.npz"), "--out", str(tmp_path / "map.png"),
                        "--method", "pca", "--log-color")  # fmt: skip
-    assert code == 0 and "4 of 30 crystals have no usable value of 'gap'" in out
+    assert code == 0 and "4 of 30 crystals have no value > 0 (log colour scale) of 'gap'" in out
     assert (tmp_path / "map.png").stat().st_size > 5000
 
 
@@ -159,6 +159,10 @@ def test_a_config_file_that_is_not_yaml_is_one_line(tmp_path: Path) -> None:
     )
     assert code == 2 and err.count("\n") == 1
     assert "settings.yaml: not valid YAML (line 3)" in err
+    code, _, err = run("finetune", "--config", str(tmp_path / "nothere.yaml"))
+    assert code == 2 and err.strip().endswith(
+        f"error: {tmp_path / 'nothere.yaml'}: no such config file"
+    )
 
 
 def test_a_run_stopped_by_sigterm_says_how_to_resume(monkeypatch) -> None:

@@ -83,12 +83,13 @@ def test_map_counts_crystals_without_a_label_and_pca_axes_give_variance(tmp_path
     summary = draw_map(ids, vectors, {"gap": color}, tmp_path / "map.png", "pca",
                        units={"gap": "eV"})  # fmt: skip
     assert summary.uncoloured == 3
-    assert "3 of 40 crystals have no usable value of 'gap'" in "\n".join(summary.lines())
+    assert "3 of 40 crystals have no value of 'gap'" in "\n".join(summary.lines())
     with open(tmp_path / "map.csv", newline="") as handle:
         table = list(csv.DictReader(handle))
     assert list(table[0]) == ["id", "x", "y", "gap"] and table[0]["gap"] == ""
     logged = draw_map(ids, vectors, {"gap": color}, tmp_path / "map.png", "pca", log_color=True)
     assert logged.uncoloured == 5  # a log colour scale also leaves out values <= 0
+    assert "5 of 40 crystals have no value > 0 (log colour scale) of 'gap'" in logged.lines()[1]
     projection = project_2d(vectors, "pca")
     first, second = projection.axis_labels
     assert first.startswith("PC1 (") and first.endswith("% of variance)")

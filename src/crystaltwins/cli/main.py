@@ -347,7 +347,8 @@ def _report(result: Any, out: str) -> None:
         print(f"true_value: the input's {result.target!r} column{note}")
     if result.skipped:
         listed = f" (all listed in {result.skipped_file})" if result.skipped_file else ""
-        print(f"{len(result.skipped)} crystals could not be used{listed}:")
+        count = len(result.skipped)
+        print(f"{count} crystal{'s' if count != 1 else ''} could not be used{listed}:")
         for bad in result.skipped[:20]:
             print(f"  {bad}")
 

@@ -356,13 +356,16 @@ class MapSummary:
     #: crystals drawn in grey: no value of ``color_name`` (NaN), or none a log scale can show
     uncoloured: int
     seconds: float
+    #: coloured on a log scale (only values > 0 can be shown)
+    log_color: bool = False
 
     def lines(self) -> list[str]:
         """What the CLI prints."""
         lines = [f"{self.image} and {self.table} ({self.crystals} crystals, {self.seconds:.1f} s)"]
         if self.uncoloured:
+            usable = "no value > 0 (log colour scale)" if self.log_color else "no value"
             lines.append(
-                f"{self.uncoloured} of {self.crystals} crystals have no usable value of "
+                f"{self.uncoloured} of {self.crystals} crystals have {usable} of "
                 f"{self.color_name!r} and were left out of the colouring (drawn in grey)"
             )
         return lines
@@ -412,4 +415,6 @@ def draw_map(
             extra = [] if values is None else ["" if np.isnan(values[k]) else values[k]]
             writer.writerow([ids[k], *projection.coordinates[k].tolist(), *extra])
     uncoloured = 0 if usable is None else int((~usable).sum())
-    return MapSummary(image, table, len(ids), color_name, uncoloured, time.time() - started)
+    return MapSummary(
+        image, table, len(ids), color_name, uncoloured, time.time() - started, log_color
+    )

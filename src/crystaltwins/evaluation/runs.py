@@ -14,6 +14,7 @@ from typing import Any
 import lightning as L
 
 from crystaltwins.evaluation.report import combine_members, report_run
+from crystaltwins.io.readers import check_target_columns
 from crystaltwins.training.common import is_main_process
 from crystaltwins.training.configs import FinetuneConfig
 from crystaltwins.training.ensemble import train_members
@@ -29,6 +30,7 @@ def finetune(config: FinetuneConfig, callbacks: list[L.Callback] | None = None) 
     :param callbacks: extra Lightning callbacks (e.g. a progress display).
     """
     config.validate()
+    check_target_columns(config.data, [config.target, *config.aux_targets], config.cif_column)
     with claimed_folder_of(config, is_main_process()):
         if config.ensemble > 1:
             folders = train_members(

@@ -183,6 +183,18 @@ def iter_entries(
         yield entry
 
 
+def check_target_columns(
+    source: str | os.PathLike, targets: Sequence[str], cif_column: str | None = None
+) -> None:
+    """Refuse now, before any graph is built, a CSV source without one of the ``targets``
+    columns (its header and first row are read); other sources are checked as they are read.
+
+    :raises CrystalInputError: as :func:`iter_entries` would."""
+    path = Path(source)
+    if targets and path.is_file() and _is_csv(path):
+        next(iter_entries(path, targets=list(targets), cif_column=cif_column), None)
+
+
 def _is_csv(path: Path) -> bool:
     return _strip_compression(path.name.lower()).endswith((".csv", ".tsv"))
 

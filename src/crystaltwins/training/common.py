@@ -479,8 +479,10 @@ def write_config(out: Path, config: Any) -> Path:
 
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Settings from a YAML file (keys are the flag names, with ``_`` or ``-``)."""
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: no such config file")
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
         where = getattr(error, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""
