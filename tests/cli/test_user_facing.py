@@ -179,3 +179,21 @@ def test_a_run_stopped_by_sigterm_says_how_to_resume(monkeypatch) -> None:
     code, _, err = run("finetune", "data.csv", "--target", "t", "--out", "o")
     assert code == 143 and err.count("\n") == 1
     assert "stopped by SIGTERM; " in err and "--resume" in err
+
+
+def test_a_warning_is_one_line_without_python_source(data_dir: Path) -> None:
+    """The command line shows its warnings as one line each, not Python's ``file:line`` form."""
+    import subprocess
+    import sys
+
+    sample = data_dir / "samples" / "ase_json" / "14816.json"  # a Pt cluster, pbc False
+    done = subprocess.run(
+        [sys.executable, "-m", "crystaltwins", "graph", str(sample)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("crystaltwins: warning: ")
+    assert "treated as periodic" in lines[0] and ".py:" not in done.stderr

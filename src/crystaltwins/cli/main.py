@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -395,9 +396,22 @@ COMMANDS = {
 }
 
 
+def _warning_line(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    line: str | None = None,
+) -> str:
+    """A warning as the command line shows it: one line, without Python's source location."""
+    return f"crystaltwins: warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from crystaltwins.io.records import CrystalInputError
+
+    warnings.formatwarning = _warning_line
 
     try:
         return (getattr(args, "handler", None) or COMMANDS[args.command])(args)
