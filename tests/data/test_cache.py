@@ -126,6 +126,46 @@ def test_interrupted_build_leaves_no_cache_and_resumes(source, tmp_path, monkeyp
         )
 
 
+def _dies_on_chunk_1(partial, index, job):
+    """A worker that dies (as the out-of-memory killer would stop it) on chunk 1."""
+    import os
+
+    if index == 1:
+        os._exit(1)
+    return _ORIGINAL_BUILD_AND_WRITE(partial, index, job)
+
+
+_ORIGINAL_BUILD_AND_WRITE = cache_module._build_and_write_chunk
+
+
+def test_a_worker_that_dies_stops_the_build_in_one_line_and_it_resumes(
+    source, tmp_path, monkeypatch
+):
+    """It hung forever before, holding the cache's lock."""
+    monkeypatch.setattr(cache_module, "_build_and_write_chunk", _dies_on_chunk_1)
+    with pytest.raises(ValueError, match="a process building graphs stopped abruptly"):
+        build_graph_cache(source, tmp_path / "cache", workers=2, chunk_size=20, progress=False)
+    assert not (tmp_path / "cache" / "manifest.json").exists()
+    monkeypatch.setattr(cache_module, "_build_and_write_chunk", _ORIGINAL_BUILD_AND_WRITE)
+    resumed = build_graph_cache(
+        source, tmp_path / "cache", workers=2, chunk_size=20, progress=False
+    )
+    assert resumed.crystals == 120 and not resumed.reused
+    assert GraphCache(tmp_path / "cache").manifest["build_seconds"] > 0
+
+
+def test_a_text_column_whose_name_is_no_file_name(tmp_path, perovskite_rows):
+    """A metadata column named ``space group/symbol`` failed every build (``meta_<name>.npy``)."""
+    rows = [(*row, "P4/mmm") for row in perovskite_rows[:10]]
+    source = write_csv(
+        tmp_path / "sg.csv.gz", rows, header=("id", "cif", "e_form", "space group/symbol")
+    )
+    build_graph_cache(source, tmp_path / "cache", progress=False)
+    cache = GraphCache(tmp_path / "cache")
+    assert list(cache.metadata("space group/symbol")) == ["P4/mmm"] * 10
+    assert cache_module.metadata_file("formula") == "meta_formula.npy"  # plain names as before
+
+
 def test_a_build_resumed_with_another_chunk_size_keeps_every_crystal(source, tmp_path, monkeypatch):
     """Finished chunks are numbered by position: resumed with another chunk size they would
     stand for other crystals, so the unfinished build starts again instead."""

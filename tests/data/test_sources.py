@@ -70,3 +70,15 @@ def test_element_tables_of_one_coverage_share_a_cache(data_dir, reference_dir, t
     expected = f"1-{absent - 1},{absent + 1}-100" if 1 < absent < 100 else None
     if expected:
         assert narrow.manifest["key"]["featurizer"] == {"supported_elements": expected}
+
+
+def test_a_data_folder_with_a_manifest_of_its_own_is_read_as_data(data_dir, tmp_path):
+    """Only a graph cache's manifest makes a folder a cache (it was refused as an old cache)."""
+    import json
+    import shutil
+
+    folder = tmp_path / "data"
+    shutil.copytree(data_dir / "samples" / "cgcnn_regression", folder)
+    (folder / "manifest.json").write_text(json.dumps({"dataset": "mine", "version": 2}))
+    (cache,) = prepare_caches([folder], GraphSettings(), cache_root=tmp_path / "root", log=None)
+    assert len(cache) == 10 and cache.cache_dir.parent == tmp_path / "root"

@@ -38,6 +38,20 @@ def test_split_from_labels_and_files(tmp_path):
     (tmp_path / "te").write_text("c\nd\n")  # d is a training crystal too
     with pytest.raises(ValueError, match=r"1 ids are in both the train and the test .*\['d'\]"):
         split_from_files(ids, tmp_path / "tr", tmp_path / "va", tmp_path / "te")
+    # an id listed twice in one file counted its crystal twice: refused
+    (tmp_path / "te").write_text("c\nc\n")
+    with pytest.raises(ValueError, match=r"te: 1 ids listed more than once, e.g. \['c'\]"):
+        split_from_files(ids, tmp_path / "tr", tmp_path / "va", tmp_path / "te")
+    # a listed crystal the data could not use (unreadable, no label) is left out, not an error
+    (tmp_path / "te").write_text("c\nbad\n")
+    left_out: list[str] = []
+    split = split_from_files(
+        ids, tmp_path / "tr", tmp_path / "va", tmp_path / "te", unusable={"bad"}, left_out=left_out
+    )
+    assert split.test.tolist() == [2] and left_out == ["bad"]
+    # a crystal with no split name is in no part; an unknown name is still refused
+    split = split_from_labels(["train", " ", "test", "val"])
+    assert (split.train.tolist(), split.val.tolist(), split.test.tolist()) == ([0], [3], [2])
 
 
 PARTS = ("train", "val", "test")

@@ -233,6 +233,36 @@ def test_split_from_a_column(perovskite_subset, cache_root, tmp_path):
     json.loads((tmp_path / "col" / "metrics.json").read_text())
 
 
+def test_split_files_listing_a_crystal_that_cannot_be_used(
+    perovskite_subset, cache_root, tmp_path, capsys
+):
+    """A listed crystal with no label, or unreadable, is left out and counted (it stopped the
+    run: "ids not in the data"); a blank split-column value likewise."""
+    with gzip.open(perovskite_subset, "rt", newline="") as handle:
+        rows = list(csv.DictReader(handle))[:200]
+    rows[0]["e_form"] = ""  # no label
+    rows[1]["cif"] = "not a CIF"  # unreadable
+    source = tmp_path / "files.csv.gz"
+    with gzip.open(source, "wt", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*rows[0], "split"])
+        writer.writeheader()
+        for k, row in enumerate(rows):
+            writer.writerow({**row, "split": "" if k == 2 else ["train", "val", "test"][k % 3]})
+    parts = {name: [r["id"] for k, r in enumerate(rows) if k % 3 == j] for j, name in
+             enumerate(("train", "val", "test"))}  # fmt: skip
+    files = []
+    for name, ids in parts.items():
+        (tmp_path / f"{name}.txt").write_text("\n".join(ids) + "\n")
+        files.append(str(tmp_path / f"{name}.txt"))
+    metrics = finetune(_config(source, tmp_path / "f", cache_root, split_files=files, epochs=1))
+    assert metrics["crystals"]["train"] == len(parts["train"]) - 1  # row 0
+    assert metrics["crystals"]["val"] == len(parts["val"]) - 1  # row 1
+    assert "2 crystals listed in the split files cannot be used" in capsys.readouterr().out
+    metrics = finetune(_config(source, tmp_path / "c", cache_root, split_column="split", epochs=1))
+    assert metrics["crystals"]["test"] == len(parts["test"]) - 1  # row 2: no split name
+    assert "1 crystal with no 'split' value left out of every part" in capsys.readouterr().out
+
+
 def test_matbench_fold_sets_the_test_crystals(perovskite_subset, cache_root, tmp_path):
     """--fold K tests on fold K of matbench's KFold over the file's crystals."""
     from sklearn.model_selection import KFold

@@ -45,6 +45,8 @@ import signal
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,7 +108,7 @@ def source_fingerprint(source: str | os.PathLike, exclude: Sequence[Path] = ()) 
         files = [(path.name, path)]
     else:
         caches = [Path(e).resolve() for e in exclude]
-        caches += [m.parent for m in path.rglob("manifest.json") if _is_cache_manifest(m)]
+        caches += [m.parent for m in path.rglob("manifest.json") if is_cache_manifest(m)]
         files = [
             (p.relative_to(path).as_posix(), p)
             for p in sorted(path.rglob("*"))
@@ -429,7 +431,8 @@ _CACHE_FILES = frozenset(
 )
 
 
-def _is_cache_manifest(path: Path) -> bool:
+def is_cache_manifest(path: Path) -> bool:
+    """Whether ``path`` is a graph cache's ``manifest.json`` (not any file of that name)."""
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -459,7 +462,7 @@ def check_cache_target(cache_dir: Path, source: Path | None = None) -> None:
     entries = [p.name for p in cache_dir.iterdir()]
     if not entries:
         return
-    if not _is_cache_manifest(cache_dir / "manifest.json"):
+    if not is_cache_manifest(cache_dir / "manifest.json"):
         raise ValueError(
             f"{cache_dir}: folder is not a crystaltwins graph cache (no cache manifest.json); {hint}"
         )
@@ -475,6 +478,19 @@ def check_cache_target(cache_dir: Path, source: Path | None = None) -> None:
         raise ValueError(
             f"{cache_dir}: graph cache folder also holds other files ({shown}); {hint}"
         )
+
+
+#: A metadata column name that is its file's name as it is (others are named by a hash).
+_PLAIN_COLUMN = re.compile(r"[A-Za-z0-9_.+\- ]{1,100}")
+
+
+def metadata_file(name: str) -> str:
+    """The file of metadata column ``name`` in a cache: ``meta_<name>.npy``, or, for a name
+    that cannot be a file name as it is (``space group/symbol``, a very long one), one named
+    by its SHA-1."""
+    if _PLAIN_COLUMN.fullmatch(name) and name not in (".", ".."):
+        return f"meta_{name}.npy"
+    return f"meta_sha1-{hashlib.sha1(name.encode('utf-8')).hexdigest()}.npy"
 
 
 def _check_partial(partial: Path) -> None:
@@ -550,16 +566,31 @@ def _build_locked(
     if workers > 1:
         # Entries are read in this thread (so a reading error surfaces here); the workers
         # build and write their chunks themselves (no arrays sent back); at most
-        # 2 x workers chunks in flight.
+        # 2 x workers chunks in flight. A worker that dies (out of memory, a crash in a
+        # library) breaks the executor: the build stops with one line, its finished chunks kept.
         context = mp.get_context("fork" if os.name == "posix" else "spawn")
-        with context.Pool(workers, initializer=_ignore_interrupts) as pool:
+        executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_ignore_interrupts)
+        finished = False
+        try:
             window: deque[Any] = deque()
             for i, job in pending:
-                window.append(pool.apply_async(_build_and_write_chunk, (partial, i, job)))
+                window.append(executor.submit(_build_and_write_chunk, partial, i, job))
                 while len(window) >= 2 * workers:
-                    advance(window.popleft().get())
+                    advance(window.popleft().result())
             while window:
-                advance(window.popleft().get())
+                advance(window.popleft().result())
+            finished = True
+        except BrokenProcessPool:
+            raise ValueError(
+                f"{source}: a process building graphs stopped abruptly (out of memory, or a "
+                "crash on one crystal); the chunks finished so far are kept: run again to "
+                "continue, with fewer workers (--workers 1 shows the crystal it stops at)"
+            ) from None
+        finally:
+            if not finished:  # Ctrl-C, an error: stop the workers now, not after their chunks
+                for process in list((getattr(executor, "_processes", None) or {}).values()):
+                    process.terminate()
+            executor.shutdown(wait=True, cancel_futures=True)
     else:
         for i, job in pending:
             chunk = _build_chunk(job)
@@ -568,9 +599,7 @@ def _build_locked(
     if bar is not None:
         bar.close()
 
-    manifest = _assemble(partial, cache_dir, key, settings)
-    manifest["build_seconds"] = time.perf_counter() - start
-    write_json_atomic(cache_dir / "manifest.json", manifest)
+    manifest = _assemble(partial, cache_dir, key, settings, start)
     shutil.rmtree(partial)
     return _summary(cache_dir, manifest, manifest["build_seconds"], reused=False)
 
@@ -584,9 +613,10 @@ def _progress_bar(enabled: bool, description: str) -> Any:
 
 
 def _assemble(
-    partial: Path, cache_dir: Path, key: dict[str, Any], settings: GraphSettings
+    partial: Path, cache_dir: Path, key: dict[str, Any], settings: GraphSettings, start: float
 ) -> dict[str, Any]:
-    """Concatenate the chunks into the cache's arrays, streaming, then rename into place."""
+    """Concatenate the chunks into the cache's arrays, streaming, then rename into place (its
+    manifest final before: ``build_seconds`` counted from ``start``, ``time.perf_counter()``)."""
     chunk_files = sorted(partial.glob("chunk_*.npz"))
     infos = [json.loads(p.with_suffix(".json").read_text()) for p in chunk_files]
     label_names = sorted({n for info in infos for n in info["label_names"]})
@@ -611,6 +641,7 @@ def _assemble(
             counts_all=(atom_counts, edge_counts, cand_counts),
             key=key,
             settings=settings,
+            start=start,
         )
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # ours: never a half-written cache
@@ -633,6 +664,7 @@ def _write_arrays(
     counts_all: tuple[np.ndarray, np.ndarray, np.ndarray],
     key: dict[str, Any],
     settings: GraphSettings,
+    start: float,
 ) -> dict[str, Any]:
     """Write the concatenated arrays and the manifest into ``tmp``; returns the manifest."""
     atom_counts, edge_counts, cand_counts = counts_all
@@ -688,7 +720,7 @@ def _write_arrays(
     np.save(tmp / "ids.npy", np.array(ids, dtype=str) if ids else np.zeros(0, dtype="<U1"))
     for name in meta_names:
         values = [m.get(name, "") for info in infos for m in info["metadata"]]
-        np.save(tmp / f"meta_{name}.npy", np.array(values, dtype=str))
+        np.save(tmp / metadata_file(name), np.array(values, dtype=str))
     bad = [b for info in infos for b in info["bad"]]
     with open(tmp / "skipped.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -707,6 +739,7 @@ def _write_arrays(
         "label_names": label_names,
         "metadata_names": meta_names,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "build_seconds": time.perf_counter() - start,
     }
     write_json_atomic(tmp / "manifest.json", manifest)
     return manifest
@@ -827,6 +860,14 @@ class GraphCache:
     def ids(self) -> np.ndarray:
         return self.array("ids")
 
+    def skipped_ids(self) -> set[str]:
+        """The ids of the source's entries that could not be used (``skipped.csv``)."""
+        path = self.cache_dir / "skipped.csv"
+        if not path.exists():
+            return set()
+        with open(path, newline="") as handle:
+            return {row["id"] for row in csv.DictReader(handle)}
+
     @property
     def source_name(self) -> str:
         """The data the cache was built from (for messages), else the cache folder."""
@@ -848,7 +889,7 @@ class GraphCache:
         if name not in self.manifest["metadata_names"]:
             available = sorted({*self.manifest["metadata_names"], *self.label_names})
             raise KeyError(f"{self.source_name}: no column {name!r}; available: {available}")
-        return self.array(f"meta_{name}")
+        return self.array(metadata_file(name).removesuffix(".npy"))
 
     def graph(self, index: int) -> CrystalGraph:
         """Crystal ``index`` as a :class:`CrystalGraph` (views into the memory maps)."""

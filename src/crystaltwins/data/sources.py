@@ -16,6 +16,7 @@ from crystaltwins.data.cache import (
     GraphCache,
     build_graph_cache,
     element_coverage,
+    is_cache_manifest,
 )
 from crystaltwins.graph.settings import GraphSettings
 
@@ -105,8 +106,8 @@ def open_built_cache(
         ``featurizer`` has no features for.
     """
     path = Path(source)
-    if not (path.is_dir() and (path / "manifest.json").exists()):
-        return None
+    if not (path.is_dir() and is_cache_manifest(path / "manifest.json")):
+        return None  # a data folder may hold a manifest.json of its own
     cache = GraphCache(path)
     key = cache.manifest.get("key", {})
     wanted = json.loads(json.dumps(settings.cache_key()))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,8 +81,13 @@ def matbench_split(
 
 
 def split_from_labels(values: Sequence[str] | np.ndarray, source: str = "split column") -> Split:
-    """A split from per-crystal names such as ``train``/``val``/``test`` (qmof's ``split`` column)."""
-    names = np.array([_ALIASES.get(str(v).strip().lower(), "?") for v in values])
+    """A split from per-crystal names such as ``train``/``val``/``test`` (qmof's ``split`` column);
+    a crystal with an empty name is in no part (the caller counts it).
+
+    :raises ValueError: a name that is none of these."""
+    names = np.array(
+        [_ALIASES.get(str(v).strip().lower(), "?") if str(v).strip() else "" for v in values]
+    )
     unknown = sorted({str(v) for v, n in zip(values, names, strict=True) if n == "?"})
     if unknown:
         raise ValueError(f"{source}: unknown split names {unknown[:5]} (use train, val, test)")
@@ -93,18 +99,29 @@ def split_from_files(
     train: str | os.PathLike,
     val: str | os.PathLike,
     test: str | os.PathLike,
+    unusable: Collection[str] = (),
+    left_out: list[str] | None = None,
 ) -> Split:
     """A split from three text files of crystal ids (one per line; ``#`` comments allowed).
 
-    :raises ValueError: an id not in the data, or in two of the files."""
+    :param unusable: ids of the data that cannot be used (unreadable, no usable label): listed,
+        they are left out of the split (and added to ``left_out``), not an error.
+    :raises ValueError: an id not in the data, listed twice in a file, or in two of the files."""
     position = {str(i): k for k, i in enumerate(ids)}
+    unusable = set(unusable)
     parts = []
     for path in (train, val, test):
-        wanted = [
+        listed = [
             line.split(",")[0].strip()
             for line in Path(path).read_text().splitlines()
             if line.strip() and not line.startswith("#")
         ]
+        twice = sorted({w for w, n in Counter(listed).items() if n > 1})
+        if twice:
+            raise ValueError(f"{path}: {len(twice)} ids listed more than once, e.g. {twice[:3]}")
+        wanted = [w for w in listed if w in position or w not in unusable]
+        if left_out is not None:
+            left_out += [w for w in listed if w not in position and w in unusable]
         missing = [w for w in wanted if w not in position]
         if missing:
             raise ValueError(f"{path}: {len(missing)} ids not in the data, e.g. {missing[:3]}")

@@ -381,12 +381,26 @@ def auxiliary_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
 def _split(config: FinetuneConfig, dataset: CrystalGraphDataset, keep: np.ndarray) -> Split:
     """Positions (into ``keep``) of train/val/test."""
     if config.split_files:
-        ids = dataset.cache.ids[keep]
-        return split_from_files(ids, *config.split_files)
+        cache = dataset.cache
+        ids = cache.ids[keep]
+        # listed crystals that cannot be used (unreadable, no usable label) are left out
+        unusable = ({str(i) for i in cache.ids} - {str(i) for i in ids}) | cache.skipped_ids()
+        left_out: list[str] = []
+        split = split_from_files(ids, *config.split_files, unusable=unusable, left_out=left_out)
+        if left_out:
+            main_print(
+                f"{len(left_out)} crystals listed in the split files cannot be used (unreadable, "
+                f"or no usable {config.target!r}; see the cache's skipped.csv and the run's "
+                f"invalid_targets.csv) and are left out, e.g. {left_out[:3]}"
+            )
+        return split
     if config.split_column:
-        return split_from_labels(
-            dataset.cache.metadata(config.split_column)[keep], f"column {config.split_column!r}"
-        )
+        names = dataset.cache.metadata(config.split_column)[keep]
+        blank = int(sum(not str(name).strip() for name in names))
+        if blank:
+            which = "1 crystal" if blank == 1 else f"{blank} crystals"
+            main_print(f"{which} with no {config.split_column!r} value left out of every part")
+        return split_from_labels(names, f"column {config.split_column!r}")
     if config.fold is not None:
         # matbench's folds are drawn over every row of the dataset, in its order: with any row
         # dropped, KFold over the rest would reshuffle every fold (not the leaderboard's split)
