@@ -334,6 +334,10 @@ def test_a_cache_inside_its_data_folder_is_reused(data_dir, tmp_path):
     (data / "cache.notes").write_text("a user's file")  # near the name, but data
     assert source_fingerprint(data) != clean
     (data / "cache.notes").unlink()
+    (data / "notes").mkdir()  # a subfolder: the readers read none (it forced a rebuild)
+    (data / "notes" / "readme.txt").write_text("a user's notes")
+    assert source_fingerprint(data) == clean
+    assert build_graph_cache(data, data / "cache", progress=False).reused
     (data / "extra.cif").write_text((data / "1000041.cif").read_text())
     assert source_fingerprint(data) != clean
     assert not build_graph_cache(data, data / "cache", progress=False).reused

@@ -107,11 +107,13 @@ def source_fingerprint(source: str | os.PathLike, exclude: Sequence[Path] = ()) 
     if path.is_file():
         files = [(path.name, path)]
     else:
+        # The folder's own files only: the readers read no subfolder (notes, outputs or a
+        # graph cache kept inside it change nothing), nor a cache's lock or temporaries.
         caches = [Path(e).resolve() for e in exclude]
-        caches += [m.parent for m in path.rglob("manifest.json") if is_cache_manifest(m)]
+        caches += [m.parent for m in path.glob("*/manifest.json") if is_cache_manifest(m)]
         files = [
-            (p.relative_to(path).as_posix(), p)
-            for p in sorted(path.rglob("*"))
+            (p.name, p)
+            for p in sorted(path.iterdir())
             if p.is_file() and not any(_of_cache(p, c) for c in caches)
         ]
     buffer = bytearray(_HASH_BLOCK)
