@@ -220,6 +220,22 @@ FORGERIES = {
         ["non-finite"],
     ),
     "target_std zero": (_set("info|target_std", 0.0), ["info.target_std is 0.0"]),
+    "target_transform a list": (
+        _set("info|target_transform", ["log10"]),
+        ["info.target_transform is ['log10']"],
+    ),
+    "max_neighbors not whole": (
+        _set("graph_settings|max_neighbors", 12.5),
+        ["graph_settings.max_neighbors is 12.5, expected a whole number"],
+    ),
+    "radius a million Å": (
+        _set("graph_settings|radius", 1e6),
+        ["graph_settings.radius is 1000000.0 Å, at most"],
+    ),
+    "stride-0 element table": (
+        _set("featurizer|table", torch.zeros(1).expand(20000, 5000)),
+        ["featurizer.table is not a dense table"],
+    ),
     "unit not a string": (_set("info|unit", 3), ["info.unit is 3"]),
     "auxiliary targets without head outputs": (
         _set("info|aux_targets", [{"column": "gap", "mean": 1.0, "std": 0.5}]),
@@ -355,6 +371,36 @@ def test_forged_model_file_is_one_line_exit_2_before_building(
     forged = copy.deepcopy(payload)
     edit(forged)
     _refused(forged, tmp_path, capsys, words)
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        ({"n_layers": 20_000}, "encoder.init_args.n_layers is 20000, at most 64 expected"),
+        ({"feat_dim": 10**7}, "encoder.init_args.feat_dim is 10000000, at most 16384 expected"),
+        ({"gaussian": {"dmin": 0.0, "dmax": 8.0, "step": 1e-9, "var": None}}, "Gaussians (at most"),
+    ],
+)
+def test_a_forged_gin_file_is_refused_before_it_is_built(edit, words, tmp_path, capsys):
+    """Encoders without their own check (GIN, GATGNN, OGCNN) were built from the file's init
+    args alone: 20,000 layers took 80 s, a tiny Gaussian step ~64 GB."""
+    from crystaltwins.models.gin import GINEncoder
+
+    featurizer = _featurizer()
+    encoder = GINEncoder(torch.tensor(featurizer.table), emb_dim=8, n_layers=2, feat_dim=16)
+    bundle = _bundle(featurizer)
+    bundle = ModelBundle(encoder, PropertyHead(encoder.out_dim, 8, 1), "finetuned", featurizer,
+                         GraphSettings(), bundle.info)  # fmt: skip
+    forged = torch.load(save_model(tmp_path / "gin.pt", bundle), weights_only=True)
+    forged["encoder"]["init_args"].update(edit)
+    _refused(forged, tmp_path, capsys, [words])
+
+
+def test_saving_a_model_twice_gives_the_same_bytes(tmp_path):
+    """The zip's inner folder was named after the temporary file: other bytes every time."""
+    bundle = _bundle()
+    first = save_model(tmp_path / "a.pt", bundle).read_bytes()
+    assert save_model(tmp_path / "a.pt", bundle).read_bytes() == first
 
 
 @pytest.mark.parametrize("name", list(FORMAT_1_FORGERIES))
@@ -561,3 +607,20 @@ def test_a_training_checkpoint_given_as_a_model_points_to_model_pt(tmp_path):
     )
     with pytest.raises(ValueError, match="a training checkpoint .*give the run's model.pt"):
         load_model(checkpoint)
+
+
+def test_an_ensemble_of_members_in_other_units_is_refused(tmp_path):
+    """Members in eV/atom and meV/atom were averaged; an ensemble's own info disagreeing with
+    its members' was shown by `info`."""
+    from crystaltwins.models.checkpoint import EnsembleBundle, load_predictor, save_ensemble
+
+    first, second = _bundle(), _bundle()
+    first.info["unit"], second.info["unit"] = "eV/atom", "meV/atom"
+    path = save_ensemble(tmp_path / "e.pt", EnsembleBundle([first, second], dict(first.info)))
+    with pytest.raises(ValueError, match=r"members\[1\] has info.unit 'meV/atom'"):
+        load_predictor(path)
+    second.info["unit"] = "eV/atom"
+    claimed = {**first.info, "targets": ["band_gap"]}
+    path = save_ensemble(tmp_path / "e.pt", EnsembleBundle([first, second], claimed))
+    with pytest.raises(ValueError, match=r"info.targets is \['band_gap'\], its members' \['y'\]"):
+        load_predictor(path)

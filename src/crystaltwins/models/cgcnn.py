@@ -128,7 +128,7 @@ class CGCNNEncoder(Encoder):
         a = positive_int("init_args.atom_fea_len", config["atom_fea_len"])
         h = positive_int("init_args.h_fea_len", config["h_fea_len"])
         n_conv = positive_int("init_args.n_conv", config["n_conv"], minimum=0)
-        k = _gaussian_count(config["gaussian"])
+        k = gaussian_count(config["gaussian"])
         conv_ids = {int(m.group(1)) for key in state if (m := CONV_KEY.match(str(key)))}
         if n_conv != len(conv_ids):
             raise ValueError(
@@ -243,7 +243,7 @@ class CrystalTwinsModel(nn.Module):
         return self.projector(self.encoder(batch))
 
 
-def _gaussian_count(gaussian: Mapping[str, Any]) -> int:
+def gaussian_count(gaussian: Mapping[str, Any]) -> int:
     """Number of Gaussian centres (``len(np.arange(dmin, dmax + step, step))``), unallocated."""
     dmin = real("init_args.gaussian.dmin", gaussian["dmin"])
     dmax = real("init_args.gaussian.dmax", gaussian["dmax"])

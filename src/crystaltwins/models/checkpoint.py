@@ -116,8 +116,10 @@ def save_ensemble(path: str | os.PathLike, ensemble: EnsembleBundle) -> Path:
 
 
 def _save(path: Path, payload: dict[str, Any]) -> Path:
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # through a handle: the zip's inner folder is torch's fixed name, not the temporary's, so
+    # saving the same model twice gives the same bytes
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(payload, handle)
     return path
 
 

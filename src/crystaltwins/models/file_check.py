@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from crystaltwins.graph.atom_features import AtomFeaturizer
 from crystaltwins.graph.settings import GraphSettings
+from crystaltwins.models.cgcnn import gaussian_count
 from crystaltwins.models.init_args import check_keys, real, short
 from crystaltwins.models.property_model import (
     AUX_TARGETS_KEY,
@@ -71,7 +72,14 @@ ENSEMBLE_KIND = "ensemble"
 #: Largest number of members accepted in an ensemble's model file.
 MAX_MEMBERS = 1000
 #: Settings every member of an ensemble must share (entries of ``info``).
-_SHARED_MEMBER_INFO = ("task", "targets", "target_transform", AUX_TARGETS_KEY)
+_SHARED_MEMBER_INFO = (
+    "task",
+    "targets",
+    "target_transform",
+    "target_column",
+    "unit",
+    AUX_TARGETS_KEY,
+)
 
 
 class _Problem(ValueError):
@@ -158,6 +166,37 @@ def _meta_shapes(
     )
 
 
+#: Limits on the init args of an encoder without its own ``check_init_args`` (GIN, GATGNN,
+#: OGCNN, a user's), checked before it is built: no file sizes a module by its args alone.
+MAX_INIT_WIDTH = 16_384
+MAX_INIT_LAYERS = 64
+
+
+def _check_generic_init_args(args: Mapping[str, Any], where: str = "encoder.init_args") -> None:
+    """Whole numbers at most :data:`MAX_INIT_WIDTH` (layer counts, ``*layers``/``*heads``/
+    ``n_conv``, at most :data:`MAX_INIT_LAYERS`), nested settings too; a ``gaussian`` entry
+    at most :data:`~crystaltwins.models.cgcnn.MAX_GAUSSIANS` centres."""
+    for name, value in args.items():
+        if isinstance(value, Mapping):
+            _check_generic_init_args(value, f"{where}.{name}")
+        elif isinstance(value, int) and not isinstance(value, bool):
+            layers = str(name).endswith(("layers", "heads")) or name == "n_conv"
+            limit = MAX_INIT_LAYERS if layers else MAX_INIT_WIDTH
+            if value > limit:
+                raise _Problem(f"{where}.{name} is {value}, at most {limit} expected")
+    gaussian = args.get("gaussian")
+    if isinstance(gaussian, Mapping) and {"dmin", "dmax", "step", "var"} <= set(gaussian):
+        try:
+            gaussian_count(gaussian)
+        except ValueError as error:
+            raise _Problem(f"encoder.{error}") from None
+
+
+#: The largest element-feature table (values) and neighbour radius (Å) a model file may hold.
+MAX_TABLE_VALUES = 256 * 4096
+MAX_RADIUS = 30.0
+
+
 def _check_encoder(part: Any, table: torch.Tensor) -> int:
     """The encoder's output width ``H``, its weights checked against its init args."""
     cls = _check_part("encoder", part, ENCODERS, "encoder")
@@ -169,6 +208,7 @@ def _check_encoder(part: Any, table: torch.Tensor) -> int:
         except ValueError as error:
             raise _Problem(f"encoder.{error}") from None
     else:
+        _check_generic_init_args(args)
         shapes, dtypes, module = _meta_shapes(
             "encoder",
             lambda: cls.from_config(dict(args), table),  # type: ignore[attr-defined]
@@ -225,6 +265,11 @@ def _check_info(kind: str, info: Any, head_out: int | None) -> None:
     targets = info.get("targets", [])
     if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
         raise _Problem(f"info.targets is {short(targets)}, expected a list of names")
+    transform = info.get("target_transform", "none")
+    if not isinstance(transform, str) or transform not in TRANSFORMS:
+        raise _Problem(
+            f"info.target_transform is {short(transform)}, expected one of {sorted(TRANSFORMS)}"
+        )
     task = info.get("task", "regression")
     aux = check_aux_targets(info, task)
     if task == "classification":
@@ -246,11 +291,6 @@ def _check_info(kind: str, info: Any, head_out: int | None) -> None:
         raise _Problem(
             f"a regression head has one output for the target and one per auxiliary target "
             f"({aux} in info.{AUX_TARGETS_KEY}): {1 + aux} expected, this one has {head_out}"
-        )
-    transform = info.get("target_transform", "none")
-    if transform not in TRANSFORMS:
-        raise _Problem(
-            f"info.target_transform is {short(transform)}, expected one of {sorted(TRANSFORMS)}"
         )
 
 
@@ -289,11 +329,18 @@ def check_aux_targets(info: Mapping[str, Any], task: str = "regression") -> int:
 
 def _check_graph_settings(state: Any) -> None:
     _keys_problem("graph_settings", state, {f.name for f in fields(GraphSettings)})
+    defaults = GraphSettings()
     for name, value in state.items():
         try:
             real(f"graph_settings.{name}", value)
         except ValueError as error:
             raise _Problem(str(error)) from None
+        if isinstance(getattr(defaults, name), int) and not float(value).is_integer():
+            raise _Problem(f"graph_settings.{name} is {value}, expected a whole number")
+    if float(state.get("radius", defaults.radius)) > MAX_RADIUS:
+        raise _Problem(
+            f"graph_settings.radius is {state['radius']} Å, at most {MAX_RADIUS} expected"
+        )
     try:
         GraphSettings.from_dict(dict(state))
     except (TypeError, ValueError) as error:
@@ -388,6 +435,12 @@ def check_ensemble_payload(
                     )
             if dict(member["graph_settings"]) != dict(first["graph_settings"]):
                 raise _Problem(f"members[{k}] has other graph_settings than members[0]")
+        for key in _SHARED_MEMBER_INFO:  # what `info` and `predict` show is the members'
+            if key in payload["info"] and payload["info"][key] != first["info"].get(key):
+                raise _Problem(
+                    f"info.{key} is {short(payload['info'][key])}, its members' "
+                    f"{short(first['info'].get(key))}"
+                )
         return checked
     except _Problem as problem:
         raise ValueError(f"{path}: not a usable crystaltwins model file: {problem}") from None
@@ -413,6 +466,9 @@ def _check(payload: Mapping[str, Any], version: int) -> tuple[AtomFeaturizer, di
         raise _Problem(f"kind is {short(kind)}, expected one of {sorted(HEAD_ROLES)}")
     if not isinstance(payload["featurizer"], Mapping):
         raise _Problem("featurizer is not a dict")
+    table = payload["featurizer"].get("table")
+    if isinstance(table, Tensor) and (not _is_dense(table) or table.numel() > MAX_TABLE_VALUES):
+        raise _Problem("featurizer.table is not a dense table of element features of a sane size")
     try:
         featurizer = AtomFeaturizer.from_state(dict(payload["featurizer"]))
     except (TypeError, ValueError) as error:
