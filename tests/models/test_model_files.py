@@ -596,6 +596,39 @@ def test_hollow_published_state_dict_is_refused_before_building(
     assert "embedding.weight is not a dense tensor" in err and str(path) in err
 
 
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        ("wide", "2000-wide atoms and 3 convolutions (at most 1024 and 16 read)"),
+        ("many convolutions", "64-wide atoms and 40 convolutions (at most 1024 and 16 read)"),
+        ("a key no name", "a key is no name"),
+    ],
+)
+def test_a_forged_published_state_dict_is_one_line_before_building(
+    edit, words, reference_dir, tmp_path, capsys
+):
+    """Sized by its key names and shapes before loading, a 765 KB .pth took ~635 MB (growing
+    as width^2 x convolutions); a non-string key was a traceback."""
+    import shutil
+
+    state = torch.load(
+        reference_dir / "CGCNNBarlow_model.pth", map_location="cpu", weights_only=True
+    )
+    if edit == "wide":
+        state["embedding.weight"] = torch.zeros(2000, 92)
+    elif edit == "many convolutions":
+        for k in range(3, 40):
+            state[f"convs.{k}.fc_full.bias"] = torch.zeros(1)
+    else:
+        state[5] = torch.zeros(1)
+    path = tmp_path / "CGCNNBarlow_model.pth"
+    torch.save(state, path)
+    shutil.copy(reference_dir / "atom_init.json", tmp_path / "atom_init.json")
+    code = main(["embed", str(path), str(tmp_path / "crystals"), "--out", str(tmp_path / "e.npz")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and words in err, err
+
+
 def test_a_training_checkpoint_given_as_a_model_points_to_model_pt(tmp_path):
     """``checkpoints/best.ckpt`` is what a user may try first: the message says what to give."""
     import lightning

@@ -137,12 +137,19 @@ def _is_dense(tensor: Tensor) -> bool:
     return tensor.is_contiguous() and tensor.storage_offset() + tensor.numel() <= stored
 
 
+#: The widest atom features and the most convolutions read from a published state dict.
+MAX_PUBLISHED_WIDTH = 1024
+MAX_PUBLISHED_CONVS = 16
+
+
 def _infer_dims(state: Mapping[str, Tensor], path: Path) -> dict[str, Any]:
     def shape(key: str) -> tuple[int, ...]:
         if key not in state:
             raise ValueError(f"{path}: missing key {key!r}; not a Crystal Twins CGCNN state dict")
         return tuple(state[key].shape)
 
+    if not all(isinstance(k, str) for k in state):
+        raise ValueError(f"{path}: not a Crystal Twins CGCNN state dict (a key is no name)")
     emb = shape("embedding.weight")
     fc = shape("conv_to_fc.weight")
     head0 = shape(_HEAD_PREFIX + "0.weight")
@@ -153,6 +160,13 @@ def _infer_dims(state: Mapping[str, Tensor], path: Path) -> dict[str, Any]:
     if conv_ids != list(range(len(conv_ids))):
         raise ValueError(f"{path}: convolution indices {conv_ids} are not 0..n-1")
     atom_fea_len, n_features = emb
+    # sized by key names and shapes alone before the weights are loaded: within what any
+    # published CGCNN could be (CT's: 64 wide, 3 convolutions)
+    if atom_fea_len > MAX_PUBLISHED_WIDTH or len(conv_ids) > MAX_PUBLISHED_CONVS:
+        raise ValueError(
+            f"{path}: a CGCNN state dict of {atom_fea_len}-wide atoms and {len(conv_ids)} "
+            f"convolutions (at most {MAX_PUBLISHED_WIDTH} and {MAX_PUBLISHED_CONVS} read)"
+        )
     nbr_fea_len = None
     if conv_ids:
         fc_full = shape("convs.0.fc_full.weight")
