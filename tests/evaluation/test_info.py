@@ -77,6 +77,17 @@ def test_malformed_info_entries_are_left_out_not_a_traceback(tmp_path: Path) -> 
         ),
         ("mp-eform", {"test_metrics": {"mae": "x", "count": 3}}),
         ("default", {"data_sources": 5, "crystals": {"train": "many"}}),
+        # inf, NaN and 10**400 were OverflowError / ValueError tracebacks; a list of numbers
+        # as augmentations a TypeError
+        (
+            "mp-eform",
+            {
+                "test_metrics": {"mae": 10**400, "count": float("inf")},
+                "crystals": {"train": float("nan")},
+                "held_out": {"what": "x", "crystals": float("inf")},
+            },
+        ),
+        ("default", {"augmentations": [1, 2]}),
     ):
         bundle = load_model(name)
         bundle.info.update(edits)

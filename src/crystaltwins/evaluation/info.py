@@ -7,6 +7,7 @@ before anything is built); nothing is run on it.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,13 +196,13 @@ def describe_model(
         held_out = info.get("held_out")
         if isinstance(held_out, dict) and held_out.get("what"):
             count = held_out.get("crystals")
-            counted = f"{int(count):,} crystals, " if isinstance(count, (int, float)) else ""
+            counted = f"{int(count):,} crystals, " if _finite(count) else ""
             described.held_out = f"{counted}the {held_out['what']}"
     else:
         described.objective = str(info.get("objective", ""))
         augment = info.get("augmentations")
         described.augmentations = (
-            ",".join(augment) if isinstance(augment, list) else str(augment or "")
+            ",".join(str(a) for a in augment) if isinstance(augment, list) else str(augment or "")
         )
         sources = info.get("data_sources")
         described.data = [str(d) for d in sources] if isinstance(sources, list) else []
@@ -214,15 +215,21 @@ def describe_model(
 
 
 def _numbers(entry: Any) -> dict[str, float]:
-    """The numeric entries of a dict from a model file or ``metrics.json`` (anything else in
-    it, or an entry that is no dict, is left out rather than trusted)."""
+    """The finite numeric entries of a dict from a model file or ``metrics.json`` (anything else
+    in it, or an entry that is no dict, is left out rather than trusted)."""
     if not isinstance(entry, dict):
         return {}
-    return {
-        str(k): float(v)
-        for k, v in entry.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
+    return {str(k): float(v) for k, v in entry.items() if _finite(v)}
+
+
+def _finite(value: Any) -> bool:
+    """A number (not a bool) that is finite as a float (``10**400`` is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def _encoder_text(encoder: Any) -> str:
