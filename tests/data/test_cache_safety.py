@@ -341,3 +341,18 @@ def test_a_cache_inside_its_data_folder_is_reused(data_dir, tmp_path):
     (data / "extra.cif").write_text((data / "1000041.cif").read_text())
     assert source_fingerprint(data) != clean
     assert not build_graph_cache(data, data / "cache", progress=False).reused
+
+
+def test_a_cache_folder_given_as_a_symlink_is_refused_untouched(data_dir, tmp_path):
+    """Its build renamed the link, put the cache beside it and failed; a later build removed
+    the user's link as a stale temporary."""
+    target = tmp_path / "disk2" / "cache"
+    target.mkdir(parents=True)
+    link = tmp_path / "cache"
+    link.symlink_to(target)
+    with pytest.raises(ValueError, match=r"is a symbolic link; give the folder it points to"):
+        build_graph_cache(data_dir / "samples" / "cgcnn_regression", link, progress=False)
+    assert link.is_symlink() and list(target.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "disk2"]
+    built = build_graph_cache(data_dir / "samples" / "cgcnn_regression", target, progress=False)
+    assert built.crystals == 10

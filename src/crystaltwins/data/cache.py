@@ -457,7 +457,12 @@ def check_cache_target(cache_dir: Path, source: Path | None = None) -> None:
         resolved = cache_dir.resolve()
         if resolved == source or resolved in source.parents:
             raise ValueError(f"{cache_dir}: is the input data (or holds it); {hint}")
-    if not cache_dir.exists() and not cache_dir.is_symlink():
+    if cache_dir.is_symlink():  # its rebuild would replace the link, and strand the cache
+        raise ValueError(
+            f"{cache_dir}: is a symbolic link; give the folder it points to "
+            f"({os.path.realpath(cache_dir)}); nothing was changed"
+        )
+    if not cache_dir.exists():
         return
     if not cache_dir.is_dir():
         raise ValueError(f"{cache_dir}: exists and is not a folder; {hint}")
