@@ -445,5 +445,5 @@ def test_auxiliary_targets_settings_are_checked(settings, words, tmp_path):
 
 def test_an_unknown_auxiliary_column_is_one_line(perovskite_subset, cache_root, tmp_path):
     config = _config(perovskite_subset, tmp_path / "out", cache_root, aux_targets=["nope"])
-    with pytest.raises(KeyError, match=r"no numeric label column \['nope'\] \(aux_targets\)"):
-        finetune(config)
+    with pytest.raises(ValueError, match=r"unknown target column\(s\) 'nope'; available columns"):
+        finetune(config)  # from the CSV's header, before any graph is built
