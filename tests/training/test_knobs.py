@@ -505,6 +505,18 @@ def test_cosine_run_resumed_over_other_steps_is_refused(small_perovskites, cache
     assert finetune(config)  # with the epochs it was made with: resumes
 
 
+def test_a_warmed_up_constant_run_resumes_with_more_epochs(small_perovskites, cache_root, tmp_path):
+    """Only a cosine depends on the run's length: a warm-up then a constant rate resumes with
+    more epochs (it was refused), its steps after the warm-up at the full rate."""
+    settings = dict(freeze_encoder_epochs=0, warmup_epochs=1, lr_schedule="constant")
+    out = tmp_path / "run"
+    _interrupted(_config(small_perovskites, out, cache_root, **settings), 2)
+    longer = _config(small_perovskites, out, cache_root, **{**settings, "epochs": EPOCHS + 2})
+    longer.resume = True
+    metrics = finetune(longer)
+    assert metrics["epochs_run"] == EPOCHS + 2
+
+
 def test_head_from_a_fine_tuned_start_fits_its_outputs(small_perovskites, cache_root, tmp_path):
     """--head-init source from mp-multi-33k: the hidden layer is the source's, and the new
     output is the least-squares combination of its three outputs (MP formation energy, band

@@ -318,11 +318,12 @@ class FinetuneModule(L.LightningModule):
             schedule=self.lr_schedule,
         )
         stored = self._stored_schedule
-        if stored is not None and stored != dataclasses.asdict(factor):
+        laid_out = dataclasses.asdict(factor)
+        if self.lr_schedule == "constant":  # a warm-up then constant: the run's length is moot
+            laid_out.pop("total_steps")
+        if stored is not None and any(stored.get(k) != v for k, v in laid_out.items()):
             differs = ", ".join(
-                f"{k} {stored.get(k)} -> {v}"
-                for k, v in dataclasses.asdict(factor).items()
-                if stored.get(k) != v
+                f"{k} {stored.get(k)} -> {v}" for k, v in laid_out.items() if stored.get(k) != v
             )
             raise ValueError(
                 f"{self.trainer.ckpt_path}: this run's learning-rate schedule was laid out over "
