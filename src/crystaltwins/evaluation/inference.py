@@ -486,8 +486,8 @@ def _is_predictions_csv(path: Path, column: str) -> bool:
             header = next(csv.reader(handle), [])
     except (OSError, UnicodeDecodeError, csv.Error):
         return False
-    # Only this layout: a bare ``id,prediction`` header (this tool's before its formula and unit
-    # columns) may as well be a user's own table, and is never replaced.
+    # Only this tool's layout: a bare ``id,prediction`` header (its output before the formula and
+    # unit columns) may as well be a user's own table, and is never replaced.
     known = _TEXT_COLUMNS | {column, "probability_class_1", "std", "true_value"}
     return header[:3] == ["id", "formula", "property"] and all(
         name in known

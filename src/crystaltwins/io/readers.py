@@ -110,8 +110,9 @@ class RawEntry:
         ``"/path/POSCAR-JVASP-1.vasp"``, ``"/path/traj.xyz:frame 3"``.
     :param payload: the structure text for CSV sources; a file path for file-based sources.
     :param fmt: how to read ``payload``: ``"cif-text"``, ``"poscar-text"``, ``"pymatgen-json"``,
-        ``"xyz-text"``, ``"extxyz-text"`` (text formats) or ``"cif-file"``, ``"poscar-file"``, ``"ase-file"`` (any file
-        ``ase.io.read`` reads, ASE/pymatgen JSON included), ``"ase-db"`` (file formats).
+        ``"xyz-text"``, ``"extxyz-text"`` (text formats) or ``"cif-file"``, ``"poscar-file"``,
+        ``"ase-file"`` (any file ``ase.io.read`` reads, ASE/pymatgen JSON included),
+        ``"ase-db"`` (file formats).
     :param labels: numeric labels by column name (units of the source); NaN where empty.
     :param metadata: non-numeric column values (formula, split, ...), as text.
     :param error: set when the entry is already known to be unusable (a target label missing,
@@ -884,9 +885,9 @@ def _xyz_frames_one_by_one(
     """The frames of an (ext)xyz file that ``ase.io.read`` cannot read as a whole: split by
     their atom-count lines and read one at a time, ``None`` (and why, in the first dict) for
     each frame that cannot be read, so that one bad frame does not stop the file; the second
-    dict holds the text of each frame that was read. A file whose
-    frame layout itself is broken (a count line that is no non-negative number) ends the frames
-    there: the rest of the file is one unreadable entry, named."""
+    dict holds the text of each frame that was read. A file whose frame layout itself is broken
+    (a count line that is no non-negative number) ends the frames there: the rest of the file is
+    one unreadable entry, named."""
     import ase.io
 
     lines = _read_text(path, "replace").splitlines(keepends=True)
