@@ -7,7 +7,7 @@
 #       and the same for 6 GATGNN members (4,000 perovskites);
 #   2c. the fine-tuning epoch of each encoder (CGCNN, GIN, GATGNN, OGCNN) on all perovskites (issue 14);
 #   3. one pre-training epoch over the corpus files in .device/data (cache build timed separately);
-#   4. `crystaltwins bench --preset paper --pretrained default` on as many tasks and seeds as fit
+#   4. `crystaltwins bench --preset paper --pretrained crystal-twins` on as many tasks and seeds as fit
 #      in what is left of BUDGET_S (bench resumes: rerun to continue).
 # Prepare on the CPU machine first:  ../shared/tools/device_prep.sh perovskites mp36k hoip mp_elasticity
 # and run it with `.device` carried:   bash benchmarks/gpu_check.sh
@@ -72,7 +72,7 @@ PY
 
 echo "== bench --preset paper ($(left) s left)" | tee -a "$log"
 if [ "$(left)" -gt 30 ]; then
-  timeout "$(left)" python3 -m crystaltwins.cli.main bench --preset paper --pretrained default \
+  timeout "$(left)" python3 -m crystaltwins.cli.main bench --preset paper --pretrained crystal-twins \
     --data-root "$DATA" --out /tmp/bench --seeds 3 --accelerator gpu --featurize-workers 16 \
     --tasks perovskites hoip gvrh mp_formation_energy mp_band_gap mp_fermi_energy 2>&1 | grep -v Warning | tail -20 | tee -a "$log"
 fi

@@ -62,6 +62,18 @@ def curve_point(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return point
 
 
+def _same_model(init: str | None, pretrained: str | None) -> bool:
+    """Whether a run's ``init`` is the script's ``pretrained`` (``default`` in either: a run or
+    script of before ``default`` moved, meaning the Crystal Twins encoder)."""
+    from crystaltwins.models.pretrained import recorded_model_name
+
+    return (
+        init is not None
+        and pretrained is not None
+        and (recorded_model_name(init) == recorded_model_name(pretrained))
+    )
+
+
 def start_points(path: Path) -> tuple[str, dict[str, dict[str, list[dict[str, Any]]]]]:
     """The name and the pre-trained runs (task -> size label -> runs) of one ``results.json``,
     completed by the ``runs/TASK/nSIZE/seedK/metrics.json`` beside it that started from the
@@ -70,7 +82,7 @@ def start_points(path: Path) -> tuple[str, dict[str, dict[str, list[dict[str, An
     settings = results["settings"]
     name = settings.get("pretrained_label", "CT")
     if name == "CT":
-        name = f"Crystal Twins ({settings.get('pretrained', 'default')} encoder, "
+        name = f"Crystal Twins ({settings.get('pretrained', 'crystal-twins')} encoder, "
         name += f"x {settings.get('encoder_lr_factor', '?')})"
     points: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for task, data in results["tasks"].items():
@@ -81,7 +93,7 @@ def start_points(path: Path) -> tuple[str, dict[str, dict[str, list[dict[str, An
     for metrics_path in sorted(path.parent.glob("runs/*/n*/seed*/metrics.json")):
         size_dir = metrics_path.parent.parent
         metrics = json.loads(metrics_path.read_text())
-        if metrics.get("init") == settings.get("pretrained"):
+        if _same_model(metrics.get("init"), settings.get("pretrained")):
             from_folders.setdefault((size_dir.parent.name, size_dir.name[1:]), []).append(metrics)
     for (task, label), runs in from_folders.items():
         points.setdefault(task, {}).setdefault(label, runs)

@@ -90,8 +90,11 @@ UNRECORDED = {"encoder_anchor": "0.0", "lr_schedule": "constant", "head_init": "
 
 
 def _differing(earlier: dict[str, str], settings: dict[str, str], names: tuple[str, ...]) -> str:
+    from crystaltwins.models.pretrained import recorded_model_name
+
     def was(k: str) -> str | None:
-        return earlier.get(k, UNRECORDED.get(k))
+        value = earlier.get(k, UNRECORDED.get(k))
+        return recorded_model_name(value) if k == "pretrained" and value else value
 
     return ", ".join(f"{k} {was(k)} (now {settings[k]})" for k in names if was(k) != settings[k])
 
@@ -284,7 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--data-root", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--pretrained", default="default", help="CT's encoder (default: shipped)")
+    p.add_argument(
+        "--pretrained",
+        default="crystal-twins",
+        help="the pre-trained method's model (default: the shipped Crystal Twins encoder)",
+    )
     p.add_argument(
         "--pretrained-label",
         default="CT",
@@ -344,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
         "made with another pre-trained model or fine-tuning of it: its scratch points only",
     )
     args = p.parse_args(argv)
+    from crystaltwins.models.pretrained import canonical_model_name
+
+    args.pretrained = canonical_model_name(args.pretrained)  # recorded by the model's own name
     args.out.mkdir(parents=True, exist_ok=True)
     settings = {k: str(v) for k, v in vars(args).items()}
     if args.previous:

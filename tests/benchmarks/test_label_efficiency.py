@@ -136,3 +136,10 @@ def test_label_efficiency_writes_fewer_than_measured_as_words(tmp_path: Path) ->
     assert row["300"]["val"]["scratch_labels"] == "fewer than measured"
     assert row["300"]["val"]["worth"] is None
     assert "< 100" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_a_runs_start_matches_the_scripts_by_what_default_meant() -> None:
+    same = _script()._same_model
+    assert same("default", "default") and same("default", "crystal-twins")
+    assert same("mp-multi-33k", "mp-multi-33k") and not same("mp-multi-33k", "default")
+    assert not same(None, "crystal-twins")

@@ -73,3 +73,16 @@ def test_a_finished_run_with_other_settings_is_not_reused(tmp_path: Path) -> Non
     write_config(folder, FinetuneConfig(**{**settings, "lr_schedule": "cosine"}))
     with pytest.raises(ValueError, match="other settings than this benchmark's.*lr_schedule"):
         script.finished_point(args, task, 1000, 0, "ct")
+
+
+def test_default_in_an_earlier_results_file_means_the_crystal_twins_encoder() -> None:
+    """Results written before ``default`` moved to mp-multi-33k ran the Crystal Twins
+    encoder: their CT points are reused by a run of ``crystal-twins``, not of ``default``."""
+    differing = _script()._differing
+    earlier = {"pretrained": "default"}
+    names = ("pretrained",)
+    assert differing(earlier, {"pretrained": "crystal-twins"}, names) == ""
+    assert differing(earlier, {"pretrained": "mp-multi-33k"}, names) == (
+        "pretrained crystal-twins (now mp-multi-33k)"
+    )
+    assert differing({"pretrained": "mp-multi"}, {"pretrained": "mp-multi"}, names) == ""

@@ -264,3 +264,18 @@ def test_every_help_that_names_the_shipped_models_names_them_all():
     for name, dest, text in helps:
         missing = [m for m in SHIPPED_MODELS if f"'{m}'" not in text]
         assert not missing, f"{name} --{dest} help lacks {missing}"
+
+
+def test_an_interrupted_run_says_how_to_continue_it():
+    """Members trained together keep no checkpoints: their hint does not promise to continue
+    after the last finished epoch."""
+    import argparse
+
+    from crystaltwins.cli.main import _resume_hint
+
+    single = _resume_hint(argparse.Namespace(command="finetune", members_together=False))
+    assert "--resume to continue after the last finished epoch" in single
+    together = _resume_hint(argparse.Namespace(command="finetune", members_together=True))
+    assert "--resume" in together and "start again from their first epoch" in together
+    assert "after the last finished epoch" not in together
+    assert "finished runs are reused" in _resume_hint(argparse.Namespace(command="bench"))

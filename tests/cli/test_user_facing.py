@@ -22,8 +22,10 @@ def run(*args: str) -> tuple[int, str, str]:
 
 
 def test_info_prints_what_a_model_is_and_refuses_other_files(tmp_path: Path) -> None:
-    code, out, _ = run("info", "default")
+    code, out, _ = run("info", "crystal-twins")
     assert code == 0 and "type: pre-trained encoder" in out and "objective: barlow_twins" in out
+    code, out, _ = run("info", "default")  # the best start measured: mp-multi-33k
+    assert code == 0 and "crystaltwins_mp_multi_33k.pt" in out and "type: property model" in out
     (tmp_path / "notes.pt").write_text("not a model")
     code, _, err = run("info", str(tmp_path / "notes.pt"))
     assert code == 2 and err.startswith("crystaltwins info: error: ") and err.count("\n") == 1

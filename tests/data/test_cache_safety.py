@@ -291,6 +291,34 @@ def test_user_files_beside_a_finished_cache_are_never_removed(data_dir, tmp_path
     assert (partial / "notes.txt").read_text() == "user"
 
 
+def test_a_file_put_into_an_empty_out_folder_during_the_build_is_kept(
+    data_dir, tmp_path, monkeypatch
+):
+    """The folder was empty when the build started, and a user saved a file into it before the
+    build's last step: the build refuses to replace the folder (the file was removed with it),
+    keeps its graphs, and finishes once the file is moved out."""
+    source = data_dir / "samples" / "cgcnn_regression"
+    cache = tmp_path / "c"
+    cache.mkdir()
+    write_arrays = cache_module._write_arrays
+
+    def meanwhile(*args, **kwargs):
+        (cache / "notes.txt").write_text("mine")
+        return write_arrays(*args, **kwargs)
+
+    monkeypatch.setattr(cache_module, "_write_arrays", meanwhile)
+    with pytest.raises(ValueError, match="which it was not when the build started") as refused:
+        build_graph_cache(source, cache, progress=False)
+    assert "\n" not in str(refused.value) and "nothing in it was changed" in str(refused.value)
+    assert _files(cache) == {"notes.txt": b"mine"}
+    assert [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []  # no half cache left
+    assert (tmp_path / "c.partial").is_dir()  # the graphs built, kept for the next run
+    monkeypatch.setattr(cache_module, "_write_arrays", write_arrays)
+    (cache / "notes.txt").unlink()
+    built = build_graph_cache(source, cache, progress=False)
+    assert len(GraphCache(cache)) == 10 and built is not None
+
+
 def test_an_open_cache_keeps_its_data_when_another_run_rebuilds_it(rows, tmp_path):
     """Run A has the cache open; run B rebuilds it from changed data. A keeps reading the
     crystals it opened (ids and atoms still match); a worker reopening A's cache after the

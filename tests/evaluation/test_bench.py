@@ -69,7 +69,7 @@ def test_bench_matbench_protocol_runs_folds(perovskite_subset, cache_root, tmp_p
     kwargs = dict(
         tasks=["perovskites"],
         preset="smoke",
-        pretrained="default",
+        pretrained="crystal-twins",
         cache_root=str(cache_root),
         accelerator="cpu",
         devices="1",
@@ -135,7 +135,7 @@ def test_bench_names_the_tasks_whose_property_a_given_start_already_learned():
     assert tasks_with_learned_labels(resolve_model_path("mp-eform"), tasks) == [
         "mp_formation_energy"
     ]
-    assert tasks_with_learned_labels(resolve_model_path("default"), tasks) == []
+    assert tasks_with_learned_labels(resolve_model_path("crystal-twins"), tasks) == []
 
 
 def test_bench_warns_when_a_given_start_learned_the_labels_of_its_test_crystals(

@@ -48,7 +48,7 @@ def test_bench_trains_each_encoder_on_the_same_split(perovskite_subset, cache_ro
     results = run_bench(
         _data_root(perovskite_subset, tmp_path),
         out,
-        **_kwargs(cache_root, encoders=["cgcnn", "gin"], pretrained="default"),
+        **_kwargs(cache_root, encoders=["cgcnn", "gin"], pretrained="crystal-twins"),
     )
     runs = out / "runs" / "perovskites" / "seed0"
     # the default encoder keeps the folders of earlier benchmarks; GIN's carry its name
@@ -125,7 +125,7 @@ def test_pretrained_encoder_must_be_among_the_encoders(perovskite_subset, cache_
         run_bench(
             _data_root(perovskite_subset, tmp_path),
             out,
-            **_kwargs(cache_root, encoders=["gin"], pretrained="default"),
+            **_kwargs(cache_root, encoders=["gin"], pretrained="crystal-twins"),
         )
     assert not out.exists()
 
@@ -168,7 +168,7 @@ def test_members_together_stacks_each_architecture(perovskite_subset, cache_root
         **_kwargs(
             cache_root,
             encoders=["cgcnn", "gin", "ogcnn"],
-            pretrained="default",
+            pretrained="crystal-twins",
             members_together=True,
         ),
     )

@@ -18,7 +18,7 @@ def test_bench_members_together(perovskite_subset, cache_root, tmp_path):
         tasks=["perovskites"],
         seeds=2,
         preset="smoke",
-        pretrained="default",
+        pretrained="crystal-twins",
         cache_root=str(cache_root),
         accelerator="cpu",
         devices="1",

@@ -83,7 +83,7 @@ def test_a_pretrained_encoder_cannot_predict(reference_dir, data_dir, cache_root
     from crystaltwins.models.checkpoint import load_model
 
     with pytest.raises(ValueError, match="^the given model: a pre-trained encoder") as refused:
-        predict(load_model("default"), data_dir / "samples" / "cgcnn_regression")
+        predict(load_model("crystal-twins"), data_dir / "samples" / "cgcnn_regression")
     assert "\n" not in str(refused.value) and "ModelBundle(" not in str(refused.value)
     emb = embed(
         reference_dir / "CGCNNBarlow_model.pth",

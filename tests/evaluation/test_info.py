@@ -11,7 +11,7 @@ from crystaltwins.evaluation.info import describe_model
 
 
 def test_the_shipped_encoder_is_described() -> None:
-    info = describe_model("default")
+    info = describe_model("crystal-twins")
     text = "\n".join(info.lines())
     assert info.kind.startswith("pre-trained encoder") and info.objective == "barlow_twins"
     assert "encoder: CGCNN, 3 convolutions, atom features 64, crystal embedding 128" in text
@@ -25,7 +25,7 @@ def test_the_encoder_line_counts_the_encoder_and_another_line_the_whole_model() 
     from crystaltwins.models.checkpoint import load_model
 
     encoder_line = {}
-    for name in ("default", "mp-multi"):
+    for name in ("crystal-twins", "mp-multi"):
         info = describe_model(name)
         model = load_model(name)
         encoder = sum(p.numel() for p in model.encoder.parameters())
@@ -34,7 +34,7 @@ def test_the_encoder_line_counts_the_encoder_and_another_line_the_whole_model() 
         encoder_line[name] = lines["encoder"]
         assert lines["encoder"].endswith(f"{encoder:,} parameters")
         assert lines["parameters"].startswith(f"{info.parameters:,} in all")
-    assert encoder_line["default"] == encoder_line["mp-multi"]
+    assert encoder_line["crystal-twins"] == encoder_line["mp-multi"]
 
 
 def test_a_published_checkpoint_is_described(reference_dir: Path) -> None:
@@ -76,7 +76,7 @@ def test_malformed_info_entries_are_left_out_not_a_traceback(tmp_path: Path) -> 
             {"test_metrics": [1, 2], "crystals": [1], "held_out": {"what": "x", "crystals": None}},
         ),
         ("mp-eform", {"test_metrics": {"mae": "x", "count": 3}}),
-        ("default", {"data_sources": 5, "crystals": {"train": "many"}}),
+        ("crystal-twins", {"data_sources": 5, "crystals": {"train": "many"}}),
         # inf, NaN and 10**400 were OverflowError / ValueError tracebacks; a list of numbers
         # as augmentations a TypeError
         (
@@ -87,7 +87,7 @@ def test_malformed_info_entries_are_left_out_not_a_traceback(tmp_path: Path) -> 
                 "held_out": {"what": "x", "crystals": float("inf")},
             },
         ),
-        ("default", {"augmentations": [1, 2]}),
+        ("crystal-twins", {"augmentations": [1, 2]}),
     ):
         bundle = load_model(name)
         bundle.info.update(edits)

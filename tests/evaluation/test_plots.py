@@ -118,8 +118,9 @@ def test_model_label_names_the_start() -> None:
     from crystaltwins.models.pretrained import shipped_model_path
 
     assert model_label("scratch") == "CGCNN from scratch"
-    assert model_label("default") == model_label(str(shipped_model_path("default")))
-    assert model_label("default") == "CT fine-tuned"
+    ct = model_label("crystal-twins")
+    assert ct == model_label(str(shipped_model_path("crystal-twins"))) == "CT fine-tuned"
+    assert model_label("default") == ct  # recorded by a run made when "default" named it
     assert model_label("mp-multi-33k") == "fine-tuned from mp-multi-33k"
     assert model_label("/runs/my_pretrain/model.pt") == "fine-tuned from my_pretrain"
     assert model_label("/models/source.pt") == "fine-tuned from source.pt"

@@ -436,12 +436,12 @@ def test_format_1_file_loads_as_the_same_model(payload, tmp_path):
     assert a.property_model().target == b.property_model().target
 
 
-def test_shipped_default_model_is_format_1_and_loads():
-    from crystaltwins.models.pretrained import default_pretrained_path
+def test_shipped_crystal_twins_model_is_format_1_and_loads():
+    from crystaltwins.models.pretrained import shipped_model_path
 
-    raw = torch.load(default_pretrained_path(), weights_only=True)
+    raw = torch.load(shipped_model_path("crystal-twins"), weights_only=True)
     assert raw["format_version"] == 1  # never regenerated: read by the adapter
-    bundle = load_model("default")
+    bundle = load_model("crystal-twins")
     assert bundle.kind == "pretrained" and bundle.head is not None
     assert bundle.head.config == {"in_dim": 128, "hidden_dim": 128, "out_dim": 256}
 
@@ -460,7 +460,7 @@ def test_published_checkpoints_still_load(reference_dir):
     for name in ("CGCNNBarlow_model.pth", "CGCNNSimSiam_model.pth"):
         bundle = load_model(reference_dir / name)
         assert bundle.encoder.config["atom_fea_len"] == 64 and bundle.kind == "pretrained"
-    assert load_model("default").encoder.out_dim == 128
+    assert load_model("crystal-twins").encoder.out_dim == 128
 
 
 # --- malicious pickles: refused, never executed ---------------------------------------------
@@ -594,6 +594,28 @@ def test_hollow_published_state_dict_is_refused_before_building(
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert "embedding.weight is not a dense tensor" in err and str(path) in err
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_published_state_dict_with_non_finite_weights_is_one_line(
+    bad, reference_dir, tmp_path, capsys
+):
+    """A damaged or diverged ``.pth`` (our model files are checked the same way): refused by
+    name before any embedding, not NaN vectors."""
+    import shutil
+
+    state = torch.load(
+        reference_dir / "CGCNNBarlow_model.pth", map_location="cpu", weights_only=True
+    )
+    state["convs.1.fc_full.bias"][3] = bad
+    path = tmp_path / "CGCNNBarlow_model.pth"
+    torch.save(state, path)
+    shutil.copy(reference_dir / "atom_init.json", tmp_path / "atom_init.json")
+    out = tmp_path / "e.npz"
+    code = main(["embed", str(path), str(tmp_path / "crystals"), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and not out.exists()
+    assert "convs.1.fc_full.bias holds non-finite values (NaN or inf)" in err and str(path) in err
 
 
 @pytest.mark.parametrize(

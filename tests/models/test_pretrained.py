@@ -1,5 +1,6 @@
-"""The models shipped in the package: the pre-trained encoder (``--pretrained default``) and the
-supervised transfer models (``mp-eform``, ``mp-multi``, ``mp-multi-33k``)."""
+"""The models shipped in the package: the Crystal Twins encoder (``crystal-twins``), the
+supervised transfer models (``mp-eform``, ``mp-multi``, ``mp-multi-33k``) and ``default``, the
+name of the best of them."""
 
 from __future__ import annotations
 
@@ -27,11 +28,31 @@ CORPUS = {
 }
 
 
-def test_default_model_is_small_and_self_describing() -> None:
+def test_default_names_the_best_start_measured() -> None:
+    """``default`` is mp-multi-33k (the best start of docs/results/transfer/README.md) by
+    another name: the same file, loaded, described and resolved as it."""
+    assert pretrained.DEFAULT_MODEL == "mp-multi-33k"
     path = resolve_model_path("default")
-    assert path == pretrained.default_pretrained_path()
-    assert path.stat().st_size < 1_000_000  # small enough to keep in git
+    assert path == resolve_model_path("mp-multi-33k") == pretrained.default_pretrained_path()
+    assert path != resolve_model_path("crystal-twins")
     bundle = load_model("default")
+    assert (
+        bundle.kind == "finetuned" and bundle.info["target_column"] == "formation_energy_per_atom"
+    )
+    assert describe_model("default").lines() == describe_model("mp-multi-33k").lines()
+    # a run's settings record the model's own name; "default" stored by a run made before
+    # the name moved meant the Crystal Twins encoder
+    assert pretrained.canonical_model_name("default") == "mp-multi-33k"
+    assert pretrained.canonical_model_name("runs/x/model.pt") == "runs/x/model.pt"
+    assert pretrained.recorded_model_name("default") == "crystal-twins"
+    assert pretrained.recorded_model_name("mp-multi") == "mp-multi"
+
+
+def test_crystal_twins_model_is_small_and_self_describing() -> None:
+    path = resolve_model_path("crystal-twins")
+    assert path.name == "crystaltwins_pretrained.pt"
+    assert path.stat().st_size < 1_000_000  # small enough to keep in git
+    bundle = load_model("crystal-twins")
     assert bundle.kind == "pretrained"
     assert bundle.encoder.config["atom_fea_len"] == 64
     assert bundle.encoder.config["n_conv"] == 3
@@ -49,30 +70,38 @@ def test_default_model_is_small_and_self_describing() -> None:
     assert bundle.graph_settings.max_neighbors == 12
 
 
-def test_default_model_uses_the_cgcnn_element_encoding(reference_dir: Path) -> None:
-    table = load_model("default").featurizer.table
+def test_crystal_twins_model_uses_the_cgcnn_element_encoding(reference_dir: Path) -> None:
+    table = load_model("crystal-twins").featurizer.table
     reference = json.loads((reference_dir / "atom_init.json").read_text())
     for z, features in reference.items():
         np.testing.assert_array_equal(table[int(z)], np.asarray(features, dtype=table.dtype))
 
 
-def test_default_model_embeds_real_crystals(perovskite_subset: Path, cache_root: Path) -> None:
-    result = embed("default", perovskite_subset, cache_root=cache_root)
+def test_crystal_twins_model_embeds_real_crystals(
+    perovskite_subset: Path, cache_root: Path
+) -> None:
+    result = embed("crystal-twins", perovskite_subset, cache_root=cache_root)
     values = result.values
     assert values.shape == (len(result.ids), 128)
     assert np.isfinite(values).all()
     # a trained encoder tells crystals apart: embeddings vary across crystals in most dimensions
     assert (values.std(axis=0) > 1e-3).sum() > 64
     # the same crystals embedded again (other batch size) give the same vectors (eval mode)
-    again = embed("default", perovskite_subset, batch_size=17, cache_root=cache_root)
+    again = embed("crystal-twins", perovskite_subset, batch_size=17, cache_root=cache_root)
     np.testing.assert_allclose(again.values, values, rtol=1e-4, atol=1e-5)
 
 
 def test_missing_default_model_says_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(pretrained.resources, "files", lambda _package: tmp_path)
-    with pytest.raises(FileNotFoundError, match="lacks the shipped model 'default'"):
+    with pytest.raises(
+        FileNotFoundError, match=r"lacks the shipped model 'default' \(mp-multi-33k\)"
+    ):
         load_model("default")
-    with pytest.raises(KeyError, match="shipped: default, mp-eform, mp-multi, mp-multi-33k"):
+    with pytest.raises(FileNotFoundError, match="lacks the shipped model 'crystal-twins';"):
+        load_model("crystal-twins")
+    with pytest.raises(
+        KeyError, match="shipped: default, crystal-twins, mp-eform, mp-multi, mp-multi-33k"
+    ):
         pretrained.shipped_model_path("mp-efrom")
     with pytest.raises(FileNotFoundError, match="no such model file"):
         load_model(tmp_path / "absent.pt")

@@ -216,7 +216,8 @@ def test_a_pretrained_model_brings_its_own_encoder(perovskite_subset, cache_root
     ):
         out = tmp_path / extra[0].strip("-")
         code = main(
-            ["finetune", str(perovskite_subset), "--target", "e_form", "--pretrained", "default"]
+            ["finetune", str(perovskite_subset), "--target", "e_form"]
+            + ["--pretrained", "crystal-twins"]
             + ["--out", str(out), "--cache-root", str(cache_root), *extra, *TINY]
         )
         err = capsys.readouterr().err

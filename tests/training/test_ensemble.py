@@ -265,3 +265,49 @@ def test_an_old_scratch_run_folder_resumes_after_the_encoder_factor_default_chan
         config.read_text().replace("encoder_lr_factor: 1.0", "encoder_lr_factor: 0.2")
     )
     assert config_differences(tmp_path / "c", ct) == ["encoder_lr_factor: 0.2 -> 1.0"]
+
+
+def test_a_member_is_finished_for_the_epochs_its_results_were_written_for(tmp_path):
+    """A finished 2-epoch ensemble resumed with --epochs 40 and interrupted: each member's
+    config.yaml already says 40 (rewritten when its longer run started), its model and
+    metrics are still the 2-epoch ones. Run again, that member trains on, not "kept"."""
+    import yaml
+
+    from crystaltwins.training.ensemble import MEMBER_PREDICTIONS, _finished, member_config
+
+    config = FinetuneConfig(data="d.csv", target="y", out=str(tmp_path), from_scratch=True)
+    member = member_config(config, 0)
+    out = Path(member.out)
+    out.mkdir(parents=True)
+    (out / "model.pt").write_bytes(b"model")
+    (out / MEMBER_PREDICTIONS).write_bytes(b"npz")
+    longer = member_config(FinetuneConfig(**{**vars(config), "epochs": 40}), 0)
+    write_config(out, longer)  # the interrupted longer run's settings
+    (out / "metrics.json").write_text(json.dumps({"epochs": 2, "epochs_run": 2}))
+    assert not _finished(longer)
+    (out / "metrics.json").write_text(json.dumps({"epochs": 40, "epochs_run": 40}))
+    assert _finished(longer)
+    # metrics written before they recorded their epochs: all epochs run, or early stopping
+    (out / "metrics.json").write_text(json.dumps({"epochs_run": 2}))
+    assert not _finished(longer)
+    (out / "metrics.json").write_text(json.dumps({"epochs_run": 40}))
+    assert _finished(longer)
+    stopped = yaml.safe_load((out / "config.yaml").read_text())
+    (out / "config.yaml").write_text(yaml.safe_dump({**stopped, "early_stopping": 10}))
+    (out / "metrics.json").write_text(json.dumps({"epochs_run": 17}))
+    assert _finished(longer)
+    (out / "config.yaml").write_bytes(b"\xff\xfe broken")  # one line later, not a traceback here
+    assert not _finished(longer)
+
+
+def test_members_trained_together_are_not_resumed_with_fewer_epochs(tmp_path):
+    """Runs trained together keep no checkpoints: their history says how far they went."""
+    from crystaltwins.training.run_folder import check_epochs_left
+
+    out = tmp_path / "member"
+    out.mkdir()
+    (out / "history.csv").write_text("epoch,train_loss\n0,1.0\n1,0.5\n")
+    config = FinetuneConfig(data="d.csv", target="y", out=str(out), from_scratch=True, epochs=1)
+    with pytest.raises(ValueError, match="has trained 2 epochs, more than the 1 asked for"):
+        check_epochs_left(out, config)
+    check_epochs_left(out, FinetuneConfig(**{**vars(config), "epochs": 2}))

@@ -31,7 +31,7 @@ LR, FACTOR = 2e-3, 0.5
 
 def _config(source: Path, out: Path, cache_root: Path, **kw) -> FinetuneConfig:
     settings = dict(
-        pretrained="default",
+        pretrained="crystal-twins",
         epochs=EPOCHS,
         batch_size=16,
         lr=LR,
@@ -142,7 +142,7 @@ def test_frozen_encoder_is_unchanged_while_the_head_learns(knob_run):
 
 def test_a_shipped_start_is_recorded_by_its_name(knob_run):
     out, _ = knob_run
-    assert json.loads((out / "metrics.json").read_text())["init"] == "default"
+    assert json.loads((out / "metrics.json").read_text())["init"] == "crystal-twins"
 
 
 def test_warmup_learning_rates_follow_the_formula(knob_run):
@@ -345,7 +345,7 @@ def test_anchored_run_refuses_to_resume_from_replaced_weights(
     from crystaltwins.models.pretrained import shipped_model_path
 
     start = tmp_path / "start.pt"
-    shutil.copy(shipped_model_path("default"), start)
+    shutil.copy(shipped_model_path("crystal-twins"), start)
     settings = dict(
         pretrained=str(start), freeze_encoder_epochs=0, warmup_epochs=0, encoder_anchor=1.0
     )

@@ -366,7 +366,10 @@ def test_check_together_refuses_mixed_settings(tmp_path):
         check_together([config(), config(lr_schedule="cosine")])
     scheduled = dict(warmup_epochs=1, lr_schedule="cosine")
     check_together([config(**scheduled), config(**scheduled)])  # one schedule for all: trains
-    for mixed in ("16-mixed", "bf16-mixed"):  # they would train in float32 all the same
+    # they would train in float32 all the same; "foo" did too, silently
+    for mixed in ("16-mixed", "bf16-mixed", "foo", "16"):
         with pytest.raises(ValueError, match=f"precision {mixed} is not supported"):
             check_together([config(precision=mixed)])
     check_together([config(precision="32-true"), config(precision="32-true")])
+    check_together([config(precision="64-true")])
+    check_together([config(precision=None)])  # the default

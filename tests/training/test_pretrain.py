@@ -98,7 +98,7 @@ def test_pre_training_from_a_fine_tuned_model_gets_a_new_projector(tmp_path):
     from crystaltwins.models.heads import ProjectionHead
     from crystaltwins.training.pretrain import _pretrain_module
 
-    for name, reused in (("mp-eform", False), ("default", True)):
+    for name, reused in (("mp-eform", False), ("crystal-twins", True)):
         start = load_model(name)
         config = PretrainConfig(
             data=["x.csv"], out=str(tmp_path / name), init_from=name, projection_dim=96
@@ -147,3 +147,33 @@ def test_cache_margin_covers_both_moves(perovskite_subset, tmp_path):
     assert margin("rp,gn,am,em") == pytest.approx(0.05 + 0.3)
     assert margin("gn,am,em") == pytest.approx(0.3)
     assert margin("rp,am,em") == pytest.approx(0.05)
+
+
+def test_resume_refuses_data_whose_crystals_changed(perovskite_subset, cache_root, tmp_path):
+    """The same file name holding other crystals: ``finetune`` refused to resume, ``pretrain``
+    went on training on the new crystals. Both refuse now, in one line; the same crystals
+    resume."""
+    import gzip
+    import itertools
+
+    def rows(start: int, path):
+        with (
+            gzip.open(perovskite_subset, "rt", newline="") as src,
+            gzip.open(path, "wt", newline="") as dst,
+        ):
+            reader = csv.reader(src)
+            writer = csv.writer(dst)
+            writer.writerow(next(reader))
+            writer.writerows(itertools.islice(reader, start, start + 60))
+        return path
+
+    data = rows(0, tmp_path / "crystals.csv.gz")
+    out = tmp_path / "run"
+    settings = dict(max_crystals=None, batch_size=16)
+    pretrain(_config(data, out, cache_root, epochs=1, **settings))
+    rows(300, data)  # other crystals, the same name
+    with pytest.raises(ValueError, match="the data changed since this run started"):
+        pretrain(_config(data, out, cache_root, epochs=2, resume=True, **settings))
+    rows(0, data)
+    pretrain(_config(data, out, cache_root, epochs=2, resume=True, **settings))
+    assert load_model(out / "model.pt").info["epochs"] == 2

@@ -89,7 +89,13 @@ def test_a_folder_of_user_files_is_refused_and_gets_no_lock_file(tmp_path):
             "finetune", str(data), "--target", "t", "--from-scratch", "--out", str(data), *flags
         )
         assert code == 2 and err.count("\n") == 1 and "nothing was changed" in err
-        assert "1.cif, id_prop.csv" in err
+        assert f"holds this command's own input (data {data})" in err
+    assert sorted(p.name for p in data.iterdir()) == ["1.cif", "id_prop.csv"]
+    elsewhere = tmp_path / "elsewhere.csv"  # other files of the folder are still named
+    code, _, err = cli(
+        "finetune", str(elsewhere), "--target", "t", "--from-scratch", "--out", str(data)
+    )
+    assert code == 2 and "1.cif, id_prop.csv" in err
     assert sorted(p.name for p in data.iterdir()) == ["1.cif", "id_prop.csv"]
 
 
@@ -159,15 +165,50 @@ def test_overwrite_removes_only_the_tools_files(tmp_path):
     assert not (out / "metrics.json").exists()
 
 
+def test_overwrite_keeps_a_temporary_another_live_process_is_writing(tmp_path):
+    """``predict --out RUN/x.csv`` writes ``RUN/.x.tmp-<its pid>-<hex>.csv`` until it renames it:
+    a run's ``--overwrite`` meanwhile leaves it; a dead process's temporary goes."""
+    from crystaltwins.io.atomic import temporary_path
+
+    out = tmp_path / "run"
+    _earlier_run(out)
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        ours = temporary_path(out / "x.csv")
+        live = out / ours.name.replace(f".tmp-{os.getpid()}-", f".tmp-{writer.pid}-")
+        live.write_text("being written\n")
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        stale = out / ours.name.replace(f".tmp-{os.getpid()}-", f".tmp-{dead.pid}-")
+        stale.write_text("left by a killed run\n")
+        with pytest.raises(ValueError, match="missing.csv: no such file"):
+            finetune(_config(out, overwrite=True, data=str(tmp_path / "missing.csv")))
+        assert live.read_text() == "being written\n"
+        assert not stale.exists() and not (out / "model.pt").exists()
+    finally:
+        writer.kill()
+        writer.wait()
+
+
 @pytest.mark.parametrize(
     "user_file",
-    ["checkpoints/my_good_model.ckpt", "tensorboard/notes.txt", "members/1/analysis.ipynb"],
+    [
+        "checkpoints/my_good_model.ckpt",
+        "tensorboard/notes.txt",
+        "members/1/analysis.ipynb",
+        "lightning_logs/notes.txt",  # Lightning's folder was removed whole
+        "lightning_logs/version_0/notes.txt",
+        "members/1/lightning_logs/version_3/plot.png",
+    ],
 )
 def test_overwrite_refuses_user_files_inside_the_tools_folders(tmp_path, user_file):
     out = tmp_path / "run"
     _earlier_run(out)
     (out / "members" / "1").mkdir(parents=True)
     (out / "tensorboard").mkdir()
+    (out / user_file).parent.mkdir(parents=True, exist_ok=True)
+    if (out / user_file).parent.name.startswith("version_"):  # beside Lightning's own file
+        (out / user_file).parent.joinpath("hparams.yaml").write_text("ours: 1\n")
     (out / user_file).write_text("keep me")
     before = _contents(out)
     with pytest.raises(ValueError, match=re.escape(f"also holds {user_file}; nothing was changed")):
@@ -387,7 +428,7 @@ def test_settings_written_explicitly_by_earlier_versions_match_unset_ones(tmp_pa
     from crystaltwins.training.configs import FinetuneConfig
     from crystaltwins.training.run_folder import config_differences
 
-    config = FinetuneConfig(data="d.csv", target="t", out=str(tmp_path), pretrained="default")
+    config = FinetuneConfig(data="d.csv", target="t", out=str(tmp_path), pretrained="crystal-twins")
     stored = {
         **{k: v for k, v in vars(config).items() if not isinstance(v, tuple)},
         "radius": 8.0,
@@ -453,3 +494,77 @@ def test_a_recipe_setting_a_run_did_not_use_does_not_block_its_resume(tmp_path):
         del stored[name]
     (out / "config.yaml").write_text(yaml.safe_dump(stored))
     assert config_differences(out, config) == []
+
+
+def test_a_shipped_model_is_stored_by_its_own_name_and_default_read_as_it_was_meant(tmp_path):
+    """``default`` moved from the Crystal Twins encoder to mp-multi-33k (2026-12-02): a run's
+    settings record the model's own name, and a ``default`` stored before the move is read as
+    the Crystal Twins encoder: resuming it with ``crystal-twins`` (or that file) is the same
+    run, with ``default`` (now another model) a difference that says what it named."""
+    from crystaltwins.models.pretrained import shipped_model_path
+
+    config = FinetuneConfig(data="d.csv", target="y", out=str(tmp_path), pretrained="default")
+    config.validate()
+    assert config.pretrained == "mp-multi-33k"
+    write_config(tmp_path, config)
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["pretrained"] == "mp-multi-33k"
+    assert config_differences(tmp_path, config) == []
+    again = dataclasses.replace(config, pretrained="default")  # not validated: the name as given
+    assert config_differences(tmp_path, again) == []
+    other = dataclasses.replace(config, pretrained="mp-multi")
+    assert config_differences(tmp_path, other) == ["pretrained: 'mp-multi-33k' -> 'mp-multi'"]
+
+    stored = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({**stored, "pretrained": "default"}))
+    for same in ("crystal-twins", str(shipped_model_path("crystal-twins"))):
+        assert config_differences(tmp_path, dataclasses.replace(config, pretrained=same)) == []
+    assert config_differences(tmp_path, again) == [
+        "pretrained: 'default' (then the name of 'crystal-twins') -> 'default'"
+    ]
+
+
+def test_pretraining_records_a_shipped_start_by_its_own_name(tmp_path):
+    from crystaltwins.training.configs import PretrainConfig
+
+    config = PretrainConfig(data=["d.csv"], out=str(tmp_path), init_from="default")
+    config.validate()
+    assert config.init_from == "mp-multi-33k"
+    kept = PretrainConfig(data=["d.csv"], out=str(tmp_path), init_from="crystal-twins")
+    kept.validate()
+    assert kept.init_from == "crystal-twins"
+
+
+def test_a_run_never_takes_its_own_input_for_its_folder(tmp_path):
+    """``finetune --pretrained RUN --out RUN --overwrite`` removed the model it was about to
+    start from (then failed: no model.pt); ``pretrain --init-from RUN --out RUN`` likewise.
+    Refused in one line, nothing touched; ``bench``'s list of excluded crystals, written into
+    the pre-training folder for it, is no such input."""
+    import shutil
+
+    from crystaltwins.models.pretrained import shipped_model_path
+
+    out = tmp_path / "pre"
+    _earlier_run(out)
+    shutil.copy(shipped_model_path("crystal-twins"), out / "model.pt")  # a real model
+    before = _contents(out)
+    for flags in ({}, {"overwrite": True}, {"resume": True}):
+        config = _config(out, from_scratch=False, pretrained=str(out), **flags)
+        with pytest.raises(ValueError, match=r"holds this command's own input \(pretrained "):
+            finetune(config)
+        config = PretrainConfig(
+            data=["x.csv"], out=str(out), init_from=str(out / "model.pt"), progress=False, **flags
+        )
+        with pytest.raises(ValueError, match="own input .init_from .*; nothing was changed"):
+            pretrain(config)
+        assert _contents(out) == before
+    data = out / "data.csv"  # the data itself inside --out
+    with pytest.raises(ValueError, match="own input .data "):
+        finetune(_config(out, data=str(data), overwrite=True))
+    from crystaltwins.training.run_folder import EXCLUDED_IDS_FILE, _inputs_inside
+
+    bench_list = PretrainConfig(
+        data=["x.csv"], out=str(out), exclude_ids_file=str(out / EXCLUDED_IDS_FILE)
+    )
+    assert _inputs_inside(out, bench_list) == []
+    shipped = _config(out, from_scratch=False, pretrained="default")
+    assert _inputs_inside(Path.cwd(), shipped) == []  # a name, not a file of the folder

@@ -14,7 +14,7 @@ def add_info_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "model",
         help="model.pt, the run folder holding it, a published .pth, or a shipped model: "
-        "'default', 'mp-eform', 'mp-multi', 'mp-multi-33k'",
+        "'default' (mp-multi-33k), 'crystal-twins', 'mp-eform', 'mp-multi', 'mp-multi-33k'",
     )
     p.add_argument(
         "--atom-init", help="for a published .pth: its atom_init.json (default: beside it)"

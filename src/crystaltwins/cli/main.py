@@ -119,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument(
             "model",
-            help="model.pt, the run folder holding it, or a shipped model: 'default', "
-            "'mp-eform', 'mp-multi', 'mp-multi-33k' (a published .pth too for embed)",
+            help="model.pt, the run folder holding it, or a shipped model: 'default' "
+            "(mp-multi-33k), 'crystal-twins', 'mp-eform', 'mp-multi', 'mp-multi-33k' (a published "
+            ".pth too for embed)",
         )
         p.add_argument("data", help="crystals: " + _DATA_HELP)
         p.add_argument(
@@ -424,17 +425,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"crystaltwins {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            f"crystaltwins {args.command}: interrupted; {_RESUME_HINTS.get(args.command, 'run it again')}",
-            file=sys.stderr,
-        )
+        print(f"crystaltwins {args.command}: interrupted; {_resume_hint(args)}", file=sys.stderr)
         return 130
     except SystemExit as error:
         if type(error).__name__ != "SIGTERMException":  # Lightning's, after a `kill` / preemption
             raise
         print(
-            f"crystaltwins {args.command}: stopped by SIGTERM; "
-            f"{_RESUME_HINTS.get(args.command, 'run it again')}",
+            f"crystaltwins {args.command}: stopped by SIGTERM; {_resume_hint(args)}",
             file=sys.stderr,
         )
         return 143
@@ -467,6 +464,17 @@ _RESUME_HINTS = {
     "plot": "nothing was written; run it again",
     "bench": "run the same command again to continue (finished runs are reused)",
 }
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """What to do after a Ctrl-C or SIGTERM: members trained together keep no checkpoints, so
+    their run starts again (members that had finished are kept)."""
+    if args.command == "finetune" and getattr(args, "members_together", False):
+        return (
+            "run the same command again with --resume: members that finished are kept, the "
+            "others, trained together without checkpoints, start again from their first epoch"
+        )
+    return _RESUME_HINTS.get(args.command, "run it again")
 
 
 def _os_error_message(error: OSError) -> str:

@@ -653,6 +653,15 @@ def _assemble(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # ours: never a half-written cache
         raise
+    try:  # again: a file put into the folder while it was built is a user's, never replaced
+        check_cache_target(cache_dir)
+    except ValueError as changed:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ValueError(
+            f"{str(changed).split('; nothing was changed')[0]}, which it was not when the build "
+            "started; nothing in it was changed; the graphs built are kept: move those files "
+            "out and run again to finish in seconds (or give another folder)"
+        ) from None
     old = temporary_sibling(cache_dir, "old")
     if cache_dir.exists():
         os.replace(cache_dir, old)

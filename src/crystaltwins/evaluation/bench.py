@@ -39,6 +39,7 @@ from crystaltwins.training.configs import (
     setting,
 )
 from crystaltwins.training.run_folder import (
+    EXCLUDED_IDS_FILE,
     LOCK_NAME,
     RESUMABLE_CHANGES,
     claim_run_folder,
@@ -161,11 +162,12 @@ class BenchConfig:
     )
     pretrained: str | None = setting(
         None,
-        "use this pre-trained model instead of pre-training ('default': the shipped Crystal Twins "
-        "encoder; 'mp-eform' / 'mp-multi': the shipped MP formation-energy / multi-task models, "
-        "which learned those properties of other MP crystals: on the mp_* tasks a start with "
-        "more labels, not pre-training; 'mp-multi-33k' learned them of most mp_* test crystals "
-        "too: not for benchmarking those tasks)",
+        "use this pre-trained model instead of pre-training ('crystal-twins': the shipped "
+        "Crystal Twins encoder, the paper's method; 'mp-eform' / 'mp-multi': the shipped MP "
+        "formation-energy / multi-task models, which learned those properties of other MP "
+        "crystals: on the mp_* tasks a start with more labels, not pre-training; 'mp-multi-33k' "
+        "('default') learned them of most mp_* test crystals too: not for benchmarking those "
+        "tasks)",
         default_text="pre-train one",
     )
     encoders: list[str] = setting(
@@ -398,7 +400,7 @@ def _test_ids(task: BenchmarkTask, seed: int, ctx: BenchContext) -> list[str]:
 
 
 #: The list of crystals a pre-training run left out (``exclude_test``), in its run folder.
-EXCLUDED_IDS_NAME = "excluded_test_ids.json"
+EXCLUDED_IDS_NAME = EXCLUDED_IDS_FILE
 
 
 def _excluded_ids(ctx: BenchContext) -> list[list[str]]:

@@ -35,11 +35,17 @@ def quantity_label(name: str, unit: str = "") -> str:
 def model_label(init: str) -> str:
     """How a fine-tuned model is named on figures, from its ``init``: ``"scratch"``, a shipped
     model's name, or the file it started from (a run folder's ``model.pt`` by its folder)."""
-    from crystaltwins.models.pretrained import SHIPPED_MODELS, shipped_model_path
+    from crystaltwins.models.pretrained import (
+        LEGACY_DEFAULT,
+        SHIPPED_MODELS,
+        recorded_model_name,
+        shipped_model_path,
+    )
 
     if init == "scratch":
         return "CGCNN from scratch"
-    if init == "default" or Path(init).name == shipped_model_path("default").name:
+    init = recorded_model_name(init)  # "default" in a run made before it moved
+    if init == LEGACY_DEFAULT or Path(init).name == shipped_model_path(LEGACY_DEFAULT).name:
         return "CT fine-tuned"
     if init in SHIPPED_MODELS:
         return f"fine-tuned from {init}"

@@ -91,6 +91,7 @@ def score(run: TrainedRun) -> Scores:
             "test": len(test),
             "dropped_invalid_target": int(len(run.planned.raw) - len(run.planned.keep)),
         },
+        "epochs": config.epochs,
         "epochs_run": run.epochs_run,
         "best_epoch": best_epoch(out),
         "seconds": run.seconds,
@@ -303,6 +304,7 @@ def combine_members(config: FinetuneConfig, folders: list[Path]) -> dict[str, An
     metrics: dict[str, Any] = {k: first[k] for k in ("target", "unit", "task", "init", "crystals")}
     if "seen_by_starting_model" in first:  # one split: the members' counts are the same
         metrics["seen_by_starting_model"] = first["seen_by_starting_model"]
+    metrics["epochs"] = config.epochs
     metrics["epochs_run"] = max(int(m["epochs_run"]) for m in member_metrics)
     metrics["best_epoch"] = None  # each member has its own: members/<k>/metrics.json
     metrics["seconds"] = float(sum(m["seconds"] for m in member_metrics))

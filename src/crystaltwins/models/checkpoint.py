@@ -143,15 +143,16 @@ def _is_published_state_dict(payload: Any) -> bool:
 
 def resolve_model_path(path: str | os.PathLike) -> Path:
     """``path`` as a :class:`~pathlib.Path`; a shipped model's name (``"default"``,
-    ``"mp-eform"``, ``"mp-multi"``, ``"mp-multi-33k"``: :data:`~crystaltwins.models.pretrained.SHIPPED_MODELS`) is
-    its file and a run folder (of ``pretrain`` or ``finetune``) stands for its ``model.pt``.
+    ``"crystal-twins"``, ``"mp-eform"``, ``"mp-multi"``, ``"mp-multi-33k"``:
+    :data:`~crystaltwins.models.pretrained.SHIPPED_NAMES`) is its file and a run folder (of
+    ``pretrain`` or ``finetune``) stands for its ``model.pt``.
 
     :raises FileNotFoundError: naming the file when it does not exist, or the folder when it
         holds no ``model.pt``.
     """
-    from crystaltwins.models.pretrained import SHIPPED_MODELS, shipped_model_path
+    from crystaltwins.models.pretrained import SHIPPED_NAMES, shipped_model_path
 
-    if str(path) in SHIPPED_MODELS:
+    if str(path) in SHIPPED_NAMES:
         return shipped_model_path(str(path))
     path = Path(path)
     if path.is_dir():
@@ -181,9 +182,10 @@ def load_model(path: str | os.PathLike, atom_init: str | os.PathLike | None = No
     """Load a model file written by :func:`save_model`, or a published Crystal Twins ``.pth``.
 
     :param path: the file, a run folder holding ``model.pt``, or the name of a model shipped
-        with the package: ``"default"`` (the pre-trained encoder), ``"mp-eform"`` (the
-        formation-energy model used for supervised transfer), ``"mp-multi"`` (its multi-task
-        sibling) or ``"mp-multi-33k"`` (the same on 3x the crystals); see ``docs/model_card.md``.
+        with the package: ``"default"`` (the best start measured, ``"mp-multi-33k"``),
+        ``"crystal-twins"`` (the Crystal Twins encoder), ``"mp-eform"`` (the formation-energy
+        model used for supervised transfer), ``"mp-multi"`` (its multi-task sibling) or
+        ``"mp-multi-33k"`` (the same on 3x the crystals); see ``docs/model_card.md``.
     :param atom_init: for a published ``.pth``: the ``atom_init.json`` it was trained with; by
         default the one in the same folder.
     :raises ValueError: a file that is neither, or whose contents disagree with its weights,

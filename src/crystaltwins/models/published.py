@@ -243,6 +243,13 @@ def load_published_crystal_twins(
     if hollow:  # e.g. stride-0 views: huge shapes over a few stored numbers, sizing the model
         raise ValueError(f"{path}: {hollow[0]} is not a dense tensor of the values it claims")
     dims = _infer_dims(state, path)
+    broken = sorted(
+        str(k)
+        for k, v in state.items()
+        if v.is_floating_point() and not bool(torch.isfinite(v).all())
+    )
+    if broken:  # a damaged or diverged file: NaN embeddings, predictions or fine-tuning
+        raise ValueError(f"{path}: {broken[0]} holds non-finite values (NaN or inf)")
 
     table = torch.as_tensor(atom_features, dtype=torch.float32)
     if table.ndim != 2 or table.shape[1] != dims["n_features"]:

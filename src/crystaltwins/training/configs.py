@@ -106,6 +106,16 @@ def _fraction(config: Any, name: str, low_open: bool = False) -> None:
         )
 
 
+def _own_model_name(config: Any, name: str) -> None:
+    """Record a shipped model by its own name (``default`` -> the model it names now), so that
+    a run's settings keep meaning the same model when ``default`` moves."""
+    from crystaltwins.models.pretrained import canonical_model_name
+
+    value = getattr(config, name)
+    if isinstance(value, str):
+        setattr(config, name, canonical_model_name(value))
+
+
 def _existing_file(name: str, path: str | None) -> None:
     if path is not None and not Path(path).is_file():
         raise FileNotFoundError(f"{name}: no such file {path!r}")
@@ -356,9 +366,11 @@ class PretrainConfig(RunOptions):
     )
 
     def validate(self) -> None:
-        """Check every setting before any work (one-line ValueError / FileNotFoundError)."""
+        """Check every setting before any work (one-line ValueError / FileNotFoundError); a
+        shipped model's name in ``init_from`` becomes its own (``default`` -> ``mp-multi-33k``)."""
         if not self.data:
             raise ValueError("pretrain needs at least one data source")
+        _own_model_name(self, "init_from")
         if not self.out:
             raise ValueError("pretrain needs a run folder (out)")
         super().validate()
@@ -396,10 +408,11 @@ class FinetuneConfig(RunOptions):
     200 epochs, 60/20/20 split, best validation MAE evaluated once on the test split).
 
     ``pretrained``: a model file from ``pretrain`` or ``finetune``, a published Crystal Twins
-    ``.pth``, or a shipped model: ``"default"`` (the Crystal Twins encoder), ``"mp-eform"``
-    (supervised transfer from MP formation energies), ``"mp-multi"`` (from MP formation
-    energies, band gaps and Fermi energies at once) or ``"mp-multi-33k"`` (the same on 3x the
-    crystals, the benchmark's MP test crystals among them).
+    ``.pth``, or a shipped model: ``"default"`` (the best start measured, ``"mp-multi-33k"``),
+    ``"crystal-twins"`` (the Crystal Twins encoder), ``"mp-eform"`` (supervised transfer from
+    MP formation energies), ``"mp-multi"`` (from MP formation energies, band gaps and Fermi
+    energies at once) or ``"mp-multi-33k"`` (the same on 3x the crystals, the benchmark's MP
+    test crystals among them).
 
     ``fold``: fold 0..4 of the matbench v0.1 protocol instead of a random split
     (:func:`~crystaltwins.data.splits.matbench_split`: test = the fold, validation = a quarter of
@@ -415,9 +428,9 @@ class FinetuneConfig(RunOptions):
     pretrained: str | None = setting(
         None,
         "our model.pt (or its run folder), a published Crystal Twins .pth, or a shipped model: "
-        "'default' (Crystal Twins encoder), 'mp-eform' (MP formation-energy transfer), "
-        "'mp-multi' (MP formation energy + band gap + Fermi energy) or 'mp-multi-33k' (the same, "
-        "3x the MP crystals)",
+        "'default' (the best start measured: mp-multi-33k), 'crystal-twins' (the Crystal Twins "
+        "encoder), 'mp-eform' (MP formation-energy transfer), 'mp-multi' (MP formation energy + "
+        "band gap + Fermi energy) or 'mp-multi-33k' (the same, 3x the MP crystals)",
         default_text="none: give this or --from-scratch",
     )
     from_scratch: bool = setting(False, "train a new encoder (the supervised baseline)")
@@ -573,10 +586,12 @@ class FinetuneConfig(RunOptions):
             raise ValueError("members trained together take no aux_targets")
 
     def validate(self) -> None:
-        """Check every setting before any work (one-line ValueError / FileNotFoundError)."""
+        """Check every setting before any work (one-line ValueError / FileNotFoundError); a
+        shipped model's name in ``pretrained`` becomes its own (``default`` -> ``mp-multi-33k``)."""
         for name in ("data", "target", "out"):
             if not getattr(self, name):
                 raise ValueError(f"finetune needs {name}")
+        _own_model_name(self, "pretrained")
         if bool(self.pretrained) == bool(self.from_scratch):
             raise ValueError(
                 "give exactly one of --pretrained MODEL and --from-scratch "

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -64,15 +65,26 @@ def member_config(config: FinetuneConfig, k: int) -> FinetuneConfig:
 
 
 def _finished(member: FinetuneConfig) -> bool:
-    """Whether member's run is complete, for as many epochs as asked now."""
+    """Whether member's run is complete, for as many epochs as asked now: the epochs its
+    ``metrics.json`` was written for (its ``config.yaml`` is rewritten as soon as a longer run
+    of it starts, before that run replaces the model)."""
     out = Path(member.out)
     if not ((out / "model.pt").is_file() and (out / MEMBER_PREDICTIONS).is_file()):
         return False
     try:
-        stored = yaml.safe_load((out / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+        stored = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, ValueError, yaml.YAMLError):  # UnicodeDecodeError is a ValueError
         return False
-    return isinstance(stored, dict) and stored.get("epochs") == member.epochs
+    if not isinstance(metrics, dict) or not isinstance(stored, dict):
+        return False
+    if "epochs" in metrics:
+        return metrics["epochs"] == member.epochs
+    # written before metrics.json recorded its epochs: all of them run, or stopped early
+    ran = metrics.get("epochs_run")
+    return stored.get("epochs") == member.epochs and (
+        ran == member.epochs or bool(stored.get("early_stopping"))
+    )
 
 
 def train_members(

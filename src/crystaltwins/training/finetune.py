@@ -44,7 +44,7 @@ from crystaltwins.graph.settings import GraphSettings
 from crystaltwins.io.atomic import atomic_path
 from crystaltwins.models.checkpoint import ModelBundle, load_model, resolve_model_path, save_model
 from crystaltwins.models.heads import PropertyHead
-from crystaltwins.models.pretrained import SHIPPED_MODELS
+from crystaltwins.models.pretrained import SHIPPED_MODELS, canonical_model_name
 from crystaltwins.models.property_model import AUX_TARGETS_KEY, PropertyModel, Target
 from crystaltwins.models.provenance import (
     EARLIER_KEY,
@@ -482,7 +482,7 @@ def starting_point(config: FinetuneConfig) -> StartingPoint:
     """The pre-trained model's encoder, features and graph settings (asking for other graph
     settings is an error), or a new encoder on the settings asked for / of a graph cache."""
     if config.pretrained:
-        path = resolve_model_path(config.pretrained)  # "default": the shipped model
+        path = resolve_model_path(config.pretrained)  # a shipped model's name: its file
         bundle = load_model(path, atom_init=config.atom_init)
         if config.atom_init and not bundle.info.get("published"):
             main_print(f"note: --atom-init ignored: {path} carries its own element features")
@@ -492,7 +492,8 @@ def starting_point(config: FinetuneConfig) -> StartingPoint:
             main_print(f"warning: {overlap}")
         settings = run_graph_settings(config, config.data, bundle.graph_settings)
         # a shipped model is recorded by its name (the same on every machine), a file by its path
-        init = str(config.pretrained) if str(config.pretrained) in SHIPPED_MODELS else str(path)
+        name = canonical_model_name(str(config.pretrained))
+        init = name if name in SHIPPED_MODELS else str(path)
         head = bundle.head if bundle.kind == "finetuned" else None
         return StartingPoint(
             bundle.featurizer, bundle.encoder, settings, init, dict(bundle.info), head

@@ -359,6 +359,10 @@ def _device(configs: Sequence[FinetuneConfig]) -> torch.device:
     return torch.device("cpu")
 
 
+#: The precisions runs trained together take (Lightning's names of float32 and float64).
+TOGETHER_PRECISIONS = ("32", "32-true", "64", "64-true")
+
+
 def check_together(configs: Sequence[FinetuneConfig]) -> None:
     """Raise ``ValueError`` (one line) when ``configs`` cannot train in one loop."""
     if not configs:
@@ -380,11 +384,11 @@ def check_together(configs: Sequence[FinetuneConfig]) -> None:
             raise ValueError(f"runs trained together take no {knob} (train them one by one)")
     if any(c.epochs < 1 for c in configs):
         raise ValueError(f"epochs must be at least 1, got {configs[0].epochs}")
-    precision = str(configs[0].precision)
-    if "mixed" in precision or precision.startswith(("16", "bf16")):
+    precision = configs[0].precision
+    if precision is not None and str(precision) not in TOGETHER_PRECISIONS:
         raise ValueError(
             f"runs trained together train in 32 (or 64) bit: precision {precision} is not "
-            "supported (train them one by one, or give --precision 32-true)"
+            f"supported (one of {', '.join(TOGETHER_PRECISIONS)}; or train them one by one)"
         )
 
 

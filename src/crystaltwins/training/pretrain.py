@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -97,6 +98,9 @@ class PretrainModule(L.LightningModule):
         self.objectives = nn.ModuleDict({t.name: t.objective for t in self.terms})  # no weights
         self.lr = lr
         self.weight_decay = weight_decay
+        #: sha256 of the crystals trained and validated on (:func:`data_digest`), kept in the
+        #: checkpoints: a resumed run must train on the crystals it started with
+        self.data_digest: str | None = None
 
     def forward(self, batch: Any) -> torch.Tensor:
         """Projections ``(B, D)``."""
@@ -130,14 +134,23 @@ class PretrainModule(L.LightningModule):
         self._step(pair, "val")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.data_digest is not None:
+            checkpoint["data_sha256"] = self.data_digest
         record_execution(checkpoint, self.trainer)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """A resumed checkpoint must fit this model (one line naming it otherwise); a note when
-        it resumes on another number of devices."""
+        """A resumed checkpoint must fit this model and its crystals (one line naming it
+        otherwise); a note when it resumes on another number of devices."""
         check_resumed_state(self, checkpoint, self.trainer.ckpt_path)
         if (changed := execution_change(checkpoint, self.trainer)) is not None:
             main_print(changed)
+        data = checkpoint.get("data_sha256")
+        if data is not None and self.data_digest is not None and data != self.data_digest:
+            raise ValueError(
+                f"{self.trainer.ckpt_path}: the data changed since this run started (other "
+                "crystals in its training or validation set): resuming would mix two datasets; "
+                "give the data it started with, or start a new run"
+            )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
@@ -233,6 +246,20 @@ def _selected_crystals(config: PretrainConfig, caches: list[Any]) -> np.ndarray:
             np.random.default_rng(config.seed).choice(positions, config.max_crystals, replace=False)
         )
     return positions
+
+
+def data_digest(caches: Sequence[Any], positions: np.ndarray, split: Split) -> str:
+    """sha256 of the ids (with the index of their source) of the crystals a pre-training run
+    trains and validates on, in order."""
+    digest = hashlib.sha256()
+    labelled = np.concatenate(
+        [np.char.add(f"{k}:", np.asarray(c.ids).astype(str)) for k, c in enumerate(caches)]
+    )
+    for name, part in (("train", split.train), ("val", split.val)):
+        chosen = labelled[positions[part]]
+        digest.update(f"{name}:{len(chosen)}\n".encode())
+        digest.update("\n".join(chosen.tolist()).encode())
+    return digest.hexdigest()
 
 
 def _train_val(config: PretrainConfig, count: int) -> Split:
@@ -354,6 +381,7 @@ def _pretrain_in_claimed_folder(config: PretrainConfig, start: ModelBundle | Non
     train = ConcatGraphViews(caches, positions[split.train])
     val = ConcatGraphViews(caches, positions[split.val])
     module = _pretrain_module(config, start, featurizer, settings, train)
+    module.data_digest = data_digest(caches, positions, split)
     trainer = make_trainer(
         out,
         epochs=config.epochs,

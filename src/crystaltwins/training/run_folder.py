@@ -38,6 +38,8 @@ LOCK_NAME = ".crystaltwins.lock"
 #: A fine-tuning run's list of its validation and test crystals whose labels its starting model
 #: learned (``finetune.check_seen_by_start``).
 SEEN_BY_START_NAME = "seen_by_starting_model.csv"
+#: The list of crystals a pre-training run leaves out, put in its folder by ``bench``.
+EXCLUDED_IDS_FILE = "excluded_test_ids.json"
 
 #: What ``pretrain`` and ``finetune`` write in a run folder.
 RUN_FILES = frozenset(
@@ -54,7 +56,7 @@ RUN_FILES = frozenset(
         SEEN_BY_START_NAME,
         "parity.png",
         "learning_curves.png",
-        "excluded_test_ids.json",
+        EXCLUDED_IDS_FILE,
         "members",  # an ensemble's members (finetune --ensemble), each a run folder
         "member_predictions.npz",  # an ensemble member's predictions of every split
         LOCK_NAME,
@@ -124,12 +126,31 @@ def _same_file_content(first: str, second: str) -> bool:
 
 
 #: The names :func:`crystaltwins.io.atomic.temporary_path` makes: ``.<stem>.tmp-<pid>-<8 hex>...``.
-_TEMPORARY_NAME = re.compile(r"^\..+\.tmp-\d+-[0-9a-f]{8}")
+_TEMPORARY_NAME = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}")
 
 
 def _is_temporary(name: str) -> bool:
     """A temporary file of one of our atomic writes (a user's ``notes.tmp`` is not one)."""
     return _TEMPORARY_NAME.match(name) is not None
+
+
+def _being_written(name: str) -> bool:
+    """A temporary that another live process may still be writing (e.g. ``predict --out
+    RUN/x.csv`` beside a run's ``--overwrite``): its pid runs and is not this process's.
+    A pid reused by an unrelated process keeps a stale temporary; never the reverse."""
+    match = _TEMPORARY_NAME.match(name)
+    if match is None:
+        return False
+    pid = int(match.group(1))
+    if pid == os.getpid() or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, OverflowError):  # another user's process, or unknown
+        return True
+    return True
 
 
 def _unknown_entries(out: Path, known: frozenset[str]) -> list[str]:
@@ -156,6 +177,22 @@ def _unknown_inside(folder: Path) -> list[str]:
             elif not _is_temporary(member.name):
                 found.append(member.name)
         return found
+    if folder.name == "lightning_logs":  # Lightning's own logs: version_N/ of its files
+        found = []
+        for version in folder.iterdir():
+            if not (version.is_dir() and re.fullmatch(r"version_\d+", version.name)):
+                found.append(version.name)
+                continue
+            found += [
+                f"{version.name}/{p.name}"
+                for p in version.iterdir()
+                if not (
+                    p.name.startswith("events.out.tfevents.")
+                    or p.name in ("hparams.yaml", "metrics.csv")
+                    or _is_temporary(p.name)
+                )
+            ]
+        return found
     if folder.name == "checkpoints":
         ours = lambda name: name in ("best.ckpt", "last.ckpt")  # noqa: E731
     elif folder.name == "tensorboard":
@@ -166,10 +203,13 @@ def _unknown_inside(folder: Path) -> list[str]:
 
 
 def _tool_entries(out: Path, known: frozenset[str]) -> list[Path]:
+    """What crystaltwins wrote in ``out`` (but its lock file): what ``--overwrite`` removes;
+    temporaries only when no live process may still be writing them."""
     return sorted(
         p
         for p in out.iterdir()
-        if (p.name in known or _is_temporary(p.name)) and p.name != LOCK_NAME
+        if (p.name in known or (_is_temporary(p.name) and not _being_written(p.name)))
+        and p.name != LOCK_NAME
     )
 
 
@@ -217,7 +257,31 @@ def _unset_means(name: str) -> Any:
     return None
 
 
+def _shipped_as_path(value: Any, stored: bool) -> Any:
+    """A shipped model's name (in a run's stored settings: what it meant when written, see
+    :func:`~crystaltwins.models.pretrained.recorded_model_name`) as its file's path, so that a
+    name and the file, or two names of one model, compare equal; anything else as it is."""
+    from crystaltwins.models.pretrained import (
+        SHIPPED_MODELS,
+        canonical_model_name,
+        recorded_model_name,
+        shipped_model_path,
+    )
+
+    if not isinstance(value, str):
+        return value
+    name = recorded_model_name(value) if stored else canonical_model_name(value)
+    if name not in SHIPPED_MODELS:
+        return value
+    try:
+        return str(shipped_model_path(name))
+    except FileNotFoundError:  # an installation without the file: compare the names
+        return name
+
+
 def _same_setting(name: str, stored: Any, wanted: Any) -> bool:
+    if name in _MODEL_FILE_SETTINGS:
+        stored, wanted = _shipped_as_path(stored, True), _shipped_as_path(wanted, False)
     if stored == wanted:
         return True
     if wanted is None and stored is not None and stored == _unset_means(name):
@@ -279,8 +343,20 @@ def config_differences(
             continue  # it does not act on a new encoder (e.g. a default changed since)
         old, new = stored.get(name), wanted.get(name)
         if not _same_setting(name, old, new):
-            differences.append(f"{name}: {old!r} -> {new!r}")
+            differences.append(f"{name}: {_stored_text(name, old)} -> {new!r}")
     return differences
+
+
+def _stored_text(name: str, value: Any) -> str:
+    """A stored setting as a difference shows it: ``'default'`` of a model setting also says
+    which model it named then."""
+    from crystaltwins.models.pretrained import recorded_model_name
+
+    if name in _MODEL_FILE_SETTINGS and isinstance(value, str):
+        meant = recorded_model_name(value)
+        if meant != value:
+            return f"{value!r} (then the name of {meant!r})"
+    return repr(value)
 
 
 def _has_results(out: Path) -> bool:
@@ -312,18 +388,52 @@ def epochs_done(checkpoint: Path) -> int | None:
         return None
 
 
+def _history_epochs(out: Path) -> int | None:
+    """How many epochs a run's ``history.csv`` records (``None`` without one)."""
+    import csv
+
+    try:
+        with open(out / "history.csv", newline="", encoding="utf-8") as handle:
+            epochs = {row.get("epoch") for row in csv.DictReader(handle)}
+    except (OSError, ValueError, csv.Error):
+        return None
+    return len(epochs - {None, ""})
+
+
 def check_epochs_left(out: Path, config: Any) -> None:
-    """Refuse to resume a run with fewer ``epochs`` than its last checkpoint has trained."""
+    """Refuse to resume a run with fewer ``epochs`` than it has trained: by its last checkpoint,
+    or, for runs trained together (which keep none), by its ``history.csv``."""
     epochs = getattr(config, "epochs", None)
-    last = out / "checkpoints" / "last.ckpt"
-    if epochs is None or not last.exists():
+    if epochs is None:
         return
-    done = epochs_done(last)
+    last = out / "checkpoints" / "last.ckpt"
+    done = epochs_done(last) if last.exists() else _history_epochs(out)
     if done is not None and done > epochs:
         raise ValueError(
             f"{out}: --resume continues the run, which has trained {done} epochs, more than "
             f"the {epochs} asked for; nothing was changed; give --epochs {done} or more"
         )
+
+
+def _inputs_inside(out: Path, config: Any) -> list[str]:
+    """The settings of ``config`` naming a file or folder inside ``out`` (or ``out`` itself),
+    as ``name PATH``: e.g. ``finetune --pretrained RUN --out RUN``, whose ``--overwrite``
+    removed the model it was about to start from. A shipped model's name is no path."""
+    from crystaltwins.models.pretrained import SHIPPED_NAMES
+
+    folder = out.resolve()
+    found = []
+    for name in sorted(_PATH_SETTINGS):
+        value = getattr(config, name, None)
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if not isinstance(item, (str, os.PathLike)) or str(item) in SHIPPED_NAMES:
+                continue
+            path = Path(item).resolve()
+            if name == "exclude_ids_file" and path == folder / EXCLUDED_IDS_FILE:
+                continue  # written there for the run by bench, before it claims the folder
+            if path == folder or folder in path.parents:
+                found.append(f"{name} {item}")
+    return found
 
 
 def _remove(paths: list[Path]) -> None:
@@ -354,6 +464,12 @@ def check_run_folder(
     """
     if resume and overwrite:
         raise ValueError("give --resume or --overwrite, not both")
+    inside = _inputs_inside(out, config)
+    if inside:
+        raise ValueError(
+            f"{out}: holds this command's own input ({_shown(inside)}), which the run would "
+            "replace or remove; nothing was changed; give another --out"
+        )
     entries = _unknown_entries(out, known)
     ours = _tool_entries(out, known)
     lost_lock = ""
