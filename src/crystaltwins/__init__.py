@@ -2,8 +2,8 @@
 
 ``import crystaltwins as ct`` gives the user-facing functions (:mod:`crystaltwins.api`):
 ``ct.featurize``, ``ct.crystal_graph``, ``ct.pretrain``, ``ct.finetune``, ``ct.predict``, ``ct.embed``,
-``ct.load_model``, ``ct.bench`` and ``ct.plot_embeddings``; they are imported on first use, so
-that ``import crystaltwins`` stays light.
+``ct.load_model``, ``ct.bench``, ``ct.plot_embeddings`` and ``ct.save_crystals``; they are
+imported on first use, so that ``import crystaltwins`` stays light.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ _API = (
     "plot_embeddings",
     "predict",
     "pretrain",
+    "save_crystals",
 )
 
 

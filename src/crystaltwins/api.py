@@ -35,6 +35,7 @@ from crystaltwins.evaluation.plots import MapSummary
 from crystaltwins.graph.atom_features import AtomFeaturizer, featurizer_for
 from crystaltwins.graph.crystal_graph import CrystalGraph
 from crystaltwins.graph.settings import GraphSettings
+from crystaltwins.io.memory import check_data_path, save_crystals
 from crystaltwins.models.checkpoint import ModelBundle, load_model
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ def featurize(
         ``featurizer``.
     :param options: see :func:`~crystaltwins.data.cache.build_graph_cache` (``targets``,
         ``progress``, ``force``, ``cif_column``)."""
+    check_data_path(data, "featurize")
     if settings is None:
         asked = {"radius": radius, "max_neighbors": max_neighbors}
         settings = GraphSettings(**{k: v for k, v in asked.items() if v is not None})
@@ -126,6 +128,7 @@ def pretrain(
     if config is None:
         if data is None or out is None:
             raise ValueError("pretrain needs data and out (or a whole config)")
+        check_data_path(data, "pretrain")
         sources = [data] if isinstance(data, (str, os.PathLike)) else list(data)
         config = PretrainConfig(data=[str(s) for s in sources], out=str(out), **settings)
     elif data is not None or out is not None or settings:
@@ -162,6 +165,9 @@ def finetune(
     if config is None:
         if data is None or target is None or out is None:
             raise ValueError("finetune needs data, target and out (or a whole config)")
+        check_data_path(data, "finetune")
+        if not isinstance(data, (str, os.PathLike)):
+            raise ValueError(f"finetune takes one data source, got {len(data)}")
         if "pretrained" in settings and settings["pretrained"] is not None:
             settings["pretrained"] = str(settings["pretrained"])
         config = FinetuneConfig(data=str(data), target=target, out=str(out), **settings)
@@ -212,6 +218,7 @@ __all__ = [
     "plot_embeddings",
     "predict",
     "pretrain",
+    "save_crystals",
     "write_embeddings_npz",
     "write_predictions_csv",
 ]

@@ -140,3 +140,14 @@ def test_torch_disk_full_error_becomes_one_line(tmp_path, monkeypatch):
     )
     assert code == 2 and err.count("\n") == 1
     assert err.startswith("crystaltwins finetune: error: no space left on the disk")
+
+
+@pytest.mark.parametrize("name", ["fig3", "map.csv", "map.txt"])
+def test_a_map_without_a_picture_format_is_refused_before_any_work(name, tmp_path):
+    """``plot --out fig3`` said "Format 'tmp-24911-3c47e897' is not supported" (Matplotlib read
+    the format from our hidden temporary's name), after the embedding and the map were made."""
+    missing = tmp_path / "missing.npz"  # never opened: the output is checked first
+    code, _, err = cli("plot", str(missing), "--out", str(tmp_path / name))
+    assert code == 2 and err.count("\n") == 1
+    assert "no picture format in the name; end it in .png, .pdf, .svg or .jpg" in err
+    assert list(tmp_path.iterdir()) == []

@@ -45,3 +45,30 @@ def test_a_list_skips_what_is_no_crystal_but_refuses_paths_and_lists_without_one
     for items, message in refusals:
         with pytest.raises(CrystalInputError, match=f"expected a path.*{message}"):
             as_source(items).__enter__()
+
+
+def test_crystals_in_memory_are_saved_as_a_data_file_for_training(tmp_path) -> None:
+    """``ct.finetune(df, ...)`` (also pretrain and featurize with a list or a Structure) failed
+    with an ``OSError`` printing the whole DataFrame as a file name: a run records its data's
+    path. Refused in one line that names ``ct.save_crystals``, which writes the file."""
+    import crystaltwins as ct
+
+    frame = pd.DataFrame(
+        {"structure": [rocksalt(), None, rocksalt()], "e_form": [1.0, 2.0, 3.0]},
+        index=["a", "b", "c"],
+    )
+    for call in (
+        lambda: ct.finetune(frame, "e_form", tmp_path / "run", from_scratch=True),
+        lambda: ct.pretrain([rocksalt()], tmp_path / "pre"),
+        lambda: ct.featurize(rocksalt(), tmp_path / "cache"),
+    ):
+        with pytest.raises(ValueError, match=r"save_crystals\(crystals, 'crystals.csv'\)") as no:
+            call()
+        assert "\n" not in str(no.value) and len(str(no.value)) < 400
+    assert not any(tmp_path.iterdir())  # nothing started
+    path, skipped = ct.save_crystals(frame, tmp_path / "crystals.csv")
+    records = [r for r in read_records(path, targets=["e_form"]) if isinstance(r, CrystalRecord)]
+    assert [(r.id, r.labels["e_form"]) for r in records] == [("a", 1.0), ("c", 3.0)]
+    assert [b.id for b in skipped] == ["b"]
+    with pytest.raises(FileExistsError, match="exists; nothing was written"):
+        ct.save_crystals(frame, path)

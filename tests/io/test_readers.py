@@ -155,6 +155,44 @@ def test_duplicate_ids_are_bad(tmp_path: Path, data_dir: Path) -> None:
     assert [b.source for b in bad] == [f"{path}:row 1"] and "missing" in bad[0].reason
 
 
+def test_an_empty_id_never_takes_a_real_ids_place(tmp_path: Path, data_dir: Path) -> None:
+    """Row 2's id left empty was named "2", the id of the crystal in row 4: that crystal was then
+    skipped as a duplicate and row 2's crystal predicted under its name. An empty id now names
+    its row ("row 2"), which no real id is taken for."""
+    cifs = read_cifs(data_dir / "perovskites.csv.gz", 3)
+    rows = [["a", cifs[0][1]], ["", cifs[1][1]], ["2", cifs[2][1]]]
+    path = write_csv(tmp_path / "holes.csv", ["id", "cif"], rows)
+    good, bad = split(list(read_records(path)))
+    assert [r.id for r in good] == ["a", "row 2", "2"] and bad == []
+    assert good[2].structure.composition == Structure.from_str(cifs[2][1], "cif").composition
+    without = write_csv(tmp_path / "no_ids.csv", ["cif"], [[c[1]] for c in cifs])
+    assert [e.id for e in iter_entries(without)] == ["1", "2", "3"]  # no id column: row numbers
+
+
+def test_a_label_column_of_text_is_refused_before_any_graph(tmp_path: Path, data_dir: Path) -> None:
+    """Labels written with their units (``2.16 eV``) or as ``True``/``False``: every crystal was
+    skipped after the graph cache was built, and the message said the column was missing. Now
+    one line from the first rows, with an example; a few bad values among numbers are still
+    skipped row by row."""
+    from crystaltwins.io.readers import check_target_columns
+
+    cifs = read_cifs(data_dir / "perovskites.csv.gz", 3)
+    for values, example in (
+        (["2.16 eV", "1.5 eV", ""], "'2.16 eV'"),
+        (["True", "False", "True"], "'True'"),
+    ):
+        rows = [[i, text, v] for (i, text), v in zip(cifs, values, strict=True)]
+        path = write_csv(tmp_path / "text.csv", ["id", "cif", "y"], rows)
+        with pytest.raises(
+            CrystalInputError, match=f"holds no number in its first 3 rows \\(e.g. {example}\\)"
+        ):
+            check_target_columns(path, ["y"])
+    rows = [[i, text, v] for (i, text), v in zip(cifs, ["2.16 eV", "1.5", ""], strict=True)]
+    check_target_columns(write_csv(tmp_path / "mixed.csv", ["id", "cif", "y"], rows), ["y"])
+    empty = [[i, text, ""] for i, text in cifs]  # no labels at all: said later, with the count
+    check_target_columns(write_csv(tmp_path / "empty.csv", ["id", "cif", "y"], empty), ["y"])
+
+
 def test_csv_structure_column_names(tmp_path: Path, data_dir: Path) -> None:
     cifs = read_cifs(data_dir / "mp36k.csv.gz", 2)
     rows = [[text, crystal_id, "1.0"] for crystal_id, text in cifs]

@@ -280,3 +280,58 @@ def test_a_config_file_takes_the_flag_names_and_a_runs_own_config_yaml(tmp_path,
 def test_a_config_file_without_data_names_what_is_missing(tmp_path, capsys):
     assert main(["pretrain", "--out", str(tmp_path / "p")]) == 2
     assert "give the data (on the command line or in --config)" in capsys.readouterr().err
+
+
+def test_a_config_files_values_take_each_settings_type(tmp_path, capsys):
+    """YAML reads ``lr: 1e-3`` (the paper's value, written as people write it) as text: it was a
+    ``TypeError`` traceback; ``split: 0.8,0.1,0.1`` was split into characters; ``data: [a, b]``
+    for finetune a ``TypeError``. Values now take the setting's type, or one line naming it."""
+    import yaml
+
+    from crystaltwins.training.configs import PretrainConfig, config_from_settings
+
+    text = (
+        "data: x.csv\ntarget: 7\nout: o\nfrom_scratch: yes\nlr: 1e-3\nepochs: '20'\n"
+        "split: 0.8,0.1,0.1\nmax_train: 1e3\ndevices: 1\nprecision: 32\n"
+    )
+    config = config_from_settings(FinetuneConfig, yaml.safe_load(text))
+    assert (config.lr, config.epochs, config.max_train) == (1e-3, 20, 1000)
+    assert isinstance(config.lr, float) and isinstance(config.epochs, int)
+    assert config.split == (0.8, 0.1, 0.1) and config.target == "7"
+    assert (config.devices, config.precision) == ("1", "32")
+    config.validate()  # was: TypeError '>' not supported between 'str' and 'int'
+    base = {"data": "x.csv", "target": "t", "out": "o", "from_scratch": True}
+    for wrong, words in (
+        ({"lr": "fast"}, "lr takes a number, got 'fast'"),
+        ({"epochs": 2.5}, "epochs takes a whole number, got 2.5"),
+        ({"epochs": True}, "epochs takes a number, got True"),
+        ({"data": ["a.csv", "b.csv"]}, "data: one labelled data source, got 2"),
+        ({"target": ["a", "b"]}, "target takes one value"),
+        ({"epochs": None}, "epochs: a value is needed"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(words)):
+            config_from_settings(FinetuneConfig, {**base, **wrong})
+    pre = config_from_settings(
+        PretrainConfig,
+        {"data": "my data, 2024.csv", "out": "o", "lr": "1e-5", "perturbation": "5e-2"},
+    )
+    assert pre.data == ["my data, 2024.csv"] and pre.lr == 1e-5 and pre.perturbation == 0.05
+    file = tmp_path / "c.yaml"
+    file.write_text(f"data: {tmp_path / 'x.csv'}\ntarget: t\nout: {tmp_path / 'r'}\nlr: one\n")
+    assert main(["finetune", "--config", str(file), "--from-scratch"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{file}: lr takes a number, got 'one'" in err
+
+
+def test_a_negative_seed_or_no_device_is_named_before_any_work():
+    """``--seed -1`` ended in numpy's "-1 is not in bounds" from Lightning; ``--devices 0`` in
+    Lightning's message after the graph cache was built."""
+    base = dict(data="d.csv", target="t", out="o", from_scratch=True)
+    for wrong, words in (
+        ({"seed": -1}, "seed must be a whole number from 0 to 2**32 - 1, got -1"),
+        ({"seed": 2**32}, "seed must be a whole number"),
+        ({"devices": "0"}, "devices must be 'auto', a number of devices >= 1"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(words)):
+            FinetuneConfig(**base, **wrong).validate()
+    FinetuneConfig(**base, seed=2**32 - 1, devices="1").validate()

@@ -568,3 +568,33 @@ def test_a_run_never_takes_its_own_input_for_its_folder(tmp_path):
     assert _inputs_inside(out, bench_list) == []
     shipped = _config(out, from_scratch=False, pretrained="default")
     assert _inputs_inside(Path.cwd(), shipped) == []  # a name, not a file of the folder
+
+
+def test_a_run_resumed_from_another_folder_is_the_same_run(tmp_path, monkeypatch):
+    """config.yaml kept the paths as typed: resumed from another working folder, the same files
+    read as other settings ("data: 'p200.csv' -> '../p200.csv'"), and the message suggested
+    --overwrite. It stores them absolute (a shipped model's name as it is)."""
+    project = tmp_path / "project"
+    (project / "runs").mkdir(parents=True)
+    (project / "p200.csv").write_text("id,cif,e_form\n")
+    (project / "pre").mkdir()
+    monkeypatch.chdir(project)
+    config = FinetuneConfig(
+        data="p200.csv", target="e_form", out="runs/ft", pretrained="pre", atom_init=None
+    )
+    write_config(Path("runs/ft"), config)
+    stored = yaml.safe_load(Path("runs/ft/config.yaml").read_text())
+    assert stored["data"] == str(project / "p200.csv") and stored["pretrained"] == str(
+        project / "pre"
+    )
+    monkeypatch.chdir(project / "runs")
+    moved = FinetuneConfig(data="../p200.csv", target="e_form", out="ft", pretrained="../pre")
+    assert config_differences(Path("ft"), moved) == []
+    other = FinetuneConfig(data="p200.csv", target="e_form", out="ft", pretrained="../pre")
+    assert config_differences(Path("ft"), other) == [
+        f"data: {str(project / 'p200.csv')!r} -> 'p200.csv'"
+    ]
+    shipped = FinetuneConfig(data="../p200.csv", target="e_form", out="ft", pretrained="default")
+    shipped.validate()
+    write_config(Path("ft2"), shipped)
+    assert yaml.safe_load(Path("ft2/config.yaml").read_text())["pretrained"] == "mp-multi-33k"

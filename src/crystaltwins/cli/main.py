@@ -181,7 +181,7 @@ def _config_from_args(config_cls: type, args: argparse.Namespace, **fixed: Any) 
     (it is checked by the library before any work)."""
     from crystaltwins.cli.options import given_settings
     from crystaltwins.training.common import load_config_file
-    from crystaltwins.training.configs import config_from_settings
+    from crystaltwins.training.configs import SettingsFileError, config_from_settings
 
     file_settings = load_config_file(args.config) if getattr(args, "config", None) else None
     try:
@@ -189,7 +189,8 @@ def _config_from_args(config_cls: type, args: argparse.Namespace, **fixed: Any) 
             config_cls, file_settings, **{**given_settings(args, config_cls), **fixed}
         )
     except ValueError as error:
-        if file_settings is not None and str(error).startswith("unknown settings"):
+        unknown = str(error).startswith("unknown settings")
+        if file_settings is not None and (unknown or isinstance(error, SettingsFileError)):
             raise ValueError(f"{args.config}: {error}") from None
         raise
 

@@ -218,6 +218,14 @@ def check_map_output(path: str | os.PathLike) -> None:
     image, table = Path(path), Path(path).with_suffix(".csv")
     if image.is_dir():
         raise ValueError(f"{image}: is a folder; give a file name, e.g. {image / 'map.png'}")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    kind = image.suffix.lower().lstrip(".")
+    if kind not in FigureCanvasBase.get_supported_filetypes() or kind == "csv":
+        raise ValueError(  # else Matplotlib named the format of our hidden temporary's name
+            f"{image}: no picture format in the name; end it in .png, .pdf, .svg or .jpg; "
+            "nothing was written"
+        )
     if not image.exists() and not table.exists():
         return
     earlier = False

@@ -155,3 +155,37 @@ def as_source(data: Any) -> Iterator[MemorySource]:
                 f"none of the {len(ids)} crystals could be used; the first: {source.skipped[0]}",
             )
         yield source
+
+
+def save_crystals(data: Any, path: str | os.PathLike) -> tuple[Path, list[BadRecord]]:
+    """Write crystals built in Python (a pymatgen ``Structure`` or ASE ``Atoms``, a list of
+    them, or a ``DataFrame`` with a structure column, its other columns labels) to the CSV
+    ``path`` (id, cif, labels), the data source ``featurize``, ``pretrain`` and ``finetune``
+    take. Written atomically; an existing file is never replaced.
+
+    :returns: the file, and the crystals left out (no CIF could be written for them).
+    :raises FileExistsError: ``path`` exists. :raises CrystalInputError: no usable crystal."""
+    import shutil
+
+    from crystaltwins.io.atomic import atomic_path
+
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path}: exists; nothing was written; give a new file name")
+    with as_source(data) as source, atomic_path(path) as tmp:
+        shutil.copyfile(source.path, tmp)
+    return path, source.skipped
+
+
+def check_data_path(data: Any, command: str) -> None:
+    """Refuse in one line crystals given to ``command`` as Python objects where a data file is
+    needed (a run records its data's path, to resume and to be read again)."""
+    items = data if isinstance(data, (list, tuple)) else [data]
+    if items and all(is_path(item) for item in items):
+        return
+    raise ValueError(
+        f"{command} takes data files or folders (a run records their paths), not crystals in "
+        f"memory ({type(data).__name__}); write them first with "
+        "crystaltwins.save_crystals(crystals, 'crystals.csv') (a DataFrame's other columns "
+        "become label columns)"
+    )

@@ -188,12 +188,30 @@ def check_target_columns(
     source: str | os.PathLike, targets: Sequence[str], cif_column: str | None = None
 ) -> None:
     """Refuse now, before any graph is built, a CSV source without one of the ``targets``
-    columns (its header and first row are read); other sources are checked as they are read.
+    columns, or whose first rows hold no number in one (text such as ``2.16 eV`` or ``True``:
+    every crystal would be skipped); other sources are checked as they are read. Its header and
+    first :data:`_PEEK_ROWS` rows are read.
 
     :raises CrystalInputError: as :func:`iter_entries` would."""
     path = Path(source)
-    if targets and path.is_file() and _is_csv(path):
-        next(iter_entries(path, targets=list(targets), cif_column=cif_column), None)
+    if not (targets and path.is_file() and _is_csv(path)):
+        return
+    entries = list(
+        itertools.islice(
+            iter_entries(path, targets=list(targets), cif_column=cif_column), _PEEK_ROWS
+        )
+    )
+    for target in targets:
+        if any(math.isfinite(e.labels.get(target, math.nan)) for e in entries):
+            continue
+        text = [e.error for e in entries if e.error and f"label '{target}' is not a" in e.error]
+        if text:  # only text (or inf), no number: not a column of labels as it is written
+            example = text[0].split(": ", 1)[1]
+            raise CrystalInputError(
+                str(path),
+                f"the column {target!r} holds no number in its first {len(entries)} rows (e.g. "
+                f"{example}); write labels as plain numbers, without units (classes as 0 and 1)",
+            )
 
 
 def _is_csv(path: Path) -> bool:
@@ -444,16 +462,18 @@ def _iter_csv(path: Path, targets: list[str], cif_column: str | None) -> Iterato
         for row_number, row, problem in itertools.chain(peek, numbered):
             where = f"{path}:row {row_number}"
             if row is None:
-                yield RawEntry(
-                    id=str(row_number), source=where, payload="", fmt="cif-text", error=problem
-                )
+                unread = str(row_number) if id_index is None else f"row {row_number}"
+                yield RawEntry(id=unread, source=where, payload="", fmt="cif-text", error=problem)
                 continue
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
             entry_id = row[id_index].strip() if id_index is not None and id_index < len(row) else ""
             if not entry_id.isprintable():  # binary junk: name the row by its number
                 entry_id = ""
-            entry_id = entry_id or str(row_number)
+            if id_index is None:  # no id column: every crystal is named by its row
+                entry_id = str(row_number)
+            elif not entry_id:  # a hole in the id column: a name no real id takes ("3" may)
+                entry_id = f"row {row_number}"
             labels, metadata, error = _split_labels(
                 row, label_names, label_indices, numeric, targets
             )

@@ -23,7 +23,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from crystaltwins.graph.settings import GraphSettings
 from crystaltwins.io.atomic import atomic_path, write_text_atomic
 from crystaltwins.training.configs import RunOptions
-from crystaltwins.training.run_folder import epochs_done
+from crystaltwins.training.run_folder import absolute_paths, epochs_done
 
 
 def cache_graph_settings(source: str | os.PathLike) -> GraphSettings | None:
@@ -470,10 +470,12 @@ def fit(trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
 
 
 def write_config(out: Path, config: Any) -> Path:
-    """The resolved config as ``config.yaml`` in the run directory."""
+    """The resolved config as ``config.yaml`` in the run directory, its files' paths absolute
+    (:func:`~crystaltwins.training.run_folder.absolute_paths`)."""
     out.mkdir(parents=True, exist_ok=True)
     data = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
-    text = yaml.safe_dump(json.loads(json.dumps(data, default=str)), sort_keys=False)
+    data = absolute_paths(json.loads(json.dumps(data, default=str)))
+    text = yaml.safe_dump(data, sort_keys=False)
     return write_text_atomic(out / "config.yaml", text)
 
 

@@ -252,6 +252,14 @@ class RunOptions:
         _existing_file("atom_init", self.atom_init)
         if self.resume and self.overwrite:
             raise ValueError("give resume or overwrite, not both")
+        seed = getattr(self, "seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise ValueError(f"seed must be a whole number from 0 to 2**32 - 1, got {seed!r}")
+        if str(self.devices).strip() in ("0", ""):
+            raise ValueError(
+                f"devices must be 'auto', a number of devices >= 1, -1 (all) or a list such as "
+                f"'0,1', got {self.devices!r}"
+            )
         check_accelerator(self.accelerator)
         if self.encoder is not None:
             _check_encoder(self.encoder)
@@ -684,6 +692,56 @@ class FinetuneConfig(RunOptions):
 FILE_IGNORED = frozenset({"resume", "overwrite"})
 
 
+class SettingsFileError(ValueError):
+    """A settings file's value that its setting cannot take (the CLI names the file)."""
+
+
+def _file_value(name: str, value: Any, annotation: Any) -> Any:
+    """A settings file's ``value`` as the type of setting ``name`` (its ``annotation``), as the
+    command line's parser makes it: YAML reads ``1e-3`` as text and ``data: [a, b]`` as a list.
+    :raises ValueError: one line naming the setting."""
+    text = str(annotation).replace("typing.", "")
+    optional = text.endswith("| None")
+    kind = text.removesuffix("| None").strip()
+    if value is None:
+        if optional or kind.startswith(("list", "tuple")):
+            return None
+        raise ValueError(f"{name}: a value is needed (got an empty one)")
+
+    def scalar(item: Any, want: str) -> Any:
+        if want == "bool":
+            if isinstance(item, bool):
+                return item
+            raise ValueError(f"{name} takes true or false, got {item!r}")
+        if want in ("int", "float"):
+            if isinstance(item, bool) or not isinstance(item, (int, float, str)):
+                raise ValueError(f"{name} takes a number, got {item!r}")
+            try:
+                number = float(item)
+            except ValueError:
+                raise ValueError(f"{name} takes a number, got {item!r}") from None
+            if want == "float":
+                return number
+            if not number.is_integer():
+                raise ValueError(f"{name} takes a whole number, got {item!r}")
+            return int(number)
+        if want == "str":
+            if isinstance(item, (list, tuple, dict)):
+                raise ValueError(f"{name} takes one value, got {item!r}")
+            return str(item)
+        return item
+
+    if kind.startswith(("list[", "tuple[")):
+        inner = [t.strip() for t in kind[kind.index("[") + 1 : -1].split(",")]
+        items = value
+        if isinstance(value, str) and inner[0] in ("int", "float"):  # "0.8,0.1,0.1"
+            items = [v for v in value.replace(",", " ").split() if v]
+        elif not isinstance(value, (list, tuple)):
+            items = [value]  # one path or name, spaces and commas included
+        return [scalar(item, inner[0]) for item in items]
+    return scalar(value, kind)
+
+
 def config_from_settings(
     config_cls: type, file_settings: dict[str, Any] | None = None, **given: Any
 ) -> Any:
@@ -708,6 +766,21 @@ def config_from_settings(
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"unknown settings {unknown}")
+    for key in list(values):
+        try:
+            if (
+                key == "data"
+                and isinstance(values[key], (list, tuple))
+                and fields[key].type
+                in (
+                    "str",
+                    str,
+                )
+            ):
+                raise ValueError(f"data: one labelled data source, got {len(values[key])}")
+            values[key] = _file_value(key, values[key], fields[key].type)
+        except ValueError as error:
+            raise SettingsFileError(str(error)) from None
     values.update({k: v for k, v in given.items() if v is not None})
     required = [
         f.name

@@ -104,6 +104,24 @@ def _acted_on(name: str, stored: dict[str, Any]) -> bool:
 _PATH_SETTINGS = frozenset(
     {"data", "pretrained", "init_from", "atom_init", "split_files", "exclude_ids_file"}
 )
+
+
+def absolute_paths(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` (a config as plain data) with its file and folder settings made absolute
+    (a shipped model's name kept): a run's ``config.yaml`` means the same files whatever folder
+    it is resumed from or used as ``--config`` in."""
+    from crystaltwins.models.pretrained import SHIPPED_NAMES
+
+    def absolute(value: Any) -> Any:
+        if isinstance(value, list):
+            return [absolute(v) for v in value]
+        if not isinstance(value, str) or not value or value in SHIPPED_NAMES:
+            return value
+        return os.path.abspath(value)
+
+    return {k: absolute(v) if k in _PATH_SETTINGS else v for k, v in settings.items()}
+
+
 #: Settings naming a model file: the same model when the two files hold the same bytes (a
 #: shipped model's path changes with the installation that holds it).
 _MODEL_FILE_SETTINGS = frozenset({"pretrained", "init_from"})
