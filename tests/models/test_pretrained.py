@@ -262,37 +262,3 @@ def test_mp_multi_model_predicts_the_band_gap_and_fermi_energy_too(
     mixed = EnsembleBundle([load_model("mp-multi"), load_model("mp-eform")])
     with pytest.raises(ValueError, match=r"member 1 learned other auxiliary targets \(none\)"):
         predict(mixed, _mp36k_rows(data_dir, tmp_path, 3), cache_root=cache_root)
-
-
-def test_mp_crystals_in_a_file_of_another_name_are_still_counted(
-    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """The records were matched by file name only: MP crystals copied into ``my_mp.csv`` and
-    fine-tuned from ``default`` (mp-multi-33k) gave no warning. Ids naming database crystals
-    (``mp-1234``) are matched whatever the file; plain numbers never are."""
-    import csv
-    import gzip
-    import itertools
-    from types import SimpleNamespace
-
-    from crystaltwins.models.provenance import seen_named_ids
-    from crystaltwins.training.finetune import check_seen_by_start
-
-    csv.field_size_limit(2**31 - 1)
-    with gzip.open(data_dir / "mp36k.csv.gz", "rt", newline="") as handle:
-        ids = [row["id"] for row in itertools.islice(csv.DictReader(handle), 400)]
-    info = load_model("default").info
-    found = seen_named_ids(info, ids)
-    assert found is not None and 0.9 < len(found) / len(ids) < 0.99
-    assert seen_named_ids(info, [str(k) for k in range(400)]) == []
-    assert seen_named_ids(load_model("crystal-twins").info, ids) is None  # records nothing
-    config = SimpleNamespace(out=str(tmp_path), data=str(tmp_path / "my_mp.csv"))
-    start = SimpleNamespace(info=info)
-    parts = {"val": np.array(ids[:200]), "test": np.array(ids[200:])}
-    counted = check_seen_by_start(config, start, parts)["seen_by_starting_model"]
-    assert counted == {p: len(seen_named_ids(info, v)) for p, v in parts.items()}
-    printed = capsys.readouterr().out
-    assert "matched by id: it learned them from a file of another name" in printed
-    assert (tmp_path / "seen_by_starting_model.csv").exists()
-    numbered = {"val": np.array(["1", "2"]), "test": np.array(["3"])}
-    assert check_seen_by_start(config, start, numbered) == {}

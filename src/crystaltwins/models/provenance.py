@@ -100,22 +100,6 @@ def seen_ids(info: Mapping[str, Any], ids: Iterable[Any], data: Any) -> list[str
     return [i for i, hit in zip(ids, hits, strict=True) if hit]
 
 
-def seen_named_ids(info: Mapping[str, Any], ids: Iterable[Any]) -> list[str] | None:
-    """Those of ``ids`` that name a crystal by more than a number (``mp-1234``, ``JVASP-1002``)
-    and whose labels the model of ``info`` (or one it started from) learned, in whatever data
-    file: the same database crystals copied into a file of another name. Plain numbers (row
-    numbers of unrelated tables) are never matched. ``None`` when the file records nothing."""
-    records = _records(info)
-    if not records:
-        return None
-    known = np.unique(np.concatenate([record.numpy() for _, record in records]))
-    ids = [str(i) for i in ids if not str(i).strip().isdigit()]
-    if not ids:
-        return []
-    hits = np.isin(_hashes(ids), known)
-    return [i for i, hit in zip(ids, hits, strict=True) if hit]
-
-
 def check_labelled_record(record: Any) -> str | None:
     """What is wrong with a model file's :data:`LABELLED_KEY` entry, or ``None``."""
     if not isinstance(record, Tensor):

@@ -53,7 +53,6 @@ from crystaltwins.models.provenance import (
     labelled_hashes,
     labelled_record,
     seen_ids,
-    seen_named_ids,
     source_key,
 )
 from crystaltwins.models.targets import TRANSFORMS
@@ -543,12 +542,8 @@ def check_seen_by_start(
     out = Path(config.out)
     (out / SEEN_BY_START_NAME).unlink(missing_ok=True)  # not a stale list from an earlier run
     seen = {part: seen_ids(start.info, part_ids, config.data) for part, part_ids in ids.items()}
-    by_id = ""
-    if any(found is None for found in seen.values()):  # no record for a file of this name
-        seen = {part: seen_named_ids(start.info, part_ids) for part, part_ids in ids.items()}
-        if not any(seen.values()):
-            return {}
-        by_id = " (matched by id: it learned them from a file of another name)"
+    if any(found is None for found in seen.values()):
+        return {}
     counts = {part: len(found or []) for part, found in seen.items()}
     sizes = ", ".join(f"{len(ids[p]):,} {p}" for p in ids)
     if not any(counts.values()):
@@ -569,8 +564,7 @@ def check_seen_by_start(
         )
         main_print(
             f"warning: the starting model (or one it started from) learned the labels of "
-            f"{found_text} crystals of this run{by_id}: {effect}; listed in "
-            f"{out / SEEN_BY_START_NAME}"
+            f"{found_text} crystals of this run: {effect}; listed in {out / SEEN_BY_START_NAME}"
         )
     return {"seen_by_starting_model": counts}
 
