@@ -7,7 +7,7 @@ encoder is the floor: pre-training helps only where it beats that. Run::
 
     python benchmarks/linear_probe.py --data-root ../shared/data \\
         --atom-init ../shared/reference/crystal_twins/atom_init.json \\
-        --encoder ct_12k=runs/bench-cpu/pretrain/rp_am_em/model.pt --encoder shipped=default \\
+        --encoder ct_12k=runs/bench-cpu/pretrain/rp_am_em/model.pt --encoder shipped=crystal-twins \\
         --encoder published=../shared/reference/crystal_twins/CGCNNBarlow_model.pth
 """
 

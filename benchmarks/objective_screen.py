@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         if recipe == "scratch":
             model = None
         elif recipe == "shipped":
-            model = "default"
+            model = "crystal-twins"
         else:
             model = pretrained_model(args, recipe)
         for name in args.tasks:

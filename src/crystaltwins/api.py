@@ -167,7 +167,9 @@ def finetune(
             raise ValueError("finetune needs data, target and out (or a whole config)")
         check_data_path(data, "finetune")
         if not isinstance(data, (str, os.PathLike)):
-            raise ValueError(f"finetune takes one data source, got {len(data)}")
+            if len(data) != 1:
+                raise ValueError(f"finetune takes one data source, got {len(data)}")
+            data = data[0]
         if "pretrained" in settings and settings["pretrained"] is not None:
             settings["pretrained"] = str(settings["pretrained"])
         config = FinetuneConfig(data=str(data), target=target, out=str(out), **settings)

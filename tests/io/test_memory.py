@@ -72,3 +72,15 @@ def test_crystals_in_memory_are_saved_as_a_data_file_for_training(tmp_path) -> N
     assert [b.id for b in skipped] == ["b"]
     with pytest.raises(FileExistsError, match="exists; nothing was written"):
         ct.save_crystals(frame, path)
+
+
+def test_saved_crystals_are_a_file_every_reader_reads(tmp_path) -> None:
+    """``save_crystals(.., "x.csv.gz")`` wrote plain text under a gzip name ("Not a gzipped
+    file"); another extension a file no reader took."""
+    import crystaltwins as ct
+
+    path, _ = ct.save_crystals([rocksalt(), rocksalt()], tmp_path / "x.csv.gz")
+    assert [r.id for r in read_records(path)] == ["0", "1"]
+    with pytest.raises(ValueError, match=r"ending in .csv or .csv.gz; nothing was written"):
+        ct.save_crystals([rocksalt()], tmp_path / "x.txt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.csv.gz"]

@@ -307,10 +307,27 @@ def test_a_config_files_values_take_each_settings_type(tmp_path, capsys):
         ({"epochs": True}, "epochs takes a number, got True"),
         ({"data": ["a.csv", "b.csv"]}, "data: one labelled data source, got 2"),
         ({"target": ["a", "b"]}, "target takes one value"),
-        ({"epochs": None}, "epochs: a value is needed"),
     ):
         with pytest.raises(ValueError, match=re.escape(words)):
             config_from_settings(FinetuneConfig, {**base, **wrong})
+    given_nothing = config_from_settings(FinetuneConfig, {**base, "unit": None, "epochs": None})
+    assert (given_nothing.unit, given_nothing.epochs) == ("", 200)  # "unit:" alone: the default
+    one = config_from_settings(FinetuneConfig, {**base, "data": ["only.csv"]})
+    assert one.data == "only.csv"
+    with pytest.raises(ValueError, match="no_plots takes true or false") as flag:
+        config_from_settings(FinetuneConfig, {**base, "no_plots": "yes please"})
+    assert type(flag.value).__name__ == "SettingsFileError"  # the CLI names the file
+    # a run's own config.yaml written when "default" named the Crystal Twins encoder
+    legacy = {**base, "from_scratch": False, "pretrained": "default", "resume": False}
+    assert config_from_settings(FinetuneConfig, {**legacy, "overwrite": False}).pretrained == (
+        "crystal-twins"
+    )
+    assert config_from_settings(FinetuneConfig, legacy).pretrained == "default"  # a user's file
+    import numpy as np
+
+    numpy_seed = FinetuneConfig(**base, seed=np.int64(3))
+    numpy_seed.validate()
+    assert numpy_seed.seed == 3 and type(numpy_seed.seed) is int
     pre = config_from_settings(
         PretrainConfig,
         {"data": "my data, 2024.csv", "out": "o", "lr": "1e-5", "perturbation": "5e-2"},

@@ -570,31 +570,36 @@ def test_a_run_never_takes_its_own_input_for_its_folder(tmp_path):
     assert _inputs_inside(Path.cwd(), shipped) == []  # a name, not a file of the folder
 
 
-def test_a_run_resumed_from_another_folder_is_the_same_run(tmp_path, monkeypatch):
-    """config.yaml kept the paths as typed: resumed from another working folder, the same files
-    read as other settings ("data: 'p200.csv' -> '../p200.csv'"), and the message suggested
-    --overwrite. It stores them absolute (a shipped model's name as it is)."""
+def test_a_run_resumed_from_another_folder_or_a_moved_project_is_the_same_run(
+    tmp_path, monkeypatch
+):
+    """config.yaml keeps the paths as typed and the folder the command ran in: resumed from
+    another working folder, the same files were read as other settings ("data: 'p200.csv' ->
+    '../p200.csv'", and the message suggested --overwrite); a project moved elsewhere still
+    resumes from its own folder."""
+    import shutil
+
     project = tmp_path / "project"
     (project / "runs").mkdir(parents=True)
     (project / "p200.csv").write_text("id,cif,e_form\n")
     (project / "pre").mkdir()
     monkeypatch.chdir(project)
-    config = FinetuneConfig(
-        data="p200.csv", target="e_form", out="runs/ft", pretrained="pre", atom_init=None
-    )
+    config = FinetuneConfig(data="p200.csv", target="e_form", out="runs/ft", pretrained="pre")
     write_config(Path("runs/ft"), config)
     stored = yaml.safe_load(Path("runs/ft/config.yaml").read_text())
-    assert stored["data"] == str(project / "p200.csv") and stored["pretrained"] == str(
-        project / "pre"
-    )
+    assert (stored["data"], stored["working_dir"]) == ("p200.csv", str(project))
+    assert config_differences(Path("runs/ft"), config) == []
     monkeypatch.chdir(project / "runs")
     moved = FinetuneConfig(data="../p200.csv", target="e_form", out="ft", pretrained="../pre")
     assert config_differences(Path("ft"), moved) == []
-    other = FinetuneConfig(data="p200.csv", target="e_form", out="ft", pretrained="../pre")
-    assert config_differences(Path("ft"), other) == [
-        f"data: {str(project / 'p200.csv')!r} -> 'p200.csv'"
-    ]
-    shipped = FinetuneConfig(data="../p200.csv", target="e_form", out="ft", pretrained="default")
-    shipped.validate()
-    write_config(Path("ft2"), shipped)
-    assert yaml.safe_load(Path("ft2/config.yaml").read_text())["pretrained"] == "mp-multi-33k"
+    other = FinetuneConfig(data="../other.csv", target="e_form", out="ft", pretrained="../pre")
+    assert config_differences(Path("ft"), other) == ["data: 'p200.csv' -> '../other.csv'"]
+    monkeypatch.chdir(tmp_path)
+    shutil.move(project, tmp_path / "renamed")
+    monkeypatch.chdir(tmp_path / "renamed")
+    assert config_differences(Path("runs/ft"), config) == []  # as before working_dir existed
+    settings = dict(stored, resume=True)
+    from crystaltwins.training.configs import config_from_settings
+
+    again = config_from_settings(FinetuneConfig, settings)  # the file as --config: no setting
+    assert again.data == "p200.csv" and not hasattr(again, "working_dir")

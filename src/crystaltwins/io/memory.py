@@ -160,20 +160,29 @@ def as_source(data: Any) -> Iterator[MemorySource]:
 def save_crystals(data: Any, path: str | os.PathLike) -> tuple[Path, list[BadRecord]]:
     """Write crystals built in Python (a pymatgen ``Structure`` or ASE ``Atoms``, a list of
     them, or a ``DataFrame`` with a structure column, its other columns labels) to the CSV
-    ``path`` (id, cif, labels), the data source ``featurize``, ``pretrain`` and ``finetune``
-    take. Written atomically; an existing file is never replaced.
+    ``path`` (id, cif, labels; ``.csv``, or ``.csv.gz`` compressed), the data source
+    ``featurize``, ``pretrain`` and ``finetune`` take. Written atomically; an existing file is
+    never replaced.
 
     :returns: the file, and the crystals left out (no CIF could be written for them).
     :raises FileExistsError: ``path`` exists. :raises CrystalInputError: no usable crystal."""
+    import gzip
     import shutil
 
     from crystaltwins.io.atomic import atomic_path
 
     path = Path(path)
+    name = path.name.lower()
+    if not name.endswith((".csv", ".csv.gz")):
+        raise ValueError(f"{path}: give a name ending in .csv or .csv.gz; nothing was written")
     if path.exists():
         raise FileExistsError(f"{path}: exists; nothing was written; give a new file name")
     with as_source(data) as source, atomic_path(path) as tmp:
-        shutil.copyfile(source.path, tmp)
+        if name.endswith(".gz"):
+            with open(source.path, "rb") as src, gzip.open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        else:
+            shutil.copyfile(source.path, tmp)
     return path, source.skipped
 
 

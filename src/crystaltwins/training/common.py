@@ -23,7 +23,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from crystaltwins.graph.settings import GraphSettings
 from crystaltwins.io.atomic import atomic_path, write_text_atomic
 from crystaltwins.training.configs import RunOptions
-from crystaltwins.training.run_folder import absolute_paths, epochs_done
+from crystaltwins.training.run_folder import epochs_done, with_working_dir
 
 
 def cache_graph_settings(source: str | os.PathLike) -> GraphSettings | None:
@@ -470,11 +470,11 @@ def fit(trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
 
 
 def write_config(out: Path, config: Any) -> Path:
-    """The resolved config as ``config.yaml`` in the run directory, its files' paths absolute
-    (:func:`~crystaltwins.training.run_folder.absolute_paths`)."""
+    """The resolved config as ``config.yaml`` in the run directory, with the folder the command
+    runs in (:data:`~crystaltwins.training.run_folder.WORKING_DIR_KEY`)."""
     out.mkdir(parents=True, exist_ok=True)
     data = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
-    data = absolute_paths(json.loads(json.dumps(data, default=str)))
+    data = with_working_dir(json.loads(json.dumps(data, default=str)))
     text = yaml.safe_dump(data, sort_keys=False)
     return write_text_atomic(out / "config.yaml", text)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,8 +254,14 @@ class RunOptions:
         if self.resume and self.overwrite:
             raise ValueError("give resume or overwrite, not both")
         seed = getattr(self, "seed", 0)
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        if (
+            isinstance(seed, bool)
+            or not isinstance(seed, numbers.Integral)
+            or not 0 <= seed < 2**32
+        ):
             raise ValueError(f"seed must be a whole number from 0 to 2**32 - 1, got {seed!r}")
+        if hasattr(self, "seed"):
+            self.seed = int(seed)  # numpy's integers too (for s in np.arange(5))
         if str(self.devices).strip() in ("0", ""):
             raise ValueError(
                 f"devices must be 'auto', a number of devices >= 1, -1 (all) or a list such as "
@@ -689,7 +696,7 @@ class FinetuneConfig(RunOptions):
 
 #: Settings a ``--config`` file does not set: they say how to run this time, and a run's own
 #: ``config.yaml`` (which records them) may start another run.
-FILE_IGNORED = frozenset({"resume", "overwrite"})
+FILE_IGNORED = frozenset({"resume", "overwrite", "working_dir"})
 
 
 class SettingsFileError(ValueError):
@@ -753,31 +760,33 @@ def config_from_settings(
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
     names = set(fields)
     values = {}
-    for key, value in (file_settings or {}).items():
+    file_settings = dict(file_settings or {})
+    if {"resume", "overwrite"} <= set(file_settings):  # a run's own config.yaml: its "default"
+        from crystaltwins.models.pretrained import recorded_model_name
+
+        for key in ("pretrained", "init_from"):  # named the Crystal Twins encoder then
+            if isinstance(file_settings.get(key), str):
+                file_settings[key] = recorded_model_name(file_settings[key])
+    for key, value in file_settings.items():
         if key in FILE_IGNORED:
             continue  # how to run, not what: a run's own config.yaml can start another run
         flag = key.removeprefix("no_")
         if key != flag and flag in fields and fields[flag].type in (bool, "bool"):
             if not isinstance(value, bool):
-                raise ValueError(f"{key} takes true or false, got {value!r}")
+                raise SettingsFileError(f"{key} takes true or false, got {value!r}")
             values[flag] = not value  # no_progress: true, as the flag --no-progress
-        else:
+        elif value is not None:  # "unit:" with nothing after it: not given
             values[key] = value
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"unknown settings {unknown}")
     for key in list(values):
         try:
-            if (
-                key == "data"
-                and isinstance(values[key], (list, tuple))
-                and fields[key].type
-                in (
-                    "str",
-                    str,
-                )
-            ):
-                raise ValueError(f"data: one labelled data source, got {len(values[key])}")
+            one_source = fields[key].type in ("str", str)
+            if key == "data" and one_source and isinstance(values[key], (list, tuple)):
+                if len(values[key]) != 1:
+                    raise ValueError(f"data: one labelled data source, got {len(values[key])}")
+                values[key] = values[key][0]
             values[key] = _file_value(key, values[key], fields[key].type)
         except ValueError as error:
             raise SettingsFileError(str(error)) from None

@@ -106,20 +106,15 @@ _PATH_SETTINGS = frozenset(
 )
 
 
-def absolute_paths(settings: dict[str, Any]) -> dict[str, Any]:
-    """``settings`` (a config as plain data) with its file and folder settings made absolute
-    (a shipped model's name kept): a run's ``config.yaml`` means the same files whatever folder
-    it is resumed from or used as ``--config`` in."""
-    from crystaltwins.models.pretrained import SHIPPED_NAMES
+#: The key of a run's ``config.yaml`` that records the folder its command ran in: its relative
+#: paths are read from there too (a resume from another folder is the same run), and from the
+#: folder a command runs in (a moved project resumes as before). Not a setting.
+WORKING_DIR_KEY = "working_dir"
 
-    def absolute(value: Any) -> Any:
-        if isinstance(value, list):
-            return [absolute(v) for v in value]
-        if not isinstance(value, str) or not value or value in SHIPPED_NAMES:
-            return value
-        return os.path.abspath(value)
 
-    return {k: absolute(v) if k in _PATH_SETTINGS else v for k, v in settings.items()}
+def with_working_dir(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` (a config as plain data) with :data:`WORKING_DIR_KEY` added."""
+    return {**settings, WORKING_DIR_KEY: os.getcwd()}
 
 
 #: Settings naming a model file: the same model when the two files hold the same bytes (a
@@ -297,7 +292,9 @@ def _shipped_as_path(value: Any, stored: bool) -> Any:
         return name
 
 
-def _same_setting(name: str, stored: Any, wanted: Any) -> bool:
+def _same_setting(name: str, stored: Any, wanted: Any, base: str | None = None) -> bool:
+    """Whether a run's stored setting and the one asked for now mean the same; ``base``: the
+    folder the stored run's command ran in (its relative paths are read from there too)."""
     if name in _MODEL_FILE_SETTINGS:
         stored, wanted = _shipped_as_path(stored, True), _shipped_as_path(wanted, False)
     if stored == wanted:
@@ -307,12 +304,14 @@ def _same_setting(name: str, stored: Any, wanted: Any) -> bool:
     if name not in _PATH_SETTINGS or stored is None or wanted is None:
         return False
 
-    def resolved(value: Any) -> Any:
+    def resolved(value: Any, folder: str | None = None) -> Any:
         if isinstance(value, list):
-            return [os.path.realpath(v) for v in value]
-        return os.path.realpath(str(value))
+            return [resolved(v, folder) for v in value]
+        return os.path.realpath(os.path.join(folder or "", str(value)))
 
     if resolved(stored) == resolved(wanted):
+        return True
+    if isinstance(base, str) and resolved(stored, base) == resolved(wanted):
         return True
     if name in _MODEL_FILE_SETTINGS and isinstance(stored, str) and isinstance(wanted, str):
         return _same_file_content(stored, wanted)
@@ -346,6 +345,7 @@ def config_differences(
         )
     wanted = _normalised(config)
     defaults = _defaults(config)
+    base = stored.pop(WORKING_DIR_KEY, None)
     differences = []
     for name in sorted(set(stored) | set(wanted)):
         if name in may_differ:
@@ -360,7 +360,7 @@ def config_differences(
         if name in INERT_FROM_SCRATCH and stored.get("from_scratch") and wanted.get("from_scratch"):
             continue  # it does not act on a new encoder (e.g. a default changed since)
         old, new = stored.get(name), wanted.get(name)
-        if not _same_setting(name, old, new):
+        if not _same_setting(name, old, new, base):
             differences.append(f"{name}: {_stored_text(name, old)} -> {new!r}")
     return differences
 
