@@ -1,0 +1,16 @@
+#!/bin/bash
+# Out-of-sample check of the new default: MP bulk modulus log10(K_VRH) (a property not used to choose it),
+# 1,000 training crystals, validation/test all there are (638 each), 200 epochs, 3 seeds
+cd /work/main
+export PYTHONPATH=/work/runner2/src OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+for seed in 0 1 2; do
+  for method in scratch default crystal-twins; do
+    out=runs/kvrh/seed$seed/$method
+    [ -f $out/metrics.json ] && continue
+    if [ $method = scratch ]; then start=--from-scratch; else start="--pretrained $method"; fi
+    flags=""; [ -d $out ] && flags=--resume
+    .venv/bin/python -m crystaltwins.cli.main finetune ../shared/data/mp_elasticity.csv.gz --target K_VRH \
+      --target-transform log10 --unit GPa $start --seed $seed --max-train 1000 --max-eval 1000 --epochs 200 \
+      --out $out --no-progress --no-plots $flags
+  done
+done
