@@ -1,8 +1,8 @@
 #!/bin/bash
 # Out-of-sample check of the new default: MP bulk modulus log10(K_VRH) (a property not used to choose it),
 # 1,000 training crystals, validation/test all there are (638 each), 200 epochs, 3 seeds
-cd /work/main
-export PYTHONPATH=/work/runner2/src OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+cd "$(dirname "$0")/../../../../.."  # the repository; data in ../shared/data
+export PYTHONPATH=src OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 for seed in 0 1 2; do
   for method in scratch default crystal-twins; do
     out=runs/kvrh/seed$seed/$method

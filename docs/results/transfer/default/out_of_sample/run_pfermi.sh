@@ -1,8 +1,8 @@
 #!/bin/bash
 # Out-of-sample check of the new default: perovskites Fermi level (a task not used to choose it),
 # 1,000 training crystals, validation/test 1,000 each, 200 epochs, 3 seeds; scratch, default (mp-multi-33k), crystal-twins
-cd /work/main
-export PYTHONPATH=/work/runner2/src OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+cd "$(dirname "$0")/../../../../.."  # the repository; data in ../shared/data
+export PYTHONPATH=src OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 for seed in 0 1 2; do
   for method in scratch default crystal-twins; do
     out=runs/pfermi/seed$seed/$method
