@@ -399,10 +399,6 @@ def _test_ids(task: BenchmarkTask, seed: int, ctx: BenchContext) -> list[str]:
     return [str(i) for i in cache.ids[planned.keep[planned.split.test]]]
 
 
-#: The list of crystals a pre-training run left out (``exclude_test``), in its run folder.
-EXCLUDED_IDS_NAME = EXCLUDED_IDS_FILE
-
-
 def _excluded_ids(ctx: BenchContext) -> list[list[str]]:
     """``[source file, id]`` of every task's test crystals, sorted."""
     pairs = {
@@ -429,7 +425,7 @@ def _excluded_ids_file(ctx: BenchContext, out: Path) -> Path:
     as a run's first, so that the run takes the list for its own file."""
     out.mkdir(parents=True, exist_ok=True)
     (out / LOCK_NAME).touch()
-    path = out / EXCLUDED_IDS_NAME
+    path = out / EXCLUDED_IDS_FILE
     return write_json_atomic(path, _excluded_ids(ctx), indent=None)
 
 
@@ -525,7 +521,7 @@ def pretrain_for_bench(
         batch_size=ctx.preset.pretrain_batch,
         epochs=ctx.preset.pretrain_epochs,
         max_crystals=ctx.preset.pretrain_max_crystals,
-        exclude_ids_file=str(out / EXCLUDED_IDS_NAME) if exclude_test else None,
+        exclude_ids_file=str(out / EXCLUDED_IDS_FILE) if exclude_test else None,
         resume=True,
         progress=False,
         encoder=None if encoder == DEFAULT_ENCODER else encoder,
@@ -544,7 +540,7 @@ def pretrain_for_bench(
 def _exclusion_differences(ctx: BenchContext, out: Path, exclude_test: bool) -> list[str]:
     """How the test crystals a finished pre-training run left out (``exclude_test``) differ
     from those of this benchmark's tasks and seeds (``[]``: the same)."""
-    stored = out / EXCLUDED_IDS_NAME
+    stored = out / EXCLUDED_IDS_FILE
     if not exclude_test or not stored.exists():
         return []  # without the exclusion, config.yaml says so (exclude_ids_file)
     before, now = json.loads(stored.read_text()), _excluded_ids(ctx)

@@ -187,6 +187,31 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return checkpoint
 
 
+#: The checkpoint entry holding the sha256 of the crystals (and labels) a run trains on.
+DATA_DIGEST_KEY = "data_sha256"
+
+
+def record_data_digest(checkpoint: dict[str, Any], digest: str | None) -> None:
+    """Keep a run's data digest in a checkpoint it saves (``on_save_checkpoint``)."""
+    if digest is not None:
+        checkpoint[DATA_DIGEST_KEY] = digest
+
+
+def check_resumed_data(
+    checkpoint: dict[str, Any], digest: str | None, path: Any, parts: str
+) -> None:
+    """Refuse, in one line naming ``path``, to resume a checkpoint made on other data than the
+    run's now (``digest``; ``parts``: what the digest covers, as the message says it).
+
+    :raises ValueError: the digests differ (a checkpoint without one is not checked)."""
+    stored = checkpoint.get(DATA_DIGEST_KEY)
+    if stored is not None and digest is not None and stored != digest:
+        raise ValueError(
+            f"{path}: the data changed since this run started ({parts}): resuming would mix "
+            "two datasets; give the data it started with, or start a new run"
+        )
+
+
 def check_resumed_state(module: torch.nn.Module, checkpoint: dict[str, Any], path: Any) -> None:
     """Refuse, in one line naming ``path``, a checkpoint whose weights do not fit ``module``
     (another run's settings, or an edited file); call it from ``on_load_checkpoint``.

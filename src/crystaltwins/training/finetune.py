@@ -60,6 +60,7 @@ from crystaltwins.training.common import (
     AtomicCheckpointIO,
     adam,
     check_pretrained_encoder,
+    check_resumed_data,
     check_resumed_state,
     execution_change,
     fit,
@@ -67,6 +68,7 @@ from crystaltwins.training.common import (
     main_print,
     make_trainer,
     new_encoder,
+    record_data_digest,
     record_execution,
     resident_device,
     resume_path,
@@ -219,8 +221,7 @@ class FinetuneModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.encoder_anchor:
             checkpoint["encoder_anchor_sha256"] = self._anchor_digest()
-        if self.data_digest is not None:
-            checkpoint["data_sha256"] = self.data_digest
+        record_data_digest(checkpoint, self.data_digest)
         record_execution(checkpoint, self.trainer)
 
     @cached_property
@@ -247,13 +248,12 @@ class FinetuneModule(L.LightningModule):
         check_resumed_state(self, checkpoint, self.trainer.ckpt_path)
         if (changed := execution_change(checkpoint, self.trainer)) is not None:
             main_print(changed)
-        data = checkpoint.get("data_sha256")
-        if data is not None and self.data_digest is not None and data != self.data_digest:
-            raise ValueError(
-                f"{self.trainer.ckpt_path}: the data changed since this run started (other "
-                "crystals or labels in its training, validation or test set): resuming would "
-                "mix two datasets; give the data it started with, or start a new run"
-            )
+        check_resumed_data(
+            checkpoint,
+            self.data_digest,
+            self.trainer.ckpt_path,
+            "other crystals or labels in its training, validation or test set",
+        )
         schedulers = checkpoint.get("lr_schedulers") or [{}]
         stored = (schedulers[0].get("lr_lambdas") or [None])[0] if schedulers[0] else None
         # the schedule's step counts as trained so far (checked in configure_optimizers)

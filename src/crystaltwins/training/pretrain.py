@@ -26,6 +26,7 @@ from crystaltwins.training.common import (
     AtomicCheckpointIO,
     adam,
     check_pretrained_encoder,
+    check_resumed_data,
     check_resumed_state,
     execution_change,
     fit,
@@ -33,6 +34,7 @@ from crystaltwins.training.common import (
     main_print,
     make_trainer,
     new_encoder,
+    record_data_digest,
     record_execution,
     resume_path,
     run_graph_settings,
@@ -134,8 +136,7 @@ class PretrainModule(L.LightningModule):
         self._step(pair, "val")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.data_digest is not None:
-            checkpoint["data_sha256"] = self.data_digest
+        record_data_digest(checkpoint, self.data_digest)
         record_execution(checkpoint, self.trainer)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -144,13 +145,12 @@ class PretrainModule(L.LightningModule):
         check_resumed_state(self, checkpoint, self.trainer.ckpt_path)
         if (changed := execution_change(checkpoint, self.trainer)) is not None:
             main_print(changed)
-        data = checkpoint.get("data_sha256")
-        if data is not None and self.data_digest is not None and data != self.data_digest:
-            raise ValueError(
-                f"{self.trainer.ckpt_path}: the data changed since this run started (other "
-                "crystals in its training or validation set): resuming would mix two datasets; "
-                "give the data it started with, or start a new run"
-            )
+        check_resumed_data(
+            checkpoint,
+            self.data_digest,
+            self.trainer.ckpt_path,
+            "other crystals in its training or validation set",
+        )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)

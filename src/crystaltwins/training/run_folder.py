@@ -161,7 +161,7 @@ def _being_written(name: str) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError, OverflowError):  # another user's process, or unknown
+    except (OSError, OverflowError):  # another user's process, or unknown: kept
         return True
     return True
 
