@@ -28,7 +28,20 @@ def test_graph_prints_one_row_per_edge(data_dir):
     rows = list(csv.DictReader(io.StringIO(out)))
     graph = build_crystal_graph(Structure.from_file(cif))
     assert len(rows) == len(graph.edges)
-    assert set(rows[0]) == {"atom", "neighbor", "distance_A", "image_a", "image_b", "image_c"}
+    assert list(rows[0]) == [
+        "atom",
+        "neighbor",
+        "distance_A",
+        "image_a",
+        "image_b",
+        "image_c",
+        "atom_species",
+        "neighbor_species",
+    ]
+    structure = Structure.from_file(cif)
+    for row in rows:  # each edge names the elements of its two atoms
+        assert row["atom_species"] == structure[int(row["atom"])].specie.symbol
+        assert row["neighbor_species"] == structure[int(row["neighbor"])].specie.symbol
     np.testing.assert_allclose(
         [float(r["distance_A"]) for r in rows], graph.edges.distance, atol=1e-6
     )

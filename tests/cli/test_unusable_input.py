@@ -86,3 +86,18 @@ def test_one_unusable_structure_file_names_the_reason(tiny_model, tmp_path, caps
     assert line.startswith(f"crystaltwins predict: error: {path}: none of its crystals could be")
     assert f"(1 skipped, {path}: " in line and "closer than 0.5 Å" in line
     assert not out.exists()
+
+
+def test_featurize_that_builds_nothing_fails_with_one_line(tmp_path, capsys) -> None:
+    bad = _table(tmp_path / "bad.csv", ["not a cif", "?"])
+    out = tmp_path / "cache"
+    assert main(["featurize", str(bad), "--out", str(out), "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert "crystals built: 0" in captured.out and "skipped: 2" in captured.out
+    (line,) = captured.err.strip().splitlines()
+    assert line == (
+        f"crystaltwins featurize: error: {bad}: none of its crystals could be used "
+        f"(2 skipped, listed in {out / 'skipped.csv'})"
+    )
+    good = _table(tmp_path / "good.csv", [GOOD_CIF])
+    assert main(["featurize", str(good), "--out", str(tmp_path / "ok"), "--no-progress"]) == 0

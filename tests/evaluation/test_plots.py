@@ -124,3 +124,11 @@ def test_model_label_names_the_start() -> None:
     assert model_label("mp-multi-33k") == "fine-tuned from mp-multi-33k"
     assert model_label("/runs/my_pretrain/model.pt") == "fine-tuned from my_pretrain"
     assert model_label("/models/source.pt") == "fine-tuned from source.pt"
+
+
+@pytest.mark.parametrize("method", ["tsne", "pca", "umap"])
+def test_a_map_of_fewer_than_three_crystals_is_refused_in_our_words(method) -> None:
+    vectors = np.random.default_rng(0).normal(size=(2, 8))
+    with pytest.raises(ValueError, match=r"^a 2-D map needs at least 3 crystals, got 2$"):
+        project_2d(vectors, method)
+    assert project_2d(np.vstack([vectors, vectors[:1] + 1.0]), "pca").coordinates.shape == (3, 2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
 import re
 import signal
@@ -603,3 +604,33 @@ def test_a_run_resumed_from_another_folder_or_a_moved_project_is_the_same_run(
 
     again = config_from_settings(FinetuneConfig, settings)  # the file as --config: no setting
     assert again.data == "p200.csv" and not hasattr(again, "working_dir")
+
+
+def test_a_setting_given_now_that_the_run_left_unset_to_the_same_value_is_the_same_run(tmp_path):
+    """``--resume --radius 8`` / ``--max-neighbors 12`` of a run that left them unset (the
+    defaults), ``--split-seed S`` of a run of ``--seed S`` without one, and the reverse: the same
+    run. Values the unset run did not use, or a radius a graph cache's run did not use, are not."""
+    out = tmp_path / "run"
+    out.mkdir()
+    write_config(out, _config(out, seed=3))
+    assert config_differences(out, _config(out, seed=3, radius=8.0, max_neighbors=12)) == []
+    assert config_differences(out, _config(out, seed=3, split_seed=3)) == []
+    assert config_differences(out, _config(out, seed=3, radius=6.0)) == ["radius: None -> 6.0"]
+    assert config_differences(out, _config(out, seed=3, split_seed=0)) == ["split_seed: None -> 0"]
+    write_config(out, _config(out, seed=3, radius=8.0, split_seed=3))
+    assert config_differences(out, _config(out, seed=3)) == []
+    assert config_differences(out, _config(out, seed=4, split_seed=3)) == ["seed: 3 -> 4"]
+    # a run on a graph cache whose Gaussians end at 7 Å: --radius 8 would end them at 8 Å
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    key = {"graph_settings": {"radius": 8.0, "max_neighbors": 12, "gaussian_dmax": 7.0}}
+    (cache / "manifest.json").write_text(json.dumps({"key": key}))
+    write_config(out, _config(out, data=str(cache)))
+    assert config_differences(out, _config(out, data=str(cache), max_neighbors=12)) == []
+    assert config_differences(out, _config(out, data=str(cache), radius=8.0)) == [
+        "radius: None -> 8.0"
+    ]
+    # a run that took its model's settings resumes with them given (the run checks them)
+    write_config(out, _config(out, from_scratch=False, pretrained="crystal-twins"))
+    given = _config(out, from_scratch=False, pretrained="crystal-twins", radius=8.0)
+    assert config_differences(out, given) == []

@@ -225,6 +225,16 @@ def _cmd_featurize(args: argparse.Namespace) -> int:
     )
     print(f"element features: {featurizer_for(args.data, args.atom_init).name}")
     print("\n".join(summary.lines()))
+    if summary.crystals == 0:  # a cache of nothing: say so and fail, as predict / embed do
+        skipped = len(summary.skipped)
+        why = (
+            f"none of its crystals could be used ({skipped} skipped, listed in "
+            f"{summary.cache_dir / 'skipped.csv'})"
+            if skipped
+            else "it holds no crystal"
+        )
+        print(f"crystaltwins featurize: error: {args.data}: {why}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -244,12 +254,12 @@ def _cmd_graph(args: argparse.Namespace) -> int:
             "--id ID shows another",
             file=sys.stderr,
         )
+    from pymatgen.core import Element
+
     columns = ["atom", "neighbor", "distance_A", "image_a", "image_b", "image_c"]
     rows = graph.edge_table()
+    species = [Element.from_Z(int(z)).symbol for z in graph.atomic_numbers]
     if args.format == "json":
-        from pymatgen.core import Element
-
-        species = [Element.from_Z(int(z)).symbol for z in graph.atomic_numbers]
         print(
             json.dumps(
                 {
@@ -262,8 +272,10 @@ def _cmd_graph(args: argparse.Namespace) -> int:
         )
     else:
         writer = csv.writer(sys.stdout)
-        writer.writerow(columns)
-        writer.writerows((i, j, f"{d:.6f}", a, b, c) for i, j, d, a, b, c in rows)
+        writer.writerow([*columns, "atom_species", "neighbor_species"])
+        writer.writerows(
+            (i, j, f"{d:.6f}", a, b, c, species[i], species[j]) for i, j, d, a, b, c in rows
+        )
     return 0
 
 

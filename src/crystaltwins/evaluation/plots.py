@@ -241,6 +241,10 @@ def check_map_output(path: str | os.PathLike) -> None:
         )
 
 
+#: fewest crystals a 2-D map is drawn of (t-SNE needs more points than its perplexity of >= 2)
+MIN_MAP_CRYSTALS = 3
+
+
 @dataclass
 class Projection:
     """2-D coordinates ``(N, 2)`` of embeddings and the names of their two axes."""
@@ -253,6 +257,12 @@ def project_2d(vectors: np.ndarray, method: str = "tsne", seed: int = 0) -> Proj
     """``(N, D)`` embeddings → :class:`Projection` with t-SNE, UMAP or PCA; PCA's axes give the
     fraction of the variance each explains."""
     vectors = np.asarray(vectors, dtype=np.float64)
+    if method not in ("pca", "tsne", "umap"):
+        raise ValueError(f"unknown method {method!r}; choose tsne, umap or pca")
+    if len(vectors) < MIN_MAP_CRYSTALS:
+        raise ValueError(
+            f"a 2-D map needs at least {MIN_MAP_CRYSTALS} crystals, got {len(vectors)}"
+        )
     if method == "pca":
         from sklearn.decomposition import PCA
 

@@ -360,9 +360,48 @@ def config_differences(
         if name in INERT_FROM_SCRATCH and stored.get("from_scratch") and wanted.get("from_scratch"):
             continue  # it does not act on a new encoder (e.g. a default changed since)
         old, new = stored.get(name), wanted.get(name)
-        if not _same_setting(name, old, new, base):
+        if not _same_setting(name, old, new, base) and not _same_in_effect(
+            name, stored, wanted, base
+        ):
             differences.append(f"{name}: {_stored_text(name, old)} -> {new!r}")
     return differences
+
+
+def _same_in_effect(
+    name: str, stored: dict[str, Any], wanted: dict[str, Any], base: str | None
+) -> bool:
+    """Whether a setting left unset in one of the two runs comes, in that run, to the value the
+    other gives explicitly: ``--split-seed`` unset is ``--seed``; ``--radius`` /
+    ``--max-neighbors`` unset are the graph cache's given as data, else the defaults (an
+    explicit radius also ends the Gaussian expansion there, so the radius is the same only where
+    the unset run's did too), or a starting model's: a stored run that left them to its model
+    resumes with them given, since the new run refuses values other than the model's."""
+    old, new = stored.get(name), wanted.get(name)
+    if name == "split_seed":
+        if old is None and new is not None:
+            return new == stored.get("seed") == wanted.get("seed")
+        if new is None and old is not None:
+            return old == stored.get("seed") == wanted.get("seed")
+        return False
+    if name not in ("radius", "max_neighbors") or (old is None) == (new is None):
+        return False
+    unset_in, given = (stored, new) if old is None else (wanted, old)
+    if unset_in.get("pretrained") and not unset_in.get("from_scratch"):
+        # the starting model's; the new run checks the value it gives against the model's
+        return unset_in is stored
+    from crystaltwins.graph.settings import GraphSettings
+    from crystaltwins.training.common import cache_graph_settings
+
+    data = unset_in.get("data")
+    source = data[0] if isinstance(data, list) and data else data
+    settings = None
+    if isinstance(source, str):
+        folder = os.path.join(base, source) if unset_in is stored and base else source
+        settings = cache_graph_settings(folder)
+    settings = settings or GraphSettings()
+    if name == "radius":
+        return settings.radius == given and settings.gaussian_dmax == given
+    return settings.max_neighbors == given
 
 
 def _stored_text(name: str, value: Any) -> str:
