@@ -126,9 +126,11 @@ def test_model_label_names_the_start() -> None:
     assert model_label("/models/source.pt") == "fine-tuned from source.pt"
 
 
-@pytest.mark.parametrize("method", ["tsne", "pca", "umap"])
-def test_a_map_of_fewer_than_three_crystals_is_refused_in_our_words(method) -> None:
+@pytest.mark.parametrize(("method", "name"), [("tsne", "t-SNE"), ("umap", "UMAP")])
+def test_a_map_of_too_few_crystals_is_refused_in_our_words(method, name) -> None:
     vectors = np.random.default_rng(0).normal(size=(2, 8))
-    with pytest.raises(ValueError, match=r"^a 2-D map needs at least 3 crystals, got 2$"):
+    with pytest.raises(ValueError, match=rf"^a 2-D {name} map needs at least 3 crystals, got 2$"):
         project_2d(vectors, method)
-    assert project_2d(np.vstack([vectors, vectors[:1] + 1.0]), "pca").coordinates.shape == (3, 2)
+    assert project_2d(vectors, "pca").coordinates.shape == (2, 2)  # PCA draws two
+    with pytest.raises(ValueError, match=r"^a 2-D PCA map needs at least 2 crystals, got 1$"):
+        project_2d(vectors[:1], "pca")

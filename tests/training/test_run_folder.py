@@ -630,7 +630,21 @@ def test_a_setting_given_now_that_the_run_left_unset_to_the_same_value_is_the_sa
     assert config_differences(out, _config(out, data=str(cache), radius=8.0)) == [
         "radius: None -> 8.0"
     ]
-    # a run that took its model's settings resumes with them given (the run checks them)
+    # a run that took its starting model's settings: those are the model's, not compared here
+    # (a resume accepted would rewrite config.yaml before the run compares them with the model)
     write_config(out, _config(out, from_scratch=False, pretrained="crystal-twins"))
-    given = _config(out, from_scratch=False, pretrained="crystal-twins", radius=8.0)
-    assert config_differences(out, given) == []
+    given = _config(out, from_scratch=False, pretrained="crystal-twins", radius=6.0)
+    assert config_differences(out, given) == ["radius: None -> 6.0"]
+
+
+def test_a_pretraining_from_a_model_that_left_the_radius_to_it_is_not_given_one(tmp_path):
+    """``pretrain --init-from M`` takes M's graph settings: ``--resume --radius 8`` is compared
+    as given, not read as the defaults (M may have been built at another radius)."""
+    out = tmp_path / "pre"
+    out.mkdir()
+    config = PretrainConfig(data=[str(tmp_path / "d.csv")], out=str(out), init_from="m.pt")
+    write_config(out, config)
+    given = dataclasses.replace(config, radius=8.0)
+    assert config_differences(out, given) == ["radius: None -> 8.0"]
+    write_config(out, dataclasses.replace(config, init_from=None))
+    assert config_differences(out, dataclasses.replace(given, init_from=None)) == []

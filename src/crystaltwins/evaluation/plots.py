@@ -241,8 +241,9 @@ def check_map_output(path: str | os.PathLike) -> None:
         )
 
 
-#: fewest crystals a 2-D map is drawn of (t-SNE needs more points than its perplexity of >= 2)
-MIN_MAP_CRYSTALS = 3
+#: fewest crystals a 2-D map is drawn of, by method (t-SNE needs more points than its perplexity
+#: of at least 2; UMAP's spectral start more than 2)
+MIN_MAP_CRYSTALS = {"pca": 2, "tsne": 3, "umap": 3}
 
 
 @dataclass
@@ -259,10 +260,10 @@ def project_2d(vectors: np.ndarray, method: str = "tsne", seed: int = 0) -> Proj
     vectors = np.asarray(vectors, dtype=np.float64)
     if method not in ("pca", "tsne", "umap"):
         raise ValueError(f"unknown method {method!r}; choose tsne, umap or pca")
-    if len(vectors) < MIN_MAP_CRYSTALS:
-        raise ValueError(
-            f"a 2-D map needs at least {MIN_MAP_CRYSTALS} crystals, got {len(vectors)}"
-        )
+    fewest = MIN_MAP_CRYSTALS[method]
+    if len(vectors) < fewest:
+        name = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}[method]
+        raise ValueError(f"a 2-D {name} map needs at least {fewest} crystals, got {len(vectors)}")
     if method == "pca":
         from sklearn.decomposition import PCA
 

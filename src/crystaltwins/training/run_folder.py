@@ -374,8 +374,8 @@ def _same_in_effect(
     other gives explicitly: ``--split-seed`` unset is ``--seed``; ``--radius`` /
     ``--max-neighbors`` unset are the graph cache's given as data, else the defaults (an
     explicit radius also ends the Gaussian expansion there, so the radius is the same only where
-    the unset run's did too), or a starting model's: a stored run that left them to its model
-    resumes with them given, since the new run refuses values other than the model's."""
+    the unset run's did too). Not for a run from a starting model, whose settings these are: the
+    values must then be given as the run was started."""
     old, new = stored.get(name), wanted.get(name)
     if name == "split_seed":
         if old is None and new is not None:
@@ -386,9 +386,12 @@ def _same_in_effect(
     if name not in ("radius", "max_neighbors") or (old is None) == (new is None):
         return False
     unset_in, given = (stored, new) if old is None else (wanted, old)
-    if unset_in.get("pretrained") and not unset_in.get("from_scratch"):
-        # the starting model's; the new run checks the value it gives against the model's
-        return unset_in is stored
+    if unset_in.get("init_from") or (
+        unset_in.get("pretrained") and not unset_in.get("from_scratch")
+    ):
+        # a starting model's: known only once the model is read, and a resume accepted here
+        # rewrites config.yaml before the run compares the value with the model's
+        return False
     from crystaltwins.graph.settings import GraphSettings
     from crystaltwins.training.common import cache_graph_settings
 
@@ -396,7 +399,8 @@ def _same_in_effect(
     source = data[0] if isinstance(data, list) and data else data
     settings = None
     if isinstance(source, str):
-        folder = os.path.join(base, source) if unset_in is stored and base else source
+        in_base = unset_in is stored and isinstance(base, str)
+        folder = os.path.join(base, source) if in_base else source
         settings = cache_graph_settings(folder)
     settings = settings or GraphSettings()
     if name == "radius":
