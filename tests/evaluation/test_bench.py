@@ -88,11 +88,16 @@ def test_bench_matbench_protocol_runs_folds(perovskite_subset, cache_root, tmp_p
         first_seed=3,
         tsne=True,
         lr_schedule="cosine",
+        encoder_lr_factor=0.5,
         **kwargs,
     )
     assert (tmp_path / "out" / "tsne_perovskites.png").stat().st_size > 10_000
     run_config = tmp_path / "out" / "runs" / "perovskites" / "fold3" / "ct" / "config.yaml"
     assert "lr_schedule: cosine" in run_config.read_text()  # bench --lr-schedule reaches the runs
+    assert "encoder_lr_factor: 0.5" in run_config.read_text()  # so does --encoder-lr-factor
+    assert results["preset"]["encoder_lr_factor"] == 0.5 and results["encoder_lr_factor"] == 0.5
+    with pytest.raises(ValueError, match="--encoder-lr-factor must be a number >= 0"):
+        run_bench(data_root, tmp_path / "bad", seeds=1, encoder_lr_factor=-1.0, **kwargs)
     assert results["protocol"].startswith("matbench")
     assert "perovskites fold 3 scratch: epoch" in capsys.readouterr().out
     assert results["tasks"][0]["matbench_leaderboard"]["CGCNN"] == 0.0452
@@ -103,6 +108,7 @@ def test_bench_matbench_protocol_runs_folds(perovskite_subset, cache_root, tmp_p
     )
     assert results["wall_minutes"] > 0  # the fold runs' training time is counted
     assert "(learning rates: cosine)" in report
+    assert "(pre-trained encoder at 0.5x the head's learning rate)" in report
     # one fold of a capped preset: the leaderboard is given, said not comparable
     assert "matbench v0.1 leaderboard (not comparable with this run" in report
     assert "coGN 0.0269" in report and "on the same 5 folds" not in report

@@ -200,10 +200,23 @@ class BenchConfig:
         "fine-tune a task's seeds x methods in one loop with stacked weights (faster on a GPU)",
     )
     lr_schedule: str = same_setting(FinetuneConfig, "lr_schedule")
+    encoder_lr_factor: float | None = setting(
+        None,
+        "the pre-trained encoder's learning rate as a fraction of the head's (e.g. 1.0 for a "
+        "supervised start such as 'default', whose recipe it is)",
+        default_text="the preset's: paper 0.2 (the paper's), cpu 1.0",
+    )
     overwrite: bool = setting(
         False, "remove an earlier benchmark in OUT first (default: continue it)"
     )
     command: str = setting("", "the command line, recorded in the results", cli=False)
+
+    def chosen_preset(self) -> Preset:
+        """The preset, with the settings given here in its place (``encoder_lr_factor``)."""
+        preset = PRESETS[self.preset]
+        if self.encoder_lr_factor is not None:
+            preset = replace(preset, encoder_lr_factor=float(self.encoder_lr_factor))
+        return preset
 
     def validate(self) -> None:
         """Check every setting before any work (one-line ValueError / FileNotFoundError)."""
@@ -224,6 +237,9 @@ class BenchConfig:
             raise ValueError(f"protocol must be 'random' or 'matbench', got {self.protocol!r}")
         if self.seeds < 1:
             raise ValueError(f"seeds must be at least 1, got {self.seeds}")
+        factor = self.encoder_lr_factor
+        if factor is not None and not (isinstance(factor, int | float) and 0 <= factor < 1e3):
+            raise ValueError(f"--encoder-lr-factor must be a number >= 0, got {factor!r}")
         if self.protocol == "matbench" and not (
             0 <= self.first_seed < self.first_seed + self.seeds <= 5
         ):
@@ -416,7 +432,7 @@ def benchmark_test_ids(config: BenchConfig) -> list[list[str]]:
     trained on (see ``benchmarks/transfer_source.py``)."""
     config.validate()
     tasks = [TASKS[t] for t in config.tasks if TASKS[t].available]
-    return _excluded_ids(BenchContext(config, PRESETS[config.preset], tasks))
+    return _excluded_ids(BenchContext(config, config.chosen_preset(), tasks))
 
 
 def _excluded_ids_file(ctx: BenchContext, out: Path) -> Path:
@@ -693,6 +709,11 @@ def summarize(results: dict[str, Any]) -> str:
             if results.get("lr_schedule", "constant") != "constant"
             else ""
         )
+        + (
+            f" (pre-trained encoder at {results['encoder_lr_factor']:g}x the head's learning rate)"
+            if results.get("encoder_lr_factor") is not None
+            else ""
+        )
         + "  ",
         f"Splits: {results['protocol']}",
         "",
@@ -818,7 +839,7 @@ def run_bench(
         raise ValueError(f"--tsne maps the {DEFAULT_ENCODER} runs: CT is {primary}'s here")
     chosen = [TASKS[t] for t in (config.tasks or PAPER_TASKS)]
     ctx = BenchContext(
-        config, PRESETS[config.preset], [t for t in chosen if t.available], ct_encoder=primary
+        config, config.chosen_preset(), [t for t in chosen if t.available], ct_encoder=primary
     )
     # Held until this function returns (or the process ends): one benchmark per folder.
     lock = claim_run_folder(ctx.out, overwrite=config.overwrite, known=BENCH_FILES, continues=True)
@@ -1126,6 +1147,7 @@ def _results(
         },
         "seeds": config.seeds,
         "lr_schedule": config.lr_schedule,
+        "encoder_lr_factor": config.encoder_lr_factor,
         "protocol": config.protocol
         + (
             " (matbench v0.1 folds: KFold(5, shuffle=True, random_state=18012019), validation a "
