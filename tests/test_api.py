@@ -69,6 +69,22 @@ def test_a_wrong_target_is_refused_before_any_graph_is_built(perovskite_subset, 
     assert not (tmp_path / "cache").exists() and not (tmp_path / "a").exists()
 
 
+def test_a_loaded_model_as_the_start_of_finetune_is_refused_in_one_line(
+    perovskite_subset, tmp_path
+):
+    """``pretrained=ct.load_model(...)``: one line saying to save it first, not an OSError
+    printing the whole model as a file name; nothing written."""
+    from crystaltwins.models.checkpoint import save_model
+
+    bundle = ct.load_model("default")
+    with pytest.raises(
+        ValueError, match=r"^pretrained takes a model file.*not a ModelBundle: save"
+    ):
+        ct.finetune(perovskite_subset, "e_form", tmp_path / "run", pretrained=bundle)
+    assert not (tmp_path / "run").exists()
+    assert save_model(tmp_path / "start.pt", bundle).is_file()  # what the message says works
+
+
 def test_predict_and_embed_take_crystals_built_in_python(perovskite_subset, tmp_path, monkeypatch):
     """Structures, Atoms, lists and DataFrames predict as their file does, leaving no cache."""
     import pandas as pd
@@ -107,7 +123,11 @@ def test_predict_and_embed_take_crystals_built_in_python(perovskite_subset, tmp_
     molecule = Atoms("CO", positions=[[0, 0, 0], [1.1, 0, 0]])  # no cell
     disordered = structures[1].copy()
     disordered.replace_species({disordered[0].specie: {disordered[0].specie: 0.5, "Ba": 0.5}})
-    mixed = ct.predict(tmp_path / "run", [structures[0], molecule, disordered, structures[2]])
+    with pytest.warns(UserWarning) as caught:  # the result is shorter than the input: said
+        mixed = ct.predict(tmp_path / "run", [structures[0], molecule, disordered, structures[2]])
+    (warned,) = [str(w.message) for w in caught if "could not be used" in str(w.message)]
+    assert warned.startswith("2 of 4 crystals could not be used and are not in the result")
+    assert "the first: 1: " in warned and "no periodic cell" in warned
     assert list(mixed.ids) == ["0", "3"]
     np.testing.assert_allclose(mixed.values, expected[[0, 2]], rtol=1e-5)
     assert [(bad.id, bad.source) for bad in mixed.skipped] == [("1", "item 1"), ("2", "item 2")]
@@ -127,3 +147,27 @@ def test_crystal_graph_from_the_package(data_dir, tmp_path):
         graph, count = ct.crystal_graph(folder, "9012304", max_neighbors=4)
         assert (graph.id, count) == ("9012304", 10)
         assert graph.num_edges == 4 * graph.num_atoms
+
+
+def test_crystal_graph_of_crystals_built_in_python(data_dir):
+    """A Structure, an ASE Atoms or a list of them: the same graph as from their file."""
+    from ase.io import read as ase_read
+    from pymatgen.core import Lattice, Structure
+
+    cif = sorted((data_dir / "samples" / "cgcnn_regression").glob("*.cif"))[0]
+    from_file, _ = ct.crystal_graph(cif)
+    structure = Structure.from_file(cif)
+    for given in (structure, ase_read(cif)):
+        graph, count = ct.crystal_graph(given)
+        assert count == 1 and graph.num_edges == from_file.num_edges
+        np.testing.assert_allclose(graph.edges.distance, from_file.edges.distance, atol=1e-5)
+    lonely = Structure(Lattice.cubic(30.0), ["Na"], [[0, 0, 0]])  # skipped when graphs are built
+    graph, count = ct.crystal_graph([structure, structure], "1")
+    assert (graph.id, count) == ("1", 2)
+    with pytest.raises(ValueError, match="^the given crystals: no crystal with the id 'x'$"):
+        ct.crystal_graph([structure], "x")
+    with pytest.raises(ValueError, match=r"^item 0: not a crystal: a int$"):
+        ct.crystal_graph([3, structure])
+    assert ct.crystal_graph([structure, 3])[0].id == "0"  # a bad later one is not asked for
+    with pytest.raises(ValueError, match=r"^item 1: no atom has a neighbour within 8.0 Å$"):
+        ct.crystal_graph([structure, lonely], "1")

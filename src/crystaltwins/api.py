@@ -17,6 +17,7 @@ the fields of :class:`~crystaltwins.training.configs.PretrainConfig` and
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,22 +45,40 @@ if TYPE_CHECKING:
 
 
 def crystal_graph(
-    structure: str | os.PathLike,
+    structure: Any,
     crystal_id: str | None = None,
     *,
     radius: float | None = None,
     max_neighbors: int | None = None,
     id_key: str | None = None,
 ) -> tuple[CrystalGraph, int]:
-    """The crystal graph of one crystal of a structure file (CIF, POSCAR, extxyz, a table...):
-    the one named ``crystal_id``, else the first; returns it and how many crystals the file
-    holds.
+    """The crystal graph of one crystal of a structure file (CIF, POSCAR, extxyz, a table...)
+    or of crystals built in Python (a pymatgen ``Structure``, an ASE ``Atoms``, a list...: as
+    :func:`predict` takes them): the one named ``crystal_id``, else the first; returns it and
+    how many crystals there are.
 
     :param radius: / :param max_neighbors: graph settings (default: :class:`GraphSettings`'s).
     :raises ValueError: no crystal in the file, or none named ``crystal_id``.
     """
     from crystaltwins.graph.crystal_graph import build_crystal_graph
+    from crystaltwins.io.memory import as_source, is_path
     from crystaltwins.io.readers import iter_entries, parse_entry
+
+    if not is_path(structure):  # written to a temporary file, read as any file
+        with as_source(structure) as source:
+            settings = {"radius": radius, "max_neighbors": max_neighbors, "id_key": id_key}
+            chosen = source.ids[0] if crystal_id is None else str(crystal_id)
+            if chosen not in source.ids:
+                raise ValueError(f"the given crystals: no crystal with the id {chosen!r}")
+            bad = next((b for b in source.skipped if b.id == chosen), None)
+            if bad is not None:
+                raise ValueError(f"{bad.source}: {bad.reason}")
+            try:
+                graph, _ = crystal_graph(source.path, chosen, **settings)
+            except ValueError as error:  # name the user's crystal, not the temporary file
+                reason = re.sub(re.escape(str(source.path)) + r"(:row \d+)?: ", "", str(error))
+                raise ValueError(f"{source.kind} {chosen}: {reason}") from None
+            return graph, len(source.ids)
 
     entries = list(iter_entries(structure, id_key=id_key))
     if not entries:
@@ -170,8 +189,15 @@ def finetune(
             if len(data) != 1:
                 raise ValueError(f"finetune takes one data source, got {len(data)}")
             data = data[0]
-        if "pretrained" in settings and settings["pretrained"] is not None:
-            settings["pretrained"] = str(settings["pretrained"])
+        start = settings.get("pretrained")
+        if start is not None and not isinstance(start, (str, os.PathLike)):
+            raise ValueError(
+                f"pretrained takes a model file, run folder or shipped name (a run records it), "
+                f"not a {type(start).__name__}: save a loaded model first "
+                "(crystaltwins.models.checkpoint.save_model('start.pt', model)) and give its path"
+            )
+        if start is not None:
+            settings["pretrained"] = str(start)
         config = FinetuneConfig(data=str(data), target=target, out=str(out), **settings)
     elif data is not None or target is not None or out is not None or settings:
         raise ValueError("give either a config or data, target, out and settings, not both")

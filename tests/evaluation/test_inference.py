@@ -52,7 +52,8 @@ def test_unreadable_crystals_are_listed_and_the_rest_predicted(
     folder = tmp_path / "poscars"
     shutil.copytree(data_dir / "samples" / "jarvis_poscar", folder)
     (folder / "POSCAR-broken.vasp").write_text("not a POSCAR\n1.0\n")
-    result = predict(model, folder, cache_root=tmp_path / "cache")
+    with pytest.warns(UserWarning, match=r"^1 of 71 crystals could not be used .* listed in "):
+        result = predict(model, folder, cache_root=tmp_path / "cache")
     assert len(result.ids) == 70
     assert [bad.id for bad in result.skipped] == ["POSCAR-broken"] or any(
         "broken" in b.source for b in result.skipped
@@ -204,7 +205,8 @@ def test_no_usable_crystal_still_gives_rows_of_the_right_width(model):
 
     isolated = Structure(Lattice.cubic(30.0), ["Na"], [[0, 0, 0]])
     bundle = load_model(model)
-    emb = embed(bundle, [isolated])
+    with pytest.warns(UserWarning, match="^1 of 1 crystals could not be used"):
+        emb = embed(bundle, [isolated])
     assert emb.values.shape == (0, bundle.encoder.out_dim) and len(emb.skipped) == 1
     classifier = PropertyModel(
         bundle.encoder, PropertyHead(bundle.encoder.out_dim, 16, 2), Target(task="classification")

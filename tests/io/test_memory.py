@@ -84,3 +84,59 @@ def test_saved_crystals_are_a_file_every_reader_reads(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"ending in .csv or .csv.gz; nothing was written"):
         ct.save_crystals([rocksalt()], tmp_path / "x.txt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.csv.gz"]
+
+
+def test_ids_come_from_the_id_column_a_file_would_use_or_the_index() -> None:
+    """A DataFrame's ``material_id`` (any id column a CSV file is read by) names its crystals,
+    and is not taken for a label; a Series is named by its index, as a DataFrame without one."""
+    from crystaltwins.io.memory import _rows
+
+    frame = pd.DataFrame(
+        {"Material_ID": ["mp-1", "mp-2"], "structure": [rocksalt(), rocksalt()], "e": [1.0, 2.0]}
+    )
+    ids, _, labels = _rows(frame)
+    assert ids == ["mp-1", "mp-2"] and list(labels) == ["e"]
+    assert _rows(frame.drop(columns="Material_ID").set_axis(["x", "y"]))[0] == ["x", "y"]
+    series = pd.Series([rocksalt(), rocksalt()], index=["a", "b"])
+    assert _rows(series)[0] == ["a", "b"]
+    with pytest.raises(CrystalInputError, match="item 0 of the Series is a str"):
+        _rows(pd.Series(["POSCAR"], index=["a"]))
+    assert _rows([rocksalt(), rocksalt()])[0] == ["0", "1"]
+
+
+def test_a_molecule_is_refused_as_what_it_is_and_a_dict_names_its_crystals() -> None:
+    from crystaltwins.io.memory import _rows
+
+    with pytest.raises(CrystalInputError, match=r"not a crystal: a Molecule \(no periodic cell\)"):
+        _rows(Molecule(["C", "O"], [[0, 0, 0], [1.1, 0, 0]]))
+    ids, items, _ = _rows({"NaCl-a": rocksalt(), 7: rocksalt()})
+    assert ids == ["NaCl-a", "7"] and len(items) == 2
+    with pytest.raises(CrystalInputError, match="item 0 of the dict is a str"):
+        _rows({"a": "POSCAR"})
+
+
+def test_a_duplicate_id_names_the_users_rows_not_a_temporary_file() -> None:
+    frame = pd.DataFrame({"id": ["a", "a"], "structure": [rocksalt(), rocksalt()]})
+    with as_source(frame) as source:
+        bad = [b for b in read_records(source.path) if not isinstance(b, CrystalRecord)]
+        (renamed,) = [source.rename(b) for b in bad]
+    assert renamed.source == "DataFrame row a"
+    assert renamed.reason == "duplicate id 'a' (also at an earlier DataFrame row)"
+
+
+def test_structures_with_repeated_site_labels_give_no_pymatgen_warning() -> None:
+    """Structures from many sources carry labels such as ``Na`` on every sodium site: writing
+    the temporary CIF must not warn once per crystal."""
+    import warnings
+
+    crystal = Structure(
+        Lattice.cubic(4.2),
+        ["Na", "Na", "Cl"],
+        [[0, 0, 0], [0.5, 0, 0], [0.5] * 3],
+        labels=["Na1", "Na1", "Cl1"],
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with as_source([crystal]) as source:
+            assert not source.skipped
+    assert not [w for w in caught if "Site labels" in str(w.message)]

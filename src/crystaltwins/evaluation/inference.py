@@ -8,6 +8,7 @@ import inspect
 import math
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -193,6 +194,23 @@ def check_some_usable(result: InferenceResult, data: Any) -> None:
     )
 
 
+def warn_skipped(result: InferenceResult) -> None:
+    """Warn (a ``UserWarning``) when crystals of the input are missing from ``result``: a result
+    used without a file (``out``) must not shorten silently, or its rows would be matched with
+    the wrong inputs."""
+    if not result.skipped:
+        return
+    n, total = len(result.skipped), len(result.skipped) + len(result.ids)
+    first = result.skipped[0]
+    where = f"listed in {result.skipped_file}" if result.skipped_file is not None else "the first"
+    warnings.warn(
+        f"{n} of {total} crystals could not be used and are not in the result (match rows by "
+        f"result.ids; result.skipped says why); {where}: {first.id or first.source}: "
+        f"{first.reason}",
+        stacklevel=3,
+    )
+
+
 def formulas(cache: GraphCache) -> np.ndarray:
     """The reduced formula of every crystal of ``cache`` ``(N,)``, e.g. ``"SrTiO3"``."""
     from pymatgen.core import Composition, Element
@@ -293,7 +311,9 @@ def _to_file(kind: str) -> Any:
             bound.apply_defaults()
             bound.arguments["device"] = inference_device(bound.arguments["device"])
             if out is None:
-                return call(*bound.args, **bound.kwargs)
+                result = call(*bound.args, **bound.kwargs)
+                warn_skipped(result)
+                return result
             check_output_file(out, kind)
             result = call(*bound.args, **bound.kwargs)
             check_some_usable(result, data if is_path(data) else "the given crystals")
@@ -324,7 +344,13 @@ def embed(
     """Crystal embeddings ``(N, H)`` (the encoder's output, before any head).
 
     :param data: a path (any format the readers read), a pymatgen ``Structure``, an ASE
-        ``Atoms``, a list of them, or a pandas ``DataFrame`` with a structure column.
+        ``Atoms``, a list, ``{id: crystal}`` dict or pandas ``Series`` of them, or a pandas
+        ``DataFrame`` with a structure column (ids: its id column, e.g. ``material_id``, else
+        its index). Crystals that cannot be used are left out of the result with a warning
+        (``skipped`` says why; match rows by ``ids``).
+    :param cache_root: where the graph cache of a path's crystals is kept for the next call
+        (default ``$CRYSTALTWINS_CACHE`` or ``~/.cache/crystaltwins``); a single structure
+        file and crystals given in memory leave nothing behind (then it is not used).
     :param cif_column: the structure column of a CSV ``data`` (default ``cif`` / ``structure``).
     :param id_key: the ``Atoms.info`` key holding each crystal's id in an extxyz / ASE database
         ``data`` (default: detected; a frame without it is skipped).

@@ -6,7 +6,9 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -57,7 +59,9 @@ def _cif(obj: Any) -> str:
 
     structure = obj if not hasattr(obj, "get_positions") else atoms_to_structure(obj, "Atoms")
     try:
-        return str(CifWriter(structure, significant_figures=12))
+        with warnings.catch_warnings():  # pymatgen warns of every Structure built without labels
+            warnings.filterwarnings("ignore", message="Site labels are not unique")
+            return str(CifWriter(structure, significant_figures=12))
     except Exception as error:  # noqa: BLE001 - one crystal's failure is reported, never raised
         raise CrystalInputError("data", f"no CIF could be written ({error})") from error
 
@@ -66,6 +70,12 @@ def _rows(data: Any) -> tuple[list[str], list[Any], dict[str, list[Any]]]:
     """(ids, structures, label columns) of in-memory data."""
     if _is_crystal(data):
         return ["0"], [data], {}
+    if type(data).__name__ in ("Molecule", "IMolecule"):  # iterable (its sites), but one object
+        raise CrystalInputError("data", _not_a_crystal(data))
+    if isinstance(data, dict):  # {id: crystal}
+        items = list(data.values())
+        _check_items(data, items)
+        return [str(k) for k in data], items, {}
     if hasattr(data, "columns") and hasattr(data, "index"):  # a pandas DataFrame
         column = next((c for c in STRUCTURE_COLUMNS if c in data.columns), None)
         if column is None:
@@ -74,14 +84,29 @@ def _rows(data: Any) -> tuple[list[str], list[Any], dict[str, list[Any]]]:
                 f"no structure column (one of {', '.join(STRUCTURE_COLUMNS)}); "
                 f"columns: {list(data.columns)}",
             )
-        ids = [str(i) for i in data["id"]] if "id" in data.columns else [str(i) for i in data.index]
+        from crystaltwins.io.readers import ID_COLUMN_NAMES
+
+        # the id column a CSV file would be read by (id, material_id, ...), else the index
+        named = {str(c).lower(): c for c in data.columns}
+        id_column = next((named[n] for n in ID_COLUMN_NAMES if n in named), None)
+        ids = [str(i) for i in (data[id_column] if id_column is not None else data.index)]
         labels = {
             str(c): list(data[c])
             for c in data.columns
-            if c not in (column, "id") and str(c) not in ("cif",)
+            if c not in (column, id_column) and str(c) not in ("cif",)
         }
         return ids, list(data[column]), labels
     items = list(data)
+    if hasattr(data, "index") and hasattr(data, "to_frame"):  # a pandas Series: its index
+        _check_items(data, items)
+        return [str(i) for i in data.index], items, {}
+    _check_items(data, items)
+    return [str(k) for k in range(len(items))], items, {}
+
+
+def _check_items(data: Any, items: list[Any]) -> None:
+    """Refuse a collection that is the wrong kind of input: a path among the items, or no
+    crystal at all."""
     # A path among the items, or no crystal at all, is a wrong kind of input; other items that
     # are no crystal (None, a Molecule) are skipped one by one, as bad rows of a file are.
     wrong = next((k for k, s in enumerate(items) if is_path(s)), None)
@@ -99,7 +124,6 @@ def _rows(data: Any) -> tuple[list[str], list[Any], dict[str, list[Any]]]:
                 else ""
             ),
         )
-    return [str(k) for k in range(len(items))], items, {}
 
 
 @dataclass
@@ -112,12 +136,18 @@ class MemorySource:
     skipped: list[BadRecord] = field(default_factory=list)
     #: what an id names: ``"item"`` of a list, ``"DataFrame row"``
     kind: str = "item"
+    #: the ids of all the crystals given, in their order (written or skipped; empty for a path)
+    ids: list[str] = field(default_factory=list)
 
     def rename(self, bad: BadRecord) -> BadRecord:
         """A reader's record of the temporary CSV, named as the user's data instead."""
         if not bad.source.startswith(str(self.path)):
             return bad
-        return BadRecord(bad.id, f"{self.kind} {bad.id}", bad.reason)
+        # the temporary file's rows mean nothing to the user (e.g. a duplicate id's first row)
+        reason = re.sub(
+            re.escape(str(self.path)) + r"(:row \d+)?", f"an earlier {self.kind}", bad.reason
+        )
+        return BadRecord(bad.id, f"{self.kind} {bad.id}", reason)
 
 
 @contextmanager
@@ -136,7 +166,7 @@ def as_source(data: Any) -> Iterator[MemorySource]:
     if not ids:
         raise CrystalInputError("data", "no crystals given")
     with tempfile.TemporaryDirectory(prefix="crystaltwins-") as tmp:
-        source = MemorySource(Path(tmp) / "structures.csv", kind=kind)
+        source = MemorySource(Path(tmp) / "structures.csv", kind=kind, ids=list(ids))
         with open(source.path, "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["id", "cif", *labels])
