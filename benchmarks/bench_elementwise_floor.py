@@ -19,12 +19,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from bench_fused_kernel import timed as fused_kernel_timed
 
 from crystaltwins.layers.cgcnn_conv import EdgeGraph, _edge_linear
 from crystaltwins.layers.gaussian import GaussianExpansion
@@ -34,15 +33,8 @@ ATOMS, EDGES_PER_ATOM, CHANNELS, CONVOLUTIONS = 640, 12, 64, 3
 
 
 def timed(call: Callable[[], object], repeats: int) -> float:
-    """Median milliseconds of ``call`` after 10 warm-up calls."""
-    for _ in range(10):
-        call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(1e3 * (time.perf_counter() - start))
-    return statistics.median(times)
+    """Median milliseconds of ``call`` (:func:`bench_fused_kernel.timed`)."""
+    return fused_kernel_timed(call, repeats)[0]  # type: ignore[arg-type]
 
 
 def main(argv: list[str] | None = None) -> int:

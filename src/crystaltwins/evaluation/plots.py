@@ -241,9 +241,9 @@ def check_map_output(path: str | os.PathLike) -> None:
         )
 
 
-#: fewest crystals a 2-D map is drawn of, by method (t-SNE needs more points than its perplexity
-#: of at least 2; UMAP's spectral start more than 2)
-MIN_MAP_CRYSTALS = {"pca": 2, "tsne": 3, "umap": 3}
+#: the 2-D map methods: their names, and the fewest crystals each draws (t-SNE needs more points
+#: than its perplexity of at least 2; UMAP's spectral start more than 2)
+MAP_METHODS = {"pca": ("PCA", 2), "tsne": ("t-SNE", 3), "umap": ("UMAP", 3)}
 
 
 @dataclass
@@ -258,11 +258,10 @@ def project_2d(vectors: np.ndarray, method: str = "tsne", seed: int = 0) -> Proj
     """``(N, D)`` embeddings → :class:`Projection` with t-SNE, UMAP or PCA; PCA's axes give the
     fraction of the variance each explains."""
     vectors = np.asarray(vectors, dtype=np.float64)
-    if method not in ("pca", "tsne", "umap"):
+    if method not in MAP_METHODS:
         raise ValueError(f"unknown method {method!r}; choose tsne, umap or pca")
-    fewest = MIN_MAP_CRYSTALS[method]
+    name, fewest = MAP_METHODS[method]
     if len(vectors) < fewest:
-        name = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}[method]
         raise ValueError(f"a 2-D {name} map needs at least {fewest} crystals, got {len(vectors)}")
     if method == "pca":
         from sklearn.decomposition import PCA
@@ -280,16 +279,14 @@ def project_2d(vectors: np.ndarray, method: str = "tsne", seed: int = 0) -> Proj
             n_components=2, perplexity=perplexity, init="pca", random_state=seed
         ).fit_transform(vectors)
         return Projection(coordinates, ("t-SNE 1", "t-SNE 2"))
-    if method == "umap":
-        try:
-            import umap
-        except ImportError as error:
-            raise ImportError(
-                "UMAP needs the umap-learn package: pip install 'crystaltwins[umap]'"
-            ) from error
-        coordinates = umap.UMAP(n_components=2, random_state=seed).fit_transform(vectors)
-        return Projection(coordinates, ("UMAP 1", "UMAP 2"))
-    raise ValueError(f"unknown method {method!r}; choose tsne, umap or pca")
+    try:  # umap
+        import umap
+    except ImportError as error:
+        raise ImportError(
+            "UMAP needs the umap-learn package: pip install 'crystaltwins[umap]'"
+        ) from error
+    coordinates = umap.UMAP(n_components=2, random_state=seed).fit_transform(vectors)
+    return Projection(coordinates, ("UMAP 1", "UMAP 2"))
 
 
 def reduce_2d(vectors: np.ndarray, method: str = "tsne", seed: int = 0) -> np.ndarray:

@@ -72,10 +72,6 @@ def _rows(data: Any) -> tuple[list[str], list[Any], dict[str, list[Any]]]:
         return ["0"], [data], {}
     if type(data).__name__ in ("Molecule", "IMolecule"):  # iterable (its sites), but one object
         raise CrystalInputError("data", _not_a_crystal(data))
-    if isinstance(data, dict):  # {id: crystal}
-        items = list(data.values())
-        _check_items(data, items)
-        return [str(k) for k in data], items, {}
     if hasattr(data, "columns") and hasattr(data, "index"):  # a pandas DataFrame
         column = next((c for c in STRUCTURE_COLUMNS if c in data.columns), None)
         if column is None:
@@ -96,12 +92,14 @@ def _rows(data: Any) -> tuple[list[str], list[Any], dict[str, list[Any]]]:
             if c not in (column, id_column) and str(c) not in ("cif",)
         }
         return ids, list(data[column]), labels
-    items = list(data)
-    if hasattr(data, "index") and hasattr(data, "to_frame"):  # a pandas Series: its index
-        _check_items(data, items)
-        return [str(i) for i in data.index], items, {}
+    if isinstance(data, dict):  # {id: crystal}
+        names, items = list(data), list(data.values())
+    else:  # a pandas Series is named by its index, anything else by position
+        items = list(data)
+        series = hasattr(data, "index") and hasattr(data, "to_frame")
+        names = list(data.index) if series else list(range(len(items)))
     _check_items(data, items)
-    return [str(k) for k in range(len(items))], items, {}
+    return [str(n) for n in names], items, {}
 
 
 def _check_items(data: Any, items: list[Any]) -> None:

@@ -377,15 +377,13 @@ def _same_in_effect(
     the unset run's did too). Not for a run from a starting model, whose settings these are: the
     values must then be given as the run was started."""
     old, new = stored.get(name), wanted.get(name)
-    if name == "split_seed":
-        if old is None and new is not None:
-            return new == stored.get("seed") == wanted.get("seed")
-        if new is None and old is not None:
-            return old == stored.get("seed") == wanted.get("seed")
-        return False
-    if name not in ("radius", "max_neighbors") or (old is None) == (new is None):
+    if (old is None) == (new is None):
         return False
     unset_in, given = (stored, new) if old is None else (wanted, old)
+    if name == "split_seed":
+        return given == stored.get("seed") == wanted.get("seed")
+    if name not in ("radius", "max_neighbors"):
+        return False
     if unset_in.get("init_from") or (
         unset_in.get("pretrained") and not unset_in.get("from_scratch")
     ):
